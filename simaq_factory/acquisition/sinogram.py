@@ -1,0 +1,335 @@
+"""Sinogram-space artifacts on a projection stack (A, Z, D) in the line-integral domain.
+
+Reference §3.5–§3.7, defaults §9.3. Stages, applied in this order:
+
+1. ``flicker`` (§3.5): flat-field mismatch; per projection i a low-frequency 2D Perlin map P_i in
+   [0, 1], proj_i += f · mean(proj_i) · P_i, the mean taken on the clean projection.
+2. ``ice_thickness`` (§3.6): slab of thickness h seen along a path h / cos|θ_i|; proj_i += path_i · G_i
+   with G_i an i.i.d. per-detector-pixel field drawn from ``lac`` (reference N(0.01, 1e-5)).
+3. ``misalignment`` (§3.7 proposal, off): per-projection sub-pixel shifts along the detector (D) and
+   the tilt axis (Z), linear interpolation, uncovered pixels filled with the projection's mean.
+4. ``poisson`` (§3.7 proposal, off): I = I0·exp(−s·p), counts ~ Poisson(I), p' = −log(max(counts,
+   floor)/I0)/s, with s = ``attenuation_scale``.
+5. ``detector_noise`` (§3.7, declared but unused in the reference; off): p += μ + σ·N(0, 1).
+
+``sample_sinogram_artifacts`` draws all parameters (JSON-able, integer seeds for noise fields);
+``apply_sinogram_artifacts`` is deterministic given them and runs on the projections' device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from simaq_factory.artifacts.perlin import check_lattice, perlin_maps
+from simaq_factory.device import torch_generator
+from simaq_factory.recipe.fields import Dist, spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DetectorNoiseConfig",
+    "FlickerConfig",
+    "IceThicknessConfig",
+    "MisalignmentConfig",
+    "PoissonConfig",
+    "SinogramArtifactsConfig",
+    "apply_sinogram_artifacts",
+    "sample_sinogram_artifacts",
+    "shift_projections",
+]
+
+_SEED_HIGH = 2**63 - 1
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True, kw_only=True)
+class FlickerConfig:
+    """Flat-field "flicker": additive low-frequency bias per projection (§3.5)."""
+
+    enabled: bool = spec(True, doc="apply flicker (§3.5; the reference's probability field is unused)")
+    strength: Dist = spec(
+        default_factory=lambda: Dist.normal(0.05, 0.03, min=0.0, max=1.0),
+        ge=0.0,
+        doc="f, clip(N(0.05, 0.03), 0, 1); bias up to f·mean(projection) (§3.5)",
+    )
+    lattice: int = spec(32, ge=2, doc="edge of each generated 2D map before resampling (§2.6)")
+    res: int = spec(2, ge=1, doc="Perlin periods across a projection, coarsest octave (§2.6)")
+    octaves: int = spec(1, ge=1, le=6, doc="fractal octaves of the 2D maps (§2.6)")
+    persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves")
+
+    def __post_init__(self) -> None:
+        check_lattice(self.lattice, self.res, self.octaves)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IceThicknessConfig:
+    """Angle-dependent ice slab attenuation (§3.6)."""
+
+    enabled: bool = spec(True, doc="add the ice slab term (§3.6)")
+    thickness: Dist = spec(
+        default_factory=lambda: Dist.normal(10000.0, 2000.0, min=5000.0, max=20000.0),
+        ge=0.0,
+        doc="slab thickness h, clip(N(10000, 2000), 5000, 20000) (§3.6)",
+    )
+    lac: Dist = spec(
+        default_factory=lambda: Dist.normal(0.01, 1e-5),
+        doc="per-detector-pixel ice attenuation, N(0.01, 1e-5) i.i.d. (§3.6)",
+    )
+    min_cos: float = spec(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        doc="path = h / max(cos|θ|, this): bounds the reference's division by ~0 near ±90° (§3.6)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorNoiseConfig:
+    """Additive Gaussian noise in the line-integral domain (§3.7: declared, never used)."""
+
+    enabled: bool = spec(False, doc="add detector noise (§3.7: the reference never applied it)")
+    probability: float = spec(1.0, ge=0.0, le=1.0, doc="P(apply) per volume (§3.7: 1.0)")
+    mean: Dist = spec(default_factory=lambda: Dist.const(1e-4), doc="offset μ (§3.7: 1e-4, std 0)")
+    sigma: Dist = spec(
+        default_factory=lambda: Dist.normal(1e-3, 1e-3, min=1e-3),
+        ge=0.0,
+        doc="noise σ per volume, clip(N(1e-3, 1e-3), 1e-3, ∞) (§3.7)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoissonConfig:
+    """Photon counting noise (§3.7 proposal; the paper omits it for high photon counts)."""
+
+    enabled: bool = spec(False, doc="apply Poisson noise (§3.7: absent from the reference)")
+    photons: Dist = spec(
+        default_factory=lambda: Dist.const(1e4), gt=0.0, doc="incident photons I0 per detector pixel"
+    )
+    attenuation_scale: float = spec(
+        1.0,
+        gt=0.0,
+        doc="optical depth per line-integral unit (≈ voxel size in µm for µm⁻¹ LACs, §0.3)",
+    )
+    min_counts: float = spec(1.0, gt=0.0, doc="zero counts are raised to this before the log")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MisalignmentConfig:
+    """Per-projection rigid shifts (§3.7 proposal; paper: rolling pixels and mean padding)."""
+
+    enabled: bool = spec(False, doc="shift projections (§3.7: absent from the reference)")
+    detector_shift_px: Dist = spec(
+        default_factory=lambda: Dist.normal(0.0, 1.0, min=-5.0, max=5.0),
+        doc="shift along the detector (D), pixels, one draw per projection",
+    )
+    axial_shift_px: Dist = spec(
+        default_factory=lambda: Dist.normal(0.0, 1.0, min=-5.0, max=5.0),
+        doc="shift along the tilt axis (Z), pixels, one draw per projection",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinogramArtifactsConfig:
+    """Sinogram-space artifacts (§3.5–§3.7), applied in the order listed in the module docstring."""
+
+    flicker: FlickerConfig = spec(default_factory=FlickerConfig, doc="flat-field flicker (§3.5)")
+    ice_thickness: IceThicknessConfig = spec(
+        default_factory=IceThicknessConfig, doc="ice slab attenuation (§3.6)"
+    )
+    misalignment: MisalignmentConfig = spec(
+        default_factory=MisalignmentConfig, doc="projection shifts (§3.7)"
+    )
+    poisson: PoissonConfig = spec(default_factory=PoissonConfig, doc="photon noise (§3.7)")
+    detector_noise: DetectorNoiseConfig = spec(
+        default_factory=DetectorNoiseConfig, doc="additive Gaussian noise (§3.7)"
+    )
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def sample_sinogram_artifacts(
+    cfg: SinogramArtifactsConfig, n_angles: int, rng: np.random.Generator, *, voxel_length: float = 1.0
+) -> dict[str, Any]:
+    """Draw the sinogram-artifact parameters for one tilt series of ``n_angles`` projections.
+
+    ``voxel_length`` is the length of one voxel of this volume in reference voxels (1.2 / phantom
+    scale; 1 at the reference's 512³): the ice thickness is a length in reference voxels, so its
+    path in this volume's voxel units is ``thickness / voxel_length / cos θ`` and the ice keeps
+    its proportion to the cells' line integrals at any resolution.
+
+    Each stage draws from its own child of ``rng`` (``rng.spawn``), so enabling one stage does not
+    change another's draws. Returns a JSON-able dict consumed by :func:`apply_sinogram_artifacts`.
+    """
+    r_flk, r_ice, r_mis, r_poi, r_det = rng.spawn(5)
+
+    f = cfg.flicker
+    strength = float(f.strength.sample(r_flk))
+    flicker = {
+        "applied": bool(f.enabled and strength > 0.0),
+        "strength": strength,
+        "seed": int(r_flk.integers(0, _SEED_HIGH)),
+        "lattice": f.lattice,
+        "res": f.res,
+        "octaves": f.octaves,
+        "persistence": f.persistence,
+    }
+
+    ice_cfg = cfg.ice_thickness
+    ice = {
+        "applied": bool(ice_cfg.enabled),
+        "thickness": float(ice_cfg.thickness.sample(r_ice)),
+        "voxel_length": float(voxel_length),
+        "lac": ice_cfg.lac.to_json(),
+        "seed": int(r_ice.integers(0, _SEED_HIGH)),
+        "min_cos": ice_cfg.min_cos,
+    }
+
+    m = cfg.misalignment
+    misalignment: dict[str, Any] = {"applied": bool(m.enabled and n_angles > 0)}
+    if misalignment["applied"]:
+        misalignment["detector_shift_px"] = [float(v) for v in m.detector_shift_px.sample(r_mis, n_angles)]
+        misalignment["axial_shift_px"] = [float(v) for v in m.axial_shift_px.sample(r_mis, n_angles)]
+
+    p = cfg.poisson
+    poisson = {
+        "applied": bool(p.enabled),
+        "photons": float(p.photons.sample(r_poi)),
+        "attenuation_scale": p.attenuation_scale,
+        "min_counts": p.min_counts,
+        "seed": int(r_poi.integers(0, _SEED_HIGH)),
+    }
+
+    d = cfg.detector_noise
+    detector = {
+        "applied": bool(d.enabled and r_det.random() < d.probability),
+        "mean": float(d.mean.sample(r_det)),
+        "sigma": float(d.sigma.sample(r_det)),
+        "seed": int(r_det.integers(0, _SEED_HIGH)),
+    }
+    return {
+        "n_angles": int(n_angles),
+        "flicker": flicker,
+        "ice_thickness": ice,
+        "misalignment": misalignment,
+        "poisson": poisson,
+        "detector_noise": detector,
+    }
+
+
+# ---------------------------------------------------------------------------------------- applying
+def _dist_field(dist: Dist, shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A float32 field of i.i.d. draws from ``dist`` with a torch generator."""
+    if dist.kind == "const":
+        return torch.full(shape, dist.value, dtype=torch.float32, device=device)
+    if dist.kind == "uniform":
+        u = torch.rand(shape, generator=gen, dtype=torch.float32, device=device)
+        return dist.low + (dist.high - dist.low) * u
+    out = dist.mean + dist.std * torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
+    if dist.min is not None or dist.max is not None:
+        out = out.clamp(min=dist.min, max=dist.max)
+    return out
+
+
+def _shift_last(p: torch.Tensor, shifts: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Shift each p[a] (A, M, N) by shifts[a] pixels along the last axis; out[i] = p[i − s]."""
+    a, m, n = p.shape
+    pos = torch.arange(n, dtype=torch.float64, device=p.device)[None, :] - shifts[:, None]  # (A, N)
+    i0 = torch.floor(pos)
+    w = (pos - i0).to(torch.float32)[:, None, :]
+    i0 = i0.to(torch.int64)
+    out = []
+    for idx in (i0, i0 + 1):
+        valid = ((idx >= 0) & (idx < n))[:, None, :]
+        v = torch.gather(p, 2, idx.clamp(0, n - 1)[:, None, :].expand(a, m, n))
+        out.append(torch.where(valid, v, fill[:, None, None]))
+    return out[0] * (1.0 - w) + out[1] * w
+
+
+def shift_projections(
+    proj: torch.Tensor, axial_px: Sequence[float], detector_px: Sequence[float]
+) -> torch.Tensor:
+    """Shift projection a by (axial_px[a], detector_px[a]) pixels along (Z, D), linear interpolation.
+
+    Content moves towards higher indices for positive shifts (an integer shift equals ``torch.roll``
+    away from the edges); pixels with no source are filled with the projection's mean.
+    """
+    fill = proj.mean(dim=(1, 2))
+    dev = proj.device
+    det = torch.tensor(list(detector_px), dtype=torch.float64, device=dev)
+    ax = torch.tensor(list(axial_px), dtype=torch.float64, device=dev)
+    out = _shift_last(proj, det, fill)
+    out = _shift_last(out.transpose(1, 2), ax, fill).transpose(1, 2)
+    return out.contiguous()
+
+
+def apply_sinogram_artifacts(
+    proj: torch.Tensor, angles_deg: Sequence[float] | torch.Tensor | np.ndarray, params: dict[str, Any]
+) -> torch.Tensor:
+    """Apply sampled sinogram artifacts; no randomness beyond the seeds in ``params``.
+
+    Args:
+        proj: projection stack (A, Z, D) float32, line integrals; not modified.
+        angles_deg: the A forward (jittered) tilt angles in degrees used to make ``proj``.
+        params: the dict from :func:`sample_sinogram_artifacts` (or its JSON round-trip).
+
+    Returns:
+        A new (A, Z, D) float32 tensor on ``proj.device``.
+    """
+    if proj.ndim != 3:
+        raise ValueError(f"expected projections (A, Z, D), got shape {tuple(proj.shape)}")
+    n_a, n_z, n_d = proj.shape
+    angles = np.asarray(
+        angles_deg.detach().cpu().numpy() if isinstance(angles_deg, torch.Tensor) else angles_deg,
+        dtype=np.float64,
+    ).reshape(-1)
+    if angles.size != n_a or int(params["n_angles"]) != n_a:
+        raise ValueError(f"{n_a} projections, {angles.size} angles, params for {params['n_angles']}")
+    dev = proj.device
+    out = proj.float().clone()
+
+    fl = params["flicker"]
+    if fl["applied"]:
+        maps = perlin_maps(
+            n_a,
+            (n_z, n_d),
+            lattice=int(fl["lattice"]),
+            res=int(fl["res"]),
+            octaves=int(fl["octaves"]),
+            persistence=float(fl["persistence"]),
+            seed=int(fl["seed"]),
+            device=dev,
+        )
+        clean_mean = out.mean(dim=(1, 2))
+        out += float(fl["strength"]) * clean_mean[:, None, None] * maps
+
+    ice = params["ice_thickness"]
+    if ice["applied"]:
+        cos = np.maximum(np.abs(np.cos(np.deg2rad(angles))), float(ice["min_cos"]))
+        thickness = float(ice["thickness"]) / float(ice.get("voxel_length", 1.0))
+        path = torch.from_numpy(thickness / cos).to(device=dev, dtype=torch.float32)
+        gen = torch_generator(int(ice["seed"]), dev)
+        field = _dist_field(Dist.parse(ice["lac"], "ice_thickness.lac"), (n_a, n_z, n_d), gen, dev)
+        out += path[:, None, None] * field
+
+    mis = params["misalignment"]
+    if mis["applied"]:
+        out = shift_projections(out, mis["axial_shift_px"], mis["detector_shift_px"])
+
+    po = params["poisson"]
+    if po["applied"]:
+        i0, s = float(po["photons"]), float(po["attenuation_scale"])
+        gen = torch_generator(int(po["seed"]), dev)
+        counts = torch.poisson(i0 * torch.exp(-s * out), generator=gen)
+        out = (math.log(i0) - torch.log(counts.clamp_min(float(po["min_counts"])))) / s
+
+    det = params["detector_noise"]
+    if det["applied"]:
+        gen = torch_generator(int(det["seed"]), dev)
+        noise = torch.randn((n_a, n_z, n_d), generator=gen, dtype=torch.float32, device=dev)
+        out += float(det["mean"]) + float(det["sigma"]) * noise
+    return out

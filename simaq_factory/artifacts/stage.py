@@ -1,0 +1,151 @@
+"""Phantom-space artifact stage: sample parameters, then apply them (reference §2.1–§2.5).
+
+Order (§2.1): background mask M (on the clean phantom, before anything else), Gaussian blur of the
+whole volume, fiducial beads (voxels set, not added), high-frequency Perlin ice texture added on
+M ∩ inscribed cylinder. The clean phantom is left untouched; a new "noisy" volume is returned.
+
+``sample_artifacts`` draws everything random into a JSON-able dict (including integer seeds for the
+noise fields); ``apply_artifacts`` is deterministic given that dict and runs on the phantom's device.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from simaq_factory.artifacts.blur import gaussian_blur_3d, kernel_radius
+from simaq_factory.artifacts.config import ArtifactsConfig
+from simaq_factory.artifacts.fiducials import paint_beads, sample_fiducials
+from simaq_factory.artifacts.perlin import perlin_volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["sample_artifacts", "apply_artifacts", "background_mask", "cylinder_mask"]
+
+_SEED_HIGH = 2**63 - 1
+
+
+REFERENCE_VOXELS_PER_UNIT = 1.2  # reference §1.2: 512³ volumes, 1.2 voxels per generation unit
+
+
+def background_mask(phantom: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """M of §2.1: voxels empty in the clean phantom and unlabelled (bool, (Z, Y, X))."""
+    return (phantom == 0) & (labels == 0)
+
+
+def cylinder_mask(shape: tuple[int, int, int], padding: float, device: torch.device) -> torch.Tensor:
+    """Inscribed cylinder along z: circle in (y, x) of radius min(Y, X)/2 − padding.
+
+    Centre ((Y − 1)/2, (X − 1)/2), the projector's rotation centre. Returns bool (1, Y, X).
+    """
+    _, ny, nx = shape
+    yy = torch.arange(ny, dtype=torch.float64, device=device) - (ny - 1) / 2.0
+    xx = torch.arange(nx, dtype=torch.float64, device=device) - (nx - 1) / 2.0
+    radius = min(ny, nx) / 2.0 - float(padding)
+    return (yy[:, None] ** 2 + xx[None, :] ** 2 <= radius * radius)[None]
+
+
+def sample_artifacts(
+    cfg: ArtifactsConfig,
+    shape: tuple[int, int, int] | torch.Size,
+    labels: torch.Tensor,
+    voxels_per_unit: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Draw the phantom-space artifact parameters for one volume.
+
+    Args:
+        cfg: the ``artifacts`` recipe section.
+        shape: the volume shape (Z, Y, X); must equal ``labels.shape``.
+        labels: (Z, Y, X) uint8 label volume (any device); beads are placed away from labels ≠ 0.
+        voxels_per_unit: phantom scale, voxels per generation unit (reference 1.2 at 512³, §1.2).
+        rng: the sample's generator. Each sub-stage draws from its own spawned child, so changing
+            one sub-stage's settings does not change the others' draws.
+
+    Returns:
+        JSON-able ``{"shape", "blur", "fiducials", "perlin"}``; see :func:`apply_artifacts`.
+    """
+    if labels.ndim != 3 or tuple(int(v) for v in shape) != tuple(labels.shape):
+        raise ValueError(f"labels must be (Z, Y, X) = {tuple(shape)}, got shape {tuple(labels.shape)}")
+    rng_blur, rng_beads, rng_perlin = rng.spawn(3)
+
+    b = cfg.blur
+    apply_blur = bool(rng_blur.random() < b.probability)
+    sigma_ref = float(b.sigma.sample(rng_blur))
+    # σ is drawn in reference voxels (1/1.2 generation units) and converted to this volume's voxels
+    sigma = sigma_ref * float(voxels_per_unit) / REFERENCE_VOXELS_PER_UNIT
+    blur = {
+        "applied": apply_blur,
+        "sigma_reference_voxels": sigma_ref,
+        "sigma": sigma,
+        "radius": kernel_radius(sigma, b.truncate, b.kernel_size),
+    }
+
+    fiducials = sample_fiducials(cfg.fiducials, labels, voxels_per_unit, rng_beads)
+
+    p = cfg.perlin
+    amplitude = float(p.amplitude.sample(rng_perlin))
+    perlin = {
+        "applied": bool(p.enabled and amplitude > 0.0),
+        "amplitude": amplitude,
+        "seed": int(rng_perlin.integers(0, _SEED_HIGH)),
+        "lattice": p.lattice,
+        "res": p.res,
+        "octaves": p.octaves,
+        "persistence": p.persistence,
+        "cylinder_padding": p.cylinder_padding,
+    }
+    return {
+        "shape": [int(s) for s in labels.shape],
+        "blur": blur,
+        "fiducials": fiducials,
+        "perlin": perlin,
+    }
+
+
+def apply_artifacts(
+    phantom: torch.Tensor, labels: torch.Tensor, params: dict[str, Any]
+) -> torch.Tensor:
+    """Apply sampled phantom-space artifacts; no randomness.
+
+    Args:
+        phantom: clean LAC volume (Z, Y, X) float32; not modified.
+        labels: (Z, Y, X) uint8 labels on the same device.
+        params: the dict from :func:`sample_artifacts` (or its JSON round-trip).
+
+    Returns:
+        The noisy volume, (Z, Y, X) float32 on ``phantom.device``.
+    """
+    shape = tuple(int(s) for s in phantom.shape)
+    if list(shape) != list(params["shape"]) or tuple(labels.shape) != shape:
+        raise ValueError(
+            f"phantom {shape} / labels {tuple(labels.shape)} do not match params shape {params['shape']}"
+        )
+    mask = background_mask(phantom, labels)
+
+    blur = params["blur"]
+    if blur["applied"]:
+        noisy = gaussian_blur_3d(phantom, float(blur["sigma"]), int(blur["radius"]))
+    else:
+        noisy = phantom.float().clone()
+
+    paint_beads(noisy, params["fiducials"]["beads"])
+
+    p = params["perlin"]
+    if p["applied"]:
+        field = perlin_volume(
+            shape,  # type: ignore[arg-type]
+            lattice=int(p["lattice"]),
+            res=int(p["res"]),
+            octaves=int(p["octaves"]),
+            persistence=float(p["persistence"]),
+            seed=int(p["seed"]),
+            device=phantom.device,
+        )
+        mask &= cylinder_mask(shape, float(p["cylinder_padding"]), phantom.device)  # type: ignore[arg-type]
+        field.mul_(mask)
+        noisy.add_(field, alpha=float(p["amplitude"]))
+    return noisy

@@ -1,0 +1,204 @@
+"""``simaq-factory``: a thin click layer over library functions.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (one line naming the field, file or flag).
+Heavy imports (torch, dask) happen inside the commands, so ``--help`` and errors are fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simaq_factory.recipe.fields import RecipeError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to one-line messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from simaq_factory.errors import BuildFailed
+
+        try:
+            return fn(*args, **kwargs)
+        except RecipeError as err:
+            _fail(str(err), 2)
+        except BuildFailed as err:
+            _fail(str(err), 1)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", 130)
+        except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            _fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+
+    return wrapper
+
+
+def _load(recipe_path: str, overrides: tuple[str, ...]) -> tuple[Any, str]:
+    from simaq_factory.recipe.io import load_recipe
+
+    path = Path(recipe_path)
+    recipe = load_recipe(path, list(overrides))
+    return recipe, path.read_text()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class _Group(click.Group):
+    """Usage errors as one line (``error: …``) with exit code 2, like every other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exit_:
+            sys.exit(exit_.exit_code)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            _fail(err.format_message().replace("\n", " ") + hint, 2)
+        except click.ClickException as err:
+            _fail(err.format_message().replace("\n", " "), 2)
+        except click.Abort:
+            _fail("aborted", 130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simaq-factory")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Simulated soft X-ray tomography datasets (SimAQ): phantoms, limited-angle acquisition, FBP."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+SET_HELP = "Override a recipe field, e.g. --set dataset.n_samples=8 (repeatable)."
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@handle_errors
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check RECIPE; print the resolved recipe, its id, counts and estimated output size."""
+    from simaq_factory.pipeline import a_max_for
+    from simaq_factory.recipe.io import recipe_id, recipe_to_json
+    from simaq_factory.store.layout import array_specs, shard_ranges
+
+    rec, _ = _load(recipe, overrides)
+    specs = array_specs(rec, a_max_for(rec))
+    click.echo(json.dumps(recipe_to_json(rec), indent=2, sort_keys=True))
+    n_shards = len(shard_ranges(rec.dataset.n_samples, rec.dataset.samples_per_shard))
+    total = sum(s.nbytes for s in specs.values())
+    click.echo(f"recipe id: {recipe_id(rec)}")
+    click.echo(f"samples: {rec.dataset.n_samples}   shards: {n_shards}   "
+               f"samples per shard: {rec.dataset.samples_per_shard}")
+    for s in specs.values():
+        click.echo(f"  {s.name:9s} {s.dtype:8s} {tuple(s.shape)}  {_human_bytes(s.nbytes)}")
+    click.echo(f"estimated output: {_human_bytes(total)} uncompressed")
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=True), help="Output directory.")
+@click.option("--scheduler", default=None, metavar="ADDR", help="Use a running Dask scheduler.")
+@click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local",
+              show_default=True, help="local: embedded LocalCluster; inline: this process, no Dask.")
+@click.option("--workers", type=int, default=None, help="LocalCluster workers (execution.workers).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@handle_errors
+def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: int | None,
+          device: str | None, overrides: tuple[str, ...]) -> None:
+    """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
+    from simaq_factory.orchestrate.driver import build as run_build
+
+    extra = list(overrides)
+    if workers is not None:
+        extra.append(f"execution.workers={workers}")
+    if device is not None:
+        extra.append(f"execution.device={json.dumps(device)}")
+    rec, text = _load(recipe, tuple(extra))
+    progress = _Progress()
+
+    def on_cluster(desc: str, dashboard: str | None) -> None:
+        click.echo(f"cluster: {desc}" + (f"; dashboard {dashboard}" if dashboard else ""), err=True)
+
+    report = run_build(rec, Path(out), recipe_text=text, scheduler=scheduler, cluster=cluster,
+                       progress=progress, on_cluster=on_cluster)
+    progress.close()
+    click.echo(
+        f"wrote {report.built} shard(s), skipped {report.skipped} already done, "
+        f"{report.n_shards} total, in {report.seconds:.1f} s -> {report.out / 'dataset.zarr'}"
+    )
+
+
+class _Progress:
+    """A one-line progress bar on stderr (a line per shard when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int, summary: dict[str, Any] | None) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        extra = f" shard {summary['shard']} {summary['seconds']:.1f}s" if summary else " (failed)"
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}"
+        if self.tty:
+            click.echo("\r" + line.ljust(70), nl=False, err=True)
+            self.shown = True
+        else:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@handle_errors
+def status(out: str) -> None:
+    """Done, pending and damaged shards of the dataset at OUT."""
+    from simaq_factory.store.inspect import dataset_status
+
+    st = dataset_status(Path(out))
+    click.echo(f"recipe id: {st['recipe_id']}  status: {st['status']}")
+    click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
+               f"of {st['n_shards']}")
+    for s, reason in st["problems"]:
+        click.echo(f"  shard {s}: {reason}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--index", type=int, default=None, help="Also print this sample's parameters.")
+@handle_errors
+def info(out: str, index: int | None) -> None:
+    """Print the dataset card (and one sample's provenance record)."""
+    from simaq_factory.store.inspect import dataset_info
+
+    click.echo(json.dumps(dataset_info(Path(out), index), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

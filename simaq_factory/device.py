@@ -1,0 +1,30 @@
+"""Device selection: ``cpu``, ``cuda`` (or ``cuda:N``) and ``auto``."""
+
+from __future__ import annotations
+
+import torch
+
+from simaq_factory.recipe.fields import RecipeError
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map a user-facing device name to a ``torch.device``; ``auto`` picks CUDA when available.
+
+    Raises :class:`RecipeError` (exit code 2 at the CLI) when CUDA is requested but absent.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RecipeError("execution.device", f"{name!r} requested but CUDA is not available here")
+        return torch.device(name)
+    raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
+
+
+def torch_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch generator on ``device`` seeded with ``seed`` (derive ``seed`` from the sample rng)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    return gen

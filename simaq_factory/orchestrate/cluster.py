@@ -1,0 +1,70 @@
+"""Dask clients: an embedded LocalCluster (default) or an existing scheduler by address."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from simaq_factory.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterHandle:
+    client: object  # distributed.Client
+    dashboard: str | None
+    n_workers: int
+    description: str
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker so that workers × threads ≈ the machine's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+@contextlib.contextmanager
+def open_cluster(
+    *, scheduler: str | None, workers: int, gpu: bool = False
+) -> Iterator[ClusterHandle]:
+    """Yield a connected client; close whatever this function started on exit.
+
+    ``scheduler`` connects to a running ``dask scheduler`` (its workers are theirs to manage);
+    otherwise a LocalCluster of ``workers`` single-threaded worker processes is started (torch
+    inside each task uses its own thread pool, see :func:`default_threads`). With ``gpu`` the local
+    workers advertise one ``GPU`` resource each.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError) as err:
+            raise BadInput("--scheduler", f"cannot reach Dask scheduler at {scheduler!r}: {err}") from None
+        try:
+            n = len(client.scheduler_info().get("workers", {}))
+            yield ClusterHandle(client, client.dashboard_link, n, f"scheduler {scheduler}")
+        finally:
+            client.close()
+        return
+    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=dashboard,
+        silence_logs=logging.ERROR,
+        resources={"GPU": 1} if gpu else None,
+    )
+    client = Client(cluster)
+    try:
+        link = client.dashboard_link if dashboard else None
+        yield ClusterHandle(client, link, workers, f"LocalCluster with {workers} worker(s)")
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,209 @@
+"""``build``: plan shards, start or resume the output directory, run shard tasks on Dask.
+
+The driver is the only writer of dataset metadata. It submits one task per pending shard through
+a bounded window (tasks with resource restrictions are not queued by the scheduler, so a window
+keeps late-joining workers fed), retries failed tasks, and reports progress through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simaq_factory.device import resolve_device
+from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.labels import LABEL_NAMES, Label
+from simaq_factory.orchestrate.cluster import default_threads, open_cluster
+from simaq_factory.orchestrate.task import run_shard
+from simaq_factory.pipeline import a_max_for
+from simaq_factory.recipe.io import recipe_id, recipe_to_json
+from simaq_factory.recipe.model import Recipe
+from simaq_factory.store.dataset import shard_state, update_card
+from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, shard_ranges
+from simaq_factory.store.outdir import check_out_dir, start_out_dir
+from simaq_factory.versions import software_versions
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, dict[str, Any] | None], None]
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    recipe_id: str
+    n_shards: int
+    skipped: int
+    built: int
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    cluster: str = ""
+    dashboard: str | None = None
+
+
+def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
+    ds = recipe.dataset
+    return {
+        "format": "simaq-factory dataset",
+        "schema_version": SCHEMA_VERSION,
+        "recipe_id": rid,
+        "seed": recipe.seed,
+        "n_samples": ds.n_samples,
+        "samples_per_shard": ds.samples_per_shard,
+        "shape_zyx": list(ds.shape),
+        "tilt_axis": "z",
+        "axes": ["sample", "z", "y", "x"],
+        "a_max": a_max,
+        "label_map": {str(k): v for k, v in LABEL_NAMES.items() if k != Label.IGNORE},
+        "ignore_label": int(Label.IGNORE),
+        "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
+        "recon": "raw FBP reconstruction, not normalised",
+        "software": software_versions(),
+        "status": "building",
+    }
+
+
+def pending_shards(out: Path, recipe: Recipe, rid: str) -> tuple[list[int], int]:
+    """Shards to (re)build and how many are already done."""
+    specs = array_specs(recipe, a_max_for(recipe))
+    n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+    todo = []
+    for s in range(n_shards):
+        state, reason = shard_state(out, specs, s, rid)
+        if state != "done":
+            if state == "damaged":
+                log.warning("shard %d will be rebuilt: %s", s, reason)
+            todo.append(s)
+    return todo, n_shards - len(todo)
+
+
+def build(
+    recipe: Recipe,
+    out: Path,
+    *,
+    recipe_text: str,
+    scheduler: str | None = None,
+    cluster: str = "local",
+    progress: ProgressFn | None = None,
+    on_cluster: Callable[[str, str | None], None] | None = None,
+) -> BuildReport:
+    """Build (or resume) the dataset of ``recipe`` at ``out``. Raises BadInput / BuildFailed."""
+    t0 = time.perf_counter()
+    rid = recipe_id(recipe)
+    exe = recipe.execution
+    device = exe.device
+    if scheduler is None and cluster != "slurm":
+        device = str(resolve_device(exe.device))  # fail fast (exit 2) when CUDA is absent here
+    resuming = check_out_dir(out, rid)
+    a_max = a_max_for(recipe)
+    specs = array_specs(recipe, a_max)
+    n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+    recipe_json = recipe_to_json(recipe)
+
+    if cluster == "inline":
+        if not resuming:
+            start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
+                          card=dataset_card(recipe, rid, a_max))
+        todo, done = pending_shards(out, recipe, rid)
+        report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
+        threads = exe.threads_per_worker or default_threads(1)
+        for i, s in enumerate(todo):
+            try:
+                summary = run_shard(str(out), recipe_json, s, device, threads)
+            except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
+                report.failed[s] = f"{type(err).__name__}: {err}"
+                summary = None
+            else:
+                report.built += 1
+            if progress:
+                progress(i + 1, len(todo), summary)
+        return _finish(out, report, t0)
+    if cluster == "slurm":
+        raise BadInput("--cluster", "slurm is not available yet; start a scheduler and use --scheduler")
+
+    gpu = device.startswith("cuda")
+    with open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None) as handle:
+        if on_cluster:
+            on_cluster(handle.description, handle.dashboard)
+        if not resuming:
+            start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
+                          card=dataset_card(recipe, rid, a_max))
+        todo, done = pending_shards(out, recipe, rid)
+        report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
+                             dashboard=handle.dashboard)
+        _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
+    return _finish(out, report, t0)
+
+
+def _run_distributed(
+    handle: Any,
+    todo: list[int],
+    report: BuildReport,
+    out: Path,
+    recipe_json: dict[str, Any],
+    device: str,
+    recipe: Recipe,
+    gpu: bool,
+    progress: ProgressFn | None,
+) -> None:
+    from distributed import as_completed
+
+    exe = recipe.execution
+    client = handle.client
+    n_workers = max(1, handle.n_workers)
+    threads = exe.threads_per_worker or default_threads(n_workers if handle.description.startswith(
+        "LocalCluster") else 1)
+    window = exe.window or 2 * n_workers
+    queue = list(todo)
+    resources = {"GPU": 1} if gpu else None
+
+    def submit(s: int) -> Any:
+        return client.submit(
+            run_shard, str(out), recipe_json, s, device, threads,
+            key=f"shard-{s:06d}-{report.recipe_id[:12]}", retries=exe.retries, pure=False,
+            resources=resources,
+        )
+
+    futures = {}
+    for s in queue[:window]:
+        futures[submit(s)] = s
+    queue = queue[window:]
+    finished = 0
+    pool = as_completed(list(futures))
+    for fut in pool:
+        s = futures.pop(fut)
+        summary = None
+        try:
+            summary = fut.result()
+            report.built += 1
+        except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
+            report.failed[s] = f"{type(err).__name__}: {err}"
+            log.error("shard %d failed after retries: %s", s, report.failed[s])
+        finally:
+            fut.release()
+        finished += 1
+        if progress:
+            progress(finished, len(todo), summary)
+        if queue:
+            nxt = queue.pop(0)
+            new = submit(nxt)
+            futures[new] = nxt
+            pool.add(new)
+
+
+def _finish(out: Path, report: BuildReport, t0: float) -> BuildReport:
+    report.seconds = time.perf_counter() - t0
+    complete = not report.failed
+    update_card(out, {"status": "complete" if complete else "incomplete",
+                      "shards_done": report.n_shards - len(report.failed)})
+    if report.failed:
+        first = min(report.failed)
+        raise BuildFailed(
+            f"{len(report.failed)} of {report.n_shards} shard(s) failed (shard {first}: "
+            f"{report.failed[first]}); re-run the same command to resume"
+        )
+    return report

@@ -1,0 +1,25 @@
+"""Yeast-cell phantoms: sample a :class:`PhantomSpec` (pure data), then voxelize it.
+
+    spec = sample_phantom(cfg, (Z, Y, X), rng)          # numpy Generator, voxel-space geometry
+    phantom, labels = voxelize(spec, device="cuda")     # float32 LAC, uint8 labels (Z, Y, X)
+
+Axes are (z, y, x); z (axis 0) is the tilt axis, rays at 0° travel along y.
+"""
+
+from simaq_factory.phantom.config import PhantomConfig
+from simaq_factory.phantom.layout import PhantomLayoutError
+from simaq_factory.phantom.sample import PhantomFitError, sample_phantom
+from simaq_factory.phantom.spec import CellSpec, DropletSpec, PhantomSpec, VacuoleSpec
+from simaq_factory.phantom.voxelize import voxelize
+
+__all__ = [
+    "CellSpec",
+    "DropletSpec",
+    "PhantomConfig",
+    "PhantomFitError",
+    "PhantomLayoutError",
+    "PhantomSpec",
+    "VacuoleSpec",
+    "sample_phantom",
+    "voxelize",
+]

@@ -1,0 +1,96 @@
+"""Load a recipe from YAML, apply ``--set`` overrides, resolve, hash."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simaq_factory.recipe.fields import RecipeError
+from simaq_factory.recipe.model import Recipe, check_recipe
+from simaq_factory.recipe.schema import parse_section, section_to_json
+
+ID_EXCLUDED = ("execution",)
+
+
+class RecipeFileError(RecipeError):
+    """The recipe file itself cannot be read or parsed."""
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a recipe file into a mapping; errors name the file (and line for YAML syntax)."""
+    if not path.exists():
+        raise RecipeFileError(str(path), "recipe file not found")
+    if not path.is_file():
+        raise RecipeFileError(str(path), "recipe path is not a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeFileError(str(path), f"cannot read recipe: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise RecipeFileError(str(path), f"invalid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeFileError(str(path), f"a recipe is a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a copy of ``data``."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError("--set", f"expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not key.strip() or any(not p for p in parts):
+            raise RecipeError("--set", f"expected a dotted key like dataset.n_samples, got {key!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise RecipeError(key, f"cannot parse override value {raw!r}") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(".".join(parts[: i + 1]), f"is not a section, cannot set {key}")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def resolve(data: dict[str, Any]) -> Recipe:
+    """Validate a mapping into a :class:`Recipe` with defaults filled; raise RecipeError."""
+    recipe: Recipe = parse_section(Recipe, data)
+    check_recipe(recipe)
+    return recipe
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+    return resolve(apply_overrides(read_yaml(path), overrides or []))
+
+
+def recipe_to_json(recipe: Recipe) -> dict[str, Any]:
+    return section_to_json(recipe)  # type: ignore[no-any-return]
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def recipe_id(recipe: Recipe) -> str:
+    """sha256 of the canonical JSON of the resolved recipe, ``execution`` excluded."""
+    payload = {k: v for k, v in recipe_to_json(recipe).items() if k not in ID_EXCLUDED}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

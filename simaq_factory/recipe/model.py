@@ -1,0 +1,117 @@
+"""The recipe: every section, its defaults, and the cross-field checks.
+
+A recipe is YAML with the sections ``dataset``, ``seed``, ``phantom``, ``artifacts``,
+``acquisition``, ``reconstruction`` and ``execution``. Missing keys take the reference defaults
+(``reference-simaq.md``); unknown keys are errors. The resolved recipe is canonical JSON and its
+sha256 (over everything but ``execution``, which changes how a dataset is computed, not what) is the
+recipe id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from simaq_factory.acquisition.sinogram import SinogramArtifactsConfig
+from simaq_factory.artifacts import ArtifactsConfig
+from simaq_factory.phantom.config import PhantomConfig
+from simaq_factory.recipe.fields import Dist, RecipeError, spec
+from simaq_factory.tomo.config import ReconstructionConfig
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputsConfig:
+    """Optional arrays. ``phantom``, ``labels`` and ``recon`` are always written."""
+
+    noisy: bool = spec(False, doc="store the phantom after phantom-space artifacts")
+    sinogram: bool = spec(False, doc="store the projections (A_max, Z, D) per sample")
+    angles: bool = spec(True, doc="store the reconstruction angles (degrees) per sample")
+    recon_dtype: Literal["float32", "float16"] = spec("float32", doc="dtype of recon")
+    noisy_dtype: Literal["float32", "float16"] = spec("float32", doc="dtype of noisy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetConfig:
+    n_samples: int = spec(4, ge=1, doc="number of samples (volumes)")
+    shape: tuple[int, int, int] = spec(
+        (512, 512, 512), ge=8, le=4096, doc="(z, y, x) voxels; z is the tilt axis; y must equal x"
+    )
+    samples_per_shard: int = spec(1, ge=1, doc="whole samples per shard (one Dask task each)")
+    chunk_z: int = spec(8, ge=1, doc="Z-slab thickness of the inner chunks")
+    outputs: OutputsConfig = spec(default_factory=OutputsConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquisitionConfig:
+    """Limited-angle tilt series (reference §3.3) and sinogram-space artifacts (§3.5–3.7)."""
+
+    tilt_span_deg: Dist = spec(
+        Dist.uniform(90.0, 110.0),
+        gt=0.0,
+        le=180.0,
+        doc="total tilt span in degrees (reference: a configured list, unknown; paper: ~90-110 deg)",
+    )
+    step_deg: float = spec(1.0, gt=0.0, le=30.0, doc="nominal angular increment (reference: 1 deg)")
+    missing_fraction: float = spec(
+        0.2, ge=0.0, lt=1.0, doc="exact fraction of nominal angles removed at random (reference 0.2)"
+    )
+    jitter_deg: float = spec(0.1, ge=0.0, le=10.0, doc="std of forward-angle jitter (reference 0.1)")
+    offset_deg: Dist = spec(
+        Dist.normal(0.0, 5.0, -15.0, 15.0),
+        ge=-90.0,
+        le=90.0,
+        doc="global tilt offset, applied when span < offset_below_span_deg (reference N(0,5) in +-15)",
+    )
+    offset_below_span_deg: float = spec(
+        165.0, ge=0.0, le=360.0, doc="apply the tilt offset only below this span (reference 165)"
+    )
+    sinogram: SinogramArtifactsConfig = spec(default_factory=SinogramArtifactsConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionConfig:
+    """How to compute; not part of the recipe id."""
+
+    device: str = spec("auto", doc="cpu, cuda, cuda:N or auto")
+    workers: int = spec(2, ge=1, le=4096, doc="LocalCluster worker processes")
+    threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per worker; 0 = cores/workers")
+    retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")
+    window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    version: int = spec(RECIPE_VERSION, ge=1, le=RECIPE_VERSION, doc="recipe format version")
+    seed: int = spec(0, ge=0, lt=2**63, doc="root seed; sample i uses SeedSequence(seed, spawn_key=(i,))")
+    dataset: DatasetConfig = spec(default_factory=DatasetConfig)
+    phantom: PhantomConfig = spec(default_factory=PhantomConfig)
+    artifacts: ArtifactsConfig = spec(default_factory=ArtifactsConfig)
+    acquisition: AcquisitionConfig = spec(default_factory=AcquisitionConfig)
+    reconstruction: ReconstructionConfig = spec(default_factory=ReconstructionConfig)
+    execution: ExecutionConfig = spec(default_factory=ExecutionConfig)
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Cross-field checks that one section cannot make alone; raises :class:`RecipeError`."""
+    ds = recipe.dataset
+    z, y, x = ds.shape
+    if y != x:
+        raise RecipeError("dataset.shape", f"y and x must be equal (square slices), got {list(ds.shape)}")
+    if ds.samples_per_shard > ds.n_samples:
+        raise RecipeError(
+            "dataset.samples_per_shard",
+            f"must be <= dataset.n_samples ({ds.n_samples}), got {ds.samples_per_shard}",
+        )
+    if ds.chunk_z > z:
+        raise RecipeError("dataset.chunk_z", f"must be <= shape z ({z}), got {ds.chunk_z}")
+    acq = recipe.acquisition
+    lo, hi = acq.tilt_span_deg.support()
+    if hi > 180.0:
+        raise RecipeError("acquisition.tilt_span_deg", f"spans must be <= 180 deg, got up to {hi:g}")
+    if lo < acq.step_deg:
+        raise RecipeError(
+            "acquisition.tilt_span_deg",
+            f"spans must be >= step_deg ({acq.step_deg:g}), got down to {lo:g}",
+        )

@@ -1,0 +1,127 @@
+"""Create, write and check a dataset directory (design §5).
+
+Roles are strict: the *driver* creates the group, its arrays and the group attributes (the dataset
+card) and is their only writer; a *worker* writes one whole shard of every array, then that shard's
+provenance file, last, by atomic rename. A shard is done exactly when its provenance file exists
+and the sha256 of each of its shard files matches the one recorded there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from simaq_factory.store.layout import GROUP_NAME, ArraySpec, provenance_path
+
+COMPRESSION_LEVEL = 3
+
+
+def create_arrays(out: Path, specs: dict[str, ArraySpec], card: dict[str, Any]) -> None:
+    """Driver only: create ``OUT/dataset.zarr`` with empty arrays and the dataset card."""
+    group = zarr.open_group(out / GROUP_NAME, mode="w", zarr_format=3, attributes=card)
+    for spec in specs.values():
+        group.create_array(
+            spec.name,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            chunks=spec.chunks,
+            shards=spec.shards,
+            compressors=ZstdCodec(level=COMPRESSION_LEVEL),
+            fill_value=spec.fill_value,
+            dimension_names=spec.dimension_names,
+        )
+
+
+def update_card(out: Path, updates: dict[str, Any]) -> None:
+    """Driver only: merge ``updates`` into the group attributes."""
+    zarr.open_group(out / GROUP_NAME, mode="r+").update_attributes(updates)
+
+
+def read_card(out: Path) -> dict[str, Any]:
+    return dict(zarr.open_group(out / GROUP_NAME, mode="r").attrs)
+
+
+def write_shard(
+    out: Path, specs: dict[str, ArraySpec], first_sample: int, arrays: dict[str, np.ndarray]
+) -> None:
+    """Worker: write one shard's samples of every array, each in a single region write."""
+    group = zarr.open_group(out / GROUP_NAME, mode="r+")
+    for name, spec in specs.items():
+        data = arrays[name]
+        if data.dtype != np.dtype(spec.dtype) or data.shape[1:] != spec.shape[1:]:
+            raise ValueError(
+                f"{name}: expected {spec.dtype} {('k',) + spec.shape[1:]}, got {data.dtype} {data.shape}"
+            )
+        group[name][first_sample : first_sample + data.shape[0]] = data
+
+
+def shard_file(out: Path, spec: ArraySpec, shard_index: int) -> Path:
+    return out / GROUP_NAME / spec.name / spec.shard_key(shard_index)
+
+
+def sha256_file(path: Path) -> str | None:
+    """Hex digest of a file, or None when it does not exist (an all-fill shard is not written)."""
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_checksums(out: Path, specs: dict[str, ArraySpec], shard_index: int) -> dict[str, str | None]:
+    return {name: sha256_file(shard_file(out, spec, shard_index)) for name, spec in specs.items()}
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
+    path = provenance_path(out, shard_index)
+    try:
+        with open(path) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged record counts as not done
+
+
+def shard_state(
+    out: Path, specs: dict[str, ArraySpec], shard_index: int, recipe_id: str
+) -> tuple[str, str]:
+    """("done" | "pending" | "damaged", reason) for one shard."""
+    prov = read_provenance(out, shard_index)
+    if prov is None:
+        return "pending", "no provenance record"
+    if prov.get("recipe_id") != recipe_id:
+        return "damaged", "provenance belongs to another recipe"
+    recorded = prov.get("checksums", {})
+    for name, spec in specs.items():
+        if name not in recorded:
+            return "damaged", f"no checksum recorded for {name}"
+        if sha256_file(shard_file(out, spec, shard_index)) != recorded[name]:
+            return "damaged", f"{name} shard file does not match its checksum"
+    return "done", ""

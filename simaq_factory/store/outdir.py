@@ -1,0 +1,85 @@
+"""The output directory: check it before anything is written, start it, or reopen it to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from simaq_factory.errors import BadInput
+from simaq_factory.store.dataset import create_arrays, write_json_atomic
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, ArraySpec
+
+RESOLVED = "recipe.resolved.json"
+VERBATIM = "recipe.yaml"
+
+
+def check_out_dir(out: Path, rid: str) -> bool:
+    """Validate ``out`` without writing. Return True when it holds this recipe's dataset (resume).
+
+    Raises :class:`BadInput` when ``out`` is a file, not writable, not a dataset, or a dataset of
+    another recipe.
+    """
+    if out.exists() and not out.is_dir():
+        raise BadInput(str(out), "output path exists and is not a directory")
+    if not out.exists():
+        parent = out.parent if str(out.parent) else Path(".")
+        probe = parent
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise BadInput(str(out), f"cannot create the output directory: {probe} is not writable")
+        return False
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise BadInput(str(out), "output directory is not writable")
+    resolved = out / RESOLVED
+    if not resolved.exists():
+        if any(out.iterdir()) and not is_partial_start(out):
+            raise BadInput(str(out), "output directory is not empty and holds no simaq-factory dataset")
+        return False
+    try:
+        existing = json.loads(resolved.read_text())
+        existing_id = existing["recipe_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(str(resolved), "unreadable resolved recipe; not a simaq-factory dataset") from None
+    if existing_id != rid:
+        raise BadInput(
+            str(out),
+            f"holds a dataset of recipe {existing_id[:12]}, this recipe is {rid[:12]}: "
+            "use a new output directory or the original recipe",
+        )
+    if not (out / GROUP_NAME / "zarr.json").exists():
+        raise BadInput(str(out), "dataset.zarr is missing; remove the directory and build again")
+    return True
+
+
+def start_out_dir(
+    out: Path,
+    *,
+    recipe_text: str,
+    resolved: dict[str, Any],
+    rid: str,
+    specs: dict[str, ArraySpec],
+    card: dict[str, Any],
+) -> None:
+    """Create a fresh dataset directory: verbatim recipe, resolved recipe, empty arrays.
+
+    The resolved recipe is written last, so a directory interrupted here is recognised as
+    incomplete (no resolved recipe) and, being this tool's own partial start, is restarted.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PROVENANCE_DIR).mkdir(exist_ok=True)
+    (out / VERBATIM).write_text(recipe_text)
+    create_arrays(out, specs, card)
+    write_json_atomic(out / RESOLVED, {"recipe_id": rid, "recipe": resolved})
+
+
+def is_partial_start(out: Path) -> bool:
+    """True when ``out`` holds only what :func:`start_out_dir` writes before its final step."""
+    if not out.is_dir() or (out / RESOLVED).exists():
+        return False
+    names = {p.name for p in out.iterdir()}
+    return bool(names) and names <= {VERBATIM, GROUP_NAME, PROVENANCE_DIR} and not any(
+        (out / PROVENANCE_DIR).glob("*.json")
+    )

@@ -1,0 +1,232 @@
+"""Pure-PyTorch parallel-beam forward projector and backprojector (CPU and CUDA, same code).
+
+Both operators are sparse gathers expressed with :func:`torch.nn.functional.embedding_bag`
+(``mode="sum"``, ``per_sample_weights``): the data is laid out as a table whose rows are
+contiguous Z-vectors (all slices of one pixel, or of one detector column), every output row is a
+weighted sum of table rows, and the interpolation indices/weights are built once per chunk of
+angles (forward) or pixels (backprojection) and shared by all Z slices. Each output row is summed
+by one thread in a fixed order, so CPU results do not depend on the thread count.
+
+Forward model (ray-driven, scikit-image/torch-radon semantics): for each angle and detector column
+the ray is sampled at unit steps ``s = k − c`` (k integer, ``c`` the rotation-centre index, the same
+lattice scikit-image's rotate-and-sum uses) wherever the sample lies within one voxel of the grid,
+each sample is bilinearly interpolated (zero outside the grid) and the samples are summed: a line
+integral in voxel-length units.
+
+Backprojection (pixel-driven): for every pixel and angle the detector coordinate is linearly
+interpolated in the projection (zero outside the first…last column, as ``np.interp(left=0,
+right=0)``) and the values are summed over angles with no weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from simaq_factory.tomo.geometry import Geometry
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project"]
+
+#: Default bound on the temporaries of one chunk (indices, weights, coordinates, partial output).
+DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+# Chunks are also kept near cache size: measured at 256², 64 slices on 2 cores, 4–8 angles per chunk
+# (≈ 50–100 MB) ran ~10 % faster than 16 and ~2× faster than 32.
+_CACHE_CHUNK_BYTES = 48 * 1024 * 1024
+
+
+def _check_volume(volume: torch.Tensor, geom: Geometry) -> None:
+    if not isinstance(volume, torch.Tensor) or volume.ndim != 3:
+        raise ValueError(f"volume must be a (Z, Y, X) tensor, got {type(volume).__name__} {getattr(volume, 'shape', '')}")
+    if not volume.is_floating_point():
+        raise ValueError(f"volume must be floating point, got {volume.dtype}")
+    if tuple(volume.shape[1:]) != (geom.n, geom.n):
+        raise ValueError(f"volume slices must be {geom.n}×{geom.n} for this geometry, got {tuple(volume.shape[1:])}")
+
+
+def _check_proj(proj: torch.Tensor, geom: Geometry, det: int) -> None:
+    if not isinstance(proj, torch.Tensor) or proj.ndim != 3:
+        raise ValueError(f"projections must be an (A, Z, D) tensor, got {getattr(proj, 'shape', type(proj))}")
+    if not proj.is_floating_point():
+        raise ValueError(f"projections must be floating point, got {proj.dtype}")
+    if proj.shape[0] != geom.n_angles or proj.shape[2] != det:
+        raise ValueError(
+            f"projections must be (A={geom.n_angles}, Z, D={det}) for this geometry, got {tuple(proj.shape)}"
+        )
+
+
+def _angles(geom: Geometry, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = torch.tensor(geom.angles, dtype=torch.float64)
+    return torch.cos(theta).to(device), torch.sin(theta).to(device)
+
+
+def _slab(p0: torch.Tensor, dp: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter interval where ``p0 + s·dp`` lies in the open interval (lo, hi) (float64)."""
+    tiny = dp.abs() < 1e-12
+    safe = torch.where(tiny, torch.ones_like(dp), dp)
+    a, b = (lo - p0) / safe, (hi - p0) / safe
+    inside = (p0 > lo) & (p0 < hi)
+    big = torch.full_like(p0, 1e18)
+    s_lo = torch.where(tiny, torch.where(inside, -big, big), torch.minimum(a, b))
+    s_hi = torch.where(tiny, torch.where(inside, big, -big), torch.maximum(a, b))
+    return s_lo, s_hi
+
+
+def forward_project(
+    volume: torch.Tensor, geom: Geometry, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
+    """Parallel-beam line integrals of every z-slice.
+
+    Args:
+        volume: (Z, Y, X) floating tensor (float32 typical), Y = X = ``geom.n``, any device.
+        geom: the scan geometry.
+        max_chunk_bytes: bound on per-chunk temporaries; angles are processed in chunks under it.
+
+    Returns:
+        (A, Z, D) tensor (same dtype/device) of line integrals in voxel-length units, in the order
+        of ``geom.angles``.
+    """
+    _check_volume(volume, geom)
+    dev, dtype = volume.device, volume.dtype
+    z, n = volume.shape[0], geom.n
+    det, c = geom.detectors, geom.image_center
+    width = n + 2  # table has a one-voxel zero border: any sample within the grid ±1 is safe
+    table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
+    out = torch.empty((geom.n_angles, det, z), dtype=dtype, device=dev)
+    if z == 0:
+        return out.permute(0, 2, 1)
+
+    itemsize = volume.element_size()
+    max_len = int(math.ceil(math.sqrt(2.0) * (n + 1))) + 2
+    per_angle = det * (max_len * (4 * (4 + itemsize) + 10 * itemsize) + z * itemsize)
+    budget = min(int(max_chunk_bytes), _CACHE_CHUNK_BYTES)
+    chunk = max(1, min(geom.n_angles, budget // max(per_angle, 1)))
+
+    cos_all, sin_all = _angles(geom, dev)
+    t = (torch.arange(det, dtype=torch.float64, device=dev) - geom.det_center) * geom.det_spacing
+    for a0 in range(0, geom.n_angles, chunk):
+        co = cos_all[a0 : a0 + chunk, None].expand(-1, det)
+        si = sin_all[a0 : a0 + chunk, None].expand(-1, det)
+        n_rays = co.numel()
+        x0, y0 = c + co * t, c - si * t  # ray points at s = 0
+        lx, hx = _slab(x0, si, -1.0, float(n))
+        ly, hy = _slab(y0, co, -1.0, float(n))
+        k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
+        k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
+        count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1, 1)
+        length = max(1, int(count.max().item()))
+        s0 = k_lo - c
+        xs = (x0 + si * s0).reshape(-1, 1).to(dtype)
+        ys = (y0 + co * s0).reshape(-1, 1).to(dtype)
+        step = torch.arange(length, dtype=dtype, device=dev).unsqueeze(0)
+        x = torch.addcmul(xs, si.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+        y = torch.addcmul(ys, co.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+        # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
+        xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
+        fx, fy = x.sub_(xf), y.sub_(yf)
+        base = (yf.mul_(width).add_(xf)).to(torch.int32) + (width + 1)
+        idx = torch.stack([base, base + 1, base + width, base + (width + 1)], dim=-1)
+        valid = (step < count.to(dtype)).to(dtype)
+        gy = (1.0 - fy).mul_(valid)
+        fy = fy.mul_(valid)
+        gx = 1.0 - fx
+        weights = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx], dim=-1)
+        rows = F.embedding_bag(
+            idx.reshape(n_rays, -1), table, mode="sum", per_sample_weights=weights.reshape(n_rays, -1)
+        )
+        out[a0 : a0 + co.shape[0]] = rows.reshape(co.shape[0], det, z)
+    return out.permute(0, 2, 1).contiguous()
+
+
+def backproject_table(
+    proj: torch.Tensor,
+    geom: Geometry,
+    det_center: float,
+    *,
+    clip_circle: bool,
+    angle_weights: torch.Tensor | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Backprojection of an (A, Z, Dt) stack whose column 0 sits at ``det_center`` (internal helper).
+
+    ``angle_weights`` (A,) multiplies each projection's contribution (FBP's angular weighting).
+    Pixels outside the reconstruction circle are skipped (left 0) when ``clip_circle``.
+    """
+    dev, dtype = proj.device, proj.dtype
+    n_ang, z, det = proj.shape
+    n, c, sp = geom.n, geom.image_center, geom.det_spacing
+    if det < 2:
+        raise ValueError("need at least 2 detector columns to interpolate")
+    table = proj.permute(0, 2, 1).contiguous().reshape(n_ang * det, z)
+
+    yy, xx = torch.meshgrid(
+        torch.arange(n, dtype=torch.float64, device=dev),
+        torch.arange(n, dtype=torch.float64, device=dev),
+        indexing="ij",
+    )
+    yy, xx = yy.reshape(-1), xx.reshape(-1)
+    if clip_circle:
+        r = geom.circle_radius
+        keep = ((xx - c) ** 2 + (yy - c) ** 2) <= r * r
+        pix = torch.nonzero(keep).reshape(-1)
+        yy, xx = yy[pix], xx[pix]
+    else:
+        pix = None
+    cos_a, sin_a = _angles(geom, dev)
+    cx, cy = (cos_a / sp).to(dtype), (-sin_a / sp).to(dtype)
+    u0 = (det_center - (cos_a * c - sin_a * c) / sp).to(dtype)
+    row0 = torch.arange(n_ang, device=dev, dtype=torch.int32) * det
+    wa = None if angle_weights is None else angle_weights.to(device=dev, dtype=dtype)
+
+    out = torch.zeros((n * n, z), dtype=dtype, device=dev)
+    itemsize = proj.element_size()
+    per_pixel = n_ang * (2 * (4 + itemsize) + 8 * itemsize) + z * itemsize
+    chunk = max(1, min(int(max_chunk_bytes), _CACHE_CHUNK_BYTES) // per_pixel)
+    n_pix = yy.numel()
+    for p0 in range(0, n_pix, chunk):
+        xs = xx[p0 : p0 + chunk, None].to(dtype)
+        ys = yy[p0 : p0 + chunk, None].to(dtype)
+        u = torch.addcmul(torch.addcmul(u0, xs, cx), ys, cy)  # (P, A) fractional column
+        valid = ((u >= 0) & (u <= det - 1)).to(dtype)
+        i0 = u.floor().clamp_(0, det - 2)
+        frac = u.sub_(i0)
+        w1 = frac.mul_(valid)
+        w0 = valid.sub_(w1)
+        if wa is not None:
+            w0.mul_(wa)
+            w1.mul_(wa)
+        base = i0.to(torch.int32).add_(row0)
+        idx = torch.stack([base, base + 1], dim=-1).reshape(base.shape[0], -1)
+        weights = torch.stack([w0, w1], dim=-1).reshape(base.shape[0], -1)
+        rows = F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights)
+        if pix is None:
+            out[p0 : p0 + chunk] = rows
+        else:
+            out.index_copy_(0, pix[p0 : p0 + chunk], rows)
+    return out.t().reshape(z, n, n).contiguous()
+
+
+def backproject(
+    proj: torch.Tensor,
+    geom: Geometry,
+    *,
+    clip_circle: bool = False,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Pixel-driven linear-interpolation backprojection, plain sum over angles (no weight).
+
+    Args:
+        proj: (A, Z, D) floating tensor, D = ``geom.det_count``, any device.
+        geom: the scan geometry.
+        clip_circle: leave pixels outside the reconstruction circle (radius ``n // 2`` around the
+            axis) at 0 (and skip their work).
+        max_chunk_bytes: bound on per-chunk temporaries (pixels are processed in chunks).
+
+    Returns:
+        (Z, Y, X) tensor, same dtype/device.
+    """
+    _check_proj(proj, geom, geom.detectors)
+    return backproject_table(
+        proj, geom, geom.det_center, clip_circle=clip_circle, max_chunk_bytes=max_chunk_bytes
+    )

@@ -1,0 +1,116 @@
+"""Phantom-space artifact stage (reference §2.1–§2.5): order, masks, texture, determinism."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import torch
+
+from simaq_factory.artifacts import (
+    ArtifactsConfig,
+    BlurConfig,
+    FiducialsConfig,
+    PerlinTextureConfig,
+    apply_artifacts,
+    sample_artifacts,
+)
+from simaq_factory.artifacts.stage import background_mask, cylinder_mask
+from simaq_factory.recipe.fields import Dist
+from simaq_factory.recipe.schema import parse_section, section_to_json
+
+
+def _phantom(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    z, y, x = torch.meshgrid(*(torch.arange(n),) * 3, indexing="ij")
+    labels = torch.zeros((n, n, n), dtype=torch.uint8)
+    labels[((z - n // 2) ** 2 + (y - n // 2) ** 2 + (x - n // 2) ** 2) < (n // 4) ** 2] = 1
+    labels[((z - n // 2) ** 2 + (y - n // 2) ** 2 + (x - n // 2 - 3) ** 2) < 4**2] = 2
+    lac = torch.tensor([0.0, 0.346, 0.182], dtype=torch.float32)
+    return lac[labels.long()], labels
+
+
+def test_texture_only_on_background_inside_cylinder() -> None:
+    phantom, labels = _phantom()
+    cfg = ArtifactsConfig(
+        blur=BlurConfig(probability=0.0),
+        fiducials=FiducialsConfig(enabled=False),
+        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1), lattice=16, res=4, octaves=1),
+    )
+    params = sample_artifacts(cfg, labels.shape, labels, 0.2, np.random.default_rng(0))
+    noisy = apply_artifacts(phantom, labels, params)
+    diff = (noisy - phantom).numpy()
+    allowed = (background_mask(phantom, labels) & cylinder_mask(tuple(phantom.shape), 2.0, phantom.device)).numpy()
+    assert np.all(diff[~allowed] == 0)
+    assert np.all(diff >= 0) and diff.max() <= 0.1 + 1e-7
+    assert (diff[allowed] > 0).mean() > 0.99 and diff[allowed].max() > 0.05
+    assert allowed[:, 0, :].sum() == 0 and allowed[:, :, 0].sum() == 0  # outside the cylinder
+
+
+def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:
+    phantom, labels = _phantom()
+    cfg = ArtifactsConfig(
+        blur=BlurConfig(sigma=Dist.const(1.5)),
+        fiducials=FiducialsConfig(count=Dist.const(4), radius=Dist.const(1.5)),
+        perlin=PerlinTextureConfig(amplitude=Dist.const(0.08), lattice=16, res=4, octaves=1),
+    )
+    params = sample_artifacts(cfg, labels.shape, labels, 1.2, np.random.default_rng(1))
+    assert params["blur"]["applied"] and params["blur"]["radius"] == 5
+    assert len(params["fiducials"]["beads"]) == 4
+    with_texture = apply_artifacts(phantom, labels, params)
+    no_texture_params = copy.deepcopy(params)
+    no_texture_params["perlin"]["applied"] = False
+    no_texture = apply_artifacts(phantom, labels, no_texture_params)
+    texture = (with_texture - no_texture).numpy()
+    allowed = (background_mask(phantom, labels) & cylinder_mask(tuple(phantom.shape), 2.0, phantom.device)).numpy()
+    assert np.all(texture[~allowed] == 0)
+    # the blur spreads the cell into the background, and the texture is still added there (M first)
+    halo = allowed & (no_texture.numpy() > 1e-3) & (no_texture.numpy() < 0.3)
+    assert halo.sum() > 100 and (texture[halo] > 0).mean() > 0.99
+    # cell voxels carry blurred cell values, never a bead's LAC
+    cells = labels.numpy() != 0
+    assert no_texture.numpy()[cells].max() < 0.35
+
+
+def test_same_params_identical_bytes_and_threads_and_json() -> None:
+    phantom, labels = _phantom(32)
+    cfg = ArtifactsConfig(perlin=PerlinTextureConfig(lattice=32, res=4, octaves=2))
+    params = sample_artifacts(cfg, labels.shape, labels, 0.5, np.random.default_rng(42))
+    again = sample_artifacts(cfg, labels.shape, labels, 0.5, np.random.default_rng(42))
+    assert params == again
+    round_trip = json.loads(json.dumps(params))
+    before = torch.get_num_threads()
+    phantom_copy = phantom.clone()
+    try:
+        torch.set_num_threads(1)
+        a = apply_artifacts(phantom, labels, params)
+        torch.set_num_threads(2)
+        b = apply_artifacts(phantom, labels, round_trip)
+    finally:
+        torch.set_num_threads(before)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+    assert torch.equal(phantom, phantom_copy)  # the clean phantom is untouched
+    other = sample_artifacts(cfg, labels.shape, labels, 0.5, np.random.default_rng(43))
+    assert other != params
+
+
+def test_default_config_matches_reference_and_round_trips() -> None:
+    cfg = ArtifactsConfig()
+    assert cfg.blur.probability == 1.0 and cfg.blur.sigma == Dist.uniform(0.96, 1.39)
+    assert cfg.fiducials.count == Dist.normal(16.0, 4.0, 3.0, 25.0)
+    assert cfg.perlin.amplitude == Dist.normal(0.1, 0.02, 0.0, 0.1)
+    assert cfg.perlin.cylinder_padding == 2.0
+    data = section_to_json(cfg)
+    assert parse_section(ArtifactsConfig, data) == cfg
+    legacy = parse_section(ArtifactsConfig, {"blur": {"kernel_size": 5}})
+    assert legacy.blur.kernel_size == 5
+
+
+def test_sub_stage_draws_are_independent() -> None:
+    """Changing the bead settings does not change the blur or texture draws."""
+    _, labels = _phantom(24)
+    a = sample_artifacts(ArtifactsConfig(), labels.shape, labels, 0.3, np.random.default_rng(9))
+    b = sample_artifacts(
+        ArtifactsConfig(fiducials=FiducialsConfig(count=Dist.const(3))), labels.shape, labels, 0.3, np.random.default_rng(9)
+    )
+    assert a["blur"] == b["blur"] and a["perlin"] == b["perlin"]

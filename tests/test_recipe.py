@@ -1,0 +1,149 @@
+"""Recipe loading: defaults, canonical id, overrides, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from simaq_factory.cli.main import main
+from simaq_factory.recipe.fields import Dist, RecipeError
+from simaq_factory.recipe.io import apply_overrides, load_recipe, recipe_id, recipe_to_json, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke.yaml"
+
+
+def test_every_shipped_recipe_resolves_and_round_trips():
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        rec = load_recipe(path)
+        again = resolve(json.loads(json.dumps(recipe_to_json(rec))))
+        assert again == rec, path.name
+        assert recipe_id(again) == recipe_id(rec)
+
+
+def test_defaults_fill_and_id_ignores_execution_and_key_order():
+    a = resolve({"dataset": {"n_samples": 3, "shape": [32, 32, 32]}, "seed": 5})
+    b = resolve({"seed": 5, "dataset": {"shape": [32, 32, 32], "n_samples": 3},
+                 "execution": {"workers": 7, "device": "cpu"}})
+    assert recipe_id(a) == recipe_id(b)
+    c = resolve({"dataset": {"n_samples": 3, "shape": [32, 32, 32]}, "seed": 6})
+    assert recipe_id(c) != recipe_id(a)
+    assert len(recipe_id(a)) == 64
+    assert a.acquisition.missing_fraction == 0.2  # reference default filled in
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    data = apply_overrides({"dataset": {"n_samples": 2}}, ["dataset.n_samples=9", "seed=3",
+                                                          "acquisition.tilt_span_deg={low: 60, high: 70}"])
+    rec = resolve(data)
+    assert rec.dataset.n_samples == 9 and rec.seed == 3
+    assert rec.acquisition.tilt_span_deg == Dist.uniform(60, 70)
+
+
+def test_dist_forms_and_sampling_are_explicit_rng():
+    d = Dist.parse({"mean": 50, "std": 2.5, "min": 40, "max": 60}, "x")
+    draws = d.sample(np.random.default_rng(1), size=10000)
+    assert draws.min() >= 40 and draws.max() <= 60
+    assert abs(draws.mean() - 50) < 0.1
+    np.testing.assert_array_equal(draws, d.sample(np.random.default_rng(1), size=10000))
+    assert Dist.parse(3, "x") == Dist.const(3)
+    assert Dist.parse({"low": 1, "high": 2}, "x").sample(np.random.default_rng(0)) < 2
+
+
+BAD = [
+    # (recipe mapping or override, field named in the message)
+    ({"dataset": {"n_samples": "four"}}, "dataset.n_samples"),
+    ({"dataset": {"n_samples": 0}}, "dataset.n_samples"),
+    ({"dataset": {"n_samples": 2.5}}, "dataset.n_samples"),
+    ({"dataset": {"shape": [64, 64]}}, "dataset.shape"),
+    ({"dataset": {"shape": [64, 64, 32]}}, "dataset.shape"),
+    ({"dataset": {"shape": [64, 64, 4]}}, "dataset.shape[2]"),
+    ({"dataset": {"samples_per_shard": 9, "n_samples": 2}}, "dataset.samples_per_shard"),
+    ({"dataset": {"outputs": {"recon_dtype": "int8"}}}, "dataset.outputs.recon_dtype"),
+    ({"dataset": {"outputs": {"sinogram": "yes"}}}, "dataset.outputs.sinogram"),
+    ({"dataset": {"colour": 3}}, "dataset.colour"),
+    ({"datset": {}}, "datset"),
+    ({"seed": -1}, "seed"),
+    ({"seed": "abc"}, "seed"),
+    ({"acquisition": {"tilt_span_deg": {"low": 90, "high": 200}}}, "acquisition.tilt_span_deg.high"),
+    ({"acquisition": {"tilt_span_deg": {"mean": 100, "std": 5}}}, "acquisition.tilt_span_deg.min"),
+    ({"acquisition": {"tilt_span_deg": {"mean": 100, "std": 5, "min": 80}}}, "acquisition.tilt_span_deg.max"),
+    ({"acquisition": {"tilt_span_deg": {"low": 120, "high": 90}}}, "acquisition.tilt_span_deg"),
+    ({"acquisition": {"missing_fraction": 1.0}}, "acquisition.missing_fraction"),
+    ({"acquisition": {"step_deg": -1}}, "acquisition.step_deg"),
+    ({"acquisition": {"jitter_deg": {"mean": 1}}}, "acquisition.jitter_deg"),
+    ({"acquisition": {"offset_deg": {"mean": 0, "sd": 1}}}, "acquisition.offset_deg.sd"),
+    ({"reconstruction": {"filter": "butterworth"}}, "reconstruction.filter"),
+    ({"execution": {"workers": 0}}, "execution.workers"),
+    ({"phantom": 7}, "phantom"),
+    ({"phantom": {"nonsense": 1}}, "phantom.nonsense"),
+    ({"version": 99}, "version"),
+]
+
+
+@pytest.mark.parametrize("data,field", BAD, ids=[f for _, f in BAD])
+def test_bad_fields_name_the_field(data, field):
+    with pytest.raises(RecipeError) as info:
+        resolve(data)
+    assert info.value.path == field, str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize("data,field", BAD[:8] + BAD[10:14], ids=[f for _, f in BAD[:8] + BAD[10:14]])
+def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(_write(tmp_path, data)), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["validate", "missing.yaml"], "missing.yaml"),
+        (["validate", "{dir}"], "not a file"),
+        (["validate", "{bad_yaml}"], "invalid YAML at line"),
+        (["validate", "{list_yaml}"], "mapping"),
+        (["validate", str(SMOKE), "--set", "dataset.n_samples"], "--set"),
+        (["validate", str(SMOKE), "--set", "dataset.n_samples.x=1"], "dataset.n_samples"),
+        (["build", str(SMOKE), "-o", "{file}"], "not a directory"),
+        (["build", str(SMOKE), "-o", "{out}", "--device", "cuda:7"], "execution.device"),
+        (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "execution.workers"),
+    ],
+)
+def test_cli_bad_paths_and_flags(tmp_path, args, needle):
+    (tmp_path / "bad.yaml").write_text("dataset:\n  n_samples: [1\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "afile").write_text("x")
+    subs = {"{dir}": str(tmp_path), "{bad_yaml}": str(tmp_path / "bad.yaml"),
+            "{list_yaml}": str(tmp_path / "list.yaml"), "{file}": str(tmp_path / "afile"),
+            "{out}": str(tmp_path / "out")}
+    args = [subs.get(a, a) for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_validate_prints_id_counts_and_bytes():
+    result = CliRunner().invoke(main, ["validate", str(SMOKE), "--set", "dataset.n_samples=6"])
+    assert result.exit_code == 0, result.output
+    rec = load_recipe(SMOKE, ["dataset.n_samples=6"])
+    assert f"recipe id: {recipe_id(rec)}" in result.output
+    assert "samples: 6" in result.output and "shards: 3" in result.output
+    assert "estimated output:" in result.output

@@ -1,0 +1,177 @@
+"""Sinogram-space artifacts (reference §3.5–§3.7): ice, flicker, Poisson, shifts, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from simaq_factory.acquisition.sinogram import (
+    DetectorNoiseConfig,
+    FlickerConfig,
+    IceThicknessConfig,
+    MisalignmentConfig,
+    PoissonConfig,
+    SinogramArtifactsConfig,
+    apply_sinogram_artifacts,
+    sample_sinogram_artifacts,
+    shift_projections,
+)
+from simaq_factory.recipe.fields import Dist
+from simaq_factory.recipe.schema import parse_section, section_to_json
+
+OFF = dict(
+    flicker=FlickerConfig(enabled=False),
+    ice_thickness=IceThicknessConfig(enabled=False),
+)
+
+
+def _proj(a: int = 6, z: int = 16, d: int = 24, seed: int = 0) -> torch.Tensor:
+    return 5.0 + 10.0 * torch.rand((a, z, d), generator=torch.Generator().manual_seed(seed))
+
+
+def test_defaults_follow_the_reference() -> None:
+    cfg = SinogramArtifactsConfig()
+    assert cfg.flicker.strength == Dist.normal(0.05, 0.03, 0.0, 1.0)
+    assert cfg.ice_thickness.thickness == Dist.normal(10000.0, 2000.0, 5000.0, 20000.0)
+    assert cfg.ice_thickness.lac == Dist.normal(0.01, 1e-5)
+    assert not (cfg.detector_noise.enabled or cfg.poisson.enabled or cfg.misalignment.enabled)
+    assert parse_section(SinogramArtifactsConfig, section_to_json(cfg)) == cfg
+    p = sample_sinogram_artifacts(cfg, 10, np.random.default_rng(0))
+    assert p["flicker"]["applied"] and p["ice_thickness"]["applied"]
+    assert not (p["misalignment"]["applied"] or p["poisson"]["applied"] or p["detector_noise"]["applied"])
+
+
+def test_ice_term_mean_is_h_lac_over_cos_per_projection() -> None:
+    cfg = SinogramArtifactsConfig(flicker=FlickerConfig(enabled=False))
+    angles = np.array([-60.0, -30.0, 0.0, 12.5, 45.0, 70.0])
+    params = sample_sinogram_artifacts(cfg, len(angles), np.random.default_rng(3))
+    h = params["ice_thickness"]["thickness"]
+    assert 5000.0 <= h <= 20000.0
+    proj = torch.zeros((6, 32, 32))
+    out = apply_sinogram_artifacts(proj, angles, params).double()
+    path = h / np.cos(np.deg2rad(angles))
+    np.testing.assert_allclose(out.mean(dim=(1, 2)).numpy(), 0.01 * path, rtol=1e-4)
+    np.testing.assert_allclose(out.std(dim=(1, 2)).numpy(), 1e-5 * path, rtol=0.15)
+
+
+def test_ice_path_is_bounded_near_ninety_degrees() -> None:
+    cfg = SinogramArtifactsConfig(flicker=FlickerConfig(enabled=False))
+    params = sample_sinogram_artifacts(cfg, 2, np.random.default_rng(3))
+    out = apply_sinogram_artifacts(torch.zeros((2, 4, 4)), [-90.0, 90.0], params)
+    h = params["ice_thickness"]["thickness"]
+    assert torch.isfinite(out).all() and float(out.max()) < 0.0101 * h / 0.05
+
+
+def test_flicker_bias_is_non_negative_and_bounded_by_f_mean() -> None:
+    cfg = SinogramArtifactsConfig(
+        flicker=FlickerConfig(strength=Dist.const(0.3)), ice_thickness=IceThicknessConfig(enabled=False)
+    )
+    proj = _proj(8, 20, 30)
+    params = sample_sinogram_artifacts(cfg, 8, np.random.default_rng(1))
+    out = apply_sinogram_artifacts(proj, np.zeros(8), params)
+    bias = (out - proj).double()
+    bound = 0.3 * proj.double().mean(dim=(1, 2))
+    assert float(bias.min()) >= -1e-6
+    max_per_proj = bias.amax(dim=(1, 2))
+    assert torch.all(max_per_proj <= bound * (1 + 1e-5))
+    assert torch.all(max_per_proj >= bound * 0.999)  # min–max normalised maps reach 1
+    # every projection gets its own map
+    maps = bias / bound[:, None, None]
+    assert not torch.allclose(maps[0], maps[1], atol=1e-3)
+
+
+def test_poisson_huge_dose_is_nearly_identity() -> None:
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(1e12)))
+    proj = 3.0 * torch.rand((4, 16, 16), generator=torch.Generator().manual_seed(2))
+    params = sample_sinogram_artifacts(cfg, 4, np.random.default_rng(0))
+    out = apply_sinogram_artifacts(proj, np.zeros(4), params)
+    assert float((out - proj).abs().max()) < 1e-3
+
+
+def test_poisson_variance_at_moderate_dose() -> None:
+    i0, p = 1000.0, 1.0
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(i0)))
+    proj = torch.full((20, 64, 64), p)
+    params = sample_sinogram_artifacts(cfg, 20, np.random.default_rng(0))
+    out = apply_sinogram_artifacts(proj, np.zeros(20), params).double()
+    expected_var = 1.0 / (i0 * np.exp(-p))
+    assert float(out.var()) == pytest.approx(expected_var, rel=0.05)
+    assert float(out.mean()) == pytest.approx(p, abs=3e-3)
+
+
+def test_poisson_zero_counts_hit_the_floor() -> None:
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(10.0)))
+    params = sample_sinogram_artifacts(cfg, 1, np.random.default_rng(0))
+    out = apply_sinogram_artifacts(torch.full((1, 8, 8), 50.0), [0.0], params)
+    assert torch.allclose(out, torch.full_like(out, np.log(10.0)))
+
+
+def test_integer_misalignment_is_a_roll_away_from_the_edges() -> None:
+    proj = _proj(3, 20, 24)
+    axial, det = [1.0, 0.0, -2.0], [2.0, -3.0, 0.0]
+    out = shift_projections(proj, axial, det)
+    for a in range(3):
+        rolled = torch.roll(proj[a], shifts=(int(axial[a]), int(det[a])), dims=(0, 1))
+        assert torch.equal(out[a, 3:-3, 4:-4], rolled[3:-3, 4:-4])
+    mean0 = proj[0].mean()
+    assert torch.allclose(out[0, 0, :], mean0.expand(24))  # uncovered row filled with the mean
+    assert torch.allclose(out[0, :, :2], mean0.expand(20, 2))
+
+
+def test_subpixel_misalignment_interpolates_linearly() -> None:
+    ramp = torch.arange(24, dtype=torch.float32).expand(2, 10, 24).contiguous()
+    out = shift_projections(ramp, [0.0, 0.0], [0.5, -0.25])
+    assert torch.allclose(out[0, :, 2:-2], ramp[0, :, 2:-2] - 0.5)
+    assert torch.allclose(out[1, :, 2:-2], ramp[1, :, 2:-2] + 0.25)
+
+
+def test_misalignment_draws_per_projection_shifts() -> None:
+    cfg = SinogramArtifactsConfig(**OFF, misalignment=MisalignmentConfig(enabled=True))
+    params = sample_sinogram_artifacts(cfg, 200, np.random.default_rng(0))
+    det = np.asarray(params["misalignment"]["detector_shift_px"])
+    assert det.shape == (200,) and abs(det.mean()) < 0.3 and det.std() == pytest.approx(1.0, rel=0.2)
+    assert np.abs(det).max() <= 5.0
+
+
+def test_detector_noise_statistics() -> None:
+    cfg = SinogramArtifactsConfig(
+        **OFF,
+        detector_noise=DetectorNoiseConfig(enabled=True, mean=Dist.const(0.5), sigma=Dist.const(0.2)),
+    )
+    proj = _proj(10, 32, 32)
+    params = sample_sinogram_artifacts(cfg, 10, np.random.default_rng(0))
+    noise = (apply_sinogram_artifacts(proj, np.zeros(10), params) - proj).double()
+    assert float(noise.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(noise.std()) == pytest.approx(0.2, rel=0.03)
+
+
+def test_same_params_identical_bytes_across_threads_and_json() -> None:
+    cfg = SinogramArtifactsConfig(
+        misalignment=MisalignmentConfig(enabled=True),
+        poisson=PoissonConfig(enabled=True, attenuation_scale=0.01),
+        detector_noise=DetectorNoiseConfig(enabled=True),
+    )
+    proj = _proj(12, 24, 32)
+    angles = np.linspace(-50, 50, 12)
+    params = sample_sinogram_artifacts(cfg, 12, np.random.default_rng(8))
+    assert params == sample_sinogram_artifacts(cfg, 12, np.random.default_rng(8))
+    round_trip = json.loads(json.dumps(params))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = apply_sinogram_artifacts(proj, angles, params)
+        torch.set_num_threads(2)
+        b = apply_sinogram_artifacts(proj, torch.tensor(angles), round_trip)
+    finally:
+        torch.set_num_threads(before)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+    assert not torch.equal(a, proj)
+
+
+def test_angle_count_mismatch_raises() -> None:
+    params = sample_sinogram_artifacts(SinogramArtifactsConfig(), 4, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        apply_sinogram_artifacts(torch.zeros((4, 4, 4)), [0.0, 1.0, 2.0], params)

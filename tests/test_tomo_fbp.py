@@ -1,0 +1,187 @@
+"""Filters and FBP: scikit-image iradon oracle, filter shapes, weighting, config, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from simaq_factory.tomo import (
+    FILTER_NAMES,
+    Geometry,
+    ReconstructionConfig,
+    fbp,
+    filter_projections,
+    forward_project,
+    fourier_filter,
+    padded_size,
+    reconstruct,
+    skimage_padded_size,
+)
+
+skimage_transform = pytest.importorskip("skimage.transform")
+
+N = 64
+SKIMAGE_NAMES = {
+    "ram-lak": "ramp",
+    "shepp-logan": "shepp-logan",
+    "cosine": "cosine",
+    "hamming": "hamming",
+    "hann": "hann",
+}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _sinogram(theta: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:N, :N]
+    img = rng.random((N, N)) + ((yy - 30) ** 2 + (xx - 36) ** 2 < 100)
+    img[(yy - N // 2) ** 2 + (xx - N // 2) ** 2 > (N // 2 - 2) ** 2] = 0.0
+    return skimage_transform.radon(img, theta, circle=True)  # (D, A)
+
+
+@pytest.mark.parametrize("name", sorted(SKIMAGE_NAMES))
+@pytest.mark.parametrize("arc", ["full", "limited"])
+def test_matches_skimage_iradon(name: str, arc: str) -> None:
+    theta = np.arange(180.0) if arc == "full" else np.arange(-60.0, 60.0, 1.5)
+    sino = _sinogram(theta)
+    ref = skimage_transform.iradon(
+        sino, theta, filter_name=SKIMAGE_NAMES[name], interpolation="linear", circle=True
+    )
+    geom = Geometry.from_degrees(N, theta, center="skimage", weighting="pi_over_2A")
+    proj = torch.tensor(sino.T[:, None, :], dtype=torch.float32)
+    out = fbp(proj, geom, filter=name, pad_to=skimage_padded_size(N))
+    assert out.shape == (1, N, N) and out.dtype == torch.float32
+    assert _rel(out[0].numpy(), ref) <= 1e-4
+
+
+def test_default_padding_is_reference() -> None:
+    assert padded_size(512) == 1024 and padded_size(10) == 64 and padded_size(64) == 128
+    assert skimage_padded_size(64) == 256
+    # The ramp does not depend on the padding (P >= 2D); windows do only slightly.
+    p = torch.tensor(np.random.default_rng(0).random((3, 2, 40)))
+    a = filter_projections(p, "ram-lak")
+    b = filter_projections(p, "ram-lak", pad_to=256)
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_filter_shapes() -> None:
+    size = 1024
+    ramp = fourier_filter("ram-lak", size)
+    assert ramp.shape == (513,)
+    assert 0 < ramp[0] < 0.01  # built in the spatial domain: small positive DC, no hole
+    assert math.isclose(ramp[-1], 1.0, rel_tol=1e-3)
+    assert np.all(np.diff(ramp) > 0)
+    for name in ("hamming", "hann", "cosine", "shepp-logan"):
+        h = fourier_filter(name, size)
+        window = h[1:] / ramp[1:]
+        assert window[0] > 0.99, name  # ~1 near DC
+        assert np.all(np.diff(window) <= 1e-12), name  # monotone taper towards Nyquist
+        assert np.all(h <= ramp + 1e-15), name
+    ham = fourier_filter("hamming", size)
+    assert math.isclose(ham[-1] / ramp[-1], 0.08, abs_tol=1e-3)
+    assert math.isclose(ham[64] / ramp[64], 0.54 + 0.46 * math.cos(2 * math.pi * 64 / size), rel_tol=2e-3)
+    # The reference's unshifted window (a bug, kept for reproduction): 0.08 near DC, 1 at Nyquist.
+    legacy = fourier_filter("hamming_legacy_unshifted", size)
+    assert math.isclose(legacy[-1], ramp[-1], rel_tol=1e-12)
+    assert math.isclose(legacy[64] / ramp[64], 0.54 - 0.46 * math.cos(2 * math.pi * 64 / size), rel_tol=1e-9)
+    assert legacy[64] < 0.2 * ham[64]
+    assert set(FILTER_NAMES) == set(SKIMAGE_NAMES) | {"hamming_legacy_unshifted"}
+    with pytest.raises(ValueError, match="unknown FBP filter"):
+        fourier_filter("butterworth", 64)
+
+
+def _disk(n: int, c: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    return (((yy - c) ** 2 + (xx - c - 5) ** 2) <= r * r).astype(np.float64)
+
+
+def test_roundtrip_recovers_values() -> None:
+    geom = Geometry.from_degrees(N, np.arange(0.0, 180.0, 1.0))
+    img = _disk(N, geom.image_center, 12.0) * 2.0
+    vol = torch.tensor(img[None], dtype=torch.float32)
+    rec = fbp(forward_project(vol, geom), geom, filter="ram-lak")[0].numpy()
+    inner = _disk(N, geom.image_center, 9.0) > 0
+    assert abs(rec[inner].mean() - 2.0) < 0.02
+    far = (np.hypot(*(np.mgrid[:N, :N] - geom.image_center)) < 28) & (_disk(N, geom.image_center, 15.0) == 0)
+    assert abs(rec[far].mean()) < 0.02
+    assert np.all(rec[np.hypot(*(np.mgrid[:N, :N] - geom.image_center)) > N // 2] == 0)
+
+
+def test_quadrature_weighting_limited_arc() -> None:
+    g_full = Geometry.arc_degrees(N, 180.0)
+    g_arc = Geometry.arc_degrees(N, 120.0, weighting="quadrature")
+    w_full = dataclasses.replace(g_full, weighting="quadrature").angle_weights()
+    np.testing.assert_allclose(w_full, g_full.angle_weights(), rtol=1e-12)  # uniform 180°: identical
+    w_arc = g_arc.angle_weights()
+    np.testing.assert_allclose(w_arc, math.radians(1.0) / 2, rtol=1e-9)  # ends included
+    assert math.isclose(w_arc.sum(), math.radians(120.0) / 2, rel_tol=1e-9)
+    assert math.isclose(dataclasses.replace(g_arc, weighting="pi_over_2A").angle_weights().sum(), math.pi / 2)
+    # missing projections inside the arc: neighbours of a 2° gap cover it
+    keep = [a for i, a in enumerate(g_arc.angles) if i != 50]
+    w = dataclasses.replace(g_arc, angles=tuple(keep)).angle_weights()
+    assert math.isclose(w.sum(), math.radians(120.0) / 2, rel_tol=1e-9)
+    assert math.isclose(w[49], math.radians(1.5) / 2, rel_tol=1e-9)
+    # order does not matter
+    perm = np.random.default_rng(0).permutation(len(keep))
+    w_perm = dataclasses.replace(g_arc, angles=tuple(np.asarray(keep)[perm])).angle_weights()
+    np.testing.assert_allclose(w_perm, w[perm], rtol=1e-12)
+
+
+def test_quadrature_fbp_scales_limited_arc() -> None:
+    geom = Geometry.arc_degrees(N, 120.0)
+    proj = torch.rand(geom.n_angles, 2, N, dtype=torch.float64)
+    a = fbp(proj, geom)
+    b = fbp(proj, dataclasses.replace(geom, weighting="quadrature"))
+    assert torch.allclose(b, a * (120.0 / 180.0), rtol=1e-10, atol=1e-12)
+
+
+def test_reconstruction_config_and_reconstruct() -> None:
+    cfg = ReconstructionConfig()
+    assert (cfg.method, cfg.filter, cfg.weighting, cfg.center, cfg.clip_circle) == (
+        "fbp",
+        "hamming",
+        "pi_over_2A",
+        "astra",
+        True,
+    )
+    for f in dataclasses.fields(ReconstructionConfig):
+        assert f.metadata["doc"], f.name
+    geom = Geometry.arc_degrees(32, 100.0)
+    proj = torch.rand(geom.n_angles, 3, 32)
+    out = reconstruct(proj, geom, cfg)
+    assert torch.equal(out, fbp(proj, geom, filter="hamming", clip_circle=True))
+    quad = reconstruct(proj, geom, ReconstructionConfig(weighting="quadrature", clip_circle=False))
+    ref = fbp(proj, dataclasses.replace(geom, weighting="quadrature"), filter="hamming", clip_circle=False)
+    assert torch.equal(quad, ref)
+    with pytest.raises(ValueError, match="centre"):
+        reconstruct(proj, geom, ReconstructionConfig(center="skimage"))
+
+
+def test_fbp_thread_count_determinism() -> None:
+    rng = np.random.default_rng(4)
+    geom = Geometry.from_degrees(48, rng.uniform(-60, 60, 50))
+    proj = torch.tensor(rng.random((50, 6, 48)), dtype=torch.float32)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = fbp(proj, geom, filter="hamming")
+        torch.set_num_threads(2)
+        b = fbp(proj, geom, filter="hamming")
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(a, b)
+
+
+def test_fbp_validation() -> None:
+    geom = Geometry.from_degrees(16, [0.0, 90.0])
+    with pytest.raises(ValueError, match="A=2"):
+        fbp(torch.zeros(3, 1, 16), geom)
+    with pytest.raises(ValueError, match="unknown FBP filter"):
+        fbp(torch.zeros(2, 1, 16), geom, filter="butterworth")
