@@ -20,7 +20,7 @@ stamp=.venv/.simaq-installed
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   if [ "$TORCH" != "skip" ]; then
-    .venv/bin/python -m pip install -q "torch==$TORCH" 2>&1 | grep -v "is ignored" || true
+    .venv/bin/python -m pip install -q "torch==$TORCH" numpy 2>&1 | grep -v "is ignored" || true
     .venv/bin/python -c "import torch" || { echo "error: torch==$TORCH did not install" >&2; exit 1; }
   fi
   .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
