@@ -175,7 +175,7 @@ class _Progress:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out")
 @handle_errors
 def status(out: str) -> None:
     """Done, pending and damaged shards of the dataset at OUT."""
@@ -190,7 +190,7 @@ def status(out: str) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out")
 @click.option("--index", type=int, default=None, help="Also print this sample's parameters.")
 @handle_errors
 def info(out: str, index: int | None) -> None:
@@ -198,6 +198,79 @@ def info(out: str, index: int | None) -> None:
     from simaq_factory.store.inspect import dataset_info
 
     click.echo(json.dumps(dataset_info(Path(out), index), indent=2, sort_keys=True))
+
+
+@main.command()
+@click.argument("out")
+@click.option("--deep", is_flag=True, help="Also read every array and check label values and finiteness.")
+@click.option("--regen", type=int, default=0, show_default=True, metavar="K",
+              help="Re-render K samples here and compare (phantom/labels bit-exact, recon rel. L2 <= 1e-5).")
+@handle_errors
+def verify(out: str, deep: bool, regen: int) -> None:
+    """Check checksums and provenance of every shard of OUT (exit 1 when a problem is found)."""
+    from simaq_factory.errors import BuildFailed
+    from simaq_factory.store.verify import verify_dataset
+
+    if regen < 0:
+        raise RecipeError("--regen", f"must be >= 0, got {regen}")
+    report = verify_dataset(Path(out), deep=deep, regen=regen)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if not report.ok:
+        raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; `simaq-factory build` with the "
+                          "same recipe repairs damaged or missing shards")
+    regen_txt = f", regenerated samples {report.regenerated}" if report.regenerated else ""
+    click.echo(f"ok: {report.n_shards} shard(s), {report.checked_samples} sample(s) verified"
+               f"{' (deep)' if deep else ''}{regen_txt}")
+
+
+@main.command()
+@click.argument("out")
+@handle_errors
+def freeze(out: str) -> None:
+    """Verify OUT, write manifest.jsonl, DATASET.md, previews and SHA256SUMS; refuse later writes."""
+    from simaq_factory.store.freeze import freeze_dataset
+
+    info = freeze_dataset(Path(out))
+    click.echo(f"frozen: {info['samples']} samples, {info['files']} files listed in "
+               f"{Path(out) / 'SHA256SUMS'}")
+
+
+@main.command()
+@click.argument("out")
+@click.option("--index", type=int, default=0, show_default=True, help="Sample index.")
+@click.option("-o", "--output", "png", required=True, help="PNG file to write.")
+@handle_errors
+def preview(out: str, index: int, png: str) -> None:
+    """Orthogonal slices of phantom, labels, noisy, recon and a sinogram of one sample, as a PNG."""
+    from simaq_factory.store.preview import render_preview
+
+    path = render_preview(Path(out), index, Path(png))
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("out")
+@click.option("--format", "fmt", type=click.Choice(["ome-zarr", "tiff", "mrc"]), required=True)
+@click.option("-o", "--dest", required=True, help="Destination directory.")
+@click.option("--index", "indices", type=int, multiple=True, help="Sample index (repeatable; default all).")
+@click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom).")
+@click.option("--voxel-size-nm", type=float, default=None, help="Override the estimated voxel size.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files in the destination.")
+@handle_errors
+def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str | None,
+           voxel_size_nm: float | None, overwrite: bool) -> None:
+    """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD)."""
+    from simaq_factory.store.export import export_dataset
+
+    if voxel_size_nm is not None and not voxel_size_nm > 0:
+        raise RecipeError("--voxel-size-nm", f"must be > 0, got {voxel_size_nm}")
+    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    written = export_dataset(Path(out), Path(dest), fmt=fmt, indices=list(indices), arrays=names,
+                             voxel_nm=voxel_size_nm, overwrite=overwrite)
+    click.echo(f"wrote {len(written)} file(s) to {dest}")
 
 
 if __name__ == "__main__":  # pragma: no cover

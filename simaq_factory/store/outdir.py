@@ -51,6 +51,12 @@ def check_out_dir(out: Path, rid: str) -> bool:
         )
     if not (out / GROUP_NAME / "zarr.json").exists():
         raise BadInput(str(out), "dataset.zarr is missing; remove the directory and build again")
+    try:
+        status = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"].get("status")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise BadInput(str(out / GROUP_NAME / "zarr.json"), "unreadable dataset card") from None
+    if status == "frozen":
+        raise BadInput(str(out), "dataset is frozen; later writes are refused")
     return True
 
 

@@ -1,0 +1,154 @@
+"""``freeze``: seal a complete dataset for publication.
+
+Writes ``manifest.jsonl`` (one line per sample), ``DATASET.md`` (the dataset card: recipe, counts,
+per-class voxel fractions, intensity percentiles, software versions, preview images under
+``previews/``), sets the card's status to ``frozen`` and finally ``SHA256SUMS`` over every file.
+A frozen dataset refuses later builds. Freezing first verifies every shard (checksums, provenance,
+a deep read), so a damaged dataset is never sealed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.labels import LABEL_NAMES, Label
+from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
+from simaq_factory.store.inspect import open_dataset_recipe
+from simaq_factory.store.layout import GROUP_NAME
+from simaq_factory.store.outdir import RESOLVED
+from simaq_factory.store.verify import verify_dataset
+
+MANIFEST = "manifest.jsonl"
+SUMS = "SHA256SUMS"
+CARD = "DATASET.md"
+PREVIEWS = "previews"
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+STATS_STRIDE = 7  # every 7th voxel inside the field of view feeds the percentiles
+
+
+def _fov(shape: tuple[int, int, int]) -> np.ndarray:
+    _, y, x = shape
+    yy, xx = np.ogrid[:y, :x]
+    r = min(y, x) / 2.0
+    return ((yy - (y - 1) / 2) ** 2 + (xx - (x - 1) / 2) ** 2) <= r * r
+
+
+def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    g = zarr.open_group(out / GROUP_NAME, mode="r")
+    n = recipe.dataset.n_samples
+    fov = _fov(recipe.dataset.shape)
+    counts_total = np.zeros(256, dtype=np.int64)
+    samples: dict[str, list[np.ndarray]] = {"phantom": [], "recon": []}
+    manifest = []
+    for s_start in range(0, n, recipe.dataset.samples_per_shard):
+        shard = s_start // recipe.dataset.samples_per_shard
+        prov = read_provenance(out, shard) or {}
+        for rec in prov.get("sample_records", []):
+            i = int(rec["index"])
+            labels = g["labels"][i]
+            counts = np.bincount(labels.ravel(), minlength=256)
+            counts_total += counts
+            for name in samples:
+                vol = g[name][i]
+                samples[name].append(vol[:, fov][:, ::STATS_STRIDE].astype(np.float32).ravel())
+            ang = rec["angles"]
+            manifest.append({
+                "index": i, "shard": shard, "n_cells": rec.get("n_cells"),
+                "tilt_span_deg": ang["span_deg"], "tilt_offset_deg": ang["offset_deg"],
+                "n_angles": len(ang["recon_deg"]), "phantom_scale": rec["phantom_spec"].get("scale"),
+                "label_voxels": {LABEL_NAMES[v]: int(counts[v]) for v in LABEL_NAMES if counts[v]},
+            })
+    total = int(counts_total.sum())
+    stats = {
+        "label_fractions": {LABEL_NAMES[v]: float(counts_total[v] / total) for v in LABEL_NAMES
+                            if v != Label.IGNORE},
+        "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
+                                       np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
+                        for name, vals in samples.items()},
+        "percentile_sampling": f"every {STATS_STRIDE}th voxel inside the inscribed cylinder",
+    }
+    return manifest, stats
+
+
+def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dict[str, Any],
+                   manifest: list[dict[str, Any]], previews: list[str]) -> str:
+    spans = [m["tilt_span_deg"] for m in manifest]
+    cells = [m["n_cells"] for m in manifest]
+    lines = [
+        "# simaq-factory dataset", "",
+        f"- recipe id: `{card['recipe_id']}`",
+        f"- samples: {card['n_samples']} of shape (z, y, x) {tuple(card['shape_zyx'])}, z = tilt axis",
+        f"- shards: {card['n_samples'] // card['samples_per_shard'] + bool(card['n_samples'] % card['samples_per_shard'])}"
+        f" ({card['samples_per_shard']} samples each)",
+        f"- seed: {card['seed']}",
+        f"- cells per sample: min {min(cells)}, max {max(cells)}, mean {np.mean(cells):.2f}",
+        f"- tilt span: {min(spans):.1f} to {max(spans):.1f} deg (mean {np.mean(spans):.1f})",
+        f"- labels: {', '.join(f'{k} {v}' for k, v in card['label_map'].items())}; ignore = {card['ignore_label']}",
+        f"- frozen: {card.get('frozen_at', '')}", "",
+        "## Per-class voxel fractions", "",
+        "| class | fraction |", "|---|---|",
+        *[f"| {k} | {v:.5f} |" for k, v in stats["label_fractions"].items()], "",
+        f"## Intensity percentiles ({stats['percentile_sampling']})", "",
+        "| array | " + " | ".join(f"p{p}" for p in PERCENTILES) + " |",
+        "|---|" + "---|" * len(PERCENTILES),
+        *[f"| {name} | " + " | ".join(f"{v:.4g}" for v in pct.values()) + " |"
+          for name, pct in stats["percentiles"].items()], "",
+        "## Software", "",
+        *[f"- {k}: {v}" for k, v in card["software"].items()], "",
+        "## Previews", "",
+        *[f"![sample preview]({p})" for p in previews], "",
+        "## Files", "",
+        "- `dataset.zarr/`: Zarr v3 arrays phantom, labels, recon (and noisy, sinogram, angles when stored)",
+        "- `provenance/shard-*.json`: per-sample parameters, seeds, timings, devices, shard checksums",
+        f"- `{MANIFEST}`: one JSON line per sample; `{SUMS}`: sha256 of every file (`sha256sum -c {SUMS}`)",
+        "", "## Recipe (resolved)", "", "```json", json.dumps(recipe_json, indent=1, sort_keys=True), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_sha256sums(out: Path) -> int:
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != SUMS)
+    with open(out / SUMS, "w") as f:
+        for p in files:
+            f.write(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n")
+    return len(files)
+
+
+def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
+    """Verify, then seal ``out``. Raises BadInput (already frozen) or BuildFailed (not verifiable)."""
+    from simaq_factory.store.preview import render_preview
+
+    recipe, _ = open_dataset_recipe(out)
+    card = read_card(out)
+    if card.get("status") == "frozen":
+        raise BadInput(str(out), "dataset is already frozen")
+    report = verify_dataset(out, deep=True)
+    if not report.ok:
+        raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "
+                          "run `simaq-factory build` to repair, then freeze)")
+    manifest, stats = _stats(out, recipe)
+    with open(out / MANIFEST, "w") as f:
+        for row in manifest:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+    (out / PREVIEWS).mkdir(exist_ok=True)
+    names = []
+    for i in range(min(previews, recipe.dataset.n_samples)):
+        rel = f"{PREVIEWS}/sample_{i:06d}.png"
+        render_preview(out, i, out / rel)
+        names.append(rel)
+    frozen_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    update_card(out, {"status": "frozen", "frozen_at": frozen_at, "stats": stats})
+    card = read_card(out)
+    recipe_json = json.loads((out / RESOLVED).read_text())["recipe"]
+    (out / CARD).write_text(_card_markdown(recipe_json, card, stats, manifest, names))
+    n_files = write_sha256sums(out)
+    digest = hashlib.sha256((out / SUMS).read_bytes()).hexdigest()
+    return {"samples": len(manifest), "files": n_files, "sha256sums_digest": digest, "stats": stats}

@@ -1,0 +1,98 @@
+"""``preview``: one PNG with orthogonal slices of a sample — the picture a user looks at first.
+
+Rows: phantom (LAC), labels over the phantom, noisy volume (when stored), reconstruction; columns:
+the z (tilt-axis) slice, the y slice and the x slice through the sample's labelled centre. A last row
+shows one projection near 0° and the sinogram of the central z slice when sinograms are stored.
+Every image has its own colour bar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from simaq_factory.errors import BadInput
+from simaq_factory.store.inspect import open_dataset_recipe
+from simaq_factory.store.layout import GROUP_NAME
+
+LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
+
+
+def _centre(labels: np.ndarray) -> tuple[int, int, int]:
+    idx = np.argwhere(labels > 0)
+    if idx.size == 0:
+        return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
+    return tuple(int(v) for v in np.round(idx.mean(axis=0)))  # type: ignore[return-value]
+
+
+def _overlay(labels: np.ndarray) -> np.ndarray:
+    rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
+    for value, colour in LABEL_COLOURS.items():
+        m = labels == value
+        rgba[m, :3] = colour
+        rgba[m, 3] = 0.45
+    return rgba
+
+
+def render_preview(out: Path, index: int, png: Path) -> Path:
+    """Write the preview of sample ``index`` of the dataset at ``out`` to ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipe, _ = open_dataset_recipe(out)
+    n = recipe.dataset.n_samples
+    if not 0 <= index < n:
+        raise BadInput("--index", f"must be in [0, {n - 1}], got {index}")
+    if png.suffix.lower() != ".png":
+        raise BadInput(str(png), "preview output must be a .png file")
+    if not png.parent.exists():
+        raise BadInput(str(png), f"directory {png.parent} does not exist")
+    g = zarr.open_group(out / GROUP_NAME, mode="r")
+    labels = g["labels"][index]
+    volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
+    if "noisy" in g:
+        volumes.append(("noisy (LAC)", g["noisy"][index].astype(np.float32), "gray"))
+    volumes.append(("recon (raw FBP)", g["recon"][index].astype(np.float32), "gray"))
+    cz, cy, cx = _centre(labels)
+    cuts: list[tuple[str, Any]] = [(f"z={cz}", np.s_[cz, :, :]), (f"y={cy}", np.s_[:, cy, :]),
+                                   (f"x={cx}", np.s_[:, :, cx])]
+    has_sino = "sinogram" in g and "angles" in g
+    rows = len(volumes) + 1 + int(has_sino)
+    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.3 * rows), squeeze=False)
+    for r, (title, vol, cmap) in enumerate(volumes[:1] + [("labels", None, "")] + volumes[1:]):
+        for c, (cut_name, cut) in enumerate(cuts):
+            ax = axes[r, c]
+            base = volumes[0][1][cut] if vol is None else vol[cut]
+            lo, hi = np.percentile(base, [0.5, 99.5]) if vol is not None else (base.min(), base.max())
+            im = ax.imshow(base, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="upper")
+            if vol is None:
+                ax.imshow(_overlay(labels[cut]), origin="upper")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+            ax.set_title(f"{title}  {cut_name}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if has_sino:
+        angles = g["angles"][index]
+        k = int(np.isfinite(angles).sum())
+        sino = g["sinogram"][index, :k]
+        a0 = int(np.argmin(np.abs(angles[:k]))) if k else 0
+        panels = [(f"projection at {angles[a0]:.1f} deg (z x detector)", sino[a0], "auto"),
+                  (f"sinogram of z={cz} (angle x detector)", sino[:, cz, :], "auto")]
+        for c, (title, img, aspect) in enumerate(panels):
+            ax = axes[-1, c]
+            im = ax.imshow(img, cmap="magma", aspect=aspect, origin="upper")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+            ax.set_title(title, fontsize=9)
+        axes[-1, 2].axis("off")
+        axes[-1, 2].text(0.0, 0.5, f"{k} angles, {angles[0]:.1f} to {angles[k - 1]:.1f} deg",
+                         fontsize=9, transform=axes[-1, 2].transAxes)
+    fig.suptitle(f"{out.name}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
