@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,12 @@ def main(verbose: int) -> None:
     """Simulated soft X-ray tomography datasets (SimAQ): phantoms, limited-angle acquisition, FBP."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # log files in OUT/logs still receive INFO
+    if verbose < 2:
+        # Dask logs every connection at INFO; read by dask's config when distributed is imported
+        # (here and in spawned workers), so set it before any import of distributed
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 SET_HELP = "Override a recipe field, e.g. --set dataset.n_samples=8 (repeatable)."

@@ -43,7 +43,7 @@ def open_cluster(
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="15s")
+            client = Client(scheduler, timeout="8s")
         except (OSError, TimeoutError) as err:
             raise BadInput("--scheduler", f"cannot reach Dask scheduler at {scheduler!r}: {err}") from None
         try:

@@ -18,6 +18,7 @@ from simaq_factory.device import resolve_device
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.orchestrate.cluster import default_threads, open_cluster
+from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard
 from simaq_factory.pipeline import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
@@ -108,7 +109,9 @@ def build(
         if not resuming:
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
+        log_path = attach_log_file(out, "driver")
         todo, done = pending_shards(out, recipe, rid)
+        log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
         report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
         threads = exe.threads_per_worker or default_threads(1)
         for i, s in enumerate(todo):
@@ -121,7 +124,10 @@ def build(
                 report.built += 1
             if progress:
                 progress(i + 1, len(todo), summary)
-        return _finish(out, report, t0)
+        try:
+            return _finish(out, report, t0)
+        finally:
+            detach_log_file(log_path)
     if cluster == "slurm":
         raise BadInput("--cluster", "slurm is not available yet; start a scheduler and use --scheduler")
 
@@ -132,11 +138,21 @@ def build(
         if not resuming:
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
+        log_path = attach_log_file(out, "driver")
         todo, done = pending_shards(out, recipe, rid)
+        log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
+                 handle.description, handle.dashboard)
         report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
                              dashboard=handle.dashboard)
-        _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
-    return _finish(out, report, t0)
+        try:
+            _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
+        except BaseException:
+            detach_log_file(log_path)
+            raise
+    try:
+        return _finish(out, report, t0)
+    finally:
+        detach_log_file(log_path)
 
 
 def _run_distributed(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from simaq_factory.device import resolve_device
+from simaq_factory.orchestrate.logs import attach_log_file
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.dataset import shard_checksums, write_json_atomic, write_shard
@@ -33,6 +34,7 @@ def run_shard(
 ) -> dict[str, Any]:
     """Render shard ``shard_index`` of the dataset at ``out``; return a small summary."""
     t0 = time.perf_counter()
+    attach_log_file(Path(out), "worker")
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     recipe = resolve(recipe_json)
