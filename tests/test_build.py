@@ -182,3 +182,38 @@ def test_clean_acquisition_reconstructs_the_phantom(tmp_path, span, max_err):
         assert err < max_err
         if span == 180:
             assert np.corrcoef(rec.ravel(), ph.ravel())[0, 1] > 0.95
+
+
+def test_disk_full_mid_build_exit_1_marks_nothing_then_resumes(tmp_path, monkeypatch):
+    import errno
+
+    from simaq_factory.orchestrate import task
+
+    real = task.write_shard
+    calls = {"n": 0}
+
+    def fill_disk_on_second_shard(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(task, "write_shard", fill_disk_on_second_shard)
+    out = tmp_path / "out"
+    args = ["build", SMOKE, "-o", str(out), "--cluster", "inline"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert (out / "provenance" / "shard-000000.json").exists()
+    assert not (out / "provenance" / "shard-000001.json").exists()
+    assert "1 done, 1 pending" in CliRunner().invoke(main, ["status", str(out)]).output
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert "2 done, 0 pending" in CliRunner().invoke(main, ["status", str(out)]).output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_directory_exit_2(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    result = CliRunner().invoke(main, ["build", SMOKE, "-o", str(ro / "out"), "--cluster", "inline"])
+    assert result.exit_code == 2 and "not writable" in result.stderr

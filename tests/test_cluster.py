@@ -91,3 +91,20 @@ def test_unreachable_scheduler_exit_2_and_nothing_written(tmp_path):
     assert result.stderr.strip().startswith("error: --scheduler: cannot reach Dask scheduler")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_slurm_job_script_requests_gpus_and_advertises_the_resource():
+    pytest.importorskip("dask_jobqueue")
+    from simaq_factory.orchestrate.cluster import slurm_cluster
+    from simaq_factory.recipe.io import resolve
+
+    recipe = resolve({"execution": {"slurm": {"queue": "gpu", "account": "lab", "cores": 4,
+                                              "memory": "16GB", "gpus_per_job": 1, "walltime": "00:30:00"}}})
+    cluster = slurm_cluster(recipe.execution, gpu=False)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for needle in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --gres=gpu:1", "#SBATCH -t 00:30:00",
+                   "--resources GPU=1", "--nthreads 4", sys.executable):
+        assert needle in script, (needle, script)

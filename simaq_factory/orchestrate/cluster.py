@@ -6,8 +6,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from simaq_factory.errors import BadInput
 
@@ -28,9 +30,28 @@ def default_threads(workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
+    """A dask-jobqueue SLURMCluster for ``execution.slurm`` (jobs are submitted on ``scale``)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise BadInput("--cluster", "slurm needs dask-jobqueue: pip install 'simaq-factory[slurm]'") from None
+    cfg = exe.slurm
+    gpus = cfg.gpus_per_job or (1 if gpu else 0)
+    directives = [f"--gres=gpu:{gpus}"] if gpus else []
+    worker_args = ["--resources", f"GPU={gpus}"] if gpus else []
+    return SLURMCluster(
+        queue=cfg.queue, account=cfg.account, walltime=cfg.walltime, cores=cfg.cores, processes=1,
+        memory=cfg.memory, job_extra_directives=directives, worker_extra_args=worker_args,
+        local_directory=cfg.local_directory, python=cfg.python or sys.executable,
+        silence_logs="error", job_name="simaq-factory",
+    )
+
+
 @contextlib.contextmanager
 def open_cluster(
-    *, scheduler: str | None, workers: int, gpu: bool = False
+    *, scheduler: str | None, workers: int, gpu: bool = False, memory_limit: str = "auto",
+    execution: Any = None, kind: str = "local",
 ) -> Iterator[ClusterHandle]:
     """Yield a connected client; close whatever this function started on exit.
 
@@ -53,6 +74,17 @@ def open_cluster(
             client.close()
         return
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    if kind == "slurm":
+        cluster = slurm_cluster(execution, gpu=gpu)
+        cluster.scale(jobs=workers)
+        client = Client(cluster)
+        try:
+            yield ClusterHandle(client, client.dashboard_link if dashboard else None, workers,
+                                f"SLURM cluster with {workers} job(s)")
+        finally:
+            client.close()
+            cluster.close()
+        return
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
@@ -60,6 +92,7 @@ def open_cluster(
         dashboard_address=dashboard,
         silence_logs=logging.ERROR,
         resources={"GPU": 1} if gpu else None,
+        memory_limit=memory_limit,
     )
     client = Client(cluster)
     try:

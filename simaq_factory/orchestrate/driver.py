@@ -128,11 +128,9 @@ def build(
             return _finish(out, report, t0)
         finally:
             detach_log_file(log_path)
-    if cluster == "slurm":
-        raise BadInput("--cluster", "slurm is not available yet; start a scheduler and use --scheduler")
-
-    gpu = device.startswith("cuda")
-    with open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None) as handle:
+    gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
+    with open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None,
+                      memory_limit=exe.memory_limit, execution=exe, kind=cluster) as handle:
         if on_cluster:
             on_cluster(handle.description, handle.dashboard)
         if not resuming:
@@ -171,8 +169,11 @@ def _run_distributed(
     exe = recipe.execution
     client = handle.client
     n_workers = max(1, handle.n_workers)
-    threads = exe.threads_per_worker or default_threads(n_workers if handle.description.startswith(
-        "LocalCluster") else 1)
+    if handle.description.startswith("SLURM"):
+        threads = exe.threads_per_worker or exe.slurm.cores
+    else:
+        threads = exe.threads_per_worker or default_threads(
+            n_workers if handle.description.startswith("LocalCluster") else 1)
     window = exe.window or 2 * n_workers
     queue = list(todo)
     resources = {"GPU": 1} if gpu else None

@@ -71,6 +71,20 @@ class AcquisitionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SlurmConfig:
+    """``--cluster slurm`` (dask-jobqueue): one worker process per SLURM job."""
+
+    queue: str | None = spec(None, doc="partition (#SBATCH -p)")
+    account: str | None = spec(None, doc="account (#SBATCH -A)")
+    walltime: str = spec("02:00:00", doc="job walltime HH:MM:SS")
+    cores: int = spec(8, ge=1, doc="CPU cores per job (torch threads of its worker)")
+    memory: str = spec("32GB", doc="memory per job, e.g. 32GB")
+    gpus_per_job: int = spec(0, ge=0, le=16, doc="GPUs per job (--gres=gpu:N; workers advertise GPU=N)")
+    local_directory: str | None = spec(None, doc="node-local scratch for worker spill files")
+    python: str | None = spec(None, doc="python on the nodes (default: this interpreter)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExecutionConfig:
     """How to compute; not part of the recipe id."""
 
@@ -79,6 +93,8 @@ class ExecutionConfig:
     threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per worker; 0 = cores/workers")
     retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")
     window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
+    memory_limit: str = spec("auto", doc="LocalCluster memory limit per worker, e.g. 8GB; auto = RAM/workers")
+    slurm: SlurmConfig = spec(default_factory=SlurmConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
