@@ -60,6 +60,26 @@ def sample_angle_set(recipe: Recipe, rng: np.random.Generator) -> AngleSet:
     )
 
 
+_PINNED: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+
+def to_host(t: torch.Tensor, key: str) -> np.ndarray:
+    """Copy a tensor to host memory as numpy.
+
+    From CUDA the copy goes through a page-locked buffer kept per (key, shape, dtype), several
+    times faster than a pageable copy; the returned array is a view of that buffer and is valid
+    until the next call with the same key in this process (callers copy it into their shard).
+    """
+    if t.device.type != "cuda":
+        return t.numpy()
+    k = (key, tuple(t.shape), t.dtype)
+    buf = _PINNED.get(k)
+    if buf is None:
+        buf = _PINNED[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    buf.copy_(t)
+    return buf.numpy()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,14 +135,14 @@ def render_sample(
 
     outputs = recipe.dataset.outputs
     arrays: dict[str, np.ndarray] = {
-        "phantom": phantom.cpu().numpy(),
-        "labels": labels.cpu().numpy(),
-        "recon": recon.to(getattr(torch, outputs.recon_dtype)).cpu().numpy(),
+        "phantom": to_host(phantom, "phantom"),
+        "labels": to_host(labels, "labels"),
+        "recon": to_host(recon.to(getattr(torch, outputs.recon_dtype)), "recon"),
     }
     if outputs.noisy:
-        arrays["noisy"] = noisy.to(getattr(torch, outputs.noisy_dtype)).cpu().numpy()
+        arrays["noisy"] = to_host(noisy.to(getattr(torch, outputs.noisy_dtype)), "noisy")
     if outputs.sinogram:
-        arrays["sinogram"] = proj.cpu().numpy().astype(np.float32, copy=False)
+        arrays["sinogram"] = to_host(proj.float(), "sinogram")
     if outputs.angles:
         arrays["angles"] = np.asarray(angles.recon_deg, dtype=np.float32)
     lap("to_host")
