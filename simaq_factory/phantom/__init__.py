@@ -3,18 +3,31 @@
     spec = sample_phantom(cfg, (Z, Y, X), rng)          # numpy Generator, voxel-space geometry
     phantom, labels = voxelize(spec, device="cuda")     # float32 LAC, uint8 labels (Z, Y, X)
 
+The spec is pure data (``spec.to_dict()`` is stored as provenance) and includes the deformation
+parameters and the supersampling factor: ``voxelize(PhantomSpec.from_dict(d))`` regenerates the
+same bytes.
+
 Axes are (z, y, x); z (axis 0) is the tilt axis, rays at 0° travel along y.
 """
 
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.phantom.layout import PhantomLayoutError
 from simaq_factory.phantom.sample import PhantomFitError, sample_phantom
-from simaq_factory.phantom.spec import CellSpec, DropletSpec, PhantomSpec, VacuoleSpec
+from simaq_factory.phantom.spec import (
+    CellSpec,
+    DeformationSpec,
+    DropletSpec,
+    NucleusSpec,
+    PhantomSpec,
+    VacuoleSpec,
+)
 from simaq_factory.phantom.voxelize import voxelize
 
 __all__ = [
     "CellSpec",
+    "DeformationSpec",
     "DropletSpec",
+    "NucleusSpec",
     "PhantomConfig",
     "PhantomFitError",
     "PhantomLayoutError",

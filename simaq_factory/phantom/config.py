@@ -7,6 +7,7 @@ Every default equals the reference value unless the doc says otherwise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,10 +15,13 @@ from simaq_factory.recipe.fields import Dist, spec
 
 __all__ = [
     "ApollonianConfig",
+    "AntialiasConfig",
     "CellConfig",
     "CellsConfig",
+    "DeformationConfig",
     "LayoutConfig",
     "LipidDropletConfig",
+    "NucleusConfig",
     "PhantomConfig",
     "VacuoleConfig",
 ]
@@ -168,8 +172,83 @@ class LayoutConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NucleusConfig:
+    """Optional nucleus, label 4 (beyond the reference, which has none: §1.1). One per cell.
+
+    Size: budding-yeast nuclear volume is ~7 % of the cell volume (nucleus-to-cell volume ratio
+    ≈ 0.07, constant as cells grow; Jorgensen et al. 2007, Mol. Biol. Cell 18:3523), i.e. a radius
+    ≈ 0.07^(1/3) ≈ 0.41 × the cell radius. LAC: **estimate** 0.25 ± 0.025 µm⁻¹, the middle of the
+    0.2–0.3 µm⁻¹ nuclear LACs reported for yeast SXT (Parkinson et al. 2008, J. Struct. Biol.
+    161:380; Uchida et al. 2009, PNAS 106:19375); the exact table values were not checked here.
+    The nucleus is placed first; vacuoles, fragments and droplets must then stay clear of it.
+    """
+
+    enabled: bool = spec(False, doc="add one nucleus (label 4) per cell; off in the paper recipes")
+    radius_fraction: Dist = spec(
+        default_factory=lambda: Dist.normal(0.41, 0.02, 0.35, 0.47),
+        gt=0,
+        lt=1,
+        doc="nuclear radius / cell radius, one draw per cell (volume ratio ≈ 0.07, Jorgensen 2007)",
+    )
+    axis_jitter: float = spec(
+        0.05, ge=0, le=0.15, doc="per-axis relative std of the nuclear radii (clipped at ±3 std)"
+    )
+    lac: Dist = spec(
+        default_factory=lambda: Dist.normal(0.25, 0.025, 0.2, 0.3),
+        gt=0,
+        doc="nuclear LAC (µm⁻¹); estimate from the 0.2–0.3 range of yeast SXT reports (see class doc)",
+    )
+    containment_shrink: float = spec(
+        0.9, gt=0, le=1, doc="the nucleus must lie inside the cell radii times this factor"
+    )
+    max_attempts: int = spec(
+        25, ge=1, doc="random placements tried before the nucleus is centred (and shrunk if needed)"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeformationConfig:
+    """Smooth random (elastic) deformation of phantom and labels together (reference §1.11).
+
+    Lengths are in *reference voxels* (voxels at scale 1.2, i.e. at 512³) and are multiplied by
+    ``scale / 1.2`` (= size/512 with scale "auto"), so every volume size gets the same deformation
+    relative to its cells. The field is U(−1, 1) noise smoothed by a Gaussian of std ``sigma``;
+    ``alpha`` is torchvision's ElasticTransform strength for size 512 as the reference uses it,
+    giving a per-component displacement std of α / (4·√(3π)·σ) reference voxels (≈ 1.0 for the
+    defaults: very mild, §1.11). Voxelization evaluates each object at x + u(x), so phantom and
+    labels deform consistently (labels stay class ids).
+    """
+
+    mode: Literal["off", "2d", "3d"] = spec(
+        "2d",
+        doc="'2d' = reference: one (y, x) field shared by every z-slice; '3d' = a true 3D field; 'off'",
+    )
+    sigma: float = spec(40.0, gt=0, doc="smoothing std, reference voxels (reference 40, §1.11)")
+    alpha: float = spec(
+        500.0, ge=0, doc="strength in the reference's normalised units at 512 (reference 500, §1.11)"
+    )
+
+    def displacement_std(self) -> float:
+        """Per-component displacement std in reference voxels: α / (4·√(3π)·σ)."""
+        return self.alpha / (4.0 * math.sqrt(3.0 * math.pi) * self.sigma)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AntialiasConfig:
+    """Partial-volume anti-aliasing of the LAC volume (beyond the reference)."""
+
+    supersample: int = spec(
+        1,
+        ge=1,
+        le=8,
+        doc="k > 1: voxels crossed by an object boundary get the mean LAC of k³ sub-samples; "
+        "labels stay by voxel centre; 1 = off (reference)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PhantomConfig:
-    """Recipe section ``phantom`` (reference §1, §9.1); elastic deformation is a separate section."""
+    """Recipe section ``phantom`` (reference §1, §9.1), with deformation (§1.11) and extensions."""
 
     scale: float | Literal["auto"] = spec(
         "auto",
@@ -181,6 +260,13 @@ class PhantomConfig:
     vacuole: VacuoleConfig = spec(default_factory=VacuoleConfig, doc="vacuoles (§1.4–1.6)")
     lipid_droplet: LipidDropletConfig = spec(default_factory=LipidDropletConfig, doc="droplets (§1.7)")
     layout: LayoutConfig = spec(default_factory=LayoutConfig, doc="multi-cell layout (§1.9)")
+    nucleus: NucleusConfig = spec(default_factory=NucleusConfig, doc="optional nucleus (extension)")
+    deformation: DeformationConfig = spec(
+        default_factory=DeformationConfig, doc="elastic deformation (§1.11)"
+    )
+    antialias: AntialiasConfig = spec(
+        default_factory=AntialiasConfig, doc="partial-volume anti-aliasing (extension)"
+    )
 
     def resolved_scale(self, shape: tuple[int, int, int]) -> float:
         """Voxels per generation unit for a volume of ``shape`` (z, y, x)."""

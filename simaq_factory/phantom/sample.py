@@ -35,7 +35,8 @@ from simaq_factory.phantom.apollonian import apollonian_packing
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.phantom.geometry import ellipsoid_inside, ellipsoids_overlap
 from simaq_factory.phantom.layout import PhantomLayoutError, layout_discs
-from simaq_factory.phantom.spec import CellSpec, DropletSpec, PhantomSpec, VacuoleSpec
+from simaq_factory.phantom.deform import sample_deformation
+from simaq_factory.phantom.spec import CellSpec, DropletSpec, NucleusSpec, PhantomSpec, VacuoleSpec
 
 __all__ = ["PhantomFitError", "sample_phantom", "sample_cell", "LocalCell"]
 
@@ -65,6 +66,15 @@ class LocalCell:
     drop_r: list[float] = field(default_factory=list)
     drop_lac: list[float] = field(default_factory=list)
     drop_converted: list[bool] = field(default_factory=list)
+    nuc_c: np.ndarray | None = None
+    nuc_r: np.ndarray | None = None
+    nuc_lac: float = 0.0
+
+    def nucleus(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """([centre], [radii]) of the nucleus, or two empty lists."""
+        if self.nuc_c is None or self.nuc_r is None:
+            return [], []
+        return [self.nuc_c], [self.nuc_r]
 
 
 def _first_valid(cands: np.ndarray, check: Callable[[np.ndarray], np.ndarray]) -> int:
@@ -90,6 +100,7 @@ def _place_vacuoles(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generato
     vc = cfg.vacuole
     k = max(0, int(vc.count.sample(rng)))
     shrunk = vc.containment_shrink * cell.radii
+    nuc_c, nuc_r = cell.nucleus()
     for _ in range(k):
         base = vc.radius.sample(rng) / k
         radii = np.clip(rng.normal(base, abs(vc.axis_jitter * base), 3), vc.radius_min, vc.radius_max)
@@ -99,7 +110,7 @@ def _place_vacuoles(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generato
         def check(c: np.ndarray, radii: np.ndarray = radii) -> np.ndarray:
             ok = ellipsoid_inside(c, radii, _ORIGIN, shrunk)
             if ok.any():
-                ok[ok] = _clear_of(c[ok], radii, cell.vac_c, cell.vac_r)
+                ok[ok] = _clear_of(c[ok], radii, cell.vac_c + nuc_c, cell.vac_r + nuc_r)
             return ok
 
         i = _first_valid(cands, check)
@@ -138,7 +149,8 @@ def _fragment_vacuoles(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Gener
         if ok.any():
             ok[ok] = ellipsoid_inside(fc[ok], fr[ok], _ORIGIN, shrunk)
         if ok.any():
-            ok[ok] = _clear_of(fc[ok], fr[ok], keep_c, keep_r)
+            nuc_c, nuc_r = cell.nucleus()
+            ok[ok] = _clear_of(fc[ok], fr[ok], keep_c + nuc_c, keep_r + nuc_r)
         n_dropped = int(kept.sum() - ok.sum())
         if n_dropped:
             log.debug("cluster %d: %d fragments dropped (outside cell or touching a vacuole)", j, n_dropped)
@@ -194,6 +206,8 @@ def _place_droplets(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generato
                 ok &= np.all(dist >= r + dr[None] + ld.min_gap, axis=1)
             if ok.any():
                 ok[ok] = ellipsoid_inside(c[ok], r3, _ORIGIN, cell.radii)
+            if ok.any() and cell.nuc_c is not None:
+                ok[ok] = _clear_of(c[ok], r3, *cell.nucleus())
             if ok.any() and len(vac_c):
                 idx = np.flatnonzero(ok)
                 cc = c[idx][:, None]
@@ -216,6 +230,29 @@ def _place_droplets(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generato
         cell.drop_converted.append(False)
 
 
+def _place_nucleus(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generator) -> None:
+    """One nucleus per cell, inside ``containment_shrink`` × the cell radii (placed first).
+
+    Radii = f · cell radii · (1 + jitter) with f ~ ``radius_fraction``; up to ``max_attempts``
+    uniform random centres, then the cell centre; if even that fails (extreme configs), the radii
+    are shrunk to fit at the centre. Draws a fixed number of values from ``rng``.
+    """
+    nc = cfg.nucleus
+    frac = nc.radius_fraction.sample(rng)
+    jitter = np.clip(rng.normal(0.0, nc.axis_jitter, 3), -3 * nc.axis_jitter, 3 * nc.axis_jitter)
+    radii = frac * cell.radii * (1.0 + jitter)
+    lac = float(nc.lac.sample(rng))
+    shrunk = nc.containment_shrink * cell.radii
+    reach = np.maximum(shrunk - radii, 0.0)
+    cands = np.concatenate([rng.uniform(-1.0, 1.0, (nc.max_attempts, 3)) * reach, _ORIGIN[None]])
+    i = _first_valid(cands, lambda c: ellipsoid_inside(c, radii, _ORIGIN, shrunk))
+    if i < 0:
+        radii = np.minimum(radii, shrunk * (1.0 - 1e-3))
+        i = len(cands) - 1
+        log.debug("nucleus shrunk to fit its cell")
+    cell.nuc_c, cell.nuc_r, cell.nuc_lac = cands[i], radii, lac
+
+
 def sample_cell(cfg: PhantomConfig, rng: np.random.Generator) -> LocalCell:
     """Sample one cell with its organelles in generation units, centred at the origin."""
     cc = cfg.cell
@@ -225,6 +262,8 @@ def sample_cell(cfg: PhantomConfig, rng: np.random.Generator) -> LocalCell:
         lac=float(cc.lac.sample(rng)),
         wall_lac=float(cc.wall_lac.sample(rng)),
     )
+    if cfg.nucleus.enabled:
+        _place_nucleus(cfg, cell, rng)
     _place_vacuoles(cfg, cell, rng)
     _fragment_vacuoles(cfg, cell, rng)
     _convert_small_vacuoles(cfg, cell, rng)
@@ -314,6 +353,16 @@ def sample_phantom(
                 wall_lac=cell.wall_lac,
                 vacuoles=vacs,
                 droplets=drops,
+                nucleus=None
+                if cell.nuc_c is None or cell.nuc_r is None
+                else NucleusSpec(center=vox(p + cell.nuc_c), radii=rad(cell.nuc_r), lac=cell.nuc_lac),
             )
         )
-    return PhantomSpec(shape=shape, scale=float(scale), cells=tuple(specs))
+    deformation = sample_deformation(cfg.deformation, scale, rng)
+    return PhantomSpec(
+        shape=shape,
+        scale=float(scale),
+        cells=tuple(specs),
+        deformation=deformation,
+        supersample=int(cfg.antialias.supersample),
+    )
