@@ -5,6 +5,12 @@ Prints per-slice milliseconds for forward projection and FBP (default: 256², 18
 
     .venv/bin/python benchmarks/bench_projector.py [--n 256] [--angles 180] [--slices 64]
         [--threads 2] [--ref-slices 4] [--device cpu] [--json out.json]
+
+``--iterative`` instead times the iterative path on a 100° arc of ``--angles`` projections: building
+a :class:`~simaq_factory.tomo.plan.ProjectorPlan`, one cached ``A`` and ``Aᵀ``, and the seconds per
+SIRT and CGLS iteration (``--iterations`` each, default 10); e.g. the issue's reference size::
+
+    .venv/bin/python benchmarks/bench_projector.py --iterative --n 128 --slices 64 --angles 100
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from simaq_factory.tomo import Geometry, fbp, forward_project, skimage_padded_size
+from simaq_factory.tomo import (
+    Geometry,
+    ProjectorPlan,
+    adjoint_project,
+    cgls,
+    fbp,
+    forward_project,
+    sirt,
+    skimage_padded_size,
+)
 
 logger = logging.getLogger("bench_projector")
 
@@ -97,6 +112,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
+    """Time plan building, cached A / Aᵀ, and SIRT / CGLS per iteration on a 100° arc."""
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    n, z = args.n, args.slices
+    geom = Geometry.from_degrees(n, np.linspace(-50.0, 50.0, args.angles, endpoint=False))
+    vol = torch.tensor(_phantom(n, z, np.random.default_rng(0)), device=dev)
+    proj = forward_project(vol, geom)
+    t_fwd, _ = _best(lambda: forward_project(vol, geom), 1, sync)
+    t_adj, _ = _best(lambda: adjoint_project(proj, geom, clip_circle=True), 1, sync)
+
+    def build() -> ProjectorPlan:
+        plan = ProjectorPlan(geom, dtype=vol.dtype, device=dev, clip_circle=True)
+        plan.adjoint_rows(torch.zeros(plan.n_rays, 1, dtype=vol.dtype, device=dev))  # builds every chunk
+        return plan
+
+    t_build, plan = _best(build, 1, sync)
+    x, y = plan.volume_to_rows(vol), plan.proj_to_rows(proj)
+    t_a, _ = _best(lambda: plan.forward_rows(x), args.repeats, sync)
+    t_at, _ = _best(lambda: plan.adjoint_rows(y), args.repeats, sync)
+    it = args.iterations
+
+    def per_iteration(method: Callable[..., torch.Tensor], **kw: Any) -> tuple[float, float]:
+        """(seconds before the first iteration, median seconds per iteration) from callback stamps."""
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+        method(proj, geom, iterations=it, callback=lambda k, x: (sync(), stamps.append(time.perf_counter())), **kw)
+        steps = np.diff([t0, *stamps])
+        return float(steps[0]), float(np.median(steps[1:])) if it > 1 else float(steps[0])
+
+    t_sirt0, t_sirt = per_iteration(sirt, nonneg=True)
+    t_cgls0, t_cgls = per_iteration(cgls)
+    return {
+        "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev),
+                   "iterations": it},
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "seconds": {
+            "forward_project_uncached": t_fwd,
+            "adjoint_project_uncached": t_adj,
+            "plan_build": t_build,
+            "plan_cached_mb": plan.cached_bytes / 2**20,
+            "A_cached": t_a,
+            "At_cached": t_at,
+            "sirt_setup_and_first_iteration": t_sirt0,
+            "sirt_per_iteration": t_sirt,
+            "cgls_setup_and_first_iteration": t_cgls0,
+            "cgls_per_iteration": t_cgls,
+        },
+    }
+
+
 def _astra(vol: np.ndarray, theta: np.ndarray, sk_sino: list[np.ndarray]) -> dict[str, float]:  # pragma: no cover
     import astra
 
@@ -131,8 +199,19 @@ def main() -> None:
     ap.add_argument("--ref-slices", type=int, default=4, help="slices run through scikit-image")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write the results as JSON to this path")
+    ap.add_argument("--iterative", action="store_true", help="time the plan, SIRT and CGLS instead")
+    ap.add_argument("--iterations", type=int, default=10, help="iterations timed with --iterative")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.iterative:
+        res = run_iterative(args)
+        logger.info("config: %s", res["config"])
+        for key, value in res["seconds"].items():
+            logger.info("%-32s %9.3f %s", key, value, "MB" if key.endswith("_mb") else "s")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(res, fh, indent=2)
+        return
     res = run(args)
     ours, sk = res["simaq_torch"], res["skimage"]
     logger.info("config: %s", res["config"])

@@ -12,6 +12,7 @@ import torch
 from simaq_factory.recipe.fields import spec
 from simaq_factory.tomo.fbp import fbp
 from simaq_factory.tomo.geometry import Geometry
+from simaq_factory.tomo.iterative import cgls, sirt
 
 __all__ = ["ReconstructionConfig", "reconstruct"]
 
@@ -22,7 +23,9 @@ logger = logging.getLogger(__name__)
 class ReconstructionConfig:
     """How projections become a volume (reference-simaq §3.8–3.9, design §8)."""
 
-    method: Literal["fbp"] = spec("fbp", doc="reconstruction algorithm; the reference uses FBP (§3.8-3.9)")
+    method: Literal["fbp", "sirt", "cgls"] = spec(
+        "fbp", doc="reconstruction algorithm: fbp (the reference, §3.8-3.9), sirt or cgls (iterative, design §7)"
+    )
     filter: Literal["ram-lak", "shepp-logan", "cosine", "hamming", "hann", "hamming_legacy_unshifted"] = spec(
         "hamming",
         doc="FBP filter (§3.8); 'hamming' is the corrected window, 'hamming_legacy_unshifted' the reference bug",
@@ -34,6 +37,26 @@ class ReconstructionConfig:
         "astra", doc="rotation centre: (n-1)/2 as torch-radon/ASTRA (§3.4) or n//2 as scikit-image (§3.2)"
     )
     clip_circle: bool = spec(True, doc="zero outside the inscribed circle (the reference left a TODO, §3.9)")
+    iterations: int = spec(50, ge=1, le=100000, doc="sirt/cgls: number of iterations (ignored by fbp)")
+    nonneg: bool | None = spec(
+        None,
+        doc="sirt/cgls: clamp to >= 0 (sirt: every iteration, cgls: after the run); null = true for sirt, "
+        "false for cgls (classic, unconstrained)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in ("fbp", "sirt", "cgls"):
+            raise ValueError(f"reconstruction.method must be 'fbp', 'sirt' or 'cgls', got {self.method!r}")
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise ValueError(f"reconstruction.iterations must be an int >= 1, got {it!r}")
+        if self.nonneg is not None and not isinstance(self.nonneg, bool):
+            raise ValueError(f"reconstruction.nonneg must be true, false or null, got {self.nonneg!r}")
+
+    @property
+    def effective_nonneg(self) -> bool:
+        """``nonneg`` with the method default applied (true for sirt, false for cgls and fbp)."""
+        return self.method == "sirt" if self.nonneg is None else self.nonneg
 
 
 def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -> torch.Tensor:
@@ -41,6 +64,8 @@ def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -
 
     ``cfg.weighting`` overrides ``geom.weighting``; ``geom``'s centre must resolve to the same pixel
     index as ``cfg.center`` (the projections were made with it), otherwise ``ValueError``.
+    ``method`` ``"fbp"`` (default) uses ``filter``/``weighting``; ``"sirt"``/``"cgls"`` use
+    ``iterations``/``nonneg`` (:mod:`simaq_factory.tomo.iterative`); all honour ``clip_circle``.
     """
     expected = Geometry(n=geom.n, angles=geom.angles[:1], center=cfg.center).image_center
     if abs(geom.image_center - expected) > 1e-9:
@@ -50,7 +75,9 @@ def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -
         )
     if geom.weighting != cfg.weighting:
         geom = dataclasses.replace(geom, weighting=cfg.weighting)
-    if cfg.method != "fbp":
-        raise ValueError(f"reconstruction.method {cfg.method!r} is not implemented (only 'fbp')")
+    if cfg.method == "sirt":
+        return sirt(proj, geom, iterations=cfg.iterations, nonneg=cfg.effective_nonneg, clip_circle=cfg.clip_circle)
+    if cfg.method == "cgls":
+        return cgls(proj, geom, iterations=cfg.iterations, nonneg=cfg.effective_nonneg, clip_circle=cfg.clip_circle)
     logger.debug("fbp: %s angles, filter=%s, weighting=%s", geom.n_angles, cfg.filter, cfg.weighting)
     return fbp(proj, geom, filter=cfg.filter, clip_circle=cfg.clip_circle)

@@ -15,7 +15,9 @@ integral in voxel-length units.
 
 Backprojection (pixel-driven): for every pixel and angle the detector coordinate is linearly
 interpolated in the projection (zero outside the first…last column, as ``np.interp(left=0,
-right=0)``) and the values are summed over angles with no weight.
+right=0)``) and the values are summed over angles with no weight. It is FBP's backprojector and only
+approximately the adjoint of the forward model (≈1 %); the exact transpose, which iterative solvers
+need, is :func:`simaq_factory.tomo.plan.adjoint_project` (built on :func:`ray_tables`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project", "ray_tables"]
 
 #: Default bound on the temporaries of one chunk (indices, weights, coordinates, partial output).
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -73,6 +75,60 @@ def _slab(p0: torch.Tensor, dp: torch.Tensor, lo: float, hi: float) -> tuple[tor
     return s_lo, s_hi
 
 
+def _max_ray_samples(n: int) -> int:
+    """Upper bound on the unit-step samples of one ray through the (n + 2)² padded grid."""
+    return int(math.ceil(math.sqrt(2.0) * (n + 1))) + 2
+
+
+def _ray_table_bytes_per_angle(geom: Geometry, itemsize: int) -> int:
+    """Bytes of the temporaries :func:`ray_tables` allocates per angle (indices, weights, coordinates)."""
+    return geom.detectors * _max_ray_samples(geom.n) * (4 * (4 + itemsize) + 10 * itemsize)
+
+
+def ray_tables(
+    geom: Geometry, a0: int, a1: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolation indices and weights of the rays of angles ``a0 … a1 − 1`` (internal helper).
+
+    Returns ``(idx, weights)``, both (R, L·4) with R = (a1 − a0)·D rays in (angle, column) order:
+    ``idx`` int32 rows of the zero-bordered (n + 2)² pixel table (pixel (y, x) is row
+    ``(y + 1)·(n + 2) + x + 1``), ``weights`` in ``dtype`` (0 for padding samples). The line
+    integral of ray r is ``Σ_j weights[r, j] · table[idx[r, j]]``; :func:`forward_project` and the
+    matched backprojector (:mod:`simaq_factory.tomo.plan`) both use exactly these numbers.
+    """
+    n, det, c = geom.n, geom.detectors, geom.image_center
+    width = n + 2
+    cos_all, sin_all = _angles(geom, device)
+    t = (torch.arange(det, dtype=torch.float64, device=device) - geom.det_center) * geom.det_spacing
+    co = cos_all[a0:a1, None].expand(-1, det)
+    si = sin_all[a0:a1, None].expand(-1, det)
+    n_rays = co.numel()
+    x0, y0 = c + co * t, c - si * t  # ray points at s = 0
+    lx, hx = _slab(x0, si, -1.0, float(n))
+    ly, hy = _slab(y0, co, -1.0, float(n))
+    k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
+    k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
+    count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1, 1)
+    length = max(1, int(count.max().item()))
+    s0 = k_lo - c
+    xs = (x0 + si * s0).reshape(-1, 1).to(dtype)
+    ys = (y0 + co * s0).reshape(-1, 1).to(dtype)
+    step = torch.arange(length, dtype=dtype, device=device).unsqueeze(0)
+    x = torch.addcmul(xs, si.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+    y = torch.addcmul(ys, co.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+    # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
+    xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
+    fx, fy = x.sub_(xf), y.sub_(yf)
+    base = (yf.mul_(width).add_(xf)).to(torch.int32) + (width + 1)
+    idx = torch.stack([base, base + 1, base + width, base + (width + 1)], dim=-1)
+    valid = (step < count.to(dtype)).to(dtype)
+    gy = (1.0 - fy).mul_(valid)
+    fy = fy.mul_(valid)
+    gx = 1.0 - fx
+    weights = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx], dim=-1)
+    return idx.reshape(n_rays, -1), weights.reshape(n_rays, -1)
+
+
 def forward_project(
     volume: torch.Tensor, geom: Geometry, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> torch.Tensor:
@@ -85,12 +141,12 @@ def forward_project(
 
     Returns:
         (A, Z, D) tensor (same dtype/device) of line integrals in voxel-length units, in the order
-        of ``geom.angles``.
+        of ``geom.angles``. Its exact transpose is :func:`simaq_factory.tomo.plan.adjoint_project`.
     """
     _check_volume(volume, geom)
     dev, dtype = volume.device, volume.dtype
     z, n = volume.shape[0], geom.n
-    det, c = geom.detectors, geom.image_center
+    det = geom.detectors
     width = n + 2  # table has a one-voxel zero border: any sample within the grid ±1 is safe
     table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
     out = torch.empty((geom.n_angles, det, z), dtype=dtype, device=dev)
@@ -98,44 +154,14 @@ def forward_project(
         return out.permute(0, 2, 1)
 
     itemsize = volume.element_size()
-    max_len = int(math.ceil(math.sqrt(2.0) * (n + 1))) + 2
-    per_angle = det * (max_len * (4 * (4 + itemsize) + 10 * itemsize) + z * itemsize)
+    per_angle = _ray_table_bytes_per_angle(geom, itemsize) + det * z * itemsize
     budget = min(int(max_chunk_bytes), _CACHE_CHUNK_BYTES)
     chunk = max(1, min(geom.n_angles, budget // max(per_angle, 1)))
-
-    cos_all, sin_all = _angles(geom, dev)
-    t = (torch.arange(det, dtype=torch.float64, device=dev) - geom.det_center) * geom.det_spacing
     for a0 in range(0, geom.n_angles, chunk):
-        co = cos_all[a0 : a0 + chunk, None].expand(-1, det)
-        si = sin_all[a0 : a0 + chunk, None].expand(-1, det)
-        n_rays = co.numel()
-        x0, y0 = c + co * t, c - si * t  # ray points at s = 0
-        lx, hx = _slab(x0, si, -1.0, float(n))
-        ly, hy = _slab(y0, co, -1.0, float(n))
-        k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
-        k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
-        count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1, 1)
-        length = max(1, int(count.max().item()))
-        s0 = k_lo - c
-        xs = (x0 + si * s0).reshape(-1, 1).to(dtype)
-        ys = (y0 + co * s0).reshape(-1, 1).to(dtype)
-        step = torch.arange(length, dtype=dtype, device=dev).unsqueeze(0)
-        x = torch.addcmul(xs, si.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
-        y = torch.addcmul(ys, co.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
-        # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
-        xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
-        fx, fy = x.sub_(xf), y.sub_(yf)
-        base = (yf.mul_(width).add_(xf)).to(torch.int32) + (width + 1)
-        idx = torch.stack([base, base + 1, base + width, base + (width + 1)], dim=-1)
-        valid = (step < count.to(dtype)).to(dtype)
-        gy = (1.0 - fy).mul_(valid)
-        fy = fy.mul_(valid)
-        gx = 1.0 - fx
-        weights = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx], dim=-1)
-        rows = F.embedding_bag(
-            idx.reshape(n_rays, -1), table, mode="sum", per_sample_weights=weights.reshape(n_rays, -1)
-        )
-        out[a0 : a0 + co.shape[0]] = rows.reshape(co.shape[0], det, z)
+        a1 = min(a0 + chunk, geom.n_angles)
+        idx, weights = ray_tables(geom, a0, a1, dtype, dev)
+        rows = F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights)
+        out[a0:a1] = rows.reshape(a1 - a0, det, z)
     return out.permute(0, 2, 1).contiguous()
 
 
@@ -215,6 +241,9 @@ def backproject(
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
     """Pixel-driven linear-interpolation backprojection, plain sum over angles (no weight).
+
+    Not the exact adjoint of :func:`forward_project`; use :func:`~simaq_factory.tomo.plan.adjoint_project`
+    for that.
 
     Args:
         proj: (A, Z, D) floating tensor, D = ``geom.det_count``, any device.
