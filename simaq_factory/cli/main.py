@@ -280,5 +280,14 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str 
     click.echo(f"wrote {len(written)} file(s) to {dest}")
 
 
+def _register_benchmark_commands() -> None:
+    from simaq_factory.cli.score import baseline, score  # imports handle_errors from this module
+
+    main.add_command(score)
+    main.add_command(baseline)
+
+
+_register_benchmark_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,109 @@
+"""Summaries of per-sample scores: statistics, breakdowns by cell count and tilt span, comparisons.
+
+A *row* is one (prediction, sample) pair: ``{"pred", "index", "n_cells", "span_deg", <metric>: float}``
+with NaN for undefined metrics (an empty class, a zero data range).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compare", "group_stats", "higher_is_better", "span_bin", "stats"]
+
+ID_COLUMNS = ("pred", "index", "n_cells", "span_deg")
+
+
+def higher_is_better(metric: str) -> bool:
+    """NRMSE is an error (lower is better); PSNR, SSIM, IoU and Dice are similarities."""
+    return metric != "nrmse"
+
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    """n, mean, std, median, quartiles, min, max over the finite values (None when there are none).
+
+    ``n_undefined`` counts NaN values (e.g. a class absent from both volumes); ``inf`` (a perfect
+    PSNR) is counted in ``n_infinite`` and left out of the moments.
+    """
+    arr = np.asarray(list(values), dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    out: dict[str, Any] = {"n": int(finite.size), "n_undefined": int(np.isnan(arr).sum()),
+                           "n_infinite": int(np.isinf(arr).sum())}
+    if finite.size == 0:
+        out.update(mean=None, std=None, median=None, q1=None, q3=None, min=None, max=None)
+        return out
+    q1, med, q3 = np.percentile(finite, [25, 50, 75])
+    out.update(mean=float(finite.mean()), std=float(finite.std()), median=float(med), q1=float(q1),
+               q3=float(q3), min=float(finite.min()), max=float(finite.max()))
+    return out
+
+
+def span_bin(span_deg: float, width: float) -> str:
+    """Label of the ``width``-degree bin holding ``span_deg``; bins are centred on multiples of
+    ``width`` (so a nominal 100° span, stored as 99.9999°, falls in ``"95-105"``)."""
+    k = math.floor(span_deg / width + 0.5)
+    return f"{(k - 0.5) * width:g}-{(k + 0.5) * width:g}"
+
+
+def group_stats(rows: list[dict[str, Any]], metrics: list[str], span_width: float) -> dict[str, Any]:
+    """Summary of one prediction's rows: ``overall``, ``by_n_cells`` and ``by_span_deg``."""
+
+    def summarise(sub: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"n_samples": len(sub), **{m: stats(r[m] for r in sub) for m in metrics}}
+
+    by_cells: dict[int, list[dict[str, Any]]] = {}
+    by_span: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_cells.setdefault(int(r["n_cells"]), []).append(r)
+        label = span_bin(float(r["span_deg"]), span_width)
+        by_span.setdefault((float(label.split("-")[0]), label), []).append(r)
+    return {
+        "overall": summarise(rows),
+        "by_n_cells": {str(k): summarise(v) for k, v in sorted(by_cells.items())},
+        "by_span_deg": {label: summarise(v) for (_, label), v in sorted(by_span.items())},
+    }
+
+
+def compare(rows: list[dict[str, Any]], names: list[str], metrics: list[str]) -> dict[str, Any]:
+    """Paired comparison of every prediction with the first (the reference), per metric.
+
+    For each metric: the prediction with the best median, and per other prediction the mean and
+    median of the paired difference (other − reference, over samples where both are finite) and
+    the fraction of those samples where it is better (ties count half).
+    """
+    ref = names[0]
+    table: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in names}
+    for r in rows:
+        table[r["pred"]][int(r["index"])] = r
+    out: dict[str, Any] = {"reference": ref, "metrics": {}}
+    for m in metrics:
+        sign = 1.0 if higher_is_better(m) else -1.0
+        medians: dict[str, float] = {}
+        for n in names:
+            s = stats(r.get(m, math.nan) for r in table[n].values())
+            if s["median"] is not None:
+                medians[n] = s["median"]
+        if not medians:
+            continue
+        entry: dict[str, Any] = {
+            "higher_is_better": higher_is_better(m),
+            "best": max(medians, key=lambda n: sign * medians[n]),
+            "median": medians,
+            "vs_reference": {},
+        }
+        for n in names[1:]:
+            common = sorted(set(table[n]) & set(table[ref]))
+            diffs = np.array([table[n][i].get(m, math.nan) - table[ref][i].get(m, math.nan)
+                              for i in common], dtype=np.float64)
+            diffs = diffs[np.isfinite(diffs)]
+            if diffs.size == 0:
+                continue
+            better = float(np.mean(np.where(sign * diffs > 0, 1.0, np.where(diffs == 0, 0.5, 0.0))))
+            entry["vs_reference"][n] = {"n": int(diffs.size), "mean_diff": float(diffs.mean()),
+                                        "median_diff": float(np.median(diffs)), "frac_better": better}
+        out["metrics"][m] = entry
+    return out

@@ -1,0 +1,249 @@
+"""Open the ground truth (a dataset directory) and predictions (a Zarr or a folder of TIFF/MRC files).
+
+Every problem a user can fix (a missing path, a shape or index mismatch, an unreadable file) raises
+:class:`~simaq_factory.errors.BadInput` naming the path or flag, so the CLI prints one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from simaq_factory.errors import BadInput
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
+from simaq_factory.store.outdir import RESOLVED
+from simaq_factory.tomo.geometry import Geometry
+
+__all__ = ["GroundTruth", "Prediction", "open_ground_truth", "open_prediction"]
+
+VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
+_INDEX_RE = re.compile(r"(\d+)$")
+
+
+@dataclass
+class GroundTruth:
+    """A built dataset: its arrays, geometry facts and per-sample provenance.
+
+    ``group`` is the read-only ``dataset.zarr``; ``spans_deg[i]`` / ``n_cells[i]`` come from the
+    provenance record of sample ``i``; ``classes`` maps label value -> name (ignore label excluded).
+    """
+
+    out: Path
+    group: Any
+    recipe: dict[str, Any]
+    recipe_id: str
+    n_samples: int
+    shape: tuple[int, int, int]
+    center: float
+    radius: float
+    classes: dict[int, str]
+    ignore_label: int
+    spans_deg: list[float]
+    n_cells: list[int]
+
+    def fov(self) -> np.ndarray:
+        """Bool (Y, X) field-of-view disk (see :mod:`simaq_factory.score.metrics`)."""
+        from simaq_factory.score.metrics import fov_mask
+
+        return fov_mask(self.shape[1], self.center, self.radius)
+
+
+def open_ground_truth(out: Path) -> GroundTruth:
+    """Open the dataset directory ``out`` (as written by ``simaq-factory build``) for scoring."""
+    resolved = out / RESOLVED
+    if not out.is_dir():
+        raise BadInput(str(out), "no such dataset directory")
+    if not resolved.exists() or not (out / GROUP_NAME).exists():
+        raise BadInput(str(out), "not a simaq-factory dataset (no recipe.resolved.json / dataset.zarr)")
+    try:
+        payload = json.loads(resolved.read_text())
+        recipe, rid = payload["recipe"], payload["recipe_id"]
+        group = zarr.open_group(out / GROUP_NAME, mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BadInput(str(out), f"unreadable dataset: {err}") from None
+    card = dict(group.attrs)
+    for name in ("phantom", "labels"):
+        if name not in group:
+            raise BadInput(str(out), f"dataset has no {name!r} array")
+    n, z, y, x = group["phantom"].shape
+    center_conv = recipe.get("reconstruction", {}).get("center", "astra")
+    geom = Geometry(n=y, angles=(0.0,), center=center_conv)
+    label_map = card.get("label_map", {"0": "background", "1": "cell", "2": "vacuole", "3": "lipid_droplet"})
+    ignore = int(card.get("ignore_label", 255))
+    classes = {int(k): str(v) for k, v in label_map.items() if int(k) != ignore}
+    spans, cells = _provenance(out, n)
+    return GroundTruth(
+        out=out, group=group, recipe=recipe, recipe_id=rid, n_samples=n, shape=(z, y, x),
+        center=geom.image_center, radius=geom.circle_radius, classes=dict(sorted(classes.items())),
+        ignore_label=ignore, spans_deg=spans, n_cells=cells,
+    )
+
+
+def _provenance(out: Path, n: int) -> tuple[list[float], list[int]]:
+    spans: list[float | None] = [None] * n
+    cells: list[int | None] = [None] * n
+    for path in sorted((out / PROVENANCE_DIR).glob("shard-*.json")):
+        try:
+            records = json.loads(path.read_text())["sample_records"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise BadInput(str(path), f"unreadable provenance record: {err}") from None
+        for rec in records:
+            i = int(rec["index"])
+            if 0 <= i < n:
+                spans[i] = float(rec["angles"]["span_deg"])
+                cells[i] = int(rec["n_cells"])
+    missing = [i for i in range(n) if spans[i] is None]
+    if missing:
+        raise BadInput(
+            str(out), f"{len(missing)} of {n} samples are not built (first: {missing[0]}); "
+            "finish the build (run it again) before scoring"
+        )
+    return [float(s) for s in spans if s is not None], [int(c) for c in cells if c is not None]
+
+
+@dataclass
+class Prediction:
+    """One prediction: which samples it covers and readers for its ``recon`` / ``labels`` volumes.
+
+    ``read[kind](i)`` returns sample ``i`` as a NumPy (Z, Y, X) array.
+    """
+
+    path: Path
+    name: str
+    indices: list[int]
+    kinds: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    read: dict[str, Callable[[int], np.ndarray]] = field(default_factory=dict)
+
+
+def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
+    """Open ``path`` — a Zarr group with ``recon`` and/or ``labels`` (N, Z, Y, X) arrays, or a folder
+    of volumes named by sample index (``7.tif``, ``000007.mrc``, ``sample_7.tiff``; float files are
+    reconstructions, integer files segmentations; or sub-folders ``recon/`` and ``labels/``).
+
+    ``only`` ("auto", "recon", "labels") restricts which kinds are scored. Shapes are checked
+    against the ground truth here; a folder may hold any subset of the indices.
+    """
+    if not path.exists():
+        raise BadInput(str(path), "prediction not found")
+    if not path.is_dir():
+        raise BadInput(str(path), "a prediction is a Zarr directory or a folder of TIFF/MRC files")
+    if (path / "zarr.json").exists() or (path / ".zgroup").exists():
+        pred = _open_zarr(path, gt)
+    elif (path / GROUP_NAME / "zarr.json").exists():
+        pred = _open_zarr(path / GROUP_NAME, gt)
+    else:
+        pred = _open_folder(path, gt)
+    if only != "auto":
+        if only not in pred.kinds:
+            raise BadInput(str(path), f"holds no {only!r} prediction (found: {', '.join(pred.kinds)})")
+        pred.kinds = [only]
+    return pred
+
+
+def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as err:  # noqa: BLE001 - any failure to open is a bad input
+        raise BadInput(str(path), f"cannot open as a Zarr group: {err}") from None
+    expect = (gt.n_samples, *gt.shape)
+    pred = Prediction(path=path, name=_name(path, dict(group.attrs)), indices=list(range(gt.n_samples)),
+                      kinds=[], attrs=dict(group.attrs))
+    for kind in ("recon", "labels"):
+        if kind not in group:
+            continue
+        arr = group[kind]
+        if tuple(arr.shape) != expect:
+            raise BadInput(f"{path}/{kind}", f"shape {tuple(arr.shape)} does not match the dataset's "
+                           f"(N, Z, Y, X) = {expect}")
+        if kind == "labels" and not np.issubdtype(arr.dtype, np.integer):
+            raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}")
+        pred.kinds.append(kind)
+        pred.read[kind] = (lambda a: lambda i: np.asarray(a[i]))(arr)
+    if not pred.kinds:
+        raise BadInput(str(path), "Zarr group holds neither a 'recon' nor a 'labels' array")
+    return pred
+
+
+def _name(path: Path, attrs: dict[str, Any]) -> str:
+    method = attrs.get("method")
+    if isinstance(method, str) and method:
+        return method
+    stem = path.name if path.name != GROUP_NAME else path.parent.name
+    return stem[: -len(".zarr")] if stem.endswith(".zarr") else stem
+
+
+def _read_volume(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        import mrcfile
+
+        with mrcfile.open(path, permissive=True) as mrc:
+            return np.array(mrc.data)
+    except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
+        raise BadInput(str(path), f"cannot read volume: {err}") from None
+
+
+def _index_files(folder: Path, gt: GroundTruth) -> dict[int, Path]:
+    files: dict[int, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix.lower() not in VOLUME_FILE_SUFFIXES:
+            continue
+        m = _INDEX_RE.search(f.stem)
+        if m is None:
+            raise BadInput(str(f), "file name must end in the sample index, e.g. 000007.tif")
+        i = int(m.group(1))
+        if not 0 <= i < gt.n_samples:
+            raise BadInput(str(f), f"sample index {i} is outside the dataset's 0..{gt.n_samples - 1}")
+        if i in files:
+            raise BadInput(str(f), f"sample {i} is given twice (also {files[i].name})")
+        files[i] = f
+    return files
+
+
+def _open_folder(path: Path, gt: GroundTruth) -> Prediction:
+    subdirs = {k: path / k for k in ("recon", "labels") if (path / k).is_dir()}
+    groups: dict[str, dict[int, Path]] = {}
+    if subdirs:
+        for kind, folder in subdirs.items():
+            files = _index_files(folder, gt)
+            if files:
+                groups[kind] = files
+    else:
+        files = _index_files(path, gt)
+        if files:
+            first = _read_volume(files[min(files)])
+            groups["labels" if np.issubdtype(first.dtype, np.integer) else "recon"] = files
+    if not groups:
+        raise BadInput(str(path), "no TIFF/MRC volumes named by sample index found")
+    index_sets = [sorted(g) for g in groups.values()]
+    indices = sorted(set().union(*index_sets))
+    if len(groups) == 2 and index_sets[0] != index_sets[1]:
+        raise BadInput(str(path), "recon/ and labels/ must hold the same sample indices")
+    pred = Prediction(path=path, name=path.name, indices=indices, kinds=sorted(groups, reverse=True))
+
+    def reader(kind: str, files: dict[int, Path]) -> Callable[[int], np.ndarray]:
+        def read(i: int) -> np.ndarray:
+            vol = _read_volume(files[i])
+            if vol.shape != gt.shape:
+                raise BadInput(str(files[i]), f"shape {vol.shape} does not match the dataset's "
+                               f"(Z, Y, X) = {gt.shape}")
+            if kind == "labels" and not np.issubdtype(vol.dtype, np.integer):
+                raise BadInput(str(files[i]), f"labels must be integers, got {vol.dtype}")
+            return vol
+
+        return read
+
+    for kind, files in groups.items():
+        pred.read[kind] = reader(kind, files)
+    return pred

@@ -1,0 +1,268 @@
+"""Score predictions against a dataset's ground truth and write ``scores.json``, ``samples.csv`` and
+``report.html`` (see ``docs/benchmarking.md``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simaq_factory.errors import BadInput
+from simaq_factory.score.aggregate import compare, group_stats
+from simaq_factory.score.inputs import GroundTruth, Prediction, open_ground_truth, open_prediction
+from simaq_factory.score.metrics import confusion_counts, iou_dice, nrmse, psnr, ssim
+
+__all__ = ["ScoreResult", "affine_fit", "score", "score_sample_labels", "score_sample_recon"]
+
+logger = logging.getLogger(__name__)
+
+RECON_METRICS = ["nrmse", "psnr", "ssim"]
+SCORES_FORMAT = "simaq-factory-scores"
+SCORES_VERSION = 1
+
+CONVENTIONS = {
+    "field_of_view": "cylinder along z; (y, x) disk of radius n//2 around the rotation axis "
+                     "(reconstruction.center), the circle FBP clips to",
+    "data_range": "ground-truth phantom max - min inside the field of view, per sample",
+    "nrmse": "||pred - gt|| / ||gt|| over field-of-view voxels",
+    "psnr": "10 log10(data_range^2 / MSE) over field-of-view voxels, dB",
+    "ssim": "3D Gaussian-window SSIM (sigma 1.5, radius 5, K1 0.01, K2 0.03, population covariance, "
+            "reflect borders) of both volumes zeroed outside the field of view, averaged over it",
+    "iou_dice": "per class over all voxels whose ground truth is not the ignore label; undefined "
+                "(null) when the class is in neither volume; mean_iou = mean over defined "
+                "non-background classes",
+}
+
+
+FIT_DOC = {
+    "affine": "affine: each reconstruction is first mapped by the least-squares a*pred + b against the "
+              "phantom inside the field of view (fit_scale, fit_offset per sample), so raw FBP values "
+              "(ice layer, arbitrary scale) are compared by structure",
+    "none": "none: reconstructions are compared with the phantom as given (same units expected: "
+            "attenuation per voxel length)",
+}
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`score` computed: the JSON payload, the rows and one example sample's slices."""
+
+    payload: dict[str, Any]
+    rows: list[dict[str, Any]]
+    examples: dict[str, Any]
+
+
+def affine_fit(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` minimising ``||a·pred + b − gt||²`` (``a = 0`` for a constant pred)."""
+    g = np.asarray(gt, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    pm, gm = float(p.mean()), float(g.mean())
+    var = float(np.mean((p - pm) ** 2))
+    a = float(np.mean((p - pm) * (g - gm))) / var if var > 0 else 0.0
+    return a, gm - a * pm
+
+
+def score_sample_recon(gt_vol: np.ndarray, pred_vol: np.ndarray, fov: np.ndarray,
+                       fit: str = "affine") -> dict[str, float]:
+    """NRMSE, PSNR and SSIM of one (Z, Y, X) reconstruction inside the (Y, X) ``fov`` disk.
+
+    ``fit="affine"`` first maps the prediction by the least-squares ``a·pred + b`` against the
+    ground truth inside the FOV (``fit_scale``, ``fit_offset`` are returned too): raw reconstructions
+    carry the ice layer and an arbitrary scale, so this compares structure; ``"none"`` scores the
+    values as given.
+    """
+    g = np.asarray(gt_vol, dtype=np.float64)
+    p = np.asarray(pred_vol, dtype=np.float64)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("prediction holds NaN or infinite values")
+    out: dict[str, float] = {}
+    if fit == "affine":
+        a, b = affine_fit(g[:, fov], p[:, fov])
+        p = a * p + b
+        out.update(fit_scale=a, fit_offset=b)
+    elif fit != "none":
+        raise ValueError(f"fit must be 'affine' or 'none', got {fit!r}")
+    g_in, p_in = g[:, fov], p[:, fov]
+    data_range = float(g_in.max() - g_in.min()) if g_in.size else 0.0
+    return {
+        "nrmse": nrmse(g_in, p_in),
+        "psnr": psnr(g_in, p_in, data_range),
+        "ssim": ssim(g * fov, p * fov, data_range, mask=fov),
+        **out,
+    }
+
+
+def score_sample_labels(gt_lab: np.ndarray, pred_lab: np.ndarray, classes: dict[int, str],
+                        ignore_label: int = 255) -> dict[str, float]:
+    """``iou_<name>``, ``dice_<name>`` per class and ``mean_iou`` (defined non-background classes)."""
+    counts = confusion_counts(gt_lab, pred_lab, ignore_label)
+    out: dict[str, float] = {}
+    fg: list[float] = []
+    for c, (iou, dice) in iou_dice(counts, list(classes)).items():
+        out[f"iou_{classes[c]}"] = iou
+        out[f"dice_{classes[c]}"] = dice
+        if c != 0 and not math.isnan(iou):
+            fg.append(iou)
+    out["mean_iou"] = float(np.mean(fg)) if fg else math.nan
+    return out
+
+
+def _unique_names(preds: list[Prediction]) -> None:
+    seen: dict[str, int] = {}
+    for p in preds:
+        base = p.name
+        seen[base] = seen.get(base, 0) + 1
+        if seen[base] > 1:
+            p.name = f"{base}-{seen[base]}"
+
+
+def score(
+    gt_dir: Path,
+    pred_paths: list[Path],
+    *,
+    only: str = "auto",
+    fit: str = "affine",
+    span_bin_deg: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
+    """Score every prediction in ``pred_paths`` against the dataset at ``gt_dir``.
+
+    ``fit`` ("affine" or "none") is how reconstructions are matched to the phantom before the
+    metrics (see :func:`score_sample_recon`). Returns per-sample rows, per-prediction summaries (overall, by cell count, by ``span_bin_deg``
+    tilt-span bins) and, with several predictions, a paired comparison against the first.
+    """
+    if not pred_paths:
+        raise BadInput("--pred", "give at least one prediction")
+    if fit not in ("affine", "none"):
+        raise BadInput("--fit", f"must be affine or none, got {fit!r}")
+    if not span_bin_deg > 0:
+        raise BadInput("--span-bin", f"must be > 0, got {span_bin_deg}")
+    gt = open_ground_truth(gt_dir)
+    preds = [open_prediction(p, gt, only) for p in pred_paths]
+    _unique_names(preds)
+    fov = gt.fov()
+    rows: list[dict[str, Any]] = []
+    total = sum(len(p.indices) for p in preds)
+    done = 0
+    t0 = time.perf_counter()
+    for pred in preds:
+        for i in pred.indices:
+            row: dict[str, Any] = {"pred": pred.name, "index": i, "n_cells": gt.n_cells[i],
+                                   "span_deg": gt.spans_deg[i]}
+            if "recon" in pred.kinds:
+                vol = pred.read["recon"](i)
+                try:
+                    row.update(score_sample_recon(gt.group["phantom"][i], vol, fov, fit))
+                except ValueError as err:
+                    raise BadInput(f"{pred.path} (recon, sample {i})", str(err)) from None
+            if "labels" in pred.kinds:
+                lab = pred.read["labels"](i)
+                try:
+                    row.update(score_sample_labels(gt.group["labels"][i], lab, gt.classes,
+                                                   gt.ignore_label))
+                except ValueError as err:
+                    raise BadInput(f"{pred.path} (labels, sample {i})", str(err)) from None
+            rows.append(row)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    logger.info("scored %d sample(s) in %.1f s", done, time.perf_counter() - t0)
+    payload = _payload(gt, preds, rows, span_bin_deg, fit)
+    return ScoreResult(payload=payload, rows=rows, examples=_examples(gt, preds, rows))
+
+
+def _metrics_of(pred: Prediction, gt: GroundTruth) -> list[str]:
+    out: list[str] = []
+    if "recon" in pred.kinds:
+        out += RECON_METRICS
+    if "labels" in pred.kinds:
+        out += ["mean_iou"] + [f"iou_{n}" for n in gt.classes.values()]
+        out += [f"dice_{n}" for n in gt.classes.values()]
+    return out
+
+
+def _payload(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]],
+             span_bin_deg: float, fit: str) -> dict[str, Any]:
+    predictions: dict[str, Any] = {}
+    for p in preds:
+        mine = [r for r in rows if r["pred"] == p.name]
+        predictions[p.name] = {
+            "path": str(p.path), "kinds": p.kinds, "attrs": p.attrs, "n_scored": len(mine),
+            "metrics": _metrics_of(p, gt), **group_stats(mine, _metrics_of(p, gt), span_bin_deg),
+        }
+    shared = [m for m in _metrics_of(preds[0], gt) if all(m in _metrics_of(p, gt) for p in preds)]
+    return {
+        "format": SCORES_FORMAT,
+        "version": SCORES_VERSION,
+        "ground_truth": {"path": str(gt.out), "recipe_id": gt.recipe_id, "n_samples": gt.n_samples,
+                         "shape_zyx": list(gt.shape), "classes": {str(k): v for k, v in gt.classes.items()},
+                         "ignore_label": gt.ignore_label},
+        "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "span_bin_deg": span_bin_deg},
+        "predictions": predictions,
+        "comparison": compare(rows, [p.name for p in preds], shared) if len(preds) > 1 else None,
+        "samples": rows,
+    }
+
+
+def _examples(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Central z-slices of one sample (median SSIM, else median mean IoU, of the first prediction)."""
+    first = [r for r in rows if r["pred"] == preds[0].name]
+    key = "ssim" if "ssim" in first[0] else "mean_iou"
+    vals = [(r.get(key, math.nan), r["index"]) for r in first]
+    finite = sorted((v, i) for v, i in vals if math.isfinite(v))
+    index = finite[len(finite) // 2][1] if finite else first[0]["index"]
+    z = gt.shape[0] // 2
+    ex: dict[str, Any] = {"index": index, "z": z, "key": key,
+                          "phantom": np.asarray(gt.group["phantom"][index, z]),
+                          "labels": np.asarray(gt.group["labels"][index, z]), "preds": {}}
+    fits = {r["pred"]: (r.get("fit_scale"), r.get("fit_offset")) for r in rows if r["index"] == index}
+    for p in preds:
+        if index in p.indices:
+            ex["preds"][p.name] = {k: np.asarray(p.read[k](index)[z]) for k in p.kinds}
+            a, b = fits.get(p.name, (None, None))
+            if "recon" in p.kinds and a is not None:
+                ex["preds"][p.name]["recon"] = a * ex["preds"][p.name]["recon"].astype(np.float64) + b
+    return ex
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
+    """Write ``scores.json`` (non-finite -> null), ``samples.csv`` and ``report.html``."""
+    from simaq_factory.score.report import write_report
+
+    if report_dir.exists() and not report_dir.is_dir():
+        raise BadInput(str(report_dir), "report path exists and is not a directory")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": report_dir / "scores.json", "csv": report_dir / "samples.csv",
+             "html": report_dir / "report.html"}
+    paths["json"].write_text(json.dumps(_json_safe(result.payload), indent=1,
+                                        allow_nan=False) + "\n")
+    columns: list[str] = []
+    for r in result.rows:
+        columns += [k for k in r if k not in columns]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in result.rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    write_report(result, paths["html"])
+    return paths

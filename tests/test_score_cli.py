@@ -1,0 +1,149 @@
+"""``baseline`` and ``score`` end to end on a tiny dataset built through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from click.testing import CliRunner
+
+from simaq_factory.cli.main import main
+from simaq_factory.score.baseline import available_methods, run_baseline
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
+        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2"]
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_bad_input(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    r = invoke("build", SMOKE, "-o", str(root / "ds"), "--cluster", "inline", *TINY)
+    assert r.exit_code == 0, r.output
+    for m in ("fbp-ramlak", "fbp-hamming"):
+        r = invoke("baseline", str(root / "ds"), "--method", m, "-o", str(root / f"{m}.zarr"))
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def test_fbp_hamming_baseline_reproduces_the_dataset_recon(work):
+    # the dataset's recon is hamming FBP of the same stored sinogram with the same nominal angles
+    ds = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")
+    pred = zarr.open_group(work / "fbp-hamming.zarr", mode="r")
+    assert pred["recon"].shape == ds["recon"].shape and pred["recon"].dtype == np.float32
+    np.testing.assert_allclose(pred["recon"][...], ds["recon"][...], atol=1e-5)
+    attrs = dict(pred.attrs)
+    assert attrs["method"] == "fbp-hamming" and attrs["status"] == "complete"
+    assert attrs["source"]["recipe_id"] == dict(ds.attrs)["recipe_id"]
+    assert attrs["reconstruction"]["filter"] == "hamming"
+    assert not list(work.glob(".*.partial"))
+
+
+def test_score_two_baselines_writes_json_csv_html(work):
+    out = work / "report"
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"),
+               "--pred", str(work / "fbp-hamming.zarr"), "-o", str(out))
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "scores.json").read_text())
+    assert list(payload["predictions"]) == ["fbp-ramlak", "fbp-hamming"]
+    p = payload["predictions"]["fbp-hamming"]
+    assert p["n_scored"] == 3 and p["overall"]["ssim"]["n"] == 3
+    assert sum(g["n_samples"] for g in p["by_n_cells"].values()) == 3
+    assert sum(g["n_samples"] for g in p["by_span_deg"].values()) == 3
+    comp = payload["comparison"]["metrics"]
+    assert set(comp) == {"nrmse", "psnr", "ssim"} and comp["ssim"]["best"] in payload["predictions"]
+    assert "fbp-hamming" in comp["nrmse"]["vs_reference"]
+    lines = (out / "samples.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6 and lines[0].startswith("pred,index,n_cells,span_deg,")
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "fbp-ramlak" in html
+
+
+def test_score_folders_of_tiff_and_mrc(work):
+    ds = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")
+    folder = work / "files"
+    (folder / "labels").mkdir(parents=True)
+    (folder / "recon").mkdir()
+    for i in (0, 2):  # a subset of the samples
+        tifffile.imwrite(folder / "labels" / f"{i:06d}.tif", np.where(ds["labels"][i] == 255, 0, ds["labels"][i]))
+        with mrcfile.new(folder / "recon" / f"sample_{i}.mrc") as mrc:
+            mrc.set_data(ds["phantom"][i])
+    out = work / "files-report"
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(folder), "-o", str(out), "--fit", "none")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "scores.json").read_text())["samples"]
+    assert [row["index"] for row in rows] == [0, 2]
+    for row in rows:
+        assert row["nrmse"] == 0.0 and row["ssim"] == pytest.approx(1.0) and row["psnr"] is None  # inf
+        assert row["iou_cell"] == 1.0 and row["dice_background"] == 1.0 and row["iou_nucleus"] is None
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(folder), "-o", str(out), "--only", "labels")
+    assert r.exit_code == 0 and "nrmse" not in json.loads((out / "scores.json").read_text())["samples"][0]
+
+
+def test_baseline_resumes_after_interruption(work, tmp_path):
+    pred = tmp_path / "ramlak.zarr"
+    calls = []
+
+    def stop_after_one(done: int, total: int) -> None:
+        calls.append(done)
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_baseline(work / "ds", pred, "fbp-ramlak", progress=stop_after_one)
+    assert not pred.exists() and (tmp_path / ".ramlak.zarr.partial").is_dir()
+    report = run_baseline(work / "ds", pred, "fbp-ramlak", device=torch.device("cpu"))
+    assert (report["built"], report["skipped"]) == (2, 1)
+    fresh = zarr.open_group(work / "fbp-ramlak.zarr", mode="r")["recon"][...]
+    assert np.array_equal(zarr.open_group(pred, mode="r")["recon"][...], fresh)
+    again = invoke("baseline", str(work / "ds"), "--method", "fbp-ramlak", "-o", str(pred))
+    assert again.exit_code == 0 and "0 sample(s), 3 already done" in again.output
+
+
+def test_bad_inputs_exit_2_with_one_line(work, tmp_path):
+    ds = str(work / "ds")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "nope")), "nope", "not found")
+    assert_bad_input(invoke("score", "--gt", str(tmp_path / "nods"), "--pred", str(work / "fbp-ramlak.zarr")),
+                     "no such dataset")
+    wrong = zarr.open_group(tmp_path / "wrong.zarr", mode="w", zarr_format=3)
+    wrong.create_array("recon", shape=(3, 32, 32, 31), dtype="float32")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "wrong.zarr")), "recon", "shape")
+    (tmp_path / "tifs").mkdir()
+    tifffile.imwrite(tmp_path / "tifs" / "7.tif", np.zeros((32, 32, 32), np.float32))
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "tifs")), "7.tif", "outside")
+    assert_bad_input(invoke("baseline", ds, "--method", "art", "-o", str(tmp_path / "x.zarr")),
+                     "--method", "fbp-ramlak")
+    assert_bad_input(invoke("baseline", ds, "--method", "fbp-ramlak", "-o", str(work / "fbp-hamming.zarr")),
+                     "already exists")
+    nosino = tmp_path / "nosino"
+    shutil.copytree(work / "ds", nosino)
+    shutil.rmtree(nosino / "dataset.zarr" / "sinogram")
+    assert_bad_input(invoke("baseline", str(nosino), "--method", "fbp-ramlak", "-o", str(tmp_path / "y.zarr")),
+                     "sinogram")
+    assert not (tmp_path / "y.zarr").exists() and not (tmp_path / "x.zarr").exists()
+
+
+def test_available_methods_follow_the_reconstruction():
+    methods = available_methods()
+    assert methods[:2] == ["fbp-ramlak", "fbp-hamming"]
+    assert set(methods) <= {"fbp-ramlak", "fbp-hamming", "sirt", "cgls"}
