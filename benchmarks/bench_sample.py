@@ -3,8 +3,12 @@
     python benchmarks/bench_sample.py --size 128 --cells 1 2 --device cpu --repeat 2
     python benchmarks/bench_sample.py --size 512 --cells 1 --device cuda --json out.json
 
-Stages are timed inside ``render_sample`` (CUDA synchronised between stages). The first sample is
-a warm-up and is not reported.
+Stages are timed inside ``render_sample`` (CUDA synchronised between stages); ``normalise`` is the
+training reader's rank normalisation of the reconstruction and ``write`` writes the sample as one
+shard of a Zarr store in a temporary directory (same codecs and chunks as a build). The first sample
+is a warm-up and is not reported. ``peak_rss_gib`` is the process's peak resident memory so far
+(run one size per invocation to read it per size); ``peak_gpu_gib`` the CUDA allocator's peak for
+that row.
 """
 
 from __future__ import annotations
@@ -12,15 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from simaq_factory.device import resolve_device
-from simaq_factory.pipeline import render_sample
+from simaq_factory.pipeline import a_max_for, render_sample
 from simaq_factory.recipe.io import resolve
+from simaq_factory.store.dataset import create_arrays, write_shard
+from simaq_factory.store.layout import array_specs
 from simaq_factory.versions import software_versions
+from simaq_train.data.normalize import quantile_normalize
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main() -> None:
@@ -37,33 +53,54 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     for cells in args.cells:
         recipe = resolve({
-            "dataset": {"n_samples": args.repeat + 1, "shape": [args.size] * 3},
+            "dataset": {"n_samples": args.repeat + 1, "shape": [args.size] * 3, "samples_per_shard": 1,
+                        "chunk_z": min(16, args.size)},
             "phantom": {"cells": {"count": cells}},
             "acquisition": {"tilt_span_deg": args.span},
         })
+        specs = array_specs(recipe, a_max_for(recipe))
+        store = tmp / f"cells{cells}"
+        create_arrays(store, specs, {})
         per_stage: dict[str, list[float]] = {}
         totals = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for i in range(args.repeat + 1):
             t0 = time.perf_counter()
-            _, record = render_sample(recipe, i, device)
-            total = time.perf_counter() - t0
+            arrays, record = render_sample(recipe, i, device)
+            t1 = time.perf_counter()
+            quantile_normalize(arrays["recon"] if arrays["recon"].ndim == 3 else arrays["recon"][0])
+            t2 = time.perf_counter()
+            buffers = {}
+            for name, spec in specs.items():  # pad to A_max as a build task does
+                buf = np.full((1,) + spec.shape[1:], spec.fill_value, dtype=spec.dtype)
+                a = arrays[name]
+                buf[(0, *(slice(0, n) for n in a.shape))] = a
+                buffers[name] = buf
+            write_shard(store, specs, i, buffers)
+            t3 = time.perf_counter()
             if i == 0:
                 continue
-            totals.append(total)
-            for k, v in record["timings_s"].items():
+            extra = {"normalise": t2 - t1, "write": t3 - t2}
+            totals.append(t3 - t0)
+            for k, v in {**record["timings_s"], **extra}.items():
                 per_stage.setdefault(k, []).append(v)
         row = {"cells": cells, "size": args.size, "device": str(device),
                **{k: statistics.median(v) for k, v in per_stage.items()},
-               "total": statistics.median(totals)}
+               "total": statistics.median(totals), "peak_rss_gib": _peak_rss_gib(),
+               "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
         rows.append(row)
     stages = [k for k in rows[0] if k not in ("cells", "size", "device")]
     print(f"# {args.size}^3, span {args.span:g} deg, device {device}, torch threads "
           f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}")
-    print("cells " + " ".join(f"{s:>18s}" for s in stages))
+    width = max(len(s) for s in stages) + 1
+    print("cells " + " ".join(f"{s:>{width}s}" for s in stages))
     for r in rows:
-        print(f"{r['cells']:5d} " + " ".join(f"{r[s]:18.3f}" for s in stages))
+        print(f"{r['cells']:5d} " + " ".join(f"{r[s]:{width}.3f}" for s in stages))
+    shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "versions": software_versions(),

@@ -205,3 +205,29 @@ def test_config_parses_and_round_trips() -> None:
     again = parse_section(PhantomConfig, section_to_json(cfg), "phantom")
     assert again == cfg
     assert parse_section(PhantomConfig, section_to_json(PhantomConfig()), "phantom") == PhantomConfig()
+
+
+def test_nucleus_invariants_and_statistics() -> None:
+    """With the nucleus on: one per cell, inside 0.9 × its cell, clear of every vacuole and droplet,
+    radius fraction and LAC following the recipe distributions; off by default."""
+    base = PhantomConfig()
+    assert not base.nucleus.enabled
+    assert all(c.nucleus is None for spec in _specs(5) for c in spec.cells)
+    cfg = dataclasses.replace(base, nucleus=dataclasses.replace(base.nucleus, enabled=True))
+    fractions, lacs = [], []
+    for spec in _specs(60, cfg=cfg):
+        check_spec(spec)
+        for cell in spec.cells:
+            nuc = cell.nucleus
+            assert nuc is not None
+            nc, nr = _arr(nuc.center), _arr(nuc.radii)
+            assert ellipsoid_inside(nc[None], nr[None], _arr(cell.center), 0.9 * _arr(cell.radii), margin=-1e-9)[0]
+            objs = [(v.center, v.radii) for v in cell.vacuoles] + [(d.center, (d.radius,) * 3) for d in cell.droplets]
+            for c, r in objs:
+                assert not ellipsoids_overlap(nc, nr, _arr(c), _arr(r)), "an organelle overlaps the nucleus"
+            fractions.append(float(np.mean(nr / _arr(cell.radii))))
+            lacs.append(nuc.lac)
+    fractions, lacs = np.array(fractions), np.array(lacs)
+    assert 0.35 - 0.02 <= fractions.min() and fractions.max() <= 0.47 + 0.03
+    assert abs(fractions.mean() - 0.41) < 0.01
+    assert lacs.min() >= 0.2 and lacs.max() <= 0.3 and abs(lacs.mean() - 0.25) < 0.01

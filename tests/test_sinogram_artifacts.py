@@ -93,7 +93,8 @@ def test_poisson_huge_dose_is_nearly_identity() -> None:
 
 def test_poisson_variance_at_moderate_dose() -> None:
     i0, p = 1000.0, 1.0
-    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(i0)))
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(i0),
+                                                                 attenuation_scale=1.0))
     proj = torch.full((20, 64, 64), p)
     params = sample_sinogram_artifacts(cfg, 20, np.random.default_rng(0))
     out = apply_sinogram_artifacts(proj, np.zeros(20), params).double()
@@ -103,10 +104,25 @@ def test_poisson_variance_at_moderate_dose() -> None:
 
 
 def test_poisson_zero_counts_hit_the_floor() -> None:
-    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(10.0)))
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(10.0),
+                                                                 attenuation_scale=1.0))
     params = sample_sinogram_artifacts(cfg, 1, np.random.default_rng(0))
     out = apply_sinogram_artifacts(torch.full((1, 8, 8), 50.0), [0.0], params)
     assert torch.allclose(out, torch.full_like(out, np.log(10.0)))
+
+
+def test_poisson_auto_scale_is_the_voxel_size_in_um() -> None:
+    """auto: s = 0.04 µm × voxel length (reference voxels); Var(p') = 1 / (I0·exp(−s·p)·s²)."""
+    i0, p, voxel_length = 2000.0, 20.0, 4.0  # 128³ at auto scale: one voxel = 4 reference voxels
+    cfg = SinogramArtifactsConfig(**OFF, poisson=PoissonConfig(enabled=True, photons=Dist.const(i0)))
+    params = sample_sinogram_artifacts(cfg, 20, np.random.default_rng(0), voxel_length=voxel_length)
+    s = params["poisson"]["attenuation_scale"]
+    assert s == pytest.approx(0.04 * voxel_length)
+    out = apply_sinogram_artifacts(torch.full((20, 64, 64), p), np.zeros(20), params).double()
+    assert float(out.var()) == pytest.approx(1.0 / (i0 * np.exp(-s * p) * s * s), rel=0.05)
+    assert float(out.mean()) == pytest.approx(p, abs=0.05)
+    with pytest.raises(ValueError, match="attenuation_scale"):
+        PoissonConfig(attenuation_scale=0.0)
 
 
 def test_integer_misalignment_is_a_roll_away_from_the_edges() -> None:

@@ -9,7 +9,8 @@ Reference §3.5–§3.7, defaults §9.3. Stages, applied in this order:
 3. ``misalignment`` (§3.7 proposal, off): per-projection sub-pixel shifts along the detector (D) and
    the tilt axis (Z), linear interpolation, uncovered pixels filled with the projection's mean.
 4. ``poisson`` (§3.7 proposal, off): I = I0·exp(−s·p), counts ~ Poisson(I), p' = −log(max(counts,
-   floor)/I0)/s, with s = ``attenuation_scale``.
+   floor)/I0)/s, with s = ``attenuation_scale`` (the voxel size in µm: line integrals are sums of
+   µm⁻¹ LACs over voxel steps).
 5. ``detector_noise`` (§3.7, declared but unused in the reference; off): p += μ + σ·N(0, 1).
 
 ``sample_sinogram_artifacts`` draws all parameters (JSON-able, integer seeds for noise fields);
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 _SEED_HIGH = 2**63 - 1
+#: Voxel size of the reference's 512³ volumes in µm (§0.3: inferred 35-40 nm; not stated anywhere).
+REFERENCE_VOXEL_UM = 0.04
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -111,11 +114,17 @@ class PoissonConfig:
     photons: Dist = spec(
         default_factory=lambda: Dist.const(1e4), gt=0.0, doc="incident photons I0 per detector pixel"
     )
-    attenuation_scale: float = spec(
-        1.0,
-        gt=0.0,
-        doc="optical depth per line-integral unit (≈ voxel size in µm for µm⁻¹ LACs, §0.3)",
+    attenuation_scale: float | Literal["auto"] = spec(
+        "auto",
+        doc="optical depth per line-integral unit = this volume's voxel size in µm (LACs are µm⁻¹). "
+        "auto: REFERENCE_VOXEL_UM × voxel_length, i.e. 0.04 µm per reference voxel (§0.3 estimate: "
+        "35-40 nm at 512³) times the volume's voxel length in reference voxels",
     )
+
+    def __post_init__(self) -> None:
+        s = self.attenuation_scale
+        if s != "auto" and (isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0):
+            raise ValueError(f"poisson.attenuation_scale must be > 0 or 'auto', got {s!r}")
     min_counts: float = spec(1.0, gt=0.0, doc="zero counts are raised to this before the log")
 
 
@@ -199,7 +208,9 @@ def sample_sinogram_artifacts(
     poisson = {
         "applied": bool(p.enabled),
         "photons": float(p.photons.sample(r_poi)),
-        "attenuation_scale": p.attenuation_scale,
+        "attenuation_scale": float(
+            REFERENCE_VOXEL_UM * voxel_length if p.attenuation_scale == "auto" else p.attenuation_scale
+        ),
         "min_counts": p.min_counts,
         "seed": int(r_poi.integers(0, _SEED_HIGH)),
     }
