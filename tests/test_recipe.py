@@ -83,6 +83,15 @@ BAD = [
     ({"phantom": 7}, "phantom"),
     ({"phantom": {"nonsense": 1}}, "phantom.nonsense"),
     ({"version": 99}, "version"),
+    ({"phantom": {"deformation": {"mode": "4d"}}}, "phantom.deformation.mode"),
+    ({"phantom": {"antialias": {"supersample": 9}}}, "phantom.antialias.supersample"),
+    ({"phantom": {"nucleus": {"enabled": "maybe"}}}, "phantom.nucleus.enabled"),
+    ({"phantom": {"nucleus": {"radius_fraction": 1.5}}}, "phantom.nucleus.radius_fraction"),
+    ({"reconstruction": {"method": "art"}}, "reconstruction.method"),
+    ({"reconstruction": {"iterations": 0}}, "reconstruction.iterations"),
+    ({"acquisition": {"sinogram": {"poisson": {"attenuation_scale": -1}}}},
+     "acquisition.sinogram.poisson.attenuation_scale"),
+    ({"artifacts": {"blur": {"kernel_size": 4}}}, "artifacts.blur.kernel_size"),
 ]
 
 

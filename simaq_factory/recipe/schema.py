@@ -166,7 +166,17 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     except RecipeError:
         raise
     except (TypeError, ValueError) as err:  # a section's own __post_init__ check
-        raise RecipeError(path or "recipe", str(err)) from None
+        raise RecipeError(_post_init_path(cls, path, str(err)), str(err)) from None
+
+
+def _post_init_path(cls: Any, path: str, message: str) -> str:
+    """Path of the field a ``__post_init__`` message starts with ("blur.kernel_size must …"), else the section."""
+    words = message.split()
+    head = words[0].rstrip(":,") if words else ""
+    name = head.rsplit(".", 1)[-1]
+    if name in {f.name for f in dataclasses.fields(cls)}:
+        return f"{path}.{name}" if path else name
+    return path or "recipe"
 
 
 def section_to_json(obj: Any) -> Any:
