@@ -1,7 +1,11 @@
 """One sample, end to end: a pure function of (recipe, sample index) and the device.
 
-    seeds(recipe.seed, i) → sample_phantom → voxelize → phantom-space artifacts → angles →
-    forward projection (jittered angles) → sinogram artifacts → reconstruction (nominal angles)
+    seeds(recipe.seed, i) → sample_phantom → voxelize → phantom-space artifacts → for each
+    acquisition axis: angles → forward projection (jittered angles) → sinogram artifacts →
+    reconstruction (nominal angles)
+
+``acquisition.axes: 3`` repeats the acquisition with z, y and x as the tilt axis, each with its own
+draws (frames and seeding: :mod:`simaq_factory.acquisition.axes`).
 
 Each stage draws from its own generator, spawned from ``SeedSequence(seed, spawn_key=(i,))``, so a
 stage's randomness does not shift when another stage changes, and sample ``i`` is the same whatever
@@ -12,12 +16,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from simaq_factory.acquisition.angles import AngleSet, max_angles, sample_angles
+from simaq_factory.acquisition.axes import axis_frame_record, axis_rng, from_frame, tilt_axes, to_frame
 from simaq_factory.acquisition.sinogram import apply_sinogram_artifacts, sample_sinogram_artifacts
 from simaq_factory.artifacts import apply_artifacts, sample_artifacts
 from simaq_factory.artifacts.stage import REFERENCE_VOXELS_PER_UNIT
@@ -85,12 +92,92 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Acquisition:
+    """One simulated tilt series and its reconstruction, in the frame of its tilt axis.
+
+    ``proj`` is (A, S, D) and ``recon`` (S, Y', X') in the frame of ``axis``
+    (:func:`simaq_factory.acquisition.axes.frame_axes`); ``from_frame`` maps ``recon`` to (z, y, x).
+    """
+
+    axis: int
+    angles: AngleSet
+    sino_params: dict[str, Any]
+    proj: torch.Tensor
+    recon: torch.Tensor
+
+
+def acquire(
+    recipe: Recipe,
+    noisy: torch.Tensor,
+    axis: int,
+    angle_rng: np.random.Generator,
+    sino_rng: np.random.Generator,
+    voxel_length: float,
+    lap: Callable[[str], None],
+) -> Acquisition:
+    """Sample angles, project ``noisy`` (z, y, x) about volume ``axis``, add sinogram artifacts and
+    reconstruct (reference §3.2–3.9). ``lap(stage)`` is called after each timed stage."""
+    n = recipe.dataset.shape[1]
+    device = noisy.device
+    angles = sample_angle_set(recipe, angle_rng)
+    recon_cfg = recipe.reconstruction
+    fwd_geom = Geometry(
+        n=n, angles=tuple(math.radians(a) for a in angles.forward_deg), center=recon_cfg.center,
+        weighting=recon_cfg.weighting,
+    )
+    # a cyclic permutation puts the tilt axis first; the input cylinder is then about that axis
+    volume_in = (to_frame(noisy, axis) * cylinder_mask(n, INPUT_CIRCLE_PADDING, device)).contiguous()
+    proj = forward_project(volume_in, fwd_geom)
+    del volume_in
+    lap("projection")
+    sino_params = sample_sinogram_artifacts(
+        recipe.acquisition.sinogram, angles.n_angles, sino_rng, voxel_length=voxel_length,
+    )
+    proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params)
+    lap("sinogram_artifacts")
+    rec_geom = Geometry(
+        n=n, angles=tuple(math.radians(a) for a in angles.recon_deg), center=recon_cfg.center,
+        weighting=recon_cfg.weighting,
+    )
+    recon = reconstruct(proj, rec_geom, recon_cfg)
+    lap("reconstruction")
+    return Acquisition(axis=axis, angles=angles, sino_params=sino_params, proj=proj, recon=recon)
+
+
+def acquisition_rngs(
+    recipe: Recipe, index: int, rngs: dict[str, np.random.Generator]
+) -> list[tuple[np.random.Generator, np.random.Generator]]:
+    """(angles, sinogram) generators of each acquisition axis of sample ``index``.
+
+    Axis 0 uses the sample's own ``angles`` / ``sinogram`` streams (exactly as a one-axis recipe);
+    axis k ≥ 1 the k-th child of each (:func:`simaq_factory.acquisition.axes.axis_rng`).
+    """
+    out = [(rngs["angles"], rngs["sinogram"])]
+    for k in tilt_axes(recipe.acquisition.axes)[1:]:
+        out.append(tuple(axis_rng(recipe.seed, index, STREAMS.index(s), k)  # type: ignore[misc]
+                         for s in ("angles", "sinogram")))
+    return out
+
+
+def _stack_padded(acqs: list[Acquisition], a_max: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(axes, A_max, S, D) float32 projections and (axes, A_max) angles, NaN past each count."""
+    first = acqs[0].proj
+    proj = torch.full((len(acqs), a_max, *first.shape[1:]), float("nan"), dtype=torch.float32,
+                      device=first.device)
+    angles = np.full((len(acqs), a_max), np.nan, dtype=np.float32)
+    for k, acq in enumerate(acqs):
+        a = acq.angles.n_angles
+        proj[k, :a] = acq.proj
+        angles[k, :a] = np.asarray(acq.angles.recon_deg, dtype=np.float32)
+    return proj, angles
+
+
 def render_sample(
     recipe: Recipe, index: int, device: torch.device
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Render sample ``index``. Returns host arrays (no sample axis) and its provenance record."""
     shape = recipe.dataset.shape
-    n = shape[1]
     rngs = sample_rngs(recipe.seed, index)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -99,7 +186,7 @@ def render_sample(
         nonlocal t
         _sync(device)
         now = time.perf_counter()
-        timings[name] = round(now - t, 5)
+        timings[name] = round(timings.get(name, 0.0) + now - t, 5)  # summed over axes
         t = now
 
     spec = sample_phantom(recipe.phantom, shape, rngs["phantom"])
@@ -111,49 +198,55 @@ def render_sample(
     noisy = apply_artifacts(phantom, labels, art)
     lap("phantom_artifacts")
 
-    angles = sample_angle_set(recipe, rngs["angles"])
-    recon_cfg = recipe.reconstruction
-    fwd_geom = Geometry(
-        n=n, angles=tuple(math.radians(a) for a in angles.forward_deg), center=recon_cfg.center,
-        weighting=recon_cfg.weighting,
-    )
-    volume_in = noisy * cylinder_mask(n, INPUT_CIRCLE_PADDING, device)
-    proj = forward_project(volume_in, fwd_geom)
-    lap("projection")
-    sino_params = sample_sinogram_artifacts(
-        recipe.acquisition.sinogram, angles.n_angles, rngs["sinogram"],
-        voxel_length=REFERENCE_VOXELS_PER_UNIT / spec.scale,
-    )
-    proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params)
-    lap("sinogram_artifacts")
-    rec_geom = Geometry(
-        n=n, angles=tuple(math.radians(a) for a in angles.recon_deg), center=recon_cfg.center,
-        weighting=recon_cfg.weighting,
-    )
-    recon = reconstruct(proj, rec_geom, recon_cfg)
-    lap("reconstruction")
+    voxel_length = REFERENCE_VOXELS_PER_UNIT / spec.scale
+    acqs = [
+        acquire(recipe, noisy, axis, angle_rng, sino_rng, voxel_length, lap)
+        for axis, (angle_rng, sino_rng) in enumerate(acquisition_rngs(recipe, index, rngs))
+    ]
 
     outputs = recipe.dataset.outputs
     arrays: dict[str, np.ndarray] = {
         "phantom": to_host(phantom, "phantom"),
         "labels": to_host(labels, "labels"),
-        "recon": to_host(recon.to(getattr(torch, outputs.recon_dtype)), "recon"),
     }
+    recon_dtype = getattr(torch, outputs.recon_dtype)
+    if len(acqs) == 1:
+        arrays["recon"] = to_host(acqs[0].recon.to(recon_dtype), "recon")
+    else:  # (axes, Z, Y, X): every reconstruction back in the canonical (z, y, x) orientation
+        arrays["recon"] = to_host(
+            torch.stack([from_frame(a.recon, a.axis).to(recon_dtype) for a in acqs]), "recon"
+        )
     if outputs.noisy:
         arrays["noisy"] = to_host(noisy.to(getattr(torch, outputs.noisy_dtype)), "noisy")
-    if outputs.sinogram:
-        arrays["sinogram"] = to_host(proj.float(), "sinogram")
-    if outputs.angles:
-        arrays["angles"] = np.asarray(angles.recon_deg, dtype=np.float32)
+    if len(acqs) == 1:
+        if outputs.sinogram:
+            arrays["sinogram"] = to_host(acqs[0].proj.float(), "sinogram")
+        if outputs.angles:
+            arrays["angles"] = np.asarray(acqs[0].angles.recon_deg, dtype=np.float32)
+    elif outputs.sinogram or outputs.angles:
+        stacked, angle_rows = _stack_padded(acqs, a_max_for(recipe))
+        if outputs.sinogram:
+            arrays["sinogram"] = to_host(stacked, "sinogram")
+        if outputs.angles:
+            arrays["angles"] = angle_rows
     lap("to_host")
-    record = {
+    record: dict[str, Any] = {
         "index": index,
         "seed": {"root": recipe.seed, "spawn_key": [index], "streams": list(STREAMS)},
         "phantom_spec": spec.to_dict(),
         "artifacts": art,
-        "angles": angles.to_dict(),
-        "sinogram_artifacts": sino_params,
+        "angles": acqs[0].angles.to_dict(),
+        "sinogram_artifacts": acqs[0].sino_params,
         "n_cells": len(spec.cells),
         "timings_s": timings,
     }
+    if len(acqs) > 1:  # "angles" / "sinogram_artifacts" above are axis 0's; every axis's here
+        record["seed"]["axis_spawn_keys"] = {
+            str(a.axis): {s: [index, STREAMS.index(s), a.axis] for s in ("angles", "sinogram")}
+            for a in acqs[1:]
+        }
+        record["acquisitions"] = [
+            {**axis_frame_record(a.axis), "angles": a.angles.to_dict(), "sinogram_artifacts": a.sino_params}
+            for a in acqs
+        ]
     return arrays, record

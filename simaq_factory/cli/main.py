@@ -287,7 +287,12 @@ def _register_benchmark_commands() -> None:
     main.add_command(baseline)
 
 
-_register_benchmark_commands()
+if __name__ == "simaq_factory.cli.main":
+    _register_benchmark_commands()
+elif __name__ == "__main__":  # pragma: no cover
+    # ``python -m simaq_factory.cli.main``: run the importable module's group, which registers every
+    # command (registering in ``__main__`` — or in ``__mp_main__``, as spawned Dask workers re-import
+    # it — would import cli.score, which imports the importable module: a cycle)
+    from simaq_factory.cli.main import main as _cli
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    _cli()

@@ -60,7 +60,8 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
         summary = p["overall"]
         parts = [f"{m} {summary[m]['median']:.4g}" for m in ("nrmse", "psnr", "ssim", "mean_iou")
                  if m in summary and summary[m]["median"] is not None]
-        click.echo(f"{name}: {p['n_scored']} sample(s), median " + ", ".join(parts))
+        unit = "acquisition(s) (sample, axis)" if len(result.payload["ground_truth"]["tilt_axes"]) > 1 else "sample(s)"
+        click.echo(f"{name}: {p['n_scored']} {unit}, median " + ", ".join(parts))
     click.echo(f"wrote {written['json']}, {written['csv'].name}, {written['html'].name} (+ fig-*.png)")
 
 

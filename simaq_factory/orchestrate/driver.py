@@ -24,7 +24,7 @@ from simaq_factory.pipeline import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.dataset import shard_state, update_card
-from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, shard_ranges
+from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
 from simaq_factory.store.outdir import check_out_dir, start_out_dir
 from simaq_factory.versions import software_versions
 
@@ -57,6 +57,7 @@ def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
         "samples_per_shard": ds.samples_per_shard,
         "shape_zyx": list(ds.shape),
         "tilt_axis": "z",
+        **axes_card(recipe),  # "tilt_axes": [0] or [0, 1, 2] (+ "axis_frames"), store/layout.py
         "axes": ["sample", "z", "y", "x"],
         "a_max": a_max,
         "label_map": {str(k): v for k, v in LABEL_NAMES.items() if k != Label.IGNORE},

@@ -26,7 +26,7 @@ class OutputsConfig:
     """Optional arrays. ``phantom``, ``labels`` and ``recon`` are always written."""
 
     noisy: bool = spec(False, doc="store the phantom after phantom-space artifacts")
-    sinogram: bool = spec(False, doc="store the projections (A_max, Z, D) per sample")
+    sinogram: bool = spec(False, doc="store the projections (A_max, Z, D) per sample; (axes, A_max, S, D) with 3 axes")
     angles: bool = spec(True, doc="store the reconstruction angles (degrees) per sample")
     recon_dtype: Literal["float32", "float16"] = spec("float32", doc="dtype of recon")
     noisy_dtype: Literal["float32", "float16"] = spec("float32", doc="dtype of noisy")
@@ -66,6 +66,11 @@ class AcquisitionConfig:
     )
     offset_below_span_deg: float = spec(
         165.0, ge=0.0, le=360.0, doc="apply the tilt offset only below this span (reference 165)"
+    )
+    axes: Literal[1, 3] = spec(
+        1,
+        doc="acquisitions per phantom: 1 (tilt axis z, the reference) or 3 (z, y and x in turn, each "
+        "with its own sampled acquisition, as the paper trains; needs a cubic dataset.shape)",
     )
     sinogram: SinogramArtifactsConfig = spec(default_factory=SinogramArtifactsConfig)
 
@@ -123,6 +128,10 @@ def check_recipe(recipe: Recipe) -> None:
     if ds.chunk_z > z:
         raise RecipeError("dataset.chunk_z", f"must be <= shape z ({z}), got {ds.chunk_z}")
     acq = recipe.acquisition
+    if acq.axes == 3 and not z == y == x:
+        raise RecipeError(
+            "acquisition.axes", f"3 axes need a cubic dataset.shape (z = y = x), got {list(ds.shape)}"
+        )
     lo, hi = acq.tilt_span_deg.support()
     if hi > 180.0:
         raise RecipeError("acquisition.tilt_span_deg", f"spans must be <= 180 deg, got up to {hi:g}")

@@ -1,7 +1,8 @@
 """Summaries of per-sample scores: statistics, breakdowns by cell count and tilt span, comparisons.
 
 A *row* is one (prediction, sample) pair: ``{"pred", "index", "n_cells", "span_deg", <metric>: float}``
-with NaN for undefined metrics (an empty class, a zero data range).
+with NaN for undefined metrics (an empty class, a zero data range). For a dataset with three
+acquisition axes a row is one (prediction, sample, axis) and carries ``"axis"`` too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 __all__ = ["compare", "group_stats", "higher_is_better", "span_bin", "stats"]
 
-ID_COLUMNS = ("pred", "index", "n_cells", "span_deg")
+ID_COLUMNS = ("pred", "index", "axis", "n_cells", "span_deg")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -76,9 +77,9 @@ def compare(rows: list[dict[str, Any]], names: list[str], metrics: list[str]) ->
     the fraction of those samples where it is better (ties count half).
     """
     ref = names[0]
-    table: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in names}
-    for r in rows:
-        table[r["pred"]][int(r["index"])] = r
+    table: dict[str, dict[tuple[int, int], dict[str, Any]]] = {n: {} for n in names}
+    for r in rows:  # paired by (sample, acquisition axis)
+        table[r["pred"]][(int(r["index"]), int(r.get("axis", 0)))] = r
     out: dict[str, Any] = {"reference": ref, "metrics": {}}
     for m in metrics:
         sign = 1.0 if higher_is_better(m) else -1.0

@@ -7,7 +7,11 @@ forward angles or the artifact parameters. The output is a Zarr group in the dat
 
     PRED/            attributes: format, method, reconstruction (config), source (dataset path,
       recon          recipe id), status, seconds
-                     float32 (N, Z, Y, X), chunks (1, chunk_z, Y, X)
+                     float32 (N, Z, Y, X), chunks (1, chunk_z, Y, X); with three acquisition axes
+                     (N, 3, Z, Y, X), chunks (1, 1, chunk_z, Y, X), like the dataset's recon
+
+With three axes every acquisition ``k`` is reconstructed from ``sinogram[i, k]`` / ``angles[i, k]``
+in the frame of its tilt axis and stored back in (z, y, x) (:mod:`simaq_factory.acquisition.axes`).
 
 It is built in ``.PRED.partial`` next to ``PRED``, one sample at a time (``progress.json`` lists the
 finished samples, so an interrupted run resumes), and renamed to ``PRED`` when complete.
@@ -32,6 +36,7 @@ import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
+from simaq_factory.acquisition.axes import from_frame
 from simaq_factory.errors import BadInput
 from simaq_factory.score.inputs import open_ground_truth
 from simaq_factory.store.dataset import write_json_atomic
@@ -143,7 +148,7 @@ def run_baseline(
         raise BadInput(str(pred), "already exists (and is not this baseline of this dataset); "
                        "choose another -o or remove it")
     tmp = _partial_path(pred)
-    done = _open_partial(tmp, ident, gt.n_samples, gt.shape, chunk_z=_chunk_z(gt),
+    done = _open_partial(tmp, ident, gt.n_samples, gt.pred_shape, chunk_z=_chunk_z(gt),
                          extra={"source_path": str(gt_dir.resolve())})
     n = gt.shape[1]
     t0 = time.perf_counter()
@@ -152,8 +157,13 @@ def run_baseline(
     for i in range(gt.n_samples):
         if i in done:
             continue
+        sino, ang = gt.group["sinogram"][i], gt.group["angles"][i]
         try:
-            vol = reconstruct_sample(gt.group["sinogram"][i], gt.group["angles"][i], n, cfg, device)
+            if gt.n_axes == 1:
+                vol = reconstruct_sample(sino, ang, n, cfg, device)
+            else:
+                vol = np.stack([from_frame(reconstruct_sample(sino[k], ang[k], n, cfg, device), k)
+                                for k in range(gt.n_axes)])
         except ValueError as err:
             raise BadInput(f"{gt_dir} (sample {i})", str(err)) from None
         arr[i] = vol
@@ -188,9 +198,12 @@ def _is_same_complete(pred: Path, ident: dict[str, Any]) -> bool:
     )
 
 
-def _open_partial(tmp: Path, ident: dict[str, Any], n_samples: int, shape: tuple[int, int, int],
+def _open_partial(tmp: Path, ident: dict[str, Any], n_samples: int, shape: tuple[int, ...],
                   chunk_z: int, extra: dict[str, Any]) -> set[int]:
-    """Open (resume) or create the partial output; returns the finished sample indices."""
+    """Open (resume) or create the partial output; returns the finished sample indices.
+
+    ``shape`` is one sample's: (Z, Y, X), or (axes, Z, Y, X) for a three-axis dataset.
+    """
     progress = tmp / _PROGRESS
     if progress.exists():
         try:
@@ -203,11 +216,12 @@ def _open_partial(tmp: Path, ident: dict[str, Any], n_samples: int, shape: tuple
     if tmp.exists():
         logger.warning("discarding the unfinished output %s (another configuration)", tmp)
         shutil.rmtree(tmp)  # our own unfinished start, or another configuration's: start over
-    z, y, x = shape
+    *ax, z, y, x = shape
     group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={
         "format": PREDICTION_FORMAT, "version": 1, "status": "partial", **ident, **extra})
-    group.create_array("recon", shape=(n_samples, z, y, x), dtype="float32",
-                       chunks=(1, min(chunk_z, z), y, x), compressors=ZstdCodec(level=3),
-                       fill_value=float("nan"), dimension_names=("sample", "z", "y", "x"))
+    group.create_array("recon", shape=(n_samples, *ax, z, y, x), dtype="float32",
+                       chunks=(1, *(1 for _ in ax), min(chunk_z, z), y, x), compressors=ZstdCodec(level=3),
+                       fill_value=float("nan"),
+                       dimension_names=("sample", *("axis" for _ in ax), "z", "y", "x"))
     write_json_atomic(progress, {"ident": ident, "done": []})
     return set()

@@ -33,6 +33,8 @@ class GroundTruth:
 
     ``group`` is the read-only ``dataset.zarr``; ``spans_deg[i]`` / ``n_cells[i]`` come from the
     provenance record of sample ``i``; ``classes`` maps label value -> name (ignore label excluded).
+    ``n_axes`` is 1 or 3 (``acquisition.axes``); ``spans_by_axis[i][k]`` is the tilt span of the
+    acquisition about volume axis ``k`` (``spans_deg[i]`` is axis 0's).
     """
 
     out: Path
@@ -47,6 +49,13 @@ class GroundTruth:
     ignore_label: int
     spans_deg: list[float]
     n_cells: list[int]
+    n_axes: int = 1
+    spans_by_axis: list[list[float]] = field(default_factory=list)
+
+    @property
+    def pred_shape(self) -> tuple[int, ...]:
+        """Shape of one sample of a prediction: (Z, Y, X), or (3, Z, Y, X) for three axes."""
+        return ((self.n_axes,) if self.n_axes > 1 else ()) + self.shape
 
     def fov(self) -> np.ndarray:
         """Bool (Y, X) field-of-view disk (see :mod:`simaq_factory.score.metrics`)."""
@@ -78,16 +87,19 @@ def open_ground_truth(out: Path) -> GroundTruth:
     label_map = card.get("label_map", {"0": "background", "1": "cell", "2": "vacuole", "3": "lipid_droplet"})
     ignore = int(card.get("ignore_label", 255))
     classes = {int(k): str(v) for k, v in label_map.items() if int(k) != ignore}
-    spans, cells = _provenance(out, n)
+    n_axes = int(recipe.get("acquisition", {}).get("axes", 1))
+    spans, cells = _provenance(out, n, n_axes)
     return GroundTruth(
         out=out, group=group, recipe=recipe, recipe_id=rid, n_samples=n, shape=(z, y, x),
         center=geom.image_center, radius=geom.circle_radius, classes=dict(sorted(classes.items())),
-        ignore_label=ignore, spans_deg=spans, n_cells=cells,
+        ignore_label=ignore, spans_deg=[s[0] for s in spans], n_cells=cells, n_axes=n_axes,
+        spans_by_axis=spans,
     )
 
 
-def _provenance(out: Path, n: int) -> tuple[list[float], list[int]]:
-    spans: list[float | None] = [None] * n
+def _provenance(out: Path, n: int, n_axes: int) -> tuple[list[list[float]], list[int]]:
+    """Per sample: the tilt span of each acquisition axis, and the cell count."""
+    spans: list[list[float] | None] = [None] * n
     cells: list[int | None] = [None] * n
     for path in sorted((out / PROVENANCE_DIR).glob("shard-*.json")):
         try:
@@ -97,7 +109,11 @@ def _provenance(out: Path, n: int) -> tuple[list[float], list[int]]:
         for rec in records:
             i = int(rec["index"])
             if 0 <= i < n:
-                spans[i] = float(rec["angles"]["span_deg"])
+                acqs = rec.get("acquisitions") or [{"angles": rec["angles"]}]
+                if len(acqs) != n_axes:
+                    raise BadInput(str(path), f"sample {i} records {len(acqs)} acquisition(s), the "
+                                   f"recipe has acquisition.axes = {n_axes}")
+                spans[i] = [float(a["angles"]["span_deg"]) for a in acqs]
                 cells[i] = int(rec["n_cells"])
     missing = [i for i in range(n) if spans[i] is None]
     if missing:
@@ -105,14 +121,15 @@ def _provenance(out: Path, n: int) -> tuple[list[float], list[int]]:
             str(out), f"{len(missing)} of {n} samples are not built (first: {missing[0]}); "
             "finish the build (run it again) before scoring"
         )
-    return [float(s) for s in spans if s is not None], [int(c) for c in cells if c is not None]
+    return [s for s in spans if s is not None], [int(c) for c in cells if c is not None]
 
 
 @dataclass
 class Prediction:
     """One prediction: which samples it covers and readers for its ``recon`` / ``labels`` volumes.
 
-    ``read[kind](i)`` returns sample ``i`` as a NumPy (Z, Y, X) array.
+    ``read[kind](i)`` returns sample ``i`` as a NumPy (Z, Y, X) array, or (3, Z, Y, X) — one volume
+    per acquisition axis — when the dataset has ``acquisition.axes: 3``.
     """
 
     path: Path
@@ -127,6 +144,8 @@ def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Predicti
     """Open ``path`` — a Zarr group with ``recon`` and/or ``labels`` (N, Z, Y, X) arrays, or a folder
     of volumes named by sample index (``7.tif``, ``000007.mrc``, ``sample_7.tiff``; float files are
     reconstructions, integer files segmentations; or sub-folders ``recon/`` and ``labels/``).
+    For a dataset with three acquisition axes every prediction has the axis dimension too:
+    (N, 3, Z, Y, X) arrays, (3, Z, Y, X) files — entry k for the acquisition about volume axis k.
 
     ``only`` ("auto", "recon", "labels") restricts which kinds are scored. Shapes are checked
     against the ground truth here; a folder may hold any subset of the indices.
@@ -153,7 +172,8 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
         group = zarr.open_group(path, mode="r")
     except Exception as err:  # noqa: BLE001 - any failure to open is a bad input
         raise BadInput(str(path), f"cannot open as a Zarr group: {err}") from None
-    expect = (gt.n_samples, *gt.shape)
+    expect = (gt.n_samples, *gt.pred_shape)
+    dims = "(N, 3, Z, Y, X)" if gt.n_axes > 1 else "(N, Z, Y, X)"
     pred = Prediction(path=path, name=_name(path, dict(group.attrs)), indices=list(range(gt.n_samples)),
                       kinds=[], attrs=dict(group.attrs))
     for kind in ("recon", "labels"):
@@ -162,7 +182,7 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
         arr = group[kind]
         if tuple(arr.shape) != expect:
             raise BadInput(f"{path}/{kind}", f"shape {tuple(arr.shape)} does not match the dataset's "
-                           f"(N, Z, Y, X) = {expect}")
+                           f"{dims} = {expect}")
         if kind == "labels" and not np.issubdtype(arr.dtype, np.integer):
             raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}")
         pred.kinds.append(kind)
@@ -235,9 +255,10 @@ def _open_folder(path: Path, gt: GroundTruth) -> Prediction:
     def reader(kind: str, files: dict[int, Path]) -> Callable[[int], np.ndarray]:
         def read(i: int) -> np.ndarray:
             vol = _read_volume(files[i])
-            if vol.shape != gt.shape:
+            if vol.shape != gt.pred_shape:
+                dims = "(3, Z, Y, X)" if gt.n_axes > 1 else "(Z, Y, X)"
                 raise BadInput(str(files[i]), f"shape {vol.shape} does not match the dataset's "
-                               f"(Z, Y, X) = {gt.shape}")
+                               f"{dims} = {gt.pred_shape}")
             if kind == "labels" and not np.issubdtype(vol.dtype, np.integer):
                 raise BadInput(str(files[i]), f"labels must be integers, got {vol.dtype}")
             return vol

@@ -264,7 +264,8 @@ def write_report(result: Any, path: Path) -> list[Path]:
               "<h2>By cell count (medians)</h2>", _breakdown_table(payload, names, key_metrics, "by_n_cells"),
               "<h2>By tilt span (medians)</h2>", _breakdown_table(payload, names, key_metrics, "by_span_deg")]
     ex = result.examples
-    parts += [f"<h2>Example</h2><p>Sample {ex['index']} (median {html.escape(ex['key'])} of "
+    where = f"{ex['index']}, acquisition axis {ex['axis']}" if len(gt.get("tilt_axes", [0])) > 1 else ex["index"]
+    parts += [f"<h2>Example</h2><p>Sample {where} (median {html.escape(ex['key'])} of "
               f"{html.escape(names[0])}), slice z = {ex['z']}. Reconstructions (after the fit, if any) "
               "are shown on their own 1–99 % grey range, differences on the phantom's range.</p>",
               embed("example", _slices(ex))]

@@ -42,6 +42,11 @@ CONVENTIONS = {
 }
 
 
+AXES_DOC = ("three acquisition axes: a row (and every count and statistic) is one acquisition, "
+            "(sample, axis k); its span_deg is that acquisition's; recon[i, k] is scored against the "
+            "phantom inside the cylinder about volume axis k (the tilt axis), labels[i, k] against "
+            "the labels")
+
 FIT_DOC = {
     "affine": "affine: each reconstruction is first mapped by the least-squares a*pred + b against the "
               "phantom inside the field of view (fit_scale, fit_offset per sample), so raw FBP values "
@@ -155,28 +160,45 @@ def score(
     t0 = time.perf_counter()
     for pred in preds:
         for i in pred.indices:
-            row: dict[str, Any] = {"pred": pred.name, "index": i, "n_cells": gt.n_cells[i],
-                                   "span_deg": gt.spans_deg[i]}
-            if "recon" in pred.kinds:
-                vol = pred.read["recon"](i)
-                try:
-                    row.update(score_sample_recon(gt.group["phantom"][i], vol, fov, fit))
-                except ValueError as err:
-                    raise BadInput(f"{pred.path} (recon, sample {i})", str(err)) from None
-            if "labels" in pred.kinds:
-                lab = pred.read["labels"](i)
-                try:
-                    row.update(score_sample_labels(gt.group["labels"][i], lab, gt.classes,
-                                                   gt.ignore_label))
-                except ValueError as err:
-                    raise BadInput(f"{pred.path} (labels, sample {i})", str(err)) from None
-            rows.append(row)
+            rows.extend(_score_sample(gt, pred, i, fov, fit))
             done += 1
             if progress is not None:
                 progress(done, total)
     logger.info("scored %d sample(s) in %.1f s", done, time.perf_counter() - t0)
     payload = _payload(gt, preds, rows, span_bin_deg, fit)
     return ScoreResult(payload=payload, rows=rows, examples=_examples(gt, preds, rows))
+
+
+def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
+                  fit: str) -> list[dict[str, Any]]:
+    """The row of sample ``i`` — or, with three acquisition axes, one row per axis ``k`` (column
+    ``axis``, its own ``span_deg``): recon ``k`` is scored in the frame of its tilt axis, where the
+    field of view is the cylinder about that axis (:mod:`simaq_factory.acquisition.axes`)."""
+    from simaq_factory.acquisition.axes import frame_axes
+
+    vols = {kind: pred.read[kind](i) for kind in pred.kinds}
+    multi = gt.n_axes > 1
+    rows = []
+    for k in range(gt.n_axes):
+        row: dict[str, Any] = {"pred": pred.name, "index": i, **({"axis": k} if multi else {}),
+                               "n_cells": gt.n_cells[i], "span_deg": gt.spans_by_axis[i][k]}
+        where = f"sample {i}, axis {k}" if multi else f"sample {i}"
+        if "recon" in vols:
+            vol = vols["recon"][k] if multi else vols["recon"]
+            perm = frame_axes(k)
+            try:
+                row.update(score_sample_recon(np.transpose(gt.group["phantom"][i], perm),
+                                              np.transpose(vol, perm), fov, fit))
+            except ValueError as err:
+                raise BadInput(f"{pred.path} (recon, {where})", str(err)) from None
+        if "labels" in vols:
+            lab = vols["labels"][k] if multi else vols["labels"]
+            try:
+                row.update(score_sample_labels(gt.group["labels"][i], lab, gt.classes, gt.ignore_label))
+            except ValueError as err:
+                raise BadInput(f"{pred.path} (labels, {where})", str(err)) from None
+        rows.append(row)
+    return rows
 
 
 def _metrics_of(pred: Prediction, gt: GroundTruth) -> list[str]:
@@ -204,8 +226,9 @@ def _payload(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]
         "version": SCORES_VERSION,
         "ground_truth": {"path": str(gt.out), "recipe_id": gt.recipe_id, "n_samples": gt.n_samples,
                          "shape_zyx": list(gt.shape), "classes": {str(k): v for k, v in gt.classes.items()},
-                         "ignore_label": gt.ignore_label},
-        "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "span_bin_deg": span_bin_deg},
+                         "ignore_label": gt.ignore_label, "tilt_axes": list(range(gt.n_axes))},
+        "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "span_bin_deg": span_bin_deg,
+                        **({"axes": AXES_DOC} if gt.n_axes > 1 else {})},
         "predictions": predictions,
         "comparison": compare(rows, [p.name for p in preds], shared) if len(preds) > 1 else None,
         "samples": rows,
@@ -219,14 +242,17 @@ def _examples(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any
     vals = [(r.get(key, math.nan), r["index"]) for r in first]
     finite = sorted((v, i) for v, i in vals if math.isfinite(v))
     index = finite[len(finite) // 2][1] if finite else first[0]["index"]
+    axis = next((int(r.get("axis", 0)) for r in first if r["index"] == index), 0)
     z = gt.shape[0] // 2
-    ex: dict[str, Any] = {"index": index, "z": z, "key": key,
+    ex: dict[str, Any] = {"index": index, "axis": axis, "z": z, "key": key,
                           "phantom": np.asarray(gt.group["phantom"][index, z]),
                           "labels": np.asarray(gt.group["labels"][index, z]), "preds": {}}
-    fits = {r["pred"]: (r.get("fit_scale"), r.get("fit_offset")) for r in rows if r["index"] == index}
+    fits = {r["pred"]: (r.get("fit_scale"), r.get("fit_offset")) for r in rows
+            if r["index"] == index and r.get("axis", 0) == axis}
+    pick = (axis, z) if gt.n_axes > 1 else (z,)
     for p in preds:
         if index in p.indices:
-            ex["preds"][p.name] = {k: np.asarray(p.read[k](index)[z]) for k in p.kinds}
+            ex["preds"][p.name] = {k: np.asarray(p.read[k](index)[pick]) for k in p.kinds}
             a, b = fits.get(p.name, (None, None))
             if "recon" in p.kinds and a is not None:
                 ex["preds"][p.name]["recon"] = a * ex["preds"][p.name]["recon"].astype(np.float64) + b

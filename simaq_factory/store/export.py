@@ -1,7 +1,9 @@
 """``export``: samples as OME-Zarr (napari and other NGFF readers), TIFF stacks (Fiji) or MRC (IMOD).
 
 One file (or OME-Zarr group) per sample and array, named ``sample_{index:06d}_{array}.{ext}``. Volumes
-are (z, y, x) with z the tilt axis. The physical voxel size is not part of the simulation (reference
+are (z, y, x) with z the tilt axis; a three-axis dataset's reconstructions (``acquisition.axes: 3``)
+are written one per acquisition axis k, ``sample_{index:06d}_recon_axis{k}.{ext}``, each in (z, y, x)
+with volume axis k as its tilt axis. The physical voxel size is not part of the simulation (reference
 §0.3); it is estimated as ``REFERENCE_VOXEL_NM · 1.2 / scale`` from the scale each sample's phantom
 was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxels per unit, i.e.
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
@@ -134,14 +136,21 @@ def export_dataset(
     if dest.exists() and not dest.is_dir():
         raise BadInput(str(dest), "export destination exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)
-    targets = [(i, a, dest / f"sample_{i:06d}_{a}{EXT[fmt]}") for i in indices for a in arrays]
-    clash = [t for _, _, t in targets if t.exists()]
+    targets: list[tuple[int, str, int | None, Path]] = []
+    for i in indices:
+        for a in arrays:
+            if g[a].ndim == 5:  # (N, axis, Z, Y, X): one volume per acquisition axis
+                targets += [(i, a, k, dest / f"sample_{i:06d}_{a}_axis{k}{EXT[fmt]}")
+                            for k in range(g[a].shape[1])]
+            else:
+                targets.append((i, a, None, dest / f"sample_{i:06d}_{a}{EXT[fmt]}"))
+    clash = [t for *_, t in targets if t.exists()]
     if clash and not overwrite:
         raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
     written = []
-    for i, a, target in targets:
+    for i, a, axis, target in targets:
         vx = voxel_nm or voxel_size_nm(out, recipe, i)
-        vol = g[a][i]
+        vol = g[a][i] if axis is None else g[a][i, axis]
         if vol.dtype == np.float16:
             vol = vol.astype(np.float32)
         if fmt == "mrc" and vol.dtype == np.uint8:
@@ -156,7 +165,7 @@ def export_dataset(
                 _write_mrc(tmp, vol, vx)
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
-                _write_ome_zarr(tmp, a, vol, vx, with_labels)
+                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels)
         except BaseException:
             if tmp.exists():
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

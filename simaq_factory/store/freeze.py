@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
@@ -58,12 +59,16 @@ def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
             counts_total += counts
             for name in samples:
                 vol = g[name][i]
-                samples[name].append(vol[:, fov][:, ::STATS_STRIDE].astype(np.float32).ravel())
+                # a three-axis recon (axes, Z, Y, X): each inside the cylinder about its tilt axis
+                vols = [vol] if vol.ndim == 3 else [np.transpose(v, frame_axes(k)) for k, v in enumerate(vol)]
+                samples[name] += [v[:, fov][:, ::STATS_STRIDE].astype(np.float32).ravel() for v in vols]
             ang = rec["angles"]
             manifest.append({
                 "index": i, "shard": shard, "n_cells": rec.get("n_cells"),
                 "tilt_span_deg": ang["span_deg"], "tilt_offset_deg": ang["offset_deg"],
                 "n_angles": len(ang["recon_deg"]), "phantom_scale": rec["phantom_spec"].get("scale"),
+                **({"tilt_span_deg_by_axis": [a["angles"]["span_deg"] for a in rec["acquisitions"]]}
+                   if "acquisitions" in rec else {}),
                 "label_voxels": {LABEL_NAMES[v]: int(counts[v]) for v in LABEL_NAMES if counts[v]},
             })
     total = int(counts_total.sum())

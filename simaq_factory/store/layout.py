@@ -10,12 +10,30 @@ array      dtype                    shape                       meaning
 phantom    float32                  (N, Z, Y, X)                ground-truth LAC
 labels     uint8                    (N, Z, Y, X)                0 bg, 1 cell, 2 vacuole, 3 lipid
 noisy      float32 | float16        (N, Z, Y, X)                phantom after phantom-space artifacts
-recon      float32 | float16        (N, Z, Y, X)                raw FBP reconstruction (not normalised)
-sinogram   float32                  (N, A_max, Z, D)            projections, NaN rows past n_angles
-angles     float32                  (N, A_max)                  reconstruction angles (deg), NaN pad
+recon      float32 | float16        (N, [3,] Z, Y, X)           raw FBP reconstruction (not normalised)
+sinogram   float32                  (N, [3,] A_max, S, D)       projections, NaN rows past n_angles
+angles     float32                  (N, [3,] A_max)             reconstruction angles (deg), NaN pad
 =========  =======================  ==========================  =================================
 
-Z (axis 1 of the volume arrays, axis 0 of a sample) is the tilt axis.
+With ``acquisition.axes: 1`` (the reference) there is no ``axis`` dimension: Z (axis 1 of the
+volume arrays, axis 0 of a sample) is the tilt axis, S = Z and at 0° the beam runs along Y and the
+detector along X.
+
+With ``acquisition.axes: 3`` (cubic shapes only) the arrays ``recon``, ``sinogram`` and ``angles``
+gain an ``axis`` dimension after the sample: entry ``k`` is the acquisition with volume axis ``k``
+(0 = z, 1 = y, 2 = x) as the tilt axis, each with its own sampled angles and sinogram artifacts.
+Its frame is the cyclic permutation ``(k, k+1, k+2) mod 3`` of (z, y, x) as (tilt, beam at 0°,
+detector) (:mod:`simaq_factory.acquisition.axes`):
+
+* k = 0: tilt z, beam y at 0°, detector x — the one-axis acquisition;
+* k = 1: tilt y, beam x at 0°, detector z;
+* k = 2: tilt x, beam z at 0°, detector y.
+
+``recon[i, k]`` is stored back in the canonical (Z, Y, X) orientation, so voxel (z, y, x) is the
+same place in ``phantom``, ``labels`` and every ``recon[i, k]``; its missing wedge (and the
+cylinder FBP clips to) lies about axis ``k``. ``sinogram[i, k]`` is that acquisition's stack
+(A, S, D) as projected: S runs along the tilt axis ``k``, D along the detector axis.
+Inner chunks of ``recon`` are ``(1, 1, chunk_z, Y, X)``; shards still hold whole samples.
 """
 
 from __future__ import annotations
@@ -53,6 +71,22 @@ class ArraySpec:
         return "c/" + "/".join([str(shard_index)] + ["0"] * (len(self.shape) - 1))
 
 
+def n_axes(recipe: Any) -> int:
+    """Acquisitions per sample (``acquisition.axes``; 1 for recipes that predate the field)."""
+    return int(getattr(recipe.acquisition, "axes", 1))
+
+
+def axes_card(recipe: Any) -> dict[str, Any]:
+    """Dataset-card fields describing the acquisition axes (written by the driver)."""
+    from simaq_factory.acquisition.axes import axis_frame_record, tilt_axes
+
+    axes = tilt_axes(n_axes(recipe))
+    card: dict[str, Any] = {"tilt_axes": axes}
+    if len(axes) > 1:
+        card["axis_frames"] = [axis_frame_record(k) for k in axes]
+    return card
+
+
 def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
     """The arrays a recipe writes, in a fixed order. ``a_max`` = largest retained angle count."""
     ds = recipe.dataset
@@ -63,6 +97,11 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
     vol_shape = (n, z, y, x)
     vol_chunks = (1, cz, y, x)
     vol_shards = (k, z, y, x)
+    # recon, sinogram and angles of a three-axis recipe carry an ``axis`` dimension after the sample
+    m = n_axes(recipe)
+    ax: tuple[int, ...] = (m,) if m > 1 else ()
+    ax1: tuple[int, ...] = (1,) if m > 1 else ()
+    ax_name: tuple[str, ...] = ("axis",) if m > 1 else ()
     specs: dict[str, ArraySpec] = {
         "phantom": ArraySpec("phantom", "float32", vol_shape, vol_chunks, vol_shards, 0.0, VOLUME_AXES),
         "labels": ArraySpec("labels", "uint8", vol_shape, vol_chunks, vol_shards, 0, VOLUME_AXES),
@@ -72,21 +111,28 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
             "noisy", ds.outputs.noisy_dtype, vol_shape, vol_chunks, vol_shards, 0.0, VOLUME_AXES
         )
     specs["recon"] = ArraySpec(
-        "recon", ds.outputs.recon_dtype, vol_shape, vol_chunks, vol_shards, 0.0, VOLUME_AXES
+        "recon",
+        ds.outputs.recon_dtype,
+        (n, *ax, z, y, x),
+        (1, *ax1, cz, y, x),
+        (k, *ax, z, y, x),
+        0.0,
+        ("sample", *ax_name, "z", "y", "x"),
     )
     if ds.outputs.sinogram:
         specs["sinogram"] = ArraySpec(
             "sinogram",
             "float32",
-            (n, a_max, z, x),
-            (1, a_max, cz, x),
-            (k, a_max, z, x),
+            (n, *ax, a_max, z, x),
+            (1, *ax1, a_max, cz, x),
+            (k, *ax, a_max, z, x),
             float("nan"),
-            ("sample", "angle", "z", "detector"),
+            ("sample", *ax_name, "angle", "slice" if m > 1 else "z", "detector"),
         )
     if ds.outputs.angles:
         specs["angles"] = ArraySpec(
-            "angles", "float32", (n, a_max), (1, a_max), (k, a_max), float("nan"), ("sample", "angle")
+            "angles", "float32", (n, *ax, a_max), (1, *ax, a_max), (k, *ax, a_max), float("nan"),
+            ("sample", *ax_name, "angle"),
         )
     return specs
 

@@ -1,8 +1,9 @@
 """``preview``: one PNG with orthogonal slices of a sample — the picture a user looks at first.
 
-Rows: phantom (LAC), labels over the phantom, noisy volume (when stored), reconstruction; columns:
-the z (tilt-axis) slice, the y slice and the x slice through the sample's labelled centre. A last row
-shows one projection near 0° and the sinogram of the central z slice when sinograms are stored.
+Rows: phantom (LAC), labels over the phantom, noisy volume (when stored), reconstruction (one row
+per acquisition axis when ``acquisition.axes`` is 3); columns: the z (tilt-axis) slice, the y slice
+and the x slice through the sample's labelled centre. A last row shows one projection near 0° and
+the sinogram of the central z slice (of the z-axis acquisition) when sinograms are stored.
 Every image has its own colour bar.
 """
 
@@ -57,7 +58,11 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:
         volumes.append(("noisy (LAC)", g["noisy"][index].astype(np.float32), "gray"))
-    volumes.append(("recon (raw FBP)", g["recon"][index].astype(np.float32), "gray"))
+    recon = g["recon"][index].astype(np.float32)
+    if recon.ndim == 3:
+        volumes.append(("recon (raw FBP)", recon, "gray"))
+    else:  # one reconstruction per acquisition axis, all in (z, y, x)
+        volumes += [(f"recon, tilt axis {'zyx'[k]}", recon[k], "gray") for k in range(recon.shape[0])]
     cz, cy, cx = _centre(labels)
     cuts: list[tuple[str, Any]] = [(f"z={cz}", np.s_[cz, :, :]), (f"y={cy}", np.s_[:, cy, :]),
                                    (f"x={cx}", np.s_[:, :, cx])]
@@ -78,8 +83,11 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
             ax.set_yticks([])
     if has_sino:
         angles = g["angles"][index]
+        sino = g["sinogram"][index]
+        if angles.ndim == 2:  # three axes: show the z-axis acquisition (the one-axis frame)
+            angles, sino = angles[0], sino[0]
         k = int(np.isfinite(angles).sum())
-        sino = g["sinogram"][index, :k]
+        sino = sino[:k]
         a0 = int(np.argmin(np.abs(angles[:k]))) if k else 0
         panels = [(f"projection at {angles[a0]:.1f} deg (z x detector)", sino[a0], "auto"),
                   (f"sinogram of z={cz} (angle x detector)", sino[:, cz, :], "auto")]

@@ -2,7 +2,8 @@
 FBP and iterative (SIRT, CGLS) reconstruction.
 
 Volumes are (Z, Y, X) with Z the rotation axis; projection stacks are (A, Z, D). See
-:mod:`simaq_factory.tomo.geometry` for the conventions (centre, angle sign, weighting).
+:mod:`simaq_factory.tomo.geometry` for the conventions (centre, angle sign, weighting), and
+:mod:`simaq_factory.tomo.adapters` for the optional ASTRA and torch-radon backends (imported on use).
 """
 
 from simaq_factory.tomo.config import ReconstructionConfig, reconstruct
