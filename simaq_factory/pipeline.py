@@ -26,7 +26,7 @@ import torch
 from simaq_factory.acquisition.angles import AngleSet, max_angles, sample_angles
 from simaq_factory.acquisition.axes import axis_frame_record, axis_rng, from_frame, tilt_axes, to_frame
 from simaq_factory.acquisition.sinogram import apply_sinogram_artifacts, sample_sinogram_artifacts
-from simaq_factory.artifacts import apply_artifacts, sample_artifacts
+from simaq_factory.artifacts import NoiseBanks, apply_artifacts, memory_banks, sample_artifacts
 from simaq_factory.artifacts.stage import REFERENCE_VOXELS_PER_UNIT
 from simaq_factory.phantom import sample_phantom, voxelize
 from simaq_factory.recipe.model import Recipe
@@ -174,9 +174,13 @@ def _stack_padded(acqs: list[Acquisition], a_max: int) -> tuple[torch.Tensor, np
 
 
 def render_sample(
-    recipe: Recipe, index: int, device: torch.device
+    recipe: Recipe, index: int, device: torch.device, *, banks: NoiseBanks | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Render sample ``index``. Returns host arrays (no sample axis) and its provenance record."""
+    """Render sample ``index``. Returns host arrays (no sample axis) and its provenance record.
+
+    ``banks``: the dataset's noise banks on ``device`` (``store.banks.load_banks``); when omitted
+    they are generated in memory from the recipe, once per process (``memory_banks``).
+    """
     shape = recipe.dataset.shape
     rngs = sample_rngs(recipe.seed, index)
     timings: dict[str, float] = {}
@@ -195,7 +199,9 @@ def render_sample(
     lap("voxelization")
     # beads scale with the phantom: spec.scale is the voxels-per-unit actually used (it may shrink)
     art = sample_artifacts(recipe.artifacts, shape, labels, spec.scale, rngs["artifacts"])
-    noisy = apply_artifacts(phantom, labels, art)
+    if banks is None:
+        banks = memory_banks(recipe.artifacts, tuple(shape), recipe.seed, device)
+    noisy = apply_artifacts(phantom, labels, art, banks)
     lap("phantom_artifacts")
 
     voxel_length = REFERENCE_VOXELS_PER_UNIT / spec.scale

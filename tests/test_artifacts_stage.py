@@ -1,4 +1,4 @@
-"""Phantom-space artifact stage (reference §2.1–§2.5): order, masks, texture, determinism."""
+"""Phantom-space artifact stage (reference §2.1–§2.5): order, masks, cracks, texture, determinism."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import torch
 
 from simaq_factory.artifacts import (
     ArtifactsConfig,
+    BanksConfig,
     BlurConfig,
     FiducialsConfig,
+    IceCracksConfig,
     PerlinTextureConfig,
     apply_artifacts,
+    memory_banks,
     sample_artifacts,
 )
+from simaq_factory.artifacts.config import CrackBankConfig, PerlinHiBankConfig, PerlinLoBankConfig
 from simaq_factory.artifacts.stage import background_mask, cylinder_mask
 from simaq_factory.recipe.fields import Dist
 from simaq_factory.recipe.schema import parse_section, section_to_json
@@ -30,15 +34,30 @@ def _phantom(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     return lac[labels.long()], labels
 
 
+# small banks keep these tests fast (the defaults are sized for real volumes)
+SMALL_BANKS = BanksConfig(
+    perlin_lo_3d=PerlinLoBankConfig(entries=2, edge=8),
+    perlin_hi_3d=PerlinHiBankConfig(entries=2, edge=16, res=4, octaves=1),
+    cracks=CrackBankConfig(entries=2, edge=16),
+)
+
+
+def _banks(cfg: ArtifactsConfig, shape: tuple[int, ...]):
+    return memory_banks(cfg, tuple(shape), 7, torch.device("cpu"))
+
+
 def test_texture_only_on_background_inside_cylinder() -> None:
     phantom, labels = _phantom()
     cfg = ArtifactsConfig(
         blur=BlurConfig(probability=0.0),
         fiducials=FiducialsConfig(enabled=False),
-        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1), lattice=16, res=4, octaves=1),
+        ice_cracks=IceCracksConfig(probability=0.0),
+        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1)),
+        banks=SMALL_BANKS,
     )
     params = sample_artifacts(cfg, labels.shape, labels, 0.2, np.random.default_rng(0))
-    noisy = apply_artifacts(phantom, labels, params)
+    assert not params["ice_cracks"]["applied"]
+    noisy = apply_artifacts(phantom, labels, params, _banks(cfg, labels.shape))
     diff = (noisy - phantom).numpy()
     allowed = (background_mask(phantom, labels) & cylinder_mask(tuple(phantom.shape), 2.0, phantom.device)).numpy()
     assert np.all(diff[~allowed] == 0)
@@ -52,15 +71,18 @@ def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:
     cfg = ArtifactsConfig(
         blur=BlurConfig(sigma=Dist.const(1.5)),
         fiducials=FiducialsConfig(count=Dist.const(4), radius=Dist.const(1.5)),
-        perlin=PerlinTextureConfig(amplitude=Dist.const(0.08), lattice=16, res=4, octaves=1),
+        perlin=PerlinTextureConfig(amplitude=Dist.const(0.08)),
+        banks=SMALL_BANKS,
     )
+    banks = _banks(cfg, labels.shape)
     params = sample_artifacts(cfg, labels.shape, labels, 1.2, np.random.default_rng(1))
     assert params["blur"]["applied"] and params["blur"]["radius"] == 5
     assert len(params["fiducials"]["beads"]) == 4
-    with_texture = apply_artifacts(phantom, labels, params)
+    assert params["ice_cracks"]["applied"]
+    with_texture = apply_artifacts(phantom, labels, params, banks)
     no_texture_params = copy.deepcopy(params)
     no_texture_params["perlin"]["applied"] = False
-    no_texture = apply_artifacts(phantom, labels, no_texture_params)
+    no_texture = apply_artifacts(phantom, labels, no_texture_params, banks)
     texture = (with_texture - no_texture).numpy()
     allowed = (background_mask(phantom, labels) & cylinder_mask(tuple(phantom.shape), 2.0, phantom.device)).numpy()
     assert np.all(texture[~allowed] == 0)
@@ -74,7 +96,8 @@ def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:
 
 def test_same_params_identical_bytes_and_threads_and_json() -> None:
     phantom, labels = _phantom(32)
-    cfg = ArtifactsConfig(perlin=PerlinTextureConfig(lattice=32, res=4, octaves=2))
+    cfg = ArtifactsConfig(banks=SMALL_BANKS)
+    banks = _banks(cfg, labels.shape)
     params = sample_artifacts(cfg, labels.shape, labels, 0.5, np.random.default_rng(42))
     again = sample_artifacts(cfg, labels.shape, labels, 0.5, np.random.default_rng(42))
     assert params == again
@@ -83,9 +106,9 @@ def test_same_params_identical_bytes_and_threads_and_json() -> None:
     phantom_copy = phantom.clone()
     try:
         torch.set_num_threads(1)
-        a = apply_artifacts(phantom, labels, params)
+        a = apply_artifacts(phantom, labels, params, banks)
         torch.set_num_threads(2)
-        b = apply_artifacts(phantom, labels, round_trip)
+        b = apply_artifacts(phantom, labels, round_trip, banks)
     finally:
         torch.set_num_threads(before)
     assert a.numpy().tobytes() == b.numpy().tobytes()
@@ -100,6 +123,8 @@ def test_default_config_matches_reference_and_round_trips() -> None:
     assert cfg.fiducials.count == Dist.normal(16.0, 4.0, 3.0, 25.0)
     assert cfg.perlin.amplitude == Dist.normal(0.1, 0.02, 0.0, 0.1)
     assert cfg.perlin.cylinder_padding == 2.0
+    assert cfg.ice_cracks.probability == 1.0
+    assert cfg.ice_cracks.amplitude == Dist.normal(0.2, 0.02, 0.05, 0.5)
     data = section_to_json(cfg)
     assert parse_section(ArtifactsConfig, data) == cfg
     legacy = parse_section(ArtifactsConfig, {"blur": {"kernel_size": 5}})
@@ -114,3 +139,4 @@ def test_sub_stage_draws_are_independent() -> None:
         ArtifactsConfig(fiducials=FiducialsConfig(count=Dist.const(3))), labels.shape, labels, 0.3, np.random.default_rng(9)
     )
     assert a["blur"] == b["blur"] and a["perlin"] == b["perlin"]
+    assert a["ice_cracks"] == b["ice_cracks"]

@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 N = 32
 TINY = ["--set", f"dataset.shape=[{N},{N},{N}]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
-        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2"]
+        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2",
+        # ice cracks fill the background with sheets whose sums look alike along every axis, which
+        # blurs the layout comparison below; the frames do not depend on the artifacts
+        "--set", "artifacts.ice_cracks.probability=0"]
 THREE = [*TINY, "--set", "acquisition.axes=3"]
 
 

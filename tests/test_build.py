@@ -162,6 +162,7 @@ def test_info_prints_card_and_sample(inline_ref):
 
 
 CLEAN = ["--set", "artifacts.blur.probability=0", "--set", "artifacts.fiducials.enabled=false",
+         "--set", "artifacts.ice_cracks.probability=0",
          "--set", "artifacts.perlin.enabled=false", "--set", "acquisition.sinogram.flicker.enabled=false",
          "--set", "acquisition.sinogram.ice_thickness.enabled=false", "--set", "acquisition.jitter_deg=0",
          "--set", "acquisition.missing_fraction=0", "--set", "dataset.n_samples=2",

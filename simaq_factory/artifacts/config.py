@@ -1,17 +1,32 @@
 """Recipe section ``artifacts``: phantom-space artifacts (reference §2, defaults §9.2).
 
-Only volume blur, fiducial gold beads and the high-frequency Perlin ice texture are modelled here.
-Ice cracks (§2.4) and precomputed noise banks are not implemented yet, so they have no fields.
+Volume blur, fiducial gold beads, ice cracks × low-frequency Perlin noise and the high-frequency
+Perlin ice texture, in the reference order (§2.1). The noise fields come from banks built once per
+dataset from the recipe seed (``artifacts.banks``, :mod:`simaq_factory.artifacts.banks`); a sample
+only draws which entries it uses and how they are oriented.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 from simaq_factory.artifacts.perlin import check_lattice
 from simaq_factory.recipe.fields import Dist, spec
 
-__all__ = ["ArtifactsConfig", "BlurConfig", "FiducialsConfig", "PerlinTextureConfig"]
+__all__ = [
+    "ArtifactsConfig",
+    "BanksConfig",
+    "BlurConfig",
+    "CrackBankConfig",
+    "FiducialsConfig",
+    "IceCracksConfig",
+    "PerlinHiBankConfig",
+    "PerlinLoBankConfig",
+    "PerlinTextureConfig",
+    "crack_block_edge",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +82,70 @@ class FiducialsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IceCracksConfig:
+    """Ice cracks × low-frequency Perlin noise, added on the background (§2.4).
+
+    Amplitude and probability are the reference's; the crack generator (region competition,
+    :mod:`simaq_factory.artifacts.cracks`) and the assembly knobs are our choices, since the
+    reference released neither (§2.4 "Unknown").
+    """
+
+    probability: float = spec(1.0, ge=0.0, le=1.0, doc="P(add ice cracks) (§2.4: 1.0)")
+    amplitude: Dist = spec(
+        default_factory=lambda: Dist.normal(0.2, 0.02, min=0.05, max=0.5),
+        ge=0.0,
+        doc="A_c, added LAC at full crack strength, clip(N(0.2, 0.02), 0.05, 0.5) (§2.4, §9.2)",
+    )
+    layers: int = spec(
+        2,
+        ge=1,
+        le=16,
+        doc="crack-bank blocks combined (voxelwise max) per volume; reference: 'several randomly "
+        "chosen samples' (§2.4), count unknown; our choice",
+    )
+    crop: float = spec(
+        0.75,
+        gt=0.0,
+        le=1.0,
+        doc="each layer is a random box of this fraction of the block edge (aspect of the volume), "
+        "randomly permuted and flipped, resampled onto the volume; our choice",
+    )
+    seeds: int = spec(
+        16, ge=2, le=4096, doc="competing regions per block (§2.4 proposal: 8-32); our choice"
+    )
+    cost_sigma: float = spec(
+        2.0, ge=0.0, le=64.0, doc="Gaussian smoothing (block voxels) of the propagation-cost noise; our choice"
+    )
+    cost_contrast: float = spec(
+        1.0,
+        ge=0.0,
+        le=20.0,
+        doc="propagation cost exp(contrast · unit-variance smoothed noise); 0 = uniform cost; our choice",
+    )
+    speed_spread: float = spec(
+        0.3, ge=0.0, le=3.0, doc="region growth speeds (local weights) exp(spread · N(0, 1)); our choice"
+    )
+    wall_fraction: float = spec(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        doc="P(a wall between two regions is a crack); 1 = every wall (paper §3.1.2), lower = "
+        "open, branching networks; our choice",
+    )
+    thickness_sigma: float = spec(
+        0.0, ge=0.0, le=8.0, doc="Gaussian blur (block voxels) of the one-voxel crack sheets; 0 = none"
+    )
+    neighbourhood: Literal[6, 18, 26] = spec(
+        26, doc="voxel neighbourhood of the region growth (26: near-isotropic geodesics); our choice"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PerlinTextureConfig:
-    """High-frequency Perlin ice texture added on the background inside the cylinder (§2.5)."""
+    """High-frequency Perlin ice texture added on the background inside the cylinder (§2.5).
+
+    The texture volumes come from the ``artifacts.banks.perlin_hi_3d`` bank.
+    """
 
     enabled: bool = spec(True, doc="add the ice texture (§2.5)")
     amplitude: Dist = spec(
@@ -79,21 +156,100 @@ class PerlinTextureConfig:
     cylinder_padding: float = spec(
         2.0, ge=0.0, doc="texture only inside the cylinder of radius min(Y, X)/2 − this (§2.5)"
     )
-    lattice: int = spec(64, ge=2, doc="edge of the generated noise cube before resampling (§2.6)")
-    res: int = spec(8, ge=1, doc="Perlin periods per axis across the volume, coarsest octave (§2.6)")
-    octaves: int = spec(2, ge=1, le=6, doc="fractal octaves (lacunarity 2) (§2.6)")
+
+
+def _check_edge(edge: int, res: int, octaves: int) -> None:
+    try:
+        check_lattice(edge, res, octaves)
+    except ValueError:
+        finest = res * 2 ** (octaves - 1)
+        raise ValueError(f"edge={edge} must be a multiple of res·2^(octaves−1) = {finest}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerlinLoBankConfig:
+    """Low-frequency 3D Perlin volumes that modulate the cracks (§2.4, §2.6 "lo")."""
+
+    entries: int = spec(4, ge=1, le=1024, doc="volumes in the bank; our choice")
+    edge: int = spec(32, ge=2, le=512, doc="edge of each stored cube (resampled to the volume); our choice")
+    res: int = spec(2, ge=1, doc="Perlin periods per axis, coarsest octave (§2.6 proposal: 2-4)")
+    octaves: int = spec(1, ge=1, le=6, doc="fractal octaves (§2.6 proposal: 1 for lo)")
     persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves (§2.6)")
 
     def __post_init__(self) -> None:
-        check_lattice(self.lattice, self.res, self.octaves)
+        _check_edge(self.edge, self.res, self.octaves)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerlinHiBankConfig:
+    """High-frequency 3D Perlin volumes for the ice texture (§2.5, §2.6 "hi")."""
+
+    entries: int = spec(8, ge=1, le=1024, doc="volumes in the bank; our choice")
+    edge: int = spec(64, ge=2, le=512, doc="edge of each stored cube (resampled to the volume); our choice")
+    res: int = spec(8, ge=1, doc="Perlin periods per axis, coarsest octave (§2.6 proposal: 32-64 at 512³)")
+    octaves: int = spec(2, ge=1, le=6, doc="fractal octaves, lacunarity 2 (§2.6 proposal: 2-4)")
+    persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves (§2.6)")
+
+    def __post_init__(self) -> None:
+        _check_edge(self.edge, self.res, self.octaves)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrackBankConfig:
+    """Crack blocks made by the region-competition generator (§2.4; knobs in ``ice_cracks``)."""
+
+    entries: int = spec(4, ge=1, le=256, doc="blocks in the bank; our choice")
+    edge: int | None = spec(
+        None,
+        ge=8,
+        le=512,
+        doc="block edge in voxels; null: half the largest volume edge, rounded up to a multiple "
+        "of 8, within [32, 128] (generation cost grows as edge^3 and is paid once per dataset)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanksConfig:
+    """Noise banks built once per dataset from the recipe seed and stored in it (design §2).
+
+    The reference read such fields from disk (§2.6, §8.2). The flat-field flicker maps (2D lo
+    Perlin, §3.5) are not banked: 32² maps are cheaper to generate per projection from the sample
+    seed than to store (``acquisition.sinogram.flicker``).
+    """
+
+    perlin_lo_3d: PerlinLoBankConfig = spec(
+        default_factory=PerlinLoBankConfig, doc="low-frequency volumes modulating the cracks"
+    )
+    perlin_hi_3d: PerlinHiBankConfig = spec(
+        default_factory=PerlinHiBankConfig, doc="high-frequency volumes of the ice texture"
+    )
+    cracks: CrackBankConfig = spec(default_factory=CrackBankConfig, doc="ice-crack blocks")
+
+
+def crack_block_edge(cfg: CrackBankConfig, shape: tuple[int, ...]) -> int:
+    """The crack-block edge for volumes of ``shape`` (see :attr:`CrackBankConfig.edge`)."""
+    if cfg.edge is not None:
+        return int(cfg.edge)
+    half = int(math.ceil(max(int(s) for s in shape) / 2 / 8)) * 8
+    return min(128, max(32, half))
 
 
 @dataclass(frozen=True, kw_only=True)
 class ArtifactsConfig:
-    """Phantom-space artifacts applied in the reference order: blur, beads, texture (§2.1)."""
+    """Phantom-space artifacts in the reference order: blur, beads, cracks, texture (§2.1)."""
 
     blur: BlurConfig = spec(default_factory=BlurConfig, doc="volume blur (§2.2)")
     fiducials: FiducialsConfig = spec(default_factory=FiducialsConfig, doc="gold beads (§2.3)")
+    ice_cracks: IceCracksConfig = spec(default_factory=IceCracksConfig, doc="ice cracks (§2.4)")
     perlin: PerlinTextureConfig = spec(
         default_factory=PerlinTextureConfig, doc="high-frequency ice texture (§2.5)"
     )
+    banks: BanksConfig = spec(default_factory=BanksConfig, doc="noise banks (design §2)")
+
+    def __post_init__(self) -> None:
+        edge = self.banks.cracks.edge
+        if edge is not None and self.ice_cracks.seeds > edge**3:
+            raise ValueError(
+                f"ice_cracks.seeds ({self.ice_cracks.seeds}) exceeds the voxels of a "
+                f"banks.cracks.edge={edge} block"
+            )

@@ -1,11 +1,13 @@
 """Phantom-space artifact stage: sample parameters, then apply them (reference §2.1–§2.5).
 
 Order (§2.1): background mask M (on the clean phantom, before anything else), Gaussian blur of the
-whole volume, fiducial beads (voxels set, not added), high-frequency Perlin ice texture added on
-M ∩ inscribed cylinder. The clean phantom is left untouched; a new "noisy" volume is returned.
+whole volume, fiducial beads (voxels set, not added), ice cracks × low-frequency Perlin noise added
+on M, high-frequency Perlin ice texture added on M ∩ inscribed cylinder. The clean phantom is left
+untouched; a new "noisy" volume is returned.
 
-``sample_artifacts`` draws everything random into a JSON-able dict (including integer seeds for the
-noise fields); ``apply_artifacts`` is deterministic given that dict and runs on the phantom's device.
+``sample_artifacts`` draws everything random into a JSON-able dict: which noise-bank entries the
+volume uses and how each is oriented and cropped (:mod:`simaq_factory.artifacts.assemble`);
+``apply_artifacts`` is deterministic given that dict and the banks, and runs on the phantom's device.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from simaq_factory.artifacts.assemble import crack_field, place, sample_placement
+from simaq_factory.artifacts.banks import NoiseBanks
 from simaq_factory.artifacts.blur import gaussian_blur_3d, kernel_radius
-from simaq_factory.artifacts.config import ArtifactsConfig
+from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
 from simaq_factory.artifacts.fiducials import paint_beads, sample_fiducials
-from simaq_factory.artifacts.perlin import perlin_volume
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["sample_artifacts", "apply_artifacts", "background_mask", "cylinder_mask"]
-
-_SEED_HIGH = 2**63 - 1
-
 
 REFERENCE_VOXELS_PER_UNIT = 1.2  # reference §1.2: 512³ volumes, 1.2 voxels per generation unit
 
@@ -66,11 +66,13 @@ def sample_artifacts(
             one sub-stage's settings does not change the others' draws.
 
     Returns:
-        JSON-able ``{"shape", "blur", "fiducials", "perlin"}``; see :func:`apply_artifacts`.
+        JSON-able ``{"shape", "blur", "fiducials", "ice_cracks", "perlin"}``; see
+        :func:`apply_artifacts`.
     """
     if labels.ndim != 3 or tuple(int(v) for v in shape) != tuple(labels.shape):
         raise ValueError(f"labels must be (Z, Y, X) = {tuple(shape)}, got shape {tuple(labels.shape)}")
-    rng_blur, rng_beads, rng_perlin = rng.spawn(3)
+    vol = tuple(int(s) for s in labels.shape)
+    rng_blur, rng_beads, rng_perlin, rng_cracks = rng.spawn(4)
 
     b = cfg.blur
     apply_blur = bool(rng_blur.random() < b.probability)
@@ -86,28 +88,45 @@ def sample_artifacts(
 
     fiducials = sample_fiducials(cfg.fiducials, labels, voxels_per_unit, rng_beads)
 
+    c = cfg.ice_cracks
+    banks = cfg.banks
+    apply_cracks = bool(rng_cracks.random() < c.probability)
+    amplitude_c = float(c.amplitude.sample(rng_cracks))
+    edge = crack_block_edge(banks.cracks, vol)
+    ice_cracks = {
+        "applied": bool(apply_cracks and amplitude_c > 0.0),
+        "amplitude": amplitude_c,
+        "layers": [
+            sample_placement(rng_cracks, banks.cracks.entries, edge, vol, c.crop) for _ in range(c.layers)
+        ],
+        "modulation": sample_placement(
+            rng_cracks, banks.perlin_lo_3d.entries, banks.perlin_lo_3d.edge, vol, 1.0
+        ),
+    }
+
     p = cfg.perlin
     amplitude = float(p.amplitude.sample(rng_perlin))
+    hi = banks.perlin_hi_3d
     perlin = {
         "applied": bool(p.enabled and amplitude > 0.0),
         "amplitude": amplitude,
-        "seed": int(rng_perlin.integers(0, _SEED_HIGH)),
-        "lattice": p.lattice,
-        "res": p.res,
-        "octaves": p.octaves,
-        "persistence": p.persistence,
         "cylinder_padding": p.cylinder_padding,
+        "placement": sample_placement(rng_perlin, hi.entries, hi.edge, vol, 1.0),
     }
     return {
-        "shape": [int(s) for s in labels.shape],
+        "shape": list(vol),
         "blur": blur,
         "fiducials": fiducials,
+        "ice_cracks": ice_cracks,
         "perlin": perlin,
     }
 
 
 def apply_artifacts(
-    phantom: torch.Tensor, labels: torch.Tensor, params: dict[str, Any]
+    phantom: torch.Tensor,
+    labels: torch.Tensor,
+    params: dict[str, Any],
+    banks: NoiseBanks | None = None,
 ) -> torch.Tensor:
     """Apply sampled phantom-space artifacts; no randomness.
 
@@ -115,6 +134,8 @@ def apply_artifacts(
         phantom: clean LAC volume (Z, Y, X) float32; not modified.
         labels: (Z, Y, X) uint8 labels on the same device.
         params: the dict from :func:`sample_artifacts` (or its JSON round-trip).
+        banks: the dataset's noise banks on the phantom's device; needed when cracks or the
+            texture are applied.
 
     Returns:
         The noisy volume, (Z, Y, X) float32 on ``phantom.device``.
@@ -124,6 +145,9 @@ def apply_artifacts(
         raise ValueError(
             f"phantom {shape} / labels {tuple(labels.shape)} do not match params shape {params['shape']}"
         )
+    cracks, p = params["ice_cracks"], params["perlin"]
+    if banks is None and (cracks["applied"] or p["applied"]):
+        raise ValueError("ice cracks and the Perlin texture need the dataset's noise banks")
     mask = background_mask(phantom, labels)
 
     blur = params["blur"]
@@ -134,17 +158,17 @@ def apply_artifacts(
 
     paint_beads(noisy, params["fiducials"]["beads"])
 
-    p = params["perlin"]
+    if cracks["applied"]:
+        assert banks is not None
+        dev = phantom.device
+        field = crack_field(banks["cracks"].to(dev), banks["perlin_lo_3d"].to(dev), cracks["layers"],
+                            cracks["modulation"], shape)
+        field.mul_(mask)
+        noisy.add_(field, alpha=float(cracks["amplitude"]))
+
     if p["applied"]:
-        field = perlin_volume(
-            shape,  # type: ignore[arg-type]
-            lattice=int(p["lattice"]),
-            res=int(p["res"]),
-            octaves=int(p["octaves"]),
-            persistence=float(p["persistence"]),
-            seed=int(p["seed"]),
-            device=phantom.device,
-        )
+        assert banks is not None
+        field = place(banks["perlin_hi_3d"].to(phantom.device), p["placement"], shape)
         mask &= cylinder_mask(shape, float(p["cylinder_padding"]), phantom.device)  # type: ignore[arg-type]
         field.mul_(mask)
         noisy.add_(field, alpha=float(p["amplitude"]))

@@ -40,11 +40,14 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
 @click.option("--fit", type=click.Choice(["affine", "none"]), default="affine", show_default=True,
               help="Map each reconstruction by least-squares a*pred+b onto the phantom first (affine), "
                    "or score raw values (none).")
+@click.option("--fov-margin", "fov_margin", type=float, default=2.0, show_default=True,
+              help="Score inside the disk of radius n/2 - this (voxels) about the tilt axis; 2 is the "
+                   "projector's input support, larger values also drop FBP's edge artifacts.")
 @click.option("--span-bin", "span_bin", type=float, default=10.0, show_default=True,
               help="Width (degrees) of the tilt-span bins of the breakdown.")
 @handle_errors
 def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fit: str,
-          span_bin: float) -> None:
+          span_bin: float, fov_margin: float) -> None:
     """Score reconstructions (NRMSE, PSNR, SSIM) and segmentations (IoU, Dice) against ground truth.
 
     Writes scores.json, samples.csv and report.html into the report directory.
@@ -54,7 +57,8 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 
     paths = [Path(p) for p in preds]
     out = Path(report_dir) if report_dir else paths[0].parent / f"{paths[0].name.removesuffix('.zarr')}-scores"
-    result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin, progress=_progress("scored"))
+    result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
+                       fov_margin=fov_margin, progress=_progress("scored"))
     written = write_outputs(result, out)
     for name, p in result.payload["predictions"].items():
         summary = p["overall"]

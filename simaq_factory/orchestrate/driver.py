@@ -1,8 +1,9 @@
 """``build``: plan shards, start or resume the output directory, run shard tasks on Dask.
 
-The driver is the only writer of dataset metadata. It submits one task per pending shard through
-a bounded window (tasks with resource restrictions are not queued by the scheduler, so a window
-keeps late-joining workers fed), retries failed tasks, and reports progress through a callback.
+The driver is the only writer of dataset metadata. It builds (or checks) the dataset's noise banks,
+then submits one task per pending shard through a bounded window (tasks with resource restrictions
+are not queued by the scheduler, so a window keeps late-joining workers fed), retries failed tasks,
+and reports progress through a callback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from simaq_factory.orchestrate.task import run_shard
 from simaq_factory.pipeline import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
+from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import shard_state, update_card
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
 from simaq_factory.store.outdir import check_out_dir, start_out_dir
@@ -111,6 +113,7 @@ def build(
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
         log_path = attach_log_file(out, "driver")
+        _prepare_banks(out, recipe, log_path)
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
         report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
@@ -138,6 +141,7 @@ def build(
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
         log_path = attach_log_file(out, "driver")
+        _prepare_banks(out, recipe, log_path)
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                  handle.description, handle.dashboard)
@@ -152,6 +156,21 @@ def build(
         return _finish(out, report, t0)
     finally:
         detach_log_file(log_path)
+
+
+def _prepare_banks(out: Path, recipe: Recipe, log_path: Any) -> None:
+    """Build or check the noise banks before any shard task exists (store/banks.py).
+
+    Banks are generated on this process's CPU, so their bytes do not depend on where shards run.
+    """
+    t = time.perf_counter()
+    try:
+        record = ensure_banks(out, recipe)
+    except BaseException:
+        detach_log_file(log_path)
+        raise
+    log.info("noise banks ready in %.2f s: %s", time.perf_counter() - t,
+             ", ".join(f"{k} {v['shape']} {v['sha256'][:12]}" for k, v in record.items()))
 
 
 def _run_distributed(

@@ -1,8 +1,9 @@
 """The unit of work: render and write one whole shard. Runs inside a Dask worker (or inline).
 
 The task is idempotent: it rewrites every array's shard in full, then the provenance record by
-atomic rename. A task killed at any point leaves no provenance record (or the previous one, whose
-checksums no longer match), so the driver redoes the shard on resume.
+atomic rename. It renders with the dataset's stored noise banks (built by the driver beforehand). A
+task killed at any point leaves no provenance record (or the previous one, whose checksums no
+longer match), so the driver redoes the shard on resume.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from simaq_factory.device import resolve_device
 from simaq_factory.orchestrate.logs import attach_log_file
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
+from simaq_factory.store.banks import load_banks
 from simaq_factory.store.dataset import shard_checksums, write_json_atomic, write_shard
 from simaq_factory.store.layout import array_specs, provenance_path, shard_ranges
 from simaq_factory.versions import software_versions
@@ -40,6 +42,7 @@ def run_shard(
     recipe = resolve(recipe_json)
     rid = recipe_id(recipe)
     dev = resolve_device(device)
+    banks = load_banks(Path(out), dev)  # read and hash-checked once per process, then cached
     from simaq_factory.pipeline import a_max_for
 
     specs = array_specs(recipe, a_max_for(recipe))
@@ -50,7 +53,7 @@ def run_shard(
     }
     records = []
     for j, index in enumerate(samples):
-        arrays, record = render_sample(recipe, index, dev)
+        arrays, record = render_sample(recipe, index, dev, banks=banks)
         for name in specs:
             a = arrays[name]
             buffers[name][(j, *(slice(0, s) for s in a.shape))] = a

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -27,10 +28,13 @@ logger = logging.getLogger(__name__)
 RECON_METRICS = ["nrmse", "psnr", "ssim"]
 SCORES_FORMAT = "simaq-factory-scores"
 SCORES_VERSION = 1
+#: Default FOV margin (voxels inside the reconstruction circle): the projector's input support n/2 − 2.
+DEFAULT_FOV_MARGIN = 2.0
 
 CONVENTIONS = {
-    "field_of_view": "cylinder along z; (y, x) disk of radius n//2 around the rotation axis "
-                     "(reconstruction.center), the circle FBP clips to",
+    "field_of_view": "cylinder along the tilt axis; (y, x) disk of radius n/2 - fov_margin around the "
+                     "rotation axis (reconstruction.center); fov_margin defaults to 2 voxels, the support "
+                     "of the projector's input (objects never lie outside it, only FBP's edge artifacts do)",
     "data_range": "ground-truth phantom max - min inside the field of view, per sample",
     "nrmse": "||pred - gt|| / ||gt|| over field-of-view voxels",
     "psnr": "10 log10(data_range^2 / MSE) over field-of-view voxels, dB",
@@ -136,6 +140,7 @@ def score(
     only: str = "auto",
     fit: str = "affine",
     span_bin_deg: float = 10.0,
+    fov_margin: float = DEFAULT_FOV_MARGIN,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScoreResult:
     """Score every prediction in ``pred_paths`` against the dataset at ``gt_dir``.
@@ -151,6 +156,9 @@ def score(
     if not span_bin_deg > 0:
         raise BadInput("--span-bin", f"must be > 0, got {span_bin_deg}")
     gt = open_ground_truth(gt_dir)
+    if not 0 <= fov_margin < gt.radius:
+        raise BadInput("--fov-margin", f"must be in [0, {gt.radius:g}), got {fov_margin}")
+    gt = dataclasses.replace(gt, radius=gt.radius - fov_margin)
     preds = [open_prediction(p, gt, only) for p in pred_paths]
     _unique_names(preds)
     fov = gt.fov()
@@ -226,7 +234,8 @@ def _payload(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]
         "version": SCORES_VERSION,
         "ground_truth": {"path": str(gt.out), "recipe_id": gt.recipe_id, "n_samples": gt.n_samples,
                          "shape_zyx": list(gt.shape), "classes": {str(k): v for k, v in gt.classes.items()},
-                         "ignore_label": gt.ignore_label, "tilt_axes": list(range(gt.n_axes))},
+                         "ignore_label": gt.ignore_label, "tilt_axes": list(range(gt.n_axes)),
+                         "fov_radius": gt.radius},
         "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "span_bin_deg": span_bin_deg,
                         **({"axes": AXES_DOC} if gt.n_axes > 1 else {})},
         "predictions": predictions,

@@ -2,7 +2,8 @@
 
 Writes ``manifest.jsonl`` (one line per sample), ``DATASET.md`` (the dataset card: recipe, counts,
 per-class voxel fractions, intensity percentiles, software versions, preview images under
-``previews/``), sets the card's status to ``frozen`` and finally ``SHA256SUMS`` over every file.
+``previews/``), sets the card's status to ``frozen`` and finally ``SHA256SUMS`` over every file
+(the noise banks under ``dataset.zarr/banks/`` included).
 A frozen dataset refuses later builds. Freezing first verifies every shard (checksums, provenance,
 a deep read), so a damaged dataset is never sealed.
 """
@@ -112,6 +113,8 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
         *[f"![sample preview]({p})" for p in previews], "",
         "## Files", "",
         "- `dataset.zarr/`: Zarr v3 arrays phantom, labels, recon (and noisy, sinogram, angles when stored)",
+        "- `dataset.zarr/banks/`: the noise banks the samples were rendered with (Perlin volumes, ice-crack "
+        "blocks), each hashed in the dataset card (`banks`), so the dataset regenerates with nothing else",
         "- `provenance/shard-*.json`: per-sample parameters, seeds, timings, devices, shard checksums",
         f"- `{MANIFEST}`: one JSON line per sample; `{SUMS}`: sha256 of every file (`sha256sum -c {SUMS}`)",
         "", "## Recipe (resolved)", "", "```json", json.dumps(recipe_json, indent=1, sort_keys=True), "```", "",

@@ -1,4 +1,6 @@
-"""``verify``: checksums, provenance completeness, a deep read, and regeneration of samples.
+"""``verify``: checksums, noise-bank hashes, provenance, a deep read, and regeneration of samples.
+
+Regeneration renders with the dataset's stored noise banks, so it needs nothing but the dataset.
 
 A verification never writes. It returns a list of problems, each naming the shard, sample or
 array at fault; the CLI exits 1 when the list is not empty.
@@ -15,6 +17,7 @@ import numpy as np
 import zarr
 
 from simaq_factory.labels import Label
+from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import read_provenance, shard_state
 from simaq_factory.store.inspect import open_dataset_recipe
 from simaq_factory.store.layout import GROUP_NAME, array_specs, shard_ranges
@@ -83,7 +86,7 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     prov = read_provenance(out, shard) or {}
     built_on = str(prov.get("device", "cpu"))
     device = resolve_device("cuda" if built_on.startswith("cuda") and torch.cuda.is_available() else "cpu")
-    arrays, record = render_sample(recipe, index, device)
+    arrays, record = render_sample(recipe, index, device, banks=load_banks(out, device))
     group = zarr.open_group(out / GROUP_NAME, mode="r")
     for name in ("phantom", "labels"):
         if group[name][index].tobytes() != arrays[name].tobytes():
@@ -91,10 +94,15 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     stored_rec = next((r for r in prov.get("sample_records", []) if r.get("index") == index), None)
     if stored_rec is not None and stored_rec.get("phantom_spec") != record["phantom_spec"]:
         report.problems.append(f"sample {index}: regenerated phantom spec differs from provenance")
+    if stored_rec is not None and stored_rec.get("artifacts") != record["artifacts"]:
+        report.problems.append(f"sample {index}: regenerated artifact parameters (bank entries, "
+                               "orientations, beads) differ from provenance")
     if built_on.split(":")[0] != device.type:
         report.notes.append(f"sample {index}: built on {built_on}, regenerated on {device}; recon not "
                             "compared (device noise generators differ)")
     else:
+        if "noisy" in arrays and group["noisy"][index].tobytes() != arrays["noisy"].tobytes():
+            report.problems.append(f"sample {index}: regenerated noisy differs from the stored one")
         stored = group["recon"][index].astype(np.float64)
         fresh = arrays["recon"].astype(np.float64)
         err = float(np.linalg.norm(stored - fresh) / max(np.linalg.norm(stored), 1e-30))
@@ -130,6 +138,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyRe
         if deep:
             _deep_check(group, samples, list(specs), report)
         report.checked_samples += len(samples)
+    report.problems.extend(bank_problems(out, recipe))
     if regen > 0 and report.ok:
         n = recipe.dataset.n_samples
         picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(regen, n))})

@@ -1,0 +1,99 @@
+"""Per-sample use of bank entries: random orientation and box, resampled onto the volume.
+
+A *placement* is JSON: ``{"entry": k, "perm": [p0, p1, p2], "flip": [f0, f1, f2],
+"box_start": [s0, s1, s2], "box_size": [n0, n1, n2]}``. Applied to a bank cube B (e, e, e):
+permute its axes (``B.permute(perm)``: output axis d is input axis ``perm[d]``), flip output axes d
+with ``flip[d]``, cut the box ``[start, start + size)`` per axis, and resample it trilinearly
+(``align_corners=False``) to the volume shape (z, y, x). The 48 orientations of the cube are
+equally likely. Everything happens on the bank's device and depends on no thread count (each
+output voxel of an interpolation or elementwise op is computed on its own; min and max are exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["crack_field", "oriented_box", "place", "resample", "sample_placement"]
+
+
+def sample_placement(
+    rng: np.random.Generator, entries: int, edge: int, shape: tuple[int, ...], crop: float
+) -> dict[str, Any]:
+    """Draw a bank entry, an orientation and a box of ``crop`` × edge in the volume's aspect.
+
+    Box edges are ``round(crop · edge · shape_d / max(shape))`` voxels (at least 2, at most edge),
+    so a non-cubic volume is not stretched; ``crop = 1`` with a cubic volume uses the whole cube.
+    """
+    entry = int(rng.integers(0, entries))
+    perm = [int(v) for v in rng.permutation(3)]
+    flip = [bool(v) for v in rng.random(3) < 0.5]
+    longest = max(int(s) for s in shape)
+    size = [min(edge, max(2, int(round(crop * edge * int(s) / longest)))) for s in shape]
+    start = [int(rng.integers(0, edge - n + 1)) for n in size]
+    return {"entry": entry, "perm": perm, "flip": flip, "box_start": start, "box_size": size}
+
+
+def oriented_box(bank: torch.Tensor, placement: dict[str, Any]) -> torch.Tensor:
+    """The placement's entry of ``bank`` (entries, e, e, e), permuted, flipped and cut to its box.
+
+    The result may share memory with ``bank``: do not modify it in place.
+    """
+    k = int(placement["entry"])
+    if not 0 <= k < bank.shape[0]:
+        raise ValueError(f"bank entry {k} out of range: the bank has {bank.shape[0]} entries")
+    block = bank[k].permute(*[int(p) for p in placement["perm"]])
+    dims = [d for d, f in enumerate(placement["flip"]) if f]
+    if dims:
+        block = block.flip(dims)
+    for d, (s, n) in enumerate(zip(placement["box_start"], placement["box_size"])):
+        if int(s) < 0 or int(n) < 1 or int(s) + int(n) > block.shape[d]:
+            raise ValueError(f"box {placement['box_start']}+{placement['box_size']} exceeds the "
+                             f"bank's {tuple(block.shape)} cube")
+        block = block.narrow(d, int(s), int(n))
+    return block.contiguous()
+
+
+def resample(block: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Trilinear (``align_corners=False``) resampling of a (z, y, x) block to ``shape``."""
+    out = F.interpolate(
+        block[None, None], size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False
+    )
+    return out[0, 0]
+
+
+def place(bank: torch.Tensor, placement: dict[str, Any], shape: tuple[int, ...]) -> torch.Tensor:
+    """The placed entry of ``bank``: float32 (Z, Y, X) on the bank's device."""
+    return resample(oriented_box(bank, placement), shape)
+
+
+def crack_field(
+    cracks: torch.Tensor,
+    perlin_lo: torch.Tensor,
+    layers: list[dict[str, Any]],
+    modulation: dict[str, Any],
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    """The assembled ice-crack field of a volume: float32 (Z, Y, X) in [0, 1].
+
+    The layers' boxes (all of one size) are combined by a voxelwise maximum on their own grid,
+    multiplied by the low-frequency Perlin placement resampled to that grid, min–max normalised
+    there, and resampled once onto the volume (linear interpolation keeps [0, 1]). Assembling
+    on the bank's grid keeps the per-sample cost at one full-volume interpolation.
+    """
+    if not layers:
+        raise ValueError("ice cracks need at least one layer")
+    boxes = [oriented_box(cracks, layer) for layer in layers]
+    if len({tuple(b.shape) for b in boxes}) != 1:
+        raise ValueError(f"crack layers need boxes of one size, got {[tuple(b.shape) for b in boxes]}")
+    field = boxes[0].clone()  # a box may be a view of the bank itself
+    for b in boxes[1:]:
+        torch.maximum(field, b, out=field)
+    field.mul_(place(perlin_lo, modulation, tuple(field.shape)))
+    lo, hi = torch.aminmax(field)
+    span = hi - lo
+    field = torch.where(span > 0, (field - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    return resample(field, shape)

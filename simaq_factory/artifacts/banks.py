@@ -1,0 +1,187 @@
+"""Noise banks: Perlin volumes and ice-crack blocks built once per dataset from the recipe seed.
+
+A bank is a float32 array (entries, e, e, e) of fields in [0, 1]:
+
+============  ==============================================  ===================================
+name          content                                         used for
+============  ==============================================  ===================================
+perlin_lo_3d  low-frequency Perlin cubes (perlin-numpy)        modulating the cracks (§2.4)
+perlin_hi_3d  high-frequency fractal Perlin cubes              the ice texture (§2.5)
+cracks        one-voxel crack sheets (region competition)      ice cracks (§2.4)
+============  ==============================================  ===================================
+
+Seeding: entry ``e`` of bank number ``b`` (the order above) draws from
+``SeedSequence(recipe.seed, spawn_key=(BANK_SPAWN_ROOT, b, e))``. Sample streams are
+``SeedSequence(seed, spawn_key=(i,))`` with i < 2³²: a bank key has three words and starts with
+2³² (two 32-bit words itself), so no bank stream coincides with a sample stream, adding a bank or
+an entry changes no sample, and an entry does not depend on how many entries its bank has.
+
+A bank's *spec* (:func:`bank_specs`) is the JSON of everything that determines its bytes; its
+digest (:func:`array_sha256`) covers dtype, shape and data. Perlin banks are computed with numpy;
+crack blocks with torch using only operations whose results do not depend on the thread count.
+Builds and :func:`memory_banks` generate on the CPU, so a bank's bytes do not depend on where the
+shards run (the crack generator also runs on CUDA, but equality with CPU bytes is not verified).
+Stored banks (``store/banks.py``) are authoritative; :func:`memory_banks` builds them in memory for
+library use of ``render_sample``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from perlin_numpy import generate_fractal_noise_3d
+
+from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
+from simaq_factory.artifacts.cracks import crack_blocks
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BANK_NAMES",
+    "BANK_SPAWN_ROOT",
+    "GENERATOR_VERSION",
+    "NoiseBanks",
+    "array_sha256",
+    "bank_specs",
+    "generate_bank",
+    "generate_banks",
+    "memory_banks",
+]
+
+BANK_NAMES = ("perlin_lo_3d", "perlin_hi_3d", "cracks")
+BANK_SPAWN_ROOT = 2**32
+GENERATOR_VERSION = 1  # bump when a generator's output changes for the same spec
+_CRACK_BATCH_VOXELS = 2**23  # crack blocks relaxed together: ~4 blocks of 128³
+
+
+@dataclass(frozen=True)
+class NoiseBanks:
+    """Loaded banks: ``arrays[name]`` float32 (entries, e, e, e) on one device, and their digests."""
+
+    arrays: dict[str, torch.Tensor]
+    sha256: dict[str, str]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.arrays[name]
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.arrays.values())).device
+
+    def to(self, device: torch.device) -> NoiseBanks:
+        return NoiseBanks({k: v.to(device) for k, v in self.arrays.items()}, dict(self.sha256))
+
+
+def bank_specs(cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int) -> dict[str, dict[str, Any]]:
+    """JSON spec of every bank for volumes of ``shape`` (z, y, x) and root ``seed``."""
+    b = cfg.banks
+    c = cfg.ice_cracks
+    common = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "spawn_root": BANK_SPAWN_ROOT}
+    specs: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(BANK_NAMES):
+        spec: dict[str, Any] = {**common, "bank_index": index}
+        if name == "cracks":
+            spec.update(
+                kind="cracks", entries=b.cracks.entries, edge=crack_block_edge(b.cracks, shape),
+                seeds=c.seeds, cost_sigma=c.cost_sigma, cost_contrast=c.cost_contrast,
+                speed_spread=c.speed_spread, wall_fraction=c.wall_fraction,
+                thickness_sigma=c.thickness_sigma, neighbourhood=c.neighbourhood,
+            )
+        else:
+            p = b.perlin_lo_3d if name == "perlin_lo_3d" else b.perlin_hi_3d
+            spec.update(kind="perlin", entries=p.entries, edge=p.edge, res=p.res, octaves=p.octaves,
+                        persistence=p.persistence)
+        specs[name] = spec
+    return specs
+
+
+def _entry_rng(spec: dict[str, Any], entry: int) -> np.random.Generator:
+    key = (int(spec["spawn_root"]), int(spec["bank_index"]), int(entry))
+    return np.random.default_rng(np.random.SeedSequence(int(spec["seed"]), spawn_key=key))
+
+
+def _perlin_entry(spec: dict[str, Any], entry: int) -> np.ndarray:
+    e = int(spec["edge"])
+    noise = generate_fractal_noise_3d(
+        (e, e, e), (int(spec["res"]),) * 3, octaves=int(spec["octaves"]),
+        persistence=float(spec["persistence"]), rng=_entry_rng(spec, entry),
+    )
+    lo, hi = float(noise.min()), float(noise.max())
+    out = (noise - lo) / (hi - lo) if hi > lo else np.zeros_like(noise)
+    return out.astype(np.float32)
+
+
+def generate_bank(spec: dict[str, Any], device: torch.device | None = None) -> np.ndarray:
+    """The bank of ``spec`` as float32 (entries, e, e, e) host memory (crack blocks on ``device``)."""
+    n, e = int(spec["entries"]), int(spec["edge"])
+    t0 = time.perf_counter()
+    if spec["kind"] == "perlin":
+        out = np.stack([_perlin_entry(spec, k) for k in range(n)])
+    elif spec["kind"] == "cracks":
+        out = np.empty((n, e, e, e), dtype=np.float32)
+        batch = max(1, _CRACK_BATCH_VOXELS // e**3)
+        for start in range(0, n, batch):
+            ks = range(start, min(n, start + batch))
+            blocks = crack_blocks(
+                [_entry_rng(spec, k) for k in ks], e, seeds=int(spec["seeds"]),
+                cost_sigma=float(spec["cost_sigma"]), cost_contrast=float(spec["cost_contrast"]),
+                speed_spread=float(spec["speed_spread"]), wall_fraction=float(spec["wall_fraction"]),
+                blur_sigma=float(spec["thickness_sigma"]), neighbourhood=int(spec["neighbourhood"]),
+                device=device or torch.device("cpu"),
+            )
+            out[ks.start : ks.stop] = blocks.cpu().numpy()
+    else:
+        raise ValueError(f"unknown bank kind {spec['kind']!r}")
+    logger.info("bank %s: %d x %d^3 in %.2f s", spec["kind"], n, e, time.perf_counter() - t0)
+    return out
+
+
+def array_sha256(a: np.ndarray) -> str:
+    """sha256 of dtype, shape and C-order bytes of ``a`` (independent of how it is stored)."""
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def generate_banks(
+    cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int, device: torch.device | None = None
+) -> dict[str, np.ndarray]:
+    """Every bank of the recipe as host arrays, keyed by name (see :data:`BANK_NAMES`)."""
+    return {name: generate_bank(spec, device) for name, spec in bank_specs(cfg, shape, seed).items()}
+
+
+_MEMORY: OrderedDict[tuple[str, str], NoiseBanks] = OrderedDict()
+_MEMORY_SIZE = 2
+
+
+def memory_banks(
+    cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int, device: torch.device
+) -> NoiseBanks:
+    """Banks generated in this process on the CPU and moved to ``device``, cached per spec and device.
+
+    For library use of ``render_sample`` without a dataset; a build stores its banks instead (the
+    same bytes: both generate on the CPU).
+    """
+    specs = bank_specs(cfg, shape, seed)
+    key = (json.dumps(specs, sort_keys=True), str(device))
+    hit = _MEMORY.get(key)
+    if hit is not None:
+        _MEMORY.move_to_end(key)
+        return hit
+    host = {name: generate_bank(spec) for name, spec in specs.items()}
+    banks = NoiseBanks(
+        {k: torch.from_numpy(v).to(device) for k, v in host.items()},
+        {k: array_sha256(v) for k, v in host.items()},
+    )
+    _MEMORY[key] = banks
+    while len(_MEMORY) > _MEMORY_SIZE:
+        _MEMORY.popitem(last=False)
+    return banks
