@@ -25,7 +25,11 @@ import torch
 
 from simaq_factory.acquisition.angles import AngleSet, max_angles, sample_angles
 from simaq_factory.acquisition.axes import axis_frame_record, axis_rng, from_frame, tilt_axes, to_frame
-from simaq_factory.acquisition.sinogram import apply_sinogram_artifacts, sample_sinogram_artifacts
+from simaq_factory.acquisition.sinogram import (
+    apply_sinogram_artifacts,
+    project_tilted_axis,
+    sample_sinogram_artifacts,
+)
 from simaq_factory.artifacts import NoiseBanks, apply_artifacts, memory_banks, sample_artifacts
 from simaq_factory.artifacts.stage import REFERENCE_VOXELS_PER_UNIT
 from simaq_factory.phantom import sample_phantom, voxelize
@@ -128,12 +132,15 @@ def acquire(
     )
     # a cyclic permutation puts the tilt axis first; the input cylinder is then about that axis
     volume_in = (to_frame(noisy, axis) * cylinder_mask(n, INPUT_CIRCLE_PADDING, device)).contiguous()
-    proj = forward_project(volume_in, fwd_geom)
-    del volume_in
-    lap("projection")
+    # drawn before projecting (its own stream: the order of the calls changes no draw), because a
+    # misaligned series is projected about a tilted axis
     sino_params = sample_sinogram_artifacts(
         recipe.acquisition.sinogram, angles.n_angles, sino_rng, voxel_length=voxel_length,
     )
+    tilt = float(sino_params["misalignment"].get("axis_tilt_deg", 0.0))
+    proj = project_tilted_axis(volume_in, fwd_geom, tilt, forward_project)
+    del volume_in
+    lap("projection")
     proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params)
     lap("sinogram_artifacts")
     rec_geom = Geometry(

@@ -7,7 +7,10 @@ Reference §3.5–§3.7, defaults §9.3. Stages, applied in this order:
 2. ``ice_thickness`` (§3.6): slab of thickness h seen along a path h / cos|θ_i|; proj_i += path_i · G_i
    with G_i an i.i.d. per-detector-pixel field drawn from ``lac`` (reference N(0.01, 1e-5)).
 3. ``misalignment`` (§3.7 proposal, off): per-projection sub-pixel shifts along the detector (D) and
-   the tilt axis (Z), linear interpolation, uncovered pixels filled with the projection's mean.
+   the tilt axis (Z), linear interpolation, uncovered pixels filled with the projection's mean. Its
+   tilted rotation axis (one angle ψ per tilt series) is part of the projection geometry instead
+   (:func:`project_tilted_axis`, called before these stages): the reconstruction assumes the axis
+   along Z, so the data carry the arcs and doubled edges of an unaligned tilt series.
 4. ``poisson`` (§3.7 proposal, off): I = I0·exp(−s·p), counts ~ Poisson(I), p' = −log(max(counts,
    floor)/I0)/s, with s = ``attenuation_scale`` (the voxel size in µm: line integrals are sums of
    µm⁻¹ LACs over voxel steps).
@@ -43,6 +46,8 @@ __all__ = [
     "apply_sinogram_artifacts",
     "sample_sinogram_artifacts",
     "shift_projections",
+    "rotate_planes",
+    "project_tilted_axis",
 ]
 
 _SEED_HIGH = 2**63 - 1
@@ -141,6 +146,11 @@ class MisalignmentConfig:
         default_factory=lambda: Dist.normal(0.0, 1.0, min=-5.0, max=5.0),
         doc="shift along the tilt axis (Z), pixels, one draw per projection",
     )
+    axis_tilt_deg: Dist = spec(
+        default_factory=lambda: Dist.normal(0.0, 0.5, min=-3.0, max=3.0),
+        doc="in-plane tilt ψ of the rotation axis on the detector, degrees, one draw per tilt series "
+        "(the axis runs along (cos ψ, sin ψ) in (Z, D)); the reconstruction assumes ψ = 0",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +213,7 @@ def sample_sinogram_artifacts(
     if misalignment["applied"]:
         misalignment["detector_shift_px"] = [float(v) for v in m.detector_shift_px.sample(r_mis, n_angles)]
         misalignment["axial_shift_px"] = [float(v) for v in m.axial_shift_px.sample(r_mis, n_angles)]
+        misalignment["axis_tilt_deg"] = float(m.axis_tilt_deg.sample(r_mis))
 
     p = cfg.poisson
     poisson = {
@@ -276,6 +287,53 @@ def shift_projections(
     out = _shift_last(proj, det, fill)
     out = _shift_last(out.transpose(1, 2), ax, fill).transpose(1, 2)
     return out.contiguous()
+
+
+def rotate_planes(x: torch.Tensor, deg: float) -> torch.Tensor:
+    """Rotate every image ``x[b]`` of a (B, H, W) stack by ``deg`` about its centre.
+
+    Content at (h, w) (relative to the centre ((H − 1)/2, (W − 1)/2)) moves to R·(h, w), where R
+    turns the H axis towards +W by ``deg``: R·(1, 0) = (cos, sin). Bilinear interpolation; pixels
+    whose source lies outside the image take the nearest edge value. Each output pixel is computed
+    on its own, so the result does not depend on the thread count.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"expected a (B, H, W) stack, got shape {tuple(x.shape)}")
+    b, h, w = x.shape
+    if deg == 0.0:
+        return x.clone()
+    rad = math.radians(deg)
+    c, s = math.cos(rad), math.sin(rad)
+    dev = x.device
+    hh = torch.arange(h, dtype=torch.float64, device=dev)[:, None] - (h - 1) / 2
+    ww = torch.arange(w, dtype=torch.float64, device=dev)[None, :] - (w - 1) / 2
+    # output o samples the input at R⁻¹·o = Rᵀ·o
+    src_h = c * hh + s * ww
+    src_w = -s * hh + c * ww
+    gx = src_w / max((w - 1) / 2, 0.5)
+    gy = src_h / max((h - 1) / 2, 0.5)
+    grid = torch.stack([gx.expand(h, w), gy.expand(h, w)], dim=-1).to(torch.float32)
+    out = torch.nn.functional.grid_sample(
+        x.float()[:, None], grid[None].expand(b, h, w, 2), mode="bilinear", padding_mode="border",
+        align_corners=True,
+    )
+    return out[:, 0]
+
+
+def project_tilted_axis(volume: torch.Tensor, geom: Any, tilt_deg: float, project: Any) -> torch.Tensor:
+    """Projections (A, S, D) of ``volume`` (S, Y, X) about a rotation axis tilted by ``tilt_deg``.
+
+    The axis lies in the detector plane, along (cos ψ, sin ψ) in (S, D), through the centre. With
+    Q the rotation by ψ about the beam axis of 0° (the (S, X) plane of the volume, the same sense),
+    rotating about Q·e_S is Q R_θ Qᵀ, and Q commutes with integration along the beam, so
+    P_ψ[f](θ) = rot_ψ(P[Qᵀ f](θ)): the volume turned by −ψ in (S, X), projected about S with
+    ``project(volume, geom)``, each projection turned by +ψ in (S, D) (:func:`rotate_planes`).
+    At θ = 0 this is the untilted projection; a point off the axis traces a line at −ψ to D.
+    """
+    if tilt_deg == 0.0:
+        return project(volume, geom)
+    turned = rotate_planes(volume.transpose(0, 1), -tilt_deg).transpose(0, 1).contiguous()
+    return rotate_planes(project(turned, geom), tilt_deg).contiguous()
 
 
 def apply_sinogram_artifacts(
