@@ -1,5 +1,7 @@
-"""simaq_train: training, evaluation and inference of the 3D→2D U-Net on simaq-factory datasets.
+"""simaq_train: training, evaluation and inference of the hybrid 3D→2D U-Net on simaq-factory datasets.
 
-Not implemented yet (see the issue "simaq_train: stream frozen shards into the 3D→2D U-Net"). It
-will read datasets only through the documented on-disk format (``README.md``, "The dataset").
+It reads datasets only through the documented on-disk format (``README.md``, "The dataset") and
+checks their schema version; it imports no phantom or physics code. Layout: ``data`` (shard reader,
+epoch plans, real tomograms, mixing) → ``model`` → ``losses`` → ``engine`` (fit loop, optimiser
+groups, EMA, checkpoints) → ``inference`` (sliding window, post-processing) → ``evaluate`` → ``cli``.
 """

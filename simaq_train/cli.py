@@ -1,0 +1,249 @@
+"""``simaq-train``: fit, evaluate, predict (and an intensity-threshold baseline).
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (one line naming the file, key or flag).
+Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simaq_factory.recipe.fields import RecipeError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecipeError as err:
+            _fail(str(err), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", 130)
+        except Exception as err:  # noqa: BLE001
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            _fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+
+    return wrapper
+
+
+class Bar:
+    """Progress on stderr: a redrawn one-line bar on a terminal; otherwise (logs, pipes) a plain
+    line at most every ``every_s`` seconds, and nothing at all when disabled."""
+
+    def __init__(self, enabled: bool, every_s: float = 30.0) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self._last = -1e9
+
+    def show(self, text: str, fraction: float | None = None) -> None:
+        if not self.enabled:
+            return
+        if fraction is not None:
+            n = int(round(20 * min(max(fraction, 0.0), 1.0)))
+            text = f"[{'#' * n}{'.' * (20 - n)}] {text}"
+        if self.tty:
+            click.echo("\r" + text[:150].ljust(150), err=True, nl=False)
+            return
+        import time
+
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            click.echo(text, err=True)
+
+    def done(self) -> None:
+        if self.enabled and self.tty:
+            click.echo("", err=True)
+
+
+class _Group(click.Group):
+    """Usage errors as one line (``error: …``) with exit code 2, like every other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exit_:
+            sys.exit(exit_.exit_code)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            _fail(err.format_message().replace("\n", " ") + hint, 2)
+        except click.ClickException as err:
+            _fail(err.format_message().replace("\n", " "), 2)
+        except click.Abort:
+            _fail("aborted", 130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug (tracebacks)")
+def cli(verbose: int) -> None:
+    """Train, evaluate and apply the 3D→2D U-Net on simaq-factory datasets."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
+@handle_errors
+def fit(config: str, overrides: tuple[str, ...]) -> None:
+    """Train the model described by CONFIG (resumes RUN/last.pt when present)."""
+    from simaq_train.config import load_config
+    from simaq_train.engine.fit import fit as run_fit
+
+    cfg = load_config(config, overrides)
+    bar = Bar(cfg.run.progress)
+
+    def progress(rec: dict[str, Any]) -> None:
+        if rec["kind"] == "train":
+            bar.show(f"epoch {rec['epoch']} batch {rec['position']}/{rec['n_batches']} step {rec['step']} "
+                     f"loss {rec['loss']:.4f} mIoU {rec['mean_iou'] or 0:.3f} "
+                     f"{rec['samples_per_s']:.1f} samples/s {rec['elapsed_s']:.0f}s",
+                     rec["position"] / max(rec["n_batches"], 1))
+        else:
+            bar.done()
+            click.echo(f"validation after epoch {rec['epoch']}: mean IoU {rec['mean_iou'] or 0:.3f} "
+                       + " ".join(f"{k}={v:.3f}" for k, v in rec["iou"].items() if v is not None), err=True)
+
+    res = run_fit(cfg, progress)
+    bar.done()
+    state = "finished" if res.finished else "stopped (limit reached; run again to continue)"
+    click.echo(f"{state} at epoch {res.epoch}, step {res.step} -> {res.checkpoint}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="report folder (default: next to the checkpoint)")
+@click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
+@click.option("--max-samples", type=click.IntRange(min=0), default=0, help="score only the first N samples")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
+@click.option("--postprocess/--raw", default=False, help="post-process predictions before scoring")
+@click.option("--device", default="auto")
+@handle_errors
+def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samples: int,
+             batch_size: int, postprocess: bool, device: str) -> None:
+    """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
+    from simaq_train.evaluate import evaluate_checkpoint, write_report
+
+    bar = Bar(True)
+    rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
+                              max_samples=max_samples, post=postprocess, device=device,
+                              progress=lambda i, n: bar.show(f"sample {i}/{n}", i / n))
+    bar.done()
+    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}"
+    js, png = write_report(rep, out_dir, "evaluation")
+    _print_summary(rep)
+    click.echo(f"wrote {js} and {png}")
+
+
+def _print_summary(rep: dict[str, Any]) -> None:
+    per = " ".join(f"{k}={v['all']['mean']:.3f}" for k, v in rep["per_class"].items() if v["all"]["mean"] is not None)
+    click.echo(f"{rep['samples']} samples; mean IoU per class: {per}; "
+               f"mean foreground IoU {rep['mean_iou_foreground'] or 0:.4f}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("tomogram", type=click.Path(dir_okay=True))
+@click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .zarr or .npy")
+@click.option("--ema/--no-ema", default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
+@click.option("--edge", type=click.Choice(["reflect", "replicate"]), default="reflect",
+              help="padding of the window at the first and last slices")
+@click.option("--tilt-axis", type=click.IntRange(0, 2), default=0,
+              help="array axis of TOMOGRAM that is the tilt axis (default 0)")
+@click.option("--beam-axis", type=click.IntRange(0, 2), default=None,
+              help="array axis along which the beam travelled at 0° tilt (default: the lower-numbered "
+                   "of the other two); the network sees it along the rows, as in training")
+@click.option("--postprocess/--raw", default=True, help="smoothing, hole filling, small-object removal")
+@click.option("--post-scale", type=float, default=None,
+              help="scale of the reference's 512³ post-processing sizes (default: size/512)")
+@click.option("--device", default="auto")
+@handle_errors
+def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str,
+            tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
+            device: str) -> None:
+    """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids)."""
+    from simaq_train.inference import predict_tomogram
+
+    res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
+                           post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
+                           beam_axis=beam_axis, device=device)
+    click.echo(f"wrote {res['output']} {tuple(res['shape'])} voxels per class {res['voxels_per_class']}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="report folder")
+@click.option("--max-samples", type=click.IntRange(min=0), default=0)
+@click.option("--fov-margin", type=float, default=5.0)
+@click.option("--search-order/--physical-order", default=True,
+              help="try all 24 mappings of intensity levels to classes and keep the best on DATASET "
+                   "(an oracle choice, optimistic for the baseline; default) or only the physical order")
+@handle_errors
+def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool) -> None:
+    """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
+    from simaq_train.evaluate import otsu_baseline, write_report
+
+    if not (Path(dataset) / "dataset.zarr").is_dir():
+        raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
+    rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order)
+    js, png = write_report(rep, Path(out), "baseline")
+    _print_summary(rep)
+    phys = rep["physical_order"]
+    click.echo(f"best baseline: {rep['best_variant']} with levels (dark to bright) -> "
+               f"{', '.join(rep['best_order_names'])} (chosen on this data: optimistic for the baseline); "
+               f"physical order: {phys['variant']} mean foreground IoU {phys['mean_iou_foreground'] or 0:.4f}")
+    click.echo(f"wrote {js} and {png}")
+
+
+@cli.command()
+@click.option("--features", type=click.IntRange(min=1), default=64, help="model.init_features (paper 64)")
+@click.option("--depth", type=click.IntRange(min=1), default=5, help="model.depth (paper 5)")
+@click.option("--size", type=click.IntRange(min=16), default=512, help="in-plane size H = W")
+@click.option("--window", type=click.IntRange(min=1), default=7)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16)
+@click.option("--steps", type=click.IntRange(min=1), default=10, help="timed steps (after 3 warm-up steps)")
+@click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), default="auto")
+@click.option("--device", default="auto")
+@handle_errors
+def bench(features: int, depth: int, size: int, window: int, batch_size: int, steps: int, amp: str,
+          device: str) -> None:
+    """Time training steps (forward, Dice-Focal loss, backward, Adam) on random data; print JSON."""
+    from simaq_train.bench import bench_train_step
+
+    res = bench_train_step(features=features, depth=depth, size=size, window=window,
+                           batch_size=batch_size, steps=steps, amp=amp, device=device)
+    click.echo(json.dumps(res))
+
+
+def raise_bad(what: str, message: str) -> None:
+    from simaq_factory.errors import BadInput
+
+    raise BadInput(what, message)
+
+
+def main() -> None:
+    cli(prog_name="simaq-train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: dataset sources (simaq-factory Zarr, real tomograms), normalisation, the epoch stream."""

@@ -1,0 +1,80 @@
+"""Assemble the training stream from a :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from simaq_factory.errors import BadInput
+from simaq_train.config import TrainConfig
+from simaq_train.data.sources import FactorySource, RealSource, class_names, dataset_hash, infer_n_classes
+
+log = logging.getLogger(__name__)
+
+
+def resolve_classes(cfg: TrainConfig) -> TrainConfig:
+    """``model.out_channels: 0`` → the number of classes of the (first) training dataset's card;
+    every training dataset must agree."""
+    if not cfg.data.train:
+        raise BadInput("data.train", "no training dataset given")
+    if cfg.model.out_channels != 0:
+        return cfg
+    counts = {p: infer_n_classes(p) for p in cfg.data.train}
+    if len(set(counts.values())) != 1:
+        raise BadInput("data.train", f"datasets disagree on the number of classes {counts}; "
+                                     "set model.out_channels")
+    n = counts[cfg.data.train[0]]
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=n))
+
+
+def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, dict[str, Any]]:
+    """The training stream and a description ``{"datasets": {path: hash}, "windows": n, ...}``.
+
+    ``cfg`` must have been through :func:`resolve_classes`.
+    """
+    from simaq_train.data.stream import WindowStream
+
+    d = cfg.data
+    if not d.train:
+        raise BadInput("data.train", "no training dataset given")
+    n_classes = cfg.model.out_channels
+    sources: list[Any] = [
+        FactorySource(p, n_classes=n_classes, fov_margin=d.fov_margin, axes=d.axes) for p in d.train
+    ]
+    shapes = set().union(*(s.inplane_shapes() for s in sources))
+    if len(shapes) != 1:
+        raise BadInput("data.train", f"training volumes differ in in-plane shape {sorted(shapes)} "
+                                     "(non-cubic three-axis data: set data.axes=first)")
+    shape_yx = shapes.pop()
+    div = 2 ** (cfg.model.depth - 1)
+    if shape_yx[0] % div or shape_yx[1] % div:
+        raise BadInput("data.train", f"in-plane shape {shape_yx} not divisible by 2**(model.depth-1)={div}")
+    if d.crop > min(shape_yx):
+        raise BadInput("data.crop", f"{d.crop} is larger than the slices {shape_yx}")
+    if min(shape_yx) / 2.0 - d.fov_margin <= 0:
+        raise BadInput("data.fov_margin", f"leaves no field of view in slices of {shape_yx}")
+    real_source = None
+    if d.real.pairs or d.real.dirs:
+        real = RealSource([tuple(p) for p in d.real.pairs], list(d.real.dirs), n_classes=n_classes,
+                          class_names=class_names(sources[0].card, n_classes), fov_margin=d.fov_margin,
+                          slicer_convention=d.real.slicer_convention, shape_yx=shape_yx)
+        if len(real) == 0:
+            raise BadInput("data.real", "no annotated real tomogram found")
+        real_source = len(sources)
+        sources.append(real)
+    indices = [s.index() for s in sources]
+    stream = WindowStream(sources, indices, cfg, real_source=real_source, rank=rank, world=world)
+    if len(stream.table) == 0:
+        raise BadInput("data.train", "no labelled window in the training data")
+    info = {
+        "datasets": {str(p): dataset_hash(p) for p in d.train},
+        "real_volumes": len(sources[real_source]) if real_source is not None else 0,
+        "volumes": sum(len(s) for s in sources),
+        "windows": int(len(stream.table)),
+        "background_windows": int(stream.bg.sum()),
+        "shape_yx": list(shape_yx),
+        "class_names": class_names(sources[0].card, n_classes),
+    }
+    log.info("stream: %s", info)
+    return stream, info

@@ -1,0 +1,375 @@
+"""Volume sources the stream draws windows from.
+
+A source is a list of *volumes* — (normalised reconstruction, labels) pairs, both (Z, H, W) with Z
+the tilt axis of that reconstruction — plus a per-slice index saying which slices carry labels and
+which carry foreground.
+
+* :class:`FactorySource` reads a simaq-factory dataset directory (design §5) through its on-disk
+  format only: ``dataset.zarr`` arrays ``recon`` (N, Z, Y, X), or (N, A, Z, Y, X) when the card's
+  ``tilt_axes`` lists A acquisition axes, and ``labels`` (N, Z, Y, X). ``recon[:, a]`` is stored in
+  the canonical (Z, Y, X) orientation; its tilt axis is volume axis ``tilt_axes[a]``. The source
+  views acquisition ``a`` in its own frame (docs/acquisition-axes.md): both ``recon[i, a]`` and
+  ``labels[i]`` are transposed by ``axis_frames[a]["permutation"]`` (tilt axis first, beam at 0°
+  along the rows, detector along the columns — the orientation of a one-axis acquisition, so the
+  missing wedge lies the same way in every window). Cards without ``tilt_axes`` mean ``[0]``;
+  cards without ``axis_frames`` mean the format's cyclic frames ``(k, k+1, k+2) mod 3``.
+* :class:`RealSource` reads real tomograms with sparse annotations (reference §4.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simaq_factory.errors import BadInput
+from simaq_train.data.normalize import fov_mask, quantile_normalize
+from simaq_train.data.volumes import (
+    is_slicer_seg,
+    place_into,
+    read_volume,
+    read_volume_meta,
+    slicer_offset,
+    slicer_to_classes,
+)
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+SUPPORTED_SCHEMA = (1,)
+DEFAULT_CLASS_NAMES = ("background", "cell", "vacuole", "lipid_droplet")
+
+
+@dataclass(frozen=True)
+class SliceIndex:
+    """Per-slice flags of one volume: ``labelled[z]`` any annotated pixel, ``foreground[z]`` any
+    pixel of a class other than background."""
+
+    labelled: np.ndarray
+    foreground: np.ndarray
+
+
+def slice_index(labels: np.ndarray) -> SliceIndex:
+    """Flags of the Z slices of a (Z, Y, X) uint8 label volume."""
+    labelled = (labels != IGNORE).any(axis=(1, 2))
+    foreground = ((labels != IGNORE) & (labels != 0)).any(axis=(1, 2))
+    return SliceIndex(labelled, foreground)
+
+
+def check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
+    bad = (labels != IGNORE) & (labels >= n_classes)
+    if bad.any():
+        raise BadInput(where, f"label value {int(labels[bad].max())} >= model.out_channels={n_classes}")
+
+
+def open_dataset(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Open ``PATH/dataset.zarr`` read-only and check its card; returns (group, card)."""
+    import zarr
+
+    root = Path(path)
+    gpath = root / "dataset.zarr"
+    if not gpath.is_dir():
+        raise BadInput(str(root), "not a simaq-factory dataset (no dataset.zarr)")
+    try:
+        group = zarr.open_group(gpath, mode="r")
+        card = dict(group.attrs)
+    except Exception as err:  # noqa: BLE001
+        raise BadInput(str(gpath), f"cannot open ({type(err).__name__}: {err})") from None
+    if card.get("schema_version") not in SUPPORTED_SCHEMA:
+        raise BadInput(str(gpath), f"schema_version {card.get('schema_version')!r} is not supported "
+                                   f"(this simaq-train reads {list(SUPPORTED_SCHEMA)})")
+    for name in ("recon", "labels"):
+        if name not in group:
+            raise BadInput(str(gpath), f"missing array {name!r}")
+    status = card.get("status")
+    if status in ("building", "incomplete"):
+        raise BadInput(str(root), f"dataset status is {status!r}: finish the build first "
+                                  "(simaq-factory build … then simaq-factory freeze)")
+    if status != "frozen":
+        log.warning("%s: dataset is not frozen (status %r); freeze it to pin its contents", root, status)
+    return group, card
+
+
+def dataset_hash(path: str | Path) -> str:
+    """sha256 of ``manifest.jsonl`` when frozen, else of the recipe id and array metadata."""
+    root = Path(path)
+    manifest = root / "manifest.jsonl"
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    group, card = open_dataset(root)
+    meta = {
+        "recipe_id": card.get("recipe_id"),
+        "arrays": {k: [list(group[k].shape), str(group[k].dtype)] for k in sorted(group.array_keys())},
+    }
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def class_names(card: dict[str, Any], n_classes: int) -> list[str]:
+    """Names of class ids 0 … n_classes − 1 from the card's label map."""
+    lm = card.get("label_map", {})
+    return [str(lm.get(str(c), DEFAULT_CLASS_NAMES[c] if c < len(DEFAULT_CLASS_NAMES) else f"class{c}"))
+            for c in range(n_classes)]
+
+
+def infer_n_classes(path: str | Path) -> int:
+    """Number of classes of a dataset: 1 + the largest class id of its label map, leaving out the
+    nucleus class when the resolved recipe says ``phantom.nucleus.enabled: false``."""
+    root = Path(path)
+    _, card = open_dataset(root)
+    ignore = int(card.get("ignore_label", IGNORE))
+    ids = {int(k): str(v) for k, v in card.get("label_map", {}).items() if int(k) != ignore}
+    if not ids:
+        return len(DEFAULT_CLASS_NAMES)
+    try:
+        resolved = json.loads((root / "recipe.resolved.json").read_text())
+        nucleus_on = bool(resolved["recipe"]["phantom"]["nucleus"]["enabled"])
+    except (OSError, ValueError, KeyError, TypeError):
+        nucleus_on = True
+    if not nucleus_on:
+        ids = {k: v for k, v in ids.items() if v != "nucleus"}
+    return max(ids) + 1
+
+
+def tilt_axes_of(card: dict[str, Any], recon_ndim: int, where: str) -> list[int]:
+    """The card's ``tilt_axes`` (default ``[0]``), checked against the rank of ``recon``."""
+    axes = card.get("tilt_axes", [0])
+    if (not isinstance(axes, list) or not axes or any(a not in (0, 1, 2) for a in axes)
+            or len(set(axes)) != len(axes)):
+        raise BadInput(where, f"dataset card: tilt_axes {axes!r} is not a list of distinct axes 0..2")
+    if recon_ndim == 4 and len(axes) != 1:
+        raise BadInput(where, f"recon is 4D but the card lists tilt_axes {axes}")
+    return [int(a) for a in axes]
+
+
+def frame_permutations(card: dict[str, Any], tilt_axes: list[int], where: str) -> list[tuple[int, int, int]]:
+    """For each acquisition ``a``, the permutation that takes a (Z, Y, X) volume into its frame
+    (``axis_frames[a]["permutation"]``; tilt axis ``tilt_axes[a]`` first), checked."""
+    frames = card.get("axis_frames")
+    if frames is None:
+        return [(k, (k + 1) % 3, (k + 2) % 3) for k in tilt_axes]
+    if not isinstance(frames, list) or len(frames) != len(tilt_axes):
+        raise BadInput(where, f"dataset card: axis_frames must list one frame per tilt axis {tilt_axes}")
+    perms = []
+    for a, (k, frame) in enumerate(zip(tilt_axes, frames)):
+        perm = frame.get("permutation") if isinstance(frame, dict) else None
+        if (not isinstance(perm, list) or sorted(perm) != [0, 1, 2] or perm[0] != k):
+            raise BadInput(where, f"dataset card: axis_frames[{a}].permutation {perm!r} is not a "
+                                  f"permutation of (0, 1, 2) starting with tilt axis {k}")
+        perms.append((int(perm[0]), int(perm[1]), int(perm[2])))
+    return perms
+
+
+class FactorySource:
+    """Volumes of a simaq-factory dataset: one per (sample, acquisition axis)."""
+
+    def __init__(self, path: str | Path, *, n_classes: int, fov_margin: float = 5.0,
+                 axes: str = "all", max_samples: int = 0) -> None:
+        self.path = Path(path)
+        group, card = open_dataset(self.path)
+        self.card = card
+        recon, labels = group["recon"], group["labels"]
+        where = str(self.path / "dataset.zarr")
+        self.tilt_axes = tilt_axes_of(card, recon.ndim, where)
+        self.perms = frame_permutations(card, self.tilt_axes, where)
+        self.multi = recon.ndim == 5
+        if labels.ndim != 4 or recon.ndim not in (4, 5):
+            raise BadInput(where, f"unexpected recon/labels ranks {recon.ndim}/{labels.ndim}")
+        expect = ((labels.shape[0], len(self.tilt_axes)) + labels.shape[1:] if self.multi else labels.shape)
+        if tuple(recon.shape) != tuple(expect):
+            raise BadInput(where, f"recon shape {recon.shape} does not match labels {labels.shape} "
+                                  f"and tilt_axes {self.tilt_axes}")
+        if labels.dtype != np.uint8:
+            raise BadInput(where, f"labels dtype {labels.dtype}, expected uint8")
+        self.n_samples = labels.shape[0] if max_samples <= 0 else min(max_samples, labels.shape[0])
+        self.acqs = list(range(len(self.tilt_axes))) if axes == "all" else [0]
+        self.n_classes = n_classes
+        self.fov_margin = fov_margin
+        self.shape = tuple(int(s) for s in labels.shape[1:])
+        self.name = str(self.path)
+
+    def __len__(self) -> int:
+        return self.n_samples * len(self.acqs)
+
+    def locate(self, v: int) -> tuple[int, int]:
+        """Volume id → (sample index, acquisition index into ``tilt_axes``)."""
+        return v // len(self.acqs), self.acqs[v % len(self.acqs)]
+
+    def inplane_shapes(self) -> set[tuple[int, int]]:
+        """In-plane (H, W) of the volumes in the frame of each acquisition."""
+        return {(self.shape[self.perms[a][1]], self.shape[self.perms[a][2]]) for a in self.acqs}
+
+    def _group(self) -> Any:
+        import zarr
+
+        return zarr.open_group(self.path / "dataset.zarr", mode="r")
+
+    def _mask_fov(self, labels: np.ndarray) -> np.ndarray:
+        """Labels outside the field-of-view cylinder (where the input is 0) become IGNORE."""
+        return np.where(fov_mask(labels.shape[1:], self.fov_margin)[None], labels, IGNORE).astype(np.uint8)
+
+    def to_frame(self, vol: np.ndarray, a: int) -> np.ndarray:
+        """A (Z, Y, X) volume (labels, or ``recon[i, a]``) in the frame of acquisition ``a``."""
+        return np.ascontiguousarray(np.transpose(vol, self.perms[a]))
+
+    def index(self) -> list[SliceIndex]:
+        """Slice flags of every volume (reads every label volume once)."""
+        out: list[SliceIndex] = []
+        arr = self._group()["labels"]
+        for s in range(self.n_samples):
+            lab = np.asarray(arr[s])
+            check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
+            for a in self.acqs:
+                out.append(slice_index(self._mask_fov(self.to_frame(lab, a))))
+        return out
+
+    def load_raw(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """Volume ``v`` as stored, in the frame of its acquisition: (raw recon, labels uint8 with
+        255 outside the field of view)."""
+        s, a = self.locate(v)
+        g = self._group()
+        lab = self.to_frame(np.asarray(g["labels"][s]), a)
+        rec = self.to_frame(np.asarray(g["recon"][s, a]) if self.multi else np.asarray(g["recon"][s]), a)
+        return rec, self._mask_fov(lab)
+
+    def load(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """Volume ``v``: (normalised recon float32 (Z', H, W), labels uint8 (Z', H, W)) in the frame
+        of its acquisition (tilt axis first); labels outside the field of view are 255."""
+        rec, lab = self.load_raw(v)
+        return quantile_normalize(rec, self.fov_margin), lab
+
+
+# --- real tomograms ----------------------------------------------------------------------------
+
+TOMO_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".nrrd")
+
+
+def find_pairs(folder: Path) -> list[tuple[str, str]]:
+    """``NAME.{tif,tiff,mrc,rec,nrrd}`` with a sibling ``NAME.seg.nrrd`` (3D Slicer) or
+    ``NAME.labels.{tif,tiff,mrc,nrrd}``; tomograms without one are skipped (logged)."""
+    pairs = []
+    for img in sorted(folder.iterdir()):
+        name = img.name.lower()
+        if ".labels." in name or name.endswith(".seg.nrrd") or not name.endswith(TOMO_SUFFIXES):
+            continue
+        stem = img.name[: -len(img.suffix)]
+        cands = [folder / f"{stem}.seg.nrrd"] + [
+            folder / f"{stem}.labels{ext}" for ext in (".tif", ".tiff", ".mrc", ".nrrd")
+        ]
+        seg = next((c for c in cands if c.exists()), None)
+        if seg is None:
+            log.info("%s: no annotation, skipped", img)
+            continue
+        pairs.append((str(img), str(seg)))
+    return pairs
+
+
+def fit_inplane(arr: np.ndarray, shape_yx: tuple[int, int], fill: float) -> np.ndarray:
+    """Centre-crop or pad (with ``fill``) the last two axes of ``arr`` to ``shape_yx``."""
+    out = np.full(arr.shape[:-2] + tuple(shape_yx), fill, dtype=arr.dtype)
+    src, dst = [], []
+    for n_in, n_out in zip(arr.shape[-2:], shape_yx):
+        if n_in >= n_out:
+            o = (n_in - n_out) // 2
+            src.append(slice(o, o + n_out))
+            dst.append(slice(0, n_out))
+        else:
+            o = (n_out - n_in) // 2
+            src.append(slice(0, n_in))
+            dst.append(slice(o, o + n_in))
+    out[(...,) + tuple(dst)] = arr[(...,) + tuple(src)]
+    return out
+
+
+def read_annotation(path: str, shape: tuple[int, ...], class_names: list[str],
+                    slicer_convention: bool = True) -> np.ndarray:
+    """A sparse annotation volume as uint8 class ids with 255 = unlabelled.
+
+    ``.seg.nrrd`` (3D Slicer): see :func:`slicer_to_classes` (with ``slicer_convention=False`` the
+    values are taken as they are, like other formats). Other files: values are class ids, 255
+    unlabelled; signed 8-bit data (MRC mode 0) is reinterpreted as unsigned.
+    """
+    vol = read_volume_meta(path)
+    data = vol.data
+    if is_slicer_seg(path):
+        offset = slicer_offset(vol.header)
+        if offset is not None and tuple(data.shape) != tuple(shape):
+            data = place_into(data, offset, shape, 0)
+            vol.data = data
+        if slicer_convention:
+            data = slicer_to_classes(vol, class_names, path)
+    if tuple(data.shape) != tuple(shape):
+        raise BadInput(path, f"annotation shape {data.shape} differs from its tomogram {tuple(shape)}")
+    if data.dtype == np.int8:
+        data = data.view(np.uint8)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+            raise BadInput(path, "annotation values must be integers")
+    if data.dtype != np.uint8 and (data.min(initial=0) < 0 or data.max(initial=0) > IGNORE):
+        raise BadInput(path, "annotation values must lie in 0..255")
+    return data.astype(np.uint8)
+
+
+class RealSource:
+    """Real tomograms and sparse annotations; one volume per pair, read whole and cached.
+
+    The tomogram is normalised like the synthetic data (rank → normal quantile inside the field of
+    view, 0 outside; reference bug 18 fixed: computed in float64 whatever the file's dtype). Labels
+    outside the field of view become unlabelled; both are centre-cropped or padded in-plane to
+    ``shape_yx`` so they batch with the synthetic windows.
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]], dirs: list[str] | tuple[str, ...] = (), *,
+                 n_classes: int, class_names: list[str] | None = None, fov_margin: float = 5.0,
+                 slicer_convention: bool = True, shape_yx: tuple[int, int] | None = None) -> None:
+        self.pairs = [(str(a), str(b)) for a, b in pairs]
+        for d in dirs:
+            if not Path(d).is_dir():
+                raise BadInput(str(d), "real-data folder not found")
+            self.pairs += find_pairs(Path(d))
+        for img, lab in self.pairs:
+            for f in (img, lab):
+                if not Path(f).is_file():
+                    raise BadInput(f, "file not found")
+        self.n_classes = n_classes
+        self.class_names = class_names or class_names_default(n_classes)
+        self.fov_margin = fov_margin
+        self.slicer_convention = slicer_convention
+        self.shape_yx = shape_yx
+        self.name = "real"
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to DataLoader workers) without the cached volumes."""
+        return {**self.__dict__, "_cache": {}}
+
+    def load(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        if v in self._cache:
+            return self._cache[v]
+        img_path, lab_path = self.pairs[v]
+        img = read_volume(img_path)
+        lab = read_annotation(lab_path, img.shape, self.class_names, self.slicer_convention)
+        check_labels(lab, self.n_classes, lab_path)
+        if min(img.shape[1:]) / 2.0 - self.fov_margin <= 0:
+            raise BadInput(img_path, f"in-plane shape {img.shape[1:]} too small for the field of view")
+        norm = quantile_normalize(img, self.fov_margin)
+        lab = np.where(fov_mask(lab.shape[1:], self.fov_margin)[None], lab, IGNORE).astype(np.uint8)
+        if self.shape_yx is not None and tuple(img.shape[1:]) != tuple(self.shape_yx):
+            norm = fit_inplane(norm, self.shape_yx, 0.0)
+            lab = fit_inplane(lab, self.shape_yx, IGNORE)
+        self._cache[v] = (norm, lab)
+        return norm, lab
+
+    def index(self) -> list[SliceIndex]:
+        return [slice_index(self.load(v)[1]) for v in range(len(self))]
+
+
+def class_names_default(n_classes: int) -> list[str]:
+    return class_names({}, n_classes)

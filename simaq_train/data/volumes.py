@@ -1,0 +1,251 @@
+"""Read and write single volumes: TIFF, MRC, NRRD (incl. 3D Slicer ``.seg.nrrd``), Zarr, NumPy.
+
+Volumes are numpy arrays in (Z, Y, X) order, Z = tilt axis. NRRD files are read in C order (pynrrd
+``index_order='C'``), which equals the reference's "swap first and last axis" of pynrrd's default
+Fortran order. Writers go through a temporary name and a rename, so a failed write leaves no
+half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simaq_factory.errors import BadInput
+
+READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
+WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".zarr", ".npy")
+
+
+def volume_suffix(path: str | Path) -> str:
+    """Lower-case format suffix; ``x.seg.nrrd`` → ``.nrrd``."""
+    p = Path(path)
+    return ".nrrd" if p.name.lower().endswith(".seg.nrrd") else p.suffix.lower()
+
+
+def is_slicer_seg(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(".seg.nrrd")
+
+
+@dataclass
+class Volume:
+    """A (Z, Y, X) array and what its file said about it.
+
+    ``voxel_size``: (z, y, x) spacing when the file records one (MRC ``voxel_size``, NRRD
+    ``spacings``/``space directions``), else None. ``header``: the NRRD header (empty otherwise).
+    """
+
+    data: np.ndarray
+    voxel_size: tuple[float, float, float] | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_any(p: Path) -> Volume:
+    suf = volume_suffix(p)
+    if suf in (".tif", ".tiff"):
+        import tifffile
+
+        return Volume(tifffile.imread(p))
+    if suf in (".mrc", ".rec", ".map"):
+        import mrcfile
+
+        with mrcfile.open(p, permissive=True) as f:
+            if f.data is None:
+                raise ValueError("no data block")
+            vs = f.voxel_size
+            size = (float(vs.z), float(vs.y), float(vs.x))
+            return Volume(np.array(f.data), size if all(s > 0 for s in size) else None)
+    if suf == ".nrrd":
+        import nrrd
+
+        arr, header = nrrd.read(str(p), index_order="C")
+        spacing = None
+        if "spacings" in header:
+            spacing = tuple(float(s) for s in np.asarray(header["spacings"], dtype=float)[::-1][:3])
+        elif "space directions" in header:
+            dirs = [d for d in header["space directions"] if d is not None and not np.isnan(np.asarray(d, float)).any()]
+            if len(dirs) == 3:
+                spacing = tuple(float(np.linalg.norm(d)) for d in dirs[::-1])
+        return Volume(arr, spacing if spacing and len(spacing) == 3 else None, dict(header))
+    if suf == ".npy":
+        return Volume(np.load(p, allow_pickle=False))
+    if suf == ".zarr":
+        import zarr
+
+        return Volume(np.asarray(zarr.open_array(p, mode="r")[...]))
+    raise BadInput(str(p), f"unsupported volume format (expected one of {', '.join(READ_SUFFIXES)})")
+
+
+def read_volume_meta(path: str | Path) -> Volume:
+    """Read a 3D volume (any supported format); BadInput naming the file otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(str(p), "file not found")
+    try:
+        vol = _read_any(p)
+    except BadInput:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder error is bad input
+        raise BadInput(str(p), f"cannot read volume ({type(err).__name__}: {err})") from None
+    arr = np.squeeze(vol.data)
+    if arr.ndim == 4 and is_slicer_seg(p):
+        raise BadInput(str(p), "multi-layer Slicer segmentation (overlapping segments); "
+                               "export it as a single labelmap")
+    if arr.ndim != 3:
+        raise BadInput(str(p), f"expected a 3D volume, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+            or arr.dtype == bool):
+        raise BadInput(str(p), f"unsupported data type {arr.dtype}")
+    vol.data = arr
+    return vol
+
+
+def read_volume(path: str | Path) -> np.ndarray:
+    """A (Z, Y, X) array from a TIFF, MRC, NRRD, NPY or single-array Zarr file."""
+    return read_volume_meta(path).data
+
+
+# --- 3D Slicer segmentations -------------------------------------------------------------------
+
+_ALIASES = {"membrane": "cell", "cytoplasm": "cell", "lipid": "lipid_droplet", "ld": "lipid_droplet",
+            "lipid_droplets": "lipid_droplet", "vacuoles": "vacuole", "cells": "cell"}
+
+
+def _norm_name(name: str) -> str:
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    return _ALIASES.get(key, key)
+
+
+def slicer_segments(header: dict[str, Any]) -> dict[int, str]:
+    """Label value → segment name of a single-layer ``.seg.nrrd`` header ({} when absent)."""
+    out: dict[int, str] = {}
+    for key, value in header.items():
+        m = re.fullmatch(r"Segment(\d+)_Name", str(key))
+        if not m:
+            continue
+        label = header.get(f"Segment{m.group(1)}_LabelValue")
+        layer = header.get(f"Segment{m.group(1)}_Layer", "0")
+        if label is None or str(layer).strip() not in ("0", ""):
+            continue
+        out[int(str(label).strip())] = str(value)
+    return out
+
+
+def slicer_to_classes(vol: Volume, class_names: list[str], path: str) -> np.ndarray:
+    """Slicer labelmap → uint8 class ids with 255 = unlabelled.
+
+    The array is first placed into the reference image's extent when Slicer cropped it
+    (``Segmentation_ReferenceImageExtentOffset``; the caller checks the final shape). Value 0 is
+    unlabelled. When every segment is named after a class (``cell``/``membrane``, ``vacuole``,
+    ``lipid droplet``, ``background`` …) values map by name; otherwise by the reference's convention
+    value v → class v − 1 (1 background, 2 cell, 3 vacuole, 4 lipid droplet).
+    """
+    data = vol.data.astype(np.int64)
+    if data.min(initial=0) < 0 or data.max(initial=0) > 255:
+        raise BadInput(path, "Slicer label values must lie in 0..255")
+    segments = slicer_segments(vol.header)
+    wanted = {_norm_name(n): c for c, n in enumerate(class_names)}
+    lut = np.full(int(max(data.max(initial=0), max(segments, default=0))) + 1, -1, np.int64)
+    lut[0] = 255
+    if segments and all(_norm_name(n) in wanted for n in segments.values()):
+        for value, name in segments.items():
+            lut[value] = wanted[_norm_name(name)]
+    else:
+        lut[1:] = np.arange(len(lut) - 1)
+    out = lut[data]
+    if (out < 0).any():
+        raise BadInput(path, "segment label values without a class")
+    return out.astype(np.uint8)
+
+
+def slicer_offset(header: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(z, y, x) offset of a cropped Slicer segmentation inside its reference image, if recorded."""
+    raw = header.get("Segmentation_ReferenceImageExtentOffset")
+    if raw is None:
+        return None
+    vals = [int(v) for v in str(raw).split()]
+    if len(vals) != 3:
+        return None
+    return vals[2], vals[1], vals[0]
+
+
+def place_into(arr: np.ndarray, offset_zyx: tuple[int, int, int], shape: tuple[int, ...],
+               fill: int) -> np.ndarray:
+    """``arr`` placed at ``offset_zyx`` in a ``shape`` array of ``fill`` (parts outside are cut)."""
+    out = np.full(shape, fill, dtype=arr.dtype)
+    src, dst = [], []
+    for o, n, size in zip(offset_zyx, arr.shape, shape):
+        lo, hi = max(o, 0), min(o + n, size)
+        if hi <= lo:
+            return out
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - o, hi - o))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def check_output_path(path: str | Path) -> Path:
+    """BadInput unless ``path`` has a writable format suffix and an existing parent (or creatable)."""
+    p = Path(path)
+    if p.suffix.lower() not in WRITE_SUFFIXES:
+        raise BadInput(str(p), f"unsupported output format (expected one of {', '.join(WRITE_SUFFIXES)})")
+    if p.exists() and p.is_dir() and p.suffix.lower() != ".zarr":
+        raise BadInput(str(p), "is a directory")
+    return p
+
+
+def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None) -> None:
+    if suf in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(tmp, volume)
+    elif suf == ".mrc":
+        import mrcfile
+
+        data = volume
+        if volume.dtype == np.uint8:
+            # MRC mode 0 is signed 8-bit; class ids < 128 fit, larger values go to 16-bit
+            data = volume.astype(np.int8) if volume.max(initial=0) < 128 else volume.astype(np.int16)
+        with mrcfile.new(tmp, overwrite=True) as f:
+            f.set_data(np.ascontiguousarray(data))
+            if voxel_size is not None:
+                f.voxel_size = (voxel_size[2], voxel_size[1], voxel_size[0])
+    elif suf == ".zarr":
+        import zarr
+
+        arr = zarr.create_array(tmp, shape=volume.shape, dtype=volume.dtype,
+                                chunks=(min(16, volume.shape[0]),) + volume.shape[1:])
+        arr[...] = volume
+        arr.attrs.update({"axes": ["z", "y", "x"],
+                          **({"voxel_size_zyx": list(voxel_size)} if voxel_size else {})})
+    else:
+        with open(tmp, "wb") as f:
+            np.save(f, volume)
+
+
+def write_volume(path: str | Path, volume: np.ndarray,
+                 voxel_size: tuple[float, float, float] | None = None) -> Path:
+    """Write (Z, Y, X) ``volume`` as TIFF, MRC, Zarr or NPY (by suffix), atomically."""
+    p = check_output_path(path)
+    suf = p.suffix.lower()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        _write_to(tmp, suf, volume, voxel_size)
+        if p.is_dir():
+            shutil.rmtree(p)
+        os.replace(tmp, p)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    return p

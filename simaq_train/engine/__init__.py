@@ -1,0 +1,1 @@
+"""Fit loop, optimiser groups, EMA and checkpoints."""

@@ -1,0 +1,389 @@
+"""The fit loop (reference §6.3): Adam, AMP on CUDA, gradient accumulation and clipping, EMA once
+per optimiser step, JSON-lines metrics, atomic checkpoints at optimiser-step boundaries, exact resume.
+
+``RUN/last.pt`` holds model, EMA, optimiser, grad scaler, reader state ``(epoch, position)``, step,
+config and dataset manifest hashes. Running ``fit`` again with the same ``run.out`` resumes from it
+(model, data, loss, augmentation and seed must match; limits such as ``optim.max_steps``,
+``optim.epochs`` or ``optim.max_minutes`` may change). A run stopped by a limit, or killed, and
+resumed reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
+non-determinism of its kernels).
+
+Distributed data parallel: launched with ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each
+rank reads its share of every epoch (:mod:`simaq_train.data.stream`); rank 0 writes metrics and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from simaq_factory.errors import BadInput
+from simaq_train.config import TrainConfig
+from simaq_train.data.build import build_stream, resolve_classes
+from simaq_train.data.sources import FactorySource
+from simaq_train.data.stream import next_position
+from simaq_train.engine.parts import (
+    EMA,
+    amp_dtype,
+    load_checkpoint,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+)
+from simaq_train.losses import dice_focal_loss
+from simaq_train.metrics import confusion, iou_dice, mean_defined
+from simaq_train.model import CenterSliceUNet
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]
+
+# config sections that must not change when a run resumes (others are limits and logistics)
+FROZEN_SECTIONS = ("seed", "model", "loss", "augment")
+FROZEN_DATA_KEYS = ("train", "window", "crop", "edge_mode", "background_drop", "fov_margin", "axes",
+                    "shuffle_volumes", "drop_last", "real")
+FROZEN_OPTIM_KEYS = ("batch_size", "accumulate")
+
+
+@dataclass
+class FitState:
+    epoch: int = 0
+    position: int = 0
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    epoch: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def validate_model(model: torch.nn.Module, sources: list[FactorySource], cfg: TrainConfig,
+                   device: torch.device) -> np.ndarray:
+    """Summed confusion matrix of full-volume predictions on the validation volumes (FOV only)."""
+    from simaq_train.data.normalize import fov_mask
+    from simaq_train.inference import predict_volume
+
+    n = cfg.model.out_channels
+    cm = np.zeros((n, n), np.int64)
+    mode = "replicate" if cfg.data.edge_mode == "replicate" else "reflect"
+    for src in sources:
+        for v in range(len(src)):
+            image, labels = src.load(v)
+            pred = predict_volume(model, image, window=cfg.data.window, edge_mode=mode,
+                                  batch_size=cfg.optim.batch_size, device=device, amp=cfg.optim.amp)
+            mask = fov_mask(labels.shape[1:], cfg.data.fov_margin)
+            cm += confusion(pred, labels, n, mask=mask)
+    return cm
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (they will be redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, str], where: Path) -> None:
+    old, new = ck["config"], cfg.to_dict()
+    for key in FROZEN_SECTIONS:
+        if old.get(key) != new[key]:
+            raise BadInput(str(where), f"existing run has a different '{key}' section; use another run.out")
+    for sec, keys in (("data", FROZEN_DATA_KEYS), ("optim", FROZEN_OPTIM_KEYS)):
+        for key in keys:
+            if old.get(sec, {}).get(key) != new[sec][key]:
+                raise BadInput(str(where), f"existing run has a different {sec}.{key}; use another run.out")
+    if ck["datasets"] != datasets:
+        raise BadInput(str(where), "existing run was trained on different dataset contents")
+
+
+class _Meter:
+    """Training loss, confusion matrix and throughput since the last metrics line."""
+
+    def __init__(self, n_classes: int, n_batches: int, t0: float) -> None:
+        self.n_classes, self.n_batches, self.t0 = n_classes, n_batches, t0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.loss_n, self.seen, self.real = 0.0, 0, 0, 0
+        self.cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        self.t = time.monotonic()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor,
+            ignore_index: int) -> None:
+        self.cm += confusion(logits.argmax(1).cpu(), y.cpu(), self.n_classes, ignore_index)
+        self.loss_sum += float(loss)
+        self.loss_n += 1
+        self.seen += int(y.shape[0])
+        self.real += int(real.sum())
+
+    def record(self, names: list[str], step: int, epoch: int, position: int) -> dict[str, Any]:
+        iou, _ = iou_dice(self.cm)
+        now = time.monotonic()
+        rec = {"kind": "train", "step": step, "epoch": epoch, "position": position,
+               "loss": self.loss_sum / max(self.loss_n, 1), "iou": dict(zip(names, iou)),
+               "mean_iou": mean_defined(iou, list(range(1, self.n_classes))),
+               "real_fraction": self.real / max(self.seen, 1),
+               "samples_per_s": self.seen / max(now - self.t, 1e-9), "elapsed_s": now - self.t0}
+        self.reset()
+        return rec
+
+
+class Trainer:
+    """One run: model, optimiser, scaler, EMA, stream and their checkpointed state."""
+
+    def __init__(self, cfg: TrainConfig, dist: Dist | None = None) -> None:
+        self.dist = dist or _dist_from_env()
+        cfg = resolve_classes(cfg)
+        self.cfg = cfg
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        self.device = resolve_device(cfg.run.device)
+        if self.dist.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+        # everything that can fail on bad input happens before the run directory is created
+        self.stream, self.info = build_stream(cfg, self.dist.rank, self.dist.world)
+        self.val_sources = [FactorySource(p, n_classes=cfg.model.out_channels, fov_margin=cfg.data.fov_margin,
+                                          axes="first", max_samples=cfg.data.val_max_samples)
+                            for p in cfg.data.val]
+        self.run = Path(cfg.run.out)
+        self.ckpt_path = self.run / "last.pt"
+        self.metrics_path = self.run / "metrics.jsonl"
+        self.names: list[str] = self.info["class_names"]
+        # initial weights: their own stream of the run seed (epochs use spawn keys (epoch, ...))
+        init = torch.Generator().manual_seed(int(np.random.SeedSequence(cfg.seed, spawn_key=(2**31,)).generate_state(1)[0]))
+        self.model = CenterSliceUNet(cfg.model).reset_parameters(init).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.dtype = amp_dtype(cfg.optim.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.state = FitState()
+        self.ddp: torch.nn.Module | None = None
+        if self.ckpt_path.exists():
+            self._resume()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        ck = load_checkpoint(self.ckpt_path)
+        _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.model.load_state_dict(ck["ema"])
+        self.state = FitState(ck["reader"]["epoch"], ck["reader"]["position"], ck["step"])
+        if self.dist.main:
+            _truncate_metrics(self.metrics_path, self.state.step)
+        log.info("resuming %s at epoch %d position %d step %d", self.run, self.state.epoch,
+                 self.state.position, self.state.step)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "reader": {"epoch": self.state.epoch, "position": self.state.position},
+            "step": self.state.step,
+            "config": self.cfg.to_dict(),
+            "datasets": self.info["datasets"],
+            "class_names": self.names,
+            "stream": {k: v for k, v in self.info.items() if k != "datasets"},
+        }
+
+    def checkpoint(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.ckpt_path, self.payload())
+
+    # -- steps ----------------------------------------------------------------------------------
+    def optimizer_step(self, micro: int | None = None) -> None:
+        """One optimiser step on the accumulated gradients of ``micro`` micro-batches (default
+        ``optim.accumulate``; a partial group at an epoch's end is rescaled to a mean over its
+        ``micro`` batches, since each backward divided its loss by ``optim.accumulate``)."""
+        o = self.cfg.optim
+        if micro is not None and 0 < micro < o.accumulate:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(o.accumulate / micro)
+        if o.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, self.state.step)
+        self.state.step += 1
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.ddp if self.ddp is not None else self.model
+        ctx = contextlib.nullcontext() if (sync or self.ddp is None) else self.ddp.no_sync()  # type: ignore[operator]
+        with ctx:
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                logits = net(x)
+            loss = dice_focal_loss(logits, y, self.cfg.loss)
+            self.scaler.scale(loss / self.cfg.optim.accumulate).backward()
+        return loss.detach(), logits.detach()
+
+    def _stop_agreed(self, stop: bool) -> bool:
+        """All ranks stop together (the wall-clock limit can trip on one rank first)."""
+        if self.dist.world == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, progress: Progress | None = None) -> FitResult:
+        cfg, o, st = self.cfg, self.cfg.optim, self.state
+        if self.dist.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        t0 = time.monotonic()
+
+        def out_of_budget() -> bool:
+            return (o.max_steps > 0 and st.step >= o.max_steps) or (
+                o.max_minutes > 0 and time.monotonic() - t0 >= 60.0 * o.max_minutes)
+
+        stopped = self._stop_agreed(out_of_budget())
+        self.model.train()
+        while st.epoch < o.epochs and not stopped:
+            self.stream.set_state(st.epoch, st.position)
+            meter = _Meter(cfg.model.out_channels, len(self.stream.plan()), t0)
+            n_mine, k_mine, micro = len(self.stream), 0, 0
+            nw = cfg.data.num_workers
+            loader = DataLoader(self.stream, batch_size=None, num_workers=nw,
+                                pin_memory=self.device.type == "cuda",
+                                multiprocessing_context="spawn" if nw > 0 else None)
+            for batch in loader:
+                x = batch["image"].to(self.device, non_blocking=True)
+                y = batch["target"].to(self.device, non_blocking=True)
+                k_mine += 1
+                # gradients are all-reduced on the micro-batch that completes an accumulation
+                # group, and on the epoch's last one (a partial group steps too, below)
+                loss, logits = self.forward_backward(x, y, sync=micro + 1 >= o.accumulate or k_mine == n_mine)
+                meter.add(loss, logits, y, batch["real"], cfg.loss.ignore_index)
+                micro += 1
+                st.position = next_position(int(batch["index"]), self.dist.world)
+                if micro < o.accumulate:
+                    continue
+                micro = 0
+                self.optimizer_step()
+                self._after_step(meter, progress, force_log=out_of_budget())
+                if self._stop_agreed(out_of_budget()):
+                    stopped = True
+                    break
+            if stopped:
+                break
+            if micro:  # partial accumulation at the epoch's end: step with what was accumulated
+                self.optimizer_step(micro)
+                self._after_step(meter, progress, force_log=True)
+            st.epoch, st.position = st.epoch + 1, 0
+            self._end_of_epoch(progress, t0)
+            stopped = self._stop_agreed(out_of_budget())
+        self.checkpoint()
+        if self.dist.main:
+            _plot(self.run)
+        return FitResult(self.run, self.ckpt_path, st.step, st.epoch, st.epoch >= o.epochs)
+
+    def _after_step(self, meter: _Meter, progress: Progress | None, force_log: bool) -> None:
+        st, every = self.state, self.cfg.run
+        if self.dist.main and (st.step % every.log_every == 0 or force_log):
+            rec = meter.record(self.names, st.step, st.epoch, st.position)
+            _append_line(self.metrics_path, rec)
+            if progress:
+                progress({**rec, "n_batches": meter.n_batches})
+        if st.step % every.checkpoint_every == 0:
+            self.checkpoint()
+
+    def _end_of_epoch(self, progress: Progress | None, t0: float) -> None:
+        if self.val_sources and self.dist.main:
+            fg = list(range(1, self.cfg.model.out_channels))
+            eval_model = self.ema.model if self.ema else self.model
+            vcm = validate_model(eval_model, self.val_sources, self.cfg, self.device)
+            viou, vdice = iou_dice(vcm)
+            rec = {"kind": "val", "step": self.state.step, "epoch": self.state.epoch,
+                   "iou": dict(zip(self.names, viou)), "dice": dict(zip(self.names, vdice)),
+                   "mean_iou": mean_defined(viou, fg), "elapsed_s": time.monotonic() - t0}
+            _append_line(self.metrics_path, rec)
+            if progress:
+                progress(rec)
+            self.model.train()
+        self.checkpoint()
+        if self.dist.main:
+            _plot(self.run)
+
+
+def fit(cfg: TrainConfig, progress: Progress | None = None) -> FitResult:
+    """Train (or resume) the run described by ``cfg``; returns where the checkpoint is."""
+    dist = _dist_from_env()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.run.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    try:
+        return Trainer(cfg, dist).fit(progress)
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _plot(run: Path) -> None:
+    from simaq_train.plots import plot_metrics
+
+    try:
+        plot_metrics(run / "metrics.jsonl", run / "metrics.png")
+    except Exception as err:  # noqa: BLE001 - a plot never fails a run
+        log.warning("metrics plot failed: %s", err)

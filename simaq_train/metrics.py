@@ -1,0 +1,48 @@
+"""Confusion matrices, IoU and Dice per class (reference §6.6: undefined, not 0, for empty unions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def confusion(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int,
+              ignore_index: int = 255, mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows = target, columns = prediction.
+
+    pred, target: same shape, integer. ``mask`` broadcasts to it (e.g. an (H, W) field of view for a
+    (Z, H, W) volume). Pixels with target ``ignore_index`` (or outside ``mask``) are skipped; targets ≥ n_classes (other than ignore) are skipped too.
+    """
+    pt = torch.as_tensor(np.ascontiguousarray(pred) if isinstance(pred, np.ndarray) else pred)
+    tt = torch.as_tensor(np.ascontiguousarray(target) if isinstance(target, np.ndarray) else target)
+    if pt.shape != tt.shape:
+        raise ValueError(f"prediction shape {tuple(pt.shape)} differs from target {tuple(tt.shape)}")
+    p = pt.reshape(-1).long()
+    t = tt.reshape(-1).long()
+    keep = (t != ignore_index) & (t >= 0) & (t < n_classes)
+    if mask is not None:
+        m = torch.as_tensor(np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else mask).bool()
+        keep &= torch.broadcast_to(m, tt.shape).reshape(-1)
+    idx = t[keep] * n_classes + p[keep].clamp(0, n_classes - 1)
+    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes).numpy()
+
+
+def iou_dice(cm: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Per-class IoU and Dice from a confusion matrix; None where the union is empty."""
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    ious: list[float | None] = []
+    dices: list[float | None] = []
+    for c in range(cm.shape[0]):
+        union = tp[c] + fp[c] + fn[c]
+        ious.append(None if union == 0 else float(tp[c] / union))
+        dices.append(None if union == 0 else float(2 * tp[c] / (2 * tp[c] + fp[c] + fn[c])))
+    return ious, dices
+
+
+def mean_defined(values: list[float | None], classes: list[int] | None = None) -> float | None:
+    """Mean over the given classes (default all) of the defined values; None if none is."""
+    sel = [values[c] for c in (classes if classes is not None else range(len(values)))]
+    vals = [v for v in sel if v is not None]
+    return float(np.mean(vals)) if vals else None

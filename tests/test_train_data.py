@@ -1,0 +1,393 @@
+"""simaq_train data: windows, epoch plans (determinism, exact coverage over rank × worker grids,
+resume), background dropping, normalisation, three-axis datasets, real tomograms and mixing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import simaq_train.data.stream as stream_mod
+from simaq_factory.errors import BadInput
+from simaq_train.config import AugmentConfig, config_from_dict
+from simaq_train.data.augment import augment
+from simaq_train.data.build import build_stream, resolve_classes
+from simaq_train.data.normalize import fov_mask, quantile_normalize
+from simaq_train.data.sources import FactorySource, RealSource, find_pairs, infer_n_classes, read_annotation
+from simaq_train.data.stream import window_indices
+from simaq_train.data.volumes import read_volume, write_volume
+from simaq_train.testing import write_synthetic_dataset
+
+SHAPE = (16, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("syn") / "ds", n_samples=6, shape=SHAPE, seed=3)
+
+
+def make_cfg(train: list[Path], **over) -> object:
+    tree: dict = {"seed": 11, "data": {"train": [str(p) for p in train], "background_drop": 0.5,
+                                       "shuffle_volumes": 2},
+                  "model": {"init_features": 4, "depth": 3}, "optim": {"batch_size": 4},
+                  "augment": {"enable": False}}
+    for key, value in over.items():
+        node = tree
+        *parts, last = key.split(".")
+        for p in parts:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return resolve_classes(config_from_dict(tree))
+
+
+def stream_for(cfg, rank: int = 0, world: int = 1):
+    return build_stream(cfg, rank, world)[0]
+
+
+def plan_rows(plan: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(plan) if plan else np.zeros(0, np.int64)
+
+
+# --- windows and normalisation ------------------------------------------------------------------
+
+def test_window_indices_pad_the_ends():
+    assert window_indices(0, 5, 7, "reflect").tolist() == [3, 2, 1, 0, 1, 2, 3]
+    assert window_indices(4, 5, 7, "reflect").tolist() == [1, 2, 3, 4, 3, 2, 1]
+    assert window_indices(0, 5, 7, "replicate").tolist() == [0, 0, 0, 0, 1, 2, 3]
+    assert window_indices(2, 5, 3, "skip").tolist() == [1, 2, 3]
+    assert window_indices(0, 1, 3, "reflect").tolist() == [0, 0, 0]
+
+
+def test_quantile_normalisation_is_deterministic_rank_based_and_tie_aware():
+    rng = np.random.default_rng(0)
+    vol = rng.gamma(2.0, size=(4, 40, 40)).astype(np.float32)
+    vol[0, 20, 20] = vol[1, 20, 21] = 7.0  # a tie
+    a = quantile_normalize(vol, margin=2)
+    b = quantile_normalize(vol.astype(np.float64) * 3 + 1, margin=2)  # any monotone map: same output
+    assert np.array_equal(a, b) and a.dtype == np.float32
+    disc = fov_mask((40, 40), 2)
+    assert np.all(a[:, ~disc] == 0)
+    inside = a[:, disc]
+    assert abs(inside.mean()) < 1e-3 and abs(inside.std() - 1) < 0.05
+    assert a[0, 20, 20] == a[1, 20, 21]
+    order = np.argsort(vol[:, disc].ravel(), kind="stable")
+    assert np.all(np.diff(inside.ravel()[order]) >= 0)  # monotone
+    ints = quantile_normalize((vol * 100).astype(np.uint16), margin=2)  # integer tomograms work
+    assert np.isfinite(ints).all() and ints[:, disc].std() > 0.9
+
+
+# --- epoch plans ---------------------------------------------------------------------------------
+
+def test_plan_is_a_pure_function_of_seed_and_epoch(ds):
+    s1, s2 = stream_for(make_cfg([ds])), stream_for(make_cfg([ds]))
+    p1, p2 = s1.plan(0), s2.plan(0)
+    assert len(p1) == len(p2) and all(np.array_equal(a, b) for a, b in zip(p1, p2))
+    assert not np.array_equal(plan_rows(s1.plan(1)), plan_rows(p1))
+    other = stream_for(make_cfg([ds], seed=12)).plan(0)
+    assert not np.array_equal(plan_rows(other), plan_rows(p1))
+    # the augmented batches themselves are reproducible too
+    cfg = make_cfg([ds], **{"augment.enable": True})
+    b1 = next(iter(stream_for(cfg)))
+    b2 = next(iter(stream_for(cfg)))
+    assert torch.equal(b1["image"], b2["image"]) and torch.equal(b1["target"], b2["target"])
+
+
+def _yielded(stream, nw: int, monkeypatch) -> list[list[int]]:
+    """Plan indices each DataLoader worker of ``stream`` would yield."""
+    out = []
+    stream.make_batch = lambda rows, epoch, j: j  # type: ignore[method-assign]
+    for w in range(nw):
+        monkeypatch.setattr(stream_mod, "get_worker_info", lambda w=w: SimpleNamespace(id=w, num_workers=nw))
+        out.append(list(iter(stream)))
+    return out
+
+
+@pytest.mark.parametrize("drop", [0.0, 1.0])
+def test_every_window_exactly_once_over_rank_worker_grids(ds, drop, monkeypatch):
+    base = stream_for(make_cfg([ds], **{"data.background_drop": drop}))
+    table, bg = base.table, base.bg
+    expected = np.arange(len(table)) if drop == 0.0 else np.nonzero(~bg)[0]
+    assert 0 < len(expected) < len(table) or drop == 0.0
+    for world in (1, 2, 3):
+        for nw in (1, 2, 3):
+            seen, per_rank = [], []
+            for rank in range(world):
+                st = stream_for(make_cfg([ds], **{"data.background_drop": drop}), rank, world)
+                plan = st.plan()
+                js = _yielded(st, nw, monkeypatch)
+                flat = sorted(j for w in js for j in w)
+                assert flat == list(range(rank, len(plan), world))  # workers split the rank's batches
+                # the in-order DataLoader interleaves workers round-robin: plan order
+                inter = [js[k % nw][k // nw] for k in range(len(flat))]
+                assert inter == flat
+                per_rank.append(len(flat))
+                seen += [int(r) for j in flat for r in plan[j]]
+            assert len(set(per_rank)) == 1, per_rank  # ranks stay in step
+            assert sorted(seen) == sorted(expected.tolist()), (world, nw)
+
+
+def test_real_dataloader_workers_cover_every_window_once_and_match_in_process_batches(ds):
+    """Spawned DataLoader workers (2 ranks x 2 workers): same batches, bytes and order as in-process."""
+    from torch.utils.data import DataLoader
+
+    cfg = make_cfg([ds], **{"augment.enable": True})
+    kept = plan_rows(stream_for(cfg).plan(0))  # the windows this epoch keeps (background_drop 0.5)
+    seen = []
+    for rank in range(2):
+        st = stream_for(cfg, rank, 2)
+        ref = list(iter(st))
+        got = list(DataLoader(st, batch_size=None, num_workers=2, multiprocessing_context="spawn"))
+        assert [int(b["index"]) for b in got] == [b["index"] for b in ref] == list(range(rank, len(st.plan()), 2))
+        for a, b in zip(got, ref):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+            seen += st.plan()[b["index"]].tolist()
+    assert sorted(seen) == sorted(kept.tolist()) and len(set(seen)) == len(seen)
+
+
+def test_world_split_repeats_only_when_the_tail_is_tiny(ds):
+    cfg = make_cfg([ds], **{"data.background_drop": 1.0, "optim.batch_size": 5})
+    st = stream_for(cfg)
+    n = len(plan_rows(st.plan()))
+    world = 4
+    plans = stream_mod.epoch_plan(st.table, st.bg, None, cfg, 0, world)
+    assert len(plans) % world == 0 and sorted(plan_rows(plans).tolist()) == sorted(plan_rows(st.plan()).tolist())
+    assert n >= world
+
+
+def test_resume_from_state_yields_the_remaining_batches(ds):
+    cfg = make_cfg([ds], **{"augment.enable": True})
+    full = list(iter(stream_for(cfg)))
+    assert len(full) >= 4
+    resumed = stream_for(cfg)
+    resumed.load_state_dict({"epoch": 0, "position": 3})
+    assert resumed.state_dict() == {"epoch": 0, "position": 3} and len(resumed) == len(full) - 3
+    rest = list(iter(resumed))
+    assert [b["index"] for b in rest] == [b["index"] for b in full[3:]]
+    for a, b in zip(rest, full[3:]):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+    two = stream_for(cfg, rank=1, world=2)
+    with pytest.raises(ValueError):
+        two.set_state(0, 3)  # positions are multiples of the world size
+
+
+def test_background_drop_rate(tmp_path):
+    dsb = write_synthetic_dataset(tmp_path / "bg", n_samples=4, shape=(24, 32, 32), empty_margin=8, seed=5)
+    for p in (0.5, 0.98):
+        st = stream_for(make_cfg([dsb], **{"data.background_drop": p}))
+        n_bg = int(st.bg.sum())
+        assert n_bg >= 40
+        kept = [np.isin(np.nonzero(st.bg)[0], plan_rows(st.plan(e))).sum() for e in range(40)]
+        rate = 1 - np.sum(kept) / (40 * n_bg)
+        sd = np.sqrt(p * (1 - p) / (40 * n_bg))
+        assert abs(rate - p) < 4 * sd + 1e-3, (p, rate)
+        fg_rows = np.nonzero(~st.bg)[0]
+        assert np.isin(fg_rows, plan_rows(st.plan(0))).all()  # foreground windows are never dropped
+
+
+def test_augment_is_joint_and_explicitly_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (8, 8)).astype(np.uint8)
+    image = np.stack([labels.astype(np.float32)] * 3)
+    cfg = AugmentConfig(flip=0.5, rot90=0.5, intensity=0.0)
+    outs = set()
+    for seed in range(20):
+        img, lab = augment(image, labels, np.random.default_rng(seed), cfg)
+        assert np.array_equal(img[1], lab.astype(np.float32))  # image and labels move together
+        again = augment(image, labels, np.random.default_rng(seed), cfg)
+        assert np.array_equal(again[0], img)
+        outs.add(lab.tobytes())
+    assert len(outs) > 4
+    noisy, _ = augment(image, labels, np.random.default_rng(1), AugmentConfig(intensity=1.0))
+    assert not np.array_equal(noisy, image)
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+def test_three_axis_dataset_reads_each_acquisition_in_its_frame(tmp_path):
+    shape = (32, 32, 32)
+    d3 = write_synthetic_dataset(tmp_path / "tri", n_samples=2, shape=shape, tilt_axes=[0, 1, 2], seed=9)
+    g = zarr.open_group(d3 / "dataset.zarr", mode="r")
+    recon, labels, card = g["recon"][...], g["labels"][...], dict(g.attrs)
+    assert recon.shape == (2, 3, *shape)
+    src = FactorySource(d3, n_classes=4, fov_margin=2)
+    assert len(src) == 6 and src.tilt_axes == [0, 1, 2]
+    assert src.perms == [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
+    for v in range(len(src)):
+        s, a = src.locate(v)
+        perm = card["axis_frames"][a]["permutation"]
+        img, lab = src.load(v)
+        want_img = quantile_normalize(np.transpose(recon[s, a], perm), 2)
+        want_lab = np.where(fov_mask(shape[1:], 2)[None], np.transpose(labels[s], perm), 255)
+        assert np.array_equal(img, want_img) and np.array_equal(lab, want_lab)
+    first = FactorySource(d3, n_classes=4, axes="first")
+    assert len(first) == 2
+    st = stream_for(make_cfg([d3]))
+    assert set(st.table[:, 1].tolist()) == set(range(6))  # windows from every axis of every sample
+    # cards without axis_frames mean the format's cyclic frames; malformed ones are refused
+    gw = zarr.open_group(d3 / "dataset.zarr", mode="r+")
+    del gw.attrs["axis_frames"]
+    assert FactorySource(d3, n_classes=4).perms == src.perms
+    gw.attrs["axis_frames"] = [{"permutation": [0, 1, 2]}, {"permutation": [1, 0, 2]}, {"permutation": [0, 2, 1]}]
+    with pytest.raises(BadInput, match=r"axis_frames\[2\]\.permutation"):
+        FactorySource(d3, n_classes=4)
+
+
+def test_single_axis_card_without_tilt_axes_means_axis_zero(ds):
+    src = FactorySource(ds, n_classes=4)
+    assert src.tilt_axes == [0] and len(src) == 6 and infer_n_classes(ds) == 4
+
+
+def test_bad_datasets_are_named(tmp_path, ds):
+    with pytest.raises(BadInput, match="no dataset.zarr"):
+        FactorySource(tmp_path / "nowhere", n_classes=4)
+    bad = write_synthetic_dataset(tmp_path / "v2", n_samples=1, shape=SHAPE)
+    g = zarr.open_group(bad / "dataset.zarr", mode="r+")
+    g.attrs["schema_version"] = 2
+    with pytest.raises(BadInput, match="schema_version"):
+        FactorySource(bad, n_classes=4)
+    g.attrs.update({"schema_version": 1, "status": "incomplete"})
+    with pytest.raises(BadInput, match="incomplete"):
+        FactorySource(bad, n_classes=4)
+    with pytest.raises(BadInput, match="label value 3 >= model.out_channels=3"):
+        FactorySource(ds, n_classes=3).index()
+    with pytest.raises(BadInput, match="nowhere: not a simaq-factory dataset"):
+        build_stream(make_cfg([ds, tmp_path / "nowhere"]))
+
+
+# --- real tomograms ------------------------------------------------------------------------------
+
+def _real_volume(rng: np.random.Generator, shape=(12, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    tomo = (rng.normal(100, 10, shape)).astype(np.uint16)
+    ann = np.full(shape, 255, np.uint8)
+    ann[4:8, 10:14, 10:14] = 1
+    ann[4:8, 2:4, 14:18] = 0
+    ann[6, 12, 12] = 3
+    return tomo, ann
+
+
+def test_real_readers_tiff_mrc_nrrd_and_annotations(tmp_path):
+    import mrcfile
+    import nrrd
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    tomo, ann = _real_volume(rng)
+    tifffile.imwrite(tmp_path / "a.tif", tomo)
+    with mrcfile.new(tmp_path / "b.mrc") as f:
+        f.set_data(tomo.astype(np.float32))
+    nrrd.write(str(tmp_path / "c.nrrd"), tomo, index_order="C")
+    for name in ("a.tif", "b.mrc", "c.nrrd"):
+        assert np.array_equal(read_volume(tmp_path / name), tomo), name
+    names = ["background", "cell", "vacuole", "lipid_droplet"]
+    # plain annotation volumes: class ids, 255 unlabelled; MRC mode 0 (int8) reads back as uint8
+    tifffile.imwrite(tmp_path / "a.labels.tif", ann)
+    with mrcfile.new(tmp_path / "b.labels.mrc") as f:
+        f.set_data(ann.view(np.int8))
+    for name in ("a.labels.tif", "b.labels.mrc"):
+        assert np.array_equal(read_annotation(str(tmp_path / name), ann.shape, names), ann), name
+    # 3D Slicer: 0 = unlabelled, value v -> class v - 1 (the reference's convention) ...
+    slicer = np.where(ann == 255, 0, ann.astype(np.int32) + 1).astype(np.uint8)
+    nrrd.write(str(tmp_path / "c.seg.nrrd"), slicer, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "c.seg.nrrd"), ann.shape, names), ann)
+    # ... or by segment name when every segment is named after a class
+    named = np.where(ann == 255, 0, np.array([7, 5, 0, 6], np.uint8)[np.minimum(ann, 3)])
+    header = {"Segment0_Name": "Background", "Segment0_LabelValue": "7", "Segment0_Layer": "0",
+              "Segment1_Name": "membrane", "Segment1_LabelValue": "5", "Segment1_Layer": "0",
+              "Segment2_Name": "Lipid droplet", "Segment2_LabelValue": "6", "Segment2_Layer": "0"}
+    nrrd.write(str(tmp_path / "named.seg.nrrd"), named, header, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "named.seg.nrrd"), ann.shape, names), ann)
+    # a segmentation Slicer cropped to its extent is placed back with the recorded offset (x y z)
+    crop = slicer[3:9, 1:15, 9:19]
+    nrrd.write(str(tmp_path / "crop.seg.nrrd"), crop,
+               {"Segmentation_ReferenceImageExtentOffset": "9 1 3"}, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "crop.seg.nrrd"), ann.shape, names), ann)
+    # failures name the file
+    nrrd.write(str(tmp_path / "multi.seg.nrrd"), np.zeros((12, 32, 32, 2), np.uint8), index_order="C")
+    with pytest.raises(BadInput, match="multi.seg.nrrd: multi-layer"):
+        read_annotation(str(tmp_path / "multi.seg.nrrd"), ann.shape, names)
+    with pytest.raises(BadInput, match="a.labels.tif: annotation shape"):
+        read_annotation(str(tmp_path / "a.labels.tif"), (12, 32, 31), names)
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff")
+    with pytest.raises(BadInput, match="junk.tif: cannot read volume"):
+        read_volume(tmp_path / "junk.tif")
+    with pytest.raises(BadInput, match="missing.mrc: file not found"):
+        read_volume(tmp_path / "missing.mrc")
+    pairs = find_pairs(tmp_path)
+    assert [Path(a).name for a, _ in pairs] == ["a.tif", "b.mrc", "c.nrrd"]
+    assert [Path(b).name for _, b in pairs] == ["a.labels.tif", "b.labels.mrc", "c.seg.nrrd"]
+
+
+def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):
+    import tifffile
+
+    tomo, ann = _real_volume(np.random.default_rng(2), shape=(12, 40, 36))
+    ann[0, 0, 0] = 2  # outside the field of view: becomes unlabelled
+    tifffile.imwrite(tmp_path / "t.tif", tomo)
+    tifffile.imwrite(tmp_path / "t.labels.tif", ann)
+    src = RealSource([], [str(tmp_path)], n_classes=4, fov_margin=2, shape_yx=(32, 32))
+    img, lab = src.load(0)
+    assert img.shape == lab.shape == (12, 32, 32) and img.dtype == np.float32
+    want = quantile_normalize(tomo, 2)[:, 4:36, 2:34]
+    assert np.array_equal(img, want)
+    assert lab[0, 0, 0] == 255 and (lab == 1).sum() == (ann == 1).sum()
+    with pytest.raises(BadInput, match="label value 3 >= model.out_channels=3"):
+        RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=3).load(0)
+
+
+def test_real_windows_are_mixed_in_at_the_configured_ratio(tmp_path, ds):
+    import tifffile
+
+    tomo, ann = _real_volume(np.random.default_rng(3))
+    tifffile.imwrite(tmp_path / "r.tif", tomo)
+    tifffile.imwrite(tmp_path / "r.labels.tif", ann)
+    pair = [[str(tmp_path / "r.tif"), str(tmp_path / "r.labels.tif")]]
+    cfg = make_cfg([ds], **{"data.real.pairs": pair, "data.real.ratio": 0.25, "data.background_drop": 0.0,
+                            "optim.batch_size": 8})
+    st = stream_for(cfg)
+    real_rows = np.nonzero(st.table[:, 0] == st.real_source)[0]
+    assert len(real_rows) == 4  # the annotated slices 4..7
+    fracs, n_syn = [], 0
+    for e in range(30):
+        plan = st.plan(e)
+        rows = plan_rows(plan)
+        is_real = np.isin(rows, real_rows)
+        fracs.append(is_real.mean())
+        syn = np.sort(rows[~is_real])
+        assert np.array_equal(syn, np.nonzero(st.table[:, 0] != st.real_source)[0])  # synthetic: once each
+        n_syn = len(syn)
+    assert abs(np.mean(fracs) - 0.25) < 0.03, np.mean(fracs)
+    batch = next(iter(st))
+    assert batch["image"].shape[1:] == (1, 7, 32, 32) and batch["image"].dtype == torch.float32
+    assert n_syn > 0
+    none = stream_for(make_cfg([ds], **{"data.real.pairs": pair, "data.real.ratio": 0.0}))
+    assert not np.isin(plan_rows(none.plan(0)), np.nonzero(none.table[:, 0] == none.real_source)[0]).any()
+
+
+def test_write_volume_is_atomic_and_names_bad_suffixes(tmp_path):
+    vol = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    for suf in (".tif", ".mrc", ".zarr", ".npy"):
+        p = write_volume(tmp_path / f"v{suf}", vol, voxel_size=(2.0, 1.0, 1.0))
+        assert np.array_equal(read_volume(p), vol), suf
+    with pytest.raises(BadInput, match=r"v\.png: unsupported output format"):
+        write_volume(tmp_path / "v.png", vol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mrc", "v.npy", "v.tif", "v.zarr"]
+    assert json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())["attributes"]["voxel_size_zyx"] == [2.0, 1.0, 1.0]
+
+
+def test_training_package_imports_no_phantom_or_physics_code():
+    """simaq_train talks to the factory through the on-disk format; from simaq_factory it may
+    import only the error types (for the shared exit codes)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, simaq_train.cli, simaq_train.engine.fit, simaq_train.inference, simaq_train.evaluate, "
+            "simaq_train.data.build, simaq_train.data.stream; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('simaq_factory'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
+                        "simaq_factory.recipe.fields"}, out

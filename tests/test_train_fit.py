@@ -1,0 +1,272 @@
+"""simaq-train end to end on tiny data: fit, exact resume, checkpoint content, evaluate, predict,
+and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import simaq_train.engine.fit as fit_mod
+from simaq_factory.cli.main import main as factory
+from simaq_train.cli import cli
+from simaq_train.data.volumes import read_volume
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A frozen 32³ simaq-factory dataset of 4 samples."""
+    out = tmp_path_factory.mktemp("fitdata") / "ds"
+    r = CliRunner().invoke(factory, ["build", SMOKE, "-o", str(out), "--cluster", "inline",
+                                     "--set", "dataset.shape=[32,32,32]", "--set", "phantom.scale=0.15",
+                                     "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false"])
+    assert r.exit_code == 0, r.output
+    assert CliRunner().invoke(factory, ["freeze", str(out)]).exit_code == 0
+    return out
+
+
+def write_config(path: Path, dataset: Path, out: Path, **optim) -> Path:
+    cfg = {
+        "seed": 5,
+        "data": {"train": [str(dataset)], "val": [str(dataset)], "val_max_samples": 1, "background_drop": 1.0,
+                 "fov_margin": 2.0},
+        "augment": {"flip": 0.5, "intensity": 0.5},
+        "model": {"init_features": 4, "depth": 2, "out_channels": 0},
+        "optim": {"lr": 0.01, "batch_size": 8, "accumulate": 2, "ema_decay": 0.9, "epochs": 3, **optim},
+        "run": {"out": str(out), "device": "cpu", "log_every": 1, "checkpoint_every": 2, "progress": False},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def states(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["reader"] == b["reader"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(oa[k][name]), torch.as_tensor(ob[k][name]))
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    """An uninterrupted run of 6 optimiser steps (crosses an epoch boundary); a copy of its step-4
+    checkpoint is kept as if the run had been killed right after writing it."""
+    tmp = tmp_path_factory.mktemp("runA")
+    cfg = write_config(tmp / "a.yaml", dataset, tmp / "run", max_steps=6)
+    saved = {}
+    original = fit_mod.save_checkpoint
+
+    def spy(path, payload):
+        original(path, payload)
+        if payload["step"] == 4 and "k4" not in saved:
+            saved["k4"] = shutil.copy(path, tmp / "step4.pt")
+
+    fit_mod.save_checkpoint = spy
+    try:
+        r = run("fit", cfg)
+    finally:
+        fit_mod.save_checkpoint = original
+    assert r.exit_code == 0, r.output
+    assert "stopped" in r.output and "step 6" in r.output
+    return tmp
+
+
+def test_fit_writes_checkpoint_metrics_and_plot(trained, dataset):
+    run_dir = trained / "run"
+    ck = states(run_dir / "last.pt")
+    for key in ("model", "ema", "optimizer", "scaler", "reader", "step", "config", "datasets", "class_names"):
+        assert key in ck, key
+    assert ck["step"] == 6 and ck["reader"]["epoch"] >= 1  # crossed an epoch boundary
+    manifest = hashlib.sha256((dataset / "manifest.jsonl").read_bytes()).hexdigest()
+    assert ck["datasets"] == {str(dataset): manifest}
+    assert ck["config"]["model"]["out_channels"] == 4  # from the card; nucleus disabled in the recipe
+    assert ck["class_names"] == ["background", "cell", "vacuole", "lipid_droplet"]
+    assert ck["ema"].keys() == ck["model"].keys()
+    assert any("running_mean" in k for k in ck["ema"])
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in train)
+    assert any(r["kind"] == "val" for r in recs)
+    assert (run_dir / "metrics.png").stat().st_size > 0
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 5
+
+
+def test_stopped_and_resumed_run_matches_uninterrupted(trained, dataset, tmp_path):
+    cfg = write_config(tmp_path / "b.yaml", dataset, tmp_path / "run", max_steps=3)
+    r = run("fit", cfg)
+    assert r.exit_code == 0 and "step 3" in r.output, r.output
+    assert states(tmp_path / "run" / "last.pt")["reader"]["position"] > 0  # stopped mid-epoch
+    r = run("fit", cfg, "--set", "optim.max_steps=6")
+    assert r.exit_code == 0 and "step 6" in r.output, r.output
+    assert_same_state(states(tmp_path / "run" / "last.pt"), states(trained / "run" / "last.pt"))
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(trained, dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(trained / "step4.pt", run_dir / "last.pt")
+    shutil.copy(trained / "run" / "metrics.jsonl", run_dir / "metrics.jsonl")  # lines past step 4 too
+    cfg = write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=6)
+    r = run("fit", cfg)
+    assert r.exit_code == 0, r.output
+    assert_same_state(states(run_dir / "last.pt"), states(trained / "run" / "last.pt"))
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated lines after the resume
+
+
+def test_resume_refuses_a_changed_model(trained, dataset, tmp_path):
+    shutil.copytree(trained / "run", tmp_path / "run")
+    cfg = write_config(tmp_path / "d.yaml", dataset, tmp_path / "run", max_steps=8)
+    r = run("fit", cfg, "--set", "model.init_features=8")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "different 'model' section" in r.output
+
+
+def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path):
+    r = run("evaluate", trained / "run" / "last.pt", dataset, "-o", tmp_path / "ev")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert rep["samples"] == 4 and rep["class_names"][1:] == ["cell", "vacuole", "lipid_droplet"]
+    cells = [json.loads(x)["n_cells"] for x in (dataset / "manifest.jsonl").read_text().splitlines()]
+    assert [s["n_cells"] for s in rep["per_sample"]] == cells
+    for s in rep["per_sample"]:
+        assert set(s["iou"]) == set(s["dice"]) == set(rep["class_names"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in s["iou"].values())
+    assert set(rep["per_class"]["cell"]) >= {"all", "dice_all"} | {f"cells={n}" for n in set(cells)}
+    assert (tmp_path / "ev" / "evaluation_iou.png").stat().st_size > 0
+    r = run("baseline", dataset, "-o", tmp_path / "bl")
+    assert r.exit_code == 0, r.output
+    bl = json.loads((tmp_path / "bl" / "baseline.json").read_text())
+    # the level -> class order is searched on the evaluated data (optimistic for the baseline)
+    assert sorted(bl["best_order"]) == [0, 1, 2, 3] and bl["order_chosen_on_evaluated_data"] is True
+    assert bl["best_order_names"] == [bl["class_names"][c] for c in bl["best_order"]]
+    variants = {"multiotsu4", "otsu_then_multiotsu3", "raw_multiotsu4", "raw_otsu_then_multiotsu3"}
+    assert bl["best_variant"] in variants and "optimistic" in bl["note"]
+    assert bl["mean_iou_foreground"] >= bl["physical_order"]["mean_iou_foreground"]
+    r = run("baseline", dataset, "-o", tmp_path / "bp", "--physical-order")
+    assert r.exit_code == 0, r.output
+    bp = json.loads((tmp_path / "bp" / "baseline.json").read_text())
+    assert bp["best_order"] == [0, 2, 1, 3] and bp["order_chosen_on_evaluated_data"] is False
+
+
+def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
+    import mrcfile
+    import nrrd
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tomo = rng.normal(0.3, 0.05, (9, 30, 34)).astype(np.float32)  # in-plane not a multiple of 2
+    tifffile.imwrite(tmp_path / "t.tif", tomo)
+    with mrcfile.new(tmp_path / "t.mrc") as f:
+        f.set_data(tomo)
+        f.voxel_size = 10.0
+    nrrd.write(str(tmp_path / "t.nrrd"), tomo, index_order="C")
+    ckpt = trained / "run" / "last.pt"
+    for src, dst in (("t.tif", "a.tif"), ("t.mrc", "b.mrc"), ("t.nrrd", "c.zarr"), ("t.tif", "d.npy")):
+        r = run("predict", ckpt, tmp_path / src, "-o", tmp_path / dst, "--batch-size", "4")
+        assert r.exit_code == 0, r.output
+        seg = read_volume(tmp_path / dst)
+        assert seg.shape == tomo.shape and seg.max() < 4, dst
+        assert seg.dtype in (np.uint8, np.int8)
+    with mrcfile.open(tmp_path / "b.mrc") as f:
+        assert float(f.voxel_size.x) == pytest.approx(10.0)
+    r = run("predict", ckpt, tmp_path / "t.tif", "-o", tmp_path / "e.tif", "--raw", "--tilt-axis", "2",
+            "--edge", "replicate")
+    assert r.exit_code == 0, r.output
+    assert read_volume(tmp_path / "e.tif").shape == tomo.shape
+    # orientation: a transposed copy, with its tilt and beam axes named, gives the transposed result
+    assert run("predict", ckpt, tmp_path / "t.tif", "-o", tmp_path / "f.npy", "--raw").exit_code == 0
+    tifffile.imwrite(tmp_path / "tt.tif", np.transpose(tomo, (1, 2, 0)))  # (y, x, z): tilt 2, beam 0
+    r = run("predict", ckpt, tmp_path / "tt.tif", "-o", tmp_path / "g.npy", "--raw", "--tilt-axis", "2",
+            "--beam-axis", "0")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(read_volume(tmp_path / "g.npy"), np.transpose(read_volume(tmp_path / "f.npy"), (1, 2, 0)))
+
+
+def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, tmp_path):
+    ckpt = trained / "run" / "last.pt"
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((8, 8), np.float32))
+    (tmp_path / "bad.yaml").write_text("data: {train: [x]}\nmodel: {widht: 3}\n")
+    cases = [
+        (("fit", tmp_path / "missing.yaml"), "missing.yaml: config file not found"),
+        (("fit", tmp_path / "bad.yaml"), "model.widht: unknown key"),
+        (("fit", write_config(tmp_path / "c.yaml", dataset, tmp_path / "r1"), "--set", "optim.lr=fast"),
+         "optim.lr: expected a number"),
+        (("fit", write_config(tmp_path / "d.yaml", tmp_path / "nodata", tmp_path / "r2")),
+         "nodata: not a simaq-factory dataset"),
+        (("evaluate", tmp_path / "none.pt", dataset), "none.pt: checkpoint not found"),
+        (("evaluate", ckpt, tmp_path / "nodata"), "nodata: not a simaq-factory dataset"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif"), "flat.tif: expected a 3D volume"),
+        (("predict", ckpt, tmp_path / "nope.mrc", "-o", tmp_path / "o.tif"), "nope.mrc: file not found"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.png"), "o.png: unsupported output format"),
+        (("predict", tmp_path / "bad.yaml", tmp_path / "flat.tif", "-o", tmp_path / "o.tif"),
+         "bad.yaml: not a readable checkpoint"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--tilt-axis", "3"), "--tilt-axis"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--tilt-axis", "1", "--beam-axis", "1"),
+         "--beam-axis: expected one of [0, 2]"),
+        (("fit", tmp_path / "c.yaml", "--bogus"), "No such option '--bogus'"),
+    ]
+    for args, needle in cases:
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+        assert needle in r.output, (needle, r.output)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+
+
+@pytest.mark.slow
+def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
+    """torchrun with 2 ranks (gloo): every rank takes the same number of steps; rank 0 writes."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from simaq_train.config import load_config
+    from simaq_train.data.build import build_stream, resolve_classes
+    from simaq_train.testing import write_synthetic_dataset
+
+    ds = write_synthetic_dataset(tmp_path / "ds", n_samples=4, shape=(16, 32, 32), seed=3)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "seed": 1, "data": {"train": [str(ds)], "background_drop": 0.5, "fov_margin": 2.0},
+        "model": {"init_features": 4, "depth": 2, "out_channels": 0},
+        "optim": {"batch_size": 4, "accumulate": 2, "epochs": 2, "lr": 0.01},
+        "run": {"out": str(tmp_path / "run"), "device": "cpu", "threads": 1, "log_every": 1, "progress": False}}))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc_per_node=2", "-m", "simaq_train.cli", "fit", str(cfg_path)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = resolve_classes(load_config(cfg_path))
+    st = build_stream(cfg, 0, 2)[0]
+    want = sum(math.ceil(len(range(0, len(st.plan(e)), 2)) / 2) for e in range(2))
+    assert r.stdout.count(f"finished at epoch 2, step {want} ") == 2, r.stdout
+    ck = states(tmp_path / "run" / "last.pt")
+    assert ck["step"] == want and ck["reader"] == {"epoch": 2, "position": 0}

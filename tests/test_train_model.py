@@ -1,0 +1,178 @@
+"""The 3D→2D U-Net (parameter count, shapes), the Dice–Focal loss against hand-computed values,
+optimiser groups and the EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simaq_train.config import OptimConfig
+from simaq_train.engine.parts import EMA, make_optimizer, param_groups
+from simaq_train.losses import LossConfig, dice_focal_loss
+from simaq_train.metrics import confusion, iou_dice, mean_defined
+from simaq_train.model import CenterSliceUNet, ModelConfig, count_parameters
+
+
+def test_paper_configuration_has_exactly_68_675_990_parameters():
+    with torch.device("meta"):
+        paper = CenterSliceUNet(ModelConfig(in_channels=1, out_channels=4, init_features=64, depth=5))
+        depth4 = CenterSliceUNet(ModelConfig(depth=4))
+    assert count_parameters(paper) == 68_675_990
+    assert count_parameters(paper.encoders) == 56_522_186
+    assert count_parameters(paper.ups) + count_parameters(paper.decoders) == 12_153_544
+    assert count_parameters(paper.head) == 260
+    assert count_parameters(depth4) == 17_026_962
+    assert ModelConfig() == ModelConfig(1, 4, 64, 5, True)
+
+
+def test_forward_shapes_and_centre_slice_decoding():
+    torch.manual_seed(0)
+    model = CenterSliceUNet(ModelConfig(init_features=4, depth=3, out_channels=5)).eval()
+    x = torch.randn(2, 1, 7, 32, 48)
+    y = model(x)
+    assert y.shape == (2, 5, 32, 48)
+    x2 = x.clone()
+    x2[:, :, 0] += 1.0  # the outermost slice of the window reaches the centre slice's logits
+    assert not torch.allclose(model(x2), y)
+    assert model(torch.randn(1, 1, 5, 16, 16)).shape == (1, 5, 16, 16)  # other window depths
+    with pytest.raises(ValueError):
+        model(torch.randn(1, 7, 32, 32))
+    # depth-preserving pooling: encoder features keep all 7 slices at every level
+    feats = []
+    hooks = [e.register_forward_hook(lambda m, i, o: feats.append(o.shape)) for e in model.encoders]
+    model(x)
+    for h in hooks:
+        h.remove()
+    assert [tuple(f[2:]) for f in feats] == [(7, 32, 48), (7, 16, 24), (7, 8, 12)]
+    # first skip omitted: the last decoder block sees only the upsampled features
+    assert model.decoders[-1][0].in_channels == 4 and model.decoders[0][0].in_channels == 16
+
+
+# --- loss ------------------------------------------------------------------------------------------
+
+def _hand_loss(logits: list[list[float]], target: list[int], gamma: float = 2.0, eps: float = 1e-3,
+               ignore: int = 255) -> float:
+    """Reference §6.1 in plain Python: pixels are rows of ``logits`` (one per class)."""
+    n_cls = len(logits[0])
+    probs = []
+    for z in logits:
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        probs.append([v / sum(e) for v in e])
+    valid = [i for i, t in enumerate(target) if t != ignore]
+    focal = sum((1 - probs[i][target[i]]) ** gamma * -math.log(probs[i][target[i]]) for i in valid)
+    focal /= max(len(valid), 1)
+    dice = 0.0
+    for c in range(n_cls):
+        inter = sum(probs[i][c] for i in valid if target[i] == c)
+        psum = sum(probs[i][c] for i in valid)
+        gsum = sum(1 for i in valid if target[i] == c)
+        dice += 2 * inter / (psum + gsum + eps)
+    return focal + (1 - dice / n_cls)
+
+
+def _as_tensors(logits: list[list[float]], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels laid out as a (1, C, 1, P) logit image and (1, 1, P) target."""
+    lg = torch.tensor(logits, dtype=torch.float64).T[None, :, None, :]
+    return lg, torch.tensor(target)[None, None, :]
+
+
+def test_uniform_logits_match_the_closed_form():
+    # C = 4, zero logits: p = 1/4 everywhere; one pixel of each class
+    lg, t = _as_tensors([[0.0] * 4] * 4, [0, 1, 2, 3])
+    focal = 0.75**2 * math.log(4)
+    dice = 1 - (2 * 0.25) / (1.0 + 1.0 + 1e-3)
+    assert dice_focal_loss(lg, t).item() == pytest.approx(focal + dice, rel=1e-6)
+    assert focal + dice == pytest.approx(1.529916, abs=1e-6)
+
+
+def test_loss_matches_hand_computation_with_ignored_pixels():
+    logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [-1.0, 0.2, 3.0], [9.0, -9.0, 0.0], [0.0, 0.0, 0.0]]
+    target = [0, 1, 2, 255, 1]
+    lg, t = _as_tensors(logits, target)
+    assert dice_focal_loss(lg, t).item() == pytest.approx(_hand_loss(logits, target), rel=1e-9)
+    # ignored pixels do not matter, whatever their logits
+    logits2 = [row[:] for row in logits]
+    logits2[3] = [-50.0, 50.0, 3.0]
+    lg2, _ = _as_tensors(logits2, target)
+    assert dice_focal_loss(lg2, t).item() == pytest.approx(dice_focal_loss(lg, t).item(), rel=1e-12)
+    lg2.requires_grad_(True)
+    dice_focal_loss(lg2, t).backward()
+    assert torch.all(lg2.grad[0, :, 0, 3] == 0) and torch.any(lg2.grad[0, :, 0, 0] != 0)
+    # absent class (2 here): its Dice is 0 (the reference's constant +1/C)
+    target_b = [0, 1, 1, 255, 0]
+    assert dice_focal_loss(lg, torch.tensor(target_b)[None, None]).item() == pytest.approx(
+        _hand_loss(logits, target_b), rel=1e-9)
+
+
+def test_loss_identities():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, 6, 5))
+    target[0, :2] = 255
+    # gamma = 0, no Dice: the focal term is the mean cross-entropy over non-ignored pixels
+    cfg = LossConfig(gamma=0.0, dice_weight=0.0)
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    assert dice_focal_loss(logits, target, cfg).item() == pytest.approx(ce.item(), rel=1e-12)
+    # everything ignored: focal 0 (|Ω| clamped to 1), every Dice 0 -> loss 1
+    assert dice_focal_loss(logits, torch.full_like(target, 255)).item() == pytest.approx(1.0)
+    # a confident, correct prediction of a batch holding every class: loss -> 0
+    sure = F.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).double() * 40.0
+    assert dice_focal_loss(sure, target).item() < 1e-3
+    # (B, 1, H, W) targets are accepted; class ids out of range are refused
+    assert dice_focal_loss(logits, target[:, None]).item() == pytest.approx(dice_focal_loss(logits, target).item())
+    with pytest.raises(ValueError):
+        dice_focal_loss(logits, torch.full_like(target, 4))
+    # half precision logits are computed in float32
+    assert dice_focal_loss(logits.half(), target).dtype == torch.float32
+
+
+# --- optimiser groups, EMA, metrics ----------------------------------------------------------------
+
+def test_weight_decay_skips_norms_prelu_and_biases():
+    model = CenterSliceUNet(ModelConfig(init_features=4, depth=3))
+    groups = param_groups(model, 1e-5)
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 1e-5 and groups[1]["weight_decay"] == 0.0
+    assert not decay & no_decay and len(decay) + len(no_decay) == len(list(model.parameters()))
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            is_conv_weight = isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d)) \
+                and pname == "weight"
+            assert (id(p) in decay) == is_conv_weight, f"{name}.{pname}"
+    opt = make_optimizer(model, OptimConfig(lr=1e-3, weight_decay=1e-5))
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["betas"] == (0.9, 0.999)
+
+
+def test_ema_averages_parameters_and_carries_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = CenterSliceUNet(ModelConfig(init_features=2, depth=2))
+    ema = EMA(model, decay=0.9)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(1000) == 0.9
+    before = [p.detach().clone() for p in ema.model.parameters()]
+    model.train()
+    model(torch.randn(3, 1, 3, 8, 8) * 5 + 2)  # moves BatchNorm running statistics
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, 1000)
+    for pe, p0, p in zip(ema.model.parameters(), before, model.parameters()):
+        assert torch.allclose(pe, 0.9 * p0 + 0.1 * p, atol=1e-6)
+    for be, b in zip(ema.model.buffers(), model.buffers()):
+        assert torch.equal(be, b)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_iou_and_dice_from_confusion():
+    pred = torch.tensor([0, 1, 1, 2, 2, 0])
+    target = torch.tensor([0, 1, 2, 2, 255, 1])
+    cm = confusion(pred, target, 4)
+    assert cm.sum() == 5
+    iou, dice = iou_dice(cm)
+    assert iou[0] == pytest.approx(1 / 2) and iou[1] == pytest.approx(1 / 3) and iou[2] == pytest.approx(1 / 2)
+    assert iou[3] is None and dice[1] == pytest.approx(2 / 4)
+    assert mean_defined(iou, [1, 2, 3]) == pytest.approx((1 / 3 + 1 / 2) / 2)
