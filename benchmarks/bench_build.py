@@ -7,7 +7,10 @@ whole command (cluster start-up included) and reads the per-shard timings back f
         --set dataset.n_samples=16 --json build.json
 
 Each worker gets ``cores // workers`` torch threads (the LocalCluster default), so the comparison
-is "the same machine split differently", as a user would run it.
+is "the same machine split differently", as a user would run it; add
+``--set execution.threads_per_worker=1`` to compare single-threaded workers. ``samples/min`` is over
+the whole command (interpreter and cluster start-up, noise banks, the last shard's tail included);
+``steady/min`` is samples × workers / summed task time, the rate once everything runs.
 """
 
 from __future__ import annotations
@@ -65,18 +68,22 @@ def main() -> None:
             samples, busy = _shard_seconds(out)
             rows.append({"workers": w, "samples": samples, "wall_s": round(wall, 2),
                          "samples_per_min": round(60.0 * samples / wall, 2),
-                         "task_s_per_sample": round(busy / max(samples, 1), 3)})
+                         "task_s_per_sample": round(busy / max(samples, 1), 3),
+                         # rendering rate with start-up, banks and the last shard's tail removed
+                         "steady_samples_per_min": round(60.0 * samples * w / max(busy, 1e-9), 2)})
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     base = rows[0]["samples_per_min"]
     print(f"# {args.recipe} {' '.join('--set ' + o for o in args.overrides)}; cluster {args.cluster}; "
           f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    steady = rows[0]["steady_samples_per_min"]
     print(f"{'workers':>7s} {'samples':>7s} {'wall s':>8s} {'samples/min':>12s} {'task s/sample':>14s} "
-          f"{'speed-up':>8s}")
+          f"{'speed-up':>8s} {'steady/min':>10s} {'steady speed-up':>15s}")
     for r in rows:
         print(f"{r['workers']:7d} {r['samples']:7d} {r['wall_s']:8.2f} {r['samples_per_min']:12.2f} "
-              f"{r['task_s_per_sample']:14.3f} {r['samples_per_min'] / base:8.2f}")
+              f"{r['task_s_per_sample']:14.3f} {r['samples_per_min'] / base:8.2f} "
+              f"{r['steady_samples_per_min']:10.2f} {r['steady_samples_per_min'] / steady:15.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "recipe": args.recipe,
                                                "overrides": args.overrides, "cores": os.cpu_count(),

@@ -17,12 +17,8 @@ from typing import Any
 
 import click
 
+from simaq_factory.errors import OneLineGroup, fail
 from simaq_factory.recipe.fields import RecipeError
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,15 +31,15 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RecipeError as err:
-            _fail(str(err), 2)
+            fail(str(err), 2)
         except BuildFailed as err:
-            _fail(str(err), 1)
+            fail(str(err), 1)
         except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume", 130)
+            fail("interrupted; run the same command again to resume", 130)
         except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
-            _fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+            fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
 
     return wrapper
 
@@ -64,25 +60,7 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-class _Group(click.Group):
-    """Usage errors as one line (``error: …``) with exit code 2, like every other bad input."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        kwargs["standalone_mode"] = False
-        try:
-            return super().main(*args, **kwargs)
-        except click.exceptions.Exit as exit_:
-            sys.exit(exit_.exit_code)
-        except click.UsageError as err:
-            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            _fail(err.format_message().replace("\n", " ") + hint, 2)
-        except click.ClickException as err:
-            _fail(err.format_message().replace("\n", " "), 2)
-        except click.Abort:
-            _fail("aborted", 130)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="simaq-factory")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
