@@ -63,6 +63,19 @@ def gaussian_blur_3d(volume: torch.Tensor, sigma: float, radius: int) -> torch.T
         raise ValueError(f"expected a (Z, Y, X) volume, got shape {tuple(volume.shape)}")
     k = [float(v) for v in gaussian_kernel_1d(float(sigma), int(radius), torch.device("cpu"))]
     out = volume.float()
-    for dim in (2, 1, 0):
-        out = _blur_axis(out, k, dim)
-    return out.contiguous()
+    if out.device.type != "cpu":
+        for dim in (2, 1, 0):
+            out = _blur_axis(out, k, dim)
+        return out.contiguous()
+    # CPU: the passes stream the whole volume 3·(2r + 1) times and are bound by memory bandwidth;
+    # in thin slabs they stay in cache (1.4-2x faster at 256³). Same ops per voxel, same bytes.
+    tmp = torch.empty_like(out)
+    for z0 in range(0, out.shape[0], _SLAB):
+        tmp[z0 : z0 + _SLAB] = _blur_axis(_blur_axis(out[z0 : z0 + _SLAB], k, 2), k, 1)
+    result = torch.empty_like(out)
+    for y0 in range(0, out.shape[1], _SLAB):
+        result[:, y0 : y0 + _SLAB] = _blur_axis(tmp[:, y0 : y0 + _SLAB], k, 0)
+    return result
+
+
+_SLAB = 2  # slab thickness of the cache-blocked CPU passes (measured best of 1-16 at 256³)
