@@ -98,6 +98,13 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
                f"samples per shard: {rec.dataset.samples_per_shard}")
     for s in specs.values():
         click.echo(f"  {s.name:9s} {s.dtype:8s} {tuple(s.shape)}  {_human_bytes(s.nbytes)}")
+    from simaq_factory.artifacts.banks import bank_specs
+
+    for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items():
+        shape = (int(b["entries"]),) + (int(b["edge"]),) * 3
+        nbytes = 4 * shape[0] * shape[1] ** 3
+        total += nbytes
+        click.echo(f"  banks/{name:12s} float32 {shape}  {_human_bytes(nbytes)}  (once per dataset)")
     click.echo(f"estimated output: {_human_bytes(total)} uncompressed")
 
 
