@@ -115,15 +115,18 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
 @click.option("--postprocess/--raw", default=False, help="post-process predictions before scoring")
 @click.option("--device", default="auto")
+@click.option("--axes", type=click.Choice(["all", "first"]), default="all",
+              help="three-axis datasets: score every acquisition axis (a row per sample and axis; "
+                   "default) or acquisition 0 only")
 @handle_errors
 def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samples: int,
-             batch_size: int, postprocess: bool, device: str) -> None:
+             batch_size: int, postprocess: bool, device: str, axes: str) -> None:
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
     bar = Bar(True)
     rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
-                              max_samples=max_samples, post=postprocess, device=device,
+                              max_samples=max_samples, post=postprocess, device=device, axes=axes,
                               progress=lambda i, n: bar.show(f"sample {i}/{n}", i / n))
     bar.done()
     out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}"
@@ -134,7 +137,8 @@ def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samp
 
 def _print_summary(rep: dict[str, Any]) -> None:
     per = " ".join(f"{k}={v['all']['mean']:.3f}" for k, v in rep["per_class"].items() if v["all"]["mean"] is not None)
-    click.echo(f"{rep['samples']} samples; mean IoU per class: {per}; "
+    rows = f" ({rep['rows']} acquisitions)" if rep.get("rows", rep["samples"]) != rep["samples"] else ""
+    click.echo(f"{rep['samples']} samples{rows}; mean IoU per class: {per}; "
                f"mean foreground IoU {rep['mean_iou_foreground'] or 0:.4f}")
 
 
@@ -176,14 +180,19 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 @click.option("--search-order/--physical-order", default=True,
               help="try all 24 mappings of intensity levels to classes and keep the best on DATASET "
                    "(an oracle choice, optimistic for the baseline; default) or only the physical order")
+@click.option("--axes", type=click.Choice(["all", "first"]), default="all",
+              help="three-axis datasets: score every acquisition axis (a row per sample and axis; "
+                   "default) or acquisition 0 only")
 @handle_errors
-def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool) -> None:
+def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool,
+             axes: str) -> None:
     """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
     from simaq_train.evaluate import otsu_baseline, write_report
 
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
-    rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order)
+    rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,
+                        axes=axes)
     js, png = write_report(rep, Path(out), "baseline")
     _print_summary(rep)
     phys = rep["physical_order"]

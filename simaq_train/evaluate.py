@@ -49,10 +49,16 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def sample_confusions(dataset: str | Path, predictor: Predictor, *, n_classes: int, fov_margin: float,
                       max_samples: int = 0, n_pred: int | None = None, raw: bool = False,
+                      axes: str = "all",
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], FactorySource]:
-    """Per-sample confusion matrices (truth × prediction, FOV only) of ``predictor`` on acquisition 0.
-    The predictor gets the normalised reconstruction, or with ``raw`` the stored one."""
-    src = FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes="first",
+    """Confusion matrices (truth × prediction, FOV only) of ``predictor``, one per volume of the
+    source: per (sample, acquisition) with ``axes="all"`` (every acquisition axis of a three-axis
+    dataset, each in its own frame), per sample on acquisition 0 with ``"first"``; ``src.locate(v)``
+    gives volume v's (sample, acquisition). The predictor gets the normalised reconstruction, or
+    with ``raw`` the stored one."""
+    if axes not in ("all", "first"):
+        raise BadInput("--axes", f"must be 'all' or 'first', got {axes!r}")
+    src = FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes=axes,
                         max_samples=max_samples)
     cms = []
     for v in range(len(src)):
@@ -66,19 +72,28 @@ def sample_confusions(dataset: str | Path, predictor: Predictor, *, n_classes: i
     return cms, src
 
 
-def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any]) -> dict[str, Any]:
-    """Report from per-sample square confusion matrices: per sample, per class (by cell count), pooled."""
+def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any],
+              src: FactorySource | None = None) -> dict[str, Any]:
+    """Report from per-volume square confusion matrices: per row, per class (by cell count), pooled.
+
+    A row is a sample, or with a three-axis ``src`` (``axes="all"``) one acquisition of a sample:
+    its ``index`` is the sample, ``axis`` the volume axis it was tilted about."""
     n_classes = cms[0].shape[0] if cms else 0
     lm = card.get("label_map", {})
     names = [str(lm.get(str(c), f"class{c}")) for c in range(n_classes)]
     cells = cell_counts(dataset)
     fg = list(range(1, n_classes))
     per_sample, total = [], np.zeros((n_classes, n_classes), np.int64)
+    multi = src is not None and len(src.acqs) > 1
     for v, cm in enumerate(cms):
         total += cm
         iou, dice = iou_dice(cm)
-        per_sample.append({"index": v, "n_cells": cells.get(v), "iou": dict(zip(names, iou)),
-                           "dice": dict(zip(names, dice)), "mean_iou": mean_defined(iou, fg)})
+        s, a = src.locate(v) if src is not None else (v, 0)
+        row = {"index": s, "n_cells": cells.get(s), "iou": dict(zip(names, iou)),
+               "dice": dict(zip(names, dice)), "mean_iou": mean_defined(iou, fg)}
+        if multi:
+            row["axis"] = int(src.tilt_axes[a])  # type: ignore[union-attr]
+        per_sample.append(row)
     by_class = {}
     for name in names:
         groups: dict[str, Any] = {"all": _summary([s["iou"][name] for s in per_sample if s["iou"][name] is not None])}
@@ -90,7 +105,11 @@ def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any]) 
     iou_tot, dice_tot = iou_dice(total)
     means = [s["mean_iou"] for s in per_sample if s["mean_iou"] is not None]
     return {
-        "dataset": str(dataset), "samples": len(per_sample), "class_names": names,
+        "dataset": str(dataset), "samples": len({r["index"] for r in per_sample}),
+        "rows": len(per_sample),
+        "rows_are": ("acquisitions (sample, axis): every acquisition axis in its own frame" if multi
+                     else "samples (acquisition 0)"),
+        "class_names": names,
         "foreground_classes": [names[c] for c in fg],
         "mean_iou_foreground": float(np.mean(means)) if means else None,
         "pooled": {"iou": dict(zip(names, iou_tot)), "dice": dict(zip(names, dice_tot)),
@@ -148,8 +167,9 @@ PHYSICAL_ORDER = (0, 2, 1, 3)  # dark → bright: background < vacuole < cell < 
 
 
 def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float = 5.0,
-                  max_samples: int = 0, search_order: bool = True) -> dict[str, Any]:
-    """Intensity-threshold baselines on the normalised reconstructions (acquisition 0, FOV only).
+                  max_samples: int = 0, search_order: bool = True, axes: str = "all") -> dict[str, Any]:
+    """Intensity-threshold baselines on the normalised reconstructions (FOV only; every acquisition
+    of a three-axis dataset with ``axes="all"``, acquisition 0 with ``"first"``).
 
     Two methods produce four intensity levels 0 (darkest) … 3 (brightest): 4-class multi-Otsu, and
     Otsu (cells vs background) followed by 3-class multi-Otsu inside the cells. Each runs on the
@@ -176,7 +196,7 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float 
     card: dict[str, Any] = {}
     for (name, raw), pred in predictors.items():
         cms_k, src = sample_confusions(dataset, pred, n_classes=n_classes, fov_margin=fov_margin,
-                                       max_samples=max_samples, n_pred=4, raw=raw)
+                                       max_samples=max_samples, n_pred=4, raw=raw, axes=axes)
         card = src.card
 
         def mapped(order: tuple[int, ...]) -> list[np.ndarray]:
@@ -190,7 +210,7 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float 
             return out
 
         for order in orders:
-            rep = summarise(dataset, mapped(order), card)
+            rep = summarise(dataset, mapped(order), card, src)
             score = rep["mean_iou_foreground"] or 0.0
             variants.append({"variant": name, "order": list(order), "physical": order == PHYSICAL_ORDER,
                              "mean_iou_foreground": rep["mean_iou_foreground"],
@@ -221,7 +241,7 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float 
 
 
 def evaluate_checkpoint(ckpt: str | Path, dataset: str | Path, *, use_ema: bool = True, batch_size: int = 8,
-                        max_samples: int = 0, post: bool = False, device: str = "auto",
+                        max_samples: int = 0, post: bool = False, device: str = "auto", axes: str = "all",
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from simaq_train.engine.parts import resolve_device
     from simaq_train.inference import load_model, postprocess, predict_volume
@@ -238,8 +258,9 @@ def evaluate_checkpoint(ckpt: str | Path, dataset: str | Path, *, use_ema: bool 
         return postprocess(seg) if post else seg
 
     cms, src = sample_confusions(dataset, predict, n_classes=cfg.model.out_channels,
-                                 fov_margin=cfg.data.fov_margin, max_samples=max_samples, progress=progress)
-    report = summarise(dataset, cms, src.card)
+                                 fov_margin=cfg.data.fov_margin, max_samples=max_samples, axes=axes,
+                                 progress=progress)
+    report = summarise(dataset, cms, src.card, src)
     report["checkpoint"] = str(ckpt)
     report["weights"] = "ema" if use_ema else "model"
     report["postprocess"] = post

@@ -88,3 +88,33 @@ def test_windows_of_every_axis_come_from_its_frame(tri):
             assert np.array_equal(tgt, lab[z])
             seen.add(src.locate(v)[1])
     assert seen == {0, 1, 2}
+
+
+def test_baseline_scores_every_acquisition_axis_or_the_first(tri, tmp_path):
+    import json
+
+    from simaq_train.cli import cli
+
+    r = CliRunner().invoke(cli, ["baseline", str(tri), "-o", str(tmp_path / "all"), "--physical-order"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "all" / "baseline.json").read_text())
+    assert rep["samples"] == 2 and rep["rows"] == 6 and "(6 acquisitions)" in r.output
+    assert sorted((row["index"], row["axis"]) for row in rep["per_sample"]) == [
+        (s, k) for s in range(2) for k in range(3)]
+    r = CliRunner().invoke(cli, ["baseline", str(tri), "-o", str(tmp_path / "first"), "--physical-order",
+                                 "--axes", "first"])
+    assert r.exit_code == 0, r.output
+    first = json.loads((tmp_path / "first" / "baseline.json").read_text())
+    assert first["rows"] == 2 and all("axis" not in row for row in first["per_sample"])
+    # acquisition 0 of "all" is exactly what "first" scores, volume for volume
+    from simaq_train.evaluate import otsu_predictor, sample_confusions
+
+    kw = dict(n_classes=4, fov_margin=5.0, n_pred=4)
+    cms_all, src_all = sample_confusions(tri, otsu_predictor(4), axes="all", **kw)
+    cms_first, _ = sample_confusions(tri, otsu_predictor(4), axes="first", **kw)
+    axis0 = [cm for v, cm in enumerate(cms_all) if src_all.locate(v)[1] == 0]
+    assert len(axis0) == len(cms_first) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(axis0, cms_first))
+    assert not all(np.array_equal(cms_all[0], cm) for cm in cms_all[1:3])  # other axes differ
+    bad = CliRunner().invoke(cli, ["baseline", str(tri), "-o", str(tmp_path / "x"), "--axes", "two"])
+    assert bad.exit_code == 2 and "--axes" in bad.output
