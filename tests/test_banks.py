@@ -118,3 +118,11 @@ def test_resume_reuses_banks_and_a_damaged_bank_is_reported_and_repaired(tmp_pat
     assert json.dumps(_card(out)["banks"], sort_keys=True) == json.dumps(record, sort_keys=True)
     r = CliRunner().invoke(main, ["verify", str(out)])
     assert r.exit_code == 0, r.output
+
+
+def test_crack_bank_from_a_process_pool_has_the_serial_bytes() -> None:
+    recipe = load_recipe(SMOKE, SETS)
+    spec = {**bank_specs(recipe.artifacts, (N, N, N), recipe.seed)["cracks"], "entries": 3, "edge": 16}
+    serial = generate_bank(spec, processes=1)
+    pooled = generate_bank(spec, processes=2)
+    assert pooled.shape == (3, 16, 16, 16) and pooled.tobytes() == serial.tobytes()

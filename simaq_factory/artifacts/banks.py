@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -119,25 +120,70 @@ def _perlin_entry(spec: dict[str, Any], entry: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def generate_bank(spec: dict[str, Any], device: torch.device | None = None) -> np.ndarray:
-    """The bank of ``spec`` as float32 (entries, e, e, e) host memory (crack blocks on ``device``)."""
+def _crack_batch(spec: dict[str, Any], ks: range, device: torch.device) -> np.ndarray:
+    blocks = crack_blocks(
+        [_entry_rng(spec, k) for k in ks], int(spec["edge"]), seeds=int(spec["seeds"]),
+        cost_sigma=float(spec["cost_sigma"]), cost_contrast=float(spec["cost_contrast"]),
+        speed_spread=float(spec["speed_spread"]), wall_fraction=float(spec["wall_fraction"]),
+        blur_sigma=float(spec["thickness_sigma"]), neighbourhood=int(spec["neighbourhood"]),
+        device=device,
+    )
+    return blocks.cpu().numpy()
+
+
+def _crack_entry(job: tuple[dict[str, Any], int]) -> np.ndarray:
+    """Process-pool task: crack block ``k`` of ``spec`` on the CPU."""
+    spec, k = job
+    return _crack_batch(spec, range(k, k + 1), torch.device("cpu"))[0]
+
+
+#: crack work (entries × edge³ voxels) from which CPU banks are built by a process per core: below
+#: it, starting the processes (≈ 2 s each, importing torch) costs more than it saves
+PARALLEL_CRACK_VOXELS = 2 * 96**3
+
+
+def _crack_processes(n: int, edge: int, device: torch.device) -> int:
+    if device.type != "cpu" or n < 2 or n * edge**3 < PARALLEL_CRACK_VOXELS:
+        return 1
+    return max(1, min(n, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def generate_bank(
+    spec: dict[str, Any], device: torch.device | None = None, *, processes: int | None = 1
+) -> np.ndarray:
+    """The bank of ``spec`` as float32 (entries, e, e, e) host memory (crack blocks on ``device``).
+
+    ``processes``: crack blocks built by that many spawned processes, one block per task on one
+    thread; ``None`` chooses one per core for large CPU banks (the driver's choice) and 1 the serial
+    path (the default, safe in any calling script). The bytes do not depend on it.
+    """
     n, e = int(spec["entries"]), int(spec["edge"])
     t0 = time.perf_counter()
     if spec["kind"] == "perlin":
         out = np.stack([_perlin_entry(spec, k) for k in range(n)])
     elif spec["kind"] == "cracks":
-        out = np.empty((n, e, e, e), dtype=np.float32)
-        batch = max(1, _CRACK_BATCH_VOXELS // e**3)
-        for start in range(0, n, batch):
-            ks = range(start, min(n, start + batch))
-            blocks = crack_blocks(
-                [_entry_rng(spec, k) for k in ks], e, seeds=int(spec["seeds"]),
-                cost_sigma=float(spec["cost_sigma"]), cost_contrast=float(spec["cost_contrast"]),
-                speed_spread=float(spec["speed_spread"]), wall_fraction=float(spec["wall_fraction"]),
-                blur_sigma=float(spec["thickness_sigma"]), neighbourhood=int(spec["neighbourhood"]),
-                device=device or torch.device("cpu"),
-            )
-            out[ks.start : ks.stop] = blocks.cpu().numpy()
+        dev = device or torch.device("cpu")
+        procs = _crack_processes(n, e, dev) if processes is None else max(1, min(int(processes), n))
+        if procs > 1:
+            # one block per task, each on one thread in its own process: a block depends on its own
+            # generator only, so the bytes are those of the serial path
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    out = np.stack(list(pool.map(_crack_entry, [(spec, k) for k in range(n)])))
+            except BrokenProcessPool:
+                # e.g. a __main__ that spawned processes cannot re-import (stdin, no main guard)
+                logger.warning("crack bank: process pool failed; building the blocks in this process")
+                procs = 1
+        if procs <= 1:
+            out = np.empty((n, e, e, e), dtype=np.float32)
+            batch = max(1, _CRACK_BATCH_VOXELS // e**3)
+            for start in range(0, n, batch):
+                ks = range(start, min(n, start + batch))
+                out[ks.start : ks.stop] = _crack_batch(spec, ks, dev)
     else:
         raise ValueError(f"unknown bank kind {spec['kind']!r}")
     logger.info("bank %s: %d x %d^3 in %.2f s", spec["kind"], n, e, time.perf_counter() - t0)

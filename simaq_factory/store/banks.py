@@ -110,7 +110,7 @@ def ensure_banks(out: Path, recipe: Any, device: torch.device | None = None) -> 
         if data is None:
             if reason != "missing" or rec is not None:
                 log.warning("noise bank %s: %s; regenerating it", name, reason)
-            data = generate_bank(spec, device)
+            data = generate_bank(spec, device, processes=None)  # a process per core for big banks
             digest = array_sha256(data)
             if rec is not None and rec["sha256"] != digest:
                 raise BuildFailed(
