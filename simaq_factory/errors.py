@@ -1,13 +1,16 @@
 """Exceptions with an exit code: bad input is 2, runtime failure is 1 (design §4).
 
 Also the command-line side of that contract, shared by ``simaq-factory`` and ``simaq-train``:
-:func:`fail` prints ``error: …`` on one line and exits, :class:`OneLineGroup` turns click's usage
-errors into such a line with exit code 2.
+:func:`fail` prints ``error: …`` on one line and exits, :func:`handle_errors` maps a command's
+exceptions to such lines, :class:`OneLineGroup` turns click's usage errors into one with exit code 2.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -45,3 +48,25 @@ class OneLineGroup(click.Group):
             fail(err.format_message().replace("\n", " "), 2)
         except click.Abort:
             fail("aborted", 130)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map a command's exceptions to one-line messages and exit codes (2 bad input, 1 failure,
+    130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecipeError as err:
+            fail(str(err), 2)
+        except BuildFailed as err:
+            fail(str(err), 1)
+        except KeyboardInterrupt:
+            fail("interrupted; run the same command again to resume", 130)
+        except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+
+    return wrapper

@@ -6,35 +6,15 @@ Heavy imports happen inside the commands.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from simaq_factory.errors import OneLineGroup, fail
-from simaq_factory.recipe.fields import RecipeError
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RecipeError as err:
-            fail(str(err), 2)
-        except KeyboardInterrupt:
-            fail("interrupted; run the same command again to resume", 130)
-        except Exception as err:  # noqa: BLE001
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
-
-    return wrapper
+from simaq_factory.errors import OneLineGroup, handle_errors
 
 
 class Bar:

@@ -6,42 +6,17 @@ Heavy imports (torch, dask) happen inside the commands, so ``--help`` and errors
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from simaq_factory.errors import OneLineGroup, fail
+from simaq_factory.errors import OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map exceptions to one-line messages and exit codes."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from simaq_factory.errors import BuildFailed
-
-        try:
-            return fn(*args, **kwargs)
-        except RecipeError as err:
-            fail(str(err), 2)
-        except BuildFailed as err:
-            fail(str(err), 1)
-        except KeyboardInterrupt:
-            fail("interrupted; run the same command again to resume", 130)
-        except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
-
-    return wrapper
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...]) -> tuple[Any, str]:
@@ -266,7 +241,7 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str 
 
 
 def _register_benchmark_commands() -> None:
-    from simaq_factory.cli.score import baseline, score  # imports handle_errors from this module
+    from simaq_factory.cli.score import baseline, score
 
     main.add_command(score)
     main.add_command(baseline)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from simaq_factory.cli.main import handle_errors
+from simaq_factory.errors import handle_errors
 
 __all__ = ["baseline", "score"]
 
