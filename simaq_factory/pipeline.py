@@ -119,6 +119,7 @@ def acquire(
     sino_rng: np.random.Generator,
     voxel_length: float,
     lap: Callable[[str], None],
+    banks: NoiseBanks,
 ) -> Acquisition:
     """Sample angles, project ``noisy`` (z, y, x) about volume ``axis``, add sinogram artifacts and
     reconstruct (reference §3.2–3.9). ``lap(stage)`` is called after each timed stage."""
@@ -136,12 +137,13 @@ def acquire(
     # misaligned series is projected about a tilted axis
     sino_params = sample_sinogram_artifacts(
         recipe.acquisition.sinogram, angles.n_angles, sino_rng, voxel_length=voxel_length,
+        flicker_entries=recipe.artifacts.banks.perlin_lo_2d.entries,
     )
     tilt = float(sino_params["misalignment"].get("axis_tilt_deg", 0.0))
     proj = project_tilted_axis(volume_in, fwd_geom, tilt, forward_project)
     del volume_in
     lap("projection")
-    proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params)
+    proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params, banks["perlin_lo_2d"])
     lap("sinogram_artifacts")
     rec_geom = Geometry(
         n=n, angles=tuple(math.radians(a) for a in angles.recon_deg), center=recon_cfg.center,
@@ -213,7 +215,7 @@ def render_sample(
 
     voxel_length = REFERENCE_VOXELS_PER_UNIT / spec.scale
     acqs = [
-        acquire(recipe, noisy, axis, angle_rng, sino_rng, voxel_length, lap)
+        acquire(recipe, noisy, axis, angle_rng, sino_rng, voxel_length, lap, banks)
         for axis, (angle_rng, sino_rng) in enumerate(acquisition_rngs(recipe, index, rngs))
     ]
 

@@ -96,6 +96,8 @@ def test_one_and_two_dask_workers_give_identical_bytes(inline_ref, tmp_path):
         out = tmp_path / f"w{workers}"
         run_cli("build", SMOKE, "-o", str(out), "--workers", workers)
         assert_same_arrays(read_all(out), ref)
+        card = dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs)
+        assert card["banks"] == dict(zarr.open_group(inline_ref / "dataset.zarr", mode="r").attrs)["banks"]
         prov = json.loads((out / "provenance" / "shard-000001.json").read_text())
         ref_prov = json.loads((inline_ref / "provenance" / "shard-000001.json").read_text())
         assert prov["checksums"] == ref_prov["checksums"]

@@ -156,10 +156,11 @@ def test_cli_validate_prints_id_counts_and_bytes():
     assert f"recipe id: {recipe_id(rec)}" in result.output
     assert "samples: 6" in result.output and "shards: 3" in result.output
     assert "estimated output:" in result.output
-    # the noise banks are counted: 4x32^3 + 8x64^3 + 4x32^3 float32 = 9 MiB on top of the arrays
+    # the noise banks are counted: 4x32^3 + 8x64^3 + 4x32^3 + 64x32^2 float32 = 9.25 MiB on top
     assert "banks/cracks       float32 (4, 32, 32, 32)" in result.output
+    assert "banks/perlin_lo_2d float32 (64, 32, 32)" in result.output
     arrays = sum(float(line.split()[-2]) for line in result.output.splitlines()
                  if line.startswith("  ") and line.split()[0] in ("phantom", "noisy", "recon", "sinogram")
                  and line.split()[-1] == "MiB")
     total = float(result.output.split("estimated output: ")[1].split()[0])
-    assert abs(total - (arrays + 1.5 + 9.0)) < 0.1  # + labels (1.5 MiB)
+    assert abs(total - (arrays + 1.5 + 9.25)) < 0.1  # + labels (1.5 MiB)

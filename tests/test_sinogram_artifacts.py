@@ -16,9 +16,12 @@ from simaq_factory.acquisition.sinogram import (
     PoissonConfig,
     SinogramArtifactsConfig,
     apply_sinogram_artifacts,
+    flicker_maps,
     sample_sinogram_artifacts,
     shift_projections,
 )
+from simaq_factory.artifacts.banks import bank_specs, generate_bank
+from simaq_factory.artifacts.config import ArtifactsConfig
 from simaq_factory.recipe.fields import Dist
 from simaq_factory.recipe.schema import parse_section, section_to_json
 
@@ -26,6 +29,10 @@ OFF = dict(
     flicker=FlickerConfig(enabled=False),
     ice_thickness=IceThicknessConfig(enabled=False),
 )
+
+
+#: the default flicker bank (64 maps of 32²) of a recipe with seed 7
+BANK = torch.from_numpy(generate_bank(bank_specs(ArtifactsConfig(), (32, 32, 32), 7)["perlin_lo_2d"]))
 
 
 def _proj(a: int = 6, z: int = 16, d: int = 24, seed: int = 0) -> torch.Tensor:
@@ -71,7 +78,9 @@ def test_flicker_bias_is_non_negative_and_bounded_by_f_mean() -> None:
     )
     proj = _proj(8, 20, 30)
     params = sample_sinogram_artifacts(cfg, 8, np.random.default_rng(1))
-    out = apply_sinogram_artifacts(proj, np.zeros(8), params)
+    with pytest.raises(ValueError, match="perlin_lo_2d"):
+        apply_sinogram_artifacts(proj, np.zeros(8), params)
+    out = apply_sinogram_artifacts(proj, np.zeros(8), params, BANK)
     bias = (out - proj).double()
     bound = 0.3 * proj.double().mean(dim=(1, 2))
     assert float(bias.min()) >= -1e-6
@@ -81,6 +90,49 @@ def test_flicker_bias_is_non_negative_and_bounded_by_f_mean() -> None:
     # every projection gets its own map
     maps = bias / bound[:, None, None]
     assert not torch.allclose(maps[0], maps[1], atol=1e-3)
+
+
+def test_flicker_maps_are_bank_entries_in_the_eight_orientations() -> None:
+    e = 6
+    bank = torch.arange(2 * e * e, dtype=torch.float32).reshape(2, e, e)
+    m = bank[1]
+    expected = [m, m.flip(0), m.flip(1), m.flip(0).flip(1), m.T, m.T.flip(0), m.T.flip(1), m.T.flip(0).flip(1)]
+    maps = flicker_maps(bank, [1] * 8, list(range(8)), (e, e))  # same size: resampling is the identity
+    for o in range(8):
+        want = (expected[o] - expected[o].min()) / (expected[o].max() - expected[o].min())
+        assert torch.allclose(maps[o], want, atol=1e-6), o
+    assert len({maps[o].numpy().tobytes() for o in range(8)}) == 8
+    with pytest.raises(ValueError, match="out of range"):
+        flicker_maps(bank, [2], [0], (e, e))
+    with pytest.raises(ValueError, match="0..7"):
+        flicker_maps(bank, [0], [8], (e, e))
+
+
+def test_flicker_draws_entries_and_orientations_uniformly() -> None:
+    params = sample_sinogram_artifacts(SinogramArtifactsConfig(), 4000, np.random.default_rng(5),
+                                       flicker_entries=10)
+    entries = np.bincount(params["flicker"]["entries"], minlength=10)
+    orient = np.bincount(params["flicker"]["orientations"], minlength=8)
+    assert entries.shape == (10,) and orient.shape == (8,)
+    assert entries.min() > 0.8 * 400 and entries.max() < 1.2 * 400
+    assert orient.min() > 0.8 * 500 and orient.max() < 1.2 * 500
+
+
+def test_flicker_adds_power_only_at_low_spatial_frequency() -> None:
+    """The bias's 2D spectrum lies within a few periods of zero frequency (bank res = 2 periods)."""
+    a, n = 16, 128
+    cfg = SinogramArtifactsConfig(flicker=FlickerConfig(strength=Dist.const(0.2)),
+                                  ice_thickness=IceThicknessConfig(enabled=False))
+    proj = torch.full((a, n, n), 10.0)
+    params = sample_sinogram_artifacts(cfg, a, np.random.default_rng(2))
+    bias = (apply_sinogram_artifacts(proj, np.zeros(a), params, BANK) - proj).double()
+    bias -= bias.mean(dim=(1, 2), keepdim=True)
+    w = torch.hann_window(n, periodic=False, dtype=torch.float64)  # the maps are not periodic
+    power = torch.fft.fft2(bias * w[:, None] * w[None, :]).abs().square().sum(dim=0)
+    f = torch.fft.fftfreq(n, d=1.0 / n).abs()  # cycles per projection
+    radius = torch.maximum(f[:, None], f[None, :])
+    low = float(power[radius <= 8].sum())
+    assert low / float(power.sum()) > 0.995  # white noise: (17/128)² ≈ 0.018
 
 
 def test_poisson_huge_dose_is_nearly_identity() -> None:
@@ -178,9 +230,9 @@ def test_same_params_identical_bytes_across_threads_and_json() -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        a = apply_sinogram_artifacts(proj, angles, params)
+        a = apply_sinogram_artifacts(proj, angles, params, BANK)
         torch.set_num_threads(2)
-        b = apply_sinogram_artifacts(proj, torch.tensor(angles), round_trip)
+        b = apply_sinogram_artifacts(proj, torch.tensor(angles), round_trip, BANK)
     finally:
         torch.set_num_threads(before)
     assert a.numpy().tobytes() == b.numpy().tobytes()

@@ -3,7 +3,9 @@
 Reference §3.5–§3.7, defaults §9.3. Stages, applied in this order:
 
 1. ``flicker`` (§3.5): flat-field mismatch; per projection i a low-frequency 2D Perlin map P_i in
-   [0, 1], proj_i += f · mean(proj_i) · P_i, the mean taken on the clean projection.
+   [0, 1], proj_i += f · mean(proj_i) · P_i, the mean taken on the clean projection. P_i is a
+   random entry of the dataset's ``perlin_lo_2d`` bank in one of its 8 orientations, resampled to
+   the projection and min–max normalised.
 2. ``ice_thickness`` (§3.6): slab of thickness h seen along a path h / cos|θ_i|; proj_i += path_i · G_i
    with G_i an i.i.d. per-detector-pixel field drawn from ``lac`` (reference N(0.01, 1e-5)).
 3. ``misalignment`` (§3.7 proposal, off): per-projection sub-pixel shifts along the detector (D) and
@@ -16,8 +18,9 @@ Reference §3.5–§3.7, defaults §9.3. Stages, applied in this order:
    µm⁻¹ LACs over voxel steps).
 5. ``detector_noise`` (§3.7, declared but unused in the reference; off): p += μ + σ·N(0, 1).
 
-``sample_sinogram_artifacts`` draws all parameters (JSON-able, integer seeds for noise fields);
-``apply_sinogram_artifacts`` is deterministic given them and runs on the projections' device.
+``sample_sinogram_artifacts`` draws all parameters (JSON-able, integer seeds for noise fields, the
+flicker's bank entries); ``apply_sinogram_artifacts`` is deterministic given them (and the flicker
+bank) and runs on the projections' device.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from simaq_factory.artifacts.perlin import check_lattice, perlin_maps
+from simaq_factory.artifacts.config import PerlinLo2dBankConfig
+from simaq_factory.artifacts.perlin import minmax_normalise
 from simaq_factory.device import torch_generator
 from simaq_factory.recipe.fields import Dist, spec
 
@@ -44,6 +49,7 @@ __all__ = [
     "PoissonConfig",
     "SinogramArtifactsConfig",
     "apply_sinogram_artifacts",
+    "flicker_maps",
     "sample_sinogram_artifacts",
     "shift_projections",
     "rotate_planes",
@@ -58,7 +64,11 @@ REFERENCE_VOXEL_UM = 0.04
 # ------------------------------------------------------------------------------------------ config
 @dataclass(frozen=True, kw_only=True)
 class FlickerConfig:
-    """Flat-field "flicker": additive low-frequency bias per projection (§3.5)."""
+    """Flat-field "flicker": additive low-frequency bias per projection (§3.5).
+
+    The maps come from the dataset's ``perlin_lo_2d`` noise bank (``artifacts.banks.perlin_lo_2d``
+    sets their size and frequency), as the reference read them from a folder of 2D maps.
+    """
 
     enabled: bool = spec(True, doc="apply flicker (§3.5; the reference's probability field is unused)")
     strength: Dist = spec(
@@ -66,13 +76,6 @@ class FlickerConfig:
         ge=0.0,
         doc="f, clip(N(0.05, 0.03), 0, 1); bias up to f·mean(projection) (§3.5)",
     )
-    lattice: int = spec(32, ge=2, doc="edge of each generated 2D map before resampling (§2.6)")
-    res: int = spec(2, ge=1, doc="Perlin periods across a projection, coarsest octave (§2.6)")
-    octaves: int = spec(1, ge=1, le=6, doc="fractal octaves of the 2D maps (§2.6)")
-    persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves")
-
-    def __post_init__(self) -> None:
-        check_lattice(self.lattice, self.res, self.octaves)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,9 +175,18 @@ class SinogramArtifactsConfig:
 
 # ---------------------------------------------------------------------------------------- sampling
 def sample_sinogram_artifacts(
-    cfg: SinogramArtifactsConfig, n_angles: int, rng: np.random.Generator, *, voxel_length: float = 1.0
+    cfg: SinogramArtifactsConfig,
+    n_angles: int,
+    rng: np.random.Generator,
+    *,
+    voxel_length: float = 1.0,
+    flicker_entries: int | None = None,
 ) -> dict[str, Any]:
     """Draw the sinogram-artifact parameters for one tilt series of ``n_angles`` projections.
+
+    ``flicker_entries`` is the number of maps in the flicker bank (``artifacts.banks.perlin_lo_2d
+    .entries``; default that field's default): each projection draws one entry and one of the 8
+    orientations of a square (:func:`flicker_maps`).
 
     ``voxel_length`` is the length of one voxel of this volume in reference voxels (1.2 / phantom
     scale; 1 at the reference's 512³): the ice thickness is a length in reference voxels, so its
@@ -188,14 +200,14 @@ def sample_sinogram_artifacts(
 
     f = cfg.flicker
     strength = float(f.strength.sample(r_flk))
+    n_maps = PerlinLo2dBankConfig().entries if flicker_entries is None else int(flicker_entries)
+    if n_maps < 1:
+        raise ValueError(f"flicker_entries must be at least 1, got {n_maps}")
     flicker = {
         "applied": bool(f.enabled and strength > 0.0),
         "strength": strength,
-        "seed": int(r_flk.integers(0, _SEED_HIGH)),
-        "lattice": f.lattice,
-        "res": f.res,
-        "octaves": f.octaves,
-        "persistence": f.persistence,
+        "entries": [int(v) for v in r_flk.integers(0, n_maps, n_angles)],
+        "orientations": [int(v) for v in r_flk.integers(0, 8, n_angles)],
     }
 
     ice_cfg = cfg.ice_thickness
@@ -336,8 +348,38 @@ def project_tilted_axis(volume: torch.Tensor, geom: Any, tilt_deg: float, projec
     return rotate_planes(project(turned, geom), tilt_deg).contiguous()
 
 
+def flicker_maps(bank: torch.Tensor, entries: Sequence[int], orientations: Sequence[int],
+                 out_hw: tuple[int, int]) -> torch.Tensor:
+    """The flicker maps of a tilt series: float32 (A, H, W) on the bank's device, each in [0, 1].
+
+    Map i is ``bank[entries[i]]`` (a square (e, e) map) in orientation ``o = orientations[i]``:
+    transposed when ``o & 4``, then its rows reversed when ``o & 1`` and its columns when ``o & 2``;
+    bilinearly resampled (``align_corners=False``) to ``out_hw`` and min–max normalised on its own.
+    """
+    if bank.ndim != 3 or bank.shape[1] != bank.shape[2]:
+        raise ValueError(f"the flicker bank must be (entries, e, e), got shape {tuple(bank.shape)}")
+    idx = torch.as_tensor(list(entries), dtype=torch.long)
+    orient = torch.as_tensor(list(orientations), dtype=torch.long)
+    if idx.numel() != orient.numel():
+        raise ValueError(f"{idx.numel()} flicker entries but {orient.numel()} orientations")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bank.shape[0]):
+        raise ValueError(f"flicker entry out of range: the bank has {bank.shape[0]} maps")
+    if orient.numel() and (int(orient.min()) < 0 or int(orient.max()) > 7):
+        raise ValueError("flicker orientations must lie in 0..7")
+    small = bank[idx.to(bank.device)]
+    orient = orient.to(bank.device)[:, None, None]
+    small = torch.where(orient & 4 != 0, small.transpose(1, 2), small)
+    small = torch.where(orient & 1 != 0, small.flip(1), small)
+    small = torch.where(orient & 2 != 0, small.flip(2), small)
+    big = F.interpolate(small[:, None].float(), size=tuple(out_hw), mode="bilinear", align_corners=False)
+    return minmax_normalise(big[:, 0], (1, 2))
+
+
 def apply_sinogram_artifacts(
-    proj: torch.Tensor, angles_deg: Sequence[float] | torch.Tensor | np.ndarray, params: dict[str, Any]
+    proj: torch.Tensor,
+    angles_deg: Sequence[float] | torch.Tensor | np.ndarray,
+    params: dict[str, Any],
+    flicker_bank: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply sampled sinogram artifacts; no randomness beyond the seeds in ``params``.
 
@@ -345,6 +387,8 @@ def apply_sinogram_artifacts(
         proj: projection stack (A, Z, D) float32, line integrals; not modified.
         angles_deg: the A forward (jittered) tilt angles in degrees used to make ``proj``.
         params: the dict from :func:`sample_sinogram_artifacts` (or its JSON round-trip).
+        flicker_bank: the dataset's ``perlin_lo_2d`` bank (entries, e, e); needed when the flicker
+            is applied (moved to ``proj``'s device).
 
     Returns:
         A new (A, Z, D) float32 tensor on ``proj.device``.
@@ -363,16 +407,9 @@ def apply_sinogram_artifacts(
 
     fl = params["flicker"]
     if fl["applied"]:
-        maps = perlin_maps(
-            n_a,
-            (n_z, n_d),
-            lattice=int(fl["lattice"]),
-            res=int(fl["res"]),
-            octaves=int(fl["octaves"]),
-            persistence=float(fl["persistence"]),
-            seed=int(fl["seed"]),
-            device=dev,
-        )
+        if flicker_bank is None:
+            raise ValueError("the flicker needs the dataset's perlin_lo_2d noise bank (flicker_bank)")
+        maps = flicker_maps(flicker_bank.to(dev), fl["entries"], fl["orientations"], (n_z, n_d))
         clean_mean = out.mean(dim=(1, 2))
         out += float(fl["strength"]) * clean_mean[:, None, None] * maps
 

@@ -23,6 +23,7 @@ __all__ = [
     "FiducialsConfig",
     "IceCracksConfig",
     "PerlinHiBankConfig",
+    "PerlinLo2dBankConfig",
     "PerlinLoBankConfig",
     "PerlinTextureConfig",
     "crack_block_edge",
@@ -195,6 +196,23 @@ class PerlinHiBankConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PerlinLo2dBankConfig:
+    """Low-frequency 2D Perlin maps for the flat-field flicker (§3.5, §2.6 "lo" 2D)."""
+
+    entries: int = spec(
+        64, ge=1, le=4096,
+        doc="maps in the bank; each projection takes one in one of 8 orientations; our choice",
+    )
+    edge: int = spec(32, ge=2, le=1024, doc="edge of each stored map (resampled to the projection)")
+    res: int = spec(2, ge=1, doc="Perlin periods across a map, coarsest octave (§2.6 proposal: 2-8)")
+    octaves: int = spec(1, ge=1, le=6, doc="fractal octaves (§2.6 proposal: 1 for lo)")
+    persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves (§2.6)")
+
+    def __post_init__(self) -> None:
+        _check_edge(self.edge, self.res, self.octaves)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CrackBankConfig:
     """Crack blocks made by the region-competition generator (§2.4; knobs in ``ice_cracks``)."""
 
@@ -212,9 +230,8 @@ class CrackBankConfig:
 class BanksConfig:
     """Noise banks built once per dataset from the recipe seed and stored in it (design §2).
 
-    The reference read such fields from disk (§2.6, §8.2). The flat-field flicker maps (2D lo
-    Perlin, §3.5) are not banked: 32² maps are cheaper to generate per projection from the sample
-    seed than to store (``acquisition.sinogram.flicker``).
+    The reference read such fields from disk (§2.6, §8.2): 3D volumes for the cracks and the ice
+    texture, 2D maps for the flat-field flicker of each projection (§3.5).
     """
 
     perlin_lo_3d: PerlinLoBankConfig = spec(
@@ -224,6 +241,9 @@ class BanksConfig:
         default_factory=PerlinHiBankConfig, doc="high-frequency volumes of the ice texture"
     )
     cracks: CrackBankConfig = spec(default_factory=CrackBankConfig, doc="ice-crack blocks")
+    perlin_lo_2d: PerlinLo2dBankConfig = spec(
+        default_factory=PerlinLo2dBankConfig, doc="low-frequency 2D maps of the flat-field flicker (§3.5)"
+    )
 
 
 def crack_block_edge(cfg: CrackBankConfig, shape: tuple[int, ...]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -76,8 +77,8 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     from simaq_factory.artifacts.banks import bank_specs
 
     for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items():
-        shape = (int(b["entries"]),) + (int(b["edge"]),) * 3
-        nbytes = 4 * shape[0] * shape[1] ** 3
+        shape = (int(b["entries"]),) + (int(b["edge"]),) * (2 if b["kind"] == "perlin_2d" else 3)
+        nbytes = 4 * math.prod(shape)
         total += nbytes
         click.echo(f"  banks/{name:12s} float32 {shape}  {_human_bytes(nbytes)}  (once per dataset)")
     click.echo(f"estimated output: {_human_bytes(total)} uncompressed")

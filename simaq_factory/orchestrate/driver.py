@@ -141,7 +141,13 @@ def build(
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
         log_path = attach_log_file(out, "driver")
-        _prepare_banks(out, recipe, log_path)
+        # on one machine the driver builds the banks itself (a process per core for big crack banks:
+        # the same cores, without the workers' start-up); on a scheduler or SLURM, whose driver may
+        # be a login node, the workers build them
+        remote = not handle.description.startswith("LocalCluster")
+        _prepare_banks(out, recipe, log_path,
+                       _worker_pieces(handle.client, exe.retries, rid) if remote else None,
+                       parallel=max(1, handle.n_workers))
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                  handle.description, handle.dashboard)
@@ -158,14 +164,49 @@ def build(
         detach_log_file(log_path)
 
 
-def _prepare_banks(out: Path, recipe: Recipe, log_path: Any) -> None:
+def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]], list[Any]]:
+    """Generate bank pieces as tasks on the cluster's workers (on their CPUs, one thread each).
+
+    The largest pieces (crack blocks) get the highest priority so they start first. A piece is a
+    pure function of its spec and entry range, so its bytes do not depend on the worker.
+    """
+
+    def run(jobs: list[Any]) -> list[Any]:
+        from simaq_factory.artifacts.banks import generate_piece
+
+        futures = []
+        for spec, a, b in jobs:
+            ndim = 2 if spec["kind"] == "perlin_2d" else 3
+            cost = (b - a) * int(spec["edge"]) ** ndim * (100 if spec["kind"] == "cracks" else 1)
+            futures.append(client.submit(
+                generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
+                priority=cost, retries=retries, pure=False,
+            ))
+        try:
+            return list(client.gather(futures))
+        finally:
+            for f in futures:
+                f.release()
+
+    return run
+
+
+def _prepare_banks(
+    out: Path,
+    recipe: Recipe,
+    log_path: Any,
+    run_pieces: Callable[[list[Any]], list[Any]] | None = None,
+    *,
+    parallel: int = 1,
+) -> None:
     """Build or check the noise banks before any shard task exists (store/banks.py).
 
-    Banks are generated on this process's CPU, so their bytes do not depend on where shards run.
+    Banks are generated on CPUs (here, or by ``run_pieces`` on the cluster's workers), so their
+    bytes do not depend on where shards run.
     """
     t = time.perf_counter()
     try:
-        record = ensure_banks(out, recipe)
+        record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel)
     except BaseException:
         detach_log_file(log_path)
         raise
