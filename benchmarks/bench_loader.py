@@ -12,6 +12,8 @@ Needs the config's datasets (see its header). Prints a table and writes JSON wit
 
 from __future__ import annotations
 
+import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
+
 import argparse
 import json
 import os

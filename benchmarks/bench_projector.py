@@ -15,6 +15,8 @@ SIRT and CGLS iteration (``--iterations`` each, default 10); e.g. the issue's re
 
 from __future__ import annotations
 
+import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
+
 import argparse
 import json
 import logging

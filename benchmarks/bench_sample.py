@@ -14,6 +14,8 @@ that row.
 
 from __future__ import annotations
 
+import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
+
 import argparse
 import json
 import platform

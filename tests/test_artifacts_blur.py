@@ -82,3 +82,40 @@ def test_bitwise_deterministic_across_thread_counts() -> None:
     finally:
         torch.set_num_threads(before)
     assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def _whole_volume_blur(vol: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """The separable passes over the whole volume, without the support box (the plain algorithm)."""
+    from simaq_factory.artifacts.blur import _blur_axis
+
+    k = [float(v) for v in gaussian_kernel_1d(sigma, radius, torch.device("cpu"))]
+    out = vol
+    for dim in (2, 1, 0):
+        out = _blur_axis(out, k, dim)
+    return out
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (slice(5, 12), slice(20, 26), slice(3, 9)),  # interior: zero padding on every side
+        (slice(0, 4), slice(0, 30), slice(30, 36)),  # touching borders: replicate there
+        (slice(17, 18), slice(2, 3), slice(35, 36)),  # one voxel near the border, radius > margin
+    ],
+)
+def test_sparse_volume_blurs_only_its_support_with_the_same_bytes(box: tuple[slice, ...]) -> None:
+    from simaq_factory.artifacts.blur import support_box
+
+    vol = torch.zeros((18, 30, 36))
+    vol[box] = 0.1 + torch.rand(vol[box].shape, generator=torch.Generator().manual_seed(4))
+    r = 4
+    grown = support_box(vol, r)
+    assert grown is not None
+    for got, want, n in zip(grown, box, vol.shape):
+        assert (got.start, got.stop) == (max(0, want.start - r), min(n, want.stop + r))
+    ours = gaussian_blur_3d(vol, 1.3, r)
+    assert ours.numpy().tobytes() == _whole_volume_blur(vol, 1.3, r).numpy().tobytes()
+    ref = ndi.gaussian_filter(vol.numpy().astype(np.float64), 1.3, mode="nearest", radius=r)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=2e-6)
+    assert support_box(torch.zeros((4, 4, 4)), 2) is None
+    assert not gaussian_blur_3d(torch.zeros((6, 5, 4)), 1.0, 2).any()
