@@ -113,7 +113,7 @@ def build(
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
         log_path = attach_log_file(out, "driver")
-        _prepare_banks(out, recipe, log_path)
+        _prepare_banks(out, recipe, log_path, keep=True)
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
         report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
@@ -198,6 +198,7 @@ def _prepare_banks(
     run_pieces: Callable[[list[Any]], list[Any]] | None = None,
     *,
     parallel: int = 1,
+    keep: bool = False,
 ) -> None:
     """Build or check the noise banks before any shard task exists (store/banks.py).
 
@@ -206,7 +207,7 @@ def _prepare_banks(
     """
     t = time.perf_counter()
     try:
-        record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel)
+        record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel, keep=keep)
     except BaseException:
         detach_log_file(log_path)
         raise

@@ -99,6 +99,7 @@ def ensure_banks(
     *,
     run_pieces: PieceRunner | None = None,
     parallel: int = 1,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Driver only: make every bank of ``recipe`` present and intact in ``out``; return the record.
 
@@ -109,7 +110,8 @@ def ensure_banks(
     default CPU, a process per core for big crack banks). The bytes are the same either way.
     Raises :class:`BadInput` when ``out`` records banks of another spec (another generator version)
     and :class:`BuildFailed` when a bank regenerates to bytes other than the recorded ones (the
-    shards already built used the recorded ones).
+    shards already built used the recorded ones). ``keep`` leaves the banks in :func:`load_banks`'
+    CPU cache of this process (for an inline build, which renders here).
     """
     recorded: dict[str, Any] = read_card(out).get(CARD_KEY) or {}
     zarr.open_group(out / GROUP_NAME, mode="r+").require_group(BANKS_GROUP)
@@ -154,6 +156,11 @@ def ensure_banks(
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
     if record != recorded:
         update_card(out, {CARD_KEY: record})
+    if keep:  # an inline build renders in this process: spare load_banks reading and hashing again
+        digests = tuple(sorted((name, str(rec["sha256"])) for name, rec in record.items()))
+        cpu = torch.device("cpu")
+        _remember((str(Path(out).resolve()), digests, str(cpu)),
+                  NoiseBanks({name: torch.from_numpy(present[name]) for name, _ in digests}, dict(digests)))
     return record
 
 
@@ -224,7 +231,12 @@ def load_banks(out: Path, device: torch.device) -> NoiseBanks:
             raise BuildFailed(f"noise bank {name} of {out}: {reason}; run `simaq-factory build` to repair")
         arrays[name] = torch.from_numpy(data).to(device)
     banks = NoiseBanks(arrays, dict(digests))
+    _remember(key, banks)
+    return banks
+
+
+def _remember(key: tuple[str, tuple[tuple[str, str], ...], str], banks: NoiseBanks) -> None:
     _LOADED[key] = banks
+    _LOADED.move_to_end(key)
     while len(_LOADED) > _LOADED_SIZE:
         _LOADED.popitem(last=False)
-    return banks
