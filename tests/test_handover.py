@@ -116,6 +116,11 @@ def test_preview_png(built, tmp_path):
     img = iio.imread(png)
     assert img.ndim == 3 and img.shape[0] > 600 and img.shape[1] > 600
     assert img[..., :3].std() > 20  # not blank
+    # the labels row's class bar shows the overlay colours: the cell's green as a solid patch
+    from simaq_factory.store.preview import LABEL_COLOURS
+
+    green = np.round(np.array(LABEL_COLOURS[1]) * 255)
+    assert (np.abs(img[..., :3].astype(float) - green).max(axis=-1) <= 2).sum() > 100
     assert cli("preview", str(built), "--index", "9", "-o", str(png)).exit_code == 2
     assert cli("preview", str(built), "-o", str(tmp_path / "nodir" / "p.png")).exit_code == 2
 

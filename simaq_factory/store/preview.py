@@ -4,7 +4,7 @@ Rows: phantom (LAC), labels over the phantom, noisy volume (when stored), recons
 per acquisition axis when ``acquisition.axes`` is 3); columns: the z (tilt-axis) slice, the y slice
 and the x slice through the sample's labelled centre. A last row shows one projection near 0° and
 the sinogram of the central z slice (of the z-axis acquisition) when sinograms are stored.
-Every image has its own colour bar.
+Every image has its own colour bar; the labels row's names the classes of its colour overlay.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from simaq_factory.errors import BadInput
+from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.inspect import open_dataset_recipe
 from simaq_factory.store.layout import GROUP_NAME
 
@@ -36,6 +37,19 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
         rgba[m, :3] = colour
         rgba[m, 3] = 0.45
     return rgba
+
+
+def _class_bar(fig: Any, ax: Any, classes: list[int]) -> None:
+    """A categorical colour bar naming the label classes of the overlay (those in the sample)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    classes = classes or [1]
+    cmap = ListedColormap([LABEL_COLOURS[v] for v in classes])
+    norm = BoundaryNorm(np.arange(len(classes) + 1) - 0.5, cmap.N)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.03,
+                       ticks=np.arange(len(classes)))
+    bar.ax.set_yticklabels([LABEL_NAMES[v].replace("_", " ") for v in classes], fontsize=7)
 
 
 def render_preview(out: Path, index: int, png: Path) -> Path:
@@ -63,6 +77,7 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
         volumes.append(("recon (raw FBP)", recon, "gray"))
     else:  # one reconstruction per acquisition axis, all in (z, y, x)
         volumes += [(f"recon, tilt axis {'zyx'[k]}", recon[k], "gray") for k in range(recon.shape[0])]
+    present = [v for v in LABEL_COLOURS if np.any(labels == v)]
     cz, cy, cx = _centre(labels)
     cuts: list[tuple[str, Any]] = [(f"z={cz}", np.s_[cz, :, :]), (f"y={cy}", np.s_[:, cy, :]),
                                    (f"x={cx}", np.s_[:, :, cx])]
@@ -77,7 +92,9 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
             im = ax.imshow(base, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="upper")
             if vol is None:
                 ax.imshow(_overlay(labels[cut]), origin="upper")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+                _class_bar(fig, ax, present)
+            else:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
             ax.set_title(f"{title}  {cut_name}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
