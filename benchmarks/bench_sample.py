@@ -7,9 +7,9 @@ Stages are timed inside ``render_sample`` (CUDA synchronised between stages); ``
 training reader's rank normalisation of the reconstruction and ``write`` writes the sample as one
 shard of a Zarr store in a temporary directory (same codecs and chunks as a build). The first sample
 is a warm-up and is not reported. ``banks_once`` is the one-time cost of the dataset's noise banks
-(built by the driver before any shard; not part of a sample's time). ``peak_rss_gib`` is the process's peak resident memory so far
-(run one size per invocation to read it per size); ``peak_gpu_gib`` the CUDA allocator's peak for
-that row.
+(built by the driver before any shard, with a process per core for big crack banks; not part of a
+sample's time). ``peak_rss_gib`` is the process's peak resident memory so far (run one size per
+invocation to read it per size); ``peak_gpu_gib`` the CUDA allocator's peak for that row.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
         totals = []
         # the noise banks are built once per dataset (by the driver), not per sample: timed apart
         t_banks = time.perf_counter()
-        memory_banks(recipe.artifacts, tuple(recipe.dataset.shape), recipe.seed, device)
+        memory_banks(recipe.artifacts, tuple(recipe.dataset.shape), recipe.seed, device, processes=None)
         banks_once = time.perf_counter() - t_banks
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -257,12 +257,14 @@ _MEMORY_SIZE = 2
 
 
 def memory_banks(
-    cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int, device: torch.device
+    cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int, device: torch.device, *,
+    processes: int | None = 1,
 ) -> NoiseBanks:
     """Banks generated in this process on the CPU and moved to ``device``, cached per spec and device.
 
     For library use of ``render_sample`` without a dataset; a build stores its banks instead (the
-    same bytes: both generate on the CPU).
+    same bytes: both generate on the CPU). ``processes`` as in :func:`generate_bank` (``None``: a
+    spawned process per core for big crack banks, for scripts with a ``__main__`` guard).
     """
     specs = bank_specs(cfg, shape, seed)
     key = (json.dumps(specs, sort_keys=True), str(device))
@@ -270,7 +272,7 @@ def memory_banks(
     if hit is not None:
         _MEMORY.move_to_end(key)
         return hit
-    host = {name: generate_bank(spec) for name, spec in specs.items()}
+    host = {name: generate_bank(spec, processes=processes) for name, spec in specs.items()}
     banks = NoiseBanks(
         {k: torch.from_numpy(v).to(device) for k, v in host.items()},
         {k: array_sha256(v) for k, v in host.items()},
