@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -53,6 +54,7 @@ __all__ = [
     "NoiseBanks",
     "array_sha256",
     "bank_pieces",
+    "bank_shape",
     "bank_specs",
     "generate_bank",
     "generate_piece",
@@ -108,17 +110,22 @@ def bank_specs(cfg: ArtifactsConfig, shape: tuple[int, ...], seed: int) -> dict[
     return specs
 
 
+def bank_shape(spec: dict[str, Any]) -> tuple[int, ...]:
+    """The array shape of the bank of ``spec``: (entries, e, e) for 2D maps, (entries, e, e, e) else."""
+    ndim = 2 if spec["kind"] == "perlin_2d" else 3
+    return (int(spec["entries"]),) + (int(spec["edge"]),) * ndim
+
+
 def _entry_rng(spec: dict[str, Any], entry: int) -> np.random.Generator:
     key = (int(spec["spawn_root"]), int(spec["bank_index"]), int(entry))
     return np.random.default_rng(np.random.SeedSequence(int(spec["seed"]), spawn_key=key))
 
 
 def _perlin_entry(spec: dict[str, Any], entry: int) -> np.ndarray:
-    e, res = int(spec["edge"]), int(spec["res"])
-    ndim = 2 if spec["kind"] == "perlin_2d" else 3
-    generate = generate_fractal_noise_2d if ndim == 2 else generate_fractal_noise_3d
+    entry_shape = bank_shape(spec)[1:]
+    generate = generate_fractal_noise_2d if len(entry_shape) == 2 else generate_fractal_noise_3d
     noise = generate(
-        (e,) * ndim, (res,) * ndim, octaves=int(spec["octaves"]),
+        entry_shape, (int(spec["res"]),) * len(entry_shape), octaves=int(spec["octaves"]),
         persistence=float(spec["persistence"]), rng=_entry_rng(spec, entry),
     )
     lo, hi = float(noise.min()), float(noise.max())
@@ -150,11 +157,11 @@ def bank_pieces(spec: dict[str, Any], parallel: int = 1) -> list[tuple[int, int]
     Concatenating :func:`generate_piece` over the pieces in order gives the bank, whatever the
     split: every entry draws from its own seed stream and is relaxed on its own.
     """
-    n, e = int(spec["entries"]), int(spec["edge"])
+    n, entry_voxels = bank_shape(spec)[0], math.prod(bank_shape(spec)[1:])
     if spec["kind"] == "cracks":
-        per = max(1, min(_CRACK_BATCH_VOXELS // e**3, -(-n // max(1, int(parallel)))))
+        per = max(1, min(_CRACK_BATCH_VOXELS // entry_voxels, -(-n // max(1, int(parallel)))))
     else:
-        per = max(1, _PIECE_VOXELS // e ** (2 if spec["kind"] == "perlin_2d" else 3))
+        per = max(1, _PIECE_VOXELS // entry_voxels)
     return [(start, min(n, start + per)) for start in range(0, n, per)]
 
 

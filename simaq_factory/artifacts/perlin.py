@@ -9,25 +9,9 @@ at use time.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["check_lattice", "minmax_normalise"]
-
-
-def check_lattice(lattice: int, res: int, octaves: int) -> None:
-    """Raise ``ValueError`` unless ``lattice`` is a multiple of ``res · 2**(octaves − 1)``.
-
-    perlin-numpy requires the generated shape to be a multiple of the finest octave's period count.
-    """
-    finest = res * 2 ** (octaves - 1)
-    if lattice % finest != 0:
-        raise ValueError(
-            f"lattice={lattice} must be a multiple of res·2^(octaves−1) = {res}·2^{octaves - 1} = {finest}"
-        )
+__all__ = ["minmax_normalise"]
 
 
 def minmax_normalise(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

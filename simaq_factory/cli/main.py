@@ -74,10 +74,10 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
                f"samples per shard: {rec.dataset.samples_per_shard}")
     for s in specs.values():
         click.echo(f"  {s.name:9s} {s.dtype:8s} {tuple(s.shape)}  {_human_bytes(s.nbytes)}")
-    from simaq_factory.artifacts.banks import bank_specs
+    from simaq_factory.artifacts.banks import bank_shape, bank_specs
 
     for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items():
-        shape = (int(b["entries"]),) + (int(b["edge"]),) * (2 if b["kind"] == "perlin_2d" else 3)
+        shape = bank_shape(b)
         nbytes = 4 * math.prod(shape)
         total += nbytes
         click.echo(f"  banks/{name:12s} float32 {shape}  {_human_bytes(nbytes)}  (once per dataset)")

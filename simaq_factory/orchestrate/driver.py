@@ -9,6 +9,7 @@ and reports progress through a callback.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,12 +173,12 @@ def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]],
     """
 
     def run(jobs: list[Any]) -> list[Any]:
-        from simaq_factory.artifacts.banks import generate_piece
+        from simaq_factory.artifacts.banks import bank_shape, generate_piece
 
         futures = []
         for spec, a, b in jobs:
-            ndim = 2 if spec["kind"] == "perlin_2d" else 3
-            cost = (b - a) * int(spec["edge"]) ** ndim * (100 if spec["kind"] == "cracks" else 1)
+            voxels = (b - a) * math.prod(bank_shape(spec)[1:])
+            cost = voxels * (100 if spec["kind"] == "cracks" else 1)
             futures.append(client.submit(
                 generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
                 priority=cost, retries=retries, pure=False,

@@ -52,8 +52,8 @@ def _expected(recipe: Any) -> dict[str, dict[str, Any]]:
 
 
 def _read_checked(out: Path, name: str, sha256: str | None) -> tuple[np.ndarray | None, str]:
-    """(data, "") when the stored bank reads and matches ``sha256`` (or its own attribute), else
-    (None, reason)."""
+    """(data, its sha256) when the stored bank reads and matches ``sha256`` (or its own
+    attribute), else (None, reason)."""
     path = bank_path(out, name)
     if not (path / "zarr.json").exists():
         return None, "missing"
@@ -66,7 +66,7 @@ def _read_checked(out: Path, name: str, sha256: str | None) -> tuple[np.ndarray 
     digest = array_sha256(data)
     if digest != (sha256 or stored):
         return None, "data does not match its sha256 (damaged)"
-    return data, ""
+    return data, digest
 
 
 def _write_atomic(out: Path, name: str, data: np.ndarray, spec: dict[str, Any], digest: str) -> None:
@@ -122,21 +122,21 @@ def ensure_banks(
         # maps): adding the missing bank now would mix two noise models in one dataset
         raise BadInput(str(out), f"it records the noise banks {sorted(recorded)}, this software uses "
                        f"{sorted(expected)} (built by another version); use a new output directory")
-    present: dict[str, np.ndarray] = {}
+    present: dict[str, tuple[np.ndarray, str]] = {}  # name -> (data, sha256)
     for name, spec in expected.items():
         rec = recorded.get(name)
         if rec is not None and rec.get("spec") != spec:
             raise BadInput(str(out), f"its noise bank {name!r} was built with another spec or generator "
                            "version than this software makes; use a new output directory")
-        data, reason = _read_checked(out, name, rec["sha256"] if rec else None)
+        data, digest_or_reason = _read_checked(out, name, rec["sha256"] if rec else None)
         if data is not None and rec is None:
             stored = zarr.open_array(bank_path(out, name), mode="r").attrs.get("spec")
             if stored != spec:
-                data, reason = None, "written for another spec"
+                data, digest_or_reason = None, "written for another spec"
         if data is not None:
-            present[name] = data
-        elif reason != "missing" or rec is not None:
-            log.warning("noise bank %s: %s; regenerating it", name, reason)
+            present[name] = (data, digest_or_reason)
+        elif digest_or_reason != "missing" or rec is not None:
+            log.warning("noise bank %s: %s; regenerating it", name, digest_or_reason)
     missing = [name for name in expected if name not in present]
     for name, data in zip(missing, _generate(missing, expected, device, run_pieces, parallel)):
         digest = array_sha256(data)
@@ -147,20 +147,19 @@ def ensure_banks(
                 f"{rec['sha256'][:12]}); the shards already built used the recorded bank"
             )
         _write_atomic(out, name, data, expected[name], digest)
-        present[name] = data
+        present[name] = (data, digest)
     record = {
-        name: {"sha256": array_sha256(data), "shape": list(data.shape), "dtype": str(data.dtype),
-               "spec": expected[name]}
-        for name, data in ((n, present[n]) for n in expected)
+        name: {"sha256": present[name][1], "shape": list(present[name][0].shape),
+               "dtype": str(present[name][0].dtype), "spec": spec}
+        for name, spec in expected.items()
     }
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
     if record != recorded:
         update_card(out, {CARD_KEY: record})
     if keep:  # an inline build renders in this process: spare load_banks reading and hashing again
-        digests = tuple(sorted((name, str(rec["sha256"])) for name, rec in record.items()))
-        cpu = torch.device("cpu")
-        _remember((str(Path(out).resolve()), digests, str(cpu)),
-                  NoiseBanks({name: torch.from_numpy(present[name]) for name, _ in digests}, dict(digests)))
+        key = _cache_key(out, record, torch.device("cpu"))
+        _remember(key, NoiseBanks({name: torch.from_numpy(present[name][0]) for name, _ in key[1]},
+                                  dict(key[1])))
     return record
 
 
@@ -175,7 +174,8 @@ def _generate(
         for name in names:
             yield generate_bank(specs[name], device, processes=None)  # a process per core for big banks
         return
-    jobs = [(specs[name], a, b) for name in names for a, b in bank_pieces(specs[name], parallel)]
+    pieces_of = {name: bank_pieces(specs[name], parallel) for name in names}
+    jobs = [(specs[name], a, b) for name in names for a, b in pieces_of[name]]
     t = time.perf_counter()
     pieces = run_pieces(jobs)
     if len(pieces) != len(jobs):
@@ -184,7 +184,7 @@ def _generate(
              time.perf_counter() - t)
     i = 0
     for name in names:
-        k = len(bank_pieces(specs[name], parallel))
+        k = len(pieces_of[name])
         yield np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces[i : i + k]])
         i += k
 
@@ -206,7 +206,8 @@ def bank_problems(out: Path, recipe: Any) -> list[str]:
     return problems
 
 
-_LOADED: OrderedDict[tuple[str, tuple[tuple[str, str], ...], str], NoiseBanks] = OrderedDict()
+_CacheKey = tuple[str, tuple[tuple[str, str], ...], str]  # see _cache_key
+_LOADED: OrderedDict[_CacheKey, NoiseBanks] = OrderedDict()
 _LOADED_SIZE = 2
 
 
@@ -218,8 +219,8 @@ def load_banks(out: Path, device: torch.device) -> NoiseBanks:
     recorded: dict[str, Any] = read_card(out).get(CARD_KEY) or {}
     if not recorded:
         raise BuildFailed(f"{out}: no noise banks recorded in the dataset card; run `simaq-factory build`")
-    digests = tuple(sorted((name, str(rec["sha256"])) for name, rec in recorded.items()))
-    key = (str(Path(out).resolve()), digests, str(device))
+    key = _cache_key(out, recorded, device)
+    digests = key[1]
     hit = _LOADED.get(key)
     if hit is not None:
         _LOADED.move_to_end(key)
@@ -235,7 +236,13 @@ def load_banks(out: Path, device: torch.device) -> NoiseBanks:
     return banks
 
 
-def _remember(key: tuple[str, tuple[tuple[str, str], ...], str], banks: NoiseBanks) -> None:
+def _cache_key(out: Path, record: dict[str, Any], device: torch.device) -> _CacheKey:
+    """(dataset path, sorted (bank, sha256) pairs, device): what a loaded set of banks is cached by."""
+    digests = tuple(sorted((name, str(rec["sha256"])) for name, rec in record.items()))
+    return (str(Path(out).resolve()), digests, str(device))
+
+
+def _remember(key: _CacheKey, banks: NoiseBanks) -> None:
     _LOADED[key] = banks
     _LOADED.move_to_end(key)
     while len(_LOADED) > _LOADED_SIZE:
