@@ -54,9 +54,9 @@ def dask_cluster(tmp_path):
             p.wait()
 
 
-def _build(*args: str) -> subprocess.CompletedProcess[str]:
+def _build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, *args, *SETS],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
 def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
@@ -93,6 +93,17 @@ def test_unreachable_scheduler_exit_2_and_nothing_written(tmp_path):
     result = _build("-o", str(out), "--scheduler", "tcp://127.0.0.1:9")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --scheduler: cannot reach Dask scheduler")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_slurm_without_sbatch_exit_2_and_nothing_written(tmp_path):
+    # without the check, dask-jobqueue logged a traceback per job and the build waited forever
+    out = tmp_path / "out"
+    env_path = str(tmp_path / "empty-bin")  # a PATH without sbatch (nor anything else)
+    result = _build("-o", str(out), "--cluster", "slurm", env={"PATH": env_path})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: --cluster: slurm submits jobs with sbatch")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
 

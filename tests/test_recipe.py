@@ -92,6 +92,11 @@ BAD = [
     ({"acquisition": {"sinogram": {"poisson": {"attenuation_scale": -1}}}},
      "acquisition.sinogram.poisson.attenuation_scale"),
     ({"artifacts": {"blur": {"kernel_size": 4}}}, "artifacts.blur.kernel_size"),
+    # execution fields that LocalCluster / sbatch would only reject after the build started
+    ({"execution": {"memory_limit": "lots"}}, "execution.memory_limit"),
+    ({"execution": {"memory_limit": "-2GB"}}, "execution.memory_limit"),
+    ({"execution": {"slurm": {"memory": "32 gigs"}}}, "execution.slurm.memory"),
+    ({"execution": {"slurm": {"walltime": "2h"}}}, "execution.slurm.walltime"),
 ]
 
 
@@ -132,6 +137,8 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{file}"], "not a directory"),
         (["build", str(SMOKE), "-o", "{out}", "--device", "cuda:7"], "execution.device"),
         (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "execution.workers"),
+        (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
+         "execution.memory_limit"),
     ],
 )
 def test_cli_bad_paths_and_flags(tmp_path, args, needle):

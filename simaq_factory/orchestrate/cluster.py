@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def open_cluster(
         return
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
     if kind == "slurm":
+        if shutil.which("sbatch") is None:
+            raise BadInput("--cluster", "slurm submits jobs with sbatch, which is not on PATH here; run "
+                           "the build on a SLURM login node")
         cluster = slurm_cluster(execution, gpu=gpu)
         cluster.scale(jobs=workers)
         client = Client(cluster)

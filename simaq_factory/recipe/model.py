@@ -9,6 +9,8 @@ recipe id.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,6 +90,11 @@ class SlurmConfig:
     local_directory: str | None = spec(None, doc="node-local scratch for worker spill files")
     python: str | None = spec(None, doc="python on the nodes (default: this interpreter)")
 
+    def __post_init__(self) -> None:
+        _check_bytes("memory", self.memory)
+        if not re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}(:\d{2})?", self.walltime):
+            raise ValueError(f"walltime must be [D-]HH:MM[:SS] as sbatch takes it, got {self.walltime!r}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExecutionConfig:
@@ -100,6 +107,22 @@ class ExecutionConfig:
     window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
     memory_limit: str = spec("auto", doc="LocalCluster memory limit per worker, e.g. 8GB; auto = RAM/workers")
     slurm: SlurmConfig = spec(default_factory=SlurmConfig)
+
+    def __post_init__(self) -> None:
+        if self.memory_limit != "auto":
+            _check_bytes("memory_limit", self.memory_limit)
+
+
+def _check_bytes(name: str, value: str) -> None:
+    """``value`` must be a byte size as Dask parses it (8GB, 512 MiB, 4e9)."""
+    from dask.utils import parse_bytes
+
+    try:
+        n = parse_bytes(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a byte size such as 8GB or 512MiB, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
