@@ -97,6 +97,8 @@ def _sweep(
     cost: torch.Tensor,
     half_len: torch.Tensor,
     reverse: bool,
+    dirty: np.ndarray | None = None,
+    axes: tuple[int, int, int] = (1, 2, 3),
 ) -> None:
     """One Gauss–Seidel pass along dim 0 of padded (P, n, P, P) contiguous fields, in place.
 
@@ -106,6 +108,13 @@ def _sweep(
     border); ``half_len`` (3, 3, 1, 1, 1) half step lengths. Interior slice i is relaxed from
     slice i ∓ 1 only. The chosen neighbour is the first of the nine (row-major (dy, dx)) with the
     minimal candidate time, so the result is deterministic.
+
+    ``dirty`` (4, 2, P) bool, when given, says per (block-layout axis, direction, padded slice)
+    whether that slice changed since a pass of that axis and direction last relaxed its successor
+    from it; ``axes`` are the layout axes of dims 0, 2 and 3 here. A step whose source slice is
+    clean is skipped: its candidates are those it computed last time, and the target's times have
+    only fallen since, so it would change nothing (the result is the same bytes). Every change is
+    marked in the flags of the slices (of all three axes) that hold it.
     """
     p, n = t.shape[0], t.shape[1]
     b = p - 2
@@ -121,8 +130,13 @@ def _sweep(
     step = 1 if reverse else -1
     cand = torch.empty((3, 3, n, b, b), dtype=torch.float32, device=dev)
     key = torch.empty((9, n * b * b), dtype=torch.float32, device=dev)
+    direction = int(reverse)
     for i in order:
         j = i + step  # the previous slice in sweep order, already final for this pass
+        if dirty is not None:
+            if not dirty[axes[0], direction, j]:
+                continue
+            dirty[axes[0], direction, j] = False
         inv_j = inv[j]
         # cand(dy, dx) = t_u + ½ (c_u + c_v) · len / speed_u, u = (j, y + dy, x + dx), v = (i, y, x);
         # written into one contiguous buffer (ops on the overlapping window views would otherwise
@@ -145,6 +159,13 @@ def _sweep(
         torch.where(better, src_lab, li, out=li)
         vi = inv[i, :, 1:-1, 1:-1]
         torch.where(better, src_inv, vi, out=vi)
+        if dirty is not None:
+            changed = better.cpu().numpy()  # numpy: its reductions over small bool arrays are ~4× torch's
+            if changed.any():
+                plane = changed.any(axis=0)
+                dirty[axes[0], :, i] = True
+                dirty[axes[1], :, 1:-1] |= plane.any(axis=1)
+                dirty[axes[2], :, 1:-1] |= plane.any(axis=0)
 
 
 def region_labels(
@@ -189,29 +210,40 @@ def region_labels(
     lab[idx] = torch.arange(k, device=dev, dtype=torch.int32)[None].expand(n, k)
     inv[idx] = inv_speed.to(device=dev, dtype=torch.float32)
     half_len = _step_lengths(neighbourhood, dev)
-    fields = [t, lab, inv, F.pad(cost.float(), pad, value=_FAR)]
+    fields = [t, lab, inv]
     # the swept axis is moved first (blocks second) so that slices are contiguous; ``at`` is the
-    # axis of the (n, z, y, x) layout now in front, and each move is a single copy
+    # axis of the (n, z, y, x) layout now in front, and each move is a single copy. The cost never
+    # changes: its three layouts are made once.
+    padded_cost = F.pad(cost.float(), pad, value=_FAR)
+    costs = {axis: padded_cost.movedim(axis, 0).contiguous() for axis in (1, 2, 3)}
     at = 0
     seed_mask = torch.zeros(shape, dtype=torch.bool, device=dev)
     seed_mask[idx] = True
     rounds = 0
+    # which slices changed since each pass direction last relaxed from them (see _sweep); all
+    # at first. Indexed (layout axis 1-3, direction, padded slice); a cube, so one length P.
+    dirty = np.ones((4, 2, shape[1]), dtype=bool)
     for repair in range(max_repairs + 1):
         for _ in range(max_rounds):
+            if not dirty.any():
+                break  # no pass has a slice to relax from: the round would change nothing
             rounds += 1
             before = fields[1].clone()
             for axis in (1, 2, 3):
+                if not dirty[axis].any():
+                    continue
                 fields = [f.movedim(0, at).movedim(axis, 0).contiguous() for f in fields]
                 at = axis
+                others = tuple(a for a in (1, 2, 3) if a != axis)
                 for reverse in (False, True):
-                    _sweep(*fields, half_len, reverse)
+                    _sweep(*fields, costs[axis], half_len, reverse, dirty, (axis, *others))
             if torch.equal(before, fields[1]):
                 break
         else:
             logger.warning("region competition: sweeps not converged after %d rounds", max_rounds)
         fields = [f.movedim(0, at).contiguous() for f in fields]  # back to (n, z, y, x)
         at = 0
-        stale = _stale_chains(*fields, seed_mask, neighbourhood)
+        stale = _stale_chains(*fields, padded_cost, seed_mask, neighbourhood)
         n_stale = int(stale.sum())
         if n_stale == 0:
             logger.debug("region competition converged: %d rounds, %d repairs", rounds, repair)
@@ -221,6 +253,12 @@ def region_labels(
         fields[0].masked_fill_(stale, _FAR)
         fields[1].masked_fill_(stale, -1)
         fields[2].masked_fill_(stale, 1.0)
+        # a reset voxel must be relaxed again from its neighbours' slices (unchanged, so clean)
+        # and its own slices changed: flag both, in every axis and direction
+        for axis in (1, 2, 3):
+            hit = stale.any(dim=tuple(d for d in range(4) if d != axis)).cpu().numpy()
+            near = hit | np.roll(hit, 1) | np.roll(hit, -1)
+            dirty[axis, :, near] = True
     else:
         logger.warning("region competition: %d stale voxels left after %d repairs", n_stale, max_repairs)
     return fields[1][:, 1:-1, 1:-1, 1:-1].to(torch.int64)
@@ -251,24 +289,36 @@ def _stale_chains(
     flat_index = torch.arange(n * zp * yp * xp, device=dev).reshape(n, zp, yp, xp)
     inner = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
     t_v, lab_v, c_v = t[inner], lab[inner], cost[inner]
-    pred = torch.full((n, z, y, x), -1, dtype=torch.int64, device=dev)
-    for dz in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                nz = abs(dz) + abs(dy) + abs(dx)
-                if nz == 0 or (neighbourhood == 6 and nz > 1) or (neighbourhood == 18 and nz > 2):
-                    continue
-                hl = torch.tensor(0.5 * math.sqrt(nz), dtype=torch.float32, device=dev)
-                u = (slice(None), slice(1 + dz, 1 + dz + z), slice(1 + dy, 1 + dy + y), slice(1 + dx, 1 + dx + x))
-                cand = inv[u] * c_v
-                cand.add_(cost[u] * inv[u]).mul_(hl).add_(t[u])
-                ok = (lab[u] == lab_v) & (cand <= t_v) & (pred < 0)
-                pred = torch.where(ok, flat_index[u], pred)
+    cost_inv = cost * inv  # the sweep's c_u / speed_u, rounded as there
+    steps = [
+        (dz, dy, dx)
+        for dz in (-1, 0, 1)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if 0 < abs(dz) + abs(dy) + abs(dx) <= {6: 1, 18: 2, 26: 3}[neighbourhood]
+    ]
+    # code of each voxel's predecessor: the index in ``steps`` of its first qualifying neighbour,
+    # len(steps) for none. Visiting the steps last to first and overwriting leaves the first.
+    none = len(steps)
+    code = torch.full((n, z, y, x), none, dtype=torch.uint8, device=dev)
+    ok = torch.empty((n, z, y, x), dtype=torch.bool, device=dev)
+    same = torch.empty((n, z, y, x), dtype=torch.bool, device=dev)
+    for a in range(none - 1, -1, -1):
+        dz, dy, dx = steps[a]
+        hl = torch.tensor(0.5 * math.sqrt(abs(dz) + abs(dy) + abs(dx)), dtype=torch.float32, device=dev)
+        u = (slice(None), slice(1 + dz, 1 + dz + z), slice(1 + dy, 1 + dy + y), slice(1 + dx, 1 + dx + x))
+        cand = inv[u] * c_v
+        cand.add_(cost_inv[u]).mul_(hl).add_(t[u])
+        torch.le(cand, t_v, out=ok)
+        torch.eq(lab[u], lab_v, out=same)
+        code.masked_fill_(ok.logical_and_(same), a)
+    offsets = torch.tensor([dz * yp * xp + dy * xp + dx for dz, dy, dx in steps] + [0], device=dev)
+    has_pred = code != none
     own = flat_index[inner]
     reached = lab_v >= 0
-    bad_inner = reached & (pred < 0) & ~seed_mask[inner]
+    bad_inner = reached & ~has_pred & ~seed_mask[inner]
     pointer = flat_index.clone()
-    pointer[inner] = torch.where(pred >= 0, pred, own)
+    pointer[inner] = own + offsets[code.long()]
     bad = torch.zeros(t.shape, dtype=torch.bool, device=dev)
     bad[inner] = bad_inner
     if not bool(bad_inner.any()):

@@ -21,7 +21,7 @@ from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.orchestrate.cluster import default_threads, open_cluster
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
-from simaq_factory.orchestrate.task import run_shard
+from simaq_factory.orchestrate.task import run_shard, warm_up
 from simaq_factory.pipeline import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
@@ -142,13 +142,14 @@ def build(
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
         log_path = attach_log_file(out, "driver")
-        # on one machine the driver builds the banks itself (a process per core for big crack banks:
-        # the same cores, without the workers' start-up); on a scheduler or SLURM, whose driver may
-        # be a login node, the workers build them
-        remote = not handle.description.startswith("LocalCluster")
-        _prepare_banks(out, recipe, log_path,
-                       _worker_pieces(handle.client, exe.retries, rid) if remote else None,
-                       parallel=max(1, handle.n_workers))
+        # on a scheduler or SLURM, whose driver may be a login node, the workers build the banks; on
+        # one machine the driver relaxes the crack blocks (one thread, or a process per core for big
+        # banks) while the workers load their modules and make the Perlin banks
+        local = handle.description.startswith("LocalCluster")
+        if local:
+            _warm_up(handle.client, device)
+        _prepare_banks(out, recipe, log_path, _worker_pieces(handle.client, exe.retries, rid),
+                       parallel=max(1, handle.n_workers), cracks_here=local)
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                  handle.description, handle.dashboard)
@@ -165,14 +166,25 @@ def build(
         detach_log_file(log_path)
 
 
-def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]], list[Any]]:
+def _warm_up(client: Any, device: str) -> None:
+    """Have each worker load the shard task's modules (and its CUDA context) now, while the driver
+    makes the banks, instead of before its first shard. Fire and forget: a failure shows there."""
+    from distributed import fire_and_forget
+
+    for address in client.scheduler_info().get("workers", {}):
+        fire_and_forget(client.submit(warm_up, device, workers=[address], allow_other_workers=False,
+                                      pure=False, priority=10**12))
+
+
+def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]], Callable[[], list[Any]]]:
     """Generate bank pieces as tasks on the cluster's workers (on their CPUs, one thread each).
 
     The largest pieces (crack blocks) get the highest priority so they start first. A piece is a
-    pure function of its spec and entry range, so its bytes do not depend on the worker.
+    pure function of its spec and entry range, so its bytes do not depend on the worker. Submitting
+    returns at once; the returned function waits for the pieces.
     """
 
-    def run(jobs: list[Any]) -> list[Any]:
+    def run(jobs: list[Any]) -> Callable[[], list[Any]]:
         from simaq_factory.artifacts.banks import bank_shape, generate_piece
 
         futures = []
@@ -183,11 +195,15 @@ def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]],
                 generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
                 priority=cost, retries=retries, pure=False,
             ))
-        try:
-            return list(client.gather(futures))
-        finally:
-            for f in futures:
-                f.release()
+
+        def collect() -> list[Any]:
+            try:
+                return list(client.gather(futures))
+            finally:
+                for f in futures:
+                    f.release()
+
+        return collect
 
     return run
 
@@ -196,10 +212,11 @@ def _prepare_banks(
     out: Path,
     recipe: Recipe,
     log_path: Any,
-    run_pieces: Callable[[list[Any]], list[Any]] | None = None,
+    run_pieces: Callable[[list[Any]], Callable[[], list[Any]]] | None = None,
     *,
     parallel: int = 1,
     keep: bool = False,
+    cracks_here: bool = False,
 ) -> None:
     """Build or check the noise banks before any shard task exists (store/banks.py).
 
@@ -208,7 +225,8 @@ def _prepare_banks(
     """
     t = time.perf_counter()
     try:
-        record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel, keep=keep)
+        record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel, keep=keep,
+                              cracks_here=cracks_here)
     except BaseException:
         detach_log_file(log_path)
         raise

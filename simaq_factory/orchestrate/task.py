@@ -31,6 +31,16 @@ from simaq_factory.versions import software_versions
 log = logging.getLogger(__name__)
 
 
+def warm_up(device: str) -> float:
+    """Nothing but load: unpickling this function imports this module (torch, the pipeline), and the
+    device is initialised (a CUDA context costs seconds). Returns the seconds the device took."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.zeros(1, device=dev)
+    return time.perf_counter() - t0
+
+
 def run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
 ) -> dict[str, Any]:
