@@ -123,3 +123,47 @@ def test_slurm_job_script_requests_gpus_and_advertises_the_resource():
     for needle in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --gres=gpu:1", "#SBATCH -t 00:30:00",
                    "--resources GPU=1", "--nthreads 4", sys.executable):
         assert needle in script, (needle, script)
+
+
+def test_starting_cluster_hands_over_reraises_and_always_closes():
+    import contextlib
+
+    from simaq_factory.orchestrate.driver import _StartingCluster
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake(fail_enter: bool = False):
+        if fail_enter:
+            raise OSError("no port")
+        events.append("enter")
+        try:
+            yield "handle"
+        except BaseException as err:
+            events.append(f"exit with {type(err).__name__}")
+            raise
+        else:
+            events.append("exit")
+
+    ready = []
+    s = _StartingCluster(fake, ready.append)
+    assert s.handle() == "handle" and ready == ["handle"]
+    s.close(None, None, None)
+    assert events == ["enter", "exit"]
+
+    events.clear()
+    s = _StartingCluster(lambda: fake(fail_enter=True), ready.append)
+    with pytest.raises(OSError, match="no port"):
+        s.handle()
+    s.close(None, None, None)  # nothing was entered, nothing to exit
+    assert events == []
+
+    def broken_ready(handle):
+        raise RuntimeError("warm-up failed")
+
+    s = _StartingCluster(fake, broken_ready)
+    with pytest.raises(RuntimeError, match="warm-up failed"):
+        s.handle()
+    err = KeyboardInterrupt()
+    s.close(type(err), err, None)  # the driver's error reaches the cluster context (the driver re-raises it)
+    assert events == ["enter", "exit with KeyboardInterrupt"]

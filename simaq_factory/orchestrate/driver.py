@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from simaq_factory.device import resolve_device
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
-from simaq_factory.orchestrate.cluster import default_threads, open_cluster
+from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
 from simaq_factory.pipeline import a_max_for
@@ -134,10 +137,26 @@ def build(
         finally:
             detach_log_file(log_path)
     gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
-    with open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None,
-                      memory_limit=exe.memory_limit, execution=exe, kind=cluster) as handle:
+    local = scheduler is None and cluster == "local"
+
+    def ready(handle: ClusterHandle) -> None:
         if on_cluster:
             on_cluster(handle.description, handle.dashboard)
+        if local:
+            _warm_up(handle.client, device)
+
+    # a LocalCluster starts (≈ 4 s: worker processes spawn and import) while the driver writes the
+    # output's skeleton and relaxes the crack blocks; a scheduler or SLURM cluster is waited for
+    # first, so an unreachable one leaves nothing written
+    starting = _StartingCluster(
+        lambda: open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None,
+                             memory_limit=exe.memory_limit, execution=exe, kind=cluster),
+        ready,
+    )
+    log_path = None
+    try:
+        if not local:
+            starting.handle()
         if not resuming:
             start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                           card=dataset_card(recipe, rid, a_max))
@@ -145,25 +164,62 @@ def build(
         # on a scheduler or SLURM, whose driver may be a login node, the workers build the banks; on
         # one machine the driver relaxes the crack blocks (one thread, or a process per core for big
         # banks) while the workers load their modules and make the Perlin banks
-        local = handle.description.startswith("LocalCluster")
-        if local:
-            _warm_up(handle.client, device)
-        _prepare_banks(out, recipe, log_path, _worker_pieces(handle.client, exe.retries, rid),
-                       parallel=max(1, handle.n_workers), cracks_here=local)
+        _prepare_banks(out, recipe, log_path, _worker_pieces(starting, exe.retries, rid),
+                       parallel=max(1, exe.workers if local else starting.handle().n_workers),
+                       cracks_here=local)
+        handle = starting.handle()
         todo, done = pending_shards(out, recipe, rid)
         log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                  handle.description, handle.dashboard)
         report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
                              dashboard=handle.dashboard)
-        try:
-            _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
-        except BaseException:
+        _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
+    except BaseException:
+        if log_path is not None:
             detach_log_file(log_path)
-            raise
+        starting.close(*sys.exc_info())
+        raise
+    starting.close(None, None, None)
     try:
         return _finish(out, report, t0)
     finally:
         detach_log_file(log_path)
+
+
+class _StartingCluster:
+    """A cluster context (:func:`open_cluster`) entered on a background thread.
+
+    ``handle()`` waits for it (re-raising its start-up error); ``close`` waits for the start-up to
+    end and exits the context, so a cluster is closed even when the driver fails before using it.
+    ``on_ready`` runs on the thread once the cluster is up (messages, warming the workers).
+    """
+
+    def __init__(self, make: Callable[[], Any], on_ready: Callable[[ClusterHandle], None]) -> None:
+        self._context = make()
+        self._handle: ClusterHandle | None = None
+        self._error: BaseException | None = None
+        self._on_ready = on_ready
+        self._thread = threading.Thread(target=self._enter, name="cluster-start", daemon=True)
+        self._thread.start()
+
+    def _enter(self) -> None:
+        try:
+            self._handle = self._context.__enter__()
+            self._on_ready(self._handle)
+        except BaseException as err:  # noqa: BLE001 - re-raised by handle() in the driver's thread
+            self._error = err
+
+    def handle(self) -> ClusterHandle:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._handle is not None
+        return self._handle
+
+    def close(self, *exc_info: Any) -> None:
+        self._thread.join()
+        if self._handle is not None:
+            self._context.__exit__(*exc_info)
 
 
 def _warm_up(client: Any, device: str) -> None:
@@ -176,34 +232,40 @@ def _warm_up(client: Any, device: str) -> None:
                                       pure=False, priority=10**12))
 
 
-def _worker_pieces(client: Any, retries: int, rid: str) -> Callable[[list[Any]], Callable[[], list[Any]]]:
+def _worker_pieces(
+    starting: _StartingCluster, retries: int, rid: str
+) -> Callable[[list[Any]], Callable[[], list[Any]]]:
     """Generate bank pieces as tasks on the cluster's workers (on their CPUs, one thread each).
 
     The largest pieces (crack blocks) get the highest priority so they start first. A piece is a
-    pure function of its spec and entry range, so its bytes do not depend on the worker. Submitting
-    returns at once; the returned function waits for the pieces.
+    pure function of its spec and entry range, so its bytes do not depend on the worker. The call
+    returns at once (a thread waits for the cluster, submits and gathers); the returned function
+    waits for the pieces.
     """
 
-    def run(jobs: list[Any]) -> Callable[[], list[Any]]:
+    def gather(jobs: list[Any]) -> list[Any]:
         from simaq_factory.artifacts.banks import bank_shape, generate_piece
 
+        client = starting.handle().client
         futures = []
-        for spec, a, b in jobs:
-            voxels = (b - a) * math.prod(bank_shape(spec)[1:])
-            cost = voxels * (100 if spec["kind"] == "cracks" else 1)
-            futures.append(client.submit(
-                generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
-                priority=cost, retries=retries, pure=False,
-            ))
+        try:
+            for spec, a, b in jobs:
+                voxels = (b - a) * math.prod(bank_shape(spec)[1:])
+                cost = voxels * (100 if spec["kind"] == "cracks" else 1)
+                futures.append(client.submit(
+                    generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
+                    priority=cost, retries=retries, pure=False,
+                ))
+            return list(client.gather(futures))
+        finally:
+            for f in futures:
+                f.release()
 
-        def collect() -> list[Any]:
-            try:
-                return list(client.gather(futures))
-            finally:
-                for f in futures:
-                    f.release()
-
-        return collect
+    def run(jobs: list[Any]) -> Callable[[], list[Any]]:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="bank-pieces")
+        pending = pool.submit(gather, jobs)
+        pool.shutdown(wait=False)
+        return pending.result
 
     return run
 
