@@ -31,14 +31,12 @@ from simaq_factory.versions import software_versions
 log = logging.getLogger(__name__)
 
 
-def warm_up(device: str) -> float:
+def warm_up(device: str) -> None:
     """Nothing but load: unpickling this function imports this module (torch, the pipeline), and the
-    device is initialised (a CUDA context costs seconds). Returns the seconds the device took."""
-    t0 = time.perf_counter()
+    device is initialised (a CUDA context costs seconds)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.zeros(1, device=dev)
-    return time.perf_counter() - t0
 
 
 def run_shard(

@@ -10,7 +10,6 @@ recipe id.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 from typing import Literal
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,8 @@ def ensure_banks(
             log.warning("noise bank %s: %s; regenerating it", name, digest_or_reason)
     missing = [name for name in expected if name not in present]
     generated = _generate(missing, expected, device, run_pieces, parallel, cracks_here)
-    for name, data in zip(missing, generated):
+    for name in missing:
+        data = generated.pop(name)
         digest = array_sha256(data)
         rec = recorded.get(name)
         if rec is not None and rec["sha256"] != digest:
@@ -171,10 +172,8 @@ def ensure_banks(
 def _generate(
     names: list[str], specs: dict[str, dict[str, Any]], device: torch.device | None,
     run_pieces: PieceRunner | None, parallel: int, cracks_here: bool = False,
-) -> Iterator[np.ndarray]:
-    """The banks ``names`` in order, generated here, through ``run_pieces``, or both at once."""
-    if not names:
-        return
+) -> dict[str, np.ndarray]:
+    """The banks ``names`` by name, generated here, through ``run_pieces``, or both at once."""
     here = [n for n in names if run_pieces is None or (cracks_here and specs[n]["kind"] == "cracks")]
     away = [n for n in names if n not in here]
     collect = None
@@ -196,8 +195,7 @@ def _generate(
             k = len(pieces_of[name])
             made[name] = np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces[i : i + k]])
             i += k
-    for name in names:
-        yield made.pop(name)
+    return made
 
 
 def bank_problems(out: Path, recipe: Any) -> list[str]:
