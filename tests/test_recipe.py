@@ -171,3 +171,64 @@ def test_cli_validate_prints_id_counts_and_bytes():
                  and line.split()[-1] == "MiB")
     total = float(result.output.split("estimated output: ")[1].split()[0])
     assert abs(total - (arrays + 1.5 + 9.25)) < 0.1  # + labels (1.5 MiB)
+
+
+# ------------------------------------------------------------------------------- init (templates)
+def test_every_ready_recipe_is_a_template_and_every_field_is_documented():
+    from simaq_factory.recipe.model import Recipe
+    from simaq_factory.recipe.schema import field_docs
+    from simaq_factory.recipe.template import TEMPLATES
+
+    assert set(TEMPLATES) == {p.stem for p in (REPO / "recipes").glob("*.yaml")} | {"reference"}
+    docs = field_docs(Recipe)
+    assert len(docs) > 130
+    assert [path for path, doc, _ in docs if not doc.strip()] == []
+
+
+@pytest.mark.parametrize("name", ["reference", "smoke", "paper-train", "extended"])
+def test_annotated_recipe_lists_every_field_and_resolves_to_the_template(name):
+    from simaq_factory.recipe.template import annotated_recipe, template_text
+
+    text = annotated_recipe(name)
+    expected = recipe_to_json(resolve(yaml.safe_load(template_text(name)) or {}))
+    # every field is written out, with exactly the template's resolved value (execution included)
+    assert yaml.safe_load(text) == json.loads(json.dumps(expected))
+    assert resolve(yaml.safe_load(text)) == resolve(yaml.safe_load(template_text(name)) or {})
+    # each field sits under a comment that says what it is and what it accepts
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        body = line.split("#", 1)[0].rstrip()
+        if body and not body.endswith(":"):  # a leaf "key: value"
+            assert lines[i - 1].lstrip().startswith("# "), line
+    assert "tilt_span_deg: {low: 90.0, high: 110.0}" in text
+    if name == "smoke":
+        assert "shape: [64, 64, 64]  # reference default: [512, 512, 512]" in text
+        assert "(integer >= 1)" in text and "(one of fbp, sirt, cgls)" in text
+
+
+def test_cli_init_writes_checks_and_refuses(tmp_path):
+    dest = tmp_path / "mine.yaml"
+    ok = CliRunner().invoke(main, ["init", str(dest), "--template", "smoke"])
+    assert ok.exit_code == 0, ok.output
+    assert recipe_id(load_recipe(dest)) == recipe_id(load_recipe(SMOKE))
+    assert list(tmp_path.iterdir()) == [dest]  # no temporary left behind
+
+    dest.write_text("seed: 1\n")
+    cases = [
+        (["init", str(dest)], "exists; pass --force"),
+        (["init", str(tmp_path / "x.yaml"), "--template", "nope"], "--template: unknown template 'nope'"),
+        (["init", str(tmp_path / "missing" / "x.yaml")], "does not exist"),
+        (["init", str(tmp_path)], "is a directory"),
+    ]
+    for args, needle in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, result.output)
+    assert dest.read_text() == "seed: 1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+
+    forced = CliRunner().invoke(main, ["init", str(dest), "--force"])
+    assert forced.exit_code == 0 and recipe_id(load_recipe(dest)) == recipe_id(resolve({}))
+    stdout = CliRunner().invoke(main, ["init", "-", "--template", "demo-cpu"])
+    assert stdout.exit_code == 0
+    assert resolve(yaml.safe_load(stdout.output)) == load_recipe(REPO / "recipes" / "demo-cpu.yaml")

@@ -84,6 +84,43 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"estimated output: {_human_bytes(total)} uncompressed")
 
 
+def _template_help() -> str:
+    from simaq_factory.recipe.template import TEMPLATES
+
+    return "Ready recipe to start from: " + "; ".join(f"{k} ({v})" for k, v in TEMPLATES.items()) + "."
+
+
+@main.command()
+@click.argument("path")
+@click.option("--template", default="reference", show_default=True, metavar="NAME", help=_template_help())
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@handle_errors
+def init(path: str, template: str, force: bool) -> None:
+    """Write an annotated recipe to PATH ('-': stdout): every field with its value, meaning and bounds."""
+    from simaq_factory.errors import BadInput
+    from simaq_factory.recipe.template import annotated_recipe
+
+    text = annotated_recipe(template)
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    dest = Path(path)
+    if dest.is_dir():
+        raise BadInput(path, "is a directory; give the recipe file to write, e.g. my-recipe.yaml")
+    if dest.exists() and not force:
+        raise BadInput(path, "exists; pass --force to overwrite it")
+    if not dest.parent.is_dir():
+        raise BadInput(path, f"directory {dest.parent} does not exist")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise BadInput(path, f"cannot write: {err.strerror}") from None
+    click.echo(f"wrote {dest} (template {template}); check it with: simaq-factory validate {dest}")
+
+
 @main.command()
 @click.argument("recipe")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=True), help="Output directory.")

@@ -197,7 +197,7 @@ def field_docs(cls: type[Any], path: str = "") -> list[tuple[str, str, Any]]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         sub = _join(path, f.name)
-        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type) and tp is not Dist:
             out.extend(field_docs(tp, sub))
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
