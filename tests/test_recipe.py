@@ -232,3 +232,13 @@ def test_cli_init_writes_checks_and_refuses(tmp_path):
     stdout = CliRunner().invoke(main, ["init", "-", "--template", "demo-cpu"])
     assert stdout.exit_code == 0
     assert resolve(yaml.safe_load(stdout.output)) == load_recipe(REPO / "recipes" / "demo-cpu.yaml")
+
+
+def test_cli_module_imports_no_torch():
+    """`simaq-factory --help`, errors and every spawned worker import the CLI: keep it light."""
+    import subprocess
+    import sys
+
+    code = "import sys, simaq_factory.cli.main; print(sorted(m for m in ('torch', 'dask', 'zarr') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

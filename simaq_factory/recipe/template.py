@@ -22,9 +22,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from simaq_factory.recipe.fields import Dist, RecipeError
-from simaq_factory.recipe.io import recipe_to_json, resolve
-from simaq_factory.recipe.model import Recipe
-from simaq_factory.versions import _version
 
 __all__ = ["TEMPLATES", "annotated_recipe", "template_text"]
 
@@ -149,6 +146,12 @@ def _emit(cls: type[Any], values: dict[str, Any], defaults: dict[str, Any], dept
 
 def annotated_recipe(name: str) -> str:
     """The annotated YAML of template ``name``; it resolves to the same recipe as the template."""
+    # the recipe model imports every stage's config (and torch): only when a recipe is written, so
+    # that importing this module for TEMPLATES keeps `simaq-factory --help` fast
+    from simaq_factory.recipe.io import recipe_to_json, resolve
+    from simaq_factory.recipe.model import Recipe
+    from simaq_factory.versions import _version
+
     text = template_text(name)
     data = yaml.safe_load(text) or {}
     values = recipe_to_json(resolve(data))

@@ -94,9 +94,12 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
     z, y, x = ds.shape
     k = ds.samples_per_shard
     cz = min(ds.chunk_z, z)
+    # a shard must hold whole inner chunks: when chunk_z does not divide z, the shard extends past
+    # the array's end (its last chunk is partial), still one shard per sample range
+    zs = -(-z // cz) * cz
     vol_shape = (n, z, y, x)
     vol_chunks = (1, cz, y, x)
-    vol_shards = (k, z, y, x)
+    vol_shards = (k, zs, y, x)
     # recon, sinogram and angles of a three-axis recipe carry an ``axis`` dimension after the sample
     m = n_axes(recipe)
     ax: tuple[int, ...] = (m,) if m > 1 else ()
@@ -115,7 +118,7 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
         ds.outputs.recon_dtype,
         (n, *ax, z, y, x),
         (1, *ax1, cz, y, x),
-        (k, *ax, z, y, x),
+        (k, *ax, zs, y, x),
         0.0,
         ("sample", *ax_name, "z", "y", "x"),
     )
@@ -125,7 +128,7 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
             "float32",
             (n, *ax, a_max, z, x),
             (1, *ax1, a_max, cz, x),
-            (k, *ax, a_max, z, x),
+            (k, *ax, a_max, zs, x),
             float("nan"),
             ("sample", *ax_name, "angle", "slice" if m > 1 else "z", "detector"),
         )
