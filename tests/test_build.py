@@ -235,3 +235,46 @@ def test_z_not_a_multiple_of_chunk_z_builds_and_verifies(tmp_path):
     assert (g["recon"][:, 16:] != 0).any(axis=(2, 3)).all()  # every partial last chunk was written
     verify = CliRunner().invoke(main, ["verify", str(out), "--deep", "--regen", "1"])
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_second_writer_is_refused_while_a_build_holds_out(inline_ref, tmp_path):
+    """One process writes OUT: a concurrent build of the same directory exits 2 and writes nothing."""
+    import shutil
+
+    from simaq_factory.recipe.io import load_recipe, recipe_id
+    from simaq_factory.store.outdir import claim_out_dir
+
+    out = tmp_path / "out"
+    shutil.copytree(inline_ref, out)
+    with claim_out_dir(out, recipe_id(load_recipe(Path(SMOKE)))) as resuming:
+        assert resuming
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+        result = CliRunner().invoke(main, ["build", SMOKE, "-o", str(out), "--cluster", "inline"])
+        assert result.exit_code == 2, result.output
+        assert f"another simaq-factory process (pid {os.getpid()}) is writing to it" in result.stderr
+        fresh = CliRunner().invoke(main, ["build", SMOKE, "-o", str(out), "--workers", "1"])
+        assert fresh.exit_code == 2 and "another simaq-factory process" in fresh.stderr
+        assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = CliRunner().invoke(main, ["build", SMOKE, "-o", str(out), "--cluster", "inline"])
+    assert again.exit_code == 0 and "skipped 2" in again.output  # the lock ends with its holder
+
+
+def test_damaged_array_metadata_is_rewritten_on_resume_and_records_are_shareable(inline_ref, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(inline_ref, out)
+    meta = out / "dataset.zarr" / "recon" / "zarr.json"
+    good = json.loads(meta.read_text())
+    meta.write_text("{broken")
+    (out / "dataset.zarr" / "labels" / "zarr.json").unlink()
+    result = CliRunner().invoke(main, ["build", SMOKE, "-o", str(out), "--cluster", "inline"])
+    assert result.exit_code == 0 and "skipped 2" in result.output, result.output
+    assert json.loads(meta.read_text()) == good
+    assert_same_arrays(read_all(out), read_all(inline_ref))  # the chunks were kept
+    assert CliRunner().invoke(main, ["verify", str(out), "--deep"]).exit_code == 0
+    # records are written through temporary files: they get the umask's mode, not mkstemp's 0600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in [out / "recipe.resolved.json", *(out / "provenance").glob("*.json")]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import shard_state, update_card
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
-from simaq_factory.store.outdir import check_out_dir, start_out_dir
+from simaq_factory.store.outdir import check_out_dir, claim_out_dir, repair_array_metadata, start_out_dir
 from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -106,84 +107,100 @@ def build(
     device = exe.device
     if scheduler is None and cluster != "slurm":
         device = str(resolve_device(exe.device))  # fail fast (exit 2) when CUDA is absent here
-    resuming = check_out_dir(out, rid)
+    check_out_dir(out, rid)  # before anything is written or started
     a_max = a_max_for(recipe)
     specs = array_specs(recipe, a_max)
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     recipe_json = recipe_to_json(recipe)
 
-    if cluster == "inline":
-        if not resuming:
-            start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
-                          card=dataset_card(recipe, rid, a_max))
-        log_path = attach_log_file(out, "driver")
-        _prepare_banks(out, recipe, log_path, keep=True)
-        todo, done = pending_shards(out, recipe, rid)
-        log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
-        report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
-        threads = exe.threads_per_worker or default_threads(1)
-        for i, s in enumerate(todo):
+    with ExitStack() as held:
+
+        def claim() -> bool:
+            """Lock OUT for this build (exit 2 while another process holds it), check it again under
+            the lock and, on resume, rewrite damaged array metadata; True when resuming."""
+            resuming = held.enter_context(claim_out_dir(out, rid))
+            if resuming:
+                repair_array_metadata(out, specs)
+            return resuming
+
+        # inline and LocalCluster builds claim OUT now; a scheduler or SLURM cluster is waited for
+        # first, so that an unreachable one leaves nothing written
+        resuming = claim() if cluster == "inline" or (scheduler is None and cluster == "local") else None
+
+        if cluster == "inline":
+            if not resuming:
+                start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
+                              card=dataset_card(recipe, rid, a_max))
+            log_path = attach_log_file(out, "driver")
+            _prepare_banks(out, recipe, log_path, keep=True)
+            todo, done = pending_shards(out, recipe, rid)
+            log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
+            report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
+            threads = exe.threads_per_worker or default_threads(1)
+            for i, s in enumerate(todo):
+                try:
+                    summary = run_shard(str(out), recipe_json, s, device, threads)
+                except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
+                    report.failed[s] = f"{type(err).__name__}: {err}"
+                    summary = None
+                else:
+                    report.built += 1
+                if progress:
+                    progress(i + 1, len(todo), summary)
             try:
-                summary = run_shard(str(out), recipe_json, s, device, threads)
-            except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
-                report.failed[s] = f"{type(err).__name__}: {err}"
-                summary = None
-            else:
-                report.built += 1
-            if progress:
-                progress(i + 1, len(todo), summary)
+                return _finish(out, report, t0)
+            finally:
+                detach_log_file(log_path)
+        gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
+        local = scheduler is None and cluster == "local"
+
+        def ready(handle: ClusterHandle) -> None:
+            if on_cluster:
+                on_cluster(handle.description, handle.dashboard)
+            if local:
+                _warm_up(handle.client, device)
+
+        # a LocalCluster starts (≈ 4 s: worker processes spawn and import) while the driver writes the
+        # output's skeleton and relaxes the crack blocks; a scheduler or SLURM cluster is waited for
+        # first, so an unreachable one leaves nothing written
+        starting = _StartingCluster(
+            lambda: open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None,
+                                 memory_limit=exe.memory_limit, execution=exe, kind=cluster),
+            ready,
+        )
+        log_path = None
+        try:
+            if not local:
+                starting.handle()
+            if resuming is None:
+                resuming = claim()
+            if not resuming:
+                start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
+                              card=dataset_card(recipe, rid, a_max))
+            log_path = attach_log_file(out, "driver")
+            # on a scheduler or SLURM, whose driver may be a login node, the workers build the banks; on
+            # one machine the driver relaxes the crack blocks (one thread, or a process per core for big
+            # banks) while the workers load their modules and make the Perlin banks
+            _prepare_banks(out, recipe, log_path, _worker_pieces(starting, exe.retries, rid),
+                           parallel=max(1, exe.workers if local else starting.handle().n_workers),
+                           cracks_here=local)
+            handle = starting.handle()
+            todo, done = pending_shards(out, recipe, rid)
+            log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
+                     handle.description, handle.dashboard)
+            report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
+                                 dashboard=handle.dashboard)
+            _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
+        except BaseException:
+            if log_path is not None:
+                detach_log_file(log_path)
+            starting.close(*sys.exc_info())
+            raise
+        starting.close(None, None, None)
         try:
             return _finish(out, report, t0)
         finally:
             detach_log_file(log_path)
-    gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
-    local = scheduler is None and cluster == "local"
-
-    def ready(handle: ClusterHandle) -> None:
-        if on_cluster:
-            on_cluster(handle.description, handle.dashboard)
-        if local:
-            _warm_up(handle.client, device)
-
-    # a LocalCluster starts (≈ 4 s: worker processes spawn and import) while the driver writes the
-    # output's skeleton and relaxes the crack blocks; a scheduler or SLURM cluster is waited for
-    # first, so an unreachable one leaves nothing written
-    starting = _StartingCluster(
-        lambda: open_cluster(scheduler=scheduler, workers=exe.workers, gpu=gpu and scheduler is None,
-                             memory_limit=exe.memory_limit, execution=exe, kind=cluster),
-        ready,
-    )
-    log_path = None
-    try:
-        if not local:
-            starting.handle()
-        if not resuming:
-            start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
-                          card=dataset_card(recipe, rid, a_max))
-        log_path = attach_log_file(out, "driver")
-        # on a scheduler or SLURM, whose driver may be a login node, the workers build the banks; on
-        # one machine the driver relaxes the crack blocks (one thread, or a process per core for big
-        # banks) while the workers load their modules and make the Perlin banks
-        _prepare_banks(out, recipe, log_path, _worker_pieces(starting, exe.retries, rid),
-                       parallel=max(1, exe.workers if local else starting.handle().n_workers),
-                       cracks_here=local)
-        handle = starting.handle()
-        todo, done = pending_shards(out, recipe, rid)
-        log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
-                 handle.description, handle.dashboard)
-        report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
-                             dashboard=handle.dashboard)
-        _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
-    except BaseException:
-        if log_path is not None:
-            detach_log_file(log_path)
-        starting.close(*sys.exc_info())
-        raise
-    starting.close(None, None, None)
-    try:
-        return _finish(out, report, t0)
-    finally:
-        detach_log_file(log_path)
 
 
 class _StartingCluster:

@@ -22,11 +22,12 @@ from zarr.codecs import ZstdCodec
 from simaq_factory.store.layout import GROUP_NAME, ArraySpec, provenance_path
 
 COMPRESSION_LEVEL = 3
+# the process umask, read once at import (reading it means setting it, which is not thread-safe)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
-def create_arrays(out: Path, specs: dict[str, ArraySpec], card: dict[str, Any]) -> None:
-    """Driver only: create ``OUT/dataset.zarr`` with empty arrays and the dataset card."""
-    group = zarr.open_group(out / GROUP_NAME, mode="w", zarr_format=3, attributes=card)
+def _create_arrays(group: zarr.Group, specs: dict[str, ArraySpec]) -> None:
     for spec in specs.values():
         group.create_array(
             spec.name,
@@ -38,6 +39,18 @@ def create_arrays(out: Path, specs: dict[str, ArraySpec], card: dict[str, Any]) 
             fill_value=spec.fill_value,
             dimension_names=spec.dimension_names,
         )
+
+
+def create_arrays(out: Path, specs: dict[str, ArraySpec], card: dict[str, Any]) -> None:
+    """Driver only: create ``OUT/dataset.zarr`` with empty arrays and the dataset card."""
+    _create_arrays(zarr.open_group(out / GROUP_NAME, mode="w", zarr_format=3, attributes=card), specs)
+
+
+def array_metadata(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
+    """The ``zarr.json`` document of each array, exactly as :func:`create_arrays` writes it."""
+    docs: dict[str, Any] = {}
+    _create_arrays(zarr.open_group(zarr.storage.MemoryStore(docs), mode="w", zarr_format=3), specs)
+    return {name: json.loads(docs[f"{name}/zarr.json"].to_bytes()) for name in specs}
 
 
 def update_card(out: Path, updates: dict[str, Any]) -> None:
@@ -87,6 +100,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a shared dataset's records
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=1, sort_keys=True)
             f.write("\n")

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from simaq_factory.errors import BadInput
-from simaq_factory.store.dataset import create_arrays, write_json_atomic
+from simaq_factory.store.dataset import array_metadata, create_arrays, write_json_atomic
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, ArraySpec
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builds are not locked against each other
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.json"
 VERBATIM = "recipe.yaml"
+#: Held (flock) by the one process that writes OUT; it stays behind, unlocked, when that ends.
+LOCK = ".simaq-factory.lock"
 
 
 def check_out_dir(out: Path, rid: str) -> bool:
@@ -86,6 +98,54 @@ def is_partial_start(out: Path) -> bool:
     if not out.is_dir() or (out / RESOLVED).exists():
         return False
     names = {p.name for p in out.iterdir()}
-    return bool(names) and names <= {VERBATIM, GROUP_NAME, PROVENANCE_DIR} and not any(
+    return bool(names) and names <= {VERBATIM, GROUP_NAME, PROVENANCE_DIR, LOCK} and not any(
         (out / PROVENANCE_DIR).glob("*.json")
     )
+
+
+@contextmanager
+def claim_out_dir(out: Path, rid: str) -> Iterator[bool]:
+    """Hold ``out`` for this process while the block runs; yields whether it resumes a dataset.
+
+    Creates ``out`` and takes an exclusive lock on its lock file; a second build (or freeze) of the
+    same directory, here or on another node of a shared filesystem with working locks, is refused
+    with :class:`BadInput` instead of interleaving writes. The directory is checked again under the
+    lock (:func:`check_out_dir`): another process may have started or finished it meanwhile.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise BadInput(str(out), f"cannot create the output directory: {err.strerror}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise BadInput(str(out), f"another simaq-factory process{who} is writing to it; wait "
+                                         "for it to end or use another output directory") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield check_out_dir(out, rid)
+    finally:
+        os.close(fd)
+
+
+def repair_array_metadata(out: Path, specs: dict[str, ArraySpec]) -> list[str]:
+    """Rewrite the ``zarr.json`` of every array whose metadata is missing, unreadable or not what
+    the recipe defines; returns their names. The chunks are kept: each shard is then judged by its
+    recorded checksums as usual, so data written under intact metadata survives."""
+    repaired = []
+    for name, doc in array_metadata(specs).items():
+        path = out / GROUP_NAME / name / "zarr.json"
+        try:
+            ok = json.loads(path.read_text()) == doc
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            write_json_atomic(path, doc)
+            log.warning("array %s: metadata missing or damaged, rewritten from the recipe", name)
+            repaired.append(name)
+    return repaired
