@@ -20,7 +20,9 @@ def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, win
     """Mean seconds per step and peak device memory (CUDA) on random inputs and targets."""
     if size % 2 ** (depth - 1):
         raise BadInput("--size", f"must be a multiple of 2**(depth-1) = {2 ** (depth - 1)}")
-    dev = resolve_device(device)
+    if window % 2 == 0:
+        raise BadInput("--window", "must be odd (as data.window)")
+    dev = resolve_device(device, "--device")
     model = CenterSliceUNet(ModelConfig(init_features=features, depth=depth)).to(dev).train()
     opt = make_optimizer(model, OptimConfig())
     dtype = amp_dtype(amp, dev)

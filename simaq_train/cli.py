@@ -143,7 +143,10 @@ def _print_summary(rep: dict[str, Any]) -> None:
 def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str,
             tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
             device: str) -> None:
-    """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids)."""
+    """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids).
+
+    OUT is 3D: singleton axes of TOMOGRAM (e.g. (1, 1, Z, Y, X)) are dropped, the rest keeps its
+    shape and orientation."""
     from simaq_train.inference import predict_tomogram
 
     res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,

@@ -1,14 +1,17 @@
 """Training configuration: frozen dataclasses loaded from YAML, with ``--set a.b=value`` overrides.
 
 Unknown keys and wrongly typed values raise :class:`simaq_factory.errors.BadInput` naming the key.
-Relative paths are resolved against the current working directory.
+Paths (datasets, real data, ``run.out``) are made absolute when loading, relative ones against the
+current working directory, symbolic links resolved; a run records, and resumes on, those.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import Any
 import yaml
 
 from simaq_factory.errors import BadInput
+from simaq_train.data.sources import IGNORE
 from simaq_train.losses import LossConfig
 from simaq_train.model import ModelConfig
 
@@ -174,8 +178,9 @@ def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    d, o = cfg.data, cfg.optim
+    d, o, a, lo = cfg.data, cfg.optim, cfg.augment, cfg.loss
     checks = [
+        (0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)"),
         (d.window >= 1 and d.window % 2 == 1, "data.window", "must be a positive odd number"),
         (d.edge_mode in ("reflect", "replicate", "skip"), "data.edge_mode", "reflect|replicate|skip"),
         (0.0 <= d.background_drop <= 1.0, "data.background_drop", "must be in [0, 1]"),
@@ -183,18 +188,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (d.axes in ("all", "first"), "data.axes", "all|first"),
         (d.shuffle_volumes >= 1, "data.shuffle_volumes", "must be >= 1"),
         (d.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (d.val_max_samples >= 0, "data.val_max_samples", "must be >= 0 (0 = every sample)"),
+        (0.0 <= a.flip <= 1.0, "augment.flip", "must be in [0, 1]"),
+        (0.0 <= a.rot90 <= 1.0, "augment.rot90", "must be in [0, 1]"),
+        (0.0 <= a.intensity <= 1.0, "augment.intensity", "must be in [0, 1]"),
+        (0.0 <= a.contrast < 1.0, "augment.contrast", "must be in [0, 1)"),
+        (a.brightness >= 0, "augment.brightness", "must be >= 0"),
+        (a.noise_std >= 0, "augment.noise_std", "must be >= 0"),
+        (lo.alpha >= 0, "loss.alpha", "must be >= 0"),
+        (lo.gamma >= 0, "loss.gamma", "must be >= 0"),
+        (lo.dice_weight >= 0, "loss.dice_weight", "must be >= 0"),
+        (lo.dice_eps > 0, "loss.dice_eps", "must be > 0"),
+        # the datasets and annotations mark unlabelled voxels (and those outside the FOV) with 255
+        (lo.ignore_index == IGNORE, "loss.ignore_index",
+         f"must be {IGNORE}, the unlabelled value of the training data"),
         (o.batch_size >= 1 and o.accumulate >= 1, "optim.batch_size", "batch_size, accumulate >= 1"),
         (o.amp in ("auto", "off", "fp16", "bf16"), "optim.amp", "auto|off|fp16|bf16"),
         (0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1)"),
         (o.lr > 0, "optim.lr", "must be > 0"),
-        (cfg.model.out_channels == 0 or cfg.model.out_channels >= 2, "model.out_channels",
-         "must be >= 2, or 0 to take the number of classes from the dataset card"),
+        (cfg.model.out_channels == 0 or 2 <= cfg.model.out_channels <= IGNORE, "model.out_channels",
+         f"must be in [2, {IGNORE}], or 0 to take the number of classes from the dataset card"),
         (cfg.model.depth >= 1, "model.depth", "must be >= 1"),
         (cfg.model.init_features >= 1, "model.init_features", "must be >= 1"),
         (cfg.model.in_channels == 1, "model.in_channels", "must be 1 (one reconstruction channel)"),
         (o.epochs >= 0 and o.max_steps >= 0 and o.max_minutes >= 0, "optim.epochs",
          "epochs, max_steps and max_minutes must be >= 0"),
         (o.clip >= 0 and o.weight_decay >= 0, "optim.clip", "clip and weight_decay must be >= 0"),
+        (cfg.run.threads >= 0, "run.threads", "must be >= 0 (0 = torch default)"),
         (cfg.run.log_every >= 1 and cfg.run.checkpoint_every >= 1, "run.log_every",
          "log_every and checkpoint_every must be >= 1"),
         (d.fov_margin >= 0, "data.fov_margin", "must be >= 0"),
@@ -225,7 +245,21 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise BadInput(f"--set {item}", "expected key=value")
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), raw)
-    return validate(from_dict(TrainConfig, tree))
+    return validate(from_dict(TrainConfig, absolute_paths(from_dict(TrainConfig, tree).to_dict())))
+
+
+def absolute_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a full config dict (``TrainConfig.to_dict()``, or a checkpoint's ``config``) with
+    ``data.train``, ``data.val``, ``data.real.pairs``, ``data.real.dirs`` and ``run.out`` absolute
+    (relative to the current working directory) and free of symbolic links."""
+    out = copy.deepcopy(tree)
+    data, real = out["data"], out["data"]["real"]
+    data["train"] = [os.path.realpath(p) for p in data["train"]]
+    data["val"] = [os.path.realpath(p) for p in data["val"]]
+    real["pairs"] = [[os.path.realpath(p) for p in pair] for pair in real["pairs"]]
+    real["dirs"] = [os.path.realpath(p) for p in real["dirs"]]
+    out["run"]["out"] = os.path.realpath(out["run"]["out"])
+    return out
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -19,7 +19,8 @@ import numpy as np
 
 from simaq_factory.errors import BadInput
 from simaq_train.data.normalize import fov_mask
-from simaq_train.data.sources import FactorySource
+from simaq_train.data.build import check_fov
+from simaq_train.data.sources import FactorySource, infer_n_classes
 from simaq_train.metrics import confusion, iou_dice, mean_defined
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def otsu_two_stage_predictor(fov_margin: float = 5.0) -> Predictor:
 PHYSICAL_ORDER = (0, 2, 1, 3)  # dark → bright: background < vacuole < cell < lipid droplet (LAC order)
 
 
-def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float = 5.0,
+def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_margin: float = 5.0,
                   max_samples: int = 0, search_order: bool = True, axes: str = "all") -> dict[str, Any]:
     """Intensity-threshold baselines on the normalised reconstructions (FOV only; every acquisition
     of a three-axis dataset with ``axes="all"``, acquisition 0 with ``"first"``).
@@ -187,7 +188,16 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int = 4, fov_margin: float 
     ``search_order`` only the physical order is tried (the variant is still the best of the four).
     ``physical_order`` holds the best variant in the physical order; ``variants`` the top ten.
     The variant is always chosen on the evaluated data (``variant_chosen_on_evaluated_data``).
+
+    ``n_classes`` (default: the dataset's, at least 4) classes are scored; levels map to classes
+    0–3 only, so further classes (e.g. 4, nucleus) are never predicted and score IoU 0 where present.
     """
+    if fov_margin < 0:
+        raise BadInput("--fov-margin", "must be >= 0")
+    if n_classes is None:
+        n_classes = max(len(PHYSICAL_ORDER), infer_n_classes(dataset))
+    check_fov(FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes=axes), "--fov-margin",
+              fov_margin)
     methods = {"multiotsu4": otsu_predictor(4, fov_margin), "otsu_then_multiotsu3": otsu_two_stage_predictor(fov_margin)}
     predictors = {**{(k, False): f for k, f in methods.items()}, **{(f"raw_{k}", True): f for k, f in methods.items()}}
     orders = list(permutations(range(4))) if search_order else [PHYSICAL_ORDER]
@@ -244,18 +254,18 @@ def evaluate_checkpoint(ckpt: str | Path, dataset: str | Path, *, use_ema: bool 
                         max_samples: int = 0, post: bool = False, device: str = "auto", axes: str = "all",
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from simaq_train.engine.parts import resolve_device
-    from simaq_train.inference import load_model, postprocess, predict_volume
+    from simaq_train.inference import load_model, post_classes, postprocess, predict_volume
 
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise BadInput(str(dataset), "not a simaq-factory dataset (no dataset.zarr)")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     model, cfg = load_model(ckpt, use_ema, dev)
     mode = "replicate" if cfg.data.edge_mode == "replicate" else "reflect"
 
     def predict(image: np.ndarray) -> np.ndarray:
         seg = predict_volume(model, image, window=cfg.data.window, edge_mode=mode,
                              batch_size=batch_size, device=dev, amp=cfg.optim.amp)
-        return postprocess(seg) if post else seg
+        return postprocess(seg, post_classes(cfg.model.out_channels)) if post else seg
 
     cms, src = sample_confusions(dataset, predict, n_classes=cfg.model.out_channels,
                                  fov_margin=cfg.data.fov_margin, max_samples=max_samples, axes=axes,

@@ -137,9 +137,10 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     ``beam_axis``: the axis the beam travelled along at 0° tilt (default: the lower-numbered of the
     two others). The network sees the volume as the training data was stored — tilt axis first,
     0° beam along the rows of each slice, so that the missing wedge lies as in training — via
-    ``numpy.transpose(volume, (tilt_axis, beam_axis, remaining axis))``. The output has the input's
-    shape and orientation; voxels outside the field-of-view cylinder (where the normalised input is
-    0 and training labels were ignored) are background. Nothing is written unless every step succeeds.
+    ``numpy.transpose(volume, (tilt_axis, beam_axis, remaining axis))``. Singleton axes of the input
+    are dropped (it must be 3D after that); the output has the shape and orientation of what
+    remains. Voxels outside the field-of-view cylinder (where the normalised input is 0 and training
+    labels were ignored) are background. Nothing is written unless every step succeeds.
     """
     from simaq_train.engine.parts import resolve_device
 
@@ -157,7 +158,9 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     inverse = tuple(int(i) for i in np.argsort(perm))
     if batch_size < 1:
         raise BadInput("--batch-size", "must be >= 1")
-    dev = resolve_device(device)
+    if post_scale is not None and not post_scale > 0:
+        raise BadInput("--post-scale", "must be > 0")
+    dev = resolve_device(device, "--device")
     model, cfg = load_model(ckpt, use_ema, dev)
     vol = read_volume_meta(tomogram)
     raw = np.transpose(vol.data, perm)

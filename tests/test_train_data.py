@@ -18,7 +18,14 @@ from simaq_train.config import AugmentConfig, config_from_dict
 from simaq_train.data.augment import augment
 from simaq_train.data.build import build_stream, resolve_classes
 from simaq_train.data.normalize import fov_mask, quantile_normalize
-from simaq_train.data.sources import FactorySource, RealSource, find_pairs, infer_n_classes, read_annotation
+from simaq_train.data.sources import (
+    FactorySource,
+    RealSource,
+    dataset_hash,
+    find_pairs,
+    infer_n_classes,
+    read_annotation,
+)
 from simaq_train.data.stream import window_indices
 from simaq_train.data.volumes import read_volume, write_volume
 from simaq_train.testing import write_synthetic_dataset
@@ -255,8 +262,18 @@ def test_bad_datasets_are_named(tmp_path, ds):
         FactorySource(bad, n_classes=4)
     with pytest.raises(BadInput, match="label value 3 >= model.out_channels=3"):
         FactorySource(ds, n_classes=3).index()
+    with pytest.raises(BadInput, match=r"labels\[0\]: label value 3 >= model.out_channels=3"):
+        FactorySource(ds, n_classes=3).load(0)  # reading a volume checks its labels too
     with pytest.raises(BadInput, match="nowhere: not a simaq-factory dataset"):
         build_stream(make_cfg([ds, tmp_path / "nowhere"]))
+
+
+def test_unfrozen_dataset_is_warned_about_once(tmp_path, caplog):
+    ds = write_synthetic_dataset(tmp_path / "u", n_samples=1, shape=SHAPE, frozen=False)
+    for _ in range(3):
+        FactorySource(ds, n_classes=4)
+    dataset_hash(ds)
+    assert sum("is not frozen" in m for m in caplog.messages) == 1
 
 
 # --- real tomograms ------------------------------------------------------------------------------

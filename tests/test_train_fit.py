@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -29,14 +31,34 @@ def run(*args: str):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """A frozen 32³ simaq-factory dataset of 4 samples."""
+    """A frozen 32³ simaq-factory dataset of 4 samples; an unfrozen copy lies next to it
+    (``ds-unfrozen``)."""
     out = tmp_path_factory.mktemp("fitdata") / "ds"
     r = CliRunner().invoke(factory, ["build", SMOKE, "-o", str(out), "--cluster", "inline",
                                      "--set", "dataset.shape=[32,32,32]", "--set", "phantom.scale=0.15",
                                      "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false"])
     assert r.exit_code == 0, r.output
+    shutil.copytree(out, out.with_name("ds-unfrozen"))
     assert CliRunner().invoke(factory, ["freeze", str(out)]).exit_code == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def nucleus_ds(tmp_path_factory) -> Path:
+    """A synthetic (16, 32, 32) dataset of 2 samples with a fifth class: one cell (1) of radius 7
+    holding a nucleus (4) of radius 3."""
+    import zarr
+
+    from simaq_train.testing import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("nuc") / "ds5", n_samples=2, shape=(16, 32, 32))
+    zz, yy, xx = np.ogrid[:16, :32, :32]
+    r2 = (zz - 8) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2
+    labels = np.where(r2 <= 9, 4, np.where(r2 <= 49, 1, 0)).astype(np.uint8)
+    g = zarr.open_group(root / "dataset.zarr", mode="r+")
+    g["labels"][:] = np.stack([labels, labels])
+    g.attrs["label_map"] = {**g.attrs["label_map"], "4": "nucleus"}
+    return root
 
 
 def write_config(path: Path, dataset: Path, out: Path, **optim) -> Path:
@@ -147,6 +169,90 @@ def test_resume_refuses_a_changed_model(trained, dataset, tmp_path):
     assert "different 'model' section" in r.output
 
 
+def test_resume_takes_a_changed_lr_and_weight_decay(trained, dataset, tmp_path):
+    shutil.copytree(trained / "run", tmp_path / "run")
+    cfg = write_config(tmp_path / "e.yaml", dataset, tmp_path / "run", max_steps=7)
+    r = run("fit", cfg, "--set", "optim.lr=0.002", "--set", "optim.weight_decay=0.001")
+    assert r.exit_code == 0 and "step 7" in r.output, r.output
+    opt = states(tmp_path / "run" / "last.pt")["optimizer"]
+    groups = {g["name"]: g for g in opt["param_groups"]}
+    assert groups["decay"]["lr"] == groups["no_decay"]["lr"] == 0.002  # was 0.01
+    assert groups["decay"]["weight_decay"] == 0.001 and groups["no_decay"]["weight_decay"] == 0.0
+    assert {float(st["step"]) for st in opt["state"].values()} == {7.0}  # moments kept, not restarted
+
+
+def test_paths_are_absolute_and_a_run_resumes_across_spellings(trained, dataset, tmp_path, monkeypatch):
+    from simaq_train.config import load_config
+
+    monkeypatch.chdir(dataset.parent)
+    rel = write_config(tmp_path / "rel.yaml", Path(dataset.name),
+                       Path(os.path.relpath(tmp_path / "run", dataset.parent)), max_steps=7)
+    cfg = load_config(rel)
+    assert cfg.data.train == cfg.data.val == (str(dataset),) and cfg.run.out == str(tmp_path / "run")
+    # a checkpoint that recorded the paths as written (relative to the cwd) resumes under absolute ones
+    shutil.copytree(trained / "run", tmp_path / "run")
+    ck = states(tmp_path / "run" / "last.pt")
+    manifest = ck["datasets"][str(dataset)]
+    ck["config"]["data"]["train"] = ck["config"]["data"]["val"] = [dataset.name]
+    ck["datasets"] = {dataset.name: manifest}
+    torch.save(ck, tmp_path / "run" / "last.pt")
+    r = run("fit", write_config(tmp_path / "abs.yaml", dataset, tmp_path / "run", max_steps=7))
+    assert r.exit_code == 0 and "step 7" in r.output, r.output
+    ck = states(tmp_path / "run" / "last.pt")
+    assert ck["datasets"] == {str(dataset): manifest} and ck["config"]["data"]["train"] == [str(dataset)]
+
+
+def test_a_run_resumes_after_its_dataset_is_frozen(dataset, tmp_path, caplog):
+    from simaq_factory.store.freeze import freeze_dataset
+
+    ds = Path(shutil.copytree(dataset.with_name("ds-unfrozen"), tmp_path / "ds"))
+    cfg = write_config(tmp_path / "f.yaml", ds, tmp_path / "run", max_steps=2)
+    r = run("fit", cfg, "--set", "data.val=[]")
+    assert r.exit_code == 0 and "step 2" in r.output, r.output
+    freeze_dataset(ds)
+    caplog.set_level(logging.INFO, logger=fit_mod.__name__)
+    r = run("fit", cfg, "--set", "data.val=[]", "--set", "optim.max_steps=3")
+    assert r.exit_code == 0 and "step 3" in r.output, r.output
+    assert any("was frozen since the run started" in m for m in caplog.messages)
+    ckpt = tmp_path / "run" / "last.pt"
+    ck = states(ckpt)
+    assert ck["datasets"] == {str(ds): hashlib.sha256((ds / "manifest.jsonl").read_bytes()).hexdigest()}
+    # a run trained on other contents (a hash that is neither this manifest's nor these arrays') is refused
+    ck["datasets"] = {str(ds): "0" * 64}
+    torch.save(ck, ckpt)
+    r = run("fit", cfg, "--set", "data.val=[]", "--set", "optim.max_steps=4")
+    assert r.exit_code == 2 and "different dataset contents" in r.output, r.output
+
+
+def test_evaluate_postprocessing_keeps_classes_beyond_the_fourth(nucleus_ds, tmp_path, monkeypatch):
+    import zarr
+
+    import simaq_train.inference as inference
+    from simaq_train.config import config_from_dict
+    from simaq_train.engine.parts import save_checkpoint
+    from simaq_train.evaluate import evaluate_checkpoint
+    from simaq_train.model import CenterSliceUNet
+
+    cfg = config_from_dict({"data": {"train": [str(nucleus_ds)], "fov_margin": 2.0},
+                            "model": {"init_features": 4, "depth": 2, "out_channels": 5}})
+    ckpt = tmp_path / "five.pt"
+    save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": CenterSliceUNet(cfg.model).state_dict(), "ema": None})
+    truth = np.asarray(zarr.open_group(nucleus_ds / "dataset.zarr", mode="r")["labels"][0])
+    monkeypatch.setattr(inference, "predict_volume", lambda *a, **k: truth.copy())  # a perfect model
+    for post in (False, True):
+        rep = evaluate_checkpoint(ckpt, nucleus_ds, max_samples=1, post=post, device="cpu")
+        assert rep["class_names"][4] == "nucleus"
+        assert rep["pooled"]["iou"]["nucleus"] == pytest.approx(1.0), post
+
+
+def test_baseline_scores_every_class_of_the_dataset(nucleus_ds):
+    from simaq_train.evaluate import otsu_baseline
+
+    rep = otsu_baseline(nucleus_ds, fov_margin=2.0, max_samples=1, search_order=False)
+    assert rep["class_names"] == ["background", "cell", "vacuole", "lipid_droplet", "nucleus"]
+    assert rep["pooled"]["iou"]["nucleus"] == 0.0  # never predicted: four intensity levels
+
+
 def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path):
     r = run("evaluate", trained / "run" / "last.pt", dataset, "-o", tmp_path / "ev")
     assert r.exit_code == 0, r.output
@@ -195,6 +301,10 @@ def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
         assert seg.dtype in (np.uint8, np.int8)
     with mrcfile.open(tmp_path / "b.mrc") as f:
         assert float(f.voxel_size.x) == pytest.approx(10.0)
+    np.save(tmp_path / "t5.npy", tomo[None, None])  # singleton axes are dropped (documented)
+    r = run("predict", ckpt, tmp_path / "t5.npy", "-o", tmp_path / "t5-seg.npy", "--raw")
+    assert r.exit_code == 0, r.output
+    assert read_volume(tmp_path / "t5-seg.npy").shape == tomo.shape
     r = run("predict", ckpt, tmp_path / "t.tif", "-o", tmp_path / "e.tif", "--raw", "--tilt-axis", "2",
             "--edge", "replicate")
     assert r.exit_code == 0, r.output
@@ -208,15 +318,56 @@ def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
     assert np.array_equal(read_volume(tmp_path / "g.npy"), np.transpose(read_volume(tmp_path / "f.npy"), (1, 2, 0)))
 
 
-def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, tmp_path):
+    from simaq_train.testing import write_synthetic_dataset
+
     ckpt = trained / "run" / "last.pt"
     tifffile = pytest.importorskip("tifffile")
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((8, 8), np.float32))
     (tmp_path / "bad.yaml").write_text("data: {train: [x]}\nmodel: {widht: 3}\n")
-    cases = [
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "f.zarr").write_text("x")
+    tiny = write_synthetic_dataset(tmp_path / "tiny", n_samples=1, shape=(8, 4, 4))  # no FOV at margin 2
+    c = write_config(tmp_path / "c.yaml", dataset, tmp_path / "r1")
+    tiny_bench = ("--size", "16", "--features", "4", "--depth", "2", "--batch-size", "1", "--steps", "1")
+    bad_config = [  # (override of c.yaml, expected key and message)
+        ("seed=-1", "seed: must be in [0, 2**63)"),
+        ("augment.flip=1.5", "augment.flip: must be in [0, 1]"),
+        ("augment.rot90=-0.1", "augment.rot90: must be in [0, 1]"),
+        ("augment.intensity=2", "augment.intensity: must be in [0, 1]"),
+        ("augment.contrast=1", "augment.contrast: must be in [0, 1)"),
+        ("augment.brightness=-1", "augment.brightness: must be >= 0"),
+        ("augment.noise_std=-1", "augment.noise_std: must be >= 0"),
+        ("loss.alpha=-1", "loss.alpha: must be >= 0"),
+        ("loss.gamma=-1", "loss.gamma: must be >= 0"),
+        ("loss.dice_weight=-1", "loss.dice_weight: must be >= 0"),
+        ("loss.dice_eps=0", "loss.dice_eps: must be > 0"),
+        ("loss.ignore_index=4", "loss.ignore_index: must be 255"),
+        ("data.val_max_samples=-1", "data.val_max_samples: must be >= 0"),
+        ("run.threads=-1", "run.threads: must be >= 0"),
+        ("run.device=gpu", "run.device: unknown device 'gpu'"),
+        (f"run.out={tmp_path / 'file'}", f"run.out: {tmp_path / 'file'} exists and is not a folder"),
+        (f"run.out={tmp_path / 'file' / 'run'}", f"run.out: {tmp_path / 'file'} exists and is not a folder"),
+        (f"data.val=[{tiny}]", f"data.val: {tiny}: field-of-view margin 2.0 leaves no field of view"),
+        (f"data.val=[{nucleus_ds}]", f"data.val: {nucleus_ds}: labels[0]: label value 4 >= model.out_channels=4"),
+    ]
+    cases = [(("fit", c, "--set", over), needle) for over, needle in bad_config] + [
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--post-scale", "0"),
+         "--post-scale: must be > 0"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "f.zarr"), "f.zarr: exists and is not a folder"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "file" / "o.tif"), "file is not a folder"),
+        (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--device", "gpu"),
+         "--device: unknown device 'gpu'"),
+        (("evaluate", ckpt, dataset, "-o", tmp_path / "ev", "--device", "gpu"), "--device: unknown device"),
+        (("evaluate", ckpt, nucleus_ds, "-o", tmp_path / "ev"), "labels[0]: label value 4 >= model.out_channels=4"),
+        (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "20"),
+         f"--fov-margin: {dataset}: field-of-view margin 20.0 leaves no field of view"),
+        (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "-1"), "--fov-margin: must be >= 0"),
+        (("bench", *tiny_bench, "--device", "gpu"), "--device: unknown device"),
+        (("bench", *tiny_bench, "--window", "6"), "--window: must be odd"),
         (("fit", tmp_path / "missing.yaml"), "missing.yaml: config file not found"),
         (("fit", tmp_path / "bad.yaml"), "model.widht: unknown key"),
-        (("fit", write_config(tmp_path / "c.yaml", dataset, tmp_path / "r1"), "--set", "optim.lr=fast"),
+        (("fit", c, "--set", "optim.lr=fast"),
          "optim.lr: expected a number"),
         (("fit", write_config(tmp_path / "d.yaml", tmp_path / "nodata", tmp_path / "r2")),
          "nodata: not a simaq-factory dataset"),
@@ -232,6 +383,9 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, tmp_path):
          "--beam-axis: expected one of [0, 2]"),
         (("fit", tmp_path / "c.yaml", "--bogus"), "No such option '--bogus'"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--device", "cuda"),
+                      "--device: cuda requested but CUDA is not available"))
     for args, needle in cases:
         r = run(*args)
         assert r.exit_code == 2, (args, r.output)
@@ -239,6 +393,8 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, tmp_path):
         assert needle in r.output, (needle, r.output)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "bl").exists()
+    assert (tmp_path / "file").read_text() == (tmp_path / "f.zarr").read_text() == "x"
 
 
 @pytest.mark.slow

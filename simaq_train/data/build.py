@@ -8,7 +8,15 @@ from typing import Any
 
 from simaq_factory.errors import BadInput
 from simaq_train.config import TrainConfig
-from simaq_train.data.sources import FactorySource, RealSource, class_names, dataset_hash, infer_n_classes
+from simaq_train.data.sources import (
+    IGNORE,
+    FactorySource,
+    RealSource,
+    SliceIndex,
+    class_names,
+    dataset_hash,
+    infer_n_classes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +33,34 @@ def resolve_classes(cfg: TrainConfig) -> TrainConfig:
         raise BadInput("data.train", f"datasets disagree on the number of classes {counts}; "
                                      "set model.out_channels")
     n = counts[cfg.data.train[0]]
+    if not 2 <= n <= IGNORE:
+        raise BadInput("data.train", f"the dataset card gives {n} classes (expected 2 to {IGNORE}); "
+                                     "set model.out_channels")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=n))
+
+
+def check_fov(src: FactorySource, key: str, fov_margin: float) -> None:
+    """BadInput naming ``key`` unless every in-plane shape of ``src`` leaves a field of view inside
+    ``fov_margin``."""
+    for shape_yx in sorted(src.inplane_shapes()):
+        if min(shape_yx) / 2.0 - fov_margin <= 0:
+            raise BadInput(key, f"{src.path}: field-of-view margin {fov_margin} leaves no field of "
+                                f"view in slices of {shape_yx}")
+
+
+def check_source(src: FactorySource, key: str, *, fov_margin: float, divisor: int = 1) -> list[SliceIndex]:
+    """The checks a dataset gets before a run starts, as bad input naming ``key``: in-plane shapes
+    that are multiples of ``divisor`` and leave a field of view inside ``fov_margin``, labels that
+    are class ids below ``src.n_classes`` or unlabelled. Returns the slice index."""
+    for shape_yx in sorted(src.inplane_shapes()):
+        if shape_yx[0] % divisor or shape_yx[1] % divisor:
+            raise BadInput(key, f"{src.path}: in-plane shape {shape_yx} not divisible by "
+                                f"2**(model.depth-1)={divisor}")
+    check_fov(src, key, fov_margin)
+    try:
+        return src.index()
+    except BadInput as err:
+        raise BadInput(key, str(err)) from None
 
 
 def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, dict[str, Any]]:
@@ -47,13 +82,10 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
         raise BadInput("data.train", f"training volumes differ in in-plane shape {sorted(shapes)} "
                                      "(non-cubic three-axis data: set data.axes=first)")
     shape_yx = shapes.pop()
-    div = 2 ** (cfg.model.depth - 1)
-    if shape_yx[0] % div or shape_yx[1] % div:
-        raise BadInput("data.train", f"in-plane shape {shape_yx} not divisible by 2**(model.depth-1)={div}")
     if d.crop > min(shape_yx):
         raise BadInput("data.crop", f"{d.crop} is larger than the slices {shape_yx}")
-    if min(shape_yx) / 2.0 - d.fov_margin <= 0:
-        raise BadInput("data.fov_margin", f"leaves no field of view in slices of {shape_yx}")
+    indices = [check_source(s, "data.train", fov_margin=d.fov_margin, divisor=2 ** (cfg.model.depth - 1))
+               for s in sources]
     real_source = None
     if d.real.pairs or d.real.dirs:
         real = RealSource([tuple(p) for p in d.real.pairs], list(d.real.dirs), n_classes=n_classes,
@@ -63,7 +95,7 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
             raise BadInput("data.real", "no annotated real tomogram found")
         real_source = len(sources)
         sources.append(real)
-    indices = [s.index() for s in sources]
+        indices.append(real.index())
     stream = WindowStream(sources, indices, cfg, real_source=real_source, rank=rank, world=world)
     if len(stream.table) == 0:
         raise BadInput("data.train", "no labelled window in the training data")

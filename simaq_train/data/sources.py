@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 IGNORE = 255
 SUPPORTED_SCHEMA = (1,)
 DEFAULT_CLASS_NAMES = ("background", "cell", "vacuole", "lipid_droplet")
+_warned_unfrozen: set[str] = set()  # datasets already warned about in this process
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,23 @@ def open_dataset(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if status in ("building", "incomplete"):
         raise BadInput(str(root), f"dataset status is {status!r}: finish the build first "
                                   "(simaq-factory build … then simaq-factory freeze)")
-    if status != "frozen":
+    if status != "frozen" and str(root.resolve()) not in _warned_unfrozen:
+        _warned_unfrozen.add(str(root.resolve()))
         log.warning("%s: dataset is not frozen (status %r); freeze it to pin its contents", root, status)
     return group, card
 
 
 def dataset_hash(path: str | Path) -> str:
-    """sha256 of ``manifest.jsonl`` when frozen, else of the recipe id and array metadata."""
-    root = Path(path)
-    manifest = root / "manifest.jsonl"
+    """sha256 of ``manifest.jsonl`` when frozen, else :func:`dataset_meta_hash`."""
+    manifest = Path(path) / "manifest.jsonl"
     if manifest.is_file():
         return hashlib.sha256(manifest.read_bytes()).hexdigest()
-    group, card = open_dataset(root)
+    return dataset_meta_hash(path)
+
+
+def dataset_meta_hash(path: str | Path) -> str:
+    """sha256 of the recipe id and array metadata (what :func:`dataset_hash` is before freezing)."""
+    group, card = open_dataset(path)
     meta = {
         "recipe_id": card.get("recipe_id"),
         "arrays": {k: [list(group[k].shape), str(group[k].dtype)] for k in sorted(group.array_keys())},
@@ -232,7 +238,9 @@ class FactorySource:
         255 outside the field of view)."""
         s, a = self.locate(v)
         g = self._group()
-        lab = self.to_frame(np.asarray(g["labels"][s]), a)
+        lab = np.asarray(g["labels"][s])
+        check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
+        lab = self.to_frame(lab, a)
         rec = self.to_frame(np.asarray(g["recon"][s, a]) if self.multi else np.asarray(g["recon"][s]), a)
         return rec, self._mask_fov(lab)
 

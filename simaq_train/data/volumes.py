@@ -193,12 +193,18 @@ def place_into(arr: np.ndarray, offset_zyx: tuple[int, int, int], shape: tuple[i
 # --- writing -----------------------------------------------------------------------------------
 
 def check_output_path(path: str | Path) -> Path:
-    """BadInput unless ``path`` has a writable format suffix and an existing parent (or creatable)."""
+    """BadInput unless ``path`` has a writable format suffix, is not in the way of what that format
+    writes (a Zarr folder, other formats a file) and its parent is, or can be created as, a folder."""
     p = Path(path)
     if p.suffix.lower() not in WRITE_SUFFIXES:
         raise BadInput(str(p), f"unsupported output format (expected one of {', '.join(WRITE_SUFFIXES)})")
-    if p.exists() and p.is_dir() and p.suffix.lower() != ".zarr":
+    if p.is_dir() and p.suffix.lower() != ".zarr":
         raise BadInput(str(p), "is a directory")
+    if p.exists() and not p.is_dir() and p.suffix.lower() == ".zarr":
+        raise BadInput(str(p), "exists and is not a folder (a Zarr output is one)")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise BadInput(str(p), f"{parent} is not a folder")
     return p
 
 

@@ -4,8 +4,11 @@ per optimiser step, JSON-lines metrics, atomic checkpoints at optimiser-step bou
 ``RUN/last.pt`` holds model, EMA, optimiser, grad scaler, reader state ``(epoch, position)``, step,
 config and dataset manifest hashes. Running ``fit`` again with the same ``run.out`` resumes from it
 (model, data, loss, augmentation and seed must match; limits such as ``optim.max_steps``,
-``optim.epochs`` or ``optim.max_minutes`` may change). A run stopped by a limit, or killed, and
-resumed reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
+``optim.epochs`` or ``optim.max_minutes`` may change, and so may ``optim.lr`` and
+``optim.weight_decay``: the optimiser keeps its moments and takes the new values). Dataset paths
+are compared as absolute paths; a dataset frozen since the run started is accepted when its
+contents are those the run was trained on. A run stopped by a limit, or killed, and resumed
+reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
 non-determinism of its kernels).
 
 Distributed data parallel: launched with ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each
@@ -30,9 +33,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from simaq_factory.errors import BadInput
-from simaq_train.config import TrainConfig
-from simaq_train.data.build import build_stream, resolve_classes
-from simaq_train.data.sources import FactorySource
+from simaq_train.config import TrainConfig, absolute_paths
+from simaq_train.data.build import build_stream, check_source, resolve_classes
+from simaq_train.data.sources import FactorySource, dataset_meta_hash
 from simaq_train.data.stream import next_position
 from simaq_train.engine.parts import (
     EMA,
@@ -129,7 +132,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, str], where: Path) -> None:
-    old, new = ck["config"], cfg.to_dict()
+    """BadInput unless the run in ``ck`` may continue under ``cfg`` on ``datasets`` ({path: hash});
+    paths compare as absolute paths (older checkpoints stored them as written, relative to the cwd)."""
+    old, new = absolute_paths(ck["config"]), absolute_paths(cfg.to_dict())
     for key in FROZEN_SECTIONS:
         if old.get(key) != new[key]:
             raise BadInput(str(where), f"existing run has a different '{key}' section; use another run.out")
@@ -137,8 +142,14 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
         for key in keys:
             if old.get(sec, {}).get(key) != new[sec][key]:
                 raise BadInput(str(where), f"existing run has a different {sec}.{key}; use another run.out")
-    if ck["datasets"] != datasets:
-        raise BadInput(str(where), "existing run was trained on different dataset contents")
+    stored = {os.path.realpath(p): h for p, h in ck["datasets"].items()}
+    for path, h in datasets.items():
+        was = stored.get(os.path.realpath(path))
+        if was == h:
+            continue
+        if was != dataset_meta_hash(path):  # equal: same recipe and arrays, frozen since; accepted
+            raise BadInput(str(where), "existing run was trained on different dataset contents")
+        log.info("dataset %s was frozen since the run started; the run now records its manifest hash", path)
 
 
 class _Meter:
@@ -180,6 +191,10 @@ class Trainer:
         self.dist = dist or _dist_from_env()
         cfg = resolve_classes(cfg)
         self.cfg = cfg
+        self.run = Path(cfg.run.out)
+        blocker = next((p for p in (self.run, *self.run.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise BadInput("run.out", f"{blocker} exists and is not a folder")
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
@@ -193,7 +208,8 @@ class Trainer:
         self.val_sources = [FactorySource(p, n_classes=cfg.model.out_channels, fov_margin=cfg.data.fov_margin,
                                           axes="first", max_samples=cfg.data.val_max_samples)
                             for p in cfg.data.val]
-        self.run = Path(cfg.run.out)
+        for src in self.val_sources:  # predict_volume pads the slices: no divisibility needed
+            check_source(src, "data.val", fov_margin=cfg.data.fov_margin)
         self.ckpt_path = self.run / "last.pt"
         self.metrics_path = self.run / "metrics.jsonl"
         self.names: list[str] = self.info["class_names"]
@@ -214,7 +230,14 @@ class Trainer:
         ck = load_checkpoint(self.ckpt_path)
         _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
         self.model.load_state_dict(ck["model"])
+        # the loaded groups carry the run's old hyperparameters; the current config's win
+        want = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ck["optimizer"])
+        for g, (lr, wd) in zip(self.optimizer.param_groups, want):
+            if (g["lr"], g["weight_decay"]) != (lr, wd):
+                log.info("optimiser group %s: lr %g -> %g, weight_decay %g -> %g (from the config)",
+                         g.get("name"), g["lr"], lr, g["weight_decay"], wd)
+                g["lr"], g["weight_decay"] = lr, wd
         self.scaler.load_state_dict(ck["scaler"])
         if self.ema is not None and ck.get("ema") is not None:
             self.ema.model.load_state_dict(ck["ema"])
