@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from simaq_factory.errors import BadInput
+from simaq_factory.yamlio import load_yaml
 from simaq_train.data.sources import IGNORE
 from simaq_train.losses import LossConfig
 from simaq_train.model import ModelConfig
@@ -235,7 +236,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise BadInput(str(p), "config file not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as err:
             raise BadInput(str(p), f"not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):

@@ -45,6 +45,20 @@ def test_overrides_parse_yaml_values_and_create_sections():
     assert rec.acquisition.tilt_span_deg == Dist.uniform(60, 70)
 
 
+def test_overrides_of_one_field_keep_the_rest_of_a_default_distribution():
+    rec = load_recipe(SMOKE, ["phantom.cell.radius.mean=55", "acquisition.offset_deg.std=2",
+                              "artifacts.blur.sigma.low=0.5"])
+    default = resolve({})
+    assert rec.phantom.cell.radius == Dist.normal(55, 2.5, 40, 60)
+    assert rec.acquisition.offset_deg == Dist.normal(0, 2, -15, 15)
+    assert rec.artifacts.blur.sigma == Dist.uniform(0.5, default.artifacts.blur.sigma.high)
+    # the sections the overrides created hold nothing but defaults besides the field set
+    assert rec.phantom.cell.lac == default.phantom.cell.lac and rec.dataset == load_recipe(SMOKE).dataset
+    with pytest.raises(RecipeError) as err:  # a field of another form is still refused
+        load_recipe(SMOKE, ["artifacts.blur.sigma.mean=1"])
+    assert err.value.path == "artifacts.blur.sigma"
+
+
 def test_dist_forms_and_sampling_are_explicit_rng():
     d = Dist.parse({"mean": 50, "std": 2.5, "min": 40, "max": 60}, "x")
     draws = d.sample(np.random.default_rng(1), size=10000)
@@ -68,6 +82,8 @@ BAD = [
     ({"dataset": {"outputs": {"sinogram": "yes"}}}, "dataset.outputs.sinogram"),
     ({"dataset": {"colour": 3}}, "dataset.colour"),
     ({"datset": {}}, "datset"),
+    ({"execution": {"device": "tpu"}}, "execution.device"),
+    ({"execution": {"device": "cuda:x"}}, "execution.device"),
     ({"seed": -1}, "seed"),
     ({"seed": "abc"}, "seed"),
     ({"acquisition": {"tilt_span_deg": {"low": 90, "high": 200}}}, "acquisition.tilt_span_deg.high"),
@@ -132,6 +148,8 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["validate", "{dir}"], "not a file"),
         (["validate", "{bad_yaml}"], "invalid YAML at line"),
         (["validate", "{list_yaml}"], "mapping"),
+        (["validate", "{dup_yaml}"], "duplicate key 'dataset' (first at line 1)"),
+        (["build", str(SMOKE), "-o", "{out}", "--scheduler", "notanaddress"], "--scheduler"),
         (["validate", str(SMOKE), "--set", "dataset.n_samples"], "--set"),
         (["validate", str(SMOKE), "--set", "dataset.n_samples.x=1"], "dataset.n_samples"),
         (["build", str(SMOKE), "-o", "{file}"], "not a directory"),
@@ -144,10 +162,11 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
 def test_cli_bad_paths_and_flags(tmp_path, args, needle):
     (tmp_path / "bad.yaml").write_text("dataset:\n  n_samples: [1\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "dup.yaml").write_text("dataset:\n  shape: [64, 64, 64]\nseed: 1\ndataset:\n  n_samples: 2\n")
     (tmp_path / "afile").write_text("x")
     subs = {"{dir}": str(tmp_path), "{bad_yaml}": str(tmp_path / "bad.yaml"),
             "{list_yaml}": str(tmp_path / "list.yaml"), "{file}": str(tmp_path / "afile"),
-            "{out}": str(tmp_path / "out")}
+            "{out}": str(tmp_path / "out"), "{dup_yaml}": str(tmp_path / "dup.yaml")}
     args = [subs.get(a, a) for a in args]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output

@@ -408,3 +408,13 @@ def test_training_package_imports_no_phantom_or_physics_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
                         "simaq_factory.recipe.fields"}, out
+
+
+def test_config_with_a_key_given_twice_is_refused(tmp_path):
+    from simaq_train.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 0.001\nseed: 3\noptim:\n  epochs: 2\n")
+    with pytest.raises(BadInput) as err:
+        load_config(cfg)
+    assert str(cfg) in str(err.value) and "duplicate key 'optim'" in str(err.value)

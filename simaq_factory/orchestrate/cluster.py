@@ -68,6 +68,9 @@ def open_cluster(
             client = Client(scheduler, timeout="8s")
         except (OSError, TimeoutError) as err:
             raise BadInput("--scheduler", f"cannot reach Dask scheduler at {scheduler!r}: {err}") from None
+        except ValueError as err:  # a malformed address
+            raise BadInput("--scheduler", f"{scheduler!r} is not a scheduler address such as "
+                                          f"tcp://host:8786 ({err})") from None
         try:
             n = len(client.scheduler_info().get("workers", {}))
             yield ClusterHandle(client, client.dashboard_link, n, f"scheduler {scheduler}")

@@ -13,6 +13,7 @@ import yaml
 from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.recipe.model import Recipe, check_recipe
 from simaq_factory.recipe.schema import parse_section, section_to_json
+from simaq_factory.yamlio import load_yaml
 
 ID_EXCLUDED = ("execution",)
 
@@ -32,7 +33,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeFileError(str(path), f"cannot read recipe: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -46,8 +47,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a copy of ``data``."""
+    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a copy of ``data``.
+
+    A section or distribution the recipe leaves out starts from its default, so that
+    ``--set phantom.cell.radius.mean=55`` changes the mean of the default distribution only.
+    """
     out = copy.deepcopy(data)
+    defaults = recipe_to_json(Recipe()) if overrides else {}
     for item in overrides:
         if "=" not in item:
             raise RecipeError("--set", f"expected key=value, got {item!r}")
@@ -59,11 +65,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise RecipeError(key, f"cannot parse override value {raw!r}") from None
-        node = out
+        node, default = out, defaults
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
+            default = default.get(part) if isinstance(default, dict) else None
             if child is None:
-                child = node[part] = {}
+                child = node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
             if not isinstance(child, dict):
                 raise RecipeError(".".join(parts[: i + 1]), f"is not a section, cannot set {key}")
             node = child

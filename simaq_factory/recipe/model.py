@@ -108,6 +108,8 @@ class ExecutionConfig:
     slurm: SlurmConfig = spec(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if self.memory_limit != "auto":
             _check_bytes("memory_limit", self.memory_limit)
 
