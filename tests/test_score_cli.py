@@ -141,6 +141,15 @@ def test_bad_inputs_exit_2_with_one_line(work, tmp_path):
     assert_bad_input(invoke("baseline", str(nosino), "--method", "fbp-ramlak", "-o", str(tmp_path / "y.zarr")),
                      "sinogram")
     assert not (tmp_path / "y.zarr").exists() and not (tmp_path / "x.zarr").exists()
+    (tmp_path / "afile").write_text("x")
+    scored: list[str] = []  # the report path is checked before any sample is scored
+    with pytest.MonkeyPatch.context() as mp:
+        import simaq_factory.score.run as run_mod
+
+        mp.setattr(run_mod, "score", lambda *a, **k: scored.append("scored"))
+        assert_bad_input(invoke("score", "--gt", ds, "--pred", str(work / "fbp-ramlak.zarr"), "-o",
+                                str(tmp_path / "afile")), "afile", "not a directory")
+    assert scored == []
 
 
 def test_available_methods_follow_the_reconstruction():

@@ -140,3 +140,22 @@ def test_stats_groups_and_comparison():
     assert c["metrics"]["nrmse"]["best"] == "b" and c["metrics"]["ssim"]["best"] == "b"
     v = c["metrics"]["nrmse"]["vs_reference"]["b"]
     assert v["frac_better"] == 0.75 and v["median_diff"] == pytest.approx(-0.1)
+
+
+def test_comparison_ranks_on_common_samples_and_rounding_is_a_tie():
+    """A prediction of a subset is ranked on the samples both cover; rounding noise is no win."""
+    rows = []
+    for i in range(4):
+        base = {"index": i, "n_cells": 1, "span_deg": 100.0}
+        rows.append({**base, "pred": "ref", "psnr": 20.0 + 10 * (i == 3)})
+        if i < 3:  # "sub" leaves out the reference's best sample and equals it up to rounding
+            rows.append({**base, "pred": "sub", "psnr": 20.0 + 1e-10})
+    c = compare(rows, ["ref", "sub"], ["psnr"])
+    assert c["n_common"] == 3
+    m = c["metrics"]["psnr"]
+    assert m["median"] == {"ref": 20.0, "sub": pytest.approx(20.0)} and m["best"] == "ref"
+    assert m["vs_reference"]["sub"]["n"] == 3 and m["vs_reference"]["sub"]["frac_better"] == 0.5
+    rows.append({"index": 3, "n_cells": 1, "span_deg": 100.0, "pred": "sub", "psnr": 31.0})
+    m = compare(rows, ["ref", "sub"], ["psnr"])["metrics"]["psnr"]
+    # medians 20 and 20 + 1e-10 tie: the first listed is best; three ties and one win
+    assert m["best"] == "ref" and m["vs_reference"]["sub"]["frac_better"] == pytest.approx(5 / 8)

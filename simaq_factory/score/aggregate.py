@@ -18,10 +18,18 @@ __all__ = ["compare", "group_stats", "higher_is_better", "span_bin", "stats"]
 ID_COLUMNS = ("pred", "index", "axis", "n_cells", "span_deg")
 
 
+#: Scores equal within this relative tolerance are ties (float rounding of equal volumes differs
+#: by ~1e-10 between formats or summation orders).
+TIE_RTOL = 1e-7
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= TIE_RTOL * max(abs(a), abs(b), 1.0)
+
+
 def higher_is_better(metric: str) -> bool:
     """NRMSE is an error (lower is better); PSNR, SSIM, IoU and Dice are similarities."""
     return metric != "nrmse"
-
 
 
 def stats(values: Iterable[float]) -> dict[str, Any]:
@@ -72,38 +80,45 @@ def group_stats(rows: list[dict[str, Any]], metrics: list[str], span_width: floa
 def compare(rows: list[dict[str, Any]], names: list[str], metrics: list[str]) -> dict[str, Any]:
     """Paired comparison of every prediction with the first (the reference), per metric.
 
-    For each metric: the prediction with the best median, and per other prediction the mean and
-    median of the paired difference (other − reference, over samples where both are finite) and
-    the fraction of those samples where it is better (ties count half).
+    For each metric: the prediction with the best median over the samples that every prediction
+    covers (``n_common``; predictions of different sample subsets are ranked on their common part
+    only), the first in the given order among those within rounding (:data:`TIE_RTOL`) of it;
+    and per other prediction the mean and median of the paired difference (other − reference, over
+    samples where both are finite) and the fraction of those samples where it is better (ties,
+    equal within rounding, count half).
     """
     ref = names[0]
     table: dict[str, dict[tuple[int, int], dict[str, Any]]] = {n: {} for n in names}
     for r in rows:  # paired by (sample, acquisition axis)
         table[r["pred"]][(int(r["index"]), int(r.get("axis", 0)))] = r
-    out: dict[str, Any] = {"reference": ref, "metrics": {}}
+    shared = sorted(set.intersection(*(set(t) for t in table.values()))) if names else []
+    out: dict[str, Any] = {"reference": ref, "n_common": len(shared), "metrics": {}}
     for m in metrics:
         sign = 1.0 if higher_is_better(m) else -1.0
         medians: dict[str, float] = {}
         for n in names:
-            s = stats(r.get(m, math.nan) for r in table[n].values())
+            s = stats(table[n][k].get(m, math.nan) for k in shared)
             if s["median"] is not None:
                 medians[n] = s["median"]
         if not medians:
             continue
+        top = max(sign * v for v in medians.values())
         entry: dict[str, Any] = {
             "higher_is_better": higher_is_better(m),
-            "best": max(medians, key=lambda n: sign * medians[n]),
+            "best": next(n for n in medians if _close(sign * medians[n], top)),
             "median": medians,
             "vs_reference": {},
         }
         for n in names[1:]:
             common = sorted(set(table[n]) & set(table[ref]))
-            diffs = np.array([table[n][i].get(m, math.nan) - table[ref][i].get(m, math.nan)
-                              for i in common], dtype=np.float64)
-            diffs = diffs[np.isfinite(diffs)]
-            if diffs.size == 0:
+            pairs = np.array([(table[n][i].get(m, math.nan), table[ref][i].get(m, math.nan))
+                              for i in common], dtype=np.float64).reshape(-1, 2)
+            pairs = pairs[np.isfinite(pairs[:, 1] - pairs[:, 0])]
+            if pairs.size == 0:
                 continue
-            better = float(np.mean(np.where(sign * diffs > 0, 1.0, np.where(diffs == 0, 0.5, 0.0))))
+            diffs = pairs[:, 0] - pairs[:, 1]
+            tie = np.abs(diffs) <= TIE_RTOL * np.maximum(np.abs(pairs).max(axis=1), 1.0)
+            better = float(np.mean(np.where(tie, 0.5, np.where(sign * diffs > 0, 1.0, 0.0))))
             entry["vs_reference"][n] = {"n": int(diffs.size), "mean_diff": float(diffs.mean()),
                                         "median_diff": float(np.median(diffs)), "frac_better": better}
         out["metrics"][m] = entry
