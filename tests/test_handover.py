@@ -86,9 +86,10 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
     assert card["status"] == "frozen"
     fractions = card["stats"]["label_fractions"]
     assert abs(fractions["vacuole"] - (labels == 2).mean()) < 1e-9
-    # every file is listed with its digest
+    # every file is listed with its digest, but for the writers' lock (its content is a pid)
     listed = dict(line.split("  ", 1)[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
-    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS"}
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*")
+             if p.is_file() and p.name not in ("SHA256SUMS", ".simaq-factory.lock")}
     assert set(listed) == files
     for rel, digest in listed.items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
@@ -163,3 +164,232 @@ def test_export_ome_zarr_opens_with_an_ngff_reader(built, tmp_path):
     assert [a["name"] for a in image.metadata["axes"]] == ["z", "y", "x"]
     assert image.metadata["coordinateTransformations"][0][0]["scale"] == [40.0, 40.0, 40.0]
     assert ome_zarr is not None
+
+
+# --- audit fixes: damaged metadata, partial datasets, frozen datasets, status verdict ---------------
+
+ARRAY_SHARD_DIRS = ("phantom", "labels", "noisy", "recon", "sinogram", "angles")
+
+
+@pytest.fixture(scope="module")
+def partial(built, tmp_path_factory) -> Path:
+    """``built`` as an interrupted build leaves it: shard 1 (samples 2-3) never finished."""
+    out = tmp_path_factory.mktemp("partial") / "out"
+    shutil.copytree(built, out)
+    (out / "provenance" / "shard-000001.json").unlink()
+    for name in ARRAY_SHARD_DIRS:
+        shutil.rmtree(out / "dataset.zarr" / name / "c" / "1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def frozen(built, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("frozen") / "out"
+    shutil.copytree(built, out)
+    result = cli("freeze", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def listing(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["broken-json", "wrong-shape"])
+def test_damaged_array_metadata_is_reported_naming_the_file(built, tmp_path, damage):
+    out = copy_of(built, tmp_path)
+    meta = out / "dataset.zarr" / "recon" / "zarr.json"
+    if damage == "broken-json":
+        meta.write_text("{broken\n")
+    else:  # valid JSON and valid Zarr, but not the layout the recipe writes
+        doc = json.loads(meta.read_text())
+        doc["shape"][0] = 6
+        meta.write_text(json.dumps(doc))
+    before = listing(out)
+    st = cli("status", str(out))
+    assert st.exit_code == 0, st.output
+    assert "verdict: damaged: 1 metadata file(s)" in st.output
+    assert f"problem: {meta}:" in st.output
+    ver = cli("verify", str(out))
+    assert ver.exit_code == 1
+    assert f"problem: {meta}:" in ver.output
+    if damage == "wrong-shape":
+        assert "does not match the recipe" in ver.output and "shape (6, 64, 64, 64)" in ver.output
+    png, dest = tmp_path / "p.png", tmp_path / "exp"
+    for args in (("preview", str(out), "--index", "0", "-o", str(png)),
+                 ("export", str(out), "--format", "tiff", "-o", str(dest), "--index", "0"),
+                 ("export", str(out), "--format", "ome-zarr", "-o", str(dest), "--index", "0",
+                  "--arrays", "labels")):
+        result = cli(*args)
+        if args[-1] == "labels":  # recon is not read: exporting labels alone still works
+            assert result.exit_code == 0, result.output
+            shutil.rmtree(dest)
+            continue
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {meta}:"), result.stderr
+        assert "Traceback" not in result.output
+    assert not png.exists() and not dest.exists()
+    assert listing(out) == before  # status, verify, preview and export never write
+
+
+def test_damaged_group_metadata_is_reported_naming_the_file(built, tmp_path):
+    out = copy_of(built, tmp_path)
+    meta = out / "dataset.zarr" / "zarr.json"
+    meta.write_text("{broken")
+    st = cli("status", str(out))
+    assert st.exit_code == 0, st.output
+    assert "card status: unreadable" in st.output and "verdict: damaged" in st.output
+    assert f"problem: {meta}: unreadable group metadata" in st.output
+    ver = cli("verify", str(out))
+    assert ver.exit_code == 1 and f"problem: {meta}: unreadable group metadata" in ver.output
+    dest = tmp_path / "exp"
+    for args in (("info", str(out)), ("preview", str(out), "-o", str(tmp_path / "p.png")),
+                 ("export", str(out), "--format", "mrc", "-o", str(dest)), ("freeze", str(out))):
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {meta}:"), result.stderr
+    assert not dest.exists() and not (tmp_path / "p.png").exists()
+    assert not (out / "SHA256SUMS").exists()
+
+
+def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):
+    dest = tmp_path / "exp"
+    for extra in ((), ("--voxel-size-nm", "40"), ("--index", "0", "--index", "3"),
+                  ("--index", "3", "--voxel-size-nm", "40")):
+        result = cli("export", str(partial), "--format", "tiff", "-o", str(dest), *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert "not built yet" in result.stderr and result.stderr.count("\n") == 1
+        assert not dest.exists(), extra  # refused before anything was written
+    # the built samples export, once each however often they are named
+    result = cli("export", str(partial), "--format", "tiff", "-o", str(dest), "--index", "1",
+                 "--index", "1", "--index", "0")
+    assert result.exit_code == 0, result.output
+    assert "wrote 6 file(s)" in result.output
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        f"sample_{i:06d}_{a}.tif" for i in (0, 1) for a in ("recon", "labels", "phantom"))
+
+
+def test_export_names_unexportable_arrays(built, tmp_path):
+    dest = tmp_path / "exp"
+    result = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "recon,sinogram")
+    assert result.exit_code == 2
+    assert ("'sinogram' is not exportable (exportable: phantom, labels, noisy, recon)" in result.stderr)
+    result = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "nope")
+    assert result.exit_code == 2
+    assert "'nope' is not in this dataset (exportable: phantom, labels, noisy, recon)" in result.stderr
+    assert not dest.exists()
+
+
+def test_export_refuses_a_damaged_shard_before_writing(built, tmp_path):
+    out = copy_of(built, tmp_path)
+    shard = out / "dataset.zarr" / "recon" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    dest = tmp_path / "exp"
+    result = cli("export", str(out), "--format", "tiff", "-o", str(dest))
+    assert result.exit_code == 1
+    assert "shard 1 (samples 2-3)" in result.stderr and "recon shard file" in result.stderr
+    assert not dest.exists()
+
+
+def test_preview_refuses_an_unbuilt_sample(partial, tmp_path):
+    png = tmp_path / "p.png"
+    result = cli("preview", str(partial), "--index", "3", "-o", str(png))
+    assert result.exit_code == 2
+    assert result.stderr == "error: --index: sample 3 is not built yet (shard 1 pending)\n"
+    assert not png.exists()
+    assert cli("preview", str(partial), "--index", "1", "-o", str(png)).exit_code == 0
+    assert png.is_file() and not list(tmp_path.glob(".*partial"))
+
+
+def test_verify_checks_sha256sums_of_a_frozen_dataset(frozen, tmp_path):
+    ok = cli("verify", str(frozen))
+    assert ok.exit_code == 0, ok.output  # a sealed, untouched dataset verifies
+    out = copy_of(frozen, tmp_path)
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"index": 99}\n')
+    with open(out / "recipe.yaml", "a") as f:
+        f.write("# edited\n")
+    (out / "previews" / "sample_000001.png").unlink()
+    # a shard rewritten with its provenance checksum updated: only SHA256SUMS can tell
+    g = zarr.open_group(out / "dataset.zarr", mode="r+")
+    labels = g["labels"][0:2]
+    labels[0, 0, 0, 0] = 3
+    g["labels"][0:2] = labels
+    prov_path = out / "provenance" / "shard-000000.json"
+    prov = json.loads(prov_path.read_text())
+    shard = out / "dataset.zarr" / "labels" / "c" / "0" / "0" / "0" / "0"
+    prov["checksums"]["labels"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    prov_path.write_text(json.dumps(prov))
+    result = cli("verify", str(out))
+    assert result.exit_code == 1
+    problems = sorted(line for line in result.output.splitlines() if line.startswith("problem:"))
+    assert problems == sorted([
+        "problem: manifest.jsonl: sha256 differs from SHA256SUMS (modified after freeze)",
+        "problem: recipe.yaml: sha256 differs from SHA256SUMS (modified after freeze)",
+        "problem: previews/sample_000001.png: listed in SHA256SUMS but missing",
+        "problem: provenance/shard-000000.json: sha256 differs from SHA256SUMS (modified after freeze)",
+        "problem: dataset.zarr/labels/c/0/0/0/0: sha256 differs from SHA256SUMS (modified after freeze)",
+    ]), result.output
+    (out / "SHA256SUMS").unlink()
+    result = cli("verify", str(out))
+    assert result.exit_code == 1 and "SHA256SUMS: missing from a frozen dataset" in result.output
+
+
+def test_status_separates_the_card_from_the_computed_verdict(built, tmp_path):
+    clean = cli("status", str(built))
+    assert clean.exit_code == 0
+    assert "card status: complete\nverdict: complete\n" in clean.output
+    out = copy_of(built, tmp_path)
+    shard = out / "dataset.zarr" / "phantom" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    st = cli("status", str(out))
+    assert "card status: complete\nverdict: damaged: 1 shard(s)\n" in st.output
+    assert "1 done, 0 pending, 1 damaged of 2" in st.output
+    assert " status: complete" not in st.output.replace("card status: complete", "")
+
+
+def test_status_reports_a_damaged_noise_bank(built, tmp_path):
+    out = copy_of(built, tmp_path)
+    arr = zarr.open_array(out / "dataset.zarr" / "banks" / "cracks", mode="r+")
+    arr[0] = np.zeros(arr.shape[1:], dtype=np.float32)
+    st = cli("status", str(out))
+    assert st.exit_code == 0
+    assert "verdict: damaged: 1 noise bank(s)" in st.output
+    assert "problem: noise bank cracks: data does not match its sha256" in st.output
+    ver = cli("verify", str(out))
+    assert ver.exit_code == 1 and "noise bank cracks" in ver.output  # the same check
+
+
+def test_status_of_a_partial_dataset_is_incomplete(partial):
+    st = cli("status", str(partial))
+    assert st.exit_code == 0
+    assert "verdict: incomplete: 1 shard(s) pending" in st.output
+    assert "1 done, 1 pending, 0 damaged of 2" in st.output
+
+
+def test_inspection_of_a_regular_file_says_it_is_not_a_directory(built):
+    target = built / "recipe.yaml"
+    for cmd in ("info", "status", "verify"):
+        result = cli(cmd, str(target))
+        assert result.exit_code == 2
+        assert result.stderr == (f"error: {target}: is a file, not a dataset directory "
+                                 "(give the directory `build -o` wrote)\n")
+
+
+def test_freeze_waits_for_no_build_it_refuses_while_one_holds_the_dataset(built, tmp_path):
+    """A freeze during a build would seal shards still being written: it is refused (exit 2)."""
+    from simaq_factory.store.outdir import claim_out_dir
+
+    out = tmp_path / "held"
+    shutil.copytree(built, out)
+    rid = json.loads((out / "recipe.resolved.json").read_text())["recipe_id"]
+    with claim_out_dir(out, rid):
+        held = cli("freeze", str(out))
+        assert held.exit_code == 2 and "another simaq-factory process" in held.stderr
+    assert not (out / "SHA256SUMS").exists() and not (out / "manifest.jsonl").exists()
+    assert cli("freeze", str(out)).exit_code == 0

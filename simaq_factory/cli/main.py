@@ -62,12 +62,12 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check RECIPE; print the resolved recipe, its id, counts and estimated output size."""
     from simaq_factory.pipeline import a_max_for
     from simaq_factory.recipe.io import recipe_id, recipe_to_json
-    from simaq_factory.store.layout import array_specs, shard_ranges
+    from simaq_factory.store.layout import array_specs
 
     rec, _ = _load(recipe, overrides)
     specs = array_specs(rec, a_max_for(rec))
     click.echo(json.dumps(recipe_to_json(rec), indent=2, sort_keys=True))
-    n_shards = len(shard_ranges(rec.dataset.n_samples, rec.dataset.samples_per_shard))
+    n_shards = -(-rec.dataset.n_samples // rec.dataset.samples_per_shard)
     total = sum(s.nbytes for s in specs.values())
     click.echo(f"recipe id: {recipe_id(rec)}")
     click.echo(f"samples: {rec.dataset.n_samples}   shards: {n_shards}   "
@@ -183,15 +183,23 @@ class _Progress:
 @click.argument("out")
 @handle_errors
 def status(out: str) -> None:
-    """Done, pending and damaged shards of the dataset at OUT."""
+    """Done, pending and damaged shards of the dataset at OUT, damaged metadata files and noise banks.
+
+    'card status' is what the dataset card records (written by build and freeze); 'verdict' is
+    computed now from the files: complete, incomplete (shards pending) or damaged.
+    """
     from simaq_factory.store.inspect import dataset_status
 
     st = dataset_status(Path(out))
-    click.echo(f"recipe id: {st['recipe_id']}  status: {st['status']}")
+    click.echo(f"recipe id: {st['recipe_id']}")
+    click.echo(f"card status: {st['card_status']}")
+    click.echo(f"verdict: {st['verdict']}")
     click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
                f"of {st['n_shards']}")
     for s, reason in st["problems"]:
         click.echo(f"  shard {s}: {reason}")
+    for problem in st["dataset_problems"]:
+        click.echo(f"  problem: {problem}")
 
 
 @main.command()
@@ -207,12 +215,16 @@ def info(out: str, index: int | None) -> None:
 
 @main.command()
 @click.argument("out")
-@click.option("--deep", is_flag=True, help="Also read every array and check label values and finiteness.")
+@click.option("--deep", is_flag=True, help="Also decode every array and check label values and finiteness.")
 @click.option("--regen", type=int, default=0, show_default=True, metavar="K",
               help="Re-render K samples here and compare (phantom/labels bit-exact, recon rel. L2 <= 1e-5).")
 @handle_errors
 def verify(out: str, deep: bool, regen: int) -> None:
-    """Check checksums and provenance of every shard of OUT (exit 1 when a problem is found)."""
+    """Check OUT (exit 1 when a problem is found): metadata files, shard checksums, provenance, noise banks.
+
+    On a frozen dataset every file listed in SHA256SUMS is checked too, with or without --deep: each
+    file is hashed, except data shard files, whose digest the shard check has just computed.
+    """
     from simaq_factory.errors import BuildFailed
     from simaq_factory.store.verify import verify_dataset
 
@@ -224,8 +236,9 @@ def verify(out: str, deep: bool, regen: int) -> None:
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     if not report.ok:
-        raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; `simaq-factory build` with the "
-                          "same recipe repairs damaged or missing shards")
+        hint = ("the dataset is frozen: restore it from a good copy" if report.frozen else
+                "`simaq-factory build` with the same recipe repairs damaged or missing shards")
+        raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; {hint}")
     regen_txt = f", regenerated samples {report.regenerated}" if report.regenerated else ""
     click.echo(f"ok: {report.n_shards} shard(s), {report.checked_samples} sample(s) verified"
                f"{' (deep)' if deep else ''}{regen_txt}")

@@ -8,6 +8,12 @@ with volume axis k as its tilt axis. The physical voxel size is not part of the 
 was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxels per unit, i.e.
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
 temporary name and renamed, so an interrupted export leaves no partial file behind.
+
+Everything is checked before the first file is written: the format, every index (in range, and
+built: its shard has a provenance record; repeated indices are exported once), every array
+(exportable: a volume of this dataset), the metadata files of the arrays read, the checksums of
+the shards read, and clashes with existing files. A refused export writes nothing, not even the
+destination directory.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput
-from simaq_factory.store.dataset import read_provenance
-from simaq_factory.store.inspect import open_dataset_recipe
-from simaq_factory.store.layout import GROUP_NAME
+from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.store.dataset import shard_state
+from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
+from simaq_factory.store.layout import shard_ranges
 from simaq_factory.store.preview import LABEL_COLOURS
 
 REFERENCE_VOXEL_NM = 40.0
@@ -33,12 +39,12 @@ EXT = {"ome-zarr": ".ome.zarr", "tiff": ".tif", "mrc": ".mrc"}
 
 
 def voxel_size_nm(out: Path, recipe: Any, index: int) -> float:
-    shard = index // recipe.dataset.samples_per_shard
-    prov = read_provenance(out, shard) or {}
-    rec = next((r for r in prov.get("sample_records", []) if r.get("index") == index), None)
-    if rec is None:
-        raise BadInput("--index", f"sample {index} is not built yet")
-    return REFERENCE_VOXEL_NM * 1.2 / float(rec["phantom_spec"]["scale"])
+    """The estimated voxel size of sample ``index`` (BadInput naming --index when not built)."""
+    return _voxel_nm(built_records(out, recipe, [index])[index])
+
+
+def _voxel_nm(record: dict[str, Any]) -> float:
+    return REFERENCE_VOXEL_NM * 1.2 / float(record["phantom_spec"]["scale"])
 
 
 def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float) -> None:
@@ -121,21 +127,39 @@ def export_dataset(
     """Export samples of ``out`` into directory ``dest``; returns the written paths."""
     if fmt not in FORMATS:
         raise BadInput("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    recipe, _ = open_dataset_recipe(out)
-    g = zarr.open_group(out / GROUP_NAME, mode="r")
+    recipe, rid = open_dataset_recipe(out)
+    specs = dataset_specs(recipe)
     n = recipe.dataset.n_samples
-    indices = list(range(n)) if not indices else indices
-    for i in indices:
-        if not 0 <= i < n:
-            raise BadInput("--index", f"must be in [0, {n - 1}], got {i}")
-    available = [a for a in VOLUME_ARRAYS if a in g]
-    arrays = arrays or [a for a in ("recon", "labels", "phantom") if a in g]
+    explicit = bool(indices)
+    indices = list(dict.fromkeys(indices)) if indices else list(range(n))
+    exportable = [a for a in VOLUME_ARRAYS if a in specs]
+    arrays = list(dict.fromkeys(arrays)) if arrays else [a for a in ("recon", "labels", "phantom")
+                                                         if a in specs]
     for a in arrays:
-        if a not in available:
-            raise BadInput("--arrays", f"{a!r} is not in this dataset (has {', '.join(available)})")
+        if a in specs and a not in exportable:
+            raise BadInput("--arrays", f"{a!r} is not exportable (exportable: {', '.join(exportable)})")
+        if a not in exportable:
+            raise BadInput("--arrays", f"{a!r} is not in this dataset (exportable: {', '.join(exportable)})")
     if dest.exists() and not dest.is_dir():
         raise BadInput(str(dest), "export destination exists and is not a directory")
-    dest.mkdir(parents=True, exist_ok=True)
+    # every index in range and built, before anything is read or written
+    try:
+        records = built_records(out, recipe, indices)
+    except BadInput as err:
+        if explicit:
+            raise
+        raise BadInput(str(out), f"not completely built, {err.message}; finish the build or export "
+                       "built samples with --index") from None
+    needed = arrays + (["labels"] if fmt == "ome-zarr" and "labels" not in arrays else [])
+    g = open_checked(out, needed)
+    ranges = shard_ranges(n, recipe.dataset.samples_per_shard)
+    for shard in sorted({i // recipe.dataset.samples_per_shard for i in indices}):
+        state, reason = shard_state(out, specs, shard, rid)
+        if state != "done":
+            samples = ranges[shard]
+            raise BuildFailed(f"shard {shard} (samples {samples.start}-{samples.stop - 1}) of {out} is "
+                              f"{state}: {reason}; nothing exported; `simaq-factory build` with the same "
+                              "recipe repairs it")
     targets: list[tuple[int, str, int | None, Path]] = []
     for i in indices:
         for a in arrays:
@@ -147,9 +171,10 @@ def export_dataset(
     clash = [t for *_, t in targets if t.exists()]
     if clash and not overwrite:
         raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     for i, a, axis, target in targets:
-        vx = voxel_nm or voxel_size_nm(out, recipe, i)
+        vx = voxel_nm or _voxel_nm(records[i])
         vol = g[a][i] if axis is None else g[a][i, axis]
         if vol.dtype == np.float16:
             vol = vol.astype(np.float32)

@@ -23,9 +23,9 @@ from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
-from simaq_factory.store.inspect import open_dataset_recipe
+from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import GROUP_NAME
-from simaq_factory.store.outdir import RESOLVED
+from simaq_factory.store.outdir import LOCK, RESOLVED, claim_out_dir
 from simaq_factory.store.verify import verify_dataset
 
 MANIFEST = "manifest.jsonl"
@@ -123,7 +123,7 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
 
 
 def write_sha256sums(out: Path) -> int:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != SUMS)
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).as_posix() not in (SUMS, LOCK))
     with open(out / SUMS, "w") as f:
         for p in files:
             f.write(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n")
@@ -132,12 +132,17 @@ def write_sha256sums(out: Path) -> int:
 
 def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BadInput (already frozen) or BuildFailed (not verifiable)."""
-    from simaq_factory.store.preview import render_preview
-
-    recipe, _ = open_dataset_recipe(out)
-    card = read_card(out)
+    recipe, rid = open_dataset_recipe(out)
+    card = read_card_checked(out)
     if card.get("status") == "frozen":
         raise BadInput(str(out), "dataset is already frozen")
+    with claim_out_dir(out, rid):  # no build may write while the dataset is verified and sealed
+        return _freeze(out, recipe, previews)
+
+
+def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
+    from simaq_factory.store.preview import render_preview
+
     report = verify_dataset(out, deep=True)
     if not report.ok:
         raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "

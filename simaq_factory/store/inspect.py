@@ -1,15 +1,22 @@
-"""Read-only views of a dataset directory: shard status and the dataset card."""
+"""Read-only views of a dataset directory: shard status, the dataset card, and the checks the
+hand-over commands share (metadata files readable and matching the recipe, samples built)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import read_card, read_provenance, shard_state
-from simaq_factory.store.layout import GROUP_NAME, array_specs, shard_ranges
+from simaq_factory.store.layout import GROUP_NAME, ArraySpec, array_specs, shard_ranges
 from simaq_factory.store.outdir import RESOLVED
+
+META = "zarr.json"
+REPAIR_HINT = "`simaq-factory build` with the same recipe repairs it"
+# build rewrites damaged array metadata from the recipe, but not the card (it holds the build's records)
+CARD_HINT = "restore dataset.zarr/zarr.json from a copy, or build the recipe into a new directory"
 
 
 def open_dataset_recipe(out: Path) -> tuple[Any, str]:
@@ -17,6 +24,8 @@ def open_dataset_recipe(out: Path) -> tuple[Any, str]:
     from simaq_factory.recipe.io import resolve
 
     path = out / RESOLVED
+    if out.exists() and not out.is_dir():
+        raise BadInput(str(out), "is a file, not a dataset directory (give the directory `build -o` wrote)")
     if not out.is_dir():
         raise BadInput(str(out), "no such dataset directory")
     if not path.exists() or not (out / GROUP_NAME).exists():
@@ -28,36 +37,183 @@ def open_dataset_recipe(out: Path) -> tuple[Any, str]:
         raise BadInput(str(path), f"unreadable resolved recipe: {err}") from None
 
 
-def dataset_status(out: Path) -> dict[str, Any]:
+def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:
     from simaq_factory.pipeline import a_max_for
 
+    return array_specs(recipe, a_max_for(recipe))
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    if not isinstance(payload, dict):
+        raise ValueError("not a JSON object")
+    return payload
+
+
+def group_metadata_problem(out: Path) -> str | None:
+    """A line naming ``dataset.zarr/zarr.json`` when the group metadata (the dataset card) is
+    missing, unreadable or not a Zarr v3 group; None when it reads."""
+    path = out / GROUP_NAME / META
+    if not path.is_file():
+        return f"{path}: group metadata (dataset card) is missing"
+    try:
+        meta = _load_json(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        return f"{path}: unreadable group metadata (dataset card): {_one_line(err)}"
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        return (f"{path}: not Zarr v3 group metadata (zarr_format {meta.get('zarr_format')!r}, "
+                f"node_type {meta.get('node_type')!r})")
+    if not isinstance(meta.get("attributes"), dict):
+        return f"{path}: group metadata holds no dataset card (attributes)"
+    return None
+
+
+def _same_fill(a: Any, b: Any) -> bool:
+    try:
+        fa, fb = float(a), float(b)
+    except (TypeError, ValueError):
+        return bool(a == b)
+    return (math.isnan(fa) and math.isnan(fb)) or fa == fb
+
+
+def array_metadata_problem(out: Path, spec: ArraySpec) -> str | None:
+    """A line naming the array's ``zarr.json`` when it is missing, unreadable, or does not match
+    the recipe's layout (shape, dtype, shard and chunk shape, fill value); None when it matches."""
+    import zarr
+
+    path = out / GROUP_NAME / spec.name / META
+    if not path.is_file():
+        return f"{path}: array metadata of {spec.name} is missing"
+    try:
+        _load_json(path)
+        arr = zarr.open_array(out / GROUP_NAME / spec.name, mode="r")
+    except Exception as err:  # noqa: BLE001 - any parse failure is damage to report
+        return f"{path}: unreadable array metadata of {spec.name}: {_one_line(err)}"
+    found = (str(arr.dtype), tuple(arr.shape), arr.shards, tuple(arr.chunks))
+    expected = (spec.dtype, tuple(spec.shape), tuple(spec.shards), tuple(spec.chunks))
+    if found != expected:
+        return (f"{path}: array metadata of {spec.name} does not match the recipe: dtype {found[0]} shape "
+                f"{found[1]} shards {found[2]} chunks {found[3]}, expected dtype {expected[0]} shape "
+                f"{expected[1]} shards {expected[2]} chunks {expected[3]}")
+    if not _same_fill(arr.fill_value, spec.fill_value):
+        return (f"{path}: array metadata of {spec.name} does not match the recipe: fill value "
+                f"{arr.fill_value}, expected {spec.fill_value}")
+    return None
+
+
+def metadata_problems(out: Path, specs: dict[str, ArraySpec]) -> tuple[str | None, dict[str, str]]:
+    """(group problem or None, {array: problem}) for the group and every array of ``specs``."""
+    arrays = {}
+    for name, spec in specs.items():
+        problem = array_metadata_problem(out, spec)
+        if problem is not None:
+            arrays[name] = problem
+    return group_metadata_problem(out), arrays
+
+
+def read_card_checked(out: Path) -> dict[str, Any]:
+    """The dataset card; a one-line :class:`BuildFailed` naming ``dataset.zarr/zarr.json`` when it
+    cannot be read."""
+    problem = group_metadata_problem(out)
+    if problem is not None:
+        raise BuildFailed(f"{problem}; {CARD_HINT}")
+    return read_card(out)
+
+
+def open_checked(out: Path, names: list[str]) -> dict[str, Any]:
+    """Open the arrays ``names`` of ``out`` for reading after checking the group's and their
+    metadata files; a one-line :class:`BuildFailed` naming the first damaged file otherwise."""
+    import zarr
+
+    recipe, _ = open_dataset_recipe(out)
+    specs = dataset_specs(recipe)
+    card_problem = group_metadata_problem(out)
+    if card_problem is not None:
+        raise BuildFailed(f"{card_problem}; {CARD_HINT}")
+    problem = next((p for p in (array_metadata_problem(out, specs[n]) for n in names) if p is not None), None)
+    if problem is not None:
+        raise BuildFailed(f"{problem}; {REPAIR_HINT}")
+    return {n: zarr.open_array(out / GROUP_NAME / n, mode="r") for n in names}
+
+
+def built_records(
+    out: Path, recipe: Any, indices: list[int], flag: str = "--index"
+) -> dict[int, dict[str, Any]]:
+    """Each index's provenance record, checking first that every index is in range and built.
+
+    Raises :class:`BadInput` naming ``flag`` for the first index out of range or not built yet
+    (its shard has no provenance record), before anything is read or written.
+    """
+    n = recipe.dataset.n_samples
+    for i in indices:
+        if not 0 <= i < n:
+            raise BadInput(flag, f"must be in [0, {n - 1}], got {i}")
+    per_shard: dict[int, dict[int, dict[str, Any]]] = {}
+    records = {}
+    for i in indices:
+        shard = i // recipe.dataset.samples_per_shard
+        if shard not in per_shard:
+            prov = read_provenance(out, shard) or {}
+            per_shard[shard] = {r.get("index"): r for r in prov.get("sample_records", [])
+                                if isinstance(r, dict)}
+        if i not in per_shard[shard]:
+            raise BadInput(flag, f"sample {i} is not built yet (shard {shard} pending)")
+        records[i] = per_shard[shard][i]
+    return records
+
+
+def dataset_status(out: Path) -> dict[str, Any]:
+    """Shard counts plus dataset-level problems (metadata files, noise banks) and a verdict
+    computed from the files, kept apart from the status the card records."""
+    from simaq_factory.store.banks import bank_problems
+
     recipe, rid = open_dataset_recipe(out)
-    specs = array_specs(recipe, a_max_for(recipe))
+    specs = dataset_specs(recipe)
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     counts = {"done": 0, "pending": 0, "damaged": 0}
-    problems = []
+    shard_problems = []
     for s in range(n_shards):
         state, reason = shard_state(out, specs, s, rid)
         counts[state] += 1
         if state == "damaged":
-            problems.append((s, reason))
-    card = read_card(out)
-    return {"recipe_id": rid, "status": card.get("status", "unknown"), "n_shards": n_shards,
-            **counts, "problems": problems}
+            shard_problems.append((s, reason))
+    group_problem, array_problems = metadata_problems(out, specs)
+    meta_problems = ([group_problem] if group_problem else []) + list(array_problems.values())
+    if group_problem is None:
+        card_status = str(read_card(out).get("status", "unknown"))
+        banks = bank_problems(out, recipe)
+    else:  # the card holds the noise-bank record too: banks cannot be checked
+        card_status = "unreadable"
+        banks = []
+    dataset_problems = meta_problems + banks
+    parts = [f"{k} {what}" for k, what in ((counts["damaged"], "shard(s)"),
+                                           (len(meta_problems), "metadata file(s)"),
+                                           (len(banks), "noise bank(s)")) if k]
+    if parts:
+        verdict = "damaged: " + ", ".join(parts)
+    elif counts["pending"]:
+        verdict = f"incomplete: {counts['pending']} shard(s) pending"
+    else:
+        verdict = "complete"
+    return {"recipe_id": rid, "status": card_status, "card_status": card_status, "verdict": verdict,
+            "n_shards": n_shards, **counts, "problems": shard_problems,
+            "dataset_problems": dataset_problems}
 
 
 def dataset_info(out: Path, index: int | None) -> dict[str, Any]:
     recipe, _ = open_dataset_recipe(out)
-    info: dict[str, Any] = {"card": read_card(out)}
+    info: dict[str, Any] = {"card": read_card_checked(out)}
     if index is not None:
-        n = recipe.dataset.n_samples
-        if not 0 <= index < n:
-            raise BadInput("--index", f"must be in [0, {n - 1}], got {index}")
+        record = built_records(out, recipe, [index])[index]
         shard = index // recipe.dataset.samples_per_shard
-        prov = read_provenance(out, shard)
-        if prov is None:
-            raise BadInput("--index", f"sample {index} is not built yet (shard {shard} pending)")
-        record = next(r for r in prov["sample_records"] if r["index"] == index)
+        prov = read_provenance(out, shard) or {}
         info["sample"] = record
         info["shard"] = {k: prov[k] for k in ("shard", "device", "versions", "timings_s") if k in prov}
     return info

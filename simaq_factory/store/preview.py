@@ -9,16 +9,15 @@ Every image has its own colour bar; the labels row's names the classes of its co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from simaq_factory.errors import BadInput
 from simaq_factory.labels import LABEL_NAMES
-from simaq_factory.store.inspect import open_dataset_recipe
-from simaq_factory.store.layout import GROUP_NAME
+from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
 
 LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
 
@@ -60,14 +59,15 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     recipe, _ = open_dataset_recipe(out)
-    n = recipe.dataset.n_samples
-    if not 0 <= index < n:
-        raise BadInput("--index", f"must be in [0, {n - 1}], got {index}")
+    built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
     if png.suffix.lower() != ".png":
         raise BadInput(str(png), "preview output must be a .png file")
-    if not png.parent.exists():
+    if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
-    g = zarr.open_group(out / GROUP_NAME, mode="r")
+    if png.is_dir():
+        raise BadInput(str(png), "is a directory; give the .png file to write")
+    # every array it reads, its metadata checked first (a one-line error naming a damaged file)
+    g = open_checked(out, list(dataset_specs(recipe)))
     labels = g["labels"][index]
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:
@@ -118,6 +118,11 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
                          fontsize=9, transform=axes[-1, 2].transAxes)
     fig.suptitle(f"{out.name}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    tmp = png.with_name(f".{png.name}.partial")  # renamed into place: no half-written PNG
+    try:
+        fig.savefig(tmp, dpi=80, format="png")
+        os.replace(tmp, png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return png

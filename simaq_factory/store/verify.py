@@ -1,6 +1,16 @@
-"""``verify``: checksums, noise-bank hashes, provenance, a deep read, and regeneration of samples.
+"""``verify``: metadata, checksums, noise-bank hashes, provenance, a deep read, regeneration of
+samples, and on a frozen dataset its ``SHA256SUMS``.
 
-Regeneration renders with the dataset's stored noise banks, so it needs nothing but the dataset.
+Every verification checks that the group's and every array's ``zarr.json`` read and match the
+recipe's layout, that every shard file matches the sha256 in its provenance record, and that every
+noise bank matches the hash in the dataset card. ``deep`` also decodes every array and checks label
+values and finiteness; ``regen`` re-renders samples with the dataset's stored noise banks (so it
+needs nothing but the dataset) and compares them with the stored ones.
+
+On a frozen dataset every file listed in ``SHA256SUMS`` is checked on every verification, with or
+without ``deep``: a missing file or a digest that differs is a problem. Every file but the data
+shard files is hashed; a data shard file's digest is the one the shard check has just computed
+(it matched the provenance record), so the bulk data is read once, not twice.
 
 A verification never writes. It returns a list of problems, each naming the shard, sample or
 array at fault; the CLI exits 1 when the list is not empty.
@@ -18,9 +28,9 @@ import zarr
 
 from simaq_factory.labels import Label
 from simaq_factory.store.banks import bank_problems, load_banks
-from simaq_factory.store.dataset import read_provenance, shard_state
-from simaq_factory.store.inspect import open_dataset_recipe
-from simaq_factory.store.layout import GROUP_NAME, array_specs, shard_ranges
+from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, shard_state
+from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
+from simaq_factory.store.layout import GROUP_NAME, ArraySpec, shard_ranges
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ class VerifyReport:
     regenerated: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    frozen: bool = False
 
     @property
     def ok(self) -> bool:
@@ -59,10 +70,10 @@ def _check_provenance(prov: dict[str, Any], shard: int, samples: range, report: 
             report.problems.append(f"sample {rec.get('index')}: provenance lacks {', '.join(lacking)}")
 
 
-def _deep_check(group: Any, samples: range, names: list[str], report: VerifyReport) -> None:
+def _deep_check(out: Path, samples: range, names: list[str], report: VerifyReport) -> None:
     for name in names:
         try:
-            data = group[name][samples.start : samples.stop]
+            data = zarr.open_array(out / GROUP_NAME / name, mode="r")[samples.start : samples.stop]
         except Exception as err:  # noqa: BLE001 - any decode failure is a finding
             report.problems.append(f"{name} samples {samples.start}-{samples.stop - 1}: unreadable ({err})")
             continue
@@ -112,36 +123,86 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     report.regenerated.append(index)
 
 
-def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyReport:
-    """Check every shard of ``out``; ``deep`` reads all data; ``regen`` re-renders K samples."""
-    from simaq_factory.pipeline import a_max_for
+SUMS = "SHA256SUMS"  # written by freeze (simaq_factory.store.freeze.SUMS)
 
+
+def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
+    """Check every file listed in ``OUT/SHA256SUMS``; ``known`` maps a relative path to the digest
+    already computed for it (data shard files the shard check matched), which is not recomputed."""
+    path = out / SUMS
+    if not path.is_file():
+        return [f"{path}: missing from a frozen dataset (freeze writes it last)"]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return [f"{path}: unreadable ({type(err).__name__}: {err})"]
+    problems = []
+    root = out.resolve()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        digest, sep, rel = line.partition("  ")
+        if not sep:
+            digest, sep, rel = line.partition(" *")
+        digest = digest.strip().lower()
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not rel:
+            problems.append(f"{SUMS} line {n}: malformed (expected '<sha256>  <path>')")
+            continue
+        target = out / rel
+        if Path(rel).is_absolute() or not target.resolve().is_relative_to(root):
+            problems.append(f"{SUMS} line {n}: {rel} lies outside the dataset")
+            continue
+        if not target.is_file():
+            problems.append(f"{rel}: listed in {SUMS} but missing")
+            continue
+        actual = known.get(rel) or sha256_file(target)
+        if actual != digest:
+            problems.append(f"{rel}: sha256 differs from {SUMS} (modified after freeze)")
+    return problems
+
+
+def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyReport:
+    """Check every shard of ``out``; ``deep`` reads all data; ``regen`` re-renders K samples.
+
+    On a frozen dataset every file listed in SHA256SUMS is checked too (see the module docstring).
+    """
     recipe, rid = open_dataset_recipe(out)
-    specs = array_specs(recipe, a_max_for(recipe))
+    specs = dataset_specs(recipe)
     ranges = shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)
     report = VerifyReport(n_shards=len(ranges))
-    group = zarr.open_group(out / GROUP_NAME, mode="r")
-    for name, spec in specs.items():
-        if name not in group:
-            report.problems.append(f"array {name} is missing from dataset.zarr")
-        elif group[name].shape != spec.shape or str(group[name].dtype) != spec.dtype:
-            report.problems.append(f"array {name}: {group[name].dtype} {group[name].shape}, expected "
-                                   f"{spec.dtype} {spec.shape}")
-    if report.problems:
-        return report
+    group_problem, array_problems = metadata_problems(out, specs)
+    if group_problem is not None:
+        report.problems.append(group_problem)
+    report.problems.extend(array_problems.values())
+    readable = [name for name in specs if name not in array_problems]
+    known: dict[str, str] = {}  # relative shard file -> sha256, as matched by the shard check
     for s, samples in enumerate(ranges):
         state, reason = shard_state(out, specs, s, rid)
         if state != "done":
             report.problems.append(f"shard {s} (samples {samples.start}-{samples.stop - 1}): {reason}")
             continue
-        _check_provenance(read_provenance(out, s) or {}, s, samples, report)
+        prov = read_provenance(out, s) or {}
+        known.update(_shard_digests(specs, s, prov))
+        _check_provenance(prov, s, samples, report)
         if deep:
-            _deep_check(group, samples, list(specs), report)
+            _deep_check(out, samples, readable, report)
         report.checked_samples += len(samples)
-    report.problems.extend(bank_problems(out, recipe))
+    if group_problem is None:
+        report.problems.extend(bank_problems(out, recipe))
+        if read_card(out).get("status") == "frozen":
+            report.frozen = True
+            report.problems.extend(_sums_problems(out, known))
+    else:
+        report.notes.append("noise banks and SHA256SUMS not checked: the dataset card is unreadable")
     if regen > 0 and report.ok:
         n = recipe.dataset.n_samples
         picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(regen, n))})
         for index in picks:
             regenerate_and_compare(out, recipe, index, report)
     return report
+
+
+def _shard_digests(specs: dict[str, ArraySpec], shard: int, prov: dict[str, Any]) -> dict[str, str]:
+    checksums = prov.get("checksums") or {}
+    return {f"{GROUP_NAME}/{name}/{spec.shard_key(shard)}": str(checksums[name])
+            for name, spec in specs.items() if checksums.get(name)}
