@@ -61,6 +61,7 @@ def sample_confusions(dataset: str | Path, predictor: Predictor, *, n_classes: i
         raise BadInput("--axes", f"must be 'all' or 'first', got {axes!r}")
     src = FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes=axes,
                         max_samples=max_samples)
+    check_fov(src, "data.fov_margin", fov_margin)  # evaluate: the margin the model was trained with
     cms = []
     for v in range(len(src)):
         image, labels = src.load_raw(v) if raw else src.load(v)

@@ -398,7 +398,7 @@ def test_write_volume_is_atomic_and_names_bad_suffixes(tmp_path):
 
 def test_training_package_imports_no_phantom_or_physics_code():
     """simaq_train talks to the factory through the on-disk format; from simaq_factory it may
-    import only the error types (for the shared exit codes)."""
+    import only the error types (for the shared exit codes) and the strict YAML loader."""
     import subprocess
     import sys
 
@@ -407,7 +407,7 @@ def test_training_package_imports_no_phantom_or_physics_code():
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('simaq_factory'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
-                        "simaq_factory.recipe.fields"}, out
+                        "simaq_factory.recipe.fields", "simaq_factory.yamlio"}, out
 
 
 def test_config_with_a_key_given_twice_is_refused(tmp_path):
