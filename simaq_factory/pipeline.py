@@ -15,6 +15,7 @@ shard, worker or order renders it.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,24 +72,27 @@ def sample_angle_set(recipe: Recipe, rng: np.random.Generator) -> AngleSet:
     )
 
 
-_PINNED: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+_PINNED = threading.local()  # per thread: concurrent tasks of one worker process must not share
 
 
-def to_host(t: torch.Tensor, key: str) -> np.ndarray:
+def to_host(t: torch.Tensor, key: str, *, view: bool = False) -> np.ndarray:
     """Copy a tensor to host memory as numpy.
 
-    From CUDA the copy goes through a page-locked buffer kept per (key, shape, dtype), several
-    times faster than a pageable copy; the returned array is a view of that buffer and is valid
-    until the next call with the same key in this process (callers copy it into their shard).
+    From CUDA the copy goes through a page-locked buffer kept per (thread, key, dtype) and grown
+    to the largest size seen (one per key, however many sinogram lengths come by), several times
+    faster than a pageable copy. With ``view`` the result is a view of that buffer, valid until the
+    next call with the same key in this thread (for callers that copy it into their shard at once);
+    otherwise it is a copy of its own.
     """
     if t.device.type != "cuda":
         return t.numpy()
-    k = (key, tuple(t.shape), t.dtype)
-    buf = _PINNED.get(k)
-    if buf is None:
-        buf = _PINNED[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    buf.copy_(t)
-    return buf.numpy()
+    buffers = _PINNED.__dict__.setdefault("buffers", {})
+    buf = buffers.get((key, t.dtype))
+    if buf is None or buf.numel() < t.numel():
+        buf = buffers[(key, t.dtype)] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+    host = buf[: t.numel()].view(t.shape)
+    host.copy_(t)
+    return host.numpy() if view else host.numpy().copy()
 
 
 def _sync(device: torch.device) -> None:
@@ -183,12 +187,16 @@ def _stack_padded(acqs: list[Acquisition], a_max: int) -> tuple[torch.Tensor, np
 
 
 def render_sample(
-    recipe: Recipe, index: int, device: torch.device, *, banks: NoiseBanks | None = None
+    recipe: Recipe, index: int, device: torch.device, *, banks: NoiseBanks | None = None,
+    host_views: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Render sample ``index``. Returns host arrays (no sample axis) and its provenance record.
 
     ``banks``: the dataset's noise banks on ``device`` (``store.banks.load_banks``); when omitted
     they are generated in memory from the recipe, once per process (``memory_banks``).
+    ``host_views``: on CUDA, return views of this thread's page-locked buffers (:func:`to_host`),
+    overwritten by the next call, for a caller that copies them at once; by default the arrays
+    are the caller's own.
     """
     shape = recipe.dataset.shape
     rngs = sample_rngs(recipe.seed, index)
@@ -221,27 +229,27 @@ def render_sample(
 
     outputs = recipe.dataset.outputs
     arrays: dict[str, np.ndarray] = {
-        "phantom": to_host(phantom, "phantom"),
-        "labels": to_host(labels, "labels"),
+        "phantom": to_host(phantom, "phantom", view=host_views),
+        "labels": to_host(labels, "labels", view=host_views),
     }
     recon_dtype = getattr(torch, outputs.recon_dtype)
     if len(acqs) == 1:
-        arrays["recon"] = to_host(acqs[0].recon.to(recon_dtype), "recon")
+        arrays["recon"] = to_host(acqs[0].recon.to(recon_dtype), "recon", view=host_views)
     else:  # (axes, Z, Y, X): every reconstruction back in the canonical (z, y, x) orientation
         arrays["recon"] = to_host(
-            torch.stack([from_frame(a.recon, a.axis).to(recon_dtype) for a in acqs]), "recon"
+            torch.stack([from_frame(a.recon, a.axis).to(recon_dtype) for a in acqs]), "recon", view=host_views
         )
     if outputs.noisy:
-        arrays["noisy"] = to_host(noisy.to(getattr(torch, outputs.noisy_dtype)), "noisy")
+        arrays["noisy"] = to_host(noisy.to(getattr(torch, outputs.noisy_dtype)), "noisy", view=host_views)
     if len(acqs) == 1:
         if outputs.sinogram:
-            arrays["sinogram"] = to_host(acqs[0].proj.float(), "sinogram")
+            arrays["sinogram"] = to_host(acqs[0].proj.float(), "sinogram", view=host_views)
         if outputs.angles:
             arrays["angles"] = np.asarray(acqs[0].angles.recon_deg, dtype=np.float32)
     elif outputs.sinogram or outputs.angles:
         stacked, angle_rows = _stack_padded(acqs, a_max_for(recipe))
         if outputs.sinogram:
-            arrays["sinogram"] = to_host(stacked, "sinogram")
+            arrays["sinogram"] = to_host(stacked, "sinogram", view=host_views)
         if outputs.angles:
             arrays["angles"] = angle_rows
     lap("to_host")

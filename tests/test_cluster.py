@@ -167,3 +167,42 @@ def test_starting_cluster_hands_over_reraises_and_always_closes():
     err = KeyboardInterrupt()
     s.close(type(err), err, None)  # the driver's error reaches the cluster context (the driver re-raises it)
     assert events == ["enter", "exit with KeyboardInterrupt"]
+
+
+def test_a_slurm_job_with_several_gpus_runs_a_worker_process_per_gpu():
+    pytest.importorskip("dask_jobqueue")
+    from simaq_factory.orchestrate.cluster import slurm_cluster
+    from simaq_factory.recipe.io import resolve
+
+    recipe = resolve({"execution": {"slurm": {"cores": 8, "gpus_per_job": 4}}})
+    cluster = slurm_cluster(recipe.execution, gpu=True)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for needle in ("#SBATCH --gres=gpu:4", "--nworkers 4", "--nthreads 2", "--resources GPU=1"):
+        assert needle in script, (needle, script)
+
+
+def test_workers_are_numbered_for_their_gpu(monkeypatch):
+    """Worker k of a LocalCluster (name k) or process k of a SLURM job (name NAME-<job>-<k>) takes
+    GPU k mod count; outside a worker, 0."""
+    import distributed
+
+    from simaq_factory.orchestrate.task import worker_ordinal
+
+    assert worker_ordinal() == 0
+    for name, expected in ((3, 3), ("SLURMCluster-7-2", 2), ("tcp://10.0.0.1:4000", 4000), ("gpu-node", 0)):
+        monkeypatch.setattr(distributed, "get_worker", lambda name=name: type("W", (), {"name": name})())
+        assert worker_ordinal() == expected
+
+
+def test_cuda_build_on_workers_without_a_gpu_resource_is_refused():
+    from simaq_factory.errors import BadInput
+    from simaq_factory.orchestrate.driver import _check_gpu_workers
+
+    with pytest.raises(BadInput, match="--resources GPU=1") as err:
+        _check_gpu_workers({"tcp://a:1": {"resources": {}}, "tcp://b:2": {}})
+    assert err.value.path == "--scheduler" and "none of its 2 worker(s)" in str(err.value)
+    _check_gpu_workers({"tcp://a:1": {"resources": {"GPU": 1}}, "tcp://b:2": {}})
+    _check_gpu_workers({})  # no worker yet: they may join later

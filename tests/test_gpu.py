@@ -58,3 +58,53 @@ def test_cuda_build_is_repeatable(tmp_path):
         outs.append(zarr.open_group(out / "dataset.zarr", mode="r"))
     for name in ("phantom", "labels", "recon", "sinogram"):
         assert outs[0][name][...].tobytes() == outs[1][name][...].tobytes(), name
+
+
+def test_to_host_gives_own_arrays_unless_views_are_asked_for():
+    from simaq_factory.pipeline import to_host
+
+    a = torch.arange(6.0, device="cuda").reshape(2, 3)
+    x = to_host(a, "t")
+    y = to_host(a + 10, "t")
+    assert x.tolist() == [[0, 1, 2], [3, 4, 5]] and y.tolist() == [[10, 11, 12], [13, 14, 15]]
+    v = to_host(a, "t", view=True)
+    w = to_host(torch.zeros(3, device="cuda"), "t", view=True)  # smaller: the same page-locked buffer
+    assert w.tolist() == [0, 0, 0] and v.tolist() == [[0, 0, 0], [3, 4, 5]]
+
+
+def test_samples_rendered_on_cuda_are_distinct_arrays():
+    recipe = load_recipe(SMOKE)
+    a, _ = render_sample(recipe, 0, torch.device("cuda"))
+    b, _ = render_sample(recipe, 1, torch.device("cuda"))
+    for name in ("phantom", "labels", "recon"):
+        assert a[name].tobytes() != b[name].tobytes(), name
+
+
+def test_fp16_training_resumes_on_cuda_and_continues_a_cpu_run(tmp_path):
+    """AMP (fp16 with a grad scaler), accumulation and clipping on CUDA, stopped and resumed; and a
+    run begun on the CPU (no scaler state) continued on CUDA with fp16."""
+    from simaq_train.config import config_from_dict
+    from simaq_train.engine.fit import fit
+    from simaq_train.engine.parts import load_checkpoint
+    from simaq_train.testing import write_synthetic_dataset
+
+    ds = write_synthetic_dataset(tmp_path / "ds", n_samples=2, shape=(16, 32, 32))
+
+    def cfg(out: Path, device: str, steps: int):  # type: ignore[no-untyped-def]
+        return config_from_dict({
+            "seed": 1, "data": {"train": [str(ds)], "background_drop": 1.0, "fov_margin": 2.0},
+            "model": {"init_features": 4, "depth": 2, "out_channels": 0},
+            "optim": {"lr": 0.01, "batch_size": 4, "accumulate": 2, "clip": 1.0, "amp": "fp16",
+                      "max_steps": steps, "epochs": 100},
+            "run": {"out": str(out), "device": device, "checkpoint_every": 1, "progress": False},
+        })
+
+    assert fit(cfg(tmp_path / "gpu", "cuda", 3)).step == 3
+    ck = load_checkpoint(tmp_path / "gpu" / "last.pt")
+    assert ck["scaler"] and ck["scaler"]["scale"] > 0
+    assert fit(cfg(tmp_path / "gpu", "cuda", 5)).step == 5
+    assert fit(cfg(tmp_path / "mixed", "cpu", 2)).step == 2
+    assert load_checkpoint(tmp_path / "mixed" / "last.pt")["scaler"] == {}
+    assert fit(cfg(tmp_path / "mixed", "cuda", 4)).step == 4
+    weights = load_checkpoint(tmp_path / "mixed" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

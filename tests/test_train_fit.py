@@ -428,3 +428,19 @@ def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
     assert r.stdout.count(f"finished at epoch 2, step {want} ") == 2, r.stdout
     ck = states(tmp_path / "run" / "last.pt")
     assert ck["step"] == want and ck["reader"] == {"epoch": 2, "position": 0}
+
+
+def test_resume_loads_a_grad_scaler_state_only_where_it_applies():
+    """A run started without fp16 scaling (CPU, AMP off, bf16) saves an empty scaler state, which an
+    enabled scaler refuses: resuming such a run with fp16 on CUDA starts from a fresh scale."""
+    from simaq_train.engine.fit import load_scaler_state
+
+    enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**10)
+    load_scaler_state(enabled, torch.amp.GradScaler("cpu", enabled=False).state_dict())  # {}: no error
+    assert enabled.get_scale() == 2.0**10
+    donor = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**5)
+    load_scaler_state(enabled, donor.state_dict())
+    assert enabled.get_scale() == 2.0**5
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    load_scaler_state(disabled, donor.state_dict())  # ignored
+    assert not disabled.is_enabled()

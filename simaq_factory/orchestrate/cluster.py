@@ -40,9 +40,12 @@ def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     cfg = exe.slurm
     gpus = cfg.gpus_per_job or (1 if gpu else 0)
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
-    worker_args = ["--resources", f"GPU={gpus}"] if gpus else []
+    # one worker process per GPU of a job, each advertising one GPU; the processes are named
+    # NAME-<job>-<k>, and process k renders on GPU k (task.worker_device)
+    processes = max(1, min(gpus, cfg.cores))
+    worker_args = ["--resources", "GPU=1"] if gpus else []
     return SLURMCluster(
-        queue=cfg.queue, account=cfg.account, walltime=cfg.walltime, cores=cfg.cores, processes=1,
+        queue=cfg.queue, account=cfg.account, walltime=cfg.walltime, cores=cfg.cores, processes=processes,
         memory=cfg.memory, job_extra_directives=directives, worker_extra_args=worker_args,
         local_directory=cfg.local_directory, python=cfg.python or sys.executable,
         silence_logs="error", job_name="simaq-factory",

@@ -171,7 +171,9 @@ def build(
         log_path = None
         try:
             if not local:
-                starting.handle()
+                handle = starting.handle()
+                if gpu and scheduler is not None:
+                    _check_gpu_workers(handle.client.scheduler_info().get("workers", {}))
             if resuming is None:
                 resuming = claim()
             if not resuming:
@@ -237,6 +239,15 @@ class _StartingCluster:
         self._thread.join()
         if self._handle is not None:
             self._context.__exit__(*exc_info)
+
+
+def _check_gpu_workers(workers: dict[str, Any]) -> None:
+    """CUDA shard tasks ask for a ``GPU`` resource, and a task nobody offers waits forever: refuse
+    a scheduler whose workers (if any joined yet) advertise none."""
+    if workers and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        raise BadInput("--scheduler", f"the device is CUDA, so each shard task needs a worker with a GPU "
+                       f"resource, and none of its {len(workers)} worker(s) has one: start them as "
+                       "`dask worker ADDR --resources GPU=1`, one per GPU")
 
 
 def _warm_up(client: Any, device: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import socket
 import time
 from pathlib import Path
@@ -31,10 +32,38 @@ from simaq_factory.versions import software_versions
 log = logging.getLogger(__name__)
 
 
+def worker_ordinal() -> int:
+    """This Dask worker's number: a LocalCluster names its workers 0, 1, …, and dask-jobqueue the
+    processes of a job ``NAME-<job>-<k>``; the trailing number is taken. 0 outside a worker."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return 0
+    if isinstance(name, int):
+        return name
+    match = re.search(r"(\d+)$", str(name))
+    return int(match.group(1)) if match else 0
+
+
+def worker_device(device: str) -> torch.device:
+    """The device this process renders on, made current. ``cuda`` without an index gives each
+    worker its own GPU when several are visible: worker k takes GPU k mod count (without this every
+    worker would share GPU 0). Workers that should use one GPU each are better started with their
+    own ``CUDA_VISIBLE_DEVICES``, which leaves one visible GPU and makes this choice trivial."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", worker_ordinal() % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(dev)
+    return dev
+
+
 def warm_up(device: str) -> None:
     """Nothing but load: unpickling this function imports this module (torch, the pipeline), and the
     device is initialised (a CUDA context costs seconds)."""
-    dev = resolve_device(device)
+    dev = worker_device(device)
     if dev.type == "cuda":
         torch.zeros(1, device=dev)
 
@@ -49,7 +78,7 @@ def run_shard(
         torch.set_num_threads(threads)
     recipe = resolve(recipe_json)
     rid = recipe_id(recipe)
-    dev = resolve_device(device)
+    dev = worker_device(device)
     banks = load_banks(Path(out), dev)  # read and hash-checked once per process, then cached
     from simaq_factory.pipeline import a_max_for
 
@@ -61,7 +90,7 @@ def run_shard(
     }
     records = []
     for j, index in enumerate(samples):
-        arrays, record = render_sample(recipe, index, dev, banks=banks)
+        arrays, record = render_sample(recipe, index, dev, banks=banks, host_views=True)  # copied next
         for name in specs:
             a = arrays[name]
             buffers[name][(j, *(slice(0, s) for s in a.shape))] = a

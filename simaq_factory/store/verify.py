@@ -108,8 +108,14 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     if stored_rec is not None and stored_rec.get("artifacts") != record["artifacts"]:
         report.problems.append(f"sample {index}: regenerated artifact parameters (bank entries, "
                                "orientations, beads) differ from provenance")
-    if built_on.split(":")[0] != device.type:
-        report.notes.append(f"sample {index}: built on {built_on}, regenerated on {device}; recon not "
+    # CUDA's random kernels map elements to Philox streams by the GPU's multiprocessor count, so the
+    # device noise (ice field, Poisson, detector) repeats only on the same device type and GPU model
+    built_name = str(prov.get("device_name", ""))
+    here_name = torch.cuda.get_device_name(device) if device.type == "cuda" else built_name
+    if built_on.split(":")[0] != device.type or here_name != built_name:
+        where = f"{built_on} ({built_name})" if device.type == "cuda" else built_on
+        here = f"{device} ({here_name})" if device.type == "cuda" else str(device)
+        report.notes.append(f"sample {index}: built on {where}, regenerated on {here}; recon not "
                             "compared (device noise generators differ)")
     else:
         if "noisy" in arrays and group["noisy"][index].tobytes() != arrays["noisy"].tobytes():

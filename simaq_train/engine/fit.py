@@ -152,6 +152,16 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
         log.info("dataset %s was frozen since the run started; the run now records its manifest hash", path)
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
+    """Restore the grad scaler of a run that may have used another precision before: a disabled
+    scaler (CPU, or AMP off or bf16) saves ``{}``, which an enabled one refuses to load; such a run
+    resumed with fp16 on CUDA starts from a fresh scale, and a disabled scaler ignores a state."""
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("resuming with fp16 grad scaling that the run did not use so far: a fresh scale")
+
+
 class _Meter:
     """Training loss, confusion matrix and throughput since the last metrics line."""
 
@@ -238,7 +248,7 @@ class Trainer:
                 log.info("optimiser group %s: lr %g -> %g, weight_decay %g -> %g (from the config)",
                          g.get("name"), g["lr"], lr, g["weight_decay"], wd)
                 g["lr"], g["weight_decay"] = lr, wd
-        self.scaler.load_state_dict(ck["scaler"])
+        load_scaler_state(self.scaler, ck.get("scaler"))
         if self.ema is not None and ck.get("ema") is not None:
             self.ema.model.load_state_dict(ck["ema"])
         self.state = FitState(ck["reader"]["epoch"], ck["reader"]["position"], ck["step"])
