@@ -19,6 +19,7 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -405,7 +406,9 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> FitResult:
     dist = _dist_from_env()
     if dist.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.run.device != "cpu" else "gloo"
-        torch.distributed.init_process_group(backend)
+        # rank 0 validates whole volumes after each epoch while the others wait in a collective:
+        # allow longer than the default 10 minutes
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
     try:
         return Trainer(cfg, dist).fit(progress)
     finally:
