@@ -55,9 +55,9 @@ def test_verify_names_damaged_shard_and_build_repairs(built, tmp_path):
     assert cli("verify", str(out)).exit_code == 0
 
 
-def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
-    """A shard rewritten with wrong labels (and its checksum updated) still fails regeneration."""
-    out = copy_of(built, tmp_path)
+def tamper_labels_and_rechecksum(out: Path) -> None:
+    """Change one label of shard 0 and record the new shard's sha256 in its provenance, so that its
+    checksum still verifies."""
     g = zarr.open_group(out / "dataset.zarr", mode="r+")
     labels = g["labels"][0:2]
     labels[0, 0, 0, 0] = 3
@@ -67,6 +67,12 @@ def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
     shard = out / "dataset.zarr" / "labels" / "c" / "0" / "0" / "0" / "0"
     prov["checksums"]["labels"] = hashlib.sha256(shard.read_bytes()).hexdigest()
     prov_path.write_text(json.dumps(prov))
+
+
+def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
+    """A shard rewritten with wrong labels (and its checksum updated) still fails regeneration."""
+    out = copy_of(built, tmp_path)
+    tamper_labels_and_rechecksum(out)
     assert cli("verify", str(out)).exit_code == 0  # checksums alone cannot see it
     result = cli("verify", str(out), "--regen", "4")
     assert result.exit_code == 1 and "sample 0: regenerated labels differs" in result.output
@@ -314,15 +320,7 @@ def test_verify_checks_sha256sums_of_a_frozen_dataset(frozen, tmp_path):
         f.write("# edited\n")
     (out / "previews" / "sample_000001.png").unlink()
     # a shard rewritten with its provenance checksum updated: only SHA256SUMS can tell
-    g = zarr.open_group(out / "dataset.zarr", mode="r+")
-    labels = g["labels"][0:2]
-    labels[0, 0, 0, 0] = 3
-    g["labels"][0:2] = labels
-    prov_path = out / "provenance" / "shard-000000.json"
-    prov = json.loads(prov_path.read_text())
-    shard = out / "dataset.zarr" / "labels" / "c" / "0" / "0" / "0" / "0"
-    prov["checksums"]["labels"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    prov_path.write_text(json.dumps(prov))
+    tamper_labels_and_rechecksum(out)
     result = cli("verify", str(out))
     assert result.exit_code == 1
     problems = sorted(line for line in result.output.splitlines() if line.startswith("problem:"))
