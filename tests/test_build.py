@@ -118,11 +118,14 @@ def test_damaged_and_unfinished_shards_are_redone(inline_ref, tmp_path):
     out = tmp_path / "out"
     args = ["build", SMOKE, "-o", str(out), "--cluster", "inline"]
     assert CliRunner().invoke(main, args).exit_code == 0
-    # shard 0: a flipped byte in its phantom shard; shard 1: crashed before its provenance record
+    # shard 0: a flipped byte in its phantom shard and its recon shard cut short (the shard index
+    # sits at the end of the file); shard 1: crashed before its provenance record
     shard0 = out / "dataset.zarr" / "phantom" / "c" / "0" / "0" / "0" / "0"
     raw = bytearray(shard0.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard0.write_bytes(bytes(raw))
+    recon0 = out / "dataset.zarr" / "recon" / "c" / "0" / "0" / "0" / "0"
+    recon0.write_bytes(recon0.read_bytes()[:1000])
     (out / "provenance" / "shard-000001.json").unlink()
     status = CliRunner().invoke(main, ["status", str(out)])
     assert status.exit_code == 0

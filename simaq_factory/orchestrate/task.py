@@ -25,7 +25,7 @@ from simaq_factory.orchestrate.logs import attach_log_file
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
-from simaq_factory.store.dataset import shard_checksums, write_json_atomic, write_shard
+from simaq_factory.store.dataset import shard_checksums, shard_file, write_json_atomic, write_shard
 from simaq_factory.store.layout import array_specs, provenance_path, shard_ranges
 from simaq_factory.versions import software_versions
 
@@ -97,6 +97,10 @@ def run_shard(
         records.append(record)
     t_write = time.perf_counter()
     outp = Path(out)
+    # the task owns the whole shard: start from no file, since zarr updates an existing shard in
+    # place and fails on one that a crash or a disk left truncated (its index sits at the end)
+    for spec in specs.values():
+        shard_file(outp, spec, shard_index).unlink(missing_ok=True)
     write_shard(outp, specs, samples.start, buffers)
     write_s = time.perf_counter() - t_write
     checksums = shard_checksums(outp, specs, shard_index)
