@@ -211,7 +211,7 @@ def main() -> None:
         res = run_iterative(args)
         logger.info("config: %s", res["config"])
         for key, value in res["seconds"].items():
-            logger.info("%-32s %9.3f %s", key, value, "MB" if key.endswith("_mb") else "s")
+            logger.info("%-32s %9.3f %s", key, value, "MiB" if key.endswith("_mb") else "s")
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump(res, fh, indent=2)
