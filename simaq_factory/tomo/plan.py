@@ -39,10 +39,10 @@ import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 from simaq_factory.tomo.projector import (
-    _CACHE_CHUNK_BYTES,
     DEFAULT_CHUNK_BYTES,
     _check_proj,
     _check_volume,
+    _chunk_budget,
     _ray_table_bytes_per_angle,
     ray_tables,
 )
@@ -130,7 +130,7 @@ class ProjectorPlan:
         self._lut = lut
         itemsize = torch.empty((), dtype=dtype).element_size()
         per_angle = _ray_table_bytes_per_angle(geom, itemsize)
-        budget = min(int(max_chunk_bytes), _CACHE_CHUNK_BYTES)
+        budget = _chunk_budget(max_chunk_bytes, self.device)
         self._chunk = max(1, min(geom.n_angles, budget // max(per_angle, 1)))
         self._bounds = [(a0, min(a0 + self._chunk, geom.n_angles)) for a0 in range(0, geom.n_angles, self._chunk)]
         self._cache: dict[int, _Chunk] = {}
