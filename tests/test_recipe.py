@@ -261,3 +261,15 @@ def test_cli_module_imports_no_torch():
     code = "import sys, simaq_factory.cli.main; print(sorted(m for m in ('torch', 'dask', 'zarr') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_empty_recipe_is_the_reference_with_a_warning(tmp_path, caplog):
+    from simaq_factory.recipe.io import read_yaml
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with caplog.at_level("WARNING", logger="simaq_factory.recipe.io"):
+        assert resolve(read_yaml(empty)) == resolve({})
+        read_yaml(SMOKE)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "sets no field" in warned[0] and str(empty) in warned[0]

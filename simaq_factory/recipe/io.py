@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RecipeFileError(str(path), f"a recipe is a mapping of sections, got {type(data).__name__}")
+    if not data:
+        logging.getLogger(__name__).warning(
+            "%s sets no field: every field takes its reference default (4 samples of 512³; "
+            "`simaq-factory init` writes a recipe with every field)", path)
     return data
 
 
