@@ -281,3 +281,20 @@ def test_damaged_array_metadata_is_rewritten_on_resume_and_records_are_shareable
     os.umask(umask)
     for path in [out / "recipe.resolved.json", *(out / "provenance").glob("*.json")]:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_a_filesystem_without_locks_builds_unguarded(tmp_path, monkeypatch, caplog):
+    """flock fails with ENOLCK on some network filesystems: that is no reason to refuse a build."""
+    import errno
+
+    import simaq_factory.store.outdir as outdir
+
+    def no_locks(fd, op):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(outdir.fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="simaq_factory.store.outdir"):
+        with outdir.claim_out_dir(out, "rid") as resuming:
+            assert resuming is False and out.is_dir()
+    assert "cannot lock (No locks available)" in caplog.text

@@ -121,13 +121,17 @@ def claim_out_dir(out: Path, rid: str) -> Iterator[bool]:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 who = f" (pid {holder})" if holder.isdigit() else ""
                 raise BadInput(str(out), f"another simaq-factory process{who} is writing to it; wait "
                                          "for it to end or use another output directory") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as err:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unguarded
+                log.warning("%s: cannot lock (%s); a second build of it would not be detected",
+                            out, err.strerror)
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield check_out_dir(out, rid)
     finally:
         os.close(fd)
