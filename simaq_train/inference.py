@@ -9,6 +9,7 @@ of the model's divisor (outside the field of view the normalised input is 0 anyw
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,13 @@ log = logging.getLogger(__name__)
 
 def load_model(ckpt_path: str | Path, use_ema: bool = True,
                device: torch.device = torch.device("cpu")) -> tuple[CenterSliceUNet, TrainConfig]:
-    """The (EMA, when present and requested) model of a checkpoint in eval mode, and its config."""
+    """The (EMA, when present and requested) model of a checkpoint in eval mode, and its config,
+    whose ``optim.amp`` is the precision the weights were trained in when the checkpoint records it."""
     ckpt = load_checkpoint(ckpt_path)
     try:
         cfg = config_from_dict(ckpt["config"])
+        if ckpt.get("trained_amp") in ("off", "fp16", "bf16"):
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, amp=ckpt["trained_amp"]))
         model = CenterSliceUNet(cfg.model)
         state = ckpt["ema"] if (use_ema and ckpt.get("ema") is not None) else ckpt["model"]
         model.load_state_dict(state, strict=True)

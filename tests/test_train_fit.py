@@ -126,6 +126,12 @@ def test_fit_writes_checkpoint_metrics_and_plot(trained, dataset):
     assert ck["datasets"] == {str(dataset): manifest}
     assert ck["config"]["model"]["out_channels"] == 4  # from the card; nucleus disabled in the recipe
     assert ck["class_names"] == ["background", "cell", "vacuole", "lipid_droplet"]
+    # trained on the CPU (amp "auto" resolves to full precision there): inference on any device
+    # runs the weights in the precision they were trained in
+    assert ck["config"]["optim"]["amp"] == "auto" and ck["trained_amp"] == "off"
+    from simaq_train.inference import load_model
+
+    assert load_model(run_dir / "last.pt")[1].optim.amp == "off"
     assert ck["ema"].keys() == ck["model"].keys()
     assert any("running_mean" in k for k in ck["ema"])
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -269,6 +269,9 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "datasets": self.info["datasets"],
             "class_names": self.names,
+            # the precision the weights were trained in (optim.amp resolved on this device), which
+            # inference uses: a model trained in fp32 on a CPU is not run in fp16 on a GPU
+            "trained_amp": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "off"),
             "stream": {k: v for k, v in self.info.items() if k != "datasets"},
         }
 
