@@ -50,18 +50,19 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def sample_confusions(dataset: str | Path, predictor: Predictor, *, n_classes: int, fov_margin: float,
                       max_samples: int = 0, n_pred: int | None = None, raw: bool = False,
-                      axes: str = "all",
+                      axes: str = "all", fov_key: str = "data.fov_margin",
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], FactorySource]:
     """Confusion matrices (truth × prediction, FOV only) of ``predictor``, one per volume of the
     source: per (sample, acquisition) with ``axes="all"`` (every acquisition axis of a three-axis
     dataset, each in its own frame), per sample on acquisition 0 with ``"first"``; ``src.locate(v)``
     gives volume v's (sample, acquisition). The predictor gets the normalised reconstruction, or
-    with ``raw`` the stored one."""
+    with ``raw`` the stored one. A ``fov_margin`` that leaves no field of view is bad input naming
+    ``fov_key`` (the checkpoint's config key, or the baseline's flag)."""
     if axes not in ("all", "first"):
         raise BadInput("--axes", f"must be 'all' or 'first', got {axes!r}")
     src = FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes=axes,
                         max_samples=max_samples)
-    check_fov(src, "data.fov_margin", fov_margin)  # evaluate: the margin the model was trained with
+    check_fov(src, fov_key, fov_margin)
     cms = []
     for v in range(len(src)):
         image, labels = src.load_raw(v) if raw else src.load(v)
@@ -197,8 +198,6 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
         raise BadInput("--fov-margin", "must be >= 0")
     if n_classes is None:
         n_classes = max(len(PHYSICAL_ORDER), infer_n_classes(dataset))
-    check_fov(FactorySource(dataset, n_classes=n_classes, fov_margin=fov_margin, axes=axes), "--fov-margin",
-              fov_margin)
     methods = {"multiotsu4": otsu_predictor(4, fov_margin), "otsu_then_multiotsu3": otsu_two_stage_predictor(fov_margin)}
     predictors = {**{(k, False): f for k, f in methods.items()}, **{(f"raw_{k}", True): f for k, f in methods.items()}}
     orders = list(permutations(range(4))) if search_order else [PHYSICAL_ORDER]
@@ -207,7 +206,8 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
     card: dict[str, Any] = {}
     for (name, raw), pred in predictors.items():
         cms_k, src = sample_confusions(dataset, pred, n_classes=n_classes, fov_margin=fov_margin,
-                                       max_samples=max_samples, n_pred=4, raw=raw, axes=axes)
+                                       max_samples=max_samples, n_pred=4, raw=raw, axes=axes,
+                                       fov_key="--fov-margin")
         card = src.card
 
         def mapped(order: tuple[int, ...]) -> list[np.ndarray]:

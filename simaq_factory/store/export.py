@@ -38,12 +38,8 @@ VOLUME_ARRAYS = ("phantom", "labels", "noisy", "recon")
 EXT = {"ome-zarr": ".ome.zarr", "tiff": ".tif", "mrc": ".mrc"}
 
 
-def voxel_size_nm(out: Path, recipe: Any, index: int) -> float:
-    """The estimated voxel size of sample ``index`` (BadInput naming --index when not built)."""
-    return _voxel_nm(built_records(out, recipe, [index])[index])
-
-
 def _voxel_nm(record: dict[str, Any]) -> float:
+    """The estimated voxel size of a sample, from its provenance record."""
     return REFERENCE_VOXEL_NM * 1.2 / float(record["phantom_spec"]["scale"])
 
 
@@ -151,7 +147,7 @@ def export_dataset(
         raise BadInput(str(out), f"not completely built, {err.message}; finish the build or export "
                        "built samples with --index") from None
     needed = arrays + (["labels"] if fmt == "ome-zarr" and "labels" not in arrays else [])
-    g = open_checked(out, needed)
+    g = open_checked(out, specs, needed)
     ranges = shard_ranges(n, recipe.dataset.samples_per_shard)
     for shard in sorted({i // recipe.dataset.samples_per_shard for i in indices}):
         state, reason = shard_state(out, specs, shard, rid)

@@ -24,12 +24,11 @@ from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
-from simaq_factory.store.layout import GROUP_NAME
+from simaq_factory.store.layout import GROUP_NAME, SUMS
 from simaq_factory.store.outdir import LOCK, RESOLVED, claim_out_dir
 from simaq_factory.store.verify import verify_dataset
 
 MANIFEST = "manifest.jsonl"
-SUMS = "SHA256SUMS"
 CARD = "DATASET.md"
 PREVIEWS = "previews"
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)

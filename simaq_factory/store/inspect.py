@@ -127,13 +127,12 @@ def read_card_checked(out: Path) -> dict[str, Any]:
     return read_card(out)
 
 
-def open_checked(out: Path, names: list[str]) -> dict[str, Any]:
-    """Open the arrays ``names`` of ``out`` for reading after checking the group's and their
-    metadata files; a one-line :class:`BuildFailed` naming the first damaged file otherwise."""
+def open_checked(out: Path, specs: dict[str, ArraySpec], names: list[str]) -> dict[str, Any]:
+    """Open the arrays ``names`` of ``out`` (laid out as ``specs``) for reading after checking the
+    group's and their metadata files; a one-line :class:`BuildFailed` naming the first damaged file
+    otherwise."""
     import zarr
 
-    recipe, _ = open_dataset_recipe(out)
-    specs = dataset_specs(recipe)
     card_problem = group_metadata_problem(out)
     if card_problem is not None:
         raise BuildFailed(f"{card_problem}; {CARD_HINT}")
@@ -202,7 +201,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
         verdict = f"incomplete: {counts['pending']} shard(s) pending"
     else:
         verdict = "complete"
-    return {"recipe_id": rid, "status": card_status, "card_status": card_status, "verdict": verdict,
+    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict,
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems}
 

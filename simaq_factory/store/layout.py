@@ -47,6 +47,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 GROUP_NAME = "dataset.zarr"
 PROVENANCE_DIR = "provenance"
+SUMS = "SHA256SUMS"  # written by freeze, checked by verify
 VOLUME_AXES = ("sample", "z", "y", "x")
 
 

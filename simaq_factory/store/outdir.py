@@ -138,18 +138,17 @@ def claim_out_dir(out: Path, rid: str) -> Iterator[bool]:
 
 
 def repair_array_metadata(out: Path, specs: dict[str, ArraySpec]) -> list[str]:
-    """Rewrite the ``zarr.json`` of every array whose metadata is missing, unreadable or not what
-    the recipe defines; returns their names. The chunks are kept: each shard is then judged by its
+    """Rewrite the ``zarr.json`` of every array whose metadata ``status`` and ``verify`` report as
+    damage (:func:`~simaq_factory.store.inspect.array_metadata_problem`: missing, unreadable or not
+    the recipe's layout); returns their names. The chunks are kept: each shard is then judged by its
     recorded checksums as usual, so data written under intact metadata survives."""
-    repaired = []
-    for name, doc in array_metadata(specs).items():
-        path = out / GROUP_NAME / name / "zarr.json"
-        try:
-            ok = json.loads(path.read_text()) == doc
-        except (OSError, ValueError):
-            ok = False
-        if not ok:
-            write_json_atomic(path, doc)
-            log.warning("array %s: metadata missing or damaged, rewritten from the recipe", name)
-            repaired.append(name)
-    return repaired
+    from simaq_factory.store.inspect import array_metadata_problem  # inspect imports this module
+
+    damaged = {name: problem for name, spec in specs.items()
+               if (problem := array_metadata_problem(out, spec)) is not None}
+    if damaged:
+        docs = array_metadata({name: specs[name] for name in damaged})
+        for name, problem in damaged.items():
+            write_json_atomic(out / GROUP_NAME / name / "zarr.json", docs[name])
+            log.warning("%s; rewritten from the recipe", problem)
+    return list(damaged)

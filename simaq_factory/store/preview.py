@@ -67,7 +67,8 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     if png.is_dir():
         raise BadInput(str(png), "is a directory; give the .png file to write")
     # every array it reads, its metadata checked first (a one-line error naming a damaged file)
-    g = open_checked(out, list(dataset_specs(recipe)))
+    specs = dataset_specs(recipe)
+    g = open_checked(out, specs, list(specs))
     labels = g["labels"][index]
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:

@@ -30,7 +30,7 @@ from simaq_factory.labels import Label
 from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, shard_state
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
-from simaq_factory.store.layout import GROUP_NAME, ArraySpec, shard_ranges
+from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,6 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
             report.problems.append(f"sample {index}: regenerated recon differs (relative L2 {err:.2e} > "
                                    f"{RECON_RTOL:g})")
     report.regenerated.append(index)
-
-
-SUMS = "SHA256SUMS"  # written by freeze (simaq_factory.store.freeze.SUMS)
 
 
 def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
