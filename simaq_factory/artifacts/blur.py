@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["gaussian_kernel_1d", "gaussian_blur_3d", "kernel_radius", "support_box"]
 
