@@ -128,8 +128,11 @@ def _print_summary(rep: dict[str, Any]) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .zarr or .npy")
 @click.option("--ema/--no-ema", default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
-@click.option("--edge", type=click.Choice(["reflect", "replicate"]), default="reflect",
-              help="padding of the window at the first and last slices")
+@click.option("--edge", type=click.Choice(["reflect", "replicate"]), default=None,
+              help="padding of the window at the first and last slices (default: as in training, "
+                   "the checkpoint's data.edge_mode)")
+@click.option("--normalize/--no-normalize", default=True,
+              help="map intensities as in training (default) or take TOMOGRAM as already normalised")
 @click.option("--tilt-axis", type=click.IntRange(0, 2), default=0,
               help="array axis of TOMOGRAM that is the tilt axis (default 0)")
 @click.option("--beam-axis", type=click.IntRange(0, 2), default=None,
@@ -140,8 +143,8 @@ def _print_summary(rep: dict[str, Any]) -> None:
               help="scale of the reference's 512³ post-processing sizes (default: size/512)")
 @click.option("--device", default="auto")
 @handle_errors
-def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str,
-            tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
+def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str | None,
+            normalize: bool, tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
             device: str) -> None:
     """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids).
 
@@ -151,7 +154,7 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 
     res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
                            post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
-                           beam_axis=beam_axis, device=device)
+                           beam_axis=beam_axis, normalize=normalize, device=device)
     click.echo(f"wrote {res['output']} {tuple(res['shape'])} voxels per class {res['voxels_per_class']}")
 
 

@@ -1,8 +1,8 @@
 """Evaluation on a simaq-factory dataset: IoU and Dice per class and per sample (reference §6.6),
 summaries per class and per cell count, a Figure-5-style plot; and an intensity-threshold baseline.
 
-IoU is computed per volume over every slice of acquisition 0 inside the field-of-view cylinder,
-skipping ignored voxels; it is undefined (``null``), not 0, where prediction and truth are empty.
+IoU is computed per volume over every slice of each acquisition (``axes="all"``, a row per sample
+and axis; ``"first"``: acquisition 0 only) inside the field-of-view cylinder, skipping ignored voxels; it is undefined (``null``), not 0, where prediction and truth are empty.
 Cell counts come from ``OUT/provenance/shard-*.json`` → ``sample_records[k]["n_cells"]``.
 """
 
@@ -255,18 +255,15 @@ def evaluate_checkpoint(ckpt: str | Path, dataset: str | Path, *, use_ema: bool 
                         max_samples: int = 0, post: bool = False, device: str = "auto", axes: str = "all",
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from simaq_train.engine.parts import resolve_device
-    from simaq_train.inference import load_model, post_classes, postprocess, predict_volume
+    from simaq_train.inference import load_model, segment
 
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise BadInput(str(dataset), "not a simaq-factory dataset (no dataset.zarr)")
     dev = resolve_device(device, "--device")
     model, cfg = load_model(ckpt, use_ema, dev)
-    mode = "replicate" if cfg.data.edge_mode == "replicate" else "reflect"
 
     def predict(image: np.ndarray) -> np.ndarray:
-        seg = predict_volume(model, image, window=cfg.data.window, edge_mode=mode,
-                             batch_size=batch_size, device=dev, amp=cfg.optim.amp)
-        return postprocess(seg, post_classes(cfg.model.out_channels)) if post else seg
+        return segment(model, cfg, image, batch_size=batch_size, device=dev, post=post)
 
     cms, src = sample_confusions(dataset, predict, n_classes=cfg.model.out_channels,
                                  fov_margin=cfg.data.fov_margin, max_samples=max_samples, axes=axes,

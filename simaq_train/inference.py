@@ -4,7 +4,8 @@
 ids: window ``k`` covers slices ``k - h … k + h`` with the ends reflect- or replicate-padded (no
 slice is left empty; fixes reference §8.3 bug 21); the in-plane size is zero-padded up to a multiple
 of the model's divisor (outside the field of view the normalised input is 0 anyway) and cropped back.
-``predict_tomogram`` adds reading, the training normalisation and post-processing.
+``segment`` adds the field of view and post-processing (what ``predict`` writes and ``evaluate
+--postprocess`` scores); ``predict_tomogram`` adds reading and the training normalisation.
 """
 
 from __future__ import annotations
@@ -131,11 +132,37 @@ def postprocess(seg: np.ndarray, classes: tuple[PostClass, ...] = DEFAULT_POST,
     return out
 
 
+def model_edge_mode(cfg: TrainConfig) -> str:
+    """The end padding the model was trained with (``skip`` trained no end windows: reflect)."""
+    return "replicate" if cfg.data.edge_mode == "replicate" else "reflect"
+
+
+def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, batch_size: int,
+            device: torch.device, edge_mode: str | None = None, post: bool = False,
+            post_scale: float | None = None) -> np.ndarray:
+    """The segmentation ``predict`` writes, of a normalised (Z, H, W) volume in the model's frame:
+    sliding-window prediction (ends padded as in training unless ``edge_mode`` says otherwise),
+    background outside the field-of-view cylinder (the model never saw it), then post-processing.
+    ``evaluate --postprocess`` scores exactly this."""
+    seg = predict_volume(model, volume, window=cfg.data.window,
+                         edge_mode=edge_mode or model_edge_mode(cfg), batch_size=batch_size,
+                         device=device, amp=cfg.optim.amp)
+    seg[:, ~fov_mask(seg.shape[1:], cfg.data.fov_margin)] = 0
+    if post:
+        seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
+    return seg
+
+
 def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *, use_ema: bool = True,
-                     batch_size: int = 8, edge_mode: str = "reflect", post: bool = True,
+                     batch_size: int = 8, edge_mode: str | None = None, post: bool = True,
                      post_scale: float | None = None, tilt_axis: int = 0, beam_axis: int | None = None,
-                     device: str = "auto") -> dict[str, Any]:
+                     normalize: bool = True, device: str = "auto") -> dict[str, Any]:
     """Read, normalise (training recipe), predict, post-process and write a uint8 label volume.
+
+    ``edge_mode``: padding of the windows at the first and last slices; default: as the model was
+    trained (its ``data.edge_mode``). ``normalize=False`` takes the input as already normalised
+    (the training's rank-to-normal mapping inside the field of view); outside the field of view
+    it is set to 0, as the model saw in training.
 
     ``tilt_axis``: the tomogram's axis (0, 1 or 2 of the array as stored) that is the tilt axis.
     ``beam_axis``: the axis the beam travelled along at 0° tilt (default: the lower-numbered of the
@@ -149,7 +176,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     from simaq_train.engine.parts import resolve_device
 
     out = check_output_path(out)
-    if edge_mode not in ("reflect", "replicate"):
+    if edge_mode not in (None, "reflect", "replicate"):
         raise BadInput("--edge", "expected reflect or replicate")
     if tilt_axis not in (0, 1, 2):
         raise BadInput("--tilt-axis", "expected 0, 1 or 2")
@@ -170,12 +197,15 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     raw = np.transpose(vol.data, perm)
     if min(raw.shape[1:]) / 2.0 - cfg.data.fov_margin <= 0:
         raise BadInput(str(tomogram), f"in-plane shape {raw.shape[1:]} too small for the field of view")
-    norm = quantile_normalize(raw, cfg.data.fov_margin)
-    seg = predict_volume(model, norm, window=cfg.data.window, edge_mode=edge_mode,
-                         batch_size=batch_size, device=dev, amp=cfg.optim.amp)
-    seg[:, ~fov_mask(seg.shape[1:], cfg.data.fov_margin)] = 0  # the model never saw outside the FOV
-    if post:
-        seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
+    if normalize:
+        norm = quantile_normalize(raw, cfg.data.fov_margin)
+    else:
+        norm = np.array(raw, dtype=np.float32)
+        if not np.isfinite(norm).all():
+            raise BadInput(str(tomogram), "holds NaN or infinite values (--no-normalize takes a normalised volume)")
+        norm[:, ~fov_mask(norm.shape[1:], cfg.data.fov_margin)] = 0
+    seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
+                  post=post, post_scale=post_scale)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
     write_volume(out, seg, vol.voxel_size)
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)

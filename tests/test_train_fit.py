@@ -187,6 +187,23 @@ def test_resume_takes_a_changed_lr_and_weight_decay(trained, dataset, tmp_path):
     assert {float(st["step"]) for st in opt["state"].values()} == {7.0}  # moments kept, not restarted
 
 
+def test_an_ema_switched_on_at_resume_starts_from_the_resumed_weights(trained, dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ck = states(trained / "run" / "last.pt")  # step 6; made as if trained without an EMA
+    ck["ema"], ck["config"]["optim"]["ema_decay"] = None, 0.0
+    torch.save(ck, run_dir / "last.pt")
+    cfg = write_config(tmp_path / "g.yaml", dataset, run_dir, max_steps=7)  # ema_decay 0.9
+    r = run("fit", cfg)
+    assert r.exit_code == 0 and "step 7" in r.output, r.output
+    after = states(run_dir / "last.pt")
+    w = 1.0 - min(0.9, 7 / 16)  # EMA.decay_at(6): the one update, after optimiser step 7
+    for name, p7 in after["model"].items():
+        p6, e = ck["model"][name], after["ema"][name]
+        if p6.is_floating_point() and not name.endswith(("running_mean", "running_var")):
+            assert torch.allclose(e, p6 + w * (p7 - p6), atol=1e-6), name  # not from the initial weights
+
+
 def test_paths_are_absolute_and_a_run_resumes_across_spellings(trained, dataset, tmp_path, monkeypatch):
     from simaq_train.config import load_config
 
@@ -249,6 +266,40 @@ def test_evaluate_postprocessing_keeps_classes_beyond_the_fourth(nucleus_ds, tmp
         rep = evaluate_checkpoint(ckpt, nucleus_ds, max_samples=1, post=post, device="cpu")
         assert rep["class_names"][4] == "nucleus"
         assert rep["pooled"]["iou"]["nucleus"] == pytest.approx(1.0), post
+
+
+def test_evaluate_postprocess_scores_the_segmentation_predict_writes(nucleus_ds, tmp_path, monkeypatch):
+    """A cell blob straddling the field-of-view edge: predict clears outside the FOV before the size
+    filter, which then removes the small inside part; evaluate --postprocess must score the same."""
+    import zarr
+
+    import simaq_train.inference as inference
+    from simaq_train.config import config_from_dict
+    from simaq_train.data.normalize import fov_mask
+    from simaq_train.engine.parts import save_checkpoint
+    from simaq_train.evaluate import evaluate_checkpoint
+    from simaq_train.model import CenterSliceUNet
+
+    cfg = config_from_dict({"data": {"train": [str(nucleus_ds)], "fov_margin": 2.0},
+                            "model": {"init_features": 4, "depth": 2, "out_channels": 5}})
+    ckpt = tmp_path / "five.pt"
+    save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": CenterSliceUNet(cfg.model).state_dict(), "ema": None})
+    truth = np.asarray(zarr.open_group(nucleus_ds / "dataset.zarr", mode="r")["labels"][0])
+    blob = np.zeros(truth.shape, bool)
+    blob[4:12, 0:5, 8:24] = True
+    fov = fov_mask(truth.shape[1:], 2.0)
+    min_vol = 4 / 3 * np.pi * (70.0 * max(truth.shape) / 512) ** 3  # the cell's size filter
+    assert (blob & fov).sum() < min_vol < blob.sum() and not (truth[blob] > 0).any()
+    pred = truth.copy()
+    pred[blob] = 1
+    monkeypatch.setattr(inference, "predict_volume", lambda *a, **k: pred.copy())
+    raw = evaluate_checkpoint(ckpt, nucleus_ds, max_samples=1, post=False, device="cpu")
+    assert raw["pooled"]["iou"]["cell"] < 1.0  # the blob's inside part is a false positive
+    post = evaluate_checkpoint(ckpt, nucleus_ds, max_samples=1, post=True, device="cpu")
+    assert post["pooled"]["iou"]["cell"] == pytest.approx(1.0)  # removed, as predict would
+    seg = inference.segment(CenterSliceUNet(cfg.model), cfg, np.zeros(truth.shape, np.float32), batch_size=4,
+                            device=torch.device("cpu"), post=True)
+    assert not (seg[blob] == 1).any() and (seg == 1).sum() > 0.9 * (truth == 1).sum()
 
 
 def test_baseline_scores_every_class_of_the_dataset(nucleus_ds):
@@ -322,6 +373,31 @@ def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
             "--beam-axis", "0")
     assert r.exit_code == 0, r.output
     assert np.array_equal(read_volume(tmp_path / "g.npy"), np.transpose(read_volume(tmp_path / "f.npy"), (1, 2, 0)))
+    # --no-normalize takes a volume normalised as in training: the same segmentation
+    from simaq_train.data.normalize import quantile_normalize
+
+    margin = states(ckpt)["config"]["data"]["fov_margin"]
+    np.save(tmp_path / "tn.npy", quantile_normalize(tomo, margin))
+    r = run("predict", ckpt, tmp_path / "tn.npy", "-o", tmp_path / "h.npy", "--raw", "--no-normalize")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(read_volume(tmp_path / "h.npy"), read_volume(tmp_path / "f.npy"))
+
+
+def test_predict_pads_the_ends_as_the_model_was_trained(trained, tmp_path, monkeypatch):
+    import simaq_train.inference as inference
+
+    ck = states(trained / "run" / "last.pt")
+    ck["config"]["data"]["edge_mode"] = "replicate"
+    torch.save(ck, tmp_path / "rep.pt")
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(9, 32, 32)).astype(np.float32))
+    seen = []
+    real = inference.predict_volume
+    monkeypatch.setattr(inference, "predict_volume", lambda *a, **k: seen.append(k["edge_mode"]) or real(*a, **k))
+    for ckpt, flags, want in (("rep.pt", [], "replicate"), ("rep.pt", ["--edge", "reflect"], "reflect"),
+                              (trained / "run" / "last.pt", [], "reflect")):
+        r = run("predict", tmp_path / ckpt, tmp_path / "t.npy", "-o", tmp_path / "s.npy", "--raw", *flags)
+        assert r.exit_code == 0, r.output
+        assert seen.pop() == want
 
 
 def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, tmp_path):

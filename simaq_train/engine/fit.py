@@ -5,7 +5,8 @@ per optimiser step, JSON-lines metrics, atomic checkpoints at optimiser-step bou
 config and dataset manifest hashes. Running ``fit`` again with the same ``run.out`` resumes from it
 (model, data, loss, augmentation and seed must match; limits such as ``optim.max_steps``,
 ``optim.epochs`` or ``optim.max_minutes`` may change, and so may ``optim.lr`` and
-``optim.weight_decay``: the optimiser keeps its moments and takes the new values). Dataset paths
+``optim.weight_decay`` (the optimiser keeps its moments and takes the new values), ``optim.clip``,
+``optim.amp`` and ``optim.ema_decay``: an EMA switched on at resume starts from the resumed weights). Dataset paths
 are compared as absolute paths; a dataset frozen since the run started is accepted when its
 contents are those the run was trained on. A run stopped by a limit, or killed, and resumed
 reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
@@ -98,11 +99,11 @@ def validate_model(model: torch.nn.Module, sources: list[FactorySource], cfg: Tr
                    device: torch.device) -> np.ndarray:
     """Summed confusion matrix of full-volume predictions on the validation volumes (FOV only)."""
     from simaq_train.data.normalize import fov_mask
-    from simaq_train.inference import predict_volume
+    from simaq_train.inference import model_edge_mode, predict_volume
 
     n = cfg.model.out_channels
     cm = np.zeros((n, n), np.int64)
-    mode = "replicate" if cfg.data.edge_mode == "replicate" else "reflect"
+    mode = model_edge_mode(cfg)
     for src in sources:
         for v in range(len(src)):
             image, labels = src.load(v)
@@ -250,8 +251,13 @@ class Trainer:
                          g.get("name"), g["lr"], lr, g["weight_decay"], wd)
                 g["lr"], g["weight_decay"] = lr, wd
         load_scaler_state(self.scaler, ck.get("scaler"))
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.model.load_state_dict(ck["ema"])
+        if self.ema is not None:
+            if ck.get("ema") is not None:
+                self.ema.model.load_state_dict(ck["ema"])
+            else:  # EMA switched on at resume: average from the trained weights, not the initial ones
+                log.info("the checkpoint has no EMA (optim.ema_decay was 0): starting it from the "
+                         "resumed weights")
+                self.ema = EMA(self.model, self.cfg.optim.ema_decay)
         self.state = FitState(ck["reader"]["epoch"], ck["reader"]["position"], ck["step"])
         if self.dist.main:
             _truncate_metrics(self.metrics_path, self.state.step)
