@@ -128,6 +128,11 @@ def test_quadrature_weighting_limited_arc() -> None:
     w = dataclasses.replace(g_arc, angles=tuple(keep)).angle_weights()
     assert math.isclose(w.sum(), math.radians(120.0) / 2, rel_tol=1e-9)
     assert math.isclose(w[49], math.radians(1.5) / 2, rel_tol=1e-9)
+    # three in a row (a 4° gap, over 3× the median) is still a gap inside the arc, not a wedge
+    keep3 = [a for i, a in enumerate(g_arc.angles) if i not in (50, 51, 52)]
+    w3 = dataclasses.replace(g_arc, angles=tuple(keep3)).angle_weights()
+    assert math.isclose(w3.sum(), math.radians(120.0) / 2, rel_tol=1e-9)
+    assert math.isclose(w3[49], math.radians(2.5) / 2, rel_tol=1e-9) and math.isclose(w3[50], w3[49])
     # order does not matter
     perm = np.random.default_rng(0).permutation(len(keep))
     w_perm = dataclasses.replace(g_arc, angles=tuple(np.asarray(keep)[perm])).angle_weights()

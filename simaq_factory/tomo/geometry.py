@@ -37,7 +37,7 @@ __all__ = ["CenterConvention", "Geometry", "Weighting", "WEDGE_GAP_FACTOR"]
 CenterConvention = Literal["astra", "skimage"]
 Weighting = Literal["pi_over_2A", "quadrature"]
 
-#: In ``quadrature`` weighting, an angular gap larger than this many median gaps is a missing wedge
+#: In ``quadrature`` weighting, the largest angular gap is the missing wedge when it is wider than this many median gaps
 #: (not an interval to integrate over): the projection next to it takes its other gap for that side.
 WEDGE_GAP_FACTOR = 3.0
 
@@ -152,9 +152,11 @@ class Geometry:
 
         ``pi_over_2A``: ``π/(2A)`` each. ``quadrature``: ``Δθ_i / 2`` where ``Δθ_i`` is half the gap
         to each neighbour on the circle of angles modulo π (a projection at θ + π is the mirror of
-        the one at θ). Gaps above ``WEDGE_GAP_FACTOR`` × the median gap are missing wedges: the
-        projection beside one uses its other gap for that side (so each end of a 120° arc at 1°
-        steps gets 1°, and the weights sum to ``span/2``). For a uniform 180° scan both schemes agree.
+        the one at θ). The largest gap, when it exceeds ``WEDGE_GAP_FACTOR`` × the median gap, is
+        the missing wedge: the projection beside it uses its other gap for that side (so each end
+        of a 120° arc at 1° steps gets 1°, and the weights sum to ``span/2``). Every other gap, however
+        wide (projections missing inside the arc), is shared by its two neighbours. For a uniform
+        180° scan both schemes agree.
         """
         a = len(self.angles)
         if self.weighting == "pi_over_2A" or a == 1:
@@ -165,7 +167,9 @@ class Geometry:
         gaps_after = np.diff(np.concatenate([ts, ts[:1] + math.pi]))  # gap from i to i+1 (circular)
         gaps_before = np.roll(gaps_after, 1)
         median = float(np.median(gaps_after))
-        wedge_after = gaps_after > WEDGE_GAP_FACTOR * median
+        wedge_after = np.zeros(a, dtype=bool)  # one missing wedge at most: the largest gap
+        widest = int(np.argmax(gaps_after))
+        wedge_after[widest] = gaps_after[widest] > WEDGE_GAP_FACTOR * median
         wedge_before = np.roll(wedge_after, 1)
         after = np.where(wedge_after, np.where(wedge_before, median, gaps_before), gaps_after)
         before = np.where(wedge_before, np.where(wedge_after, median, gaps_after), gaps_before)
