@@ -65,15 +65,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """Per-window augmentations (reference §4.9; see :mod:`simaq_train.data.augment`)."""
+
     enable: bool = True
     flip: float = 0.5  # per in-plane axis
     # probability of a random 90/180/270° in-plane rotation (square slices). Off by default, as in
     # the reference: a rotation turns the missing-wedge direction away from the image rows.
     rot90: float = 0.0
-    intensity: float = 0.3  # probability of each intensity op below
-    contrast: float = 0.2  # scale ~ U(1 − c, 1 + c)
+    # one 2D displacement field per window (§1.11 recipe, pixel units): per-component RMS
+    # α / (4·√(3π)·σ) px ≈ 1.0 px for the defaults
+    elastic_prob: float = 0.3
+    elastic_alpha: float = 120.0  # strength (torchvision / reference α); 0 = identity
+    elastic_sigma: float = 10.0  # smoothing std of the field, pixels
+    resized_crop_prob: float = 0.3
+    resized_crop_scale_min: float = 0.7  # crop side = int(side · s), s ~ U(scale_min, 1)
+    intensity: float = 0.3  # probability of each of brightness, contrast, noise (field of view only)
+    contrast: float = 0.2  # (image − FOV mean) · U(1 − c, 1 + c) + FOV mean
     brightness: float = 0.1  # offset ~ U(−b, b)
     noise_std: float = 0.1  # Gaussian noise with σ ~ U(0, noise_std)
+    blur_prob: float = 0.2  # 3×3 Gaussian per depth slice
+    blur_sigma_range: tuple[float, float] = (0.1, 2.0)
+    invert_prob: float = 0.0  # image = −image
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0.0 <= a.contrast < 1.0, "augment.contrast", "must be in [0, 1)"),
         (a.brightness >= 0, "augment.brightness", "must be >= 0"),
         (a.noise_std >= 0, "augment.noise_std", "must be >= 0"),
+        (0.0 <= a.elastic_prob <= 1.0, "augment.elastic_prob", "must be in [0, 1]"),
+        (a.elastic_alpha >= 0, "augment.elastic_alpha", "must be >= 0"),
+        (a.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0"),
+        (0.0 <= a.resized_crop_prob <= 1.0, "augment.resized_crop_prob", "must be in [0, 1]"),
+        (0.0 < a.resized_crop_scale_min <= 1.0, "augment.resized_crop_scale_min", "must be in (0, 1]"),
+        (0.0 <= a.blur_prob <= 1.0, "augment.blur_prob", "must be in [0, 1]"),
+        (0.0 < a.blur_sigma_range[0] <= a.blur_sigma_range[1], "augment.blur_sigma_range",
+         "must be [low, high] with 0 < low <= high"),
+        (0.0 <= a.invert_prob <= 1.0, "augment.invert_prob", "must be in [0, 1]"),
         (lo.alpha >= 0, "loss.alpha", "must be >= 0"),
         (lo.gamma >= 0, "loss.gamma", "must be >= 0"),
         (lo.dice_weight >= 0, "loss.dice_weight", "must be >= 0"),

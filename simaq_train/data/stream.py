@@ -36,7 +36,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from simaq_train.config import TrainConfig
 from simaq_train.data.augment import augment
-from simaq_train.data.sources import SliceIndex
+from simaq_train.data.normalize import fov_mask
+from simaq_train.data.sources import IGNORE, SliceIndex
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,11 @@ class WindowStream(IterableDataset):
         self.epoch, self.position = 0, 0
         self._plans: dict[int, list[np.ndarray]] = {}
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._fovs: dict[tuple[int, ...], np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to DataLoader workers) without the volume cache."""
-        return {**self.__dict__, "_cache": OrderedDict()}
+        return {**self.__dict__, "_cache": OrderedDict(), "_fovs": {}}
 
     # -- resumable state ------------------------------------------------------------------------
     def set_state(self, epoch: int, position: int = 0) -> None:
@@ -188,6 +190,23 @@ class WindowStream(IterableDataset):
             self._cache.popitem(last=False)
         return vol
 
+    def _fov(self, s: int, v: int, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """In-plane field of view (H, W) bool of volume ``(s, v)``. Synthetic volumes: the disc
+        :func:`fov_mask` of their slices with ``data.fov_margin``, exactly the one their
+        normalisation and labels used. Real volumes were centre-cropped or padded to the training
+        shape after normalisation, so their disc is not known here: the positions where any slice
+        is nonzero or labelled (outside the field of view every slice is exactly 0 and 255; inside,
+        a whole column of exact zeros needs every voxel tied at the median intensity)."""
+        if s != self.real_source:
+            key: tuple[int, ...] = (-1, *image.shape[1:])
+            if key not in self._fovs:
+                self._fovs[key] = fov_mask(image.shape[1:], self.cfg.data.fov_margin)
+        else:
+            key = (s, v)
+            if key not in self._fovs:
+                self._fovs[key] = np.any(image != 0, axis=0) | np.any(labels != IGNORE, axis=0)
+        return self._fovs[key]
+
     def sample(self, row: int, epoch: int, j: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """Window ``row`` of the table, augmented with the generator of (seed, epoch, batch, slot)."""
         s, v, z = (int(x) for x in self.table[row])
@@ -195,11 +214,13 @@ class WindowStream(IterableDataset):
         idx = window_indices(z, image.shape[0], self.cfg.data.window, self.cfg.data.edge_mode)
         rng = np.random.default_rng(np.random.SeedSequence(self.cfg.seed, spawn_key=(epoch, j, slot, 1)))
         img, lab = image[idx], labels[z]
+        fov = self._fov(s, v, image, labels) if self.cfg.augment.enable else None
         c = self.cfg.data.crop
         if c:  # a random in-plane crop (training only; evaluation and prediction use whole slices)
             oy, ox = (int(rng.integers(0, n - c + 1)) for n in lab.shape)
             img, lab = img[:, oy : oy + c, ox : ox + c], lab[oy : oy + c, ox : ox + c]
-        return augment(img, lab, rng, self.cfg.augment)
+            fov = None if fov is None else fov[oy : oy + c, ox : ox + c]
+        return augment(img, lab, rng, self.cfg.augment, fov)
 
     def make_batch(self, rows: np.ndarray, epoch: int, j: int) -> dict[str, Any]:
         imgs, labs = zip(*(self.sample(r, epoch, j, k) for k, r in enumerate(rows)))

@@ -1,0 +1,75 @@
+"""Augmentation cost per training window (simaq_train.data.augment), each op alone and all on.
+
+    .venv/bin/python benchmarks/bench_augment.py --sizes 64 256 512
+
+A window is 7 depth slices of N(0, 1) inside the field-of-view disc (margin 5) with block labels.
+Prints windows per second per op (one process, torch's threads as set) and writes JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from simaq_factory.versions import software_versions
+from simaq_train.config import AugmentConfig
+from simaq_train.data.augment import augment
+from simaq_train.data.normalize import fov_mask
+
+OFF = dict(flip=0.0, rot90=0.0, elastic_prob=0.0, resized_crop_prob=0.0, intensity=0.0, blur_prob=0.0,
+           invert_prob=0.0)
+CASES = {
+    "defaults": {},
+    "elastic": {**OFF, "elastic_prob": 1.0},
+    "resized crop": {**OFF, "resized_crop_prob": 1.0},
+    "blur": {**OFF, "blur_prob": 1.0},
+    "brightness+contrast+noise": {**OFF, "intensity": 1.0},
+    "every op": {"flip": 1.0, "elastic_prob": 1.0, "resized_crop_prob": 1.0, "intensity": 1.0,
+                 "blur_prob": 1.0, "invert_prob": 1.0},
+}
+
+
+def _window(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    fov = fov_mask((n, n), 5.0)
+    img = np.where(fov, rng.standard_normal((7, n, n), dtype=np.float32), np.float32(0.0))
+    lab = np.kron(rng.integers(0, 4, (n // 8 + 1, n // 8 + 1)), np.ones((8, 8)))[:n, :n].astype(np.uint8)
+    lab[~fov] = 255
+    return img, lab, fov
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512])
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per case and size")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    rows = []
+    for n in args.sizes:
+        img, lab, fov = _window(n)
+        for name, kw in CASES.items():
+            cfg = dataclasses.replace(AugmentConfig(), **kw)
+            augment(img, lab, np.random.default_rng(0), cfg, fov)  # warm-up
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds:
+                augment(img, lab, np.random.default_rng(reps), cfg, fov)
+                reps += 1
+            dt = (time.perf_counter() - t0) / reps
+            rows.append({"size": n, "case": name, "windows_per_s": 1.0 / dt, "ms": dt * 1e3})
+            print(f"7x{n}x{n}  {name:26s} {1.0 / dt:9.1f} windows/s  {dt * 1e3:8.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "torch_threads": torch.get_num_threads(), "machine": platform.platform(),
+                       "versions": software_versions()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
