@@ -6,6 +6,7 @@ import copy
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from simaq_factory.artifacts import (
@@ -69,7 +70,7 @@ def test_texture_only_on_background_inside_cylinder() -> None:
 def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:
     phantom, labels = _phantom()
     cfg = ArtifactsConfig(
-        blur=BlurConfig(sigma=Dist.const(1.5)),
+        blur=BlurConfig(sigma=Dist.const(1.5), nominal_taps=None),
         fiducials=FiducialsConfig(count=Dist.const(4), radius=Dist.const(1.5)),
         perlin=PerlinTextureConfig(amplitude=Dist.const(0.08)),
         banks=SMALL_BANKS,
@@ -119,16 +120,40 @@ def test_same_params_identical_bytes_and_threads_and_json() -> None:
 
 def test_default_config_matches_reference_and_round_trips() -> None:
     cfg = ArtifactsConfig()
-    assert cfg.blur.probability == 1.0 and cfg.blur.sigma == Dist.uniform(0.96, 1.39)
+    assert cfg.blur.probability == 1.0 and cfg.blur.sigma == Dist.normal(3.0, 2.0, 1.0, 5.0)
+    assert cfg.blur.nominal_taps == 5 and cfg.blur.kernel_size is None  # bug 12 fixed, its strength kept
     assert cfg.fiducials.count == Dist.normal(16.0, 4.0, 3.0, 25.0)
-    assert cfg.perlin.amplitude == Dist.normal(0.1, 0.02, 0.0, 0.1)
+    assert cfg.perlin.amplitude == Dist.normal(0.1, 0.02, 0.0, 0.2)  # bug 13 fixed: no atom at 0.1
     assert cfg.perlin.cylinder_padding == 2.0
     assert cfg.ice_cracks.probability == 1.0
     assert cfg.ice_cracks.amplitude == Dist.normal(0.2, 0.02, 0.05, 0.5)
     data = section_to_json(cfg)
     assert parse_section(ArtifactsConfig, data) == cfg
-    legacy = parse_section(ArtifactsConfig, {"blur": {"kernel_size": 5}})
+    legacy = parse_section(ArtifactsConfig, {"blur": {"kernel_size": 5, "nominal_taps": None}})
     assert legacy.blur.kernel_size == 5
+
+
+def test_blur_draws_the_reference_strength_with_a_kernel_sized_from_it() -> None:
+    """The default draws the reference's nominal σ, clip(N(3, 2), 1, 5), and blurs with the σ its
+    5-tap kernel really applied (§2.2): the std of that kernel, 0.96-1.39, never a fixed 5³ cut."""
+    from simaq_factory.artifacts.blur import effective_sigma, gaussian_kernel_1d
+
+    for s in (0.5, 1.0, 3.0, 5.0, 40.0):
+        k = gaussian_kernel_1d(s, 2, torch.device("cpu")).numpy()
+        x = np.arange(-2, 3)
+        assert effective_sigma(s, 5) == pytest.approx(float(np.sqrt((k * x * x).sum())), rel=1e-12)
+    assert effective_sigma(1.0, 5) == pytest.approx(0.961, abs=1e-3)
+    assert effective_sigma(5.0, 5) == pytest.approx(1.394, abs=1e-3)
+    _, labels = _phantom(24)
+    for seed in range(4):
+        few_beads = ArtifactsConfig(fiducials=FiducialsConfig(count=Dist.const(1)))  # 24³ holds few at 1.2
+        b = sample_artifacts(few_beads, labels.shape, labels, 1.2, np.random.default_rng(seed))["blur"]
+        assert b["sigma"] == pytest.approx(effective_sigma(b["sigma_drawn"], 5), rel=1e-12)  # at 1.2 voxels/unit
+        assert b["radius"] == int(np.ceil(3.0 * b["sigma"]))
+    drawn = ArtifactsConfig().blur.sigma.sample(np.random.default_rng(0), 2000)
+    used = np.array([effective_sigma(float(v), 5) for v in drawn])
+    assert drawn.min() == 1.0 and drawn.max() == 5.0 and 2.8 < drawn.mean() < 3.2
+    assert 0.961 <= used.min() and used.max() <= 1.395 and np.median(used) > 1.3  # mostly near the top
 
 
 def test_sub_stage_draws_are_independent() -> None:

@@ -47,15 +47,15 @@ def test_overrides_parse_yaml_values_and_create_sections():
 
 def test_overrides_of_one_field_keep_the_rest_of_a_default_distribution():
     rec = load_recipe(SMOKE, ["phantom.cell.radius.mean=55", "acquisition.offset_deg.std=2",
-                              "artifacts.blur.sigma.low=0.5"])
+                              "artifacts.blur.sigma.max=4"])
     default = resolve({})
     assert rec.phantom.cell.radius == Dist.normal(55, 2.5, 40, 60)
     assert rec.acquisition.offset_deg == Dist.normal(0, 2, -15, 15)
-    assert rec.artifacts.blur.sigma == Dist.uniform(0.5, default.artifacts.blur.sigma.high)
+    assert rec.artifacts.blur.sigma == Dist.normal(3, 2, 1, 4)
     # the sections the overrides created hold nothing but defaults besides the field set
     assert rec.phantom.cell.lac == default.phantom.cell.lac and rec.dataset == load_recipe(SMOKE).dataset
     with pytest.raises(RecipeError) as err:  # a field of another form is still refused
-        load_recipe(SMOKE, ["artifacts.blur.sigma.mean=1"])
+        load_recipe(SMOKE, ["artifacts.blur.sigma.low=1"])
     assert err.value.path == "artifacts.blur.sigma"
 
 

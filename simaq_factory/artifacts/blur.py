@@ -13,7 +13,17 @@ import math
 
 import torch
 
-__all__ = ["gaussian_kernel_1d", "gaussian_blur_3d", "kernel_radius", "support_box"]
+__all__ = ["gaussian_kernel_1d", "gaussian_blur_3d", "kernel_radius", "support_box", "effective_sigma"]
+
+
+def effective_sigma(sigma: float, taps: int) -> float:
+    """Standard deviation of a Gaussian of nominal ``sigma`` sampled at ``taps`` integer points
+    (odd) and normalised to sum 1: the blur such a truncated kernel really applies (reference §2.2:
+    0.96 at σ = 1 to 1.39 at σ = 5 for 5 taps)."""
+    r = (int(taps) - 1) // 2
+    x = [float(i) for i in range(-r, r + 1)]
+    w = [math.exp(-0.5 * (v / sigma) ** 2) for v in x]
+    return math.sqrt(math.fsum(wi * v * v for wi, v in zip(w, x)) / math.fsum(w))
 
 
 def kernel_radius(sigma: float, truncate: float, kernel_size: int | None) -> int:

@@ -35,12 +35,20 @@ class BlurConfig:
 
     probability: float = spec(1.0, ge=0.0, le=1.0, doc="P(apply the blur) (§2.2: 1.0)")
     sigma: Dist = spec(
-        default_factory=lambda: Dist.uniform(0.96, 1.39),
+        default_factory=lambda: Dist.normal(3.0, 2.0, min=1.0, max=5.0),
         gt=0.0,
-        doc="blur σ in reference voxels (1/1.2 generation units, scaled to this volume's voxels). "
-        "The reference drew clip(N(3, 2), 1, 5) but its fixed 5³ kernel cut the effective σ to "
-        "0.96-1.39 (§2.2, bug 12); the default draws that effective range with a kernel sized "
-        "from σ. For the reference's own draw use {mean: 3, std: 2, min: 1, max: 5} with kernel_size 5",
+        doc="blur σ in reference voxels (1/1.2 generation units, scaled to this volume's voxels); "
+        "the reference's draw, clip(N(3, 2), 1, 5) (§2.2). With nominal_taps it is the nominal σ of "
+        "the reference's truncated kernel, not the blur's own σ",
+    )
+    nominal_taps: int | None = spec(
+        5,
+        ge=3,
+        doc="σ is the nominal σ of a Gaussian cut to this many taps, as the reference's fixed 5³ "
+        "kernel (bug 12); the blur uses that kernel's effective σ (the standard deviation of the "
+        "cut, normalised kernel: 0.96 at σ = 1 to 1.39 at σ = 5) with a kernel sized from it, so "
+        "the strength of the reference's blur keeps its distribution without the fixed kernel. "
+        "null: σ is the blur's own σ",
     )
     truncate: float = spec(
         3.0, gt=0.0, doc="kernel half-width = ceil(truncate·σ) voxels (fixes bug 12's fixed 5³ kernel)"
@@ -48,12 +56,18 @@ class BlurConfig:
     kernel_size: int | None = spec(
         None,
         ge=1,
-        doc="fixed odd kernel edge; 5 reproduces the reference's 5³ kernel (bug 12); null: from σ",
+        doc="fixed odd kernel edge; 5 with nominal_taps null reproduces the reference's 5³ kernel "
+        "(bug 12); null: from σ",
     )
 
     def __post_init__(self) -> None:
         if self.kernel_size is not None and self.kernel_size % 2 == 0:
             raise ValueError(f"blur.kernel_size must be odd, got {self.kernel_size}")
+        if self.nominal_taps is not None and self.nominal_taps % 2 == 0:
+            raise ValueError(f"blur.nominal_taps must be odd, got {self.nominal_taps}")
+        if self.nominal_taps is not None and self.kernel_size is not None:
+            raise ValueError("blur.kernel_size and blur.nominal_taps exclude each other "
+                             "(set nominal_taps: null to blur with a fixed kernel)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,9 +163,11 @@ class PerlinTextureConfig:
 
     enabled: bool = spec(True, doc="add the ice texture (§2.5)")
     amplitude: Dist = spec(
-        default_factory=lambda: Dist.normal(0.1, 0.02, min=0.0, max=0.1),
+        default_factory=lambda: Dist.normal(0.1, 0.02, min=0.0, max=0.2),
         ge=0.0,
-        doc="amplitude, clip(N(0.1, 0.02), 0, 0.1): max = mean puts half the draws at 0.1 (§2.5, bug 13)",
+        doc="amplitude, N(0.1, 0.02) clipped to [0, 0.2] (±5σ). The reference clipped at max = mean, "
+        "which put half the draws at exactly 0.1 (§2.5, bug 13); {mean: 0.1, std: 0.02, min: 0, max: 0.1} "
+        "reproduces it",
     )
     cylinder_padding: float = spec(
         2.0, ge=0.0, doc="texture only inside the cylinder of radius min(Y, X)/2 − this (§2.5)"

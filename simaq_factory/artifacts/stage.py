@@ -20,7 +20,7 @@ import torch
 
 from simaq_factory.artifacts.assemble import crack_field, place, sample_placement
 from simaq_factory.artifacts.banks import NoiseBanks
-from simaq_factory.artifacts.blur import gaussian_blur_3d, kernel_radius
+from simaq_factory.artifacts.blur import effective_sigma, gaussian_blur_3d, kernel_radius
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
 from simaq_factory.artifacts.fiducials import paint_beads, sample_fiducials
 
@@ -76,11 +76,14 @@ def sample_artifacts(
 
     b = cfg.blur
     apply_blur = bool(rng_blur.random() < b.probability)
-    sigma_ref = float(b.sigma.sample(rng_blur))
-    # σ is drawn in reference voxels (1/1.2 generation units) and converted to this volume's voxels
+    sigma_drawn = float(b.sigma.sample(rng_blur))
+    # the nominal σ of the reference's truncated kernel → the σ that kernel really applies (bug 12)
+    sigma_ref = sigma_drawn if b.nominal_taps is None else effective_sigma(sigma_drawn, b.nominal_taps)
+    # σ is in reference voxels (1/1.2 generation units) and converted to this volume's voxels
     sigma = sigma_ref * float(voxels_per_unit) / REFERENCE_VOXELS_PER_UNIT
     blur = {
         "applied": apply_blur,
+        "sigma_drawn": sigma_drawn,
         "sigma_reference_voxels": sigma_ref,
         "sigma": sigma,
         "radius": kernel_radius(sigma, b.truncate, b.kernel_size),
