@@ -42,20 +42,27 @@ def min_clearance(pos: np.ndarray, rho: np.ndarray) -> float:
     return float(np.min(d - (rho[:, None] + rho[None, :])[iu]))
 
 
-def _incidence(n: int) -> np.ndarray:
-    """(P, n) matrix with +1 at column i and −1 at column j for every pair i < j."""
-    i, j = np.triu_indices(n, 1)
-    b = np.zeros((len(i), n))
-    b[np.arange(len(i)), i] = 1.0
-    b[np.arange(len(i)), j] = -1.0
-    return b
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i, j) of every pair i < j. The loss works on them with indexing and sequential
+    sums (no matrix products, whose summation order depends on the BLAS kernel of the CPU), so a
+    layout is the same on every worker machine."""
+    return np.triu_indices(n, 1)
+
+
+def _scatter_pairs(g: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    """(n, 2): Σ over the pairs (i, j) of +g at i and −g at j, in a fixed sequential order."""
+    i, j = pairs
+    out = np.zeros((n, g.shape[1]))
+    for axis in range(g.shape[1]):
+        out[:, axis] = np.bincount(i, g[:, axis], minlength=n) - np.bincount(j, g[:, axis], minlength=n)
+    return out
 
 
 def _loss_and_grad(
-    pos: np.ndarray, rho_pair: np.ndarray, inc: np.ndarray, cfg: LayoutConfig
+    pos: np.ndarray, rho_pair: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], cfg: LayoutConfig
 ) -> tuple[float, np.ndarray, float, float]:
-    """(L, dL/dpos (n, 2), pairwise part, min clearance) over the pairs of ``inc``."""
-    diff = inc @ pos  # (P, 2) p_i − p_j
+    """(L, dL/dpos (n, 2), pairwise part, min clearance) over ``pairs``."""
+    diff = pos[pairs[0]] - pos[pairs[1]]  # (P, 2) p_i − p_j
     dist = np.sqrt(np.sum(diff * diff, axis=-1))
     gap = rho_pair - dist + cfg.gap_eps
     quad = gap > cfg.quadratic_threshold
@@ -64,7 +71,7 @@ def _loss_and_grad(
     ok = dist > 1e-12
     # d gap_ij / d p_i = −(p_i − p_j)/‖p_i − p_j‖; coincident points get a fixed direction.
     unit = np.where(ok[:, None], diff / np.where(ok, dist, 1.0)[:, None], np.array([1.0, 0.0]))
-    grad = -(inc.T @ (dpen[:, None] * unit))
+    grad = -_scatter_pairs(dpen[:, None] * unit, pairs, len(pos))
     norm = np.sqrt(np.sum(pos * pos, axis=-1))
     grad += cfg.compactness * pos / np.maximum(norm, 1e-12)[:, None]
     pair = float(np.sum(pen))
@@ -75,21 +82,21 @@ def _loss_and_grad(
 def layout_loss(pos: np.ndarray, rho: np.ndarray, cfg: LayoutConfig) -> tuple[float, np.ndarray, float]:
     """Loss L, its gradient (n, 2) and the pairwise part, for positions ``pos`` (n, 2)."""
     rho = np.asarray(rho, dtype=np.float64)
-    inc = _incidence(len(rho))
-    loss, grad, pair, _ = _loss_and_grad(pos, np.abs(inc) @ rho, inc, cfg)
+    pairs = _pairs(len(rho))
+    loss, grad, pair, _ = _loss_and_grad(pos, rho[pairs[0]] + rho[pairs[1]], pairs, cfg)
     return loss, grad, pair
 
 
 def _run(pos: np.ndarray, rho: np.ndarray, cfg: LayoutConfig) -> tuple[np.ndarray, int]:
     """Adam on eq. 3 until every pair is clear by ≥ ε/2 or ``max_iter`` steps; (positions, steps)."""
-    inc = _incidence(len(rho))
-    rho_pair = np.abs(inc) @ rho
+    pairs = _pairs(len(rho))
+    rho_pair = rho[pairs[0]] + rho[pairs[1]]
     m = np.zeros_like(pos)
     v = np.zeros_like(pos)
     target = 0.5 * cfg.gap_eps
     b1, b2 = 1.0, 1.0
     for it in range(cfg.max_iter):
-        _, grad, _, clearance = _loss_and_grad(pos, rho_pair, inc, cfg)
+        _, grad, _, clearance = _loss_and_grad(pos, rho_pair, pairs, cfg)
         if clearance >= target:
             return pos, it
         m = _BETA1 * m + (1 - _BETA1) * grad

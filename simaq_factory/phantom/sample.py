@@ -13,8 +13,9 @@ axis and perpendicular to the 0° beam) with optional normal offsets along the t
 Reference bugs fixed here (reference-simaq.md §8.3): exact containment (5); droplets are checked
 against every vacuole (6); fragments are re-checked and **dropped** when they leave the 0.95-shrunk
 cell or touch another vacuole or another cluster's fragments (7); the layout never accepts overlap
-(9, see :mod:`.layout`); walls are part of the layout radius. Bug 8 (vacuole radii divided by the
-count, then clamped) is kept as the reference default; lower ``vacuole.radius_min`` to avoid it.
+(9, see :mod:`.layout`); walls are part of the layout radius; the vacuole radius clamp starts at 15
+instead of 25, so a cell's k vacuoles of radius N(38, 8)/k fit (8; ``vacuole.radius_min: 25``
+reproduces the reference, where no cell had more than one).
 
 Fit policy: all cells (with walls) must lie inside the inscribed cylinder around z (radius
 min(Y, X)/2 − 2 in the (y, x) plane) and inside the z extent. If they do not, the layout is first
@@ -231,26 +232,38 @@ def _place_droplets(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generato
 
 
 def _place_nucleus(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Generator) -> None:
-    """One nucleus per cell, inside ``containment_shrink`` × the cell radii (placed first).
+    """One nucleus per cell, inside ``containment_shrink`` × the cell radii and clear of the
+    vacuoles, which are placed first (so the vacuoles keep the reference's statistics).
 
-    Radii = f · cell radii · (1 + jitter) with f ~ ``radius_fraction``; up to ``max_attempts``
-    uniform random centres, then the cell centre; if even that fails (extreme configs), the radii
-    are shrunk to fit at the centre. Draws a fixed number of values from ``rng``.
+    Radii = f · cell radii · (1 + jitter) with f ~ ``radius_fraction``. ``max_attempts`` uniform
+    random centres (and the cell centre) are tried at the drawn size, then at sizes scaled by
+    0.95, 0.90, … down to ``min_size_fraction``; the first that fits is kept. When none fits (the
+    reference's vacuoles can fill most of a cell) the cell has no nucleus. Draws a fixed number of
+    values from ``rng``.
     """
     nc = cfg.nucleus
     frac = nc.radius_fraction.sample(rng)
     jitter = np.clip(rng.normal(0.0, nc.axis_jitter, 3), -3 * nc.axis_jitter, 3 * nc.axis_jitter)
-    radii = frac * cell.radii * (1.0 + jitter)
+    drawn = frac * cell.radii * (1.0 + jitter)
     lac = float(nc.lac.sample(rng))
+    unit = np.concatenate([rng.uniform(-1.0, 1.0, (nc.max_attempts, 3)), _ORIGIN[None]])
     shrunk = nc.containment_shrink * cell.radii
-    reach = np.maximum(shrunk - radii, 0.0)
-    cands = np.concatenate([rng.uniform(-1.0, 1.0, (nc.max_attempts, 3)) * reach, _ORIGIN[None]])
-    i = _first_valid(cands, lambda c: ellipsoid_inside(c, radii, _ORIGIN, shrunk))
-    if i < 0:
-        radii = np.minimum(radii, shrunk * (1.0 - 1e-3))
-        i = len(cands) - 1
-        log.debug("nucleus shrunk to fit its cell")
-    cell.nuc_c, cell.nuc_r, cell.nuc_lac = cands[i], radii, lac
+    steps = int(math.floor((1.0 - nc.min_size_fraction) / 0.05 + 1e-9))
+    for size in [1.0 - 0.05 * j for j in range(steps + 1)]:
+        radii = np.minimum(drawn * size, shrunk * (1.0 - 1e-3))
+        cands = unit * np.maximum(shrunk - radii, 0.0)
+
+        def check(c: np.ndarray, radii: np.ndarray = radii) -> np.ndarray:
+            ok = ellipsoid_inside(c, radii, _ORIGIN, shrunk)
+            if ok.any():
+                ok[ok] = _clear_of(c[ok], radii, cell.vac_c, cell.vac_r)
+            return ok
+
+        i = _first_valid(cands, check)
+        if i >= 0:
+            cell.nuc_c, cell.nuc_r, cell.nuc_lac = cands[i], radii, lac
+            return
+    log.debug("no room for a nucleus beside the vacuoles of this cell")
 
 
 def sample_cell(cfg: PhantomConfig, rng: np.random.Generator) -> LocalCell:
@@ -262,9 +275,9 @@ def sample_cell(cfg: PhantomConfig, rng: np.random.Generator) -> LocalCell:
         lac=float(cc.lac.sample(rng)),
         wall_lac=float(cc.wall_lac.sample(rng)),
     )
-    if cfg.nucleus.enabled:
-        _place_nucleus(cfg, cell, rng)
     _place_vacuoles(cfg, cell, rng)
+    if cfg.nucleus.enabled:  # a child stream: the other organelles draw as without a nucleus
+        _place_nucleus(cfg, cell, rng.spawn(1)[0])
     _fragment_vacuoles(cfg, cell, rng)
     _convert_small_vacuoles(cfg, cell, rng)
     _place_droplets(cfg, cell, rng)
