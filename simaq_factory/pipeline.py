@@ -215,7 +215,8 @@ def render_sample(
     phantom, labels = voxelize(spec, shape, device)
     lap("voxelization")
     # beads scale with the phantom: spec.scale is the voxels-per-unit actually used (it may shrink)
-    art = sample_artifacts(recipe.artifacts, shape, labels, spec.scale, rngs["artifacts"])
+    art = sample_artifacts(recipe.artifacts, shape, labels, spec.scale, rngs["artifacts"],
+                           texture_cylinder=len(tilt_axes(recipe.acquisition.axes)) == 1)
     if banks is None:
         banks = memory_banks(recipe.artifacts, tuple(shape), recipe.seed, device)
     noisy = apply_artifacts(phantom, labels, art, banks)

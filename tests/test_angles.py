@@ -46,3 +46,13 @@ def test_no_offset_at_full_span_and_determinism():
 def test_retained_count_is_monotone_so_a_max_bounds_every_draw(fraction):
     counts = [n_retained(n, fraction) for n in range(1, 400)]
     assert all(b >= a for a, b in zip(counts, counts[1:]))
+
+
+def test_fractional_spans_follow_the_half_open_rule_of_the_geometry():
+    """k·step < span, as Geometry.arc_degrees: 100.3° at 1° is 101 angles, −50.15 … +49.85."""
+    from simaq_factory.acquisition.angles import n_nominal
+    from simaq_factory.tomo.geometry import Geometry
+
+    for span, step in ((100.0, 1.0), (100.3, 1.0), (99.7, 1.0), (90.0, 0.5), (110.9, 2.0), (180.0, 1.0)):
+        assert n_nominal(span, step) == Geometry.arc_degrees(8, span, step).n_angles
+    assert n_nominal(100.3, 1.0) == 101 and n_nominal(100.0, 1.0) == 100

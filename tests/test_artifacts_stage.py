@@ -65,6 +65,13 @@ def test_texture_only_on_background_inside_cylinder() -> None:
     assert np.all(diff >= 0) and diff.max() <= 0.1 + 1e-7
     assert (diff[allowed] > 0).mean() > 0.99 and diff[allowed].max() > 0.05
     assert allowed[:, 0, :].sum() == 0 and allowed[:, :, 0].sum() == 0  # outside the cylinder
+    # three acquisition axes: no cylinder about z (the y and x acquisitions have their own)
+    whole = sample_artifacts(cfg, labels.shape, labels, 0.2, np.random.default_rng(0), texture_cylinder=False)
+    assert whole["perlin"]["cylinder_padding"] is None
+    diff3 = (apply_artifacts(phantom, labels, whole, _banks(cfg, labels.shape)) - phantom).numpy()
+    background = background_mask(phantom, labels).numpy()
+    assert np.all(diff3[~background] == 0) and (diff3[background & ~allowed] > 0).mean() > 0.99
+    np.testing.assert_array_equal(diff3[allowed], diff[allowed])  # the same texture
 
 
 def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -81,16 +82,23 @@ def test_sampled_phantoms_labels_and_containment(shape: tuple[int, int, int]) ->
     cfg = PhantomConfig()
     for seed in range(6):
         spec = sample_phantom(cfg, shape, np.random.default_rng(seed))
+        assert spec.deformation is not None  # on by default
         ph, lab = voxelize(spec)
         labels = set(torch.unique(lab).tolist())
         assert labels <= {0, 1, 2, 3} and 1 in labels
         assert torch.all(ph[lab == 0] == 0)
-        bodies = _cell_body_masks(spec)
-        for cell, body in zip(spec.cells, bodies):
-            organelles = _organelle_mask(spec, cell)
+        # as specified (undeformed): each cell's organelles inside its body
+        flat = dataclasses.replace(spec, deformation=None)
+        bodies = _cell_body_masks(flat)
+        for cell, body in zip(flat.cells, bodies):
+            organelles = _organelle_mask(flat, cell)
             assert not np.any(organelles & ~body), "organelle voxels outside their cell body"
-        # Every non-cell label sits inside some cell body.
-        assert not np.any((lab.numpy() >= 2) & ~np.any(bodies, axis=0))
+        assert not np.any((voxelize(flat)[1].numpy() >= 2) & ~np.any(bodies, axis=0))
+        # deformed: one field moves bodies and organelles together, so containment survives it
+        bare = dataclasses.replace(spec, cells=tuple(
+            dataclasses.replace(c, wall_width=0.0, vacuoles=(), droplets=(), nucleus=None) for c in spec.cells))
+        deformed_bodies = voxelize(bare)[1].numpy() == 1
+        assert not np.any((lab.numpy() >= 2) & ~deformed_bodies)
 
 
 def test_deterministic_json_round_trip_and_threads() -> None:

@@ -60,8 +60,9 @@ class AngleSet:
 
 
 def n_nominal(span_deg: float, step_deg: float) -> int:
-    """Number of nominal angles of a half-open series of ``span_deg`` with ``step_deg``."""
-    return max(1, int(round(span_deg / step_deg)))
+    """Number of nominal angles of the half-open series ``−span/2 + k·step`` for ``k·step < span``
+    (reference §3.3; as :meth:`Geometry.arc_degrees`): 100 for 100° at 1°, 101 for 100.3°."""
+    return max(1, int(math.ceil(span_deg / step_deg - 1e-9)))
 
 
 def n_retained(n: int, missing_fraction: float) -> int:

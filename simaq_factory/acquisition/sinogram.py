@@ -340,7 +340,9 @@ def project_tilted_axis(volume: torch.Tensor, geom: Any, tilt_deg: float, projec
     rotating about Q·e_S is Q R_θ Qᵀ, and Q commutes with integration along the beam, so
     P_ψ[f](θ) = rot_ψ(P[Qᵀ f](θ)): the volume turned by −ψ in (S, X), projected about S with
     ``project(volume, geom)``, each projection turned by +ψ in (S, D) (:func:`rotate_planes`).
-    At θ = 0 this is the untilted projection; a point off the axis traces a line at −ψ to D.
+    At θ = 0 this is the untilted projection up to interpolation (the two bilinear rotations
+    smooth it slightly: 2.6 % relative difference for a blob of σ = 3 voxels, more for finer
+    detail); a point off the axis traces a line at −ψ to D.
     """
     if tilt_deg == 0.0:
         return project(volume, geom)

@@ -79,10 +79,14 @@ def crack_field(
 ) -> torch.Tensor:
     """The assembled ice-crack field of a volume: float32 (Z, Y, X) in [0, 1].
 
-    The layers' boxes (all of one size) are combined by a voxelwise maximum on their own grid,
-    multiplied by the low-frequency Perlin placement resampled to that grid, min–max normalised
-    there, and resampled once onto the volume (linear interpolation keeps [0, 1]). Assembling
-    on the bank's grid keeps the per-sample cost at one full-volume interpolation.
+    As the reference (§2.4: each factor min–max normalised, crack field = crack × Perlin): the
+    layers' boxes (all of one size) are combined by a voxelwise maximum on their own grid and
+    min–max normalised, multiplied by the low-frequency Perlin placement resampled to that grid and
+    min–max normalised (a crop of a bank volume need not span [0, 1] by itself), and the product is
+    resampled once onto the volume (linear interpolation keeps [0, 1]). The product is not
+    normalised again: where the cracks and the Perlin peaks miss each other its maximum stays
+    below 1, as in the reference. Assembling on the bank's grid keeps the per-sample cost at one
+    full-volume interpolation.
     """
     if not layers:
         raise ValueError("ice cracks need at least one layer")
@@ -92,8 +96,12 @@ def crack_field(
     field = boxes[0].clone()  # a box may be a view of the bank itself
     for b in boxes[1:]:
         torch.maximum(field, b, out=field)
-    field.mul_(place(perlin_lo, modulation, tuple(field.shape)))
-    lo, hi = torch.aminmax(field)
-    span = hi - lo
-    field = torch.where(span > 0, (field - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    field = _unit_range(field) * _unit_range(place(perlin_lo, modulation, tuple(field.shape)))
     return resample(field, shape)
+
+
+def _unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Min–max normalised to [0, 1] (all zeros when ``x`` is constant)."""
+    lo, hi = torch.aminmax(x)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)

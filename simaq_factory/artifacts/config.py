@@ -201,7 +201,12 @@ class PerlinHiBankConfig:
 
     entries: int = spec(8, ge=1, le=1024, doc="volumes in the bank; our choice")
     edge: int = spec(64, ge=2, le=512, doc="edge of each stored cube (resampled to the volume); our choice")
-    res: int = spec(8, ge=1, doc="Perlin periods per axis, coarsest octave (§2.6 proposal: 32-64 at 512³)")
+    res: int = spec(
+        8, ge=1, doc="Perlin periods per axis of the 64³ bank cube, coarsest octave; with 2 octaves the "
+        "finest period is 4 bank voxels, 32 voxels at 512³ (our choice, coarser than the §2.6 "
+        "proposal's 32-64 periods per axis, which a 64-edge bank cannot hold with 2 octaves and which "
+        "a bank of 128³ or more per entry would need; raise edge and res together for finer ice)"
+    )
     octaves: int = spec(2, ge=1, le=6, doc="fractal octaves, lacunarity 2 (§2.6 proposal: 2-4)")
     persistence: float = spec(0.5, gt=0.0, le=1.0, doc="amplitude ratio between octaves (§2.6)")
 

@@ -54,11 +54,18 @@ def sample_artifacts(
     labels: torch.Tensor,
     voxels_per_unit: float,
     rng: np.random.Generator,
+    *,
+    texture_cylinder: bool = True,
 ) -> dict[str, Any]:
     """Draw the phantom-space artifact parameters for one volume.
 
     Args:
         cfg: the ``artifacts`` recipe section.
+        texture_cylinder: confine the ice texture to the inscribed cylinder about z (§2.5). With
+            one acquisition axis that cylinder is the projector's input mask, so it changes only
+            the stored noisy volume; with three axes the acquisitions about y and x have their own
+            cylinders, and a texture cut off about z would leave a sharp edge inside their fields
+            of view, so the pipeline turns it off there (each frame's input mask still clips).
         shape: the volume shape (Z, Y, X); must equal ``labels.shape``.
         labels: (Z, Y, X) uint8 label volume (any device); beads are placed away from labels ≠ 0.
         voxels_per_unit: phantom scale, voxels per generation unit (reference 1.2 at 512³, §1.2).
@@ -113,7 +120,7 @@ def sample_artifacts(
     perlin = {
         "applied": bool(p.enabled and amplitude > 0.0),
         "amplitude": amplitude,
-        "cylinder_padding": p.cylinder_padding,
+        "cylinder_padding": p.cylinder_padding if texture_cylinder else None,
         "placement": sample_placement(rng_perlin, hi.entries, hi.edge, vol, 1.0),
     }
     return {
@@ -171,7 +178,8 @@ def apply_artifacts(
     if p["applied"]:
         assert banks is not None
         terms.append((place(banks["perlin_hi_3d"].to(dev), p["placement"], shape), float(p["amplitude"])))
-        cyl = cylinder_mask(shape, float(p["cylinder_padding"]), dev)  # type: ignore[arg-type]
+        if p["cylinder_padding"] is not None:  # None: no cylinder (three acquisition axes)
+            cyl = cylinder_mask(shape, float(p["cylinder_padding"]), dev)  # type: ignore[arg-type]
     if terms:
         _add_masked(noisy, phantom, labels, terms, cyl)
     return noisy

@@ -31,7 +31,8 @@ class ReconstructionConfig:
         doc="FBP filter (§3.8); 'hamming' is the corrected window, 'hamming_legacy_unshifted' the reference bug",
     )
     weighting: Literal["pi_over_2A", "quadrature"] = spec(
-        "pi_over_2A", doc="FBP angular weight: pi/(2A) as torch-radon/scikit-image, or true quadrature (§3.4)"
+        "pi_over_2A", doc="FBP angular weight: pi/(2A) as scikit-image and ASTRA (the reference's torch-radon "
+        "summed plainly, a constant factor the normalisation removes), or true quadrature (§3.4)"
     )
     center: Literal["astra", "skimage"] = spec(
         "astra", doc="rotation centre: (n-1)/2 as torch-radon/ASTRA (§3.4) or n//2 as scikit-image (§3.2)"

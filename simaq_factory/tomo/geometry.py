@@ -18,7 +18,8 @@ geometric centre of the grid); ``"skimage"`` at ``n // 2`` (scikit-image ``radon
 float is an explicit pixel index.
 
 FBP angular weighting: ``"pi_over_2A"`` multiplies every projection by ``π/(2A)`` (scikit-image,
-ASTRA, torch-radon; it assumes a uniformly sampled 180° arc, so a 120° scan is over-weighted 1.5×);
+ASTRA; torch-radon's backprojection, which the reference used, is a plain sum, i.e. the same up to
+a constant factor; it assumes a uniformly sampled 180° arc, so a 120° scan is over-weighted 1.5×);
 ``"quadrature"`` uses half the angular interval each projection actually covers (see
 :meth:`Geometry.angle_weights`), so the weights of a limited arc sum to ``span/2`` instead of ``π/2``.
 """
