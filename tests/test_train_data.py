@@ -350,9 +350,11 @@ def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):
     src = RealSource([], [str(tmp_path)], n_classes=4, fov_margin=2, shape_yx=(32, 32))
     img, lab = src.load(0)
     assert img.shape == lab.shape == (12, 32, 32) and img.dtype == np.float32
-    want = quantile_normalize(tomo, 2)[:, 4:36, 2:34]
-    assert np.array_equal(img, want)
-    assert lab[0, 0, 0] == 255 and (lab == 1).sum() == (ann == 1).sum()
+    disc = fov_mask((32, 32), 2)  # the synthetic slices' field of view
+    want = np.where(disc, quantile_normalize(tomo, 2)[:, 4:36, 2:34], np.float32(0.0))
+    assert np.array_equal(img, want)  # the crop's corners are cleared, as outside a synthetic disc
+    assert np.all(lab[:, ~disc] == 255) and lab[0, 0, 0] == 255
+    assert (lab == 1).sum() == ((ann == 1)[:, 4:36, 2:34] & disc).sum() > 0
     with pytest.raises(BadInput, match="label value 3 >= model.out_channels=3"):
         RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=3).load(0)
 

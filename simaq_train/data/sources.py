@@ -372,6 +372,11 @@ class RealSource:
         if self.shape_yx is not None and tuple(img.shape[1:]) != tuple(self.shape_yx):
             norm = fit_inplane(norm, self.shape_yx, 0.0)
             lab = fit_inplane(lab, self.shape_yx, IGNORE)
+            # a crop keeps corners of a larger field of view: outside the synthetic slices' disc
+            # the input is 0 and nothing is scored, as in every synthetic window
+            outside = ~fov_mask(tuple(self.shape_yx), self.fov_margin)
+            norm[:, outside] = 0.0
+            lab[:, outside] = IGNORE
         self._cache[v] = (norm, lab)
         return norm, lab
 
