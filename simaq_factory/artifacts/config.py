@@ -170,7 +170,8 @@ class PerlinTextureConfig:
         "reproduces it",
     )
     cylinder_padding: float = spec(
-        2.0, ge=0.0, doc="texture only inside the cylinder of radius min(Y, X)/2 − this (§2.5)"
+        2.0, ge=0.0, doc="texture only inside the cylinder about z of radius min(Y, X)/2 − this (§2.5); "
+        "not applied with acquisition.axes 3, whose y and x acquisitions have their own cylinders"
     )
 
 

@@ -61,16 +61,16 @@ def sample_artifacts(
 
     Args:
         cfg: the ``artifacts`` recipe section.
-        texture_cylinder: confine the ice texture to the inscribed cylinder about z (§2.5). With
-            one acquisition axis that cylinder is the projector's input mask, so it changes only
-            the stored noisy volume; with three axes the acquisitions about y and x have their own
-            cylinders, and a texture cut off about z would leave a sharp edge inside their fields
-            of view, so the pipeline turns it off there (each frame's input mask still clips).
         shape: the volume shape (Z, Y, X); must equal ``labels.shape``.
         labels: (Z, Y, X) uint8 label volume (any device); beads are placed away from labels ≠ 0.
         voxels_per_unit: phantom scale, voxels per generation unit (reference 1.2 at 512³, §1.2).
         rng: the sample's generator. Each sub-stage draws from its own spawned child, so changing
             one sub-stage's settings does not change the others' draws.
+        texture_cylinder: confine the ice texture to the inscribed cylinder about z (§2.5). With
+            one acquisition axis that cylinder is the projector's input mask, so it changes only
+            the stored noisy volume; with three axes the acquisitions about y and x have their own
+            cylinders, and a texture cut off about z would leave a sharp edge inside their fields
+            of view, so the pipeline turns it off there (each frame's input mask still clips).
 
     Returns:
         JSON-able ``{"shape", "blur", "fiducials", "ice_cracks", "perlin"}``; see
