@@ -2,7 +2,8 @@
 summaries per class and per cell count, a Figure-5-style plot; and an intensity-threshold baseline.
 
 IoU is computed per volume over every slice of each acquisition (``axes="all"``, a row per sample
-and axis; ``"first"``: acquisition 0 only) inside the field-of-view cylinder, skipping ignored voxels; it is undefined (``null``), not 0, where prediction and truth are empty.
+and axis; ``"first"``: acquisition 0 only) inside the field-of-view cylinder, skipping ignored
+voxels; it is undefined (``null``), not 0, where prediction and truth are empty.
 Cell counts come from ``OUT/provenance/shard-*.json`` → ``sample_records[k]["n_cells"]``.
 """
 

@@ -6,8 +6,8 @@ config and dataset manifest hashes. Running ``fit`` again with the same ``run.ou
 (model, data, loss, augmentation and seed must match; limits such as ``optim.max_steps``,
 ``optim.epochs`` or ``optim.max_minutes`` may change, and so may ``optim.lr`` and
 ``optim.weight_decay`` (the optimiser keeps its moments and takes the new values), ``optim.clip``,
-``optim.amp`` and ``optim.ema_decay``: an EMA switched on at resume starts from the resumed weights). Dataset paths
-are compared as absolute paths; a dataset frozen since the run started is accepted when its
+``optim.amp`` and ``optim.ema_decay``: an EMA switched on at resume starts from the resumed
+weights). Dataset paths are compared as absolute paths; a dataset frozen since the run started is accepted when its
 contents are those the run was trained on. A run stopped by a limit, or killed, and resumed
 reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
 non-determinism of its kernels).
