@@ -38,12 +38,18 @@ class RealDataConfig:
     a class, else Slicer value v → class v − 1 (the reference's convention); with
     ``slicer_convention: false`` their values are read like any other annotation file.
     ``ratio``: expected fraction of real windows per batch (each slot is real with this probability).
+    ``tilt_axis`` / ``beam_axis``: how every real tomogram (and its annotation) is stored: the array
+    axis that is the tilt axis, and the one the beam travelled along at 0° tilt (None: the
+    lower-numbered other one); they are transposed so the tilt axis comes first and the 0° beam
+    runs along the rows, as in the synthetic data (``predict --tilt-axis/--beam-axis``).
     """
 
     pairs: tuple[tuple[str, str], ...] = ()
     dirs: tuple[str, ...] = ()
     ratio: float = 0.15
     slicer_convention: bool = True
+    tilt_axis: int = 0
+    beam_axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, key, msg in checks:
         if not ok:
             raise BadInput(key, msg)
+    from simaq_train.data.volumes import frame_permutation
+
+    frame_permutation(d.real.tilt_axis, d.real.beam_axis, "data.real.tilt_axis", "data.real.beam_axis")
     return cfg
 
 

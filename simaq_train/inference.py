@@ -24,7 +24,7 @@ from simaq_factory.errors import BadInput
 from simaq_train.config import TrainConfig, config_from_dict
 from simaq_train.data.normalize import fov_mask, quantile_normalize
 from simaq_train.data.stream import window_indices
-from simaq_train.data.volumes import check_output_path, read_volume_meta, write_volume
+from simaq_train.data.volumes import check_output_path, frame_permutation, read_volume_meta, write_volume
 from simaq_train.engine.parts import amp_dtype, load_checkpoint
 from simaq_train.model import CenterSliceUNet
 
@@ -178,14 +178,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     out = check_output_path(out)
     if edge_mode not in (None, "reflect", "replicate"):
         raise BadInput("--edge", "expected reflect or replicate")
-    if tilt_axis not in (0, 1, 2):
-        raise BadInput("--tilt-axis", "expected 0, 1 or 2")
-    others = [a for a in (0, 1, 2) if a != tilt_axis]
-    if beam_axis is None:
-        beam_axis = others[0]
-    if beam_axis not in others:
-        raise BadInput("--beam-axis", f"expected one of {others} (an axis other than the tilt axis {tilt_axis})")
-    perm = (tilt_axis, beam_axis, next(a for a in others if a != beam_axis))
+    perm = frame_permutation(tilt_axis, beam_axis)
     inverse = tuple(int(i) for i in np.argsort(perm))
     if batch_size < 1:
         raise BadInput("--batch-size", "must be >= 1")

@@ -359,6 +359,29 @@ def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):
         RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=3).load(0)
 
 
+def test_real_tomograms_stored_in_another_orientation_are_brought_into_the_training_frame(tmp_path):
+    import tifffile
+
+    from simaq_train.config import load_config
+
+    tomo, ann = _real_volume(np.random.default_rng(4), shape=(12, 40, 36))
+    tifffile.imwrite(tmp_path / "t.tif", tomo)
+    tifffile.imwrite(tmp_path / "t.labels.tif", ann)
+    stored = tmp_path / "turned"
+    stored.mkdir()  # (y, x, z): the tilt axis is 2, the 0° beam ran along axis 0
+    tifffile.imwrite(stored / "t.tif", np.transpose(tomo, (1, 2, 0)))
+    tifffile.imwrite(stored / "t.labels.tif", np.transpose(ann, (1, 2, 0)))
+    want = RealSource([], [str(tmp_path)], n_classes=4, fov_margin=2).load(0)
+    got = RealSource([], [str(stored)], n_classes=4, fov_margin=2, tilt_axis=2, beam_axis=0).load(0)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    with pytest.raises(BadInput, match="data.real.beam_axis"):
+        RealSource([], [str(stored)], n_classes=4, tilt_axis=2, beam_axis=2)
+    with pytest.raises(BadInput, match="data.real.tilt_axis"):
+        load_config(None, ["data.real.tilt_axis=3"])
+    with pytest.raises(BadInput, match="data.real.beam_axis"):
+        load_config(None, ["data.real.tilt_axis=1", "data.real.beam_axis=1"])
+
+
 def test_real_windows_are_mixed_in_at_the_configured_ratio(tmp_path, ds):
     import tifffile
 

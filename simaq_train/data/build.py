@@ -90,7 +90,8 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     if d.real.pairs or d.real.dirs:
         real = RealSource([tuple(p) for p in d.real.pairs], list(d.real.dirs), n_classes=n_classes,
                           class_names=class_names(sources[0].card, n_classes), fov_margin=d.fov_margin,
-                          slicer_convention=d.real.slicer_convention, shape_yx=shape_yx)
+                          slicer_convention=d.real.slicer_convention, shape_yx=shape_yx,
+                          tilt_axis=d.real.tilt_axis, beam_axis=d.real.beam_axis)
         if len(real) == 0:
             raise BadInput("data.real", "no annotated real tomogram found")
         real_source = len(sources)

@@ -30,6 +30,7 @@ import numpy as np
 from simaq_factory.errors import BadInput
 from simaq_train.data.normalize import fov_mask, quantile_normalize
 from simaq_train.data.volumes import (
+    frame_permutation,
     is_slicer_seg,
     place_into,
     read_volume,
@@ -328,12 +329,14 @@ class RealSource:
     The tomogram is normalised like the synthetic data (rank → normal quantile inside the field of
     view, 0 outside; reference bug 18 fixed: computed in float64 whatever the file's dtype). Labels
     outside the field of view become unlabelled; both are centre-cropped or padded in-plane to
-    ``shape_yx`` so they batch with the synthetic windows.
+    ``shape_yx`` so they batch with the synthetic windows. Tomogram and annotation are first
+    transposed by ``tilt_axis`` / ``beam_axis`` (:func:`frame_permutation`) into the training frame.
     """
 
     def __init__(self, pairs: list[tuple[str, str]], dirs: list[str] | tuple[str, ...] = (), *,
                  n_classes: int, class_names: list[str] | None = None, fov_margin: float = 5.0,
-                 slicer_convention: bool = True, shape_yx: tuple[int, int] | None = None) -> None:
+                 slicer_convention: bool = True, shape_yx: tuple[int, int] | None = None,
+                 tilt_axis: int = 0, beam_axis: int | None = None) -> None:
         self.pairs = [(str(a), str(b)) for a, b in pairs]
         for d in dirs:
             if not Path(d).is_dir():
@@ -348,6 +351,7 @@ class RealSource:
         self.fov_margin = fov_margin
         self.slicer_convention = slicer_convention
         self.shape_yx = shape_yx
+        self.perm = frame_permutation(tilt_axis, beam_axis, "data.real.tilt_axis", "data.real.beam_axis")
         self.name = "real"
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -365,6 +369,9 @@ class RealSource:
         img = read_volume(img_path)
         lab = read_annotation(lab_path, img.shape, self.class_names, self.slicer_convention)
         check_labels(lab, self.n_classes, lab_path)
+        if self.perm != (0, 1, 2):  # into the training frame: tilt axis first, 0° beam along the rows
+            img = np.ascontiguousarray(np.transpose(img, self.perm))
+            lab = np.ascontiguousarray(np.transpose(lab, self.perm))
         if min(img.shape[1:]) / 2.0 - self.fov_margin <= 0:
             raise BadInput(img_path, f"in-plane shape {img.shape[1:]} too small for the field of view")
         norm = quantile_normalize(img, self.fov_margin)

@@ -192,6 +192,24 @@ def place_into(arr: np.ndarray, offset_zyx: tuple[int, int, int], shape: tuple[i
 
 # --- writing -----------------------------------------------------------------------------------
 
+def frame_permutation(tilt_axis: int, beam_axis: int | None, tilt_key: str = "--tilt-axis",
+                      beam_key: str = "--beam-axis") -> tuple[int, int, int]:
+    """``numpy.transpose`` order that brings a stored volume into the training frame: tilt axis
+    first, the axis the beam travelled along at 0° tilt second (the rows of each slice, where the
+    missing wedge lies in the synthetic data), the remaining axis last. ``beam_axis`` None: the
+    lower-numbered of the two others. Bad axes are :class:`BadInput` naming ``tilt_key`` /
+    ``beam_key``."""
+    if isinstance(tilt_axis, bool) or tilt_axis not in (0, 1, 2):
+        raise BadInput(tilt_key, f"expected 0, 1 or 2, got {tilt_axis!r}")
+    others = [a for a in (0, 1, 2) if a != tilt_axis]
+    if beam_axis is None:
+        beam_axis = others[0]
+    if isinstance(beam_axis, bool) or beam_axis not in others:
+        raise BadInput(beam_key, f"expected one of {others} (an axis other than the tilt axis {tilt_axis}), "
+                                 f"got {beam_axis!r}")
+    return (tilt_axis, beam_axis, next(a for a in others if a != beam_axis))
+
+
 def check_output_path(path: str | Path) -> Path:
     """BadInput unless ``path`` has a writable format suffix, is not in the way of what that format
     writes (a Zarr folder, other formats a file) and its parent is, or can be created as, a folder."""
