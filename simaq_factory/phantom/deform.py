@@ -4,6 +4,10 @@ The field u is stored on a coarse regular grid and evaluated by multilinear inte
 cheap at any volume size and can be evaluated inside each object's bounding box only (no full-size
 field is ever materialised). A voxel x of the deformed phantom takes the value of the undeformed
 scene at ``x + u(x)`` (the same backward mapping as ``grid_sample``), for phantom and labels alike.
+Unlike the reference, which resampled the voxelized phantom bilinearly (blending the LACs of
+neighbouring objects into every boundary voxel, a sub-voxel in-plane blur, and rounding the label
+masks), the scene is point-sampled: edges stay hard and phantom and labels agree voxel for voxel;
+``phantom.antialias.supersample`` > 1 gives partial-volume boundaries instead.
 
 Construction (deterministic, from a :class:`DeformationSpec` only):
 
