@@ -94,7 +94,7 @@ def test_score_folders_of_tiff_and_mrc(work):
     rows = json.loads((out / "scores.json").read_text())["samples"]
     assert [row["index"] for row in rows] == [0, 2]
     for row in rows:
-        assert row["nrmse"] == 0.0 and row["ssim"] == pytest.approx(1.0) and row["psnr"] is None  # inf
+        assert row["nrmse"] == 0.0 and row["ssim"] == pytest.approx(1.0) and row["psnr"] == "inf"
         assert row["iou_cell"] == 1.0 and row["dice_background"] == 1.0 and row["iou_nucleus"] is None
     r = invoke("score", "--gt", str(work / "ds"), "--pred", str(folder), "-o", str(out), "--only", "labels")
     assert r.exit_code == 0 and "nrmse" not in json.loads((out / "scores.json").read_text())["samples"][0]
@@ -156,3 +156,45 @@ def test_available_methods_follow_the_reconstruction():
     methods = available_methods()
     assert methods[:2] == ["fbp-ramlak", "fbp-hamming"]
     assert set(methods) <= {"fbp-ramlak", "fbp-hamming", "sirt", "cgls"}
+
+
+def test_predictions_are_checked_against_the_dataset_and_named_files_only(work, tmp_path):
+    import shutil
+
+    ds = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")
+    other = tmp_path / "other.zarr"  # a baseline of another dataset
+    shutil.copytree(work / "fbp-hamming.zarr", other)
+    g = zarr.open_group(other, mode="r+")
+    g.attrs["source"] = {**dict(g.attrs["source"]), "recipe_id": "0" * 64}
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(other), "-o", str(tmp_path / "r")),
+                     "another dataset")
+    assert not (tmp_path / "r").exists()
+    named = tmp_path / "named"
+    named.mkdir()
+    tifffile.imwrite(named / "recon_v2.tif", ds["phantom"][0])  # not a sample index: refused, not sample 2
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(named), "-o", str(tmp_path / "r")),
+                     "recon_v2.tif", "sample index")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    tifffile.imwrite(mixed / "0.tif", ds["phantom"][0])
+    tifffile.imwrite(mixed / "1.tif", np.asarray(ds["labels"][1]))
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(mixed), "-o", str(tmp_path / "r")),
+                     "mixes integer")
+    bytes8 = tmp_path / "bytes8"  # 8-bit reconstructions: scored as such when the user says so
+    bytes8.mkdir()
+    ph = np.asarray(ds["phantom"][0])
+    tifffile.imwrite(bytes8 / "0.tif", np.round(255 * ph / ph.max()).astype(np.uint8))
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(bytes8), "-o", str(tmp_path / "r8"), "--only", "recon")
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "r8" / "scores.json").read_text())["samples"][0]
+    assert row["ssim"] > 0.9 and "iou_cell" not in row
+
+
+def test_duplicate_names_and_wide_span_bins(work, tmp_path):
+    pred = str(work / "fbp-hamming.zarr")
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", pred, "--pred", pred, "-o", str(tmp_path / "r"),
+               "--span-bin", "400")
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "r" / "scores.json").read_text())
+    assert sorted(out["predictions"]) == ["fbp-hamming", "fbp-hamming-2"]
+    assert all(k.startswith("-") for k in out["predictions"]["fbp-hamming"]["by_span_deg"])

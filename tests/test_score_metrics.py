@@ -123,9 +123,14 @@ def test_affine_fit_recovers_scale_and_offset():
 
 
 def test_stats_groups_and_comparison():
-    s = stats([1.0, 2.0, 3.0, 4.0, math.nan, math.inf])
-    assert (s["n"], s["n_undefined"], s["n_infinite"]) == (4, 1, 1)
+    s = stats([1.0, 2.0, 3.0, 4.0, math.nan])
+    assert (s["n"], s["n_undefined"], s["n_infinite"]) == (4, 1, 0)
     assert s["median"] == 2.5 and s["q1"] == 1.75 and s["q3"] == 3.25 and s["mean"] == 2.5
+    s = stats([1.0, 2.0, 3.0, 4.0, math.nan, math.inf])  # a perfect PSNR counts, as the best value
+    assert (s["n"], s["n_undefined"], s["n_infinite"]) == (5, 1, 1)
+    assert s["median"] == 3.0 and s["q3"] == 4.0 and s["max"] == math.inf and s["mean"] == math.inf
+    assert s["std"] is None
+    assert stats([2.0, math.inf])["median"] == math.inf  # halfway to a perfect value is perfect
     assert stats([math.nan])["median"] is None
     assert span_bin(99.99, 10) == "95-105" and span_bin(94.9, 10) == "85-95" and span_bin(100, 20) == "90-110"
     rows = []
@@ -159,3 +164,53 @@ def test_comparison_ranks_on_common_samples_and_rounding_is_a_tie():
     m = compare(rows, ["ref", "sub"], ["psnr"])["metrics"]["psnr"]
     # medians 20 and 20 + 1e-10 tie: the first listed is best; three ties and one win
     assert m["best"] == "ref" and m["vs_reference"]["sub"]["frac_better"] == pytest.approx(5 / 8)
+
+
+def test_a_perfect_psnr_ranks_first_and_counts_in_the_paired_comparison():
+    rows = []
+    for i in range(4):
+        base = {"index": i, "n_cells": 1, "span_deg": 100.0}
+        rows.append({**base, "pred": "fbp", "psnr": 20.0})
+        rows.append({**base, "pred": "truth", "psnr": 15.0 if i == 0 else math.inf})
+        rows.append({**base, "pred": "copy", "psnr": 15.0 if i == 0 else math.inf})
+    m = compare(rows, ["fbp", "truth", "copy"], ["psnr"])["metrics"]["psnr"]
+    assert m["median"]["truth"] == math.inf and m["best"] == "truth"
+    v = m["vs_reference"]["truth"]
+    assert v["n"] == 4 and v["frac_better"] == 0.75 and v["median_diff"] == math.inf
+    g = group_stats([r for r in rows if r["pred"] == "truth"], ["psnr"], 10.0)
+    assert g["overall"]["psnr"]["median"] == math.inf and g["overall"]["psnr"]["n_infinite"] == 3
+
+
+def test_span_bins_wider_than_twice_the_span_have_a_negative_lower_edge():
+    rows = [{"index": 0, "n_cells": 1, "span_deg": 100.0, "pred": "a", "nrmse": 0.5}]
+    g = group_stats(rows, ["nrmse"], 250.0)
+    assert list(g["by_span_deg"]) == ["-125-125"] and span_bin(100.0, 250.0) == "-125-125"
+
+
+def test_the_affine_fit_does_not_invert_an_anticorrelated_reconstruction():
+    gt, _ = _pair((12, 16, 16), 4)
+    disk = fov_mask(16, 7.5, 8.0)
+    a, b = affine_fit(gt[:, disk], -gt[:, disk])
+    assert a == 0.0 and b == pytest.approx(gt[:, disk].mean())
+    s = score_sample_recon(gt, -gt, disk, fit="affine")
+    assert s["nrmse"] > 0.1 and s["ssim"] < 0.9 and s["fit_scale"] == 0.0  # not a perfect 0 and 1
+
+
+def test_prediction_names_are_made_unique_without_clashing_with_given_ones():
+    from types import SimpleNamespace
+
+    from simaq_factory.score.run import _unique_names
+
+    preds = [SimpleNamespace(name=n) for n in ("fbp", "fbp", "fbp-2", "fbp")]
+    _unique_names(preds)  # type: ignore[arg-type]
+    names = [p.name for p in preds]
+    assert len(set(names)) == 4 and names[0] == "fbp" and names[2] == "fbp-2"
+
+
+def test_iterative_baselines_record_the_nonneg_they_use():
+    from simaq_factory.score.baseline import _config_json, available_methods, method_config
+
+    for method, want in (("sirt", True), ("cgls", False)):
+        if method in available_methods():
+            assert _config_json(method_config(method, {}))["nonneg"] is want
+    assert _config_json(method_config("fbp-hamming", {}))["nonneg"] is None

@@ -24,7 +24,24 @@ TIE_RTOL = 1e-7
 
 
 def _close(a: float, b: float) -> bool:
+    if a == b:  # equal infinities (two perfect PSNRs) too
+        return True
+    if math.isinf(a) or math.isinf(b):
+        return False
     return abs(a - b) <= TIE_RTOL * max(abs(a), abs(b), 1.0)
+
+
+def _percentile(sorted_vals: np.ndarray, q: float) -> float:
+    """Linear-interpolation percentile of sorted non-NaN values that may hold ±inf: between a
+    finite value and an infinite one it is the infinite one (numpy's interpolation gives NaN)."""
+    pos = q / 100.0 * (len(sorted_vals) - 1)
+    lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+    a, b = float(sorted_vals[lo]), float(sorted_vals[hi])
+    if lo == hi or a == b:
+        return a
+    if math.isinf(a) or math.isinf(b):
+        return b if math.isinf(b) else a
+    return a + (b - a) * (pos - lo)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -33,29 +50,40 @@ def higher_is_better(metric: str) -> bool:
 
 
 def stats(values: Iterable[float]) -> dict[str, Any]:
-    """n, mean, std, median, quartiles, min, max over the finite values (None when there are none).
+    """n, mean, std, median, quartiles, min, max over the defined (non-NaN) values (None when there
+    are none).
 
-    ``n_undefined`` counts NaN values (e.g. a class absent from both volumes); ``inf`` (a perfect
-    PSNR) is counted in ``n_infinite`` and left out of the moments.
+    ``n_undefined`` counts NaN values (e.g. a class absent from both volumes). ``inf`` (a perfect
+    PSNR) counts in ``n`` and in the order statistics (a prediction perfect on most samples has an
+    infinite median, and ranks so), and ``n_infinite`` says how many there are; the mean is then
+    infinite and the std undefined (None).
     """
     arr = np.asarray(list(values), dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
-    out: dict[str, Any] = {"n": int(finite.size), "n_undefined": int(np.isnan(arr).sum()),
-                           "n_infinite": int(np.isinf(arr).sum())}
-    if finite.size == 0:
+    defined = np.sort(arr[~np.isnan(arr)])
+    n_inf = int(np.isinf(defined).sum())
+    out: dict[str, Any] = {"n": int(defined.size), "n_undefined": int(np.isnan(arr).sum()),
+                           "n_infinite": n_inf}
+    if defined.size == 0:
         out.update(mean=None, std=None, median=None, q1=None, q3=None, min=None, max=None)
         return out
-    q1, med, q3 = np.percentile(finite, [25, 50, 75])
-    out.update(mean=float(finite.mean()), std=float(finite.std()), median=float(med), q1=float(q1),
-               q3=float(q3), min=float(finite.min()), max=float(finite.max()))
+    mean = float(defined.mean()) if not (np.isposinf(defined).any() and np.isneginf(defined).any()) else None
+    out.update(mean=mean, std=float(defined.std()) if n_inf == 0 else None,
+               median=_percentile(defined, 50), q1=_percentile(defined, 25), q3=_percentile(defined, 75),
+               min=float(defined[0]), max=float(defined[-1]))
     return out
 
 
-def span_bin(span_deg: float, width: float) -> str:
-    """Label of the ``width``-degree bin holding ``span_deg``; bins are centred on multiples of
-    ``width`` (so a nominal 100° span, stored as 99.9999°, falls in ``"95-105"``)."""
+def span_bin_edges(span_deg: float, width: float) -> tuple[float, str]:
+    """(lower edge, label) of the ``width``-degree bin holding ``span_deg``; bins are centred on
+    multiples of ``width`` (so a nominal 100° span, stored as 99.9999°, falls in ``"95-105"``)."""
     k = math.floor(span_deg / width + 0.5)
-    return f"{(k - 0.5) * width:g}-{(k + 0.5) * width:g}"
+    lower = (k - 0.5) * width
+    return lower, f"{lower:g}-{(k + 0.5) * width:g}"
+
+
+def span_bin(span_deg: float, width: float) -> str:
+    """Label of the ``width``-degree bin holding ``span_deg`` (see :func:`span_bin_edges`)."""
+    return span_bin_edges(span_deg, width)[1]
 
 
 def group_stats(rows: list[dict[str, Any]], metrics: list[str], span_width: float) -> dict[str, Any]:
@@ -68,8 +96,8 @@ def group_stats(rows: list[dict[str, Any]], metrics: list[str], span_width: floa
     by_span: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for r in rows:
         by_cells.setdefault(int(r["n_cells"]), []).append(r)
-        label = span_bin(float(r["span_deg"]), span_width)
-        by_span.setdefault((float(label.split("-")[0]), label), []).append(r)
+        lower, label = span_bin_edges(float(r["span_deg"]), span_width)
+        by_span.setdefault((lower, label), []).append(r)
     return {
         "overall": summarise(rows),
         "by_n_cells": {str(k): summarise(v) for k, v in sorted(by_cells.items())},
@@ -113,13 +141,19 @@ def compare(rows: list[dict[str, Any]], names: list[str], metrics: list[str]) ->
             common = sorted(set(table[n]) & set(table[ref]))
             pairs = np.array([(table[n][i].get(m, math.nan), table[ref][i].get(m, math.nan))
                               for i in common], dtype=np.float64).reshape(-1, 2)
-            pairs = pairs[np.isfinite(pairs[:, 1] - pairs[:, 0])]
+            pairs = pairs[~np.isnan(pairs).any(axis=1)]
             if pairs.size == 0:
                 continue
-            diffs = pairs[:, 0] - pairs[:, 1]
-            tie = np.abs(diffs) <= TIE_RTOL * np.maximum(np.abs(pairs).max(axis=1), 1.0)
+            same = pairs[:, 0] == pairs[:, 1]  # equal infinities (both perfect) included
+            with np.errstate(invalid="ignore"):
+                diffs = np.where(same, 0.0, pairs[:, 0] - pairs[:, 1])
+                tie = same | (np.isfinite(diffs)
+                              & (np.abs(diffs) <= TIE_RTOL * np.maximum(np.abs(pairs).max(axis=1), 1.0)))
             better = float(np.mean(np.where(tie, 0.5, np.where(sign * diffs > 0, 1.0, 0.0))))
-            entry["vs_reference"][n] = {"n": int(diffs.size), "mean_diff": float(diffs.mean()),
-                                        "median_diff": float(np.median(diffs)), "frac_better": better}
+            ordered = np.sort(diffs)
+            mean_diff = float(diffs.mean()) if not (np.isposinf(diffs).any() and np.isneginf(diffs).any()) \
+                else math.nan
+            entry["vs_reference"][n] = {"n": int(diffs.size), "mean_diff": mean_diff,
+                                        "median_diff": _percentile(ordered, 50), "frac_better": better}
         out["metrics"][m] = entry
     return out

@@ -92,7 +92,12 @@ def method_config(method: str, dataset_recon: dict[str, Any], iterations: int | 
 
 
 def _config_json(cfg: ReconstructionConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    """The configuration as run: for an iterative method ``nonneg`` is the value used (its method
+    default when not set), not null."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if out.get("method") in _ITERATIVE and out.get("nonneg") is None and hasattr(cfg, "effective_nonneg"):
+        out["nonneg"] = bool(cfg.effective_nonneg)
+    return out
 
 
 def reconstruct_sample(sino: np.ndarray, angles_deg: np.ndarray, n: int, cfg: ReconstructionConfig,

@@ -24,7 +24,8 @@ from simaq_factory.tomo.geometry import Geometry
 __all__ = ["GroundTruth", "Prediction", "open_ground_truth", "open_prediction"]
 
 VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
-_INDEX_RE = re.compile(r"(\d+)$")
+#: a file's stem is its sample index, optionally after a word and an underscore: 7, 000007, sample_7
+_INDEX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)$")
 
 
 @dataclass
@@ -159,7 +160,11 @@ def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Predicti
     elif (path / GROUP_NAME / "zarr.json").exists():
         pred = _open_zarr(path / GROUP_NAME, gt)
     else:
-        pred = _open_folder(path, gt)
+        pred = _open_folder(path, gt, only)
+    source = _source_recipe_id(pred.attrs)
+    if source is not None and source != gt.recipe_id:
+        raise BadInput(str(path), f"is a prediction of another dataset (recipe id {source[:12]}…, the "
+                                  f"ground truth's is {gt.recipe_id[:12]}…)")
     if only != "auto":
         if only not in pred.kinds:
             raise BadInput(str(path), f"holds no {only!r} prediction (found: {', '.join(pred.kinds)})")
@@ -192,6 +197,34 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
     return pred
 
 
+def _source_recipe_id(attrs: dict[str, Any]) -> str | None:
+    """The recipe id a prediction says it was made from: a baseline's ``source.recipe_id``, or a
+    dataset's own ``recipe_id`` (its card) when a dataset is passed as a prediction."""
+    src = attrs.get("source")
+    if isinstance(src, dict) and isinstance(src.get("recipe_id"), str):
+        return src["recipe_id"]
+    rid = attrs.get("recipe_id")
+    return rid if isinstance(rid, str) else None
+
+
+def _file_is_integer(path: Path) -> bool:
+    """Whether a TIFF/MRC volume holds integers, from its header (no data read)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                dtype = tif.series[0].dtype
+        else:
+            import mrcfile
+
+            with mrcfile.open(path, permissive=True, header_only=True) as mrc:
+                dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
+    except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
+        raise BadInput(str(path), f"cannot read volume header: {err}") from None
+    return bool(np.issubdtype(dtype, np.integer))
+
+
 def _name(path: Path, attrs: dict[str, Any]) -> str:
     method = attrs.get("method")
     if isinstance(method, str) and method:
@@ -219,9 +252,9 @@ def _index_files(folder: Path, gt: GroundTruth) -> dict[int, Path]:
     for f in sorted(folder.iterdir()):
         if not f.is_file() or f.suffix.lower() not in VOLUME_FILE_SUFFIXES:
             continue
-        m = _INDEX_RE.search(f.stem)
+        m = _INDEX_RE.match(f.stem)
         if m is None:
-            raise BadInput(str(f), "file name must end in the sample index, e.g. 000007.tif")
+            raise BadInput(str(f), "file name must be the sample index, e.g. 7.tif, 000007.mrc or sample_7.tiff")
         i = int(m.group(1))
         if not 0 <= i < gt.n_samples:
             raise BadInput(str(f), f"sample index {i} is outside the dataset's 0..{gt.n_samples - 1}")
@@ -231,7 +264,7 @@ def _index_files(folder: Path, gt: GroundTruth) -> dict[int, Path]:
     return files
 
 
-def _open_folder(path: Path, gt: GroundTruth) -> Prediction:
+def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     subdirs = {k: path / k for k in ("recon", "labels") if (path / k).is_dir()}
     groups: dict[str, dict[int, Path]] = {}
     if subdirs:
@@ -241,9 +274,17 @@ def _open_folder(path: Path, gt: GroundTruth) -> Prediction:
                 groups[kind] = files
     else:
         files = _index_files(path, gt)
-        if files:
-            first = _read_volume(files[min(files)])
-            groups["labels" if np.issubdtype(first.dtype, np.integer) else "recon"] = files
+        if files and only != "auto":  # the user says what the files are (e.g. 8-bit reconstructions)
+            groups[only] = files
+        elif files:
+            integer = {i: _file_is_integer(f) for i, f in files.items()}
+            if len(set(integer.values())) > 1:
+                ints = sorted(i for i, v in integer.items() if v)
+                floats = sorted(i for i, v in integer.items() if not v)
+                raise BadInput(str(path), f"mixes integer volumes (samples {ints[:5]}…: segmentations) and "
+                                          f"float ones ({floats[:5]}…: reconstructions); put them in recon/ "
+                                          "and labels/ sub-folders, or pass --only")
+            groups["labels" if next(iter(integer.values())) else "recon"] = files
     if not groups:
         raise BadInput(str(path), "no TIFF/MRC volumes named by sample index found")
     index_sets = [sorted(g) for g in groups.values()]

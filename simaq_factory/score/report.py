@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:lef
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    if v == "inf" or v == "-inf":
+        return "∞" if v == "inf" else "−∞"
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
@@ -200,7 +205,7 @@ def _summary_table(payload: dict[str, Any], names: list[str], metrics: list[str]
 def _breakdown_table(payload: dict[str, Any], names: list[str], metrics: list[str], key: str) -> str:
     head = "".join(f"<th>{html.escape(n)}: {html.escape(m)}</th>" for m in metrics for n in names)
     groups = sorted({g for n in names for g in payload["predictions"][n][key]},
-                    key=lambda g: float(g.split("-")[0]))
+                    key=lambda g: float(re.match(r"-?[0-9.e+]+", g).group(0)))  # type: ignore[union-attr]
     lines = [f"<table><tr><th>{'cells' if key == 'by_n_cells' else 'span (deg)'}</th>"
              f"<th>samples</th>{head}</tr>"]
     for g in groups:

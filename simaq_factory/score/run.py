@@ -32,7 +32,7 @@ SCORES_VERSION = 1
 DEFAULT_FOV_MARGIN = 2.0
 
 CONVENTIONS = {
-    "field_of_view": "cylinder along the tilt axis; (y, x) disk of radius n/2 - fov_margin around the "
+    "field_of_view": "cylinder along the tilt axis; (y, x) disk of radius n//2 - fov_margin around the "
                      "rotation axis (reconstruction.center); fov_margin defaults to 2 voxels, the support "
                      "of the projector's input (objects never lie outside it, only FBP's edge artifacts do)",
     "data_range": "ground-truth phantom max - min inside the field of view, per sample",
@@ -43,6 +43,9 @@ CONVENTIONS = {
     "iou_dice": "per class over all voxels whose ground truth is not the ignore label; undefined "
                 "(null) when the class is in neither volume; mean_iou = mean over defined "
                 "non-background classes",
+    "non_finite": "NaN (undefined) is written as null; an infinite value (the PSNR of a perfect "
+                  "prediction) as the string \"inf\" and counted in n_infinite; it takes part in "
+                  "medians and rankings",
 }
 
 
@@ -52,9 +55,10 @@ AXES_DOC = ("three acquisition axes: a row (and every count and statistic) is on
             "the labels")
 
 FIT_DOC = {
-    "affine": "affine: each reconstruction is first mapped by the least-squares a*pred + b against the "
-              "phantom inside the field of view (fit_scale, fit_offset per sample), so raw FBP values "
-              "(ice layer, arbitrary scale) are compared by structure",
+    "affine": "affine: each reconstruction is first mapped by the least-squares a*pred + b, a >= 0, "
+              "against the phantom inside the field of view (fit_scale, fit_offset per sample), so raw "
+              "FBP values (ice layer, arbitrary scale) are compared by structure; a reconstruction "
+              "anti-correlated with the phantom gets a = 0 (its mean), not an inverted copy",
     "none": "none: reconstructions are compared with the phantom as given (same units expected: "
             "attenuation per voxel length)",
 }
@@ -70,12 +74,13 @@ class ScoreResult:
 
 
 def affine_fit(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``(a, b)`` minimising ``||a·pred + b − gt||²`` (``a = 0`` for a constant pred)."""
+    """Least-squares ``(a, b)`` minimising ``||a·pred + b − gt||²`` subject to ``a ≥ 0`` (``a = 0``
+    for a constant or anti-correlated pred: an inverted reconstruction is not a correct one)."""
     g = np.asarray(gt, dtype=np.float64).ravel()
     p = np.asarray(pred, dtype=np.float64).ravel()
     pm, gm = float(p.mean()), float(g.mean())
     var = float(np.mean((p - pm) ** 2))
-    a = float(np.mean((p - pm) * (g - gm))) / var if var > 0 else 0.0
+    a = max(float(np.mean((p - pm) * (g - gm))) / var, 0.0) if var > 0 else 0.0
     return a, gm - a * pm
 
 
@@ -125,12 +130,17 @@ def score_sample_labels(gt_lab: np.ndarray, pred_lab: np.ndarray, classes: dict[
 
 
 def _unique_names(preds: list[Prediction]) -> None:
-    seen: dict[str, int] = {}
+    """Rename later predictions that share a name to ``NAME-2``, ``NAME-3``, … skipping every name
+    already in use (given or generated), so no two predictions ever share a name."""
+    given = {p.name for p in preds}
+    taken: set[str] = set()
     for p in preds:
-        base = p.name
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            p.name = f"{base}-{seen[base]}"
+        if p.name in taken:
+            k = 2
+            while f"{p.name}-{k}" in taken or f"{p.name}-{k}" in given:
+                k += 1
+            p.name = f"{p.name}-{k}"
+        taken.add(p.name)
 
 
 def score(
@@ -270,6 +280,8 @@ def _examples(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any
 
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
@@ -281,7 +293,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
-    """Write ``scores.json`` (non-finite -> null), ``samples.csv`` and ``report.html``."""
+    """Write ``scores.json`` (NaN -> null, ±inf -> "inf"/"-inf"), ``samples.csv`` and ``report.html``."""
     from simaq_factory.score.report import write_report
 
     if report_dir.exists() and not report_dir.is_dir():
