@@ -92,10 +92,13 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
     assert card["status"] == "frozen"
     fractions = card["stats"]["label_fractions"]
     assert abs(fractions["vacuole"] - (labels == 2).mean()) < 1e-9
-    # every file is listed with its digest, but for the writers' lock (its content is a pid)
+    # every file is listed with its digest, but for the writers' lock (its content is a pid) and the
+    # logs (records of what ran, which later commands may append to)
     listed = dict(line.split("  ", 1)[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     files = {p.relative_to(out).as_posix() for p in out.rglob("*")
-             if p.is_file() and p.name not in ("SHA256SUMS", ".simaq-factory.lock")}
+             if p.is_file() and p.name not in ("SHA256SUMS", ".simaq-factory.lock")
+             and not p.relative_to(out).as_posix().startswith("logs/")}
+    assert any((out / "logs").iterdir())
     assert set(listed) == files
     for rel, digest in listed.items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
@@ -391,3 +394,22 @@ def test_freeze_waits_for_no_build_it_refuses_while_one_holds_the_dataset(built,
         assert held.exit_code == 2 and "another simaq-factory process" in held.stderr
     assert not (out / "SHA256SUMS").exists() and not (out / "manifest.jsonl").exists()
     assert cli("freeze", str(out)).exit_code == 0
+
+
+def test_ome_zarr_coarse_levels_sit_where_their_voxels_came_from():
+    """Level i's voxel j: an image level averages fine voxels j·2^i … (j+1)·2^i − 1, so its centre is
+    their mean centre; a label level takes fine voxel j·2^i. NGFF: position = scale·j + translation."""
+    from simaq_factory.store.export import _levels, _multiscales
+
+    zz, yy, xx = np.meshgrid(*(np.arange(64.0),) * 3, indexing="ij")
+    vol = 4096 * zz + 64 * yy + xx  # a voxel's value encodes its fine position
+    for is_label in (False, True):
+        levels = _levels(vol.astype(np.int64) if is_label else vol, is_label)
+        ms = _multiscales("x", len(levels), 10.0, is_label)
+        assert len(levels) == 2 and ms["type"] == ("nearest" if is_label else "mean")
+        for i, lv in enumerate(levels):
+            tr = {t["type"]: t for t in ms["datasets"][i]["coordinateTransformations"]}
+            scale, shift = tr["scale"]["scale"], tr["translation"]["translation"]
+            j = (1, 2, 3)
+            c = [(scale[a] * j[a] + shift[a]) / 10.0 for a in range(3)]  # in fine voxels
+            assert float(lv[j]) == pytest.approx(4096 * c[0] + 64 * c[1] + c[2])

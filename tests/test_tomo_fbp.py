@@ -210,3 +210,22 @@ def test_every_filter_and_weighting_via_config(name: str) -> None:
     # an isotropic disk loses the same share of its spectrum to the wedge everywhere: pi/(2A) restores
     # its value (the quadrature result is span/180° of it)
     assert abs(out["pi_over_2A"][r < 8].mean() - 1.0) < 0.05
+
+
+def test_fbp_bytes_do_not_depend_on_the_thread_count() -> None:
+    """The CPU FFT's result depends on its thread count at some lengths (64 here): FBP runs it on one
+    thread, so a build's recon is the same bytes whatever its workers' thread counts."""
+    from simaq_factory.tomo import forward_project
+
+    g = Geometry.arc_degrees(32, 100.0)
+    proj = forward_project(torch.rand(32, 32, 32, generator=torch.Generator().manual_seed(0)), g)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out[t] = fbp(proj, g, filter="hamming")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[1], out[2])
+    assert torch.get_num_threads() == before

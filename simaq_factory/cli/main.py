@@ -142,6 +142,9 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: i
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
     rec, text = _load(recipe, tuple(extra))
+    if extra:  # OUT/recipe.yaml keeps the file verbatim and says what the command line changed
+        text = text.rstrip("\n") + "\n\n# applied on top of this file by `simaq-factory build` (the result is " \
+            "recipe.resolved.json):\n" + "".join(f"#   --set {e}\n" for e in extra)
     progress = _Progress()
 
     def on_cluster(desc: str, dashboard: str | None) -> None:

@@ -30,7 +30,7 @@ from simaq_factory.pipeline import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
-from simaq_factory.store.dataset import shard_state, update_card
+from simaq_factory.store.dataset import read_card, shard_state, update_card
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
 from simaq_factory.store.outdir import check_out_dir, claim_out_dir, repair_array_metadata, start_out_dir
 from simaq_factory.versions import software_versions
@@ -67,7 +67,9 @@ def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
         **axes_card(recipe),  # "tilt_axes": [0] or [0, 1, 2] (+ "axis_frames"), store/layout.py
         "axes": ["sample", "z", "y", "x"],
         "a_max": a_max,
-        "label_map": {str(k): v for k, v in LABEL_NAMES.items() if k != Label.IGNORE},
+        # design §5: 4 nucleus only when enabled
+        "label_map": {str(k): v for k, v in LABEL_NAMES.items()
+                      if k != Label.IGNORE and (k != Label.NUCLEUS or recipe.phantom.nucleus.enabled)},
         "ignore_label": int(Label.IGNORE),
         "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
         "recon": "raw FBP reconstruction, not normalised",
@@ -88,6 +90,13 @@ def pending_shards(out: Path, recipe: Recipe, rid: str) -> tuple[list[int], int]
                 log.warning("shard %d will be rebuilt: %s", s, reason)
             todo.append(s)
     return todo, n_shards - len(todo)
+
+
+def _mark_building(out: Path, todo: list[int]) -> None:
+    """A resumed build with shards to do is "building" again until it finishes, so a resume killed
+    midway never leaves a card that says "complete" over missing shards."""
+    if todo and read_card(out).get("status") != "building":
+        update_card(out, {"status": "building"})
 
 
 def build(
@@ -134,6 +143,7 @@ def build(
             log_path = attach_log_file(out, "driver")
             _prepare_banks(out, recipe, log_path, keep=True)
             todo, done = pending_shards(out, recipe, rid)
+            _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
             report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
             threads = exe.threads_per_worker or default_threads(1)
@@ -188,6 +198,7 @@ def build(
                            cracks_here=local)
             handle = starting.handle()
             todo, done = pending_shards(out, recipe, rid)
+            _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                      handle.description, handle.dashboard)
             report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,

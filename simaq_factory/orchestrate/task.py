@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from simaq_factory.device import resolve_device
-from simaq_factory.orchestrate.logs import attach_log_file
+from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
@@ -71,9 +71,22 @@ def warm_up(device: str) -> None:
 def run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
 ) -> dict[str, Any]:
-    """Render shard ``shard_index`` of the dataset at ``out``; return a small summary."""
+    """Render shard ``shard_index`` of the dataset at ``out``; return a small summary.
+
+    The worker's log file in ``out`` receives this task's records only: it is detached when the
+    task ends, so a long-lived worker that later serves another dataset never writes into this one
+    (a frozen dataset would change under its checksums)."""
+    log_path = attach_log_file(Path(out), "worker")
+    try:
+        return _run_shard(out, recipe_json, shard_index, device, threads)
+    finally:
+        detach_log_file(log_path)
+
+
+def _run_shard(
+    out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    attach_log_file(Path(out), "worker")
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     recipe = resolve(recipe_json)

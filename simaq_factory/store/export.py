@@ -72,14 +72,21 @@ def _levels(vol: np.ndarray, is_label: bool, min_size: int = 32) -> list[np.ndar
     return levels
 
 
-def _multiscales(name: str, n_levels: int, vx_nm: float) -> dict[str, Any]:
+def _multiscales(name: str, n_levels: int, vx_nm: float, is_label: bool = False) -> dict[str, Any]:
+    """NGFF 0.4 multiscales. Level i's voxel j covers fine voxels j·2^i … j·2^i + 2^i − 1: an image
+    level is their mean, centred (2^i − 1)/2 fine voxels further on (a translation); a label level
+    takes the first of them (no translation), so every level sits where its voxels came from."""
+    def shift(i: int) -> float:
+        return 0.0 if is_label else vx_nm * (2**i - 1) / 2.0
+
     return {
         "version": "0.4",
         "name": name,
         "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in ("z", "y", "x")],
         "datasets": [{"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [vx_nm * 2**i] * 3}]} for i in range(n_levels)],
-        "type": "mean",
+            {"type": "scale", "scale": [vx_nm * 2**i] * 3},
+            {"type": "translation", "translation": [shift(i)] * 3}]} for i in range(n_levels)],
+        "type": "nearest" if is_label else "mean",
     }
 
 
@@ -89,7 +96,7 @@ def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_l
         chunks = tuple(min(s, 64) for s in lv.shape)
         group.create_array(str(i), data=lv, chunks=chunks,
                            chunk_key_encoding={"name": "v2", "separator": "/"})
-    attrs: dict[str, Any] = {"multiscales": [_multiscales(name, len(levels), vx_nm)]}
+    attrs: dict[str, Any] = {"multiscales": [_multiscales(name, len(levels), vx_nm, is_label)]}
     if is_label:
         attrs["image-label"] = {
             "version": "0.4",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ import zarr
 from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
+from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import GROUP_NAME, SUMS
 from simaq_factory.store.outdir import LOCK, RESOLVED, claim_out_dir
 from simaq_factory.store.verify import verify_dataset
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 CARD = "DATASET.md"
@@ -115,14 +119,22 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
         "- `dataset.zarr/banks/`: the noise banks the samples were rendered with (Perlin volumes, ice-crack "
         "blocks), each hashed in the dataset card (`banks`), so the dataset regenerates with nothing else",
         "- `provenance/shard-*.json`: per-sample parameters, seeds, timings, devices, shard checksums",
-        f"- `{MANIFEST}`: one JSON line per sample; `{SUMS}`: sha256 of every file (`sha256sum -c {SUMS}`)",
+        f"- `{MANIFEST}`: one JSON line per sample; `{SUMS}`: sha256 of every file but the logs "
+        f"(`sha256sum -c {SUMS}`)",
         "", "## Recipe (resolved)", "", "```json", json.dumps(recipe_json, indent=1, sort_keys=True), "```", "",
     ]
     return "\n".join(lines)
 
 
+def _sealed(out: Path, p: Path) -> bool:
+    """Whether ``p`` is covered by SHA256SUMS: every file but the sums, the writers' lock and the
+    logs (records of what ran, which later commands on the dataset may append to)."""
+    rel = p.relative_to(out).as_posix()
+    return rel not in (SUMS, LOCK) and not rel.startswith(f"{LOG_DIR}/")
+
+
 def write_sha256sums(out: Path) -> int:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).as_posix() not in (SUMS, LOCK))
+    files = sorted(p for p in out.rglob("*") if p.is_file() and _sealed(out, p))
     with open(out / SUMS, "w") as f:
         for p in files:
             f.write(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n")
@@ -133,9 +145,13 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BadInput (already frozen) or BuildFailed (not verifiable)."""
     recipe, rid = open_dataset_recipe(out)
     card = read_card_checked(out)
-    if card.get("status") == "frozen":
+    interrupted = card.get("status") == "frozen" and not (out / SUMS).is_file()
+    if card.get("status") == "frozen" and not interrupted:
         raise BadInput(str(out), "dataset is already frozen")
-    with claim_out_dir(out, rid):  # no build may write while the dataset is verified and sealed
+    with claim_out_dir(out, rid, sealing=True):  # no build may write while the dataset is sealed
+        if interrupted:  # the card says frozen but SHA256SUMS, written last, is missing: seal again
+            log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)
+            update_card(out, {"status": "complete"})
         return _freeze(out, recipe, previews)
 
 

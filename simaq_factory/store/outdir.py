@@ -12,7 +12,7 @@ from typing import Any
 
 from simaq_factory.errors import BadInput
 from simaq_factory.store.dataset import array_metadata, create_arrays, write_json_atomic
-from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, ArraySpec
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
 
 try:
     import fcntl
@@ -27,7 +27,7 @@ VERBATIM = "recipe.yaml"
 LOCK = ".simaq-factory.lock"
 
 
-def check_out_dir(out: Path, rid: str) -> bool:
+def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
     """Validate ``out`` without writing. Return True when it holds this recipe's dataset (resume).
 
     Raises :class:`BadInput` when ``out`` is a file, not writable, not a dataset, or a dataset of
@@ -67,7 +67,7 @@ def check_out_dir(out: Path, rid: str) -> bool:
         status = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"].get("status")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise BadInput(str(out / GROUP_NAME / "zarr.json"), "unreadable dataset card") from None
-    if status == "frozen":
+    if status == "frozen" and not (sealing and not (out / SUMS).is_file()):  # freeze may finish itself
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
     return True
 
@@ -104,13 +104,15 @@ def is_partial_start(out: Path) -> bool:
 
 
 @contextmanager
-def claim_out_dir(out: Path, rid: str) -> Iterator[bool]:
+def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[bool]:
     """Hold ``out`` for this process while the block runs; yields whether it resumes a dataset.
 
     Creates ``out`` and takes an exclusive lock on its lock file; a second build (or freeze) of the
     same directory, here or on another node of a shared filesystem with working locks, is refused
     with :class:`BadInput` instead of interleaving writes. The directory is checked again under the
     lock (:func:`check_out_dir`): another process may have started or finished it meanwhile.
+    ``sealing`` (freeze only) also admits a dataset whose card says frozen but whose SHA256SUMS,
+    written last, is missing: an interrupted freeze, which freeze completes.
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def claim_out_dir(out: Path, rid: str) -> Iterator[bool]:
             else:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield check_out_dir(out, rid)
+        yield check_out_dir(out, rid, sealing=sealing)
     finally:
         os.close(fd)
 

@@ -1,0 +1,93 @@
+"""Dataset integrity across commands: logs never change a frozen dataset, a resumed build is
+"building" until it ends, and an interrupted freeze can be completed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import simaq_factory.orchestrate.driver as driver
+from simaq_factory.cli.main import main
+from simaq_factory.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
+        "--set", "dataset.n_samples=2", "--set", "dataset.samples_per_shard=1",
+        "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false"]
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def build(out: Path, *extra: str) -> None:
+    r = invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY, *extra)
+    assert r.exit_code == 0, r.output
+
+
+def status(out: Path) -> str:
+    return str(zarr.open_group(out / "dataset.zarr", mode="r").attrs["status"])
+
+
+def test_a_frozen_dataset_stays_verified_while_the_same_process_builds_another(tmp_path):
+    build(tmp_path / "a")
+    assert invoke("freeze", tmp_path / "a").exit_code == 0
+    # the worker's log handler must not follow into b
+    build(tmp_path / "b", "--set", "seed=3", "--set", "phantom.nucleus.enabled=true")
+    r = invoke("verify", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    assert not any(line.startswith("logs/") for line in (tmp_path / "a" / "SHA256SUMS").read_text().splitlines())
+    assert (tmp_path / "a" / "SHA256SUMS").read_text().count("\n") > 5
+    # the label map names the nucleus only where it is enabled (design §5)
+    maps = [dict(zarr.open_group(tmp_path / d / "dataset.zarr", mode="r").attrs["label_map"]) for d in "ab"]
+    assert sorted(maps[0]) == ["0", "1", "2", "3"] and maps[1]["4"] == "nucleus"
+
+
+def test_a_resumed_build_is_building_until_it_finishes(tmp_path, monkeypatch):
+    from simaq_train.data.sources import open_dataset
+
+    out = tmp_path / "ds"
+    build(out)
+    assert status(out) == "complete"
+    next(iter((out / "provenance").glob("*.json"))).unlink()  # one shard is pending again
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003 - the process dies in the middle of a shard
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_shard", killed)
+    r = invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY)
+    assert r.exit_code != 0
+    assert status(out) == "building"  # not the "complete" of the first build
+    with pytest.raises(BadInput, match="building"):
+        open_dataset(out)
+    monkeypatch.undo()
+    build(out)
+    assert status(out) == "complete"
+
+
+def test_an_interrupted_freeze_is_completed_by_freezing_again(tmp_path):
+    out = tmp_path / "ds"
+    build(out)
+    assert invoke("freeze", out).exit_code == 0
+    (out / "SHA256SUMS").unlink()  # killed after the card said frozen, before SHA256SUMS (written last)
+    assert status(out) == "frozen"
+    r = invoke("freeze", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "SHA256SUMS").is_file() and status(out) == "frozen"
+    assert invoke("verify", out).exit_code == 0
+    r = invoke("freeze", out)
+    assert r.exit_code == 2 and "already frozen" in r.output
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["index"] == 0
+
+
+def test_out_recipe_yaml_records_the_command_line_overrides(tmp_path):
+    out = tmp_path / "ds"
+    build(out)
+    text = (out / "recipe.yaml").read_text()
+    assert text.startswith(Path(SMOKE).read_text().rstrip("\n"))  # the file itself, verbatim
+    assert "#   --set dataset.shape=[32,32,32]" in text and "#   --set phantom.scale=0.15" in text
