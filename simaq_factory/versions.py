@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
+from pathlib import Path
 
 
 def _version(dist: str) -> str | None:
@@ -13,9 +15,39 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def source_revision() -> str | None:
+    """The git commit of a source checkout this package runs from (None for an installed wheel or
+    when unknown): the package version alone does not change between commits. Read from the
+    repository's files, no git process."""
+    root = Path(__file__).resolve().parent.parent
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        common = Path((git / "commondir").read_text().strip()) if (git / "commondir").is_file() else None
+        for base in (git, (git / common) if common else None):
+            if base is not None and (base / ref).is_file():
+                return (base / ref).read_text().strip() or None
+            packed = base / "packed-refs" if base is not None else None
+            if packed is not None and packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split(" ", 1)[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def software_versions() -> dict[str, str | None]:
-    """simaq-factory and its main dependencies, plus Python."""
+    """simaq-factory (with the git commit of a source checkout) and its main dependencies, plus
+    Python."""
     out = {d: _version(d) for d in ("simaq-factory", "torch", "numpy", "zarr", "numcodecs", "dask",
                                      "distributed", "perlin-numpy")}
+    out["simaq-factory-commit"] = source_revision()
     out["python"] = platform.python_version()
     return out

@@ -91,3 +91,17 @@ def test_out_recipe_yaml_records_the_command_line_overrides(tmp_path):
     text = (out / "recipe.yaml").read_text()
     assert text.startswith(Path(SMOKE).read_text().rstrip("\n"))  # the file itself, verbatim
     assert "#   --set dataset.shape=[32,32,32]" in text and "#   --set phantom.scale=0.15" in text
+
+
+def test_provenance_names_the_source_commit_of_a_checkout():
+    import shutil
+    import subprocess
+
+    from simaq_factory.versions import software_versions
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("git cannot read this checkout")
+    assert software_versions()["simaq-factory-commit"] == head.stdout.strip()
