@@ -413,3 +413,14 @@ def test_ome_zarr_coarse_levels_sit_where_their_voxels_came_from():
             j = (1, 2, 3)
             c = [(scale[a] * j[a] + shift[a]) / 10.0 for a in range(3)]  # in fine voxels
             assert float(lv[j]) == pytest.approx(4096 * c[0] + 64 * c[1] + c[2])
+
+
+def test_ome_zarr_label_images_name_a_source_image_only_when_there_is_one(built, tmp_path):
+    dest = tmp_path / "exp"
+    assert cli("export", str(built), "--format", "ome-zarr", "-o", str(dest), "--index", "0",
+               "--arrays", "recon,labels").exit_code == 0
+    alone = zarr.open_group(dest / "sample_000000_labels.ome.zarr", mode="r", zarr_format=2).attrs
+    assert "image-label" in alone and "source" not in alone["image-label"]
+    nested = zarr.open_group(dest / "sample_000000_recon.ome.zarr" / "labels" / "labels", mode="r",
+                             zarr_format=2).attrs
+    assert nested["image-label"]["source"] == {"image": "../../"}

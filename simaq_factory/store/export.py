@@ -90,7 +90,10 @@ def _multiscales(name: str, n_levels: int, vx_nm: float, is_label: bool = False)
     }
 
 
-def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_label: bool) -> None:
+def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_label: bool,
+                      nested: bool = False) -> None:
+    """One multiscale image; a label image gets ``image-label`` colours, and ``source`` (its parent
+    image, two levels up) only when it is ``nested`` under an image's ``labels/`` group."""
     levels = _levels(vol, is_label)
     for i, lv in enumerate(levels):
         chunks = tuple(min(s, 64) for s in lv.shape)
@@ -102,8 +105,9 @@ def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_l
             "version": "0.4",
             "colors": [{"label-value": v, "rgba": [int(255 * c) for c in rgb] + [255]}
                        for v, rgb in LABEL_COLOURS.items()],
-            "source": {"image": "../../"},
         }
+        if nested:
+            attrs["image-label"]["source"] = {"image": "../../"}
     group.attrs.update(attrs)
 
 
@@ -114,7 +118,7 @@ def _write_ome_zarr(path: Path, name: str, vol: np.ndarray, vx_nm: float, labels
     if labels is not None:
         lab_root = root.create_group("labels")
         lab_root.attrs["labels"] = ["labels"]
-        _write_ngff_image(lab_root.create_group("labels"), "labels", labels, vx_nm, is_label=True)
+        _write_ngff_image(lab_root.create_group("labels"), "labels", labels, vx_nm, is_label=True, nested=True)
 
 
 def export_dataset(
