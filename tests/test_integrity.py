@@ -105,3 +105,14 @@ def test_provenance_names_the_source_commit_of_a_checkout():
     if head.returncode != 0:
         pytest.skip("git cannot read this checkout")
     assert software_versions()["simaq-factory-commit"] == head.stdout.strip()
+
+
+def test_recon_bytes_do_not_depend_on_the_workers_thread_count(tmp_path):
+    for t in (1, 2):
+        build(tmp_path / f"t{t}", "--set", f"execution.threads_per_worker={t}")
+    g1, g2 = (zarr.open_group(tmp_path / f"t{t}" / "dataset.zarr", mode="r") for t in (1, 2))
+    for name in ("phantom", "labels", "recon"):
+        assert g1[name][...].tobytes() == g2[name][...].tobytes(), name
+    threads = {json.loads(p.read_text())["torch_threads"] for t in (1, 2)
+               for p in (tmp_path / f"t{t}" / "provenance").glob("*.json")}
+    assert threads == {1, 2}
