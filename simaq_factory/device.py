@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from simaq_factory.recipe.fields import RecipeError
@@ -28,3 +31,19 @@ def torch_generator(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
     return gen
+
+
+@contextmanager
+def one_torch_thread(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU ops on one intra-op thread inside the block, restoring the count after; a
+    no-op for a CUDA ``device``. Used where one thread is faster (long chains of small ops) or where
+    a CPU library's result depends on its thread count."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

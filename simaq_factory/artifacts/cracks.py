@@ -34,18 +34,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from simaq_factory.artifacts.blur import gaussian_blur_3d, gaussian_kernel_1d, kernel_radius
+from simaq_factory.device import one_torch_thread
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cost_field", "region_labels", "crack_voxels", "crack_blocks", "one_torch_thread"]
+__all__ = ["cost_field", "region_labels", "crack_voxels", "crack_blocks"]
 
 _LOG_CAP = 30.0  # exp(±30) stays finite in float32 with room for path sums
 
@@ -373,22 +373,6 @@ def _draw_block(
     return noise, pos, speed, keep
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch CPU ops on one intra-op thread inside the block, restoring the count after.
-
-    The relaxation is a long chain of small ops (one slice at a time): extra threads mostly add
-    synchronisation, and on a busy machine they made it 5-200× slower (4 blocks of 128³: 17 s on
-    one thread, 84 s on two, identical bytes).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def crack_blocks(
     rngs: Sequence[np.random.Generator],
     size: int,
@@ -406,13 +390,15 @@ def crack_blocks(
 
     Block e draws everything from ``rngs[e]`` alone (see :func:`_draw_block`), so a block does not
     depend on how many others are made with it. The blocks are relaxed together on ``device`` (on
-    the CPU with one torch thread, :func:`one_torch_thread`).
+    the CPU with one torch thread: the relaxation is a long chain of small ops, one slice at a time,
+    where extra threads mostly add synchronisation; on a busy machine they made it 5-200× slower,
+    4 blocks of 128³: 17 s on one thread, 84 s on two, identical bytes).
     """
     if seeds < 2 or seeds > size**3:
         raise ValueError(f"need 2 <= seeds <= size³, got seeds={seeds}, size={size}")
     draws = [_draw_block(r, size, seeds, speed_spread, wall_fraction) for r in rngs]
     noise, pos, speed, keep = (np.stack(parts) for parts in zip(*draws))
-    with one_torch_thread() if device.type == "cpu" else nullcontext():
+    with one_torch_thread(device):
         cost = cost_field(torch.from_numpy(noise).to(device), cost_sigma, cost_contrast)
         labels = region_labels(
             cost,

@@ -24,8 +24,6 @@ text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:lef
 def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, float) and math.isinf(v):
         return "∞" if v > 0 else "−∞"
-    if v == "inf" or v == "-inf":
-        return "∞" if v == "inf" else "−∞"
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):

@@ -144,12 +144,12 @@ def write_sha256sums(out: Path) -> int:
 def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BadInput (already frozen) or BuildFailed (not verifiable)."""
     recipe, rid = open_dataset_recipe(out)
-    card = read_card_checked(out)
-    interrupted = card.get("status") == "frozen" and not (out / SUMS).is_file()
-    if card.get("status") == "frozen" and not interrupted:
+    if read_card_checked(out).get("status") == "frozen" and (out / SUMS).is_file():
         raise BadInput(str(out), "dataset is already frozen")
-    with claim_out_dir(out, rid, sealing=True):  # no build may write while the dataset is sealed
-        if interrupted:  # the card says frozen but SHA256SUMS, written last, is missing: seal again
+    # no build may write while the dataset is sealed; the claim admits a frozen card only when
+    # SHA256SUMS, written last, is missing: an interrupted freeze, sealed again here
+    with claim_out_dir(out, rid, sealing=True):
+        if read_card(out).get("status") == "frozen":
             log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)
             update_card(out, {"status": "complete"})
         return _freeze(out, recipe, previews)

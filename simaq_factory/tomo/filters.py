@@ -27,14 +27,14 @@ The ramp part does not depend on ``P`` (for ``P ≥ 2D``) but the windows do sli
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import torch
+
+from simaq_factory.device import one_torch_thread
 
 __all__ = [
     "FILTER_NAMES",
@@ -117,22 +117,6 @@ def fourier_filter(name: str, size: int) -> np.ndarray:
     return _half_spectrum(_canonical(name), int(size))
 
 
-@contextlib.contextmanager
-def _fft_threads(device: torch.device) -> Iterator[None]:
-    """CPU FFTs on one thread: the CPU FFT library's result depends on the thread count (by up to
-    7e-7 relative at some lengths, e.g. 64), which made the reconstruction's bytes depend on the
-    number of workers a build used; at the sizes FBP uses a second thread did not speed it up."""
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def filter_projections(
     proj: torch.Tensor,
     name: str = "ram-lak",
@@ -162,7 +146,10 @@ def filter_projections(
     if extend < 0 or size < 2 * d or size < d + 2 * extend + 1:
         raise ValueError(f"pad_to={size} too small for {d} columns (need >= 2·D) or bad extend={extend}")
     h = torch.tensor(fourier_filter(name, size), dtype=proj.dtype, device=proj.device)
-    with _fft_threads(proj.device):
+    # one thread: the CPU FFT library's result depends on its thread count (by up to 7e-7 relative
+    # at some lengths, e.g. 64), which made the reconstruction's bytes depend on the number of
+    # workers a build used; at the sizes FBP uses a second thread did not speed it up
+    with one_torch_thread(proj.device):
         spec = torch.fft.rfft(proj, n=size, dim=-1)
         spec.mul_(h)
         full = torch.fft.irfft(spec, n=size, dim=-1)
