@@ -93,7 +93,7 @@ def test_three_axis_layout_card_and_provenance(three):
     g = zarr.open_group(three / "dataset.zarr", mode="r")
     card = dict(g.attrs)
     a_max = card["a_max"]
-    assert card["tilt_axes"] == [0, 1, 2] and card["tilt_axis"] == "z"
+    assert card["tilt_axes"] == [0, 1, 2] and card["tilt_axis"] == ["z", "y", "x"]
     assert [f["permutation"] for f in card["axis_frames"]] == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
     expect = {"phantom": (3, N, N, N), "labels": (3, N, N, N), "noisy": (3, N, N, N),
               "recon": (3, 3, N, N, N), "sinogram": (3, 3, a_max, N, N), "angles": (3, 3, a_max)}

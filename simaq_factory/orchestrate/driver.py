@@ -63,8 +63,9 @@ def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
         "n_samples": ds.n_samples,
         "samples_per_shard": ds.samples_per_shard,
         "shape_zyx": list(ds.shape),
-        "tilt_axis": "z",
-        **axes_card(recipe),  # "tilt_axes": [0] or [0, 1, 2] (+ "axis_frames"), store/layout.py
+        # "tilt_axes": [0] and "tilt_axis": "z", or for three axes [0, 1, 2], ["z", "y", "x"] and the
+        # "axis_frames" (store/layout.py)
+        **axes_card(recipe),
         "axes": ["sample", "z", "y", "x"],
         "a_max": a_max,
         # design §5: 4 nucleus only when enabled

@@ -82,7 +82,9 @@ def axes_card(recipe: Any) -> dict[str, Any]:
     from simaq_factory.acquisition.axes import axis_frame_record, tilt_axes
 
     axes = tilt_axes(n_axes(recipe))
-    card: dict[str, Any] = {"tilt_axes": axes}
+    # the tilt axis by name: one name, or one per entry of recon's ``axis`` dimension
+    names = [axis_frame_record(k)["tilt_axis"] for k in axes]
+    card: dict[str, Any] = {"tilt_axis": names[0] if len(axes) == 1 else names, "tilt_axes": axes}
     if len(axes) > 1:
         card["axis_frames"] = [axis_frame_record(k) for k in axes]
     return card
