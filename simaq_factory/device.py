@@ -33,6 +33,17 @@ def torch_generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def true_div(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``t / divisor``, correctly rounded on every device.
+
+    CUDA divides a tensor by a Python (CPU) scalar as ``t * (1 / divisor)``, which differs from the
+    CPU's true division in the last bit for about a third of float32 values; dividing by a 0-dim
+    tensor on ``t``'s device is a true division on both. The phantom path uses this wherever its
+    result feeds an inside test, so phantom and labels are the same bytes on CPU and CUDA.
+    """
+    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+
+
 @contextmanager
 def one_torch_thread(device: torch.device) -> Iterator[None]:
     """Run torch's CPU ops on one intra-op thread inside the block, restoring the count after; a

@@ -108,3 +108,13 @@ def test_fp16_training_resumes_on_cuda_and_continues_a_cpu_run(tmp_path):
     assert fit(cfg(tmp_path / "mixed", "cuda", 4)).step == 4
     weights = load_checkpoint(tmp_path / "mixed" / "last.pt")["model"]
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_true_div_is_correctly_rounded_on_cuda():
+    from simaq_factory.device import true_div
+
+    x = torch.rand(1_000_000, generator=torch.Generator().manual_seed(1)) * 100 - 50
+    for d in (3.7, 27.0, 1.25):
+        want = true_div(x, d)
+        assert want.numpy().tobytes() == (x.numpy() / np.float32(d)).tobytes()
+        assert true_div(x.cuda(), d).cpu().numpy().tobytes() == want.numpy().tobytes()

@@ -103,3 +103,28 @@ def test_sampled_phantoms_with_antialias_and_config() -> None:
     assert torch.all(ph[lab > 0] > 0)  # labelled voxels keep a positive LAC
     with pytest.raises(ValueError, match="supersample"):
         voxelize(dataclasses.replace(spec, supersample=0))
+
+
+@pytest.mark.parametrize("mode", [None, "2d", "3d"])
+def test_no_division_by_a_host_scalar(monkeypatch: pytest.MonkeyPatch, mode: str | None) -> None:
+    """CUDA computes ``tensor / python_float`` as ``tensor * (1 / float)`` (one bit off the CPU's true
+    division in a third of float32 values), so an inside test fed by such a division could flip a
+    voxel between devices. The phantom path must not divide a tensor by a host scalar: with ``/``
+    patched to CUDA's reciprocal form no such division happens and the bytes are unchanged."""
+    d = None if mode is None else DeformationSpec(mode=mode, seed=3, sigma=5.0, std=1.5, spacing=1.25)
+    spec = _toy(3, d)  # 27 sub-samples: 1/27 is not exact in float32
+    ph, lab = voxelize(spec)
+    calls: list[str] = []
+    true_div = torch.Tensor.__truediv__
+
+    def cuda_like(self: torch.Tensor, other: object) -> torch.Tensor:
+        if isinstance(other, (int, float)) and self.is_floating_point():
+            calls.append(repr(other))
+            inv = torch.tensor(1.0, dtype=self.dtype) / torch.tensor(float(other), dtype=self.dtype)
+            return self * inv
+        return true_div(self, other)
+
+    monkeypatch.setattr(torch.Tensor, "__truediv__", cuda_like)
+    ph2, lab2 = voxelize(spec)
+    assert calls == []
+    assert ph.numpy().tobytes() == ph2.numpy().tobytes() and torch.equal(lab, lab2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from simaq_factory.device import true_div
 from simaq_factory.phantom.deform import DisplacementField
 from simaq_factory.phantom.voxelize import _BAND_EPS, Box, PaintObject, boundary_delta
 
@@ -28,7 +29,7 @@ _CHUNK = 1 << 20  # sub-sample points evaluated per batch
 
 def subsample_offsets(k: int, device: torch.device) -> torch.Tensor:
     """(k³, 3) float32 offsets (z, y, x) of the sub-sample centres within a unit voxel."""
-    o = (torch.arange(k, dtype=torch.float64) + 0.5) / k - 0.5
+    o = true_div(torch.arange(k, dtype=torch.float64) + 0.5, k) - 0.5
     grid = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), dim=-1).reshape(-1, 3)
     return grid.to(device=device, dtype=torch.float32)
 
@@ -42,7 +43,7 @@ def _level_of(p: torch.Tensor, obj: PaintObject) -> torch.Tensor:
     """Level Σ((p − c)/r)² over the last axis of deformed points ``p`` (..., 3) → (...) float32."""
     out = None
     for a in range(3):
-        d = (p[..., a] - obj.center[a]) / obj.radii[a]
+        d = true_div(p[..., a] - obj.center[a], obj.radii[a])
         out = d * d if out is None else out + d * d
     assert out is not None
     return out
@@ -102,4 +103,4 @@ def antialias(
         acc = values[:, 0].to(torch.float64)
         for j in range(1, kk):
             acc = acc + values[:, j].to(torch.float64)
-        flat[lin] = (acc / float(kk)).to(torch.float32)
+        flat[lin] = true_div(acc, float(kk)).to(torch.float32)

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from simaq_factory.device import true_div
 from simaq_factory.phantom.config import DeformationConfig
 from simaq_factory.phantom.spec import DeformationSpec
 
@@ -154,7 +155,7 @@ class DisplacementField:
         spacing = float(self.spec.spacing)
         idx, frac = [], []
         for gi, a in enumerate(self.axes):
-            t = (pts[:, a] + 1.0) / spacing
+            t = true_div(pts[:, a] + 1.0, spacing)
             i0 = torch.floor(t).clamp(0, self.counts[gi] - 2)
             frac.append((t - i0).clamp(0.0, 1.0))
             idx.append(i0.long())

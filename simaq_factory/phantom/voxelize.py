@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from simaq_factory.device import true_div
 from simaq_factory.labels import Label
 from simaq_factory.phantom.deform import DisplacementField
 from simaq_factory.phantom.spec import CellSpec, PhantomSpec
@@ -86,11 +87,11 @@ def boundary_delta(obj: PaintObject, field: DisplacementField | None) -> float:
 
 def _axis_sq(lo: int, hi: int, c: float, r: float, device: torch.device) -> torch.Tensor:
     idx = torch.arange(lo, hi, device=device, dtype=torch.float64)
-    return (((idx - c) / r) ** 2).to(torch.float32)
+    return (true_div(idx - c, r) ** 2).to(torch.float32)
 
 
 def _deformed_sq(coord: torch.Tensor, u: torch.Tensor, c: float, r: float) -> torch.Tensor:
-    d = ((coord + u) - c) / r
+    d = true_div((coord + u) - c, r)
     return d * d
 
 
