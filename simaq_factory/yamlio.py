@@ -1,11 +1,15 @@
-"""YAML as our files are read: safe, and a key given twice in one mapping is an error.
+"""YAML as our files are read: safe, a key given twice in one mapping is an error, and ``1e-3`` is
+a number.
 
 Plain YAML keeps the last of two equal keys, silently dropping everything written under the first
-(a whole recipe section). Used for recipes and training configs.
+(a whole recipe section). PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``): ``1e-3``
+would be the string ``'1e-3'``; YAML 1.2 and every other parser read it as a float, and so do we.
+Used for recipes, training configs and ``--set`` values.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -30,6 +34,13 @@ def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool 
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# YAML 1.2 exponent floats without a dot (1e-3, 2E+5, .5e1); add_implicit_resolver copies the
+# resolver table on first use, so yaml.SafeLoader itself is unchanged.
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_yaml(text: str) -> Any:

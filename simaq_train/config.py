@@ -193,7 +193,7 @@ def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise BadInput(f"--set {dotted}", "not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = load_yaml(raw)
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

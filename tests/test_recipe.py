@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from simaq_factory.cli.main import main
 from simaq_factory.recipe.fields import Dist, RecipeError
 from simaq_factory.recipe.io import apply_overrides, load_recipe, recipe_id, recipe_to_json, resolve
+from simaq_factory.yamlio import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -43,6 +44,17 @@ def test_overrides_parse_yaml_values_and_create_sections():
     rec = resolve(data)
     assert rec.dataset.n_samples == 9 and rec.seed == 3
     assert rec.acquisition.tilt_span_deg == Dist.uniform(60, 70)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string '1e-3'; recipes and --set read it as YAML 1.2 does
+    path = tmp_path / "r.yaml"
+    path.write_text(SMOKE.read_text().replace("jitter_deg: 0.1", "jitter_deg: 2.5E-1"))
+    rec = load_recipe(path, ["acquisition.missing_fraction=1e-2"])
+    assert rec.acquisition.jitter_deg == 0.25 and rec.acquisition.missing_fraction == 0.01
+    assert rec == load_recipe(SMOKE, ["acquisition.jitter_deg=0.25", "acquisition.missing_fraction=0.01"])
+    assert load_yaml("a: [1e-3, -2E+5, .5e1, '1e-3', 1e3x]") == {"a": [0.001, -2e5, 5.0, "1e-3", "1e3x"]}
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # plain SafeLoader unchanged
 
 
 def test_overrides_of_one_field_keep_the_rest_of_a_default_distribution():

@@ -436,6 +436,15 @@ def test_training_package_imports_no_phantom_or_physics_code():
                         "simaq_factory.recipe.fields", "simaq_factory.yamlio"}, out
 
 
+def test_config_reads_exponent_floats_without_a_dot(tmp_path):
+    from simaq_train.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 1e-3\n")
+    assert load_config(cfg).optim.lr == 0.001
+    assert load_config(cfg, ["optim.weight_decay=1e-5"]).optim.weight_decay == 1e-5
+
+
 def test_config_with_a_key_given_twice_is_refused(tmp_path):
     from simaq_train.config import load_config
 

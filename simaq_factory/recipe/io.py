@@ -67,7 +67,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not key.strip() or any(not p for p in parts):
             raise RecipeError("--set", f"expected a dotted key like dataset.n_samples, got {key!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError:
             raise RecipeError(key, f"cannot parse override value {raw!r}") from None
         node, default = out, defaults

@@ -151,9 +151,10 @@ def annotated_recipe(name: str) -> str:
     from simaq_factory.recipe.io import recipe_to_json, resolve
     from simaq_factory.recipe.model import Recipe
     from simaq_factory.versions import _version
+    from simaq_factory.yamlio import load_yaml
 
     text = template_text(name)
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text) or {}
     values = recipe_to_json(resolve(data))
     defaults = recipe_to_json(resolve({}))
     header = []
