@@ -23,6 +23,13 @@ class LossConfig:
     ignore_index: int = 255
 
 
+def check_target(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """Refuse class ids outside ``0 … n_classes − 1`` other than ``ignore_index`` (ValueError)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bool(bad.any()):
+        raise ValueError(f"target holds class ids outside 0..{n_classes - 1} and {ignore_index}")
+
+
 def dice_focal_loss(
     logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig = LossConfig()
 ) -> torch.Tensor:
@@ -38,8 +45,8 @@ def dice_focal_loss(
     n_classes = logits.shape[1]
     valid = target != cfg.ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target)).long()
-    if bool(((safe < 0) | (safe >= n_classes)).any()):
-        raise ValueError(f"target holds class ids outside 0..{n_classes - 1} and {cfg.ignore_index}")
+    if target.device.type == "cpu":  # on a GPU this would wait for it: fit checks the host batch
+        check_target(target, n_classes, cfg.ignore_index)
     logp = F.log_softmax(logits, dim=1)
     logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
     ce = -logp_t

@@ -6,25 +6,34 @@ import numpy as np
 import torch
 
 
-def confusion(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int,
-              ignore_index: int = 255, mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-    """(n_classes, n_classes) int64 counts, rows = target, columns = prediction.
-
-    pred, target: same shape, integer. ``mask`` broadcasts to it (e.g. an (H, W) field of view for a
-    (Z, H, W) volume). Pixels with target ``ignore_index`` (or outside ``mask``) are skipped; targets ≥ n_classes (other than ignore) are skipped too.
-    """
+def confusion_tensor(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int,
+                     ignore_index: int = 255, mask: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`confusion` as an int64 tensor on the inputs' device (no host transfer, no sync on a
+    GPU: the training meter accumulates it there and copies it once per metrics line)."""
     pt = torch.as_tensor(np.ascontiguousarray(pred) if isinstance(pred, np.ndarray) else pred)
     tt = torch.as_tensor(np.ascontiguousarray(target) if isinstance(target, np.ndarray) else target)
     if pt.shape != tt.shape:
         raise ValueError(f"prediction shape {tuple(pt.shape)} differs from target {tuple(tt.shape)}")
     p = pt.reshape(-1).long()
-    t = tt.reshape(-1).long()
+    t = tt.reshape(-1).to(p.device).long()
     keep = (t != ignore_index) & (t >= 0) & (t < n_classes)
     if mask is not None:
         m = torch.as_tensor(np.array(mask, dtype=bool) if isinstance(mask, np.ndarray) else mask).bool()
-        keep &= torch.broadcast_to(m, tt.shape).reshape(-1)
-    idx = t[keep] * n_classes + p[keep].clamp(0, n_classes - 1)
-    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes).numpy()
+        keep &= torch.broadcast_to(m.to(p.device), tt.shape).reshape(-1)
+    # integer counts: exact (and order-free) on every device
+    idx = torch.where(keep, t * n_classes + p.clamp(0, n_classes - 1), n_classes * n_classes)
+    return torch.bincount(idx, minlength=n_classes * n_classes + 1)[:-1].reshape(n_classes, n_classes)
+
+
+def confusion(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int,
+              ignore_index: int = 255, mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows = target, columns = prediction.
+
+    pred, target: same shape, integer, on any device. ``mask`` broadcasts to it (e.g. an (H, W)
+    field of view for a (Z, H, W) volume). Pixels with target ``ignore_index`` (or outside ``mask``)
+    are skipped; targets ≥ n_classes (other than ignore) are skipped too.
+    """
+    return confusion_tensor(pred, target, n_classes, ignore_index, mask).cpu().numpy()
 
 
 def iou_dice(cm: np.ndarray) -> tuple[list[float | None], list[float | None]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +177,24 @@ def test_iou_and_dice_from_confusion():
     assert iou[0] == pytest.approx(1 / 2) and iou[1] == pytest.approx(1 / 3) and iou[2] == pytest.approx(1 / 2)
     assert iou[3] is None and dice[1] == pytest.approx(2 / 4)
     assert mean_defined(iou, [1, 2, 3]) == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+def test_confusion_tensor_stays_on_device_and_meter_accumulates_there():
+    from simaq_train.engine.fit import _Meter
+    from simaq_train.metrics import confusion_tensor
+
+    pred = torch.tensor([[0, 1, 1], [2, 3, 0]])
+    target = torch.tensor([[0, 1, 7], [2, 255, -1]])  # 7 and -1 are not classes: skipped like 255
+    mask = torch.tensor([True, True, False])
+    cm = confusion_tensor(pred, target, 4, mask=mask)
+    assert isinstance(cm, torch.Tensor) and cm.dtype == torch.int64 and int(cm.sum()) == 3
+    assert np.array_equal(cm.numpy(), confusion(pred.numpy(), target.numpy(), 4, mask=mask.numpy()))
+    meter = _Meter(4, 10, 0.0)
+    logits = F.one_hot(pred, 4).permute(2, 0, 1)[None].float().expand(2, -1, -1, -1)
+    for loss in (0.25, 0.5):
+        meter.add(torch.tensor(loss), logits, target[None].expand(2, -1, -1), torch.tensor([1, 0]), 255)
+    assert isinstance(meter.cm, torch.Tensor) and isinstance(meter.loss_sum, torch.Tensor)
+    rec = meter.record(["bg", "a", "b", "c"], 1, 0, 0)
+    assert rec["loss"] == 0.375 and rec["real_fraction"] == 0.5
+    assert rec["iou"] == {"bg": 1.0, "a": 1.0, "b": 1.0, "c": None}
+    assert meter.cm is None and meter.loss_n == 0

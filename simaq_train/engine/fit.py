@@ -47,8 +47,8 @@ from simaq_train.engine.parts import (
     resolve_device,
     save_checkpoint,
 )
-from simaq_train.losses import dice_focal_loss
-from simaq_train.metrics import confusion, iou_dice, mean_defined
+from simaq_train.losses import check_target, dice_focal_loss
+from simaq_train.metrics import confusion, confusion_tensor, iou_dice, mean_defined
 from simaq_train.model import CenterSliceUNet
 
 log = logging.getLogger(__name__)
@@ -172,23 +172,29 @@ class _Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum, self.loss_n, self.seen, self.real = 0.0, 0, 0, 0
-        self.cm = np.zeros((self.n_classes, self.n_classes), np.int64)
+        # loss and counts stay on the model's device until record(): no GPU sync per micro-batch
+        self.loss_sum: torch.Tensor | None = None
+        self.cm: torch.Tensor | None = None
+        self.loss_n, self.seen, self.real = 0, 0, 0
         self.t = time.monotonic()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, real: torch.Tensor,
             ignore_index: int) -> None:
-        self.cm += confusion(logits.argmax(1).cpu(), y.cpu(), self.n_classes, ignore_index)
-        self.loss_sum += float(loss)
+        cm = confusion_tensor(logits.argmax(1), y, self.n_classes, ignore_index)
+        loss = loss.detach().double()
+        self.cm = cm if self.cm is None else self.cm + cm
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.loss_n += 1
         self.seen += int(y.shape[0])
-        self.real += int(real.sum())
+        self.real += int(real.sum())  # a host tensor of the batch
 
     def record(self, names: list[str], step: int, epoch: int, position: int) -> dict[str, Any]:
-        iou, _ = iou_dice(self.cm)
+        cm = (np.zeros((self.n_classes,) * 2, np.int64) if self.cm is None else self.cm.cpu().numpy())
+        iou, _ = iou_dice(cm)
+        loss = 0.0 if self.loss_sum is None else float(self.loss_sum)
         now = time.monotonic()
         rec = {"kind": "train", "step": step, "epoch": epoch, "position": position,
-               "loss": self.loss_sum / max(self.loss_n, 1), "iou": dict(zip(names, iou)),
+               "loss": loss / max(self.loss_n, 1), "iou": dict(zip(names, iou)),
                "mean_iou": mean_defined(iou, list(range(1, self.n_classes))),
                "real_fraction": self.real / max(self.seen, 1),
                "samples_per_s": self.seen / max(now - self.t, 1e-9), "elapsed_s": now - self.t0}
@@ -352,6 +358,8 @@ class Trainer:
                                 pin_memory=self.device.type == "cuda",
                                 multiprocessing_context="spawn" if nw > 0 else None)
             for batch in loader:
+                if self.device.type != "cpu":  # the loss checks targets on the host only
+                    check_target(batch["target"], cfg.model.out_channels, cfg.loss.ignore_index)
                 x = batch["image"].to(self.device, non_blocking=True)
                 y = batch["target"].to(self.device, non_blocking=True)
                 k_mine += 1
