@@ -197,6 +197,15 @@ def test_workers_are_numbered_for_their_gpu(monkeypatch):
         assert worker_ordinal() == expected
 
 
+def test_auto_device_requests_gpus_only_when_every_worker_has_one():
+    from simaq_factory.orchestrate.driver import _all_workers_have_gpus
+
+    gpu, cpu = {"resources": {"GPU": 1}}, {"resources": {}}
+    assert _all_workers_have_gpus({"a": gpu, "b": gpu})
+    assert not _all_workers_have_gpus({"a": gpu, "b": cpu}) and not _all_workers_have_gpus({"a": {}})
+    assert not _all_workers_have_gpus({})
+
+
 def test_cuda_build_on_workers_without_a_gpu_resource_is_refused():
     from simaq_factory.errors import BadInput
     from simaq_factory.orchestrate.driver import _check_gpu_workers

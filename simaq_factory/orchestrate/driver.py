@@ -183,8 +183,14 @@ def build(
         try:
             if not local:
                 handle = starting.handle()
-                if gpu and scheduler is not None:
-                    _check_gpu_workers(handle.client.scheduler_info().get("workers", {}))
+                if scheduler is not None:
+                    workers = handle.client.scheduler_info().get("workers", {})
+                    if device == "auto":
+                        gpu = _all_workers_have_gpus(workers)
+                        log.info("--device auto on %d worker(s): shard tasks %s a GPU resource", len(workers),
+                                 "request" if gpu else "do not request (not every worker has one)")
+                    elif gpu:
+                        _check_gpu_workers(workers)
             if resuming is None:
                 resuming = claim()
             if not resuming:
@@ -260,6 +266,13 @@ def _check_gpu_workers(workers: dict[str, Any]) -> None:
         raise BadInput("--scheduler", f"the device is CUDA, so each shard task needs a worker with a GPU "
                        f"resource, and none of its {len(workers)} worker(s) has one: start them as "
                        "`dask worker ADDR --resources GPU=1`, one per GPU")
+
+
+def _all_workers_have_gpus(workers: dict[str, Any]) -> bool:
+    """``--device auto`` on a scheduler: when every worker advertises a ``GPU`` resource the shard
+    tasks request one, so a worker runs one shard per GPU at a time whatever its thread count; on
+    a mixed or CPU cluster they request none and each worker resolves ``auto`` itself."""
+    return bool(workers) and all(w.get("resources", {}).get("GPU") for w in workers.values())
 
 
 def _warm_up(client: Any, device: str) -> None:
