@@ -49,6 +49,7 @@ class Bar:
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simaq-factory")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug (tracebacks)")
 def cli(verbose: int) -> None:
     """Train, evaluate and apply the 3D→2D U-Net on simaq-factory datasets."""
@@ -89,12 +90,16 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
-              help="report folder (default: next to the checkpoint)")
+              help="report folder  [default: <checkpoint folder>/eval-<dataset folder name>]")
 @click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
-@click.option("--max-samples", type=click.IntRange(min=0), default=0, help="score only the first N samples")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
-@click.option("--postprocess/--raw", default=False, help="post-process predictions before scoring")
-@click.option("--device", default="auto")
+@click.option("--max-samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="score only the first N samples (0: every sample)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="windows per forward pass")
+@click.option("--postprocess/--raw", default=False,
+              help="post-process predictions before scoring, as predict does, or score the raw "
+                   "segmentation  [default: --raw]")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
 @click.option("--axes", type=click.Choice(["all", "first"]), default="all",
               help="three-axis datasets: score every acquisition axis (a row per sample and axis; "
                    "default) or acquisition 0 only")
@@ -126,11 +131,12 @@ def _print_summary(rep: dict[str, Any]) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("tomogram", type=click.Path(dir_okay=True))
 @click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .zarr or .npy")
-@click.option("--ema/--no-ema", default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="windows per forward pass")
+@click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="windows per forward pass")
 @click.option("--edge", type=click.Choice(["reflect", "replicate"]), default=None,
               help="padding of the window at the first and last slices (default: as in training, "
-                   "the checkpoint's data.edge_mode)")
+                   "the checkpoint's data.edge_mode; skip: reflect)")
 @click.option("--normalize/--no-normalize", default=True,
               help="map intensities as in training (default) or take TOMOGRAM as already normalised")
 @click.option("--tilt-axis", type=click.IntRange(0, 2), default=0,
@@ -138,10 +144,11 @@ def _print_summary(rep: dict[str, Any]) -> None:
 @click.option("--beam-axis", type=click.IntRange(0, 2), default=None,
               help="array axis along which the beam travelled at 0° tilt (default: the lower-numbered "
                    "of the other two); the network sees it along the rows, as in training")
-@click.option("--postprocess/--raw", default=True, help="smoothing, hole filling, small-object removal")
+@click.option("--postprocess/--raw", default=True,
+              help="smoothing, hole filling, small-object removal (default) or the raw segmentation")
 @click.option("--post-scale", type=float, default=None,
-              help="scale of the reference's 512³ post-processing sizes (default: size/512)")
-@click.option("--device", default="auto")
+              help="scale of the reference's 512³ post-processing sizes (default: max(shape)/512)")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
 @handle_errors
 def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str | None,
             normalize: bool, tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
@@ -161,8 +168,11 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="report folder")
-@click.option("--max-samples", type=click.IntRange(min=0), default=0)
-@click.option("--fov-margin", type=float, default=5.0)
+@click.option("--max-samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="score only the first N samples (0: every sample)")
+@click.option("--fov-margin", type=float, default=5.0, show_default=True,
+              help="field-of-view margin in voxels, as the reader's data.fov_margin (simaq-factory "
+                   "score defaults to 2)")
 @click.option("--search-order/--physical-order", default=True,
               help="try all 24 mappings of intensity levels to classes and keep the best on DATASET "
                    "(an oracle choice, optimistic for the baseline; default) or only the physical order")
@@ -189,14 +199,19 @@ def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search
 
 
 @cli.command()
-@click.option("--features", type=click.IntRange(min=1), default=64, help="model.init_features (paper 64)")
-@click.option("--depth", type=click.IntRange(min=1), default=5, help="model.depth (paper 5)")
-@click.option("--size", type=click.IntRange(min=16), default=512, help="in-plane size H = W")
-@click.option("--window", type=click.IntRange(min=1), default=7)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16)
-@click.option("--steps", type=click.IntRange(min=1), default=10, help="timed steps (after 3 warm-up steps)")
-@click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), default="auto")
-@click.option("--device", default="auto")
+@click.option("--features", type=click.IntRange(min=1), default=64, show_default=True,
+              help="model.init_features (paper 64)")
+@click.option("--depth", type=click.IntRange(min=1), default=5, show_default=True, help="model.depth (paper 5)")
+@click.option("--size", type=click.IntRange(min=16), default=512, show_default=True, help="in-plane size H = W")
+@click.option("--window", type=click.IntRange(min=1), default=7, show_default=True,
+              help="slices per input window (data.window)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="windows per step")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="timed steps (after 3 warm-up steps)")
+@click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), default="auto", show_default=True,
+              help="mixed precision (optim.amp): auto = fp16 on CUDA, off on CPU")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
 @handle_errors
 def bench(features: int, depth: int, size: int, window: int, batch_size: int, steps: int, amp: str,
           device: str) -> None:

@@ -31,9 +31,9 @@ from simaq_train.model import ModelConfig
 class RealDataConfig:
     """Real tomograms with sparse annotations (reference §4.5–4.6).
 
-    ``pairs``: list of ``[tomogram, annotation]`` paths (TIFF, MRC or NRRD). ``dirs``: folders scanned
-    for ``NAME.{tif,tiff,mrc,nrrd}`` with a sibling ``NAME.seg.nrrd`` (3D Slicer) or
-    ``NAME.labels.{tif,tiff,mrc,nrrd}``. Annotation values: 255 = unlabelled, else class ids;
+    ``pairs``: list of ``[tomogram, annotation]`` paths (TIFF, MRC (``.mrc``, ``.rec``), NRRD or
+    NPY). ``dirs``: folders scanned for ``NAME.{tif,tiff,mrc,rec,nrrd}`` with a sibling
+    ``NAME.seg.nrrd`` (3D Slicer) or ``NAME.labels.{tif,tiff,mrc,nrrd}``. Annotation values: 255 = unlabelled, else class ids;
     ``.seg.nrrd`` files: 0 = unlabelled, segments mapped by name when every segment is named after
     a class, else Slicer value v → class v − 1 (the reference's convention); with
     ``slicer_convention: false`` their values are read like any other annotation file.

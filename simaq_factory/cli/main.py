@@ -126,8 +126,11 @@ def init(path: str, template: str, force: bool) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=True), help="Output directory.")
 @click.option("--scheduler", default=None, metavar="ADDR", help="Use a running Dask scheduler.")
 @click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local",
-              show_default=True, help="local: embedded LocalCluster; inline: this process, no Dask.")
-@click.option("--workers", type=int, default=None, help="LocalCluster workers (execution.workers).")
+              show_default=True, help="local: embedded LocalCluster; inline: this process, no Dask; "
+                                        "slurm: dask-jobqueue SLURMCluster, one worker per job, from "
+                                        "execution.slurm (needs the [slurm] extra and sbatch).")
+@click.option("--workers", type=int, default=None,
+              help="LocalCluster workers, or SLURM jobs with --cluster slurm (execution.workers).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors

@@ -31,8 +31,9 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
 @click.command()
 @click.option("--gt", "gt", required=True, type=click.Path(), help="Dataset directory (simaq-factory build -o).")
 @click.option("--pred", "preds", required=True, multiple=True, type=click.Path(),
-              help="Prediction: a Zarr with 'recon' and/or 'labels' (N, Z, Y, X), or a folder of "
-                   "TIFF/MRC volumes named by sample index. Repeat to compare; the first is the reference.")
+              help="Prediction: a Zarr with 'recon' and/or 'labels' (N, Z, Y, X), or (N, 3, Z, Y, X) for "
+                   "three-axis datasets, or a folder of TIFF/MRC volumes named by sample index. Repeat to "
+                   "compare; the first is the reference.")
 @click.option("-o", "--out", "report_dir", default=None, type=click.Path(),
               help="Report directory [default: <first PRED>-scores next to it].")
 @click.option("--only", type=click.Choice(["auto", "recon", "labels"]), default="auto", show_default=True,
@@ -41,7 +42,7 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
               help="Map each reconstruction by least-squares a*pred+b onto the phantom first (affine), "
                    "or score raw values (none).")
 @click.option("--fov-margin", "fov_margin", type=float, default=2.0, show_default=True,
-              help="Score inside the disk of radius n/2 - this (voxels) about the tilt axis; 2 is the "
+              help="Score inside the disk of radius n//2 - this (voxels) about the tilt axis; 2 is the "
                    "projector's input support, larger values also drop FBP's edge artifacts.")
 @click.option("--span-bin", "span_bin", type=float, default=10.0, show_default=True,
               help="Width (degrees) of the tilt-span bins of the breakdown.")

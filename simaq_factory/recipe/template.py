@@ -34,7 +34,7 @@ TEMPLATES: dict[str, str] = {
     "train-cpu": "the 64³ data of the CPU training proof",
     "paper-train": "the paper's 512³ training data, for GPU workers",
     "paper-benchmark": "the paper's 512³ evaluation set, for GPU workers",
-    "extended": "beyond the reference: nuclei, anti-aliasing, deformation, detector noise",
+    "extended": "beyond the reference: nuclei, anti-aliasing, 3D deformation, Poisson and detector noise, misalignment",
 }
 
 _WIDTH = 100
