@@ -85,6 +85,49 @@ def test_an_interrupted_freeze_is_completed_by_freezing_again(tmp_path):
     assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["index"] == 0
 
 
+def test_a_freeze_killed_while_writing_sha256sums_leaves_none_and_is_completed(tmp_path, monkeypatch):
+    import simaq_factory.store.freeze as freeze
+
+    out = tmp_path / "ds"
+    build(out)
+    calls = []
+    real = freeze.sha256_file
+
+    def dies_midway(p):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file of SHA256SUMS
+        calls.append(p)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(p)
+
+    monkeypatch.setattr(freeze, "sha256_file", dies_midway)
+    r = invoke("freeze", out)
+    assert r.exit_code == 130 and len(calls) == 5
+    assert not (out / "SHA256SUMS").exists() and status(out) == "frozen"  # no partial seal is trusted
+    assert invoke("verify", out).exit_code == 1
+    monkeypatch.undo()
+    r = invoke("freeze", out)  # "run the same command again": it completes
+    assert r.exit_code == 0, r.output
+    listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
+    assert ".SHA256SUMS.partial" not in listed and not (out / ".SHA256SUMS.partial").exists()
+    assert invoke("verify", out).exit_code == 0
+
+
+def test_verify_names_files_a_frozen_dataset_does_not_list(tmp_path):
+    out = tmp_path / "ds"
+    build(out)
+    assert invoke("freeze", out).exit_code == 0
+    sums = out / "SHA256SUMS"
+    lines = sums.read_text().splitlines()
+    sums.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # cut short, as an older freeze could
+    r = invoke("verify", out)
+    assert r.exit_code == 1 and "not listed in SHA256SUMS" in r.output, r.output
+    assert lines[len(lines) // 2].split("  ", 1)[1] in r.output
+    sums.write_text("\n".join(lines) + "\n")
+    (out / "notes.txt").write_text("added after freeze")
+    r = invoke("verify", out)
+    assert r.exit_code == 1 and "notes.txt: not listed" in r.output
+
+
 def test_out_recipe_yaml_records_the_command_line_overrides(tmp_path):
     out = tmp_path / "ds"
     build(out)

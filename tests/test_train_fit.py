@@ -526,3 +526,25 @@ def test_resume_loads_a_grad_scaler_state_only_where_it_applies():
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     load_scaler_state(disabled, donor.state_dict())  # ignored
     assert not disabled.is_enabled()
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted .pt does with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    from simaq_factory.errors import BadInput
+    from simaq_train.engine.parts import CHECKPOINT_FORMAT, load_checkpoint
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(BadInput, match="not a readable checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()

@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,11 @@ import zarr
 from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
-from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import GROUP_NAME, SUMS
-from simaq_factory.store.outdir import LOCK, RESOLVED, claim_out_dir
-from simaq_factory.store.verify import verify_dataset
+from simaq_factory.store.outdir import RESOLVED, claim_out_dir
+from simaq_factory.store.verify import SUMS_PARTIAL, sealed_files, verify_dataset
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,19 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
     return "\n".join(lines)
 
 
-def _sealed(out: Path, p: Path) -> bool:
-    """Whether ``p`` is covered by SHA256SUMS: every file but the sums, the writers' lock and the
-    logs (records of what ran, which later commands on the dataset may append to)."""
-    rel = p.relative_to(out).as_posix()
-    return rel not in (SUMS, LOCK) and not rel.startswith(f"{LOG_DIR}/")
-
-
 def write_sha256sums(out: Path) -> int:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and _sealed(out, p))
-    with open(out / SUMS, "w") as f:
+    """Write SHA256SUMS over :func:`sealed_files`, under a temporary name renamed when whole: a
+    SHA256SUMS that exists is complete, and an interrupted freeze (none yet) is completed by
+    freezing again."""
+    part = out / SUMS_PARTIAL
+    part.unlink(missing_ok=True)
+    files = sealed_files(out)
+    with open(part, "w") as f:
         for p in files:
             f.write(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, out / SUMS)
     return len(files)
 
 

@@ -30,7 +30,9 @@ from simaq_factory.labels import Label
 from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, shard_state
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
+from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
+from simaq_factory.store.outdir import LOCK
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,20 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     report.regenerated.append(index)
 
 
+#: freeze writes SHA256SUMS under this name and renames it when whole (never sealed itself)
+SUMS_PARTIAL = f".{SUMS}.partial"
+
+
+def sealed_files(out: Path) -> list[Path]:
+    """The files SHA256SUMS covers, sorted: every file but the sums (and their partial copy), the
+    writers' lock and the logs (records of what ran, which later commands may append to)."""
+    def sealed(p: Path) -> bool:
+        rel = p.relative_to(out).as_posix()
+        return rel not in (SUMS, SUMS_PARTIAL, LOCK) and not rel.startswith(f"{LOG_DIR}/")
+
+    return sorted(p for p in out.rglob("*") if p.is_file() and sealed(p))
+
+
 def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     """Check every file listed in ``OUT/SHA256SUMS``; ``known`` maps a relative path to the digest
     already computed for it (data shard files the shard check matched), which is not recomputed."""
@@ -140,6 +156,7 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     except (OSError, UnicodeDecodeError) as err:
         return [f"{path}: unreadable ({type(err).__name__}: {err})"]
     problems = []
+    listed: set[str] = set()
     root = out.resolve()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -158,9 +175,16 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
         if not target.is_file():
             problems.append(f"{rel}: listed in {SUMS} but missing")
             continue
+        listed.add(rel)
         actual = known.get(rel) or sha256_file(target)
         if actual != digest:
             problems.append(f"{rel}: sha256 differs from {SUMS} (modified after freeze)")
+    unlisted = [p.relative_to(out).as_posix() for p in sealed_files(out)]
+    unlisted = [rel for rel in unlisted if rel not in listed]
+    if unlisted:  # a file added after the freeze, or a SHA256SUMS cut short by an older freeze
+        problems.append(f"{unlisted[0]}: not listed in {SUMS} ({len(unlisted)} file(s) unlisted: added after "
+                        f"freeze, or {SUMS} is incomplete; if nothing was added, delete {SUMS} and run "
+                        "freeze again to complete it)")
     return problems
 
 

@@ -103,8 +103,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise BadInput(str(p), "checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise BadInput(str(p), f"not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
