@@ -2,7 +2,7 @@
 
 Iterative reconstructions apply ``A`` (:func:`~simaq_factory.tomo.projector.forward_project`) and
 ``Aᵀ`` dozens of times with one geometry. A :class:`ProjectorPlan` builds the interpolation tables
-of :func:`~simaq_factory.tomo.projector.ray_samples` once, drops their zero-weight entries, and keeps
+of :func:`~simaq_factory.tomo.projector.ray_tables` once, drops their zero-weight entries, and keeps
 two sparse layouts per chunk of angles:
 
 * **forward** (one bag per ray): the pixels a ray samples and their bilinear weights;
@@ -44,7 +44,7 @@ from simaq_factory.tomo.projector import (
     _check_volume,
     _chunk_budget,
     _ray_table_bytes_per_angle,
-    ray_samples,
+    ray_tables,
 )
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ProjectorPlan", "adjoint_project"]
@@ -175,15 +175,13 @@ class ProjectorPlan:
 
     # ---------------------------------------------------------------------------------- tables
     def _build(self, a0: int, a1: int) -> _Chunk:
-        idx, w, off = ray_samples(self.geom, a0, a1, self.dtype, self.device)
-        n_rays = off.numel()
-        pix = self._lut[idx.long()]
+        idx, w = ray_tables(self.geom, a0, a1, self.dtype, self.device)
+        n_rays = idx.shape[0]
+        pix = self._lut[idx.reshape(-1).long()].reshape(idx.shape)
         keep = (w != 0) & (pix >= 0)
-        fwd_idx, fwd_w = pix[keep], w[keep]  # grouped by ray, in sample order
-        lengths = torch.diff(off.long(), append=off.new_tensor([idx.numel()], dtype=torch.long))
-        ray = torch.repeat_interleave(torch.arange(n_rays, dtype=torch.int32, device=self.device),
-                                      lengths, output_size=idx.numel())[keep]
-        fwd_off = _offsets(torch.bincount(ray, minlength=n_rays))
+        fwd_idx, fwd_w = pix[keep], w[keep]  # row-major: grouped by ray, in sample order
+        fwd_off = _offsets(keep.sum(dim=1))
+        ray = torch.arange(n_rays, dtype=torch.int32, device=self.device)[:, None].expand_as(keep)[keep]
         # stable sort by pixel: within a pixel's bag entries stay in (ray, sample) order
         order = torch.sort(fwd_idx, stable=True).indices
         counts = torch.bincount(fwd_idx, minlength=self.n_pixels)

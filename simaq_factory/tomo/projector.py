@@ -17,7 +17,7 @@ Backprojection (pixel-driven): for every pixel and angle the detector coordinate
 interpolated in the projection (zero outside the first…last column, as ``np.interp(left=0,
 right=0)``) and the values are summed over angles with no weight. It is FBP's backprojector and only
 approximately the adjoint of the forward model (≈1 %); the exact transpose, which iterative solvers
-need, is :func:`simaq_factory.tomo.plan.adjoint_project` (built on :func:`ray_samples`).
+need, is :func:`simaq_factory.tomo.plan.adjoint_project` (built on :func:`ray_tables`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project", "ray_samples"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project", "ray_tables"]
 
 #: Default bound on the temporaries of one chunk (indices, weights, coordinates, partial output).
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -87,55 +87,52 @@ def _max_ray_samples(n: int) -> int:
 
 
 def _ray_table_bytes_per_angle(geom: Geometry, itemsize: int) -> int:
-    """Upper bound on the bytes of the temporaries :func:`ray_samples` allocates per angle."""
-    return geom.detectors * _max_ray_samples(geom.n) * (4 * (4 + itemsize) + 10 * itemsize + 24)
+    """Bytes of the temporaries :func:`ray_tables` allocates per angle (indices, weights, coordinates)."""
+    return geom.detectors * _max_ray_samples(geom.n) * (4 * (4 + itemsize) + 10 * itemsize)
 
 
-def ray_samples(
+def ray_tables(
     geom: Geometry, a0: int, a1: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Interpolation indices and weights of the rays of angles ``a0 … a1 − 1`` (internal helper).
 
-    Returns ``(idx, weights, offsets)`` in ragged layout: R = (a1 − a0)·D rays in (angle, column)
-    order, ray r owning entries ``offsets[r] … offsets[r + 1] − 1`` (4 bilinear taps per unit-step
-    sample, samples in order along the ray; rays that miss the grid own none). ``idx`` (int32) are
-    rows of the zero-bordered (n + 2)² pixel table (pixel (y, x) is row ``(y + 1)·(n + 2) + x + 1``),
-    ``weights`` in ``dtype``, ``offsets`` int32 (R,). The line integral of ray r is
-    ``Σ weights[j] · table[idx[j]]`` over its entries; :func:`forward_project` and the matched
-    backprojector (:mod:`simaq_factory.tomo.plan`) both use exactly these numbers. Only the samples
-    inside the grid ±1 are generated: no padding to the longest ray is gathered.
+    Returns ``(idx, weights)``, both (R, L·4) with R = (a1 − a0)·D rays in (angle, column) order:
+    ``idx`` int32 rows of the zero-bordered (n + 2)² pixel table (pixel (y, x) is row
+    ``(y + 1)·(n + 2) + x + 1``), ``weights`` in ``dtype`` (0 for padding samples). The line
+    integral of ray r is ``Σ_j weights[r, j] · table[idx[r, j]]``; :func:`forward_project` and the
+    matched backprojector (:mod:`simaq_factory.tomo.plan`) both use exactly these numbers.
     """
     n, det, c = geom.n, geom.detectors, geom.image_center
     width = n + 2
     cos_all, sin_all = _angles(geom, device)
     t = (torch.arange(det, dtype=torch.float64, device=device) - geom.det_center) * geom.det_spacing
-    co = cos_all[a0:a1, None].expand(-1, det).reshape(-1)
-    si = sin_all[a0:a1, None].expand(-1, det).reshape(-1)
+    co = cos_all[a0:a1, None].expand(-1, det)
+    si = sin_all[a0:a1, None].expand(-1, det)
     n_rays = co.numel()
-    x0, y0 = c + co * t.repeat(a1 - a0), c - si * t.repeat(a1 - a0)  # ray points at s = 0
+    x0, y0 = c + co * t, c - si * t  # ray points at s = 0
     lx, hx = _slab(x0, si, -1.0, float(n))
     ly, hy = _slab(y0, co, -1.0, float(n))
     k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
     k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
-    count = (k_hi - k_lo + 1).clamp(min=0).to(torch.int64)
-    ends = torch.cumsum(count, 0)
-    total = int(ends[-1].item()) if n_rays else 0
-    starts = ends - count
-    ray = torch.repeat_interleave(torch.arange(n_rays, device=device), count, output_size=total)
-    step = (torch.arange(total, device=device) - starts[ray]).to(dtype)
+    count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1, 1)
+    length = max(1, int(count.max().item()))
     s0 = k_lo - c
-    xs = (x0 + si * s0).to(dtype)[ray]
-    ys = (y0 + co * s0).to(dtype)[ray]
-    x = torch.addcmul(xs, si.to(dtype)[ray], step).clamp_(-1.0, float(n))
-    y = torch.addcmul(ys, co.to(dtype)[ray], step).clamp_(-1.0, float(n))
+    xs = (x0 + si * s0).reshape(-1, 1).to(dtype)
+    ys = (y0 + co * s0).reshape(-1, 1).to(dtype)
+    step = torch.arange(length, dtype=dtype, device=device).unsqueeze(0)
+    x = torch.addcmul(xs, si.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+    y = torch.addcmul(ys, co.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
     # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
     xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
     fx, fy = x.sub_(xf), y.sub_(yf)
     base = (yf.mul_(width).add_(xf)).to(torch.int32) + (width + 1)
     idx = torch.stack([base, base + 1, base + width, base + (width + 1)], dim=-1)
-    gy, gx = 1.0 - fy, 1.0 - fx
+    valid = (step < count.to(dtype)).to(dtype)
+    gy = (1.0 - fy).mul_(valid)
+    fy = fy.mul_(valid)
+    gx = 1.0 - fx
     weights = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx], dim=-1)
-    return idx.reshape(-1), weights.reshape(-1), (4 * starts).to(torch.int32)
+    return idx.reshape(n_rays, -1), weights.reshape(n_rays, -1)
 
 
 def forward_project(
@@ -168,8 +165,8 @@ def forward_project(
     chunk = max(1, min(geom.n_angles, budget // max(per_angle, 1)))
     for a0 in range(0, geom.n_angles, chunk):
         a1 = min(a0 + chunk, geom.n_angles)
-        idx, weights, offsets = ray_samples(geom, a0, a1, dtype, dev)
-        rows = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=weights)
+        idx, weights = ray_tables(geom, a0, a1, dtype, dev)
+        rows = F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights)
         out[a0:a1] = rows.reshape(a1 - a0, det, z)
     return out.permute(0, 2, 1).contiguous()
 
