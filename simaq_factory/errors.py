@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -50,23 +53,76 @@ class OneLineGroup(click.Group):
             fail("aborted", 130)
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+#: The interrupt message of commands that pick up where they stopped (build, fit, freeze, export,
+#: simaq-factory baseline): ``@handle_errors(resumes=True)``.
+RESUME_MESSAGE = "interrupted; run the same command again to resume"
+#: The interrupt message of every other command: they finish their output atomically, or write none.
+RESTART_MESSAGE = "interrupted; no output was completed: run the command again to start over"
+
+
+def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False) -> Any:
     """Map a command's exceptions to one-line messages and exit codes (2 bad input, 1 failure,
-    130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback."""
+    130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RecipeError as err:
-            fail(str(err), 2)
-        except BuildFailed as err:
-            fail(str(err), 1)
-        except KeyboardInterrupt:
-            fail("interrupted; run the same command again to resume", 130)
-        except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+    ``@handle_errors`` or ``@handle_errors(resumes=True)``; the latter for commands that resume when
+    run again, whose interrupt message says so."""
+    interrupted = RESUME_MESSAGE if resumes else RESTART_MESSAGE
 
-    return wrapper
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except RecipeError as err:
+                fail(str(err), 2)
+            except BuildFailed as err:
+                fail(str(err), 1)
+            except KeyboardInterrupt:
+                fail(interrupted, 130)
+            except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
+                if logging.getLogger().isEnabledFor(logging.DEBUG):
+                    raise
+                fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _why(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def check_output_dir(path: str | Path, name: str | None = None) -> Path:
+    """Before any work: :class:`BadInput` naming ``name`` (default ``path``) and the reason unless
+    directory ``path`` exists or can be created, and files can be written in it.
+
+    Nothing is left behind: the check creates and removes a probe directory in ``path``, or in its
+    nearest existing ancestor when ``path`` does not exist yet (so ``/proc/x``, ``/sys/x``, a path
+    under a file, a read-only file system are refused before the command computes anything)."""
+    p = Path(path)
+    what = str(p) if name is None else name
+    if p.exists() and not p.is_dir():
+        raise BadInput(what, "exists and is not a directory" if what == str(p) else f"{p} is not a directory")
+    probe = p
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BadInput(what, f"{probe} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".simaq-write-probe-", dir=probe))
+    except OSError as err:
+        if probe == p:
+            raise BadInput(what, f"cannot write in {probe} ({_why(err)})") from None
+        raise BadInput(what, f"cannot create the output directory ({probe}: {_why(err)})") from None
+    return p
+
+
+def check_output_file(path: str | Path, name: str | None = None) -> Path:
+    """:func:`check_output_dir` for the directory of output file ``path``; refuses a directory at ``path``."""
+    p = Path(path)
+    what = str(p) if name is None else name
+    if p.is_dir():
+        raise BadInput(what, "is a directory; give the file to write")
+    check_output_dir(p.parent if str(p.parent) else Path("."), what)
+    return p

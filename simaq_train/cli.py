@@ -60,7 +60,7 @@ def cli(verbose: int) -> None:
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
-@handle_errors
+@handle_errors(resumes=True)
 def fit(config: str, overrides: tuple[str, ...]) -> None:
     """Train the model described by CONFIG (resumes RUN/last.pt when present)."""
     from simaq_train.config import load_config
@@ -107,14 +107,15 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
 def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samples: int,
              batch_size: int, postprocess: bool, device: str, axes: str) -> None:
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
+    from simaq_factory.errors import check_output_dir
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
+    out_dir = check_output_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}")
     bar = Bar(True)
     rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
                               max_samples=max_samples, post=postprocess, device=device, axes=axes,
                               progress=lambda i, n: bar.show(f"sample {i}/{n}", i / n))
     bar.done()
-    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}"
     js, png = write_report(rep, out_dir, "evaluation")
     _print_summary(rep)
     click.echo(f"wrote {js} and {png}")
@@ -149,10 +150,13 @@ def _print_summary(rep: dict[str, Any]) -> None:
 @click.option("--post-scale", type=float, default=None,
               help="scale of the reference's 512³ post-processing sizes (default: max(shape)/512)")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
+@click.option("--overwrite", is_flag=True,
+              help="replace an existing OUT file, or an OUT .zarr that predict wrote (never the input, "
+                   "nor a folder holding anything else)")
 @handle_errors
 def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str | None,
             normalize: bool, tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
-            device: str) -> None:
+            device: str, overwrite: bool) -> None:
     """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids).
 
     OUT is 3D: singleton axes of TOMOGRAM (e.g. (1, 1, Z, Y, X)) are dropped, the rest keeps its
@@ -161,7 +165,7 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 
     res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
                            post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
-                           beam_axis=beam_axis, normalize=normalize, device=device)
+                           beam_axis=beam_axis, normalize=normalize, device=device, overwrite=overwrite)
     click.echo(f"wrote {res['output']} {tuple(res['shape'])} voxels per class {res['voxels_per_class']}")
 
 
@@ -183,8 +187,10 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool,
              axes: str) -> None:
     """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
+    from simaq_factory.errors import check_output_dir
     from simaq_train.evaluate import otsu_baseline, write_report
 
+    check_output_dir(out)
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
     rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,

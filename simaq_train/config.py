@@ -186,14 +186,33 @@ def from_dict(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
+def _set(tree: dict[str, Any], dotted: str, raw: str, set_by: dict[str, str] | None = None) -> None:
+    """Set ``dotted`` (``a.b.c``) in ``tree`` to the YAML value ``raw``. ``set_by`` maps the keys
+    earlier ``--set`` flags set to those flags, so that a clash names the flag at fault."""
+    flag = f"--set {dotted}={raw}"
+    if not dotted:
+        raise BadInput(flag, "empty key; expected key=value, e.g. optim.lr=0.001")
     parts = dotted.split(".")
+    if any(not p for p in parts):
+        raise BadInput(flag, "empty part in the dotted key")
+    try:
+        value = load_yaml(raw)
+    except yaml.YAMLError as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadInput(flag, f"not valid YAML ({why})") from None
     node = tree
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise BadInput(f"--set {dotted}", "not a section")
-    node[parts[-1]] = load_yaml(raw)
+            section = ".".join(parts[: i + 1])
+            earlier = (set_by or {}).get(section)
+            if earlier is not None:
+                raise BadInput(f"--set {earlier}", f"{section} is a section, not a value "
+                               f"(--set {dotted} sets a key in it)")
+            raise BadInput(flag, f"{section} is not a section")
+    node[parts[-1]] = value
+    if set_by is not None:
+        set_by[dotted] = f"{dotted}={raw}"
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -271,11 +290,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise BadInput(str(p), f"not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise BadInput(str(p), "expected a mapping at top level")
+    set_by: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise BadInput(f"--set {item}", "expected key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), raw)
+        _set(tree, key.strip(), raw, set_by)
     return validate(from_dict(TrainConfig, absolute_paths(from_dict(TrainConfig, tree).to_dict())))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from itertools import permutations
 from pathlib import Path
@@ -126,9 +127,19 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path
     from simaq_train.plots import plot_iou_by_cells
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    js = out_dir / f"{stem}.json"
-    js.write_text(json.dumps(report, indent=1))
-    png = plot_iou_by_cells(report["per_sample"], report["class_names"][1:], out_dir / f"{stem}_iou.png")
+    js, png = out_dir / f"{stem}.json", out_dir / f"{stem}_iou.png"
+    # both written under temporary names and renamed, the JSON last: a JSON in the folder is whole,
+    # and the plot next to it is the one of the same run (or of a newer one that was interrupted)
+    tag = f"tmp-{os.getpid()}"
+    tmp_js, tmp_png = out_dir / f".{stem}.{tag}.json", out_dir / f".{stem}_iou.{tag}.png"
+    try:
+        tmp_js.write_text(json.dumps(report, indent=1))
+        plot_iou_by_cells(report["per_sample"], report["class_names"][1:], tmp_png)
+        os.replace(tmp_png, png)
+        os.replace(tmp_js, js)
+    finally:
+        tmp_js.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
     return js, png
 
 

@@ -156,7 +156,7 @@ def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, bat
 def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *, use_ema: bool = True,
                      batch_size: int = 8, edge_mode: str | None = None, post: bool = True,
                      post_scale: float | None = None, tilt_axis: int = 0, beam_axis: int | None = None,
-                     normalize: bool = True, device: str = "auto") -> dict[str, Any]:
+                     normalize: bool = True, device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
     """Read, normalise (training recipe), predict, post-process and write a uint8 label volume.
 
     ``edge_mode``: padding of the windows at the first and last slices; default: as the model was
@@ -172,26 +172,34 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     are dropped (it must be 3D after that); the output has the shape and orientation of what
     remains. Voxels outside the field-of-view cylinder (where the normalised input is 0 and training
     labels were ignored) are background. Nothing is written unless every step succeeds.
+
+    ``out`` must not exist, unless ``overwrite``: then an existing file is replaced, and an existing
+    ``.zarr`` only when it is an array predict wrote; the input itself is never replaced. With
+    ``normalize``, non-finite voxels (NaN, ±inf: e.g. masked regions of a reconstruction) are left out
+    of the normalisation statistics and set to 0 (the median of the normalised intensities), with a
+    warning that counts them; a volume without a finite voxel in the field of view is refused.
     """
     from simaq_train.engine.parts import resolve_device
 
-    out = check_output_path(out)
+    out = check_output_path(out, overwrite=overwrite, source=tomogram)
     if edge_mode not in (None, "reflect", "replicate"):
         raise BadInput("--edge", "expected reflect or replicate")
     perm = frame_permutation(tilt_axis, beam_axis)
     inverse = tuple(int(i) for i in np.argsort(perm))
     if batch_size < 1:
         raise BadInput("--batch-size", "must be >= 1")
-    if post_scale is not None and not post_scale > 0:
-        raise BadInput("--post-scale", "must be > 0")
+    if post_scale is not None and not (post_scale > 0 and np.isfinite(post_scale)):
+        raise BadInput("--post-scale", f"must be > 0 and finite, got {post_scale}")
     dev = resolve_device(device, "--device")
     model, cfg = load_model(ckpt, use_ema, dev)
     vol = read_volume_meta(tomogram)
     raw = np.transpose(vol.data, perm)
+    if raw.size == 0:
+        raise BadInput(str(tomogram), f"empty volume (shape {vol.data.shape})")
     if min(raw.shape[1:]) / 2.0 - cfg.data.fov_margin <= 0:
         raise BadInput(str(tomogram), f"in-plane shape {raw.shape[1:]} too small for the field of view")
     if normalize:
-        norm = quantile_normalize(raw, cfg.data.fov_margin)
+        norm = _normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
     else:
         norm = np.array(raw, dtype=np.float32)
         if not np.isfinite(norm).all():
@@ -200,6 +208,26 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
                   post=post, post_scale=post_scale)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
-    write_volume(out, seg, vol.voxel_size)
+    write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram)
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist()}
+
+
+def _normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:
+    """:func:`quantile_normalize` of the finite voxels; non-finite ones (NaN, ±inf) are left out
+    of the ranking and set to 0, with a warning counting them. BadInput when the field of view
+    holds no finite voxel."""
+    if not np.issubdtype(raw.dtype, np.floating):
+        return quantile_normalize(raw, margin)
+    finite = np.isfinite(raw)
+    if finite.all():
+        return quantile_normalize(raw, margin)
+    disc = np.broadcast_to(fov_mask(raw.shape[1:], margin), raw.shape)
+    n_bad = int(np.count_nonzero(~finite & disc))
+    n_fov = int(np.count_nonzero(disc))
+    if n_bad == n_fov:
+        raise BadInput(name, f"no finite voxel in the field of view (all {n_fov} are NaN or infinite)")
+    if n_bad:
+        log.warning("%s: %d of %d voxels in the field of view are NaN or infinite; they are left out of "
+                    "the normalisation and set to 0", name, n_bad, n_fov)
+    return quantile_normalize(raw, margin, valid=finite)

@@ -151,7 +151,9 @@ def test_export_tiff_mrc_round_trip(built, tmp_path):
         scale = json.loads((built / "provenance" / "shard-000000.json").read_text())[
             "sample_records"][1]["phantom_spec"]["scale"]
         assert abs(float(m.voxel_size.x) - 400.0 * 1.2 / scale) < 1e-2  # Å, 40 nm at 1.2 vox/unit
-    clash = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--index", "1")
+    again = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--index", "1")  # done: skipped
+    assert again.exit_code == 0 and "wrote 0 file(s)" in again.output and "skipped 3" in again.output
+    clash = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--index", "1", "--voxel-size-nm", "30")
     assert clash.exit_code == 2 and "--overwrite" in clash.stderr
     assert cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "sinogram").exit_code == 2
 
@@ -275,7 +277,7 @@ def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):
                  "--index", "1", "--index", "0")
     assert result.exit_code == 0, result.output
     assert "wrote 6 file(s)" in result.output
-    assert sorted(p.name for p in dest.iterdir()) == sorted(
+    assert sorted(p.name for p in dest.iterdir() if p.name != ".simaq-export.json") == sorted(
         f"sample_{i:06d}_{a}.tif" for i in (0, 1) for a in ("recon", "labels", "phantom"))
 
 
@@ -424,3 +426,88 @@ def test_ome_zarr_label_images_name_a_source_image_only_when_there_is_one(built,
     nested = zarr.open_group(dest / "sample_000000_recon.ome.zarr" / "labels" / "labels", mode="r",
                              zarr_format=2).attrs
     assert nested["image-label"]["source"] == {"image": "../../"}
+
+
+def test_interrupted_export_resumes_to_the_uninterrupted_result(built, tmp_path, monkeypatch):
+    """A SIGINT-like interruption mid-export exits 130 and leaves whole files only; running the same
+    command again keeps them, writes the rest, and matches an export that was never interrupted."""
+    import tifffile
+
+    import simaq_factory.store.export as export
+
+    args = ("export", str(built), "--format", "tiff", "--arrays", "recon,labels")
+    full = tmp_path / "full"
+    assert cli(*args, "-o", str(full)).exit_code == 0
+    dest = tmp_path / "exp"
+    real = export._write_tiff
+    calls = []
+
+    def interrupted(path, vol, vx):
+        calls.append(path)
+        if len(calls) == 3:  # mid-write of the third file: a half-written temporary is left behind
+            Path(path).write_bytes(b"half")
+            raise KeyboardInterrupt
+        real(path, vol, vx)
+
+    monkeypatch.setattr(export, "_write_tiff", interrupted)
+    result = cli(*args, "-o", str(dest))
+    assert result.exit_code == 130 and "run the same command again to resume" in result.stderr
+    assert len([p for p in dest.iterdir() if p.suffix == ".tif"]) == 2
+    assert not list(dest.glob(".*.partial"))
+    monkeypatch.setattr(export, "_write_tiff", real)
+    (dest / ".sample_000001_labels.tif.partial").write_bytes(b"stale")  # as a SIGKILL would leave it
+    result = cli(*args, "-o", str(dest))
+    assert result.exit_code == 0, result.output
+    n = len([p for p in full.iterdir() if p.suffix == ".tif"])
+    assert f"wrote {n - 2} file(s)" in result.output and "skipped 2" in result.output
+    names = sorted(p.name for p in full.iterdir())
+    assert sorted(p.name for p in dest.iterdir()) == names and not list(dest.glob("*.partial"))
+    for name in names:
+        if name.endswith(".tif"):
+            np.testing.assert_array_equal(tifffile.imread(dest / name), tifffile.imread(full / name))
+    # a file the export did not write itself is still refused; --overwrite replaces it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sample_000000_recon.tif").write_bytes(b"mine")
+    clash = cli(*args, "-o", str(other))
+    assert clash.exit_code == 2 and "exists; use --overwrite" in clash.stderr
+    assert (other / "sample_000000_recon.tif").read_bytes() == b"mine"
+    # another voxel size is another export: its files are not taken as done
+    clash = cli(*args, "-o", str(dest), "--voxel-size-nm", "30")
+    assert clash.exit_code == 2 and "exists; use --overwrite" in clash.stderr
+
+
+def test_interrupt_during_a_zarr_write_exits_130_whatever_the_cleanup_meets(built, tmp_path, monkeypatch):
+    import simaq_factory.store.export as export
+
+    def interrupted(path, *a, **k):
+        Path(path).mkdir()
+        (Path(path) / ".zattrs.tmp.partial").write_text("zarr's own temporary file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_write_ome_zarr", interrupted)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("gone")))
+    result = cli("export", str(built), "--format", "ome-zarr", "-o", str(tmp_path / "exp"), "--index", "0")
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == "error: interrupted; run the same command again to resume"
+
+
+def test_export_and_preview_refuse_bad_values_and_unusable_paths_before_writing(built, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    dest = tmp_path / "exp"
+    cases = [
+        (("export", "--format", "mrc", "-o", str(dest), "--voxel-size-nm", v), "--voxel-size-nm")
+        for v in ("inf", "nan", "-1", "0", "1e300")
+    ] + [
+        (("export", "--format", "tiff", "-o", str(dest), "--arrays", a), "--arrays: empty") for a in ("", ",")
+    ] + [
+        (("export", "--format", "tiff", "-o", str(tmp_path / "afile" / "sub")), "afile is not a directory"),
+        (("export", "--format", "tiff", "-o", "/proc/simaq-exp"), "cannot create the output directory"),
+        (("preview", "-o", str(tmp_path / "afile" / "p.png")), "afile is not a directory"),
+        (("preview", "-o", "/proc/simaq-p.png"), "cannot write in /proc"),
+    ]
+    for (cmd, *rest), needle in cases:
+        result = cli(cmd, str(built), *rest)
+        assert result.exit_code == 2, (rest, result.output)
+        assert result.stderr.count("\n") == 1 and needle in result.stderr, (rest, result.stderr)
+    assert not dest.exists() and (tmp_path / "afile").read_text() == "x"

@@ -198,3 +198,27 @@ def test_duplicate_names_and_wide_span_bins(work, tmp_path):
     out = json.loads((tmp_path / "r" / "scores.json").read_text())
     assert sorted(out["predictions"]) == ["fbp-hamming", "fbp-hamming-2"]
     assert all(k.startswith("-") for k in out["predictions"]["fbp-hamming"]["by_span_deg"])
+
+
+def test_recon_predictions_must_be_real_numbers(work, tmp_path):
+    ds = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")
+    recon = np.asarray(ds["recon"][...])
+    for name, data in (("complex", recon.astype(np.complex64)), ("bool", recon > recon.mean())):
+        g = zarr.open_group(tmp_path / f"{name}.zarr", mode="w")
+        g.create_array("recon", data=data)
+        r = invoke("score", "--gt", str(work / "ds"), "--pred", str(tmp_path / f"{name}.zarr"),
+                   "-o", str(tmp_path / f"r-{name}"))
+        assert_bad_input(r, f"{name}.zarr/recon", "real numbers", str(data.dtype))
+        assert not (tmp_path / f"r-{name}").exists()
+
+
+def test_unusable_report_and_baseline_paths_are_refused_before_any_work(work, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"),
+                            "-o", "/proc/simaq-scores"), "/proc/simaq-scores", "cannot create the output directory")
+    assert_bad_input(invoke("baseline", str(work / "ds"), "--method", "fbp-ramlak", "-o",
+                            str(tmp_path / "afile" / "b.zarr")), "afile is not a directory")
+    if "sirt" in available_methods():
+        assert_bad_input(invoke("baseline", str(work / "ds"), "--method", "sirt", "--iterations", "-1", "-o",
+                                str(tmp_path / "s.zarr")), "--iterations")
+    assert not list(tmp_path.glob(".*partial")) and (tmp_path / "afile").read_text() == "x"

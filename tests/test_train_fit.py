@@ -395,9 +395,110 @@ def test_predict_pads_the_ends_as_the_model_was_trained(trained, tmp_path, monke
     monkeypatch.setattr(inference, "predict_volume", lambda *a, **k: seen.append(k["edge_mode"]) or real(*a, **k))
     for ckpt, flags, want in (("rep.pt", [], "replicate"), ("rep.pt", ["--edge", "reflect"], "reflect"),
                               (trained / "run" / "last.pt", [], "reflect")):
-        r = run("predict", tmp_path / ckpt, tmp_path / "t.npy", "-o", tmp_path / "s.npy", "--raw", *flags)
+        r = run("predict", tmp_path / ckpt, tmp_path / "t.npy", "-o", tmp_path / "s.npy", "--raw", "--overwrite",
+                *flags)
         assert r.exit_code == 0, r.output
         assert seen.pop() == want
+
+
+def test_predict_never_replaces_existing_data_silently(trained, dataset, tmp_path):
+    """An existing output is refused without --overwrite; with it a file, or a Zarr array predict
+    wrote, is replaced, but never the input itself, a dataset's store or a folder of other files."""
+    ckpt = trained / "run" / "last.pt"
+    tomo = np.random.default_rng(2).normal(size=(5, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "t.npy", tomo)
+    notes = tmp_path / "notes.zarr"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("precious")
+    store = tmp_path / "ds"
+    shutil.copytree(dataset, store)
+    before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    for args, needle in (
+        (("-o", notes), "notes.zarr: exists; use --overwrite"),
+        (("-o", notes, "--overwrite"), "not a Zarr array written by predict"),
+        (("-o", store / "dataset.zarr", "--overwrite"), "not a Zarr array written by predict"),
+        (("-o", tmp_path / "t.npy", "--overwrite"), "t.npy: is the input tomogram"),
+    ):
+        r = run("predict", ckpt, tmp_path / "t.npy", "--raw", *args)
+        assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, (args, r.output)
+    assert (notes / "thesis.txt").read_text() == "precious" and sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == before
+    assert np.array_equal(np.load(tmp_path / "t.npy"), tomo)
+    # predict's own outputs: refused again without --overwrite, replaced with it
+    for name in ("s.zarr", "s.npy"):
+        assert run("predict", ckpt, tmp_path / "t.npy", "-o", tmp_path / name, "--raw").exit_code == 0
+        first = read_volume(tmp_path / name)
+        r = run("predict", ckpt, tmp_path / "t.npy", "-o", tmp_path / name, "--raw")
+        assert r.exit_code == 2 and f"{name}: exists; use --overwrite" in r.output, r.output
+        r = run("predict", ckpt, tmp_path / "t.npy", "-o", tmp_path / name, "--raw", "--overwrite")
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(read_volume(tmp_path / name), first)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_predict_refuses_unusable_values_and_volumes(trained, tmp_path, caplog):
+    ckpt = trained / "run" / "last.pt"
+    rng = np.random.default_rng(3)
+    tomo = rng.normal(size=(5, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "t.npy", tomo)
+    np.save(tmp_path / "zero.npy", np.zeros((0, 24, 24), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((5, 24, 24), np.nan, np.float32))
+    for args, needle in (
+        (("t.npy", "--post-scale", "inf"), "--post-scale: must be > 0 and finite"),
+        (("zero.npy",), "zero.npy: empty volume"),
+        (("nan.npy",), "nan.npy: no finite voxel in the field of view"),
+    ):
+        r = run("predict", ckpt, tmp_path / args[0], "-o", tmp_path / "o.npy", *args[1:])
+        assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, (args, r.output)
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+    # a few non-finite voxels are left out of the normalisation and set to 0 (the normalised median)
+    from simaq_train.data.normalize import fov_mask, quantile_normalize
+
+    holed = tomo.copy()
+    holed[0, 12, 12], holed[1, 10, 11], holed[2, 13, 9] = np.nan, np.inf, -np.inf
+    valid = np.isfinite(holed)
+    norm = quantile_normalize(holed, 2.0, valid=valid)
+    assert np.isfinite(norm).all() and (norm[~valid] == 0).all()
+    disc = np.broadcast_to(fov_mask((24, 24), 2.0), holed.shape) & valid
+    ref = quantile_normalize(tomo, 2.0)  # the finite voxels keep their order and spread symmetrically
+    assert np.array_equal(np.argsort(norm[disc]), np.argsort(ref[disc]))
+    assert abs(float(norm[disc].mean())) < 1e-3
+    np.save(tmp_path / "holed.npy", holed)
+    r = run("predict", ckpt, tmp_path / "holed.npy", "-o", tmp_path / "h.npy", "--raw")
+    assert r.exit_code == 0, r.output
+    assert read_volume(tmp_path / "h.npy").shape == tomo.shape
+
+
+def test_unusable_output_paths_are_refused_before_any_work(trained, dataset, tmp_path, monkeypatch):
+    import simaq_train.evaluate as evaluate
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before the output path was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", no_work)
+    monkeypatch.setattr(evaluate, "otsu_baseline", no_work)
+    (tmp_path / "afile").write_text("x")
+    ckpt = trained / "run" / "last.pt"
+    for args, needle in (
+        (("evaluate", ckpt, dataset, "-o", tmp_path / "afile" / "sub"), "afile is not a directory"),
+        (("baseline", dataset, "-o", tmp_path / "afile" / "bl"), "afile is not a directory"),
+        (("evaluate", ckpt, dataset, "-o", "/proc/simaq-ev"), "/proc/simaq-ev: cannot create the output directory"),
+    ):
+        r = run(*args)
+        assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, (args, r.output)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_set_errors_name_the_flag_at_fault(dataset, tmp_path):
+    c = write_config(tmp_path / "c.yaml", dataset, tmp_path / "r1")
+    for sets, needle in (
+        (("optim.lr=[1",), "--set optim.lr=[1: not valid YAML"),
+        (("optim=3", "optim.max_steps=1"), "--set optim=3: optim is a section"),
+        (("=3",), "--set =3: empty key"),
+    ):
+        r = run("fit", c, *[x for s in sets for x in ("--set", s)])
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and needle in r.output, (sets, r.output)
+    assert not (tmp_path / "r1").exists()
 
 
 def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, tmp_path):

@@ -133,7 +133,7 @@ def init(path: str, template: str, force: bool) -> None:
               help="LocalCluster workers, or SLURM jobs with --cluster slurm (execution.workers).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@handle_errors
+@handle_errors(resumes=True)
 def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: int | None,
           device: str | None, overrides: tuple[str, ...]) -> None:
     """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
@@ -252,7 +252,7 @@ def verify(out: str, deep: bool, regen: int) -> None:
 
 @main.command()
 @click.argument("out")
-@handle_errors
+@handle_errors(resumes=True)
 def freeze(out: str) -> None:
     """Verify OUT, write manifest.jsonl, DATASET.md, previews and SHA256SUMS; refuse later writes."""
     from simaq_factory.store.freeze import freeze_dataset
@@ -283,18 +283,28 @@ def preview(out: str, index: int, png: str) -> None:
 @click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom).")
 @click.option("--voxel-size-nm", type=float, default=None, help="Override the estimated voxel size.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in the destination.")
-@handle_errors
+@handle_errors(resumes=True)
 def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str | None,
            voxel_size_nm: float | None, overwrite: bool) -> None:
     """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD)."""
     from simaq_factory.store.export import export_dataset
 
-    if voxel_size_nm is not None and not voxel_size_nm > 0:
-        raise RecipeError("--voxel-size-nm", f"must be > 0, got {voxel_size_nm}")
-    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    if voxel_size_nm is not None and not (0 < voxel_size_nm <= MAX_VOXEL_NM):
+        raise RecipeError("--voxel-size-nm", f"must be a finite size in (0, {MAX_VOXEL_NM:g}] nm, "
+                          f"got {voxel_size_nm}")
+    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays is not None else None
+    if names is not None and not names:
+        raise RecipeError("--arrays", f"empty (got {arrays!r}); name arrays, e.g. recon,labels, or leave "
+                          "the flag out for the default set")
+    skipped: list[Path] = []
     written = export_dataset(Path(out), Path(dest), fmt=fmt, indices=list(indices), arrays=names,
-                             voxel_nm=voxel_size_nm, overwrite=overwrite)
-    click.echo(f"wrote {len(written)} file(s) to {dest}")
+                             voxel_nm=voxel_size_nm, overwrite=overwrite, skipped=skipped)
+    done = f", skipped {len(skipped)} already exported (an earlier run of this export)" if skipped else ""
+    click.echo(f"wrote {len(written)} file(s) to {dest}{done}")
+
+
+#: The largest --voxel-size-nm export accepts (1 mm): beyond it is a unit mistake, not a voxel size.
+MAX_VOXEL_NM = 1e6
 
 
 def _register_benchmark_commands() -> None:

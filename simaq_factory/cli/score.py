@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from simaq_factory.errors import handle_errors
+from simaq_factory.errors import check_output_dir, handle_errors
 
 __all__ = ["baseline", "score"]
 
@@ -62,6 +62,7 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
         from simaq_factory.errors import BadInput
 
         raise BadInput(str(out), "report path exists and is not a directory")
+    check_output_dir(out)  # writable (or creatable), before scoring
     result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
                        fov_margin=fov_margin, progress=_progress("scored"))
     written = write_outputs(result, out)
@@ -83,7 +84,7 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 @click.option("--nonneg/--no-nonneg", default=None,
               help="sirt/cgls: clamp to >= 0 [default: theirs; sirt yes, cgls no].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@handle_errors
+@handle_errors(resumes=True)
 def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bool | None,
              device: str) -> None:
     """Reconstruct every sample of dataset GT from its stored sinogram and angles only."""
@@ -96,6 +97,8 @@ def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bo
         dev = resolve_device(device)
     except RecipeError as err:
         raise BadInput("--device", err.message) from None
+    out = Path(pred)  # built next to itself (.PRED.partial): its folder must be writable, before any work
+    check_output_dir(out.parent if str(out.parent) else Path("."), str(out))
     report = run_baseline(Path(gt), Path(pred), method, iterations=iterations, nonneg=nonneg, device=dev,
                           progress=_progress(method))
     click.echo(f"{method}: reconstructed {report['built']} sample(s), {report['skipped']} already done, "

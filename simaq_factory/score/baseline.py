@@ -88,7 +88,10 @@ def method_config(method: str, dataset_recon: dict[str, Any], iterations: int | 
     try:
         return ReconstructionConfig(**keep)
     except (TypeError, ValueError) as err:
-        raise BadInput("--method", f"cannot configure {method}: {err}") from None
+        text = str(err)
+        flag = ("--iterations" if iterations is not None and "iterations" in text else
+                "--nonneg" if nonneg is not None and "nonneg" in text else "--method")
+        raise BadInput(flag, f"cannot configure {method}: {text}") from None
 
 
 def _config_json(cfg: ReconstructionConfig) -> dict[str, Any]:

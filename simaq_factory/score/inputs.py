@@ -190,11 +190,19 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
                            f"{dims} = {expect}")
         if kind == "labels" and not np.issubdtype(arr.dtype, np.integer):
             raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}")
+        if kind == "recon" and not _real_number_dtype(arr.dtype):
+            raise BadInput(f"{path}/recon", f"reconstructions must be real numbers (float or integer), "
+                           f"got {arr.dtype}")
         pred.kinds.append(kind)
         pred.read[kind] = (lambda a: lambda i: np.asarray(a[i]))(arr)
     if not pred.kinds:
         raise BadInput(str(path), "Zarr group holds neither a 'recon' nor a 'labels' array")
     return pred
+
+
+def _real_number_dtype(dtype: Any) -> bool:
+    """float or integer; not complex, bool or anything else."""
+    return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
 
 
 def _source_recipe_id(attrs: dict[str, Any]) -> str | None:
@@ -302,6 +310,9 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                                f"{dims} = {gt.pred_shape}")
             if kind == "labels" and not np.issubdtype(vol.dtype, np.integer):
                 raise BadInput(str(files[i]), f"labels must be integers, got {vol.dtype}")
+            if kind == "recon" and not _real_number_dtype(vol.dtype):
+                raise BadInput(str(files[i]), f"reconstructions must be real numbers (float or integer), "
+                               f"got {vol.dtype}")
             return vol
 
         return read

@@ -9,6 +9,12 @@ was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxel
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
 temporary name and renamed, so an interrupted export leaves no partial file behind.
 
+Resume: ``dest/.simaq-export.json`` records, for each file this export renamed into place, what it
+holds (the source dataset's path and recipe id, the format and the ``--voxel-size-nm`` override).
+The record is added after the rename, and removed before ``--overwrite`` replaces a file, so a file
+it lists is whole and is what it says. Running the same export again skips those files and clears
+stale ``.partial`` leftovers; any other existing file is refused unless ``--overwrite`` is given.
+
 Everything is checked before the first file is written: the format, every index (in range, and
 built: its shard has a provenance record; repeated indices are exported once), every array
 (exportable: a volume of this dataset), the metadata files of the arrays read, the checksums of
@@ -18,6 +24,8 @@ destination directory.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -26,13 +34,17 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.errors import BadInput, BuildFailed, check_output_dir
 from simaq_factory.store.dataset import shard_state
 from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
 from simaq_factory.store.layout import shard_ranges
 from simaq_factory.store.preview import LABEL_COLOURS
 
+log = logging.getLogger(__name__)
+
 REFERENCE_VOXEL_NM = 40.0
+#: In the destination: which files an export completed, and from what (resume).
+MARKER = ".simaq-export.json"
 FORMATS = ("ome-zarr", "tiff", "mrc")
 VOLUME_ARRAYS = ("phantom", "labels", "noisy", "recon")
 EXT = {"ome-zarr": ".ome.zarr", "tiff": ".tif", "mrc": ".mrc"}
@@ -121,6 +133,37 @@ def _write_ome_zarr(path: Path, name: str, vol: np.ndarray, vx_nm: float, labels
         _write_ngff_image(lab_root.create_group("labels"), "labels", labels, vx_nm, is_label=True, nested=True)
 
 
+def _read_marker(dest: Path) -> dict[str, Any]:
+    """The files a previous export completed in ``dest`` (name → what it holds); {} when unreadable."""
+    try:
+        files = json.loads((dest / MARKER).read_text())["files"]
+        return files if isinstance(files, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_marker(dest: Path, files: dict[str, Any]) -> None:
+    tmp = dest / f"{MARKER}.partial-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps({"format": "simaq-factory export", "version": 1, "files": files},
+                                  indent=1, sort_keys=True))
+        os.replace(tmp, dest / MARKER)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder; never raises (a cleanup must not replace the error it cleans up after:
+    an interrupt while zarr writes may leave its own temporary files coming and going)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        log.debug("could not remove %s: %s", path, err)
+
+
 def export_dataset(
     out: Path,
     dest: Path,
@@ -130,8 +173,11 @@ def export_dataset(
     arrays: list[str] | None = None,
     voxel_nm: float | None = None,
     overwrite: bool = False,
+    skipped: list[Path] | None = None,
 ) -> list[Path]:
-    """Export samples of ``out`` into directory ``dest``; returns the written paths."""
+    """Export samples of ``out`` into directory ``dest``; returns the written paths. Files a previous,
+    interrupted run of the same export completed are kept and appended to ``skipped`` (see the module
+    docstring); with ``overwrite`` every target is written again."""
     if fmt not in FORMATS:
         raise BadInput("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     recipe, rid = open_dataset_recipe(out)
@@ -149,6 +195,9 @@ def export_dataset(
             raise BadInput("--arrays", f"{a!r} is not in this dataset (exportable: {', '.join(exportable)})")
     if dest.exists() and not dest.is_dir():
         raise BadInput(str(dest), "export destination exists and is not a directory")
+    if arrays == []:
+        raise BadInput("--arrays", "empty")
+    check_output_dir(dest)  # writable (or creatable), before anything is read; creates nothing
     # every index in range and built, before anything is read or written
     try:
         records = built_records(out, recipe, indices)
@@ -175,12 +224,25 @@ def export_dataset(
                             for k in range(g[a].shape[1])]
             else:
                 targets.append((i, a, None, dest / f"sample_{i:06d}_{a}{EXT[fmt]}"))
-    clash = [t for *_, t in targets if t.exists()]
+    # what each target holds: a file the marker lists with this key is a completed one (resume)
+    key = {"dataset": str(out.resolve()), "recipe_id": rid, "format": fmt, "voxel_size_nm": voxel_nm}
+    done = _read_marker(dest) if dest.is_dir() else {}
+    complete = {t for *_, t in targets if not overwrite and t.exists() and done.get(t.name) == key}
+    clash = [t for *_, t in targets if t.exists() and t not in complete]
     if clash and not overwrite:
         raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(str(dest), f"cannot create the export destination: {err.strerror}") from None
+    for *_, target in targets:  # leftovers of an interrupted export
+        _remove(target.with_name(f".{target.name}.partial"))
     written = []
     for i, a, axis, target in targets:
+        if target in complete:
+            if skipped is not None:
+                skipped.append(target)
+            continue
         vx = voxel_nm or _voxel_nm(records[i])
         vol = g[a][i] if axis is None else g[a][i, axis]
         if vol.dtype == np.float16:
@@ -188,8 +250,6 @@ def export_dataset(
         if fmt == "mrc" and vol.dtype == np.uint8:
             vol = vol.astype(np.int16)  # MRC has no unsigned 8-bit mode; labels fit int16
         tmp = target.with_name(f".{target.name}.partial")
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         try:
             if fmt == "tiff":
                 _write_tiff(tmp, vol, vx)
@@ -199,11 +259,15 @@ def export_dataset(
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
                 _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels)
         except BaseException:
-            if tmp.exists():
-                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+            _remove(tmp)  # best effort; the next run clears what is left
             raise
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if target.exists() or target.is_symlink():  # --overwrite: unlist it first, then replace it
+            if target.name in done:
+                del done[target.name]
+                _write_marker(dest, done)
+            _remove(target)
         os.replace(tmp, target)
+        done[target.name] = key  # listed only once whole and in place
+        _write_marker(dest, done)
         written.append(target)
     return written

@@ -26,20 +26,32 @@ def fov_mask(shape_yx: tuple[int, int], margin: float = DEFAULT_MARGIN) -> np.nd
     return (yy * yy + xx * xx) <= radius * radius
 
 
-def quantile_normalize(volume: np.ndarray, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+def quantile_normalize(volume: np.ndarray, margin: float = DEFAULT_MARGIN,
+                       valid: np.ndarray | None = None) -> np.ndarray:
     """Rank → standard-normal quantile inside the FOV cylinder, 0 outside.
 
     volume: (Z, H, W) any real dtype (float16, integer TIFFs …). Returns float32 (Z, H, W).
-    NaNs inside the field of view rank above every finite value.
+    NaNs inside the field of view rank above every finite value. ``valid`` (a boolean (Z, H, W)
+    mask): only these voxels are ranked; the others are 0, as outside the field of view.
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}")
     disc = fov_mask(volume.shape[1:], margin)
     out = np.zeros(volume.shape, dtype=np.float32)
-    inside = np.ascontiguousarray(volume[:, disc]).ravel()
-    n = inside.size
-    if n == 0:
+    if valid is not None:
+        sel = np.broadcast_to(disc, volume.shape) & valid
+        if sel.any():
+            out[sel] = _rank_normal(np.ascontiguousarray(volume[sel]))
         return out
+    inside = np.ascontiguousarray(volume[:, disc]).ravel()
+    if inside.size:
+        out[:, disc] = _rank_normal(inside).reshape(volume.shape[0], -1)
+    return out
+
+
+def _rank_normal(inside: np.ndarray) -> np.ndarray:
+    """float32 standard-normal quantiles of the mid-ranks of the 1-D ``inside`` (same order)."""
+    n = inside.size
     perm, ordered = _sorted_order(inside)
     # tie groups from the sorted run (NaNs last, each its own group)
     starts_mask = np.ones(n, dtype=bool)
@@ -53,8 +65,7 @@ def quantile_normalize(volume: np.ndarray, margin: float = DEFAULT_MARGIN) -> np
         result[perm] = q
     else:
         result[perm] = q[np.cumsum(starts_mask, dtype=np.int64) - 1]
-    out[:, disc] = result.reshape(volume.shape[0], -1)
-    return out
+    return result
 
 
 _CANONICAL_NAN = np.uint32(0x7FC00000)

@@ -46,6 +46,20 @@ class Volume:
     header: dict[str, Any] = field(default_factory=dict)
 
 
+def _mrc_problem(caught: list[Any]) -> str:
+    """What mrcfile's warnings (permissive mode) say is wrong with a file without a data block."""
+    texts = [str(w.message) for w in caught]
+    for t in texts:
+        m = re.search(r"[Uu]nrecognised mode '?(-?\d+)'?", t)
+        if m:
+            return f"unsupported MRC mode {m.group(1)}"
+    for t in texts:
+        m = re.search(r"Expected (\d+) bytes in data block but limit is (\d+)", t)
+        if m:
+            return f"truncated MRC file (data block of {m.group(2)} bytes, {m.group(1)} expected)"
+    return "no data block" + (f" ({texts[0]})" if texts else "")
+
+
 def _read_any(p: Path) -> Volume:
     suf = volume_suffix(p)
     if suf in (".tif", ".tiff"):
@@ -53,11 +67,16 @@ def _read_any(p: Path) -> Volume:
 
         return Volume(tifffile.imread(p))
     if suf in (".mrc", ".rec", ".map"):
+        import warnings
+
         import mrcfile
 
-        with mrcfile.open(p, permissive=True) as f:
+        with warnings.catch_warnings(record=True) as caught:  # permissive mode warns: say it once
+            warnings.simplefilter("always")
+            f = mrcfile.open(p, permissive=True)
+        with f:
             if f.data is None:
-                raise ValueError("no data block")
+                raise BadInput(str(p), f"cannot read volume: {_mrc_problem(caught)}")
             vs = f.voxel_size
             size = (float(vs.z), float(vs.y), float(vs.x))
             return Volume(np.array(f.data), size if all(s > 0 for s in size) else None)
@@ -210,9 +229,40 @@ def frame_permutation(tilt_axis: int, beam_axis: int | None, tilt_key: str = "--
     return (tilt_axis, beam_axis, next(a for a in others if a != beam_axis))
 
 
-def check_output_path(path: str | Path) -> Path:
+#: Attribute of the Zarr arrays ``write_volume`` writes: ``--overwrite`` replaces such a store only.
+WRITTEN_BY = "written_by"
+WRITTEN_BY_VALUE = "simaq-train predict"
+
+
+def is_own_zarr(path: str | Path) -> bool:
+    """Whether ``path`` is a single Zarr array that :func:`write_volume` wrote (its ``written_by``
+    attribute), and nothing else: never a dataset, a group or a folder of other files."""
+    import zarr
+
+    p = Path(path)
+    if not p.is_dir() or p.is_symlink():
+        return False
+    try:
+        arr = zarr.open_array(p, mode="r")
+        return bool(arr.attrs.get(WRITTEN_BY) == WRITTEN_BY_VALUE)
+    except Exception:  # noqa: BLE001 - anything that is not such an array
+        return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(path: str | Path, *, overwrite: bool = False, source: str | Path | None = None) -> Path:
     """BadInput unless ``path`` has a writable format suffix, is not in the way of what that format
-    writes (a Zarr folder, other formats a file) and its parent is, or can be created as, a folder."""
+    writes (a Zarr folder, other formats a file), its parent is, or can be created as, a writable
+    folder, and it does not exist — or ``overwrite`` is given and it is a file, or a Zarr array this
+    function's :func:`write_volume` wrote. ``source`` (the input) is never a valid output."""
+    from simaq_factory.errors import check_output_dir
+
     p = Path(path)
     if p.suffix.lower() not in WRITE_SUFFIXES:
         raise BadInput(str(p), f"unsupported output format (expected one of {', '.join(WRITE_SUFFIXES)})")
@@ -223,6 +273,16 @@ def check_output_path(path: str | Path) -> Path:
     parent = next((q for q in p.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise BadInput(str(p), f"{parent} is not a folder")
+    if source is not None and (_same_file(p, Path(source))
+                               or os.path.realpath(p) == os.path.realpath(source)):
+        raise BadInput(str(p), "is the input tomogram; write the output elsewhere")
+    if p.exists() or p.is_symlink():
+        if not overwrite:
+            raise BadInput(str(p), "exists; use --overwrite")
+        if p.is_dir() and not is_own_zarr(p):
+            raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced, "
+                                   "even with --overwrite")
+    check_output_dir(p.parent if str(p.parent) else Path("."), str(p))
     return p
 
 
@@ -248,7 +308,7 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
         arr = zarr.create_array(tmp, shape=volume.shape, dtype=volume.dtype,
                                 chunks=(min(16, volume.shape[0]),) + volume.shape[1:])
         arr[...] = volume
-        arr.attrs.update({"axes": ["z", "y", "x"],
+        arr.attrs.update({"axes": ["z", "y", "x"], WRITTEN_BY: WRITTEN_BY_VALUE,
                           **({"voxel_size_zyx": list(voxel_size)} if voxel_size else {})})
     else:
         with open(tmp, "wb") as f:
@@ -256,15 +316,22 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 
 
 def write_volume(path: str | Path, volume: np.ndarray,
-                 voxel_size: tuple[float, float, float] | None = None) -> Path:
-    """Write (Z, Y, X) ``volume`` as TIFF, MRC, Zarr or NPY (by suffix), atomically."""
-    p = check_output_path(path)
+                 voxel_size: tuple[float, float, float] | None = None, *, overwrite: bool = False,
+                 source: str | Path | None = None) -> Path:
+    """Write (Z, Y, X) ``volume`` as TIFF, MRC, Zarr or NPY (by suffix), atomically (a temporary
+    name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`)."""
+    p = check_output_path(path, overwrite=overwrite, source=source)
     suf = p.suffix.lower()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(str(p), f"cannot create the output directory ({err.strerror})") from None
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
         _write_to(tmp, suf, volume, voxel_size)
         if p.is_dir():
+            if not is_own_zarr(p):  # checked again: never remove anything else
+                raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
             shutil.rmtree(p)
         os.replace(tmp, p)
     finally:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, check_output_dir
 from simaq_train.config import TrainConfig, absolute_paths
 from simaq_train.data.build import build_stream, check_source, resolve_classes
 from simaq_train.data.sources import FactorySource, dataset_meta_hash
@@ -213,6 +213,7 @@ class Trainer:
         blocker = next((p for p in (self.run, *self.run.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise BadInput("run.out", f"{blocker} exists and is not a folder")
+        check_output_dir(self.run, "run.out")  # writable (or creatable) before any work
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
