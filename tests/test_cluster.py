@@ -206,6 +206,14 @@ def test_auto_device_requests_gpus_only_when_every_worker_has_one():
     assert not _all_workers_have_gpus({})
 
 
+def test_local_gpu_workers_beyond_two_per_gpu_are_warned_about():
+    from simaq_factory.orchestrate.driver import _gpu_sharing
+
+    assert _gpu_sharing(2, 1) is None and _gpu_sharing(8, 4) is None
+    assert "3 workers share 1 GPU(s): up to 3 samples" in _gpu_sharing(3, 1)
+    assert "up to 3 samples" in _gpu_sharing(9, 4)
+
+
 def test_cuda_build_on_workers_without_a_gpu_resource_is_refused():
     from simaq_factory.errors import BadInput
     from simaq_factory.orchestrate.driver import _check_gpu_workers

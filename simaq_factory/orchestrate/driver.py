@@ -164,6 +164,12 @@ def build(
                 detach_log_file(log_path)
         gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
         local = scheduler is None and cluster == "local"
+        if local and gpu:
+            import torch
+
+            shared = _gpu_sharing(exe.workers, torch.cuda.device_count())
+            if shared:
+                log.warning(shared)
 
         def ready(handle: ClusterHandle) -> None:
             if on_cluster:
@@ -273,6 +279,16 @@ def _all_workers_have_gpus(workers: dict[str, Any]) -> bool:
     tasks request one, so a worker runs one shard per GPU at a time whatever its thread count; on
     a mixed or CPU cluster they request none and each worker resolves ``auto`` itself."""
     return bool(workers) and all(w.get("resources", {}).get("GPU") for w in workers.values())
+
+
+def _gpu_sharing(workers: int, n_gpus: int) -> str | None:
+    """A LocalCluster's worker k renders on GPU k mod count, so more than two workers per GPU
+    stack that many samples' memory on each (two overlap one's host work with the other's GPU
+    work); the warning says so, or None."""
+    if n_gpus < 1 or workers <= 2 * n_gpus:
+        return None
+    return (f"{workers} workers share {n_gpus} GPU(s): up to {-(-workers // n_gpus)} samples at once on a "
+            "GPU, each with its own GPU memory; with large volumes use execution.workers <= 2 per GPU")
 
 
 def _warm_up(client: Any, device: str) -> None:
