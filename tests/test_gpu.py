@@ -118,3 +118,13 @@ def test_true_div_is_correctly_rounded_on_cuda():
         want = true_div(x, d)
         assert want.numpy().tobytes() == (x.numpy() / np.float32(d)).tobytes()
         assert true_div(x.cuda(), d).cpu().numpy().tobytes() == want.numpy().tobytes()
+
+
+def test_fiducial_clearance_is_the_same_on_cuda():
+    from simaq_factory.artifacts.fiducials import _clearance
+
+    rng = np.random.default_rng(3)
+    labels = torch.from_numpy((rng.random((40, 48, 44)) < 0.02).astype(np.uint8))
+    centres = rng.uniform(0, 1, size=(2000, 3)) * np.array([40, 48, 44]) - 0.5
+    cpu = _clearance(labels, centres, 6.3)
+    assert cpu.tobytes() == _clearance(labels.cuda(), centres, 6.3).tobytes()

@@ -45,7 +45,11 @@ def _clearance(labels: torch.Tensor, centres: np.ndarray, reach: float) -> np.nd
     vc = torch.minimum(vox.clamp_min(0), dims - 1)
     flat = (vc[..., 0] * labels.shape[1] + vc[..., 1]) * labels.shape[2] + vc[..., 2]
     labelled = (labels.reshape(-1)[flat] != 0) & inside
-    dist = torch.linalg.vector_norm(vox.to(torch.float64) - c[:, None, :], dim=-1)
+    # explicit squares, sum and sqrt, each correctly rounded on CPU and CUDA alike (a library norm
+    # may round differently per device and flip the acceptance of a bead at the threshold)
+    d = vox.to(torch.float64) - c[:, None, :]
+    sq = d * d
+    dist = torch.sqrt((sq[..., 0] + sq[..., 1]) + sq[..., 2])
     dist = torch.where(labelled & (dist <= reach), dist, torch.full_like(dist, math.inf))
     return dist.amin(dim=1).cpu().numpy()
 
