@@ -225,8 +225,8 @@ def test_baseline_score_preview_export_on_three_axes(three, tmp_path):
     r = CliRunner().invoke(main, ["export", str(three), "--format", "tiff", "-o", str(tmp_path / "tif"),
                                   "--index", "0"])
     assert r.exit_code == 0, r.output
-    names = sorted(p.name for p in (tmp_path / "tif").iterdir())
-    assert names == ["sample_000000_labels.tif", "sample_000000_phantom.tif",
+    names = sorted(p.name for p in (tmp_path / "tif").iterdir())  # + the export's resume record
+    assert names == [".simaq-export.json", "sample_000000_labels.tif", "sample_000000_phantom.tif",
                      *[f"sample_000000_recon_axis{k}.tif" for k in range(3)]]
 
 
