@@ -198,3 +198,19 @@ def test_confusion_tensor_stays_on_device_and_meter_accumulates_there():
     assert rec["loss"] == 0.375 and rec["real_fraction"] == 0.5
     assert rec["iou"] == {"bg": 1.0, "a": 1.0, "b": 1.0, "c": None}
     assert meter.cm is None and meter.loss_n == 0
+
+
+def test_ema_update_equals_the_per_tensor_update_bit_for_bit():
+    torch.manual_seed(1)
+    model = CenterSliceUNet(ModelConfig(init_features=2, depth=2))
+    ema = EMA(model, decay=0.99)
+    model.train()
+    model(torch.randn(2, 1, 3, 8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    want = [pe.detach().clone().lerp_(p.detach(), 1.0 - ema.decay_at(5))
+            for pe, p in zip(ema.model.parameters(), model.parameters())]
+    ema.update(model, 5)
+    assert all(torch.equal(a, b) for a, b in zip(ema.model.parameters(), want))
+    assert all(torch.equal(a, b) for a, b in zip(ema.model.buffers(), model.buffers()))

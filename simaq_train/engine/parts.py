@@ -60,10 +60,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, n: int) -> None:
         w = 1.0 - self.decay_at(n)
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), w)
-        for be, b in zip(self.model.buffers(), model.buffers()):
-            be.copy_(b)
+        # multi-tensor kernels (as torch.optim uses): a few launches on a GPU, not two per tensor
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], w)
+        torch._foreach_copy_(list(self.model.buffers()), list(model.buffers()))
 
 
 def resolve_device(name: str, key: str = "run.device") -> torch.device:
