@@ -104,9 +104,15 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     md = (out / "DATASET.md").read_text()
     assert card["recipe_id"] in md and "Per-class voxel fractions" in md
+    # re-running the pipeline is a no-op that writes nothing; another recipe is still refused
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
-    assert again.exit_code == 2 and "frozen" in again.stderr
-    assert cli("freeze", str(out)).exit_code == 2
+    assert again.exit_code == 0 and "complete and frozen" in again.output, again.output
+    refreeze = cli("freeze", str(out))
+    assert refreeze.exit_code == 0 and "already frozen" in refreeze.output, refreeze.output
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    other = cli("build", SMOKE, "-o", str(out), "--cluster", "inline", "--set", "seed=9")
+    assert other.exit_code == 2 and "recipe" in other.stderr
 
 
 def test_freeze_refuses_incomplete_dataset(built, tmp_path):

@@ -156,6 +156,10 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: i
     report = run_build(rec, Path(out), recipe_text=text, scheduler=scheduler, cluster=cluster,
                        progress=progress, on_cluster=on_cluster)
     progress.close()
+    if report.frozen:
+        click.echo(f"{out}: complete and frozen ({report.n_shards} shard(s)); nothing to do "
+                   f"(`simaq-factory verify {out}` checks it)")
+        return
     click.echo(
         f"wrote {report.built} shard(s), skipped {report.skipped} already done, "
         f"{report.n_shards} total, in {report.seconds:.1f} s -> {report.out / 'dataset.zarr'}"
@@ -258,6 +262,10 @@ def freeze(out: str) -> None:
     from simaq_factory.store.freeze import freeze_dataset
 
     info = freeze_dataset(Path(out))
+    if info.get("already_frozen"):
+        click.echo(f"{out}: already frozen ({info['files']} files listed in {Path(out) / 'SHA256SUMS'}); "
+                   f"nothing to do (`simaq-factory verify {out}` checks them)")
+        return
     click.echo(f"frozen: {info['samples']} samples, {info['files']} files listed in "
                f"{Path(out) / 'SHA256SUMS'}")
 

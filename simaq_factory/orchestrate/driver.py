@@ -32,7 +32,13 @@ from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_state, update_card
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
-from simaq_factory.store.outdir import check_out_dir, claim_out_dir, repair_array_metadata, start_out_dir
+from simaq_factory.store.outdir import (
+    check_out_dir,
+    claim_out_dir,
+    is_sealed,
+    repair_array_metadata,
+    start_out_dir,
+)
 from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class BuildReport:
     seconds: float = 0.0
     cluster: str = ""
     dashboard: str | None = None
+    frozen: bool = False  # a sealed dataset of this recipe: nothing was done
 
 
 def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
@@ -117,6 +124,9 @@ def build(
     device = exe.device
     if scheduler is None and cluster != "slurm":
         device = str(resolve_device(exe.device))  # fail fast (exit 2) when CUDA is absent here
+    if is_sealed(out, rid):  # re-running a finished pipeline: nothing to write, nothing refused
+        n = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+        return BuildReport(out, rid, n, skipped=n, built=0, cluster="none", frozen=True)
     check_out_dir(out, rid)  # before anything is written or started
     a_max = a_max_for(recipe)
     specs = array_specs(recipe, a_max)

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from simaq_factory.acquisition.axes import frame_axes
-from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.errors import BuildFailed
 from simaq_factory.labels import LABEL_NAMES, Label
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
@@ -143,10 +143,12 @@ def write_sha256sums(out: Path) -> int:
 
 
 def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
-    """Verify, then seal ``out``. Raises BadInput (already frozen) or BuildFailed (not verifiable)."""
+    """Verify, then seal ``out``. Raises BuildFailed (not verifiable). A dataset already sealed is
+    left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error)."""
     recipe, rid = open_dataset_recipe(out)
     if read_card_checked(out).get("status") == "frozen" and (out / SUMS).is_file():
-        raise BadInput(str(out), "dataset is already frozen")
+        n = sum(1 for line in (out / SUMS).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+        return {"already_frozen": True, "files": n}
     # no build may write while the dataset is sealed; the claim admits a frozen card only when
     # SHA256SUMS, written last, is missing: an interrupted freeze, sealed again here
     with claim_out_dir(out, rid, sealing=True):

@@ -72,6 +72,18 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
     return True
 
 
+def is_sealed(out: Path, rid: str) -> bool:
+    """Whether ``out`` holds recipe ``rid``'s dataset, frozen and sealed (its SHA256SUMS, written last by
+    freeze, exists): a build of that recipe has nothing to do. False for anything else, which
+    :func:`check_out_dir` then examines."""
+    try:
+        same = json.loads((out / RESOLVED).read_text())["recipe_id"] == rid
+        card = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"]
+        return bool(same and card.get("status") == "frozen" and (out / SUMS).is_file())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def start_out_dir(
     out: Path,
     *,
