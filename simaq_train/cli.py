@@ -82,8 +82,21 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
 
     res = run_fit(cfg, progress)
     bar.done()
-    state = "finished" if res.finished else "stopped (limit reached; run again to continue)"
-    click.echo(f"{state} at epoch {res.epoch}, step {res.step} -> {res.checkpoint}")
+    click.echo(f"{_fit_outcome(res, cfg.optim)} at epoch {res.epoch}, step {res.step}"
+               + (f" (resumed at step {res.start_step})" if res.start_step else "") + f" -> {res.checkpoint}")
+
+
+def _fit_outcome(res: Any, o: Any) -> str:
+    """What ended a fit, and how to go on."""
+    if res.finished:
+        return f"finished ({o.epochs} epoch(s))"
+    if o.max_steps > 0 and res.step >= o.max_steps:
+        return (f"stopped: optim.max_steps={o.max_steps} reached; to continue raise it, e.g. "
+                f"--set optim.max_steps={2 * o.max_steps}")
+    if o.max_minutes > 0:
+        return (f"stopped: optim.max_minutes={o.max_minutes:g} of training used; run again for another "
+                f"{o.max_minutes:g} min")
+    return "stopped; run again to continue"
 
 
 @cli.command()

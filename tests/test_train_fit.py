@@ -112,7 +112,10 @@ def trained(dataset, tmp_path_factory) -> Path:
     finally:
         fit_mod.save_checkpoint = original
     assert r.exit_code == 0, r.output
-    assert "stopped" in r.output and "step 6" in r.output
+    assert "stopped: optim.max_steps=6 reached" in r.output and "step 6" in r.output
+    again = run("fit", cfg)  # nothing left under the same limit: it says so, and where it resumed
+    assert again.exit_code == 0 and "(resumed at step 6)" in again.output
+    assert "--set optim.max_steps=12" in again.output
     return tmp
 
 
@@ -608,7 +611,7 @@ def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
     cfg = resolve_classes(load_config(cfg_path))
     st = build_stream(cfg, 0, 2)[0]
     want = sum(math.ceil(len(range(0, len(st.plan(e)), 2)) / 2) for e in range(2))
-    assert r.stdout.count(f"finished at epoch 2, step {want} ") == 2, r.stdout
+    assert r.stdout.count(f"finished (2 epoch(s)) at epoch 2, step {want} ") == 2, r.stdout
     ck = states(tmp_path / "run" / "last.pt")
     assert ck["step"] == want and ck["reader"] == {"epoch": 2, "position": 0}
 

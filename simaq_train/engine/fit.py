@@ -75,6 +75,7 @@ class FitResult:
     step: int
     epoch: int
     finished: bool
+    start_step: int = 0  # the step this invocation started from (> 0: resumed)
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, progress: Progress | None = None) -> FitResult:
         cfg, o, st = self.cfg, self.cfg.optim, self.state
+        start_step = st.step
         if self.dist.main:
             self.run.mkdir(parents=True, exist_ok=True)
             (self.run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -389,7 +391,7 @@ class Trainer:
         self.checkpoint()
         if self.dist.main:
             _plot(self.run)
-        return FitResult(self.run, self.ckpt_path, st.step, st.epoch, st.epoch >= o.epochs)
+        return FitResult(self.run, self.ckpt_path, st.step, st.epoch, st.epoch >= o.epochs, start_step)
 
     def _after_step(self, meter: _Meter, progress: Progress | None, force_log: bool) -> None:
         st, every = self.state, self.cfg.run
