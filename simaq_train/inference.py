@@ -35,7 +35,12 @@ def load_model(ckpt_path: str | Path, use_ema: bool = True,
                device: torch.device = torch.device("cpu")) -> tuple[CenterSliceUNet, TrainConfig]:
     """The (EMA, when present and requested) model of a checkpoint in eval mode, and its config,
     whose ``optim.amp`` is the precision the weights were trained in when the checkpoint records it."""
-    ckpt = load_checkpoint(ckpt_path)
+    return model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, use_ema, device)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | Path, use_ema: bool = True,
+                          device: torch.device = torch.device("cpu")) -> tuple[CenterSliceUNet, TrainConfig]:
+    """:func:`load_model` of a checkpoint already read with ``load_checkpoint``."""
     try:
         cfg = config_from_dict(ckpt["config"])
         if ckpt.get("trained_amp") in ("off", "fp16", "bf16"):
@@ -191,7 +196,9 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     if post_scale is not None and not (post_scale > 0 and np.isfinite(post_scale)):
         raise BadInput("--post-scale", f"must be > 0 and finite, got {post_scale}")
     dev = resolve_device(device, "--device")
-    model, cfg = load_model(ckpt, use_ema, dev)
+    ck = load_checkpoint(ckpt)
+    model, cfg = model_from_checkpoint(ck, ckpt, use_ema, dev)
+    names = ck.get("class_names")
     vol = read_volume_meta(tomogram)
     raw = np.transpose(vol.data, perm)
     if raw.size == 0:
@@ -210,7 +217,10 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
     write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram)
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
-    return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist()}
+    if not (isinstance(names, list) and len(names) == len(counts)):
+        names = [f"class {k}" for k in range(len(counts))]
+    return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
+            "class_names": [str(n) for n in names]}
 
 
 def _normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:

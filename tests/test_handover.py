@@ -91,6 +91,7 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
     card = dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs)
     assert card["status"] == "frozen"
     fractions = card["stats"]["label_fractions"]
+    assert sorted(fractions) == sorted(card["label_map"].values())  # no nucleus row without a nucleus
     assert abs(fractions["vacuole"] - (labels == 2).mean()) < 1e-9
     # every file is listed with its digest, but for the writers' lock (its content is a pid) and the
     # logs (records of what ran, which later commands may append to)

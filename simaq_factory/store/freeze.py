@@ -77,8 +77,9 @@ def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
             })
     total = int(counts_total.sum())
     stats = {
+        # the classes of the card's label map (no nucleus row where the recipe has none)
         "label_fractions": {LABEL_NAMES[v]: float(counts_total[v] / total) for v in LABEL_NAMES
-                            if v != Label.IGNORE},
+                            if v != Label.IGNORE and (v != Label.NUCLEUS or recipe.phantom.nucleus.enabled)},
         "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
                                        np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
                         for name, vals in samples.items()},
