@@ -227,6 +227,7 @@ def test_damaged_array_metadata_is_reported_naming_the_file(built, tmp_path, dam
     st = cli("status", str(out))
     assert st.exit_code == 0, st.output
     assert "verdict: damaged: 1 metadata file(s)" in st.output
+    assert "metadata: 1 file(s) damaged" in st.output
     assert f"problem: {meta}:" in st.output
     ver = cli("verify", str(out))
     assert ver.exit_code == 1
@@ -352,6 +353,7 @@ def test_status_separates_the_card_from_the_computed_verdict(built, tmp_path):
     clean = cli("status", str(built))
     assert clean.exit_code == 0
     assert "card status: complete\nverdict: complete\n" in clean.output
+    assert "metadata: ok\nnoise banks: ok\n" in clean.output
     out = copy_of(built, tmp_path)
     shard = out / "dataset.zarr" / "phantom" / "c" / "1" / "0" / "0" / "0"
     raw = bytearray(shard.read_bytes())
@@ -369,7 +371,7 @@ def test_status_reports_a_damaged_noise_bank(built, tmp_path):
     arr[0] = np.zeros(arr.shape[1:], dtype=np.float32)
     st = cli("status", str(out))
     assert st.exit_code == 0
-    assert "verdict: damaged: 1 noise bank(s)" in st.output
+    assert "verdict: damaged: 1 noise bank(s)" in st.output and "noise banks: 1 damaged" in st.output
     assert "problem: noise bank cracks: data does not match its sha256" in st.output
     ver = cli("verify", str(out))
     assert ver.exit_code == 1 and "noise bank cracks" in ver.output  # the same check

@@ -206,6 +206,10 @@ def status(out: str) -> None:
     click.echo(f"verdict: {st['verdict']}")
     click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
                f"of {st['n_shards']}")
+    click.echo("metadata: " + (f"{st['metadata_damaged']} file(s) damaged" if st["metadata_damaged"] else "ok"))
+    banks = st["banks_damaged"]
+    click.echo("noise banks: " + ("not checked (unreadable card)" if banks is None
+                                  else f"{banks} damaged" if banks else "ok"))
     for s, reason in st["problems"]:
         click.echo(f"  shard {s}: {reason}")
     for problem in st["dataset_problems"]:

@@ -203,7 +203,8 @@ def dataset_status(out: Path) -> dict[str, Any]:
         verdict = "complete"
     return {"recipe_id": rid, "card_status": card_status, "verdict": verdict,
             "n_shards": n_shards, **counts, "problems": shard_problems,
-            "dataset_problems": dataset_problems}
+            "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
+            "banks_damaged": len(banks) if group_problem is None else None}
 
 
 def dataset_info(out: Path, index: int | None) -> dict[str, Any]:
