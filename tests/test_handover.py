@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from click.testing import CliRunner
 
@@ -27,6 +28,8 @@ def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("handover") / "out"
     result = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
     assert result.exit_code == 0, result.output
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # --device auto, resolved and said
+    assert f" on {device} -> " in result.output or " on cuda -> " in result.output, result.output
     return out
 
 

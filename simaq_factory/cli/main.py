@@ -162,7 +162,8 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: i
         return
     click.echo(
         f"wrote {report.built} shard(s), skipped {report.skipped} already done, "
-        f"{report.n_shards} total, in {report.seconds:.1f} s -> {report.out / 'dataset.zarr'}"
+        f"{report.n_shards} total, in {report.seconds:.1f} s on {report.device or 'auto'} -> "
+        f"{report.out / 'dataset.zarr'}"
     )
 
 

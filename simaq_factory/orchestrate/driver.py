@@ -58,6 +58,7 @@ class BuildReport:
     cluster: str = ""
     dashboard: str | None = None
     frozen: bool = False  # a sealed dataset of this recipe: nothing was done
+    device: str = ""  # as resolved here ("auto" on a scheduler: each worker resolves it)
 
 
 def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def build(
             todo, done = pending_shards(out, recipe, rid)
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
-            report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)")
+            report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)", device=device)
             threads = exe.threads_per_worker or default_threads(1)
             for i, s in enumerate(todo):
                 try:
@@ -224,7 +225,7 @@ def build(
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                      handle.description, handle.dashboard)
-            report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description,
+            report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description, device=device,
                                  dashboard=handle.dashboard)
             _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
         except BaseException:
