@@ -21,6 +21,7 @@ stamp=.venv/.simaq-installed
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   if [ "$TORCH" != "skip" ]; then
+    echo "installing torch==$TORCH (CPU build) into .venv ..." >&2
     # the CPU build: a wheel from pip's configured local sources (find-links) if one is there,
     # else PyTorch's CPU index (plain PyPI would serve the multi-GB CUDA build on Linux)
     if .venv/bin/python -m pip install -q --no-index --no-deps "torch==$TORCH" 2>/dev/null; then
@@ -31,8 +32,10 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     fi
     .venv/bin/python -c "import torch" || { echo "error: torch==$TORCH did not install" >&2; exit 1; }
   fi
+  echo "installing simaq-factory and its test dependencies into .venv ..." >&2
   .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import simaq_factory, zarr, dask, distributed" \
     || { echo "error: installing simaq-factory failed" >&2; exit 1; }
   echo "$want" > "$stamp"
+  echo "installed into .venv" >&2
 fi
