@@ -154,7 +154,7 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: i
         click.echo(f"cluster: {desc}" + (f"; dashboard {dashboard}" if dashboard else ""), err=True)
 
     report = run_build(rec, Path(out), recipe_text=text, scheduler=scheduler, cluster=cluster,
-                       progress=progress, on_cluster=on_cluster)
+                       progress=progress, on_cluster=on_cluster, on_phase=lambda m: click.echo(m, err=True))
     progress.close()
     if report.frozen:
         click.echo(f"{out}: complete and frozen ({report.n_shards} shard(s)); nothing to do "

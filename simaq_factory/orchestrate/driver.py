@@ -117,6 +117,7 @@ def build(
     cluster: str = "local",
     progress: ProgressFn | None = None,
     on_cluster: Callable[[str, str | None], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Build (or resume) the dataset of ``recipe`` at ``out``. Raises BadInput / BuildFailed."""
     t0 = time.perf_counter()
@@ -153,7 +154,7 @@ def build(
                 start_out_dir(out, recipe_text=recipe_text, resolved=recipe_json, rid=rid, specs=specs,
                               card=dataset_card(recipe, rid, a_max))
             log_path = attach_log_file(out, "driver")
-            _prepare_banks(out, recipe, log_path, keep=True)
+            _prepare_banks(out, recipe, log_path, keep=True, say=on_phase)
             todo, done = pending_shards(out, recipe, rid)
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
@@ -217,7 +218,7 @@ def build(
             # on a scheduler or SLURM, whose driver may be a login node, the workers build the banks; on
             # one machine the driver relaxes the crack blocks (one thread, or a process per core for big
             # banks) while the workers load their modules and make the Perlin banks
-            _prepare_banks(out, recipe, log_path, _worker_pieces(starting, exe.retries, rid),
+            _prepare_banks(out, recipe, log_path, _worker_pieces(starting, exe.retries, rid), say=on_phase,
                            parallel=max(1, exe.workers if local else starting.handle().n_workers),
                            cracks_here=local)
             handle = starting.handle()
@@ -359,6 +360,7 @@ def _prepare_banks(
     parallel: int = 1,
     keep: bool = False,
     cracks_here: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """Build or check the noise banks before any shard task exists (store/banks.py).
 
@@ -366,6 +368,8 @@ def _prepare_banks(
     bytes do not depend on where shards run.
     """
     t = time.perf_counter()
+    if say:
+        say("noise banks: generating or checking (Perlin volumes, ice-crack blocks, flicker) ...")
     try:
         record = ensure_banks(out, recipe, run_pieces=run_pieces, parallel=parallel, keep=keep,
                               cracks_here=cracks_here)
@@ -374,6 +378,8 @@ def _prepare_banks(
         raise
     log.info("noise banks ready in %.2f s: %s", time.perf_counter() - t,
              ", ".join(f"{k} {v['shape']} {v['sha256'][:12]}" for k, v in record.items()))
+    if say:
+        say(f"noise banks: ready in {time.perf_counter() - t:.1f} s")
 
 
 def _run_distributed(
