@@ -68,7 +68,9 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
     written = write_outputs(result, out)
     for name, p in result.payload["predictions"].items():
         summary = p["overall"]
-        parts = [f"{m} {summary[m]['median']:.4g}" for m in ("nrmse", "psnr", "ssim", "mean_iou")
+        # fixed decimals, so rows compare by eye (PSNR in dB to 0.01; infinite PSNR prints "inf")
+        digits = {"nrmse": 3, "psnr": 2, "ssim": 3, "mean_iou": 3}
+        parts = [f"{m} {summary[m]['median']:.{d}f}" for m, d in digits.items()
                  if m in summary and summary[m]["median"] is not None]
         unit = "acquisition(s) (sample, axis)" if len(result.payload["ground_truth"]["tilt_axes"]) > 1 else "sample(s)"
         click.echo(f"{name}: {p['n_scored']} {unit}, median " + ", ".join(parts))
