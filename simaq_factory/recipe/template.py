@@ -161,7 +161,8 @@ def annotated_recipe(name: str) -> str:
     for line in text.splitlines():  # the template's own leading comment block
         if not line.startswith("#"):
             break
-        header.append(line)
+        if "not given here" not in line:  # the written file gives every field
+            header.append(line)
     lines = [
         f"# simaq-factory recipe, template {name!r}: {TEMPLATES[name]}.",
         f"# Written by `simaq-factory init` (simaq-factory {_version('simaq-factory')}).",
