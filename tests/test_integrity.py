@@ -159,3 +159,19 @@ def test_recon_bytes_do_not_depend_on_the_workers_thread_count(tmp_path):
     threads = {json.loads(p.read_text())["torch_threads"] for t in (1, 2)
                for p in (tmp_path / f"t{t}" / "provenance").glob("*.json")}
     assert threads == {1, 2}
+
+
+def test_a_finished_build_run_again_starts_no_cluster(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    build(out)
+
+    def no_cluster(**kwargs):  # noqa: ANN003, ANN202
+        raise AssertionError("a cluster was started for a build with nothing to do")
+
+    monkeypatch.setattr(driver, "open_cluster", no_cluster)
+    r = invoke("build", SMOKE, "-o", out, *TINY)  # --cluster local (the default)
+    assert r.exit_code == 0, r.output
+    assert "wrote 0 shard(s), skipped 2 already done" in r.output and status(out) == "complete"
+    next(iter((out / "provenance").glob("*.json"))).unlink()  # now there is work: the cluster is asked for
+    r = invoke("build", SMOKE, "-o", out, *TINY)
+    assert r.exit_code != 0 and "a cluster was started" in r.output

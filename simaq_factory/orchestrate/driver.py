@@ -176,6 +176,18 @@ def build(
                 detach_log_file(log_path)
         gpu = device.startswith("cuda") or (cluster == "slurm" and exe.slurm.gpus_per_job > 0)
         local = scheduler is None and cluster == "local"
+        # a resumed LocalCluster build with every shard done starts no cluster: it checks the banks
+        # and finishes (re-running a finished build took ~10 s of worker start-up for nothing)
+        early = pending_shards(out, recipe, rid) if local and resuming else None
+        if early is not None and not early[0]:
+            log_path = attach_log_file(out, "driver")
+            try:
+                _prepare_banks(out, recipe, log_path, say=on_phase)
+                log.info("build %s: all %d shard(s) done; no cluster started", rid[:12], early[1])
+                return _finish(out, BuildReport(out, rid, n_shards, early[1], 0, cluster="none (nothing to do)",
+                                                device=device), t0)
+            finally:
+                detach_log_file(log_path)
         if local and gpu:
             import torch
 
@@ -222,7 +234,7 @@ def build(
                            parallel=max(1, exe.workers if local else starting.handle().n_workers),
                            cracks_here=local)
             handle = starting.handle()
-            todo, done = pending_shards(out, recipe, rid)
+            todo, done = early if early is not None else pending_shards(out, recipe, rid)
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                      handle.description, handle.dashboard)
