@@ -128,3 +128,20 @@ def test_no_division_by_a_host_scalar(monkeypatch: pytest.MonkeyPatch, mode: str
     ph2, lab2 = voxelize(spec)
     assert calls == []
     assert ph.numpy().tobytes() == ph2.numpy().tobytes() and torch.equal(lab, lab2)
+
+
+def test_one_reduction_is_used_only_where_every_sum_is_exact() -> None:
+    from simaq_factory.phantom.antialias import _sum_is_exact
+
+    lacs = [0.18, 0.35, 0.55, 0.6, 0.7, 2.1]
+    assert _sum_is_exact(lacs, 512) and _sum_is_exact([], 8) and _sum_is_exact([0.0], 27)
+    assert not _sum_is_exact([0.5, 1e-7], 512) and not _sum_is_exact([0.5, float("nan")], 8)
+    rng = np.random.default_rng(0)
+    for kk in (8, 27, 64, 512):
+        vals = torch.from_numpy(rng.choice(np.array([0.0, *lacs], np.float32), size=(4000, kk)))
+        loop = vals[:, 0].double()
+        for j in range(1, kk):
+            loop = loop + vals[:, j].double()
+        assert vals.double().sum(dim=1).numpy().tobytes() == loop.numpy().tobytes()
+        # in reverse order too: exact sums do not depend on it
+        assert vals.flip(1).double().sum(dim=1).numpy().tobytes() == loop.numpy().tobytes()

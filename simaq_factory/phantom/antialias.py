@@ -16,6 +16,9 @@ not approximated by blending. Memory: M·k³ floats plus chunks of ``_CHUNK`` su
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from simaq_factory.device import true_div
@@ -49,6 +52,20 @@ def _level_of(p: torch.Tensor, obj: PaintObject) -> torch.Tensor:
     return out
 
 
+def _sum_is_exact(lacs: list[float], kk: int) -> bool:
+    """Whether every float64 sum of up to ``kk`` of these float32 values (and zeros) is exact.
+
+    A float32 ``v = m·2^e`` (0.5 ≤ m < 1, 24-bit m) is a multiple of ``2^(e − 24)``, and ``kk``
+    values below ``2^emax`` sum below ``2^(emax + log2 kk)``: with ``emax − emin + 24 + log2 kk ≤ 53``
+    every partial sum is representable, so any summation order gives the same bits.
+    """
+    values = [float(np.float32(v)) for v in lacs]
+    if not all(math.isfinite(v) for v in values):
+        return False
+    exps = [math.frexp(v)[1] for v in values if v != 0.0]
+    return not exps or max(exps) - min(exps) + 24 + math.ceil(math.log2(max(kk, 1))) <= 53
+
+
 def antialias(
     phantom: torch.Tensor,
     boundary: torch.Tensor,
@@ -72,6 +89,7 @@ def antialias(
     deltas = [[boundary_delta(obj, field) + _BAND_EPS for obj, _ in items] for items in groups]
     rows = max(1, _CHUNK // kk)
     flat = phantom.view(-1)
+    one_sum = _sum_is_exact([obj.value for items in groups for obj, _ in items], kk)
     for start in range(0, int(lin_all.numel()), rows):
         lin = lin_all[start : start + rows]
         idx = torch.stack([lin // (ny * nx), (lin // nx) % ny, lin % nx], dim=1)
@@ -99,8 +117,12 @@ def antialias(
                 if rp.numel():
                     inside = _level_of(p_sub[rp], obj) <= 1.0
                     values[rp] = torch.where(inside, torch.full_like(values[rp], obj.value), values[rp])
-        # Fixed summation order in float64 (thread-count independent; exact for uniform voxels).
-        acc = values[:, 0].to(torch.float64)
-        for j in range(1, kk):
-            acc = acc + values[:, j].to(torch.float64)
+        # float64 sums that are exact (so independent of order, threads and device): one reduction
+        # when the LACs allow it (_sum_is_exact), else a fixed-order sum, one sub-sample at a time
+        if one_sum:
+            acc = values.to(torch.float64).sum(dim=1)
+        else:
+            acc = values[:, 0].to(torch.float64)
+            for j in range(1, kk):
+                acc = acc + values[:, j].to(torch.float64)
         flat[lin] = true_div(acc, float(kk)).to(torch.float32)
