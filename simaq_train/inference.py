@@ -48,8 +48,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | Path, use_ema: 
         model = CenterSliceUNet(cfg.model)
         state = ckpt["ema"] if (use_ema and ckpt.get("ema") is not None) else ckpt["model"]
         model.load_state_dict(state, strict=True)
+    except BadInput as err:  # the config's own error names its key
+        raise BadInput(str(ckpt_path), f"its config is invalid: {err}") from None
     except (KeyError, RuntimeError, ValueError) as err:
-        raise BadInput(str(ckpt_path), f"checkpoint does not match its model ({type(err).__name__})") from None
+        what = " ".join(str(err).split())  # load_state_dict's message spans lines: one, shortened
+        what = f"{type(err).__name__}: {what[:160]}{'…' if len(what) > 160 else ''}"
+        raise BadInput(str(ckpt_path), f"checkpoint does not match its model ({what})") from None
     return model.to(device).eval(), cfg
 
 

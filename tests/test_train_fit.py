@@ -573,6 +573,18 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
          "--beam-axis: expected one of [0, 2]"),
         (("fit", tmp_path / "c.yaml", "--bogus"), "No such option '--bogus'"),
     ]
+    # checkpoints that do not fit their model name what is wrong: the missing weight, the bad key
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    torch.save(dict(ck, model={k: v for k, v in ck["model"].items() if k != "head.bias"}, ema=None),
+               tmp_path / "w.pt")
+    torch.save(dict(ck, config={**ck["config"], "model": {**ck["config"]["model"], "depth": 0}}), tmp_path / "c.pt")
+    cases += [
+        (("predict", tmp_path / "w.pt", tmp_path / "flat.tif", "-o", tmp_path / "o.tif"),
+         'w.pt: checkpoint does not match its model (RuntimeError: Error(s) in loading state_dict for '
+         'CenterSliceUNet: Missing key(s) in state_dict: "head.bias"'),
+        (("predict", tmp_path / "c.pt", tmp_path / "flat.tif", "-o", tmp_path / "o.tif"),
+         "c.pt: its config is invalid: model.depth: must be >= 1"),
+    ]
     if not torch.cuda.is_available():
         cases.append((("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--device", "cuda"),
                       "--device: cuda requested but CUDA is not available"))
