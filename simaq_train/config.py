@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from simaq_factory.errors import BadInput
+from simaq_factory.recipe.fields import unknown_key
 from simaq_factory.yamlio import load_yaml
 from simaq_train.data.sources import IGNORE
 from simaq_train.losses import LossConfig
@@ -181,7 +182,7 @@ def from_dict(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise BadInput(dotted, f"unknown key (expected one of {sorted(names)})")
+            raise BadInput(dotted, unknown_key(str(key), names))
         kwargs[key] = _coerce(value, hints[key], dotted)
     return cls(**kwargs)
 

@@ -57,6 +57,21 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # plain SafeLoader unchanged
 
 
+def test_unknown_keys_suggest_the_closest_name_in_recipes_and_training_configs():
+    from simaq_train.config import load_config
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe(SMOKE, ["dataset.n_sample=3"])
+    assert str(err.value) == ("dataset.n_sample: unknown key; did you mean 'n_samples'? expected one of "
+                              "chunk_z, n_samples, outputs, samples_per_shard, shape")
+    with pytest.raises(RecipeError) as err:
+        load_config(None, ["optim.max_step=3"])
+    assert "optim.max_step: unknown key; did you mean 'max_steps'? expected one of accumulate," in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(SMOKE, ["dataset.zzz=3"])
+    assert "did you mean" not in str(err.value)
+
+
 def test_overrides_of_one_field_keep_the_rest_of_a_default_distribution():
     rec = load_recipe(SMOKE, ["phantom.cell.radius.mean=55", "acquisition.offset_deg.std=2",
                               "artifacts.blur.sigma.max=4"])

@@ -33,6 +33,17 @@ class RecipeError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+def unknown_key(key: str, known: Any) -> str:
+    """The message for a key that is not one of ``known``, with the closest name when one is close
+    (a typo); the same words in recipes, training configs and ``--set``."""
+    import difflib
+
+    names = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.7)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}expected one of {', '.join(names)}"
+
+
 def _num(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecipeError(path, f"expected a number, got {value!r}")

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from simaq_factory.recipe.fields import Dist, RecipeError
+from simaq_factory.recipe.fields import Dist, RecipeError, unknown_key
 
 __all__ = ["parse_section", "section_to_json", "field_docs"]
 
@@ -153,9 +153,7 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            raise RecipeError(
-                _join(path, str(key)), f"unknown key; expected one of {', '.join(sorted(fields))}"
-            )
+            raise RecipeError(_join(path, str(key)), unknown_key(str(key), fields))
     kwargs = {
         name: _parse_value(hints[name], data[name], _join(path, name), f.metadata)
         for name, f in fields.items()
