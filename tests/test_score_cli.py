@@ -70,6 +70,7 @@ def test_score_two_baselines_writes_json_csv_html(work):
     assert p["n_scored"] == 3 and p["overall"]["ssim"]["n"] == 3
     assert sum(g["n_samples"] for g in p["by_n_cells"].values()) == 3
     assert sum(g["n_samples"] for g in p["by_span_deg"].values()) == 3
+    assert f"[{'#' * 30}] 6/6 scored" in r.output  # the build's progress bar
     o = p["overall"]  # the console summary: fixed decimals per metric
     assert (f"fbp-hamming: 3 sample(s), median nrmse {o['nrmse']['median']:.3f}, psnr {o['psnr']['median']:.2f}, "
             f"ssim {o['ssim']['median']:.3f}") in r.output

@@ -16,12 +16,15 @@ __all__ = ["baseline", "score"]
 
 
 def _progress(label: str):  # type: ignore[no-untyped-def]
+    """The build's progress bar (``[####....] done/total label``): in place on a terminal, else a
+    line every tenth."""
     tty = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:
-        line = f"{label}: {done}/{total}"
+        filled = int(30 * done / max(total, 1))
+        line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label}"
         if tty:
-            click.echo("\r" + line, nl=done == total, err=True)
+            click.echo("\r" + line.ljust(70), nl=done == total, err=True)
         elif done == total or done % max(1, total // 10) == 0:
             click.echo(line, err=True)
 
