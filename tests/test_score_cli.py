@@ -226,3 +226,17 @@ def test_unusable_report_and_baseline_paths_are_refused_before_any_work(work, tm
         assert_bad_input(invoke("baseline", str(work / "ds"), "--method", "sirt", "--iterations", "-1", "-o",
                                 str(tmp_path / "s.zarr")), "--iterations")
     assert not list(tmp_path.glob(".*partial")) and (tmp_path / "afile").read_text() == "x"
+
+
+def test_an_interrupted_report_leaves_no_scores_json(work, tmp_path, monkeypatch):
+    import simaq_factory.score.report as report_mod
+
+    def dies(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - killed while drawing the figures
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_mod, "write_report", dies)
+    out = tmp_path / "rep"
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"), "-o", str(out))
+    assert r.exit_code == 130
+    assert not (out / "scores.json").exists()  # written last, whole: its presence means a finished report
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -292,6 +294,16 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     """Write ``scores.json`` (NaN -> null, ±inf -> "inf"/"-inf"), ``samples.csv`` and ``report.html``."""
     from simaq_factory.score.report import write_report
@@ -301,15 +313,16 @@ def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": report_dir / "scores.json", "csv": report_dir / "samples.csv",
              "html": report_dir / "report.html"}
-    paths["json"].write_text(json.dumps(_json_safe(result.payload), indent=1,
-                                        allow_nan=False) + "\n")
     columns: list[str] = []
     for r in result.rows:
         columns += [k for k in r if k not in columns]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        for r in result.rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    for r in result.rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    _write_atomic(paths["csv"], buf.getvalue())
     write_report(result, paths["html"])
+    # scores.json last, renamed into place whole: a report folder that has it has the rest of this run
+    _write_atomic(paths["json"], json.dumps(_json_safe(result.payload), indent=1, allow_nan=False) + "\n")
     return paths
