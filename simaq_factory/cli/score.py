@@ -61,11 +61,7 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 
     paths = [Path(p) for p in preds]
     out = Path(report_dir) if report_dir else paths[0].parent / f"{paths[0].name.removesuffix('.zarr')}-scores"
-    if out.exists() and not out.is_dir():  # before scoring, not after
-        from simaq_factory.errors import BadInput
-
-        raise BadInput(str(out), "report path exists and is not a directory")
-    check_output_dir(out)  # writable (or creatable), before scoring
+    check_output_dir(out)  # a directory, writable (or creatable), before scoring, not after
     result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
                        fov_margin=fov_margin, progress=_progress("scored"))
     written = write_outputs(result, out)

@@ -22,7 +22,7 @@ from typing import Any
 
 from simaq_factory.device import resolve_device
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.labels import LABEL_NAMES, Label
+from simaq_factory.labels import Label
 from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
@@ -31,7 +31,7 @@ from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_state, update_card
-from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, shard_ranges
+from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
 from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
@@ -76,9 +76,7 @@ def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
         **axes_card(recipe),
         "axes": ["sample", "z", "y", "x"],
         "a_max": a_max,
-        # design §5: 4 nucleus only when enabled
-        "label_map": {str(k): v for k, v in LABEL_NAMES.items()
-                      if k != Label.IGNORE and (k != Label.NUCLEUS or recipe.phantom.nucleus.enabled)},
+        "label_map": {str(k): v for k, v in dataset_classes(recipe).items()},
         "ignore_label": int(Label.IGNORE),
         "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
         "recon": "raw FBP reconstruction, not normalised",

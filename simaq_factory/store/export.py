@@ -193,11 +193,9 @@ def export_dataset(
             raise BadInput("--arrays", f"{a!r} is not exportable (exportable: {', '.join(exportable)})")
         if a not in exportable:
             raise BadInput("--arrays", f"{a!r} is not in this dataset (exportable: {', '.join(exportable)})")
-    if dest.exists() and not dest.is_dir():
-        raise BadInput(str(dest), "export destination exists and is not a directory")
     if arrays == []:
         raise BadInput("--arrays", "empty")
-    check_output_dir(dest)  # writable (or creatable), before anything is read; creates nothing
+    check_output_dir(dest)  # a directory, writable (or creatable), before anything is read; creates nothing
     # every index in range and built, before anything is read or written
     try:
         records = built_records(out, recipe, indices)

@@ -23,10 +23,10 @@ import zarr
 
 from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BuildFailed
-from simaq_factory.labels import LABEL_NAMES, Label
+from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
-from simaq_factory.store.layout import GROUP_NAME, SUMS
+from simaq_factory.store.layout import GROUP_NAME, SUMS, dataset_classes
 from simaq_factory.store.outdir import RESOLVED, claim_out_dir
 from simaq_factory.store.verify import SUMS_PARTIAL, sealed_files, verify_dataset
 
@@ -78,8 +78,7 @@ def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
     total = int(counts_total.sum())
     stats = {
         # the classes of the card's label map (no nucleus row where the recipe has none)
-        "label_fractions": {LABEL_NAMES[v]: float(counts_total[v] / total) for v in LABEL_NAMES
-                            if v != Label.IGNORE and (v != Label.NUCLEUS or recipe.phantom.nucleus.enabled)},
+        "label_fractions": {name: float(counts_total[v] / total) for v, name in dataset_classes(recipe).items()},
         "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
                                        np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
                         for name, vals in samples.items()},

@@ -77,6 +77,15 @@ def n_axes(recipe: Any) -> int:
     return int(getattr(recipe.acquisition, "axes", 1))
 
 
+def dataset_classes(recipe: Any) -> dict[int, str]:
+    """The classes a recipe's labels hold, id → name (design §5: 4 nucleus only when enabled;
+    never the ignore label): the card's ``label_map`` and the freeze's class fractions."""
+    from simaq_factory.labels import LABEL_NAMES, Label
+
+    return {int(k): v for k, v in LABEL_NAMES.items()
+            if k != Label.IGNORE and (k != Label.NUCLEUS or recipe.phantom.nucleus.enabled)}
+
+
 def axes_card(recipe: Any) -> dict[str, Any]:
     """Dataset-card fields describing the acquisition axes (written by the driver)."""
     from simaq_factory.acquisition.axes import axis_frame_record, tilt_axes

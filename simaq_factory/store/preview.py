@@ -62,14 +62,9 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
     if png.suffix.lower() != ".png":
         raise BadInput(str(png), "preview output must be a .png file")
-    blocker = next((q for q in png.parents if q.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise BadInput(str(png), f"{blocker} is not a directory")
+    check_output_file(png)  # not a directory, under no file, writable: before anything is rendered
     if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
-    if png.is_dir():
-        raise BadInput(str(png), "is a directory; give the .png file to write")
-    check_output_file(png)  # writable, before anything is rendered
     # every array it reads, its metadata checked first (a one-line error naming a damaged file)
     specs = dataset_specs(recipe)
     g = open_checked(out, specs, list(specs))

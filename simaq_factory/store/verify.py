@@ -27,10 +27,10 @@ import numpy as np
 import zarr
 
 from simaq_factory.labels import Label
+from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, shard_state
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
-from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
 from simaq_factory.store.outdir import LOCK
 
