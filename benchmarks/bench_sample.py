@@ -31,7 +31,8 @@ import torch
 
 from simaq_factory.device import resolve_device
 from simaq_factory.artifacts import memory_banks
-from simaq_factory.pipeline import a_max_for, render_sample
+from simaq_factory.acquisition.angles import a_max_for
+from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import resolve
 from simaq_factory.store.dataset import create_arrays, write_shard
 from simaq_factory.store.layout import array_specs

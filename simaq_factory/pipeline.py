@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simaq_factory.acquisition.angles import AngleSet, max_angles, sample_angles
+from simaq_factory.acquisition.angles import AngleSet, a_max_for, sample_angles
 from simaq_factory.acquisition.axes import axis_frame_record, axis_rng, from_frame, tilt_axes, to_frame
 from simaq_factory.acquisition.sinogram import (
     apply_sinogram_artifacts,
@@ -45,11 +45,6 @@ def sample_rngs(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent generators for each stage of sample ``index``."""
     root = np.random.SeedSequence(seed, spawn_key=(index,))
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, root.spawn(len(STREAMS)))}
-
-
-def a_max_for(recipe: Recipe) -> int:
-    acq = recipe.acquisition
-    return max_angles(acq.tilt_span_deg, acq.step_deg, acq.missing_fraction)
 
 
 def cylinder_mask(n: int, padding: float, device: torch.device) -> torch.Tensor:

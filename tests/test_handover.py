@@ -523,3 +523,59 @@ def test_export_and_preview_refuse_bad_values_and_unusable_paths_before_writing(
         assert result.exit_code == 2, (rest, result.output)
         assert result.stderr.count("\n") == 1 and needle in result.stderr, (rest, result.stderr)
     assert not dest.exists() and (tmp_path / "afile").read_text() == "x"
+
+
+def test_reading_commands_do_not_load_torch(built, tmp_path):
+    """status, info, verify, export, preview and freeze read records and arrays: torch (≈5 s of import on
+    2 vCPUs) stays unloaded, and so does a recipe check (the lazy package exports, simaq_factory._lazy)."""
+    import subprocess
+    import sys
+
+    commands = [
+        ["validate", SMOKE],
+        ["status", str(built)],
+        ["info", str(built), "--index", "1"],
+        ["verify", str(built), "--deep"],
+        ["export", str(built), "--format", "tiff", "--index", "0", "-o", str(tmp_path / "tiff")],
+        ["preview", str(built), "--index", "0", "-o", str(tmp_path / "p.png")],
+        ["freeze", str(copy_of(built, tmp_path))],
+        ["build", str(tmp_path / "missing.yaml"), "-o", str(tmp_path / "never")],  # bad input: exit 2
+    ]
+    script = (
+        "import json, sys\n"
+        "from simaq_factory.cli.main import main\n"
+        "codes = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        main(args, standalone_mode=False)\n"
+        "        codes.append(0)\n"
+        "    except SystemExit as e:\n"
+        "        codes.append(e.code)\n"
+        "print(json.dumps({'codes': codes, 'heavy': sorted(m for m in ('torch', 'scipy') if m in sys.modules)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["codes"][:-1] == [0] * (len(commands) - 1), proc.stdout + proc.stderr
+    assert result["codes"][-1] == 2
+    assert result["heavy"] == [], result
+
+
+@pytest.mark.parametrize("package", ["simaq_factory.phantom", "simaq_factory.artifacts", "simaq_factory.tomo"])
+def test_lazy_package_exports_resolve_and_no_submodule_shadows_them(package):
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    exports = pkg._EXPORTS
+    assert sorted(exports) == sorted(pkg.__all__)
+    submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    # a submodule named like an export would replace it on the package once imported
+    assert not submodules & set(exports), submodules & set(exports)
+    for name, module in exports.items():
+        assert module in submodules
+        assert getattr(pkg, name) is getattr(importlib.import_module(f"{package}.{module}"), name)
+    assert set(exports) <= set(dir(pkg))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        getattr(pkg, "nonexistent")

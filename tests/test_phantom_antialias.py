@@ -13,7 +13,7 @@ import torch
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.phantom.sample import sample_phantom
 from simaq_factory.phantom.spec import CellSpec, DeformationSpec, DropletSpec, PhantomSpec, VacuoleSpec
-from simaq_factory.phantom.voxelize import voxelize
+from simaq_factory.phantom.voxelization import voxelize
 from simaq_factory.recipe.schema import parse_section
 from test_phantom_deform import make_cfg, oracle
 

@@ -16,7 +16,7 @@ from simaq_factory.phantom.config import DeformationConfig, PhantomConfig
 from simaq_factory.phantom.deform import DisplacementField, build_grid, sample_deformation
 from simaq_factory.phantom.sample import sample_phantom
 from simaq_factory.phantom.spec import CellSpec, DeformationSpec, DropletSpec, PhantomSpec, VacuoleSpec
-from simaq_factory.phantom.voxelize import voxelize
+from simaq_factory.phantom.voxelization import voxelize
 from simaq_factory.recipe.fields import Dist
 from simaq_factory.recipe.schema import parse_section
 

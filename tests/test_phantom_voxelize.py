@@ -12,7 +12,7 @@ import torch
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.phantom.sample import sample_phantom
 from simaq_factory.phantom.spec import CellSpec, DropletSpec, PhantomSpec, VacuoleSpec
-from simaq_factory.phantom.voxelize import paint_ellipsoid, voxelize
+from simaq_factory.phantom.voxelization import paint_ellipsoid, voxelize
 
 SHAPE = (48, 64, 56)
 

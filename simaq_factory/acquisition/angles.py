@@ -107,3 +107,10 @@ def sample_angles(
         recon_deg=tuple(float(a) for a in recon),
         forward_deg=tuple(float(a) for a in forward),
     )
+
+
+def a_max_for(recipe: Any) -> int:
+    """The angle axis of a dataset's sinogram arrays: the most projections ``recipe``'s acquisition
+    can produce (shorter tilt series are padded)."""
+    acq = recipe.acquisition
+    return max_angles(acq.tilt_span_deg, acq.step_deg, acq.missing_fraction)

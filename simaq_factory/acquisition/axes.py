@@ -33,10 +33,12 @@ SeedSequence — so each axis is an independent, reproducible draw.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "AXIS_NAMES",
@@ -52,7 +54,7 @@ __all__ = [
 #: Names of the volume axes 0, 1, 2 (a volume is indexed (z, y, x)).
 AXIS_NAMES = ("z", "y", "x")
 
-_T = TypeVar("_T", torch.Tensor, np.ndarray)
+_T = TypeVar("_T", "torch.Tensor", np.ndarray)  # torch is not imported to read a dataset's frames
 
 
 def _check_axis(axis: int) -> int:
@@ -86,9 +88,9 @@ def inverse_axes(axis: int) -> tuple[int, int, int]:
 def _permute(volume: _T, perm: tuple[int, int, int]) -> _T:
     if volume.ndim != 3:
         raise ValueError(f"expected a 3-D (z, y, x) volume, got shape {tuple(volume.shape)}")
-    if isinstance(volume, torch.Tensor):
-        return volume.permute(perm)
-    return np.transpose(volume, perm)
+    if isinstance(volume, np.ndarray):
+        return np.transpose(volume, perm)
+    return volume.permute(perm)
 
 
 def to_frame(volume: _T, axis: int) -> _T:

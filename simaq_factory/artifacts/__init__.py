@@ -5,16 +5,35 @@ Use :func:`sample_artifacts` to draw a volume's parameters (JSON-able provenance
 noise banks (:mod:`simaq_factory.artifacts.banks`).
 """
 
-from simaq_factory.artifacts.banks import NoiseBanks, memory_banks
-from simaq_factory.artifacts.config import (
-    ArtifactsConfig,
-    BanksConfig,
-    BlurConfig,
-    FiducialsConfig,
-    IceCracksConfig,
-    PerlinTextureConfig,
-)
-from simaq_factory.artifacts.stage import apply_artifacts, sample_artifacts
+from typing import TYPE_CHECKING
+
+from simaq_factory._lazy import lazy_exports
+
+_EXPORTS = {
+    "apply_artifacts": "stage",
+    "ArtifactsConfig": "config",
+    "BanksConfig": "config",
+    "BlurConfig": "config",
+    "FiducialsConfig": "config",
+    "IceCracksConfig": "config",
+    "memory_banks": "banks",
+    "NoiseBanks": "banks",
+    "PerlinTextureConfig": "config",
+    "sample_artifacts": "stage",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from simaq_factory.artifacts.banks import NoiseBanks, memory_banks
+    from simaq_factory.artifacts.config import (
+        ArtifactsConfig,
+        BanksConfig,
+        BlurConfig,
+        FiducialsConfig,
+        IceCracksConfig,
+        PerlinTextureConfig,
+    )
+    from simaq_factory.artifacts.stage import apply_artifacts, sample_artifacts
 
 __all__ = [
     "ArtifactsConfig",

@@ -36,14 +36,15 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from perlin_numpy import generate_fractal_noise_2d, generate_fractal_noise_3d
 
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
-from simaq_factory.artifacts.cracks import crack_blocks
+
+if TYPE_CHECKING:  # torch is imported where banks are made or loaded: a dataset's bank specs
+    import torch  # and digests are checked without it (simaq_factory._lazy)
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def _perlin_entry(spec: dict[str, Any], entry: int) -> np.ndarray:
 
 
 def _crack_batch(spec: dict[str, Any], ks: range, device: torch.device) -> np.ndarray:
+    from simaq_factory.artifacts.cracks import crack_blocks
+
     blocks = crack_blocks(
         [_entry_rng(spec, k) for k in ks], int(spec["edge"]), seeds=int(spec["seeds"]),
         cost_sigma=float(spec["cost_sigma"]), cost_contrast=float(spec["cost_contrast"]),
@@ -174,6 +177,8 @@ def generate_piece(spec: dict[str, Any], start: int, stop: int) -> np.ndarray:
     """
     if not 0 <= int(start) < int(stop) <= int(spec["entries"]):
         raise ValueError(f"entries [{start}, {stop}) outside the bank's {spec['entries']}")
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -210,6 +215,8 @@ def generate_bank(
     thread; ``None`` chooses one per core for large CPU banks (the driver's choice) and 1 the serial
     path (the default, safe in any calling script). The bytes do not depend on it.
     """
+    import torch
+
     n, e = int(spec["entries"]), int(spec["edge"])
     t0 = time.perf_counter()
     if spec["kind"] in ("perlin", "perlin_2d"):
@@ -273,6 +280,8 @@ def memory_banks(
     same bytes: both generate on the CPU). ``processes`` as in :func:`generate_bank` (``None``: a
     spawned process per core for big crack banks, for scripts with a ``__main__`` guard).
     """
+    import torch
+
     specs = bank_specs(cfg, shape, seed)
     key = (json.dumps(specs, sort_keys=True), str(device))
     hit = _MEMORY.get(key)

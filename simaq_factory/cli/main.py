@@ -60,7 +60,7 @@ SET_HELP = "Override a recipe field, e.g. --set dataset.n_samples=8 (repeatable)
 @handle_errors
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check RECIPE; print the resolved recipe, its id, counts and estimated output size."""
-    from simaq_factory.pipeline import a_max_for
+    from simaq_factory.acquisition.angles import a_max_for
     from simaq_factory.recipe.io import recipe_id, recipe_to_json
     from simaq_factory.store.layout import array_specs
 
@@ -137,14 +137,14 @@ def init(path: str, template: str, force: bool) -> None:
 def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: int | None,
           device: str | None, overrides: tuple[str, ...]) -> None:
     """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
-    from simaq_factory.orchestrate.driver import build as run_build
-
     extra = list(overrides)
     if workers is not None:
         extra.append(f"execution.workers={workers}")
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
-    rec, text = _load(recipe, tuple(extra))
+    rec, text = _load(recipe, tuple(extra))  # a bad recipe is refused before torch is imported
+    from simaq_factory.orchestrate.driver import build as run_build
+
     if extra:  # OUT/recipe.yaml keeps the file verbatim and says what the command line changed
         text = text.rstrip("\n") + "\n\n# applied on top of this file by `simaq-factory build` (the result is " \
             "recipe.resolved.json):\n" + "".join(f"#   --set {e}\n" for e in extra)

@@ -26,7 +26,7 @@ from simaq_factory.labels import Label
 from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
-from simaq_factory.pipeline import a_max_for
+from simaq_factory.acquisition.angles import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks

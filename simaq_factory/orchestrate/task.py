@@ -93,7 +93,7 @@ def _run_shard(
     rid = recipe_id(recipe)
     dev = worker_device(device)
     banks = load_banks(Path(out), dev)  # read and hash-checked once per process, then cached
-    from simaq_factory.pipeline import a_max_for
+    from simaq_factory.acquisition.angles import a_max_for
 
     specs = array_specs(recipe, a_max_for(recipe))
     samples = shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)[shard_index]

@@ -10,18 +10,38 @@ same bytes.
 Axes are (z, y, x); z (axis 0) is the tilt axis, rays at 0° travel along y.
 """
 
-from simaq_factory.phantom.config import PhantomConfig
-from simaq_factory.phantom.layout import PhantomLayoutError
-from simaq_factory.phantom.sample import PhantomFitError, sample_phantom
-from simaq_factory.phantom.spec import (
-    CellSpec,
-    DeformationSpec,
-    DropletSpec,
-    NucleusSpec,
-    PhantomSpec,
-    VacuoleSpec,
-)
-from simaq_factory.phantom.voxelize import voxelize
+from typing import TYPE_CHECKING
+
+from simaq_factory._lazy import lazy_exports
+
+_EXPORTS = {
+    "CellSpec": "spec",
+    "DeformationSpec": "spec",
+    "DropletSpec": "spec",
+    "NucleusSpec": "spec",
+    "PhantomConfig": "config",
+    "PhantomFitError": "sample",
+    "PhantomLayoutError": "layout",
+    "PhantomSpec": "spec",
+    "sample_phantom": "sample",
+    "VacuoleSpec": "spec",
+    "voxelize": "voxelization",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from simaq_factory.phantom.config import PhantomConfig
+    from simaq_factory.phantom.layout import PhantomLayoutError
+    from simaq_factory.phantom.sample import PhantomFitError, sample_phantom
+    from simaq_factory.phantom.spec import (
+        CellSpec,
+        DeformationSpec,
+        DropletSpec,
+        NucleusSpec,
+        PhantomSpec,
+        VacuoleSpec,
+    )
+    from simaq_factory.phantom.voxelization import voxelize
 
 __all__ = [
     "CellSpec",

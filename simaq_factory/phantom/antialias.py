@@ -1,6 +1,6 @@
 """Partial-volume anti-aliasing: boundary voxels get the mean LAC of k³ sub-samples.
 
-Called by :func:`simaq_factory.phantom.voxelize.voxelize` after the voxel-centre pass, which also
+Called by :func:`simaq_factory.phantom.voxelization.voxelize` after the voxel-centre pass, which also
 marked a ``boundary`` mask (bool (Z, Y, X)): every voxel whose cube [x − ½, x + ½]³ may be crossed
 by some object's surface (|√level − 1| ≤ δ, δ a rigorous bound on how much √level changes inside
 one cube, deformation included). All other voxels are uniform, so their centre value is exact.
@@ -23,7 +23,7 @@ import torch
 
 from simaq_factory.device import true_div
 from simaq_factory.phantom.deform import DisplacementField
-from simaq_factory.phantom.voxelize import _BAND_EPS, Box, PaintObject, boundary_delta
+from simaq_factory.phantom.voxelization import _BAND_EPS, Box, PaintObject, boundary_delta
 
 __all__ = ["antialias", "subsample_offsets"]
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from simaq_factory.acquisition.sinogram import SinogramArtifactsConfig
+from simaq_factory.acquisition.config import SinogramArtifactsConfig
 from simaq_factory.artifacts import ArtifactsConfig
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.recipe.fields import Dist, RecipeError, spec

@@ -22,10 +22,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
@@ -33,6 +32,9 @@ from simaq_factory.artifacts.banks import NoiseBanks, array_sha256, bank_pieces,
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import COMPRESSION_LEVEL, read_card, update_card
 from simaq_factory.store.layout import GROUP_NAME
+
+if TYPE_CHECKING:  # status and verify check banks without torch (simaq_factory._lazy)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,8 @@ def ensure_banks(
     if record != recorded:
         update_card(out, {CARD_KEY: record})
     if keep:  # an inline build renders in this process: spare load_banks reading and hashing again
+        import torch
+
         key = _cache_key(out, record, torch.device("cpu"))
         _remember(key, NoiseBanks({name: torch.from_numpy(present[name][0]) for name, _ in key[1]},
                                   dict(key[1])))
@@ -228,6 +232,8 @@ def load_banks(out: Path, device: torch.device) -> NoiseBanks:
     recorded: dict[str, Any] = read_card(out).get(CARD_KEY) or {}
     if not recorded:
         raise BuildFailed(f"{out}: no noise banks recorded in the dataset card; run `simaq-factory build`")
+    import torch
+
     key = _cache_key(out, recorded, device)
     digests = key[1]
     hit = _LOADED.get(key)

@@ -38,7 +38,7 @@ def open_dataset_recipe(out: Path) -> tuple[Any, str]:
 
 
 def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:
-    from simaq_factory.pipeline import a_max_for
+    from simaq_factory.acquisition.angles import a_max_for
 
     return array_specs(recipe, a_max_for(recipe))
 

@@ -1,18 +1,21 @@
-"""The ``reconstruction`` recipe section and the function that applies it."""
+"""The ``reconstruction`` recipe section and the function that applies it.
+
+Importing this module loads no torch (a recipe is read without it, see :mod:`simaq_factory._lazy`);
+:func:`reconstruct` imports the solvers when called.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from simaq_factory.recipe.fields import spec
-from simaq_factory.tomo.fbp import fbp
 from simaq_factory.tomo.geometry import Geometry
-from simaq_factory.tomo.iterative import cgls, sirt
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ReconstructionConfig", "reconstruct"]
 
@@ -68,6 +71,9 @@ def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -
     ``method`` ``"fbp"`` (default) uses ``filter``/``weighting``; ``"sirt"``/``"cgls"`` use
     ``iterations``/``nonneg`` (:mod:`simaq_factory.tomo.iterative`); all honour ``clip_circle``.
     """
+    from simaq_factory.tomo.analytic import fbp
+    from simaq_factory.tomo.iterative import cgls, sirt
+
     expected = Geometry(n=geom.n, angles=geom.angles[:1], center=cfg.center).image_center
     if abs(geom.image_center - expected) > 1e-9:
         raise ValueError(
