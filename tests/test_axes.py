@@ -226,7 +226,7 @@ def test_baseline_score_preview_export_on_three_axes(three, tmp_path):
                                   "--index", "0"])
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in (tmp_path / "tif").iterdir())  # + the export's resume record
-    assert names == [".simaq-export.json", "sample_000000_labels.tif", "sample_000000_phantom.tif",
+    assert names == [".simaq-export.jsonl", "sample_000000_labels.tif", "sample_000000_phantom.tif",
                      *[f"sample_000000_recon_axis{k}.tif" for k in range(3)]]
 
 
@@ -240,3 +240,14 @@ def test_non_cubic_shape_with_three_axes_is_bad_input(tmp_path):
     assert not out.exists()
     bad = CliRunner().invoke(main, ["validate", SMOKE, "--set", "acquisition.axes=2"])
     assert bad.exit_code == 2 and "acquisition.axes" in bad.stderr
+
+
+def test_info_summarises_every_axis_acquisition(three):
+    r = CliRunner().invoke(main, ["info", str(three), "--index", "2"])
+    assert r.exit_code == 0, r.output
+    rec = records(three)[2]
+    for acq in rec["acquisitions"]:
+        deg = acq["angles"]["recon_deg"]
+        line = f"  angles (about {acq['tilt_axis']}): {len(deg)} of {acq['angles']['n_nominal']} nominal, "
+        assert any(x.startswith(line) for x in r.output.splitlines()), r.output
+    assert "\ntilt axes: z, y, x, at most " in r.output, r.output

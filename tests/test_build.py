@@ -158,10 +158,25 @@ def test_sigkill_mid_build_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_info_prints_card_and_sample(inline_ref):
-    result = CliRunner().invoke(main, ["info", str(inline_ref), "--index", "3"])
+    result = CliRunner().invoke(main, ["info", str(inline_ref), "--index", "3", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["sample"]["index"] == 3 and info["card"]["n_samples"] == 4
+    # the default is a summary of the same records
+    summary = CliRunner().invoke(main, ["info", str(inline_ref), "--index", "3"])
+    assert summary.exit_code == 0, summary.output
+    lines = summary.output.splitlines()
+    card, sample = info["card"], info["sample"]
+    assert f"recipe id: {card['recipe_id']}" in lines
+    assert any(line.startswith(f"samples: 4 of {'x'.join(map(str, card['shape_zyx']))} voxels") for line in lines)
+    assert any(line.startswith("sample 3 (shard 1, rendered on ") for line in lines)
+    cells = sample["phantom_spec"]["cells"]
+    assert any(line.startswith(f"  cells: {len(cells)}; vacuoles {sum(len(c['vacuoles']) for c in cells)},")
+               for line in lines), lines
+    n_angles = len(sample["angles"]["recon_deg"])
+    assert any(line.startswith(f"  angles: {n_angles} of {sample['angles']['n_nominal']} nominal, "
+                               f"{min(sample['angles']['recon_deg']):.2f}°") for line in lines), lines
+    assert len(lines) < 40  # a summary, not the record
     bad = CliRunner().invoke(main, ["info", str(inline_ref), "--index", "4"])
     assert bad.exit_code == 2 and "--index" in bad.stderr
 
@@ -298,3 +313,14 @@ def test_a_filesystem_without_locks_builds_unguarded(tmp_path, monkeypatch, capl
         with outdir.claim_out_dir(out, "rid") as resuming:
             assert resuming is False and out.is_dir()
     assert "cannot lock (No locks available)" in caplog.text
+
+
+def test_shard_range_is_the_shard_ranges_entry():
+    from simaq_factory.store.layout import shard_range, shard_ranges
+
+    for n, k in [(1, 1), (7, 3), (8, 4), (10, 1), (5, 8)]:
+        ranges = shard_ranges(n, k)
+        assert [shard_range(n, k, s) for s in range(len(ranges))] == ranges
+        for bad in (len(ranges), -1):
+            with pytest.raises(IndexError):
+                shard_range(n, k, bad)

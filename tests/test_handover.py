@@ -58,17 +58,17 @@ def test_verify_names_damaged_shard_and_build_repairs(built, tmp_path):
     assert cli("verify", str(out)).exit_code == 0
 
 
-def tamper_labels_and_rechecksum(out: Path) -> None:
-    """Change one label of shard 0 and record the new shard's sha256 in its provenance, so that its
-    checksum still verifies."""
+def tamper_labels_and_rechecksum(out: Path, name: str = "labels", value: float = 3) -> None:
+    """Change one voxel of ``name`` in shard 0 and record the new shard's sha256 in its provenance,
+    so that its checksum still verifies."""
     g = zarr.open_group(out / "dataset.zarr", mode="r+")
-    labels = g["labels"][0:2]
-    labels[0, 0, 0, 0] = 3
-    g["labels"][0:2] = labels
+    data = g[name][0:2]
+    data[0, 0, 0, 0] = value
+    g[name][0:2] = data
     prov_path = out / "provenance" / "shard-000000.json"
     prov = json.loads(prov_path.read_text())
-    shard = out / "dataset.zarr" / "labels" / "c" / "0" / "0" / "0" / "0"
-    prov["checksums"]["labels"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    shard = out / "dataset.zarr" / name / "c" / "0" / "0" / "0" / "0"
+    prov["checksums"][name] = hashlib.sha256(shard.read_bytes()).hexdigest()
     prov_path.write_text(json.dumps(prov))
 
 
@@ -288,7 +288,7 @@ def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):
                  "--index", "1", "--index", "0")
     assert result.exit_code == 0, result.output
     assert "wrote 6 file(s)" in result.output
-    assert sorted(p.name for p in dest.iterdir() if p.name != ".simaq-export.json") == sorted(
+    assert sorted(p.name for p in dest.iterdir() if p.name != ".simaq-export.jsonl") == sorted(
         f"sample_{i:06d}_{a}.tif" for i in (0, 1) for a in ("recon", "labels", "phantom"))
 
 
@@ -579,3 +579,183 @@ def test_lazy_package_exports_resolve_and_no_submodule_shadows_them(package):
     assert set(exports) <= set(dir(pkg))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         getattr(pkg, "nonexistent")
+
+
+def test_freeze_hashes_each_data_shard_file_once(built, tmp_path, monkeypatch):
+    """verify matches every shard file against its provenance checksum; SHA256SUMS reuses those
+    digests instead of reading the bulk data a second time."""
+    import collections
+
+    import simaq_factory.store.dataset as dataset_mod
+    import simaq_factory.store.freeze as freeze_mod
+
+    out = copy_of(built, tmp_path)
+    counts: collections.Counter[str] = collections.Counter()
+    real = dataset_mod.sha256_file
+
+    def counting(path):
+        counts[Path(path).relative_to(out).as_posix()] += 1
+        return real(path)
+
+    monkeypatch.setattr(dataset_mod, "sha256_file", counting)
+    monkeypatch.setattr(freeze_mod, "sha256_file", counting, raising=False)  # a module-level copy, if any
+    assert cli("freeze", str(out)).exit_code == 0
+    shard_files = [rel for rel in counts if rel.startswith("dataset.zarr/") and "/c/" in rel]
+    assert len(shard_files) >= 2 * len(ARRAY_SHARD_DIRS)
+    assert {rel: counts[rel] for rel in shard_files} == {rel: 1 for rel in shard_files}
+    listed = dict(line.split("  ", 1)[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
+    for rel, digest in listed.items():  # and the reused digests are the files' own
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+
+
+def test_shard_states_on_threads_match_the_serial_check(built, tmp_path, monkeypatch):
+    import simaq_factory.store.dataset as dataset_mod
+    from simaq_factory.store.inspect import dataset_specs, open_dataset_recipe
+
+    out = copy_of(built, tmp_path)
+    shard = out / "dataset.zarr" / "labels" / "c" / "1" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    recipe, rid = open_dataset_recipe(out)
+    specs = dataset_specs(recipe)
+    serial = [dataset_mod.shard_state(out, specs, s, rid) for s in (1, 0)]
+    assert serial[0] == ("damaged", "labels shard file does not match its checksum") and serial[1][0] == "done"
+    monkeypatch.setattr(dataset_mod, "hash_threads", lambda: 4)
+    assert dataset_mod.shard_states(out, specs, (1, 0), rid) == serial
+
+
+def test_export_journal_appends_a_line_per_file_and_survives_a_torn_line(built, tmp_path):
+    """The resume record is an append-only journal (a whole record rewritten per file made exports
+    quadratic in their file count): one line per file written, a torn last line ignored, and the
+    record of an export made before the journal still honoured."""
+    args = ("export", str(built), "--format", "mrc", "--arrays", "recon,labels")
+    dest = tmp_path / "exp"
+    first = cli(*args, "-o", str(dest))
+    assert first.exit_code == 0, first.output
+    files = sorted(p.name for p in dest.iterdir() if p.suffix == ".mrc")
+    entries = [json.loads(line) for line in (dest / ".simaq-export.jsonl").read_text().splitlines()]
+    assert sorted(e["file"] for e in entries) == files  # one line each, in the order written
+    assert all(e["holds"]["format"] == "mrc" for e in entries)
+    with open(dest / ".simaq-export.jsonl", "a") as f:
+        f.write('{"file": "sample_000000_recon.mrc", "ho')  # killed mid-append
+    again = cli(*args, "-o", str(dest))
+    assert again.exit_code == 0 and f"skipped {len(files)}" in again.output, again.output
+    # the whole-record form of earlier versions
+    journal = dest / ".simaq-export.jsonl"
+    done = {e["file"]: e["holds"] for e in entries}
+    (dest / ".simaq-export.json").write_text(json.dumps({"format": "simaq-factory export", "version": 1,
+                                                         "files": done}))
+    journal.unlink()
+    again = cli(*args, "-o", str(dest))
+    assert again.exit_code == 0 and f"skipped {len(files)}" in again.output, again.output
+    # --overwrite unlists a file before replacing it: the journal's last word on it is the new file
+    over = cli(*args, "-o", str(dest), "--overwrite")
+    assert over.exit_code == 0, over.output
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [e["holds"] for e in lines if e["file"] == files[0]][-2:] == [None, done[files[0]]]
+
+
+def test_freeze_percentiles_come_from_a_bounded_sample(built, tmp_path, monkeypatch):
+    """The percentile sample has at most STATS_VALUES values per array whatever the dataset's size
+    (it kept every 7th in-view voxel of every sample: ~240 GB for 2000 samples at 512³)."""
+    import simaq_factory.store.freeze as freeze_mod
+
+    for n, shape in ((2000, (512, 512, 512)), (4, (32, 32, 32)), (10**5, (64, 64, 64))):
+        stride = freeze_mod.stats_stride(n, shape)
+        kept = n * shape[0] * len(range(0, int(freeze_mod._fov(shape).sum()), stride))
+        assert stride >= freeze_mod.STATS_STRIDE and kept <= max(freeze_mod.STATS_VALUES, n * shape[0]), (n, shape)
+    assert freeze_mod.stats_stride(4, (32, 32, 32)) == freeze_mod.STATS_STRIDE  # small datasets as before
+    monkeypatch.setattr(freeze_mod, "STATS_VALUES", 4000)
+    out = copy_of(built, tmp_path)
+    assert cli("freeze", str(out)).exit_code == 0
+    stats = json.loads((out / "dataset.zarr" / "zarr.json").read_text())["attributes"]["stats"]
+    g = zarr.open_group(out / "dataset.zarr", mode="r")
+    n, shape = g["phantom"].shape[0], g["phantom"].shape[1:]
+    stride = freeze_mod.stats_stride(n, shape)
+    assert stride > freeze_mod.STATS_STRIDE and stats["percentile_sampling"].startswith(f"every {stride}th ")
+    fov = freeze_mod._fov(shape)
+    for name in ("phantom", "recon"):  # the oracle: the documented sample, gathered directly
+        values = np.concatenate([g[name][i][:, fov][:, ::stride].ravel() for i in range(n)])
+        assert values.size <= 4000
+        expected = np.percentile(values.astype(np.float32), freeze_mod.PERCENTILES).round(5).tolist()
+        assert list(stats["percentiles"][name].values()) == expected
+
+
+def test_an_interrupt_stops_the_hashing_threads_at_once(monkeypatch):
+    """Ctrl-C while shard files are hashed on threads: the files not yet started are not hashed
+    (an executor's plain shutdown would first hash every queued file of a large dataset)."""
+    import threading
+    import time
+
+    import simaq_factory.store.dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "hash_threads", lambda: 2)
+    done = []
+    lock = threading.Lock()
+
+    def hash_one(path):
+        if path == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+        with lock:
+            done.append(path)
+        return str(path)
+
+    monkeypatch.setattr(dataset_mod, "sha256_file", hash_one)
+    with pytest.raises(KeyboardInterrupt):
+        dataset_mod.sha256_files(list(range(200)))
+    assert len(done) < 50, len(done)
+
+
+def test_deep_reads_see_what_checksums_cannot_and_freeze_refuses_it(built, tmp_path):
+    """A label outside the label set, or a NaN, written with its checksum updated: plain verify
+    passes (checksums match), verify --deep names the array and samples, and freeze (which reads
+    deep) refuses to seal it."""
+    for name, value, problem in (("labels", 7, "labels samples 0-1: values [7] outside the label set"),
+                                 ("recon", float("nan"), "recon samples 0-1: non-finite values")):
+        out = copy_of(built, tmp_path / name)
+        tamper_labels_and_rechecksum(out, name, value)
+        assert cli("verify", str(out)).exit_code == 0
+        deep = cli("verify", str(out), "--deep")
+        assert deep.exit_code == 1 and f"problem: {problem}" in deep.output, deep.output
+        sealed = cli("freeze", str(out))
+        assert sealed.exit_code == 1 and problem in sealed.stderr, sealed.output
+        assert not (out / "SHA256SUMS").exists() and status_of(out) != "frozen"
+
+
+def status_of(out: Path) -> str:
+    return str(zarr.open_group(out / "dataset.zarr", mode="r").attrs["status"])
+
+
+def test_a_provenance_record_of_another_recipe_is_not_a_done_shard(built, tmp_path):
+    out = copy_of(built, tmp_path)
+    record = out / "provenance" / "shard-000000.json"
+    prov = json.loads(record.read_text())
+    prov["recipe_id"] = "0" * 64  # copied from another dataset: its checksums still match the files
+    record.write_text(json.dumps(prov))
+    result = cli("verify", str(out))
+    assert result.exit_code == 1
+    assert "shard 0 (samples 0-1): provenance belongs to another recipe" in result.output
+    rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    assert rebuilt.exit_code == 0 and "wrote 1 shard(s), skipped 1" in rebuilt.output, rebuilt.output
+    assert cli("verify", str(out)).exit_code == 0
+
+
+def test_sha256sums_entries_outside_the_dataset_are_problems(frozen, tmp_path):
+    out = copy_of(frozen, tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the dataset")
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    with open(out / "SHA256SUMS", "a") as f:
+        f.write(f"{digest}  ../outside.txt\n")
+    result = cli("verify", str(out))
+    assert result.exit_code == 1 and "../outside.txt lies outside the dataset" in result.output, result.output
+
+
+def test_build_refuses_a_non_empty_directory_that_holds_no_dataset(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    result = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {out}: output directory is not empty and holds no simaq-factory dataset\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

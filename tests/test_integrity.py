@@ -91,15 +91,18 @@ def test_a_freeze_killed_while_writing_sha256sums_leaves_none_and_is_completed(t
     out = tmp_path / "ds"
     build(out)
     calls = []
-    real = freeze.sha256_file
+    real = freeze.sha256_files
 
-    def dies_midway(p):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file of SHA256SUMS
-        calls.append(p)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(p)
+    def dies_midway(paths):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file SHA256SUMS hashes
+        digests = []
+        for p in paths:
+            calls.append(p)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            digests += real([p])
+        return digests
 
-    monkeypatch.setattr(freeze, "sha256_file", dies_midway)
+    monkeypatch.setattr(freeze, "sha256_files", dies_midway)
     r = invoke("freeze", out)
     assert r.exit_code == 130 and len(calls) == 5
     assert not (out / "SHA256SUMS").exists() and status(out) == "frozen"  # no partial seal is trusted

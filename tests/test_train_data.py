@@ -25,6 +25,7 @@ from simaq_train.data.sources import (
     find_pairs,
     infer_n_classes,
     read_annotation,
+    slice_index,
 )
 from simaq_train.data.stream import window_indices
 from simaq_train.data.volumes import read_volume, write_volume
@@ -232,6 +233,19 @@ def test_three_axis_dataset_reads_each_acquisition_in_its_frame(tmp_path):
         want_img = quantile_normalize(np.transpose(recon[s, a], perm), 2)
         want_lab = np.where(fov_mask(shape[1:], 2)[None], np.transpose(labels[s], perm), 255)
         assert np.array_equal(img, want_img) and np.array_equal(lab, want_lab)
+    # the slice flags (read on threads) are those of each volume in order, as load gives them
+    flags = src.index()
+    assert len(flags) == len(src)
+    for v in range(len(src)):
+        lab = src.load(v)[1]
+        want = slice_index(lab)
+        assert np.array_equal(flags[v].labelled, want.labelled) and np.array_equal(flags[v].foreground, want.foreground)
+    # the arrays opened for loading stay in this process: a DataLoader worker opens its own
+    import pickle
+
+    assert set(src._arrays) == {"labels", "recon"}
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._arrays == {} and np.array_equal(clone.load(5)[0], src.load(5)[0])
     first = FactorySource(d3, n_classes=4, axes="first")
     assert len(first) == 2
     st = stream_for(make_cfg([d3]))
@@ -453,3 +467,22 @@ def test_config_with_a_key_given_twice_is_refused(tmp_path):
     with pytest.raises(BadInput) as err:
         load_config(cfg)
     assert str(cfg) in str(err.value) and "duplicate key 'optim'" in str(err.value)
+
+
+def test_normalisation_of_tied_levels_matches_scipy_average_ranks():
+    """Many large tie groups: every voxel gets ndtri((r − 0.5)/n), r its 1-based average rank
+    (scipy's "average"); a volume constant inside the field of view normalises to exactly 0 there."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    vol = rng.integers(0, 4, (4, 32, 32)).astype(np.float32)
+    disc = fov_mask((32, 32), 2)
+    out = quantile_normalize(vol, margin=2)
+    inside = vol[:, disc].ravel()
+    want = ndtri((rankdata(inside, "average") - 0.5) / inside.size).reshape(4, -1)
+    np.testing.assert_allclose(out[:, disc], want, rtol=0, atol=1e-6)
+    assert np.all(out[:, ~disc] == 0)
+    assert len(np.unique(out[:, disc])) == 4  # one output per level
+    const = np.where(disc, np.float32(3.5), rng.normal(size=(4, 32, 32)).astype(np.float32))
+    assert np.all(quantile_normalize(const, margin=2) == 0.0)

@@ -220,12 +220,19 @@ def status(out: str) -> None:
 @main.command()
 @click.argument("out")
 @click.option("--index", type=int, default=None, help="Also print this sample's parameters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole dataset card (and sample record) as JSON.")
 @handle_errors
-def info(out: str, index: int | None) -> None:
-    """Print the dataset card (and one sample's provenance record)."""
-    from simaq_factory.store.inspect import dataset_info
+def info(out: str, index: int | None, as_json: bool) -> None:
+    """Summarise the dataset card (and one sample's provenance record); --json prints them whole."""
+    from simaq_factory.store.inspect import dataset_info, dataset_specs, info_lines, open_dataset_recipe
 
-    click.echo(json.dumps(dataset_info(Path(out), index), indent=2, sort_keys=True))
+    record = dataset_info(Path(out), index)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    recipe, _ = open_dataset_recipe(Path(out))
+    for line in info_lines(Path(out), record, dataset_specs(recipe)):
+        click.echo(line)
 
 
 @main.command()

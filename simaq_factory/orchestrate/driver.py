@@ -30,7 +30,7 @@ from simaq_factory.acquisition.angles import a_max_for
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
-from simaq_factory.store.dataset import read_card, shard_state, update_card
+from simaq_factory.store.dataset import read_card, shard_states, update_card
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
 from simaq_factory.store.outdir import (
     check_out_dir,
@@ -90,8 +90,7 @@ def pending_shards(out: Path, recipe: Recipe, rid: str) -> tuple[list[int], int]
     specs = array_specs(recipe, a_max_for(recipe))
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     todo = []
-    for s in range(n_shards):
-        state, reason = shard_state(out, specs, s, rid)
+    for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid)):
         if state != "done":
             if state == "damaged":
                 log.warning("shard %d will be rebuilt: %s", s, reason)

@@ -26,7 +26,7 @@ from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
 from simaq_factory.store.dataset import shard_checksums, shard_file, write_json_atomic, write_shard
-from simaq_factory.store.layout import array_specs, provenance_path, shard_ranges
+from simaq_factory.store.layout import array_specs, provenance_path, shard_range
 from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _run_shard(
     from simaq_factory.acquisition.angles import a_max_for
 
     specs = array_specs(recipe, a_max_for(recipe))
-    samples = shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)[shard_index]
+    samples = shard_range(recipe.dataset.n_samples, recipe.dataset.samples_per_shard, shard_index)
     buffers = {
         name: np.full((len(samples),) + spec.shape[1:], spec.fill_value, dtype=spec.dtype)
         for name, spec in specs.items()

@@ -24,7 +24,7 @@ import zarr
 from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BuildFailed
 from simaq_factory.labels import LABEL_NAMES
-from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, update_card
+from simaq_factory.store.dataset import read_card, read_provenance, sha256_files, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import GROUP_NAME, SUMS, dataset_classes
 from simaq_factory.store.outdir import RESOLVED, claim_out_dir
@@ -36,7 +36,8 @@ MANIFEST = "manifest.jsonl"
 CARD = "DATASET.md"
 PREVIEWS = "previews"
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-STATS_STRIDE = 7  # every 7th voxel inside the field of view feeds the percentiles
+STATS_STRIDE = 7  # at least every 7th voxel inside the field of view feeds the percentiles
+STATS_VALUES = 2**24  # at most this many values per array (64 MiB): freeze's memory is bounded at any size
 
 
 def _fov(shape: tuple[int, int, int]) -> np.ndarray:
@@ -46,10 +47,23 @@ def _fov(shape: tuple[int, int, int]) -> np.ndarray:
     return ((yy - (y - 1) / 2) ** 2 + (xx - (x - 1) / 2) ** 2) <= r * r
 
 
+def stats_stride(n_volumes: int, shape: tuple[int, int, int]) -> int:
+    """The stride, along each slice's in-view voxels of ``shape``, of the percentile sample of
+    ``n_volumes`` volumes: at least :data:`STATS_STRIDE`, and at most :data:`STATS_VALUES` values
+    in all (or one per slice, where there are more slices than that)."""
+    per_slice = max(1, STATS_VALUES // (n_volumes * shape[0]))
+    return max(STATS_STRIDE, -(-int(_fov(shape).sum()) // per_slice))
+
+
 def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     g = zarr.open_group(out / GROUP_NAME, mode="r")
     n = recipe.dataset.n_samples
-    fov = _fov(recipe.dataset.shape)
+    shape = tuple(recipe.dataset.shape)
+    ys, xs = np.nonzero(_fov(shape))
+    arrays = {name: g[name] for name in ("labels", "phantom", "recon")}  # opened once, not per sample
+    axes = arrays["recon"].shape[1] if arrays["recon"].ndim == 5 else 1
+    stride = stats_stride(n * axes, shape)  # recon has the most volumes: n per acquisition axis
+    ys, xs = ys[::stride], xs[::stride]  # (Z, k) gathers, as v[:, fov][:, ::stride] without the copy
     counts_total = np.zeros(256, dtype=np.int64)
     samples: dict[str, list[np.ndarray]] = {"phantom": [], "recon": []}
     manifest = []
@@ -58,14 +72,14 @@ def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
         prov = read_provenance(out, shard) or {}
         for rec in prov.get("sample_records", []):
             i = int(rec["index"])
-            labels = g["labels"][i]
+            labels = arrays["labels"][i]
             counts = np.bincount(labels.ravel(), minlength=256)
             counts_total += counts
             for name in samples:
-                vol = g[name][i]
+                vol = arrays[name][i]
                 # a three-axis recon (axes, Z, Y, X): each inside the cylinder about its tilt axis
                 vols = [vol] if vol.ndim == 3 else [np.transpose(v, frame_axes(k)) for k, v in enumerate(vol)]
-                samples[name] += [v[:, fov][:, ::STATS_STRIDE].astype(np.float32).ravel() for v in vols]
+                samples[name] += [v[:, ys, xs].astype(np.float32).ravel() for v in vols]
             ang = rec["angles"]
             manifest.append({
                 "index": i, "shard": shard, "n_cells": rec.get("n_cells"),
@@ -82,7 +96,7 @@ def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
         "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
                                        np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
                         for name, vals in samples.items()},
-        "percentile_sampling": f"every {STATS_STRIDE}th voxel inside the inscribed cylinder",
+        "percentile_sampling": f"every {stride}th voxel inside the inscribed cylinder",
     }
     return manifest, stats
 
@@ -126,20 +140,24 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
     return "\n".join(lines)
 
 
-def write_sha256sums(out: Path) -> int:
+def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
     """Write SHA256SUMS over :func:`sealed_files`, under a temporary name renamed when whole: a
     SHA256SUMS that exists is complete, and an interrupted freeze (none yet) is completed by
-    freezing again."""
+    freezing again. ``known`` maps relative paths to digests just checked under the same lock (the
+    data shard files verify matched against their provenance): those files are not read again."""
+    known = known or {}
     part = out / SUMS_PARTIAL
     part.unlink(missing_ok=True)
-    files = sealed_files(out)
+    rels = [p.relative_to(out).as_posix() for p in sealed_files(out)]
+    to_hash = [rel for rel in rels if rel not in known]
+    digests = dict(known) | dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
     with open(part, "w") as f:
-        for p in files:
-            f.write(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n")
+        for rel in rels:
+            f.write(f"{digests[rel]}  {rel}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(part, out / SUMS)
-    return len(files)
+    return len(rels)
 
 
 def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
@@ -180,6 +198,6 @@ def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
     card = read_card(out)
     recipe_json = json.loads((out / RESOLVED).read_text())["recipe"]
     (out / CARD).write_text(_card_markdown(recipe_json, card, stats, manifest, names))
-    n_files = write_sha256sums(out)
+    n_files = write_sha256sums(out, report.digests)
     digest = hashlib.sha256((out / SUMS).read_bytes()).hexdigest()
     return {"samples": len(manifest), "files": n_files, "sha256sums_digest": digest, "stats": stats}

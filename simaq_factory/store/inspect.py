@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.store.dataset import read_card, read_provenance, shard_state
+from simaq_factory.store.dataset import read_card, read_provenance, shard_states
 from simaq_factory.store.layout import GROUP_NAME, ArraySpec, array_specs, shard_ranges
 from simaq_factory.store.outdir import RESOLVED
 
@@ -178,8 +178,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     counts = {"done": 0, "pending": 0, "damaged": 0}
     shard_problems = []
-    for s in range(n_shards):
-        state, reason = shard_state(out, specs, s, rid)
+    for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid)):
         counts[state] += 1
         if state == "damaged":
             shard_problems.append((s, reason))
@@ -217,3 +216,94 @@ def dataset_info(out: Path, index: int | None) -> dict[str, Any]:
         info["sample"] = record
         info["shard"] = {k: prov[k] for k in ("shard", "device", "versions", "timings_s") if k in prov}
     return info
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _applied(section: dict[str, Any]) -> list[str]:
+    """Names of the stages of an artifacts record that were applied, with their main parameter."""
+    said = []
+    for name, rec in section.items():
+        if not isinstance(rec, dict) or not rec.get("applied", "beads" in rec):
+            continue
+        if name == "fiducials":
+            said.append(f"{len(rec.get('beads', []))} gold bead(s)")
+        elif name == "blur":
+            said.append(f"blur sigma {_fmt(rec.get('sigma'))} vox")
+        elif "amplitude" in rec:
+            said.append(f"{name.replace('_', ' ')} amplitude {_fmt(rec['amplitude'])}")
+        elif "strength" in rec:
+            said.append(f"{name} strength {_fmt(rec['strength'])}")
+        elif "thickness" in rec:
+            said.append(f"{name.replace('_', ' ')} {_fmt(rec['thickness'])} reference voxels")
+        else:
+            said.append(name.replace("_", " "))
+    return said or ["none"]
+
+
+def _angles_line(angles: dict[str, Any]) -> str:
+    deg = angles.get("recon_deg") or []
+    if not deg:
+        return "no angles recorded"
+    return (f"{len(deg)} of {angles.get('n_nominal', '?')} nominal, {min(deg):.2f}° to {max(deg):.2f}° "
+            f"(span {_fmt(angles.get('span_deg'))}°, step {_fmt(angles.get('step_deg'))}°)")
+
+
+def info_lines(out: Path, info: dict[str, Any], specs: dict[str, ArraySpec]) -> list[str]:
+    """The human summary ``simaq-factory info`` prints (``--json`` prints ``info`` whole)."""
+    card = info["card"]
+    status = str(card.get("status", "unknown"))
+    if status == "frozen" and card.get("frozen_at"):
+        status += f" {card['frozen_at']}"
+    shape = card.get("shape_zyx") or []
+    n = card.get("n_samples", "?")
+    tilt = card.get("tilt_axis", "z")
+    lines = [
+        f"dataset: {out} ({status})",
+        f"recipe id: {card.get('recipe_id', '?')}",
+        f"samples: {n} of {'x'.join(map(str, shape))} voxels (z, y, x), seed {card.get('seed', '?')}, "
+        f"{card.get('samples_per_shard', '?')} per shard",
+        f"{'tilt axes' if isinstance(tilt, list) else 'tilt axis'}: "
+        f"{', '.join(tilt) if isinstance(tilt, list) else tilt}, at most {card.get('a_max', '?')} angles per "
+        "tilt series",
+        "arrays: " + ", ".join(f"{name} {spec.dtype} {tuple(spec.shape[1:])}" for name, spec in specs.items()),
+        "classes: " + ", ".join(f"{k} {v}" for k, v in sorted((card.get("label_map") or {}).items(),
+                                                               key=lambda kv: int(kv[0])))
+        + f" ({card.get('ignore_label', 255)} = unlabelled)",
+    ]
+    fractions = (card.get("stats") or {}).get("label_fractions")
+    if fractions:
+        lines.append("class fractions: " + ", ".join(f"{k} {v:.4f}" for k, v in fractions.items()))
+    software = card.get("software") or {}
+    if software:
+        lines.append("software: " + ", ".join(f"{k} {v}" for k, v in software.items()))
+    sample = info.get("sample")
+    if sample is not None:
+        shard = info.get("shard") or {}
+        seed = sample.get("seed") or {}
+        spec = sample.get("phantom_spec") or {}
+        cells = spec.get("cells") or []
+        lines += [
+            "",
+            f"sample {sample.get('index')} (shard {shard.get('shard', '?')}, rendered on {shard.get('device', '?')}):",
+            f"  seed: root {seed.get('root', '?')}, spawn key {seed.get('spawn_key', '?')}",
+            f"  cells: {len(cells)}; vacuoles {sum(len(c.get('vacuoles') or []) for c in cells)}, lipid droplets "
+            f"{sum(len(c.get('droplets') or []) for c in cells)}, nuclei "
+            f"{sum(1 for c in cells if c.get('nucleus'))}; supersampling {spec.get('supersample', '?')}",
+            "  phantom artifacts: " + ", ".join(_applied(sample.get("artifacts") or {})),
+        ]
+        acquisitions = sample.get("acquisitions") or [
+            {"axis": None, "angles": sample.get("angles") or {},
+             "sinogram_artifacts": sample.get("sinogram_artifacts") or {}}]
+        for acq in acquisitions:
+            about = "" if acq.get("axis") is None else f" (about {acq.get('tilt_axis', acq['axis'])})"
+            lines.append(f"  angles{about}: {_angles_line(acq.get('angles') or {})}")
+            lines.append(f"  sinogram artifacts{about}: " + ", ".join(_applied(acq.get("sinogram_artifacts") or {})))
+        timings = sample.get("timings_s") or {}
+        if timings:
+            lines.append(f"  time: {sum(timings.values()):.2f} s (" +
+                         ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + ")")
+    lines += ["", "(the whole card and sample record: --json)"]
+    return lines

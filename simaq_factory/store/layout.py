@@ -159,5 +159,13 @@ def shard_ranges(n_samples: int, samples_per_shard: int) -> list[range]:
     ]
 
 
+def shard_range(n_samples: int, samples_per_shard: int, shard_index: int) -> range:
+    """``shard_ranges(n_samples, samples_per_shard)[shard_index]`` without building the list."""
+    if not 0 <= shard_index * samples_per_shard < n_samples:
+        raise IndexError(f"shard {shard_index} of {n_samples} samples, {samples_per_shard} per shard")
+    start = shard_index * samples_per_shard
+    return range(start, min(start + samples_per_shard, n_samples))
+
+
 def provenance_path(out: Path, shard_index: int) -> Path:
     return out / PROVENANCE_DIR / f"shard-{shard_index:06d}.json"

@@ -29,7 +29,7 @@ import zarr
 from simaq_factory.labels import Label
 from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.banks import bank_problems, load_banks
-from simaq_factory.store.dataset import read_card, read_provenance, sha256_file, shard_state
+from simaq_factory.store.dataset import read_card, read_provenance, sha256_files, shard_states
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
 from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
 from simaq_factory.store.outdir import LOCK
@@ -51,6 +51,8 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: bool = False
+    #: relative path -> sha256 of every data shard file the shard check matched (freeze reuses them)
+    digests: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -72,20 +74,38 @@ def _check_provenance(prov: dict[str, Any], shard: int, samples: range, report: 
             report.problems.append(f"sample {rec.get('index')}: provenance lacks {', '.join(lacking)}")
 
 
-def _deep_check(out: Path, samples: range, names: list[str], report: VerifyReport) -> None:
+def _open_arrays(out: Path, names: list[str], report: VerifyReport) -> dict[str, Any]:
+    """The arrays ``names``, each opened once for the whole deep read (a problem when one cannot be)."""
+    arrays = {}
     for name in names:
         try:
-            data = zarr.open_array(out / GROUP_NAME / name, mode="r")[samples.start : samples.stop]
+            arrays[name] = zarr.open_array(out / GROUP_NAME / name, mode="r")
+        except Exception as err:  # noqa: BLE001 - any failure to open is a finding
+            report.problems.append(f"{name}: unreadable ({err})")
+    return arrays
+
+
+def _deep_check(arrays: dict[str, Any], samples: range, report: VerifyReport) -> None:
+    """Decode every sample of ``samples`` in every array, one sample at a time (a shard of 512³
+    samples would be gigabytes at once), and check label values and finiteness."""
+    span = f"samples {samples.start}-{samples.stop - 1}"
+    for name, arr in arrays.items():
+        bad: set[int] = set()
+        finite = True
+        try:
+            for i in samples:
+                data = arr[i]
+                if name == "labels":
+                    bad |= set(np.unique(data).tolist()) - VALID_LABELS
+                elif name in ("phantom", "noisy", "recon"):
+                    finite = finite and bool(np.isfinite(data).all())
         except Exception as err:  # noqa: BLE001 - any decode failure is a finding
-            report.problems.append(f"{name} samples {samples.start}-{samples.stop - 1}: unreadable ({err})")
+            report.problems.append(f"{name} {span}: unreadable ({err})")
             continue
-        if name == "labels":
-            bad = set(np.unique(data).tolist()) - VALID_LABELS
-            if bad:
-                report.problems.append(f"labels samples {samples.start}-{samples.stop - 1}: "
-                                       f"values {sorted(bad)} outside the label set")
-        elif name in ("phantom", "noisy", "recon") and not np.isfinite(data).all():
-            report.problems.append(f"{name} samples {samples.start}-{samples.stop - 1}: non-finite values")
+        if bad:
+            report.problems.append(f"labels {span}: values {sorted(bad)} outside the label set")
+        if not finite:
+            report.problems.append(f"{name} {span}: non-finite values")
 
 
 def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyReport) -> None:
@@ -155,7 +175,7 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         return [f"{path}: unreadable ({type(err).__name__}: {err})"]
-    problems = []
+    found: list[tuple[str, str | None]] = []  # per line in order: a problem, or (rel, digest) to compare
     listed: set[str] = set()
     root = out.resolve()
     for n, line in enumerate(lines, 1):
@@ -166,19 +186,21 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
             digest, sep, rel = line.partition(" *")
         digest = digest.strip().lower()
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not rel:
-            problems.append(f"{SUMS} line {n}: malformed (expected '<sha256>  <path>')")
+            found.append((f"{SUMS} line {n}: malformed (expected '<sha256>  <path>')", None))
             continue
         target = out / rel
         if Path(rel).is_absolute() or not target.resolve().is_relative_to(root):
-            problems.append(f"{SUMS} line {n}: {rel} lies outside the dataset")
+            found.append((f"{SUMS} line {n}: {rel} lies outside the dataset", None))
             continue
         if not target.is_file():
-            problems.append(f"{rel}: listed in {SUMS} but missing")
+            found.append((f"{rel}: listed in {SUMS} but missing", None))
             continue
         listed.add(rel)
-        actual = known.get(rel) or sha256_file(target)
-        if actual != digest:
-            problems.append(f"{rel}: sha256 differs from {SUMS} (modified after freeze)")
+        found.append((rel, digest))
+    to_hash = sorted({rel for rel, digest in found if digest is not None and rel not in known})
+    actual = dict(known) | dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
+    problems = [rel if digest is None else f"{rel}: sha256 differs from {SUMS} (modified after freeze)"
+                for rel, digest in found if digest is None or actual[rel] != digest]
     unlisted = [p.relative_to(out).as_posix() for p in sealed_files(out)]
     unlisted = [rel for rel in unlisted if rel not in listed]
     if unlisted:  # a file added after the freeze, or a SHA256SUMS cut short by an older freeze
@@ -201,10 +223,10 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyRe
     if group_problem is not None:
         report.problems.append(group_problem)
     report.problems.extend(array_problems.values())
-    readable = [name for name in specs if name not in array_problems]
-    known: dict[str, str] = {}  # relative shard file -> sha256, as matched by the shard check
-    for s, samples in enumerate(ranges):
-        state, reason = shard_state(out, specs, s, rid)
+    arrays = _open_arrays(out, [name for name in specs if name not in array_problems], report) if deep else {}
+    known = report.digests  # relative shard file -> sha256, as matched by the shard check
+    states = shard_states(out, specs, range(len(ranges)), rid)
+    for s, (samples, (state, reason)) in enumerate(zip(ranges, states)):
         if state != "done":
             report.problems.append(f"shard {s} (samples {samples.start}-{samples.stop - 1}): {reason}")
             continue
@@ -212,7 +234,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyRe
         known.update(_shard_digests(specs, s, prov))
         _check_provenance(prov, s, samples, report)
         if deep:
-            _deep_check(out, samples, readable, report)
+            _deep_check(arrays, samples, report)
         report.checked_samples += len(samples)
     if group_problem is None:
         report.problems.extend(bank_problems(out, recipe))

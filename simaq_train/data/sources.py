@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,11 @@ class FactorySource:
         self.fov_margin = fov_margin
         self.shape = tuple(int(s) for s in labels.shape[1:])
         self.name = str(self.path)
+        self._arrays: dict[str, Any] = {}  # opened once per process (see _array)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to DataLoader workers) without the opened arrays; each process opens its own."""
+        return {**self.__dict__, "_arrays": {}}
 
     def __len__(self) -> int:
         return self.n_samples * len(self.acqs)
@@ -210,10 +216,14 @@ class FactorySource:
         """In-plane (H, W) of the volumes in the frame of each acquisition."""
         return {(self.shape[self.perms[a][1]], self.shape[self.perms[a][2]]) for a in self.acqs}
 
-    def _group(self) -> Any:
-        import zarr
+    def _array(self, name: str) -> Any:
+        """``labels`` or ``recon``, opened on first use in this process (a metadata read per volume
+        loaded, three of them, was what opening the group for every load cost)."""
+        if name not in self._arrays:
+            import zarr
 
-        return zarr.open_group(self.path / "dataset.zarr", mode="r")
+            self._arrays[name] = zarr.open_array(self.path / "dataset.zarr" / name, mode="r")
+        return self._arrays[name]
 
     def _mask_fov(self, labels: np.ndarray) -> np.ndarray:
         """Labels outside the field-of-view cylinder (where the input is 0) become IGNORE."""
@@ -224,25 +234,33 @@ class FactorySource:
         return np.ascontiguousarray(np.transpose(vol, self.perms[a]))
 
     def index(self) -> list[SliceIndex]:
-        """Slice flags of every volume (reads every label volume once)."""
-        out: list[SliceIndex] = []
-        arr = self._group()["labels"]
-        for s in range(self.n_samples):
+        """Slice flags of every volume (reads every label volume once, a few samples at a time on
+        threads: decoding and the numpy reductions release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        arr = self._array("labels")
+
+        def sample(s: int) -> list[SliceIndex]:
             lab = np.asarray(arr[s])
             check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
-            for a in self.acqs:
-                out.append(slice_index(self._mask_fov(self.to_frame(lab, a))))
-        return out
+            return [slice_index(self._mask_fov(self.to_frame(lab, a))) for a in self.acqs]
+
+        threads = max(1, min(4, os.cpu_count() or 1, self.n_samples))
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="index")
+        try:
+            return [flags for per_sample in pool.map(sample, range(self.n_samples)) for flags in per_sample]
+        finally:  # on Ctrl-C or a bad volume, the samples not started are not read after all
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def load_raw(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         """Volume ``v`` as stored, in the frame of its acquisition: (raw recon, labels uint8 with
         255 outside the field of view)."""
         s, a = self.locate(v)
-        g = self._group()
-        lab = np.asarray(g["labels"][s])
+        lab = np.asarray(self._array("labels")[s])
         check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
         lab = self.to_frame(lab, a)
-        rec = self.to_frame(np.asarray(g["recon"][s, a]) if self.multi else np.asarray(g["recon"][s]), a)
+        recon = self._array("recon")
+        rec = self.to_frame(np.asarray(recon[s, a]) if self.multi else np.asarray(recon[s]), a)
         return rec, self._mask_fov(lab)
 
     def load(self, v: int) -> tuple[np.ndarray, np.ndarray]:
