@@ -109,6 +109,22 @@ def test_loss_matches_hand_computation_with_ignored_pixels():
         _hand_loss(logits, target_b), rel=1e-9)
 
 
+def test_dice_pools_over_the_batch():
+    # batch of 2: class 2 occurs only in the second sample; the Dice sums run over batch and pixels,
+    # so the loss is the hand loss of both samples' pixels taken together
+    logits = [[[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.1, -0.3, 0.4]],
+              [[-1.0, 0.2, 3.0], [1.0, 1.0, 0.5], [0.0, 2.5, -2.0]]]
+    target = [[0, 1, 1], [2, 0, 1]]
+    lg = torch.cat([_as_tensors(lo, ta)[0] for lo, ta in zip(logits, target)])
+    t = torch.cat([_as_tensors(lo, ta)[1] for lo, ta in zip(logits, target)])
+    assert lg.shape == (2, 3, 1, 3) and t.shape == (2, 1, 3)
+    pooled = _hand_loss(logits[0] + logits[1], target[0] + target[1])
+    assert dice_focal_loss(lg, t).item() == pytest.approx(pooled, rel=1e-9)
+    # not the mean of per-sample losses (which would count class 2's absence in sample 0)
+    per_sample = (_hand_loss(logits[0], target[0]) + _hand_loss(logits[1], target[1])) / 2
+    assert pooled != pytest.approx(per_sample, rel=1e-3)
+
+
 def test_loss_identities():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6, 5, dtype=torch.float64)
@@ -173,6 +189,8 @@ def test_iou_and_dice_from_confusion():
     target = torch.tensor([0, 1, 2, 2, 255, 1])
     cm = confusion(pred, target, 4)
     assert cm.sum() == 5
+    # rows = target, columns = prediction: target 2 predicted 1 and target 1 predicted 0, never the reverse
+    assert cm[2, 1] == 1 and cm[1, 2] == 0 and cm[1, 0] == 1 and cm[0, 1] == 0
     iou, dice = iou_dice(cm)
     assert iou[0] == pytest.approx(1 / 2) and iou[1] == pytest.approx(1 / 3) and iou[2] == pytest.approx(1 / 2)
     assert iou[3] is None and dice[1] == pytest.approx(2 / 4)

@@ -1,0 +1,90 @@
+"""simaq_train units without a dataset: inference padding and cropping, evaluation summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from simaq_train.evaluate import summarise
+from simaq_train.inference import predict_volume
+from simaq_train.metrics import iou_dice
+
+
+class _ThresholdCentre(nn.Module):
+    """Stub model: class 1 where the centre slice of the window is > 0, class 0 elsewhere."""
+
+    divisor = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 5 and x.shape[1] == 1
+        assert x.shape[-2] % self.divisor == 0 and x.shape[-1] % self.divisor == 0
+        centre = x[:, 0, x.shape[2] // 2]
+        return torch.stack([torch.zeros_like(centre), (centre > 0).to(centre.dtype) * 2.0 - 1.0], dim=1)
+
+
+def test_predict_volume_crops_the_centre_of_a_padded_plane():
+    # H = 8·2 + 3, W = 8·3 + 3: padded symmetrically to 24 × 32 (1 + 4 and 2 + 3 rows of zeros)
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(5, 19, 27)).astype(np.float32)
+    vol[:, :4, :] = -1.0  # asymmetric: a negative band at the top, a positive one at the left
+    vol[:, :, :3] = 1.0
+    out = predict_volume(_ThresholdCentre(), vol, window=3, batch_size=2, amp="off")
+    assert out.shape == vol.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, (vol > 0).astype(np.uint8))
+
+
+def test_mean_iou_foreground_averages_classes_from_one_only(tmp_path):
+    # rows = target, columns = prediction; class 0 (background) is perfect, foreground is not
+    cm = np.array([[50, 0, 0],
+                   [0, 3, 1],
+                   [0, 2, 2]], dtype=np.int64)
+    iou, _ = iou_dice(cm)
+    assert iou == pytest.approx([1.0, 3 / 6, 2 / 5])
+    fg_mean = (3 / 6 + 2 / 5) / 2  # the mean over all three classes would be 0.633…
+    rep = summarise(tmp_path, [cm, cm], {"label_map": {"0": "bg", "1": "cell", "2": "vac"}})
+    assert rep["foreground_classes"] == ["cell", "vac"]
+    assert rep["mean_iou_foreground"] == pytest.approx(fg_mean, rel=1e-12)
+    assert rep["pooled"]["mean_iou_foreground"] == pytest.approx(fg_mean, rel=1e-12)
+    assert [row["mean_iou"] for row in rep["per_sample"]] == pytest.approx([fg_mean, fg_mean], rel=1e-12)
+
+
+def test_postprocess_fills_holes_and_drops_components_below_the_ball_volume():
+    """Per class: 3D hole filling, then 18-connected components smaller than 4/3·π·r³ removed."""
+    from simaq_train.inference import PostClass, postprocess
+
+    n = 32
+    z, y, x = np.mgrid[:n, :n, :n]
+    r = np.sqrt((z - 15.5) ** 2 + (y - 15.5) ** 2 + (x - 15.5) ** 2)
+    seg = np.zeros((n, n, n), np.uint8)
+    seg[(r <= 10) & (r > 8)] = 1  # a hollow ball: its cavity is a hole
+    seg[1:3, 1:3, 1:3] = 1  # 8 voxels, apart from the ball
+    seg[26:31, 26:31, 26:31] = 1  # 125 voxels
+    radius = 3.0  # 4/3·π·27 ≈ 113 voxels: the 8-voxel blob goes, the 125-voxel one stays
+    out = postprocess(seg, (PostClass(1, (1,), 0.0, radius),), scale=1.0)
+    assert out.dtype == np.uint8 and set(np.unique(out).tolist()) == {0, 1}
+    assert (out[r <= 10] == 1).all()  # the cavity is filled
+    assert (out[1:3, 1:3, 1:3] == 0).all()
+    assert (out[26:31, 26:31, 26:31] == 1).all()
+    assert ((out == 1) == ((r <= 10) | _box(n, 26, 31))).all()  # nothing else
+
+
+def _box(n: int, lo: int, hi: int) -> np.ndarray:
+    m = np.zeros((n, n, n), bool)
+    m[lo:hi, lo:hi, lo:hi] = True
+    return m
+
+
+def test_skip_edge_mode_keeps_every_centre_with_a_whole_window():
+    """edge_mode "skip": windows whose slices all lie in the volume, i.e. centres half..depth-half-1;
+    the other modes pad the ends and keep every labelled slice."""
+    from simaq_train.data.sources import SliceIndex
+    from simaq_train.data.stream import build_table
+
+    depth, window = 10, 5
+    ix = SliceIndex(labelled=np.ones(depth, bool), foreground=np.ones(depth, bool))
+    rows, _ = build_table([[ix]], window, "skip", None)
+    assert rows[:, 2].tolist() == list(range(2, 8))
+    rows, _ = build_table([[ix]], window, "reflect", None)
+    assert rows[:, 2].tolist() == list(range(depth))
