@@ -233,13 +233,18 @@ def test_three_axis_dataset_reads_each_acquisition_in_its_frame(tmp_path):
         want_img = quantile_normalize(np.transpose(recon[s, a], perm), 2)
         want_lab = np.where(fov_mask(shape[1:], 2)[None], np.transpose(labels[s], perm), 255)
         assert np.array_equal(img, want_img) and np.array_equal(lab, want_lab)
-    # the slice flags (read on threads) are those of each volume in order, as load gives them
-    flags = src.index()
-    assert len(flags) == len(src)
+    # the slice flags, read serially or on threads, are those of each volume in order, as load gives them
+    import simaq_train.data.sources as sources_mod
+
+    serial = src.index()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sources_mod, "INDEX_THREADS_MIN_VOXELS", 0)
+        threaded = src.index()
+    assert len(serial) == len(threaded) == len(src)
     for v in range(len(src)):
-        lab = src.load(v)[1]
-        want = slice_index(lab)
-        assert np.array_equal(flags[v].labelled, want.labelled) and np.array_equal(flags[v].foreground, want.foreground)
+        want = slice_index(src.load(v)[1])
+        for flags in (serial[v], threaded[v]):
+            assert np.array_equal(flags.labelled, want.labelled) and np.array_equal(flags.foreground, want.foreground)
     # the arrays opened for loading stay in this process: a DataLoader worker opens its own
     import pickle
 
