@@ -56,3 +56,13 @@ def test_fractional_spans_follow_the_half_open_rule_of_the_geometry():
     for span, step in ((100.0, 1.0), (100.3, 1.0), (99.7, 1.0), (90.0, 0.5), (110.9, 2.0), (180.0, 1.0)):
         assert n_nominal(span, step) == Geometry.arc_degrees(8, span, step).n_angles
     assert n_nominal(100.3, 1.0) == 101 and n_nominal(100.0, 1.0) == 100
+
+
+def test_offset_only_strictly_below_the_threshold_span():
+    """The offset is drawn when span < offset_below_span_deg (165° here): not at 165° itself."""
+    for seed in range(5):
+        at = draw(seed, span=Dist.const(165.0), jitter=0.0, missing=0.0)
+        assert at.offset_deg == 0.0
+        np.testing.assert_allclose(at.recon_deg, -82.5 + np.arange(165), atol=1e-12)
+        below = draw(seed, span=Dist.const(164.9), jitter=0.0, missing=0.0)
+        assert below.offset_deg != 0.0 and -15.0 <= below.offset_deg <= 15.0

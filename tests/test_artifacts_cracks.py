@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import scipy.ndimage as ndi
 import torch
 
@@ -86,8 +87,8 @@ def test_crack_volumes_are_thin_connected_surfaces() -> None:
     assert np.median(largest) >= 0.9, largest
 
 
-def _dijkstra(cost: np.ndarray, seeds: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """Oracle: region growth on the 26-neighbour graph, w(u, v) = ½(c_u + c_v)·|u − v| / speed."""
+def _dijkstra(cost: np.ndarray, seeds: np.ndarray, inv: np.ndarray, neighbourhood: int = 26) -> np.ndarray:
+    """Oracle: region growth on the 26- (18-, 6-) neighbour graph, w(u, v) = ½(c_u + c_v)·|u − v| / speed."""
     n = cost.shape[0]
     t = np.full(cost.shape, np.inf)
     lab = np.full(cost.shape, -1)
@@ -96,7 +97,8 @@ def _dijkstra(cost: np.ndarray, seeds: np.ndarray, inv: np.ndarray) -> np.ndarra
         t[s] = 0.0
     heapq.heapify(heap)
     done = np.zeros(cost.shape, dtype=bool)
-    steps = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dz or dy or dx]
+    steps = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+             if 0 < abs(dz) + abs(dy) + abs(dx) <= {6: 1, 18: 2, 26: 3}[neighbourhood]]
     while heap:
         tu, k, u = heapq.heappop(heap)
         if done[u]:
@@ -232,3 +234,34 @@ def test_crack_field_is_the_max_of_layers_times_perlin_each_normalised() -> None
     assert float(field.max()) < 1.0  # the Perlin peak is off every crack here: no renormalisation
     assert torch.equal(cracks[0], torch.from_numpy((np.random.default_rng(1).random((2, 8, 8, 8)) < 0.1)
                                                    .astype(np.float32))[0])  # bank untouched
+
+
+def test_smaller_neighbourhoods_match_their_dijkstra_oracles() -> None:
+    """The 18- and 6-neighbour graphs (step sets |d|₁ ≤ 2 and ≤ 1) agree with a Dijkstra oracle on
+    the same graph to the standard of the 26-neighbour test, and the three labellings differ."""
+    rng = np.random.default_rng(11)
+    size, k = 10, 5
+    cost = cost_field(torch.from_numpy(rng.standard_normal((1, size, size, size), dtype=np.float32)), 1.5, 1.0)
+    seeds = np.stack(np.unravel_index(rng.choice(size**3, k, replace=False), (size,) * 3), -1)
+    inv = np.exp(0.3 * rng.standard_normal(k)).astype(np.float32)
+    ours = {}
+    for nb in (6, 18, 26):
+        ours[nb] = region_labels(cost, torch.from_numpy(seeds)[None], torch.from_numpy(inv)[None],
+                                 neighbourhood=nb)[0].numpy()
+        oracle = _dijkstra(cost[0].double().numpy(), seeds, inv.astype(np.float64), nb)
+        assert (ours[nb] == oracle).mean() > 0.99, nb
+    assert (ours[18] == ours[26]).mean() < 0.97 and (ours[6] == ours[18]).mean() < 0.97
+
+
+def test_cost_field_log_is_standard_normal_times_the_contrast() -> None:
+    """log c = contrast · n with n the smoothed noise divided by its theoretical std (Σ k²)^{3/2}:
+    away from the replicated borders n has mean ≈ 0 and std ≈ 1, and the contrast scales it."""
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.standard_normal((2, 48, 48, 48), dtype=np.float32))
+    log1 = torch.log(cost_field(noise, 2.0, 1.0)).double()
+    inner = log1[:, 6:-6, 6:-6, 6:-6]  # the kernel radius ceil(3σ) = 6 from the borders
+    assert abs(float(inner.mean())) < 0.1 and float(inner.std()) == pytest.approx(1.0, rel=0.06)
+    log_half = torch.log(cost_field(noise, 2.0, 0.5)).double()
+    torch.testing.assert_close(log_half, 0.5 * log1, rtol=1e-5, atol=1e-5)
+    # no smoothing: the noise itself
+    torch.testing.assert_close(torch.log(cost_field(noise, 0.0, 0.7)), 0.7 * noise, rtol=1e-5, atol=1e-5)

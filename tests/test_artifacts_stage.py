@@ -172,3 +172,17 @@ def test_sub_stage_draws_are_independent() -> None:
     )
     assert a["blur"] == b["blur"] and a["perlin"] == b["perlin"]
     assert a["ice_cracks"] == b["ice_cracks"]
+
+
+@pytest.mark.parametrize("voxels_per_unit, sigma, radius", [(0.6, 1.0, 3), (1.2, 2.0, 6), (2.4, 4.0, 12)])
+def test_blur_sigma_is_converted_to_this_volumes_voxels(voxels_per_unit: float, sigma: float, radius: int) -> None:
+    """σ is drawn in reference voxels (1.2 per generation unit): a volume at ``voxels_per_unit``
+    blurs with σ·voxels_per_unit/1.2 of its own voxels, and the kernel radius follows (ceil(3σ))."""
+    _, labels = _phantom(24)
+    cfg = ArtifactsConfig(
+        blur=BlurConfig(probability=1.0, sigma=Dist.const(2.0), nominal_taps=None),
+        fiducials=FiducialsConfig(count=Dist.const(1)),
+    )
+    b = sample_artifacts(cfg, labels.shape, labels, voxels_per_unit, np.random.default_rng(0))["blur"]
+    assert b["applied"] and b["sigma_drawn"] == 2.0 and b["sigma_reference_voxels"] == 2.0
+    assert b["sigma"] == pytest.approx(sigma, rel=1e-12) and b["radius"] == radius

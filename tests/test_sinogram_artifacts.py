@@ -316,3 +316,34 @@ def test_axis_tilt_is_drawn_once_per_series_and_only_when_enabled() -> None:
     b = sample_sinogram_artifacts(SinogramArtifactsConfig(**OFF, misalignment=MisalignmentConfig(enabled=True)),
                                   5, np.random.default_rng(3))["misalignment"]
     assert a["detector_shift_px"] == b["detector_shift_px"] and a["axial_shift_px"] == b["axial_shift_px"]
+
+
+def test_ice_path_is_in_this_volumes_voxel_units() -> None:
+    """The ice thickness is in reference voxels: with voxels 4 reference voxels long the path is
+    h / 4 / cos θ of them, so the ice keeps its proportion to the cells' line integrals."""
+    cfg = SinogramArtifactsConfig(
+        flicker=FlickerConfig(enabled=False),
+        ice_thickness=IceThicknessConfig(thickness=Dist.const(2000.0), lac=Dist.const(0.01)),
+    )
+    angles = np.array([-60.0, -20.0, 0.0, 35.0, 70.0])
+    params = sample_sinogram_artifacts(cfg, len(angles), np.random.default_rng(1), voxel_length=4.0)
+    out = apply_sinogram_artifacts(torch.zeros((5, 8, 8)), angles, params).double()
+    want = 2000.0 * 0.01 / (4.0 * np.cos(np.deg2rad(angles)))
+    np.testing.assert_allclose(out.mean(dim=(1, 2)).numpy(), want, rtol=1e-5)
+    # a round trip through JSON keeps the voxel length
+    again = apply_sinogram_artifacts(torch.zeros((5, 8, 8)), angles, json.loads(json.dumps(params)))
+    assert torch.equal(again.double(), out)
+
+
+def test_enabling_one_stage_leaves_the_other_stages_draws_unchanged() -> None:
+    """Each stage draws from its own child of the rng: switching the misalignment on (which draws
+    shifts and a tilt) leaves the flicker, ice, Poisson and detector draws as they were."""
+    base = dict(poisson=PoissonConfig(enabled=True), detector_noise=DetectorNoiseConfig(enabled=True))
+    off = sample_sinogram_artifacts(SinogramArtifactsConfig(**base), 9, np.random.default_rng(11))
+    on = sample_sinogram_artifacts(
+        SinogramArtifactsConfig(**base, misalignment=MisalignmentConfig(enabled=True)), 9, np.random.default_rng(11)
+    )
+    assert on["misalignment"]["applied"] and not off["misalignment"]["applied"]
+    for stage in ("flicker", "ice_thickness", "poisson", "detector_noise"):
+        assert on[stage] == off[stage], stage
+    assert len({on["ice_thickness"]["seed"], on["poisson"]["seed"], on["detector_noise"]["seed"]}) == 3

@@ -203,3 +203,14 @@ def test_config_fields_and_dispatch() -> None:
         parse_section(ReconstructionConfig, {"nonneg": "yes"}, "reconstruction")
     with pytest.raises(ValueError, match="iterations"):
         ReconstructionConfig(method="sirt", iterations=0)
+
+
+def test_sirt_first_step_is_linear_in_the_relaxation() -> None:
+    """From x = 0 one SIRT update is λ · C Aᵀ R p: the relaxation λ scales it exactly."""
+    geom = Geometry.arc_degrees(32, 120.0, step_deg=4.0)
+    proj = forward_project(_phantom(32, geom.image_center), geom)
+    one = sirt(proj, geom, iterations=1, nonneg=False)
+    assert float(one.abs().max()) > 0.1
+    for lam in (0.5, 1.5):
+        step = sirt(proj, geom, iterations=1, relaxation=lam, nonneg=False)
+        torch.testing.assert_close(step, lam * one, rtol=1e-6, atol=0.0)

@@ -55,50 +55,60 @@ def stats_stride(n_volumes: int, shape: tuple[int, int, int]) -> int:
     return max(STATS_STRIDE, -(-int(_fov(shape).sum()) // per_slice))
 
 
-def _stats(out: Path, recipe: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    g = zarr.open_group(out / GROUP_NAME, mode="r")
-    n = recipe.dataset.n_samples
-    shape = tuple(recipe.dataset.shape)
-    ys, xs = np.nonzero(_fov(shape))
-    arrays = {name: g[name] for name in ("labels", "phantom", "recon")}  # opened once, not per sample
-    axes = arrays["recon"].shape[1] if arrays["recon"].ndim == 5 else 1
-    stride = stats_stride(n * axes, shape)  # recon has the most volumes: n per acquisition axis
-    ys, xs = ys[::stride], xs[::stride]  # (Z, k) gathers, as v[:, fov][:, ::stride] without the copy
-    counts_total = np.zeros(256, dtype=np.int64)
-    samples: dict[str, list[np.ndarray]] = {"phantom": [], "recon": []}
-    manifest = []
-    for s_start in range(0, n, recipe.dataset.samples_per_shard):
-        shard = s_start // recipe.dataset.samples_per_shard
-        prov = read_provenance(out, shard) or {}
-        for rec in prov.get("sample_records", []):
-            i = int(rec["index"])
-            labels = arrays["labels"][i]
-            counts = np.bincount(labels.ravel(), minlength=256)
-            counts_total += counts
-            for name in samples:
-                vol = arrays[name][i]
-                # a three-axis recon (axes, Z, Y, X): each inside the cylinder about its tilt axis
-                vols = [vol] if vol.ndim == 3 else [np.transpose(v, frame_axes(k)) for k, v in enumerate(vol)]
-                samples[name] += [v[:, ys, xs].astype(np.float32).ravel() for v in vols]
-            ang = rec["angles"]
-            manifest.append({
-                "index": i, "shard": shard, "n_cells": rec.get("n_cells"),
-                "tilt_span_deg": ang["span_deg"], "tilt_offset_deg": ang["offset_deg"],
-                "n_angles": len(ang["recon_deg"]), "phantom_scale": rec["phantom_spec"].get("scale"),
-                **({"tilt_span_deg_by_axis": [a["angles"]["span_deg"] for a in rec["acquisitions"]]}
-                   if "acquisitions" in rec else {}),
-                "label_voxels": {LABEL_NAMES[v]: int(counts[v]) for v in LABEL_NAMES if counts[v]},
-            })
-    total = int(counts_total.sum())
-    stats = {
-        # the classes of the card's label map (no nucleus row where the recipe has none)
-        "label_fractions": {name: float(counts_total[v] / total) for v, name in dataset_classes(recipe).items()},
-        "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
-                                       np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
-                        for name, vals in samples.items()},
-        "percentile_sampling": f"every {stride}th voxel inside the inscribed cylinder",
-    }
-    return manifest, stats
+class _Stats:
+    """Per-class voxel counts and the percentile sample, fed one stored volume at a time by the deep
+    read of :func:`verify_dataset` (the data are decoded once for both), then the manifest."""
+
+    def __init__(self, out: Path, recipe: Any) -> None:
+        self.recipe = recipe
+        recon = zarr.open_array(out / GROUP_NAME / "recon", mode="r")
+        axes = recon.shape[1] if recon.ndim == 5 else 1
+        shape = tuple(recipe.dataset.shape)
+        self.stride = stats_stride(recipe.dataset.n_samples * axes, shape)  # recon: n per acquisition axis
+        ys, xs = np.nonzero(_fov(shape))
+        self.ys, self.xs = ys[:: self.stride], xs[:: self.stride]  # (Z, k) gathers: v[:, fov][:, ::stride]
+        self.counts: dict[int, np.ndarray] = {}
+        self.samples: dict[str, list[np.ndarray]] = {"phantom": [], "recon": []}
+
+    def add(self, name: str, index: int, vol: np.ndarray) -> None:
+        if name == "labels":
+            self.counts[index] = np.bincount(vol.ravel(), minlength=256)
+        elif name in self.samples:
+            # a three-axis recon (axes, Z, Y, X): each inside the cylinder about its tilt axis
+            vols = [vol] if vol.ndim == 3 else [np.transpose(v, frame_axes(k)) for k, v in enumerate(vol)]
+            self.samples[name] += [v[:, self.ys, self.xs].astype(np.float32).ravel() for v in vols]
+
+    def finish(self, out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        recipe = self.recipe
+        n, per_shard = recipe.dataset.n_samples, recipe.dataset.samples_per_shard
+        counts_total = np.zeros(256, dtype=np.int64)
+        manifest = []
+        for shard in range(-(-n // per_shard)):
+            prov = read_provenance(out, shard) or {}
+            for rec in prov.get("sample_records", []):
+                i = int(rec["index"])
+                counts = self.counts[i]
+                counts_total += counts
+                ang = rec["angles"]
+                manifest.append({
+                    "index": i, "shard": shard, "n_cells": rec.get("n_cells"),
+                    "tilt_span_deg": ang["span_deg"], "tilt_offset_deg": ang["offset_deg"],
+                    "n_angles": len(ang["recon_deg"]), "phantom_scale": rec["phantom_spec"].get("scale"),
+                    **({"tilt_span_deg_by_axis": [a["angles"]["span_deg"] for a in rec["acquisitions"]]}
+                       if "acquisitions" in rec else {}),
+                    "label_voxels": {LABEL_NAMES[v]: int(counts[v]) for v in LABEL_NAMES if counts[v]},
+                })
+        total = int(counts_total.sum())
+        stats = {
+            # the classes of the card's label map (no nucleus row where the recipe has none)
+            "label_fractions": {name: float(counts_total[v] / total)
+                                for v, name in dataset_classes(recipe).items()},
+            "percentiles": {name: dict(zip([f"p{p}" for p in PERCENTILES],
+                                           np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
+                            for name, vals in self.samples.items()},
+            "percentile_sampling": f"every {self.stride}th voxel inside the inscribed cylinder",
+        }
+        return manifest, stats
 
 
 def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dict[str, Any],
@@ -179,11 +189,12 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
 def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
     from simaq_factory.store.preview import render_preview
 
-    report = verify_dataset(out, deep=True)
+    acc = _Stats(out, recipe)
+    report = verify_dataset(out, deep=True, on_volume=acc.add)  # one decode feeds checks and stats
     if not report.ok:
         raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "
                           "run `simaq-factory build` to repair, then freeze)")
-    manifest, stats = _stats(out, recipe)
+    manifest, stats = acc.finish(out)
     with open(out / MANIFEST, "w") as f:
         for row in manifest:
             f.write(json.dumps(row, sort_keys=True) + "\n")

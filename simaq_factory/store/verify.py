@@ -19,6 +19,7 @@ array at fault; the CLI exits 1 when the list is not empty.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,11 @@ def _open_arrays(out: Path, names: list[str], report: VerifyReport) -> dict[str,
     return arrays
 
 
-def _deep_check(arrays: dict[str, Any], samples: range, report: VerifyReport) -> None:
+def _deep_check(arrays: dict[str, Any], samples: range, report: VerifyReport,
+                on_volume: Callable[[str, int, np.ndarray], None] | None = None) -> None:
     """Decode every sample of ``samples`` in every array, one sample at a time (a shard of 512³
-    samples would be gigabytes at once), and check label values and finiteness."""
+    samples would be gigabytes at once), check label values and finiteness, and hand each decoded
+    volume to ``on_volume(name, index, data)``."""
     span = f"samples {samples.start}-{samples.stop - 1}"
     for name, arr in arrays.items():
         bad: set[int] = set()
@@ -99,6 +102,8 @@ def _deep_check(arrays: dict[str, Any], samples: range, report: VerifyReport) ->
                     bad |= set(np.unique(data).tolist()) - VALID_LABELS
                 elif name in ("phantom", "noisy", "recon"):
                     finite = finite and bool(np.isfinite(data).all())
+                if on_volume is not None:
+                    on_volume(name, i, data)
         except Exception as err:  # noqa: BLE001 - any decode failure is a finding
             report.problems.append(f"{name} {span}: unreadable ({err})")
             continue
@@ -210,8 +215,11 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     return problems
 
 
-def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyReport:
-    """Check every shard of ``out``; ``deep`` reads all data; ``regen`` re-renders K samples.
+def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
+                   on_volume: Callable[[str, int, np.ndarray], None] | None = None) -> VerifyReport:
+    """Check every shard of ``out``; ``deep`` reads all data (each decoded volume also goes to
+    ``on_volume(name, index, data)``, as ``freeze`` computes its statistics); ``regen`` re-renders K
+    samples.
 
     On a frozen dataset every file listed in SHA256SUMS is checked too (see the module docstring).
     """
@@ -234,7 +242,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0) -> VerifyRe
         known.update(_shard_digests(specs, s, prov))
         _check_provenance(prov, s, samples, report)
         if deep:
-            _deep_check(arrays, samples, report)
+            _deep_check(arrays, samples, report, on_volume)
         report.checked_samples += len(samples)
     if group_problem is None:
         report.problems.extend(bank_problems(out, recipe))
