@@ -759,3 +759,17 @@ def test_build_refuses_a_non_empty_directory_that_holds_no_dataset(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == f"error: {out}: output directory is not empty and holds no simaq-factory dataset\n"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_deep_read_names_an_undecodable_shard_whose_checksum_was_updated(built, tmp_path):
+    out = copy_of(built, tmp_path)
+    shard = out / "dataset.zarr" / "recon" / "c" / "0" / "0" / "0" / "0"
+    shard.write_bytes(b"\0" * 64 + shard.read_bytes()[64:])  # the shard's chunk index survives, the data not
+    record = out / "provenance" / "shard-000000.json"
+    prov = json.loads(record.read_text())
+    prov["checksums"]["recon"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    record.write_text(json.dumps(prov))
+    assert cli("verify", str(out)).exit_code == 0
+    deep = cli("verify", str(out), "--deep")
+    assert deep.exit_code == 1 and "problem: recon samples 0-1: unreadable (" in deep.output, deep.output
+    assert deep.output.count("problem:") == 1, deep.output

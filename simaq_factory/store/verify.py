@@ -95,18 +95,18 @@ def _deep_check(arrays: dict[str, Any], samples: range, report: VerifyReport,
     for name, arr in arrays.items():
         bad: set[int] = set()
         finite = True
-        try:
-            for i in samples:
+        for i in samples:
+            try:
                 data = arr[i]
-                if name == "labels":
-                    bad |= set(np.unique(data).tolist()) - VALID_LABELS
-                elif name in ("phantom", "noisy", "recon"):
-                    finite = finite and bool(np.isfinite(data).all())
-                if on_volume is not None:
-                    on_volume(name, i, data)
-        except Exception as err:  # noqa: BLE001 - any decode failure is a finding
-            report.problems.append(f"{name} {span}: unreadable ({err})")
-            continue
+            except Exception as err:  # noqa: BLE001 - any decode failure is a finding
+                report.problems.append(f"{name} {span}: unreadable ({err})")
+                break
+            if name == "labels":
+                bad |= set(np.unique(data).tolist()) - VALID_LABELS
+            elif name in ("phantom", "noisy", "recon"):
+                finite = finite and bool(np.isfinite(data).all())
+            if on_volume is not None:  # outside the try: its own errors are not the data's
+                on_volume(name, i, data)
         if bad:
             report.problems.append(f"labels {span}: values {sorted(bad)} outside the label set")
         if not finite:
