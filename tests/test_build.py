@@ -139,7 +139,8 @@ def test_damaged_and_unfinished_shards_are_redone(inline_ref, tmp_path):
 def test_sigkill_mid_build_then_resume_matches_uninterrupted(tmp_path):
     sets = [*SMALL, "--set", "dataset.n_samples=6", "--set", "dataset.samples_per_shard=1"]
     ref = tmp_path / "ref"
-    run_cli("build", SMOKE, "-o", str(ref), "--cluster", "inline", *sets)
+    fresh = run_cli("build", SMOKE, "-o", str(ref), "--cluster", "inline", *sets)
+    assert "resuming: checking" not in fresh.stderr
     out = tmp_path / "out"
     proc = subprocess.Popen([*CLI, "build", SMOKE, "-o", str(out), "--cluster", "inline", *sets],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -154,6 +155,7 @@ def test_sigkill_mid_build_then_resume_matches_uninterrupted(tmp_path):
     assert 2 <= len(done) < 6
     result = run_cli("build", SMOKE, "-o", str(out), "--cluster", "inline", *sets)
     assert f"skipped {len(done)} already done" in result.stdout
+    assert "resuming: checking the 6 shard(s)' files against their recorded checksums" in result.stderr
     assert_same_arrays(read_all(out), read_all(ref))
 
 

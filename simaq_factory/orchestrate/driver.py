@@ -85,10 +85,14 @@ def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
     }
 
 
-def pending_shards(out: Path, recipe: Recipe, rid: str) -> tuple[list[int], int]:
-    """Shards to (re)build and how many are already done."""
+def pending_shards(out: Path, recipe: Recipe, rid: str,
+                   say: Callable[[str], None] | None = None) -> tuple[list[int], int]:
+    """Shards to (re)build and how many are already done (``say``: a line before the check, which
+    reads every written shard file)."""
     specs = array_specs(recipe, a_max_for(recipe))
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+    if say is not None:
+        say(f"resuming: checking the {n_shards} shard(s)' files against their recorded checksums ...")
     todo = []
     for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid)):
         if state != "done":
@@ -152,7 +156,7 @@ def build(
                               card=dataset_card(recipe, rid, a_max))
             log_path = attach_log_file(out, "driver")
             _prepare_banks(out, recipe, log_path, keep=True, say=on_phase)
-            todo, done = pending_shards(out, recipe, rid)
+            todo, done = pending_shards(out, recipe, rid, say=on_phase if resuming else None)
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done (inline)", rid[:12], len(todo), done)
             report = BuildReport(out, rid, n_shards, done, 0, cluster="inline (this process)", device=device)
@@ -175,7 +179,7 @@ def build(
         local = scheduler is None and cluster == "local"
         # a resumed LocalCluster build with every shard done starts no cluster: it checks the banks
         # and finishes (re-running a finished build took ~10 s of worker start-up for nothing)
-        early = pending_shards(out, recipe, rid) if local and resuming else None
+        early = pending_shards(out, recipe, rid, say=on_phase) if local and resuming else None
         if early is not None and not early[0]:
             log_path = attach_log_file(out, "driver")
             try:
@@ -231,7 +235,8 @@ def build(
                            parallel=max(1, exe.workers if local else starting.handle().n_workers),
                            cracks_here=local)
             handle = starting.handle()
-            todo, done = early if early is not None else pending_shards(out, recipe, rid)
+            todo, done = early if early is not None else pending_shards(
+                out, recipe, rid, say=on_phase if resuming else None)
             _mark_building(out, todo)
             log.info("build %s: %d shard(s) to do, %d done; %s; dashboard %s", rid[:12], len(todo), done,
                      handle.description, handle.dashboard)
