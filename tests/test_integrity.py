@@ -178,3 +178,22 @@ def test_a_finished_build_run_again_starts_no_cluster(tmp_path, monkeypatch):
     next(iter((out / "provenance").glob("*.json"))).unlink()  # now there is work: the cluster is asked for
     r = invoke("build", SMOKE, "-o", out, *TINY)
     assert r.exit_code != 0 and "a cluster was started" in r.output
+
+
+def test_build_over_an_interrupted_freeze_is_refused_and_freeze_completes_it(tmp_path):
+    """Card frozen, SHA256SUMS (written last) missing: only freeze may finish it; a build is refused
+    (exit 2, saying it is frozen) and leaves the card as freeze wrote it; freeze then completes it."""
+    out, one = tmp_path / "ds", ("--set", "dataset.n_samples=1")
+    build(out, *one)
+    assert invoke("freeze", out).exit_code == 0
+    (out / "SHA256SUMS").unlink()  # killed after the card said frozen, before SHA256SUMS
+    card_before = (out / "dataset.zarr" / "zarr.json").read_text()
+    r = invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY, *one)
+    assert r.exit_code == 2, r.output
+    assert "frozen" in r.output and "later writes are refused" in r.output, r.output
+    assert status(out) == "frozen" and (out / "dataset.zarr" / "zarr.json").read_text() == card_before
+    assert not (out / "SHA256SUMS").exists()
+    r = invoke("freeze", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "SHA256SUMS").is_file() and status(out) == "frozen"
+    assert invoke("verify", out).exit_code == 0

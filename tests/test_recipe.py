@@ -300,3 +300,19 @@ def test_an_empty_recipe_is_the_reference_with_a_warning(tmp_path, caplog):
         read_yaml(SMOKE)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "sets no field" in warned[0] and str(empty) in warned[0]
+
+
+def test_a_normal_without_std_is_its_mean_and_min_above_max_is_refused():
+    # `{mean: m}` is the constant m (std defaults to 0), not a random draw
+    d = Dist.parse({"mean": 5}, "x")
+    assert d.std == 0.0 and d.support() == (5.0, 5.0) and d.center == 5.0
+    assert np.all(d.sample(np.random.default_rng(0), size=200) == 5.0)
+    assert Dist.parse({"mean": 5}, "x").to_json() == {"mean": 5.0, "std": 0.0}
+    # a clipped normal whose min lies above its max is an error naming the field, not clip() → max
+    with pytest.raises(RecipeError) as err:
+        Dist.parse({"mean": 100, "std": 5, "min": 120, "max": 80}, "acquisition.tilt_span_deg")
+    assert err.value.path == "acquisition.tilt_span_deg" and "min must be <= max" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        resolve({"acquisition": {"tilt_span_deg": {"mean": 100, "std": 5, "min": 120, "max": 80}}})
+    assert err.value.path == "acquisition.tilt_span_deg", str(err.value)
+    Dist.parse({"mean": 100, "std": 5, "min": 80, "max": 80}, "x")  # min == max is allowed

@@ -214,3 +214,56 @@ def test_iterative_baselines_record_the_nonneg_they_use():
         if method in available_methods():
             assert _config_json(method_config(method, {}))["nonneg"] is want
     assert _config_json(method_config("fbp-hamming", {}))["nonneg"] is None
+
+
+@pytest.mark.parametrize("n,center", [(16, "skimage"), (17, "skimage"), (17, "astra"), (16, "astra")])
+def test_fov_mask_is_the_support_of_a_circle_clipped_backprojection(n, center):
+    # the scored FOV is the circle FBP clips to, pixels exactly on the radius included (for
+    # n = 16 skimage and n = 17, (c, 0) and three others lie exactly at distance n // 2)
+    import torch
+
+    from simaq_factory.tomo import Geometry
+    from simaq_factory.tomo.projector import backproject
+
+    g = Geometry(n=n, angles=tuple(np.linspace(0.0, np.pi, 24, endpoint=False)), center=center)
+    ones = torch.ones((g.n_angles, 1, g.detectors), dtype=torch.float64)
+    support = (backproject(ones, g, clip_circle=True)[0] != 0).numpy()
+    m = fov_mask(n, g.image_center, g.circle_radius)
+    assert np.array_equal(m, support)
+    c = int(g.image_center)
+    if c == g.image_center:
+        assert m[c, c - n // 2] and m[c - n // 2, c]  # on the circle: inside
+
+
+def test_labels_outside_0_255_are_refused_not_wrapped_into_another_class():
+    gt = np.zeros((2, 4, 4), dtype=np.int32)
+    for bad in (256, -1, 300):
+        pred = np.full_like(gt, bad)
+        with pytest.raises(ValueError, match="0..255"):
+            confusion_counts(gt, pred)
+        with pytest.raises(ValueError, match="0..255"):
+            confusion_counts(pred, gt)
+    ok = confusion_counts(gt, np.full_like(gt, 255))  # 255 is a (no-class) prediction
+    assert ok[0, 255] == gt.size and ok.sum() == gt.size
+
+
+def test_comparison_pairs_rows_by_sample_and_acquisition_axis():
+    """Three-axis datasets score a row per (sample, axis): all of them are paired, none overwritten."""
+    rows, ref_v, oth_v = [], [], []
+    for i in range(2):
+        for k in range(3):
+            base = {"index": i, "axis": k, "n_cells": 1, "span_deg": 100.0}
+            r, o = 10.0 * i + k, 10.0 * i + k + (3.0 if k == 0 else -1.0)
+            rows.append({**base, "pred": "ref", "psnr": r})
+            rows.append({**base, "pred": "other", "psnr": o})
+            ref_v.append(r)
+            oth_v.append(o)
+    c = compare(rows, ["ref", "other"], ["psnr"])
+    assert c["n_common"] == 6
+    m = c["metrics"]["psnr"]
+    assert m["median"] == {"ref": pytest.approx(float(np.median(ref_v))),
+                           "other": pytest.approx(float(np.median(oth_v)))}
+    v = m["vs_reference"]["other"]
+    diffs = np.subtract(oth_v, ref_v)
+    assert v["n"] == 6 and v["frac_better"] == pytest.approx(2 / 6)
+    assert v["mean_diff"] == pytest.approx(float(diffs.mean())) and v["median_diff"] == pytest.approx(-1.0)

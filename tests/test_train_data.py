@@ -491,3 +491,112 @@ def test_normalisation_of_tied_levels_matches_scipy_average_ranks():
     assert len(np.unique(out[:, disc])) == 4  # one output per level
     const = np.where(disc, np.float32(3.5), rng.normal(size=(4, 32, 32)).astype(np.float32))
     assert np.all(quantile_normalize(const, margin=2) == 0.0)
+
+
+# --- volume order, resume positions, real FOV, voxel sizes ---------------------------------------
+
+def _volume_order(st, plan: list[np.ndarray]) -> list[tuple[int, int]]:
+    """(source, volume) in the order the plan visits them; each must be one contiguous run."""
+    rows = plan_rows(plan)
+    keys = [(int(s), int(v)) for s, v in st.table[rows, :2]]
+    runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    assert len(runs) == len(set(runs)), runs  # shuffle_volumes=1: one volume at a time
+    return runs
+
+
+def test_volume_order_is_reshuffled_every_epoch_and_reproducible(ds):
+    """Module docstring: volumes in a random order, grouped in blocks of ``shuffle_volumes``. With
+    blocks of one volume each epoch visits the 6 volumes one after the other, in an order that is a
+    function of (seed, epoch): not the file order every epoch, and different between epochs."""
+    cfg = make_cfg([ds], **{"data.shuffle_volumes": 1, "data.background_drop": 0.0})
+    st, again = stream_for(cfg), stream_for(cfg)
+    orders = [_volume_order(st, st.plan(e)) for e in range(4)]
+    assert all(sorted(o) == [(0, v) for v in range(6)] for o in orders)
+    assert orders[0] != orders[1]
+    assert len({tuple(o) for o in orders}) > 1 and any(o != sorted(o) for o in orders)
+    assert [_volume_order(again, again.plan(e)) for e in range(4)] == orders  # reproducible
+
+
+def test_next_position_is_the_start_of_the_next_round_of_batches(ds):
+    """A rank that consumed batch j checkpoints at a position every rank can resume from: the first
+    batch of the next round (a multiple of the world size), so no batch is redone or skipped."""
+    for world in (1, 2, 3, 4):
+        for j in range(13):
+            p = stream_mod.next_position(j, world)
+            assert p % world == 0 and j < p <= j + world, (j, world, p)
+            assert p // world == j // world + 1  # the round after batch j's
+    cfg = make_cfg([ds], **{"data.background_drop": 0.0, "optim.batch_size": 2})
+    for world in (2, 3):
+        ranks = [stream_for(cfg, r, world) for r in range(world)]
+        n = len(ranks[0].plan())
+        for j in range(world, n - world):
+            p = stream_mod.next_position(j, world)
+            for r, st in enumerate(ranks):
+                st.set_state(0, p)  # accepted on every rank
+                assert list(st.my_batches()) == list(range(p + r, n, world))
+
+
+def test_a_labelled_real_pixel_with_image_value_zero_stays_in_the_fov():
+    """Real FOV = where any slice is nonzero *or labelled* (WindowStream._fov): a labelled column of
+    exact zeros is inside, so the warp keeps its label and the intensity ops change it."""
+    from simaq_train.data.sources import slice_index
+    from simaq_train.data.stream import WindowStream
+
+    class Vols:
+        def __init__(self, vols):
+            self.vols = vols
+
+        def __len__(self):
+            return len(self.vols)
+
+        def load(self, v):
+            return self.vols[v]
+
+    rng = np.random.default_rng(0)
+    syn = (rng.standard_normal((9, 16, 16)).astype(np.float32), rng.integers(0, 3, (9, 16, 16)).astype(np.uint8))
+    image = rng.standard_normal((9, 16, 16)).astype(np.float32) + 3.0  # nonzero everywhere ...
+    image[:, 7, 9] = 0.0  # ... but one labelled column
+    labels = np.full((9, 16, 16), 255, np.uint8)
+    labels[:, 5:10, 5:10] = 1
+    aug = {"enable": True, "flip": 0.0, "rot90": 0.0, "elastic_prob": 1.0, "elastic_alpha": 1e-3,
+           "resized_crop_prob": 0.0, "intensity": 1.0, "noise_std": 0.0, "blur_prob": 0.0, "invert_prob": 0.0}
+    cfg = config_from_dict({"seed": 2, "data": {"window": 7, "real": {"ratio": 0.9}},
+                            "optim": {"batch_size": 4}, "augment": aug})
+    st = WindowStream([Vols([syn]), Vols([(image, labels)])],
+                      [[slice_index(syn[1])], [slice_index(labels)]], cfg, real_source=1)
+    fov = st._fov(1, 0, image, labels)
+    assert fov[7, 9] and fov.sum() == 16 * 16
+    n_real = 0
+    for batch in st:
+        for img, tgt, real in zip(batch["image"].numpy()[:, 0], batch["target"].numpy(), batch["real"].numpy()):
+            if real:
+                n_real += 1
+                assert tgt[7, 9] == 1  # not reset to 255 as outside the field of view
+                assert np.all(img[:, 7, 9] != 0)  # brightness/contrast reach it
+    assert n_real > 0
+
+
+def test_voxel_size_axis_order_round_trips_through_mrc_and_nrrd(tmp_path):
+    """Volume.voxel_size is (z, y, x); MRC stores (x, y, z), NRRD ``spacings`` are in x, y, z order
+    for a C-order array. An anisotropic voxel z=10, y=20, x=30 must keep its order."""
+    import mrcfile
+    import nrrd
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    # MRC written by hand: x=30, y=20, z=10
+    with mrcfile.new(tmp_path / "hand.mrc") as f:
+        f.set_data(vol)
+        f.voxel_size = (30.0, 20.0, 10.0)
+    assert read_volume_meta(tmp_path / "hand.mrc").voxel_size == (10.0, 20.0, 30.0)
+    # MRC written by write_volume from a (z, y, x) voxel size
+    out = write_volume(tmp_path / "w.mrc", vol, (10.0, 20.0, 30.0))
+    with mrcfile.open(out) as f:
+        vs = f.voxel_size
+        assert (float(vs.x), float(vs.y), float(vs.z)) == (30.0, 20.0, 10.0)
+    meta = read_volume_meta(out)
+    assert meta.voxel_size == (10.0, 20.0, 30.0) and np.array_equal(meta.data, vol)
+    # NRRD: C-order array (z, y, x) is written with the fastest axis (x) first in the header
+    nrrd.write(str(tmp_path / "s.nrrd"), vol, {"spacings": [30.0, 20.0, 10.0]}, index_order="C")
+    assert read_volume_meta(tmp_path / "s.nrrd").voxel_size == (10.0, 20.0, 30.0)

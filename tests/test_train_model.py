@@ -232,3 +232,27 @@ def test_ema_update_equals_the_per_tensor_update_bit_for_bit():
     ema.update(model, 5)
     assert all(torch.equal(a, b) for a, b in zip(ema.model.parameters(), want))
     assert all(torch.equal(a, b) for a, b in zip(ema.model.buffers(), model.buffers()))
+
+
+def test_decoded_slice_is_the_window_centre_within_the_encoder_receptive_field():
+    """The logits are those of the window's centre slice (module docstring): with depth 1 the only
+    path is two 3×3×3 convolutions (receptive field ±2 slices) read at slice W//2, so in a 7-slice
+    window slices 0 and 6 cannot reach the output and slices 1..5 do. A model decoding slice 0 would
+    see slices 0..2 instead."""
+    torch.manual_seed(0)
+    model = CenterSliceUNet(ModelConfig(init_features=2, depth=1, out_channels=3)).eval()
+    x = torch.randn(1, 1, 7, 8, 8)
+    with torch.no_grad():
+        y = model(x)
+        changed = []
+        for s in range(7):
+            x2 = x.clone()
+            x2[:, :, s] += 3.0 * torch.randn(1, 1, 8, 8)
+            changed.append(not torch.equal(model(x2), y))
+    assert changed == [False, True, True, True, True, True, False]
+    # the same window shifted by one slice along z (a new slice appended at the end) moves the centre:
+    # the output equals the model at centre 4 of the old window, i.e. translation along the window
+    with torch.no_grad():
+        x9 = torch.cat([x, torch.randn(1, 1, 2, 8, 8)], dim=2)  # 9 slices, centre 4
+        shifted = x9[:, :, 1:8]  # 7 slices centred on slice 4 of x9
+        assert torch.allclose(model(shifted), model(x9[:, :, 0:9]), atol=1e-5)

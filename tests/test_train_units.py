@@ -88,3 +88,63 @@ def test_skip_edge_mode_keeps_every_centre_with_a_whole_window():
     assert rows[:, 2].tolist() == list(range(2, 8))
     rows, _ = build_table([[ix]], window, "reflect", None)
     assert rows[:, 2].tolist() == list(range(depth))
+
+
+# --- configuration: documented defaults and refusals ------------------------------------------------
+
+def _documented_defaults(section: str) -> dict[str, str]:
+    """``key`` → the default written right after it in docs/training.md's config table row."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    head = f"| `{section}` |"
+    row = next(line for line in doc.splitlines() if line.startswith(head))
+    return dict(re.findall(r"`(\w+)` \(`?([\w.+-]+)", row[len(head):]))
+
+
+def test_data_and_optimiser_defaults_are_the_documented_ones():
+    from simaq_train.config import TrainConfig
+
+    cfg = TrainConfig()
+    want = {"data": {"val_max_samples": 8, "window": 7, "crop": 0, "background_drop": 0.98, "fov_margin": 5.0,
+                     "axes": "all", "shuffle_volumes": 4, "num_workers": 0, "drop_last": False,
+                     "edge_mode": "reflect"},
+            "optim": {"lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "accumulate": 4, "clip": 1.0,
+                      "ema_decay": 0.999, "amp": "auto", "epochs": 10, "max_steps": 0, "max_minutes": 0.0}}
+    for section, values in want.items():
+        got = getattr(cfg, section)
+        assert {k: getattr(got, k) for k in values} == values, section
+        doc = _documented_defaults(section)
+        for key, value in values.items():  # the table says the same (first word after the key)
+            text = doc[key]
+            parsed = {"true": True, "false": False}.get(text, text)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                parsed = float(text)
+            assert parsed == value, (section, key, text)
+    assert cfg.data.real.ratio == 0.15 and float(_documented_defaults("data.real")["ratio"]) == 0.15
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"optim": {"ema_decay": 1.0}}, "optim.ema_decay"),
+    ({"optim": {"ema_decay": -0.1}}, "optim.ema_decay"),
+    ({"data": {"crop": 18}, "model": {"depth": 3}}, "data.crop"),  # 18 % 4 != 0
+    ({"data": {"crop": 20}, "model": {"depth": 4}}, "data.crop"),  # 20 % 8 != 0
+])
+def test_config_refuses_an_ema_decay_of_one_and_crops_the_model_cannot_pool(over, key):
+    from simaq_factory.errors import BadInput
+    from simaq_train.config import config_from_dict
+
+    with pytest.raises(BadInput) as err:
+        config_from_dict(over)
+    assert key in str(err.value)
+
+
+def test_config_accepts_the_boundary_values_next_to_the_refused_ones():
+    from simaq_train.config import config_from_dict
+
+    assert config_from_dict({"optim": {"ema_decay": 0.0}}).optim.ema_decay == 0.0
+    assert config_from_dict({"optim": {"ema_decay": 0.9999}}).optim.ema_decay == 0.9999
+    assert config_from_dict({"data": {"crop": 20}, "model": {"depth": 3}}).data.crop == 20
+    assert config_from_dict({"data": {"crop": 24}, "model": {"depth": 4}}).data.crop == 24
+    assert config_from_dict({"data": {"crop": 18}, "model": {"depth": 2}}).data.crop == 18
