@@ -86,12 +86,12 @@ def test_an_interrupted_freeze_is_completed_by_freezing_again(tmp_path):
 
 
 def test_a_freeze_killed_while_writing_sha256sums_leaves_none_and_is_completed(tmp_path, monkeypatch):
-    import simaq_factory.store.freeze as freeze
+    import simaq_factory.store.verify as verify  # freeze's SHA256SUMS hashes through verify.file_digests
 
     out = tmp_path / "ds"
     build(out)
     calls = []
-    real = freeze.sha256_files
+    real = verify.sha256_files
 
     def dies_midway(paths):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file SHA256SUMS hashes
         digests = []
@@ -102,7 +102,7 @@ def test_a_freeze_killed_while_writing_sha256sums_leaves_none_and_is_completed(t
             digests += real([p])
         return digests
 
-    monkeypatch.setattr(freeze, "sha256_files", dies_midway)
+    monkeypatch.setattr(verify, "sha256_files", dies_midway)
     r = invoke("freeze", out)
     assert r.exit_code == 130 and len(calls) == 5
     assert not (out / "SHA256SUMS").exists() and status(out) == "frozen"  # no partial seal is trusted

@@ -101,20 +101,22 @@ def hash_threads() -> int:
     return max(1, min(8, cores))
 
 
-def _threaded(fn: Any, items: Sequence[Any]) -> list[Any]:
-    """``[fn(x) for x in items]``, in order, on :func:`hash_threads` threads."""
-    if len(items) < 2 or hash_threads() == 1:
+def map_in_order(fn: Any, items: Sequence[Any], threads: int) -> list[Any]:
+    """``[fn(x) for x in items]``, in order, on up to ``threads`` threads (for work that releases
+    the GIL: hashing, reading, decoding). On Ctrl-C or an error the items not started are not run."""
+    threads = min(threads, len(items))
+    if threads < 2:
         return [fn(x) for x in items]
-    pool = ThreadPoolExecutor(min(hash_threads(), len(items)), thread_name_prefix="sha256")
+    pool = ThreadPoolExecutor(threads)
     try:
         return list(pool.map(fn, items))
-    finally:  # on Ctrl-C or an error, the files not started are not hashed after all
+    finally:  # a plain shutdown would first run every queued item
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def sha256_files(paths: Sequence[Path]) -> list[str | None]:
     """:func:`sha256_file` of each path, in order, hashed on :func:`hash_threads` threads."""
-    return _threaded(sha256_file, paths)
+    return map_in_order(sha256_file, paths, hash_threads())
 
 
 def shard_checksums(out: Path, specs: dict[str, ArraySpec], shard_index: int) -> dict[str, str | None]:
@@ -172,4 +174,4 @@ def shard_states(
 ) -> list[tuple[str, str]]:
     """:func:`shard_state` of each of ``shards``, in order, shards checked on :func:`hash_threads`
     threads (a resume, ``status`` or ``verify`` of a large dataset re-hashes every shard file)."""
-    return _threaded(lambda s: shard_state(out, specs, s, recipe_id), list(shards))
+    return map_in_order(lambda s: shard_state(out, specs, s, recipe_id), list(shards), hash_threads())

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BuildFailed
 from simaq_factory.labels import LABEL_NAMES
-from simaq_factory.store.dataset import read_card, read_provenance, sha256_files, update_card
+from simaq_factory.store.dataset import read_card, read_provenance, update_card
 from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
-from simaq_factory.store.layout import GROUP_NAME, SUMS, dataset_classes
+from simaq_factory.store.layout import SUMS, dataset_classes, n_axes, shard_ranges
 from simaq_factory.store.outdir import RESOLVED, claim_out_dir
-from simaq_factory.store.verify import SUMS_PARTIAL, sealed_files, verify_dataset
+from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,10 @@ class _Stats:
     """Per-class voxel counts and the percentile sample, fed one stored volume at a time by the deep
     read of :func:`verify_dataset` (the data are decoded once for both), then the manifest."""
 
-    def __init__(self, out: Path, recipe: Any) -> None:
+    def __init__(self, recipe: Any) -> None:
         self.recipe = recipe
-        recon = zarr.open_array(out / GROUP_NAME / "recon", mode="r")
-        axes = recon.shape[1] if recon.ndim == 5 else 1
         shape = tuple(recipe.dataset.shape)
-        self.stride = stats_stride(recipe.dataset.n_samples * axes, shape)  # recon: n per acquisition axis
+        self.stride = stats_stride(recipe.dataset.n_samples * n_axes(recipe), shape)  # recon: n per axis
         ys, xs = np.nonzero(_fov(shape))
         self.ys, self.xs = ys[:: self.stride], xs[:: self.stride]  # (Z, k) gathers: v[:, fov][:, ::stride]
         self.counts: dict[int, np.ndarray] = {}
@@ -80,10 +77,9 @@ class _Stats:
 
     def finish(self, out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         recipe = self.recipe
-        n, per_shard = recipe.dataset.n_samples, recipe.dataset.samples_per_shard
         counts_total = np.zeros(256, dtype=np.int64)
         manifest = []
-        for shard in range(-(-n // per_shard)):
+        for shard, _ in enumerate(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)):
             prov = read_provenance(out, shard) or {}
             for rec in prov.get("sample_records", []):
                 i = int(rec["index"])
@@ -155,12 +151,10 @@ def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
     SHA256SUMS that exists is complete, and an interrupted freeze (none yet) is completed by
     freezing again. ``known`` maps relative paths to digests just checked under the same lock (the
     data shard files verify matched against their provenance): those files are not read again."""
-    known = known or {}
     part = out / SUMS_PARTIAL
     part.unlink(missing_ok=True)
     rels = [p.relative_to(out).as_posix() for p in sealed_files(out)]
-    to_hash = [rel for rel in rels if rel not in known]
-    digests = dict(known) | dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
+    digests = file_digests(out, rels, known or {})
     with open(part, "w") as f:
         for rel in rels:
             f.write(f"{digests[rel]}  {rel}\n")
@@ -189,7 +183,7 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
 def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
     from simaq_factory.store.preview import render_preview
 
-    acc = _Stats(out, recipe)
+    acc = _Stats(recipe)
     report = verify_dataset(out, deep=True, on_volume=acc.add)  # one decode feeds checks and stats
     if not report.ok:
         raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "

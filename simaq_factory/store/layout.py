@@ -154,9 +154,7 @@ def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
 
 def shard_ranges(n_samples: int, samples_per_shard: int) -> list[range]:
     """Sample indices of each shard; the last shard may be short."""
-    return [
-        range(s, min(s + samples_per_shard, n_samples)) for s in range(0, n_samples, samples_per_shard)
-    ]
+    return [shard_range(n_samples, samples_per_shard, s) for s in range(-(-n_samples // samples_per_shard))]
 
 
 def shard_range(n_samples: int, samples_per_shard: int, shard_index: int) -> range:

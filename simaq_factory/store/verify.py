@@ -170,6 +170,14 @@ def sealed_files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file() and sealed(p))
 
 
+def file_digests(out: Path, rels: list[str], known: dict[str, str]) -> dict[str, str | None]:
+    """sha256 of each path ``rels`` (relative to ``out``): ``known``'s digest where it has one (a
+    data shard file the shard check just matched), else the file hashed (on threads)."""
+    to_hash = sorted({rel for rel in rels if rel not in known})
+    hashed = dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
+    return {rel: known[rel] if rel in known else hashed[rel] for rel in rels}
+
+
 def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     """Check every file listed in ``OUT/SHA256SUMS``; ``known`` maps a relative path to the digest
     already computed for it (data shard files the shard check matched), which is not recomputed."""
@@ -181,7 +189,6 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     except (OSError, UnicodeDecodeError) as err:
         return [f"{path}: unreadable ({type(err).__name__}: {err})"]
     found: list[tuple[str, str | None]] = []  # per line in order: a problem, or (rel, digest) to compare
-    listed: set[str] = set()
     root = out.resolve()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -200,14 +207,13 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
         if not target.is_file():
             found.append((f"{rel}: listed in {SUMS} but missing", None))
             continue
-        listed.add(rel)
         found.append((rel, digest))
-    to_hash = sorted({rel for rel, digest in found if digest is not None and rel not in known})
-    actual = dict(known) | dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
+    listed = [rel for rel, digest in found if digest is not None]
+    actual = file_digests(out, listed, known)
     problems = [rel if digest is None else f"{rel}: sha256 differs from {SUMS} (modified after freeze)"
                 for rel, digest in found if digest is None or actual[rel] != digest]
     unlisted = [p.relative_to(out).as_posix() for p in sealed_files(out)]
-    unlisted = [rel for rel in unlisted if rel not in listed]
+    unlisted = [rel for rel in unlisted if rel not in actual]
     if unlisted:  # a file added after the freeze, or a SHA256SUMS cut short by an older freeze
         problems.append(f"{unlisted[0]}: not listed in {SUMS} ({len(unlisted)} file(s) unlisted: added after "
                         f"freeze, or {SUMS} is incomplete; if nothing was added, delete {SUMS} and run "

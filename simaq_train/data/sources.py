@@ -241,7 +241,7 @@ class FactorySource:
     def index(self) -> list[SliceIndex]:
         """Slice flags of every volume (reads every label volume once, a few samples at a time on
         threads: decoding and the numpy reductions release the GIL)."""
-        from concurrent.futures import ThreadPoolExecutor
+        from simaq_factory.store.dataset import map_in_order
 
         arr = self._array("labels")
 
@@ -251,12 +251,8 @@ class FactorySource:
             return [slice_index(self._mask_fov(self.to_frame(lab, a))) for a in self.acqs]
 
         big = int(np.prod(self.shape)) >= INDEX_THREADS_MIN_VOXELS
-        threads = max(1, min(4, os.cpu_count() or 1, self.n_samples)) if big else 1
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="index")
-        try:
-            return [flags for per_sample in pool.map(sample, range(self.n_samples)) for flags in per_sample]
-        finally:  # on Ctrl-C or a bad volume, the samples not started are not read after all
-            pool.shutdown(wait=True, cancel_futures=True)
+        threads = min(4, os.cpu_count() or 1) if big else 1
+        return [flags for per_sample in map_in_order(sample, range(self.n_samples), threads) for flags in per_sample]
 
     def load_raw(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         """Volume ``v`` as stored, in the frame of its acquisition: (raw recon, labels uint8 with
