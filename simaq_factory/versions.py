@@ -56,3 +56,14 @@ def _software_versions() -> tuple[tuple[str, str | None], ...]:
     out["simaq-factory-commit"] = source_revision()
     out["python"] = platform.python_version()
     return tuple(out.items())
+
+
+def cpu_kernels() -> str:
+    """The CPU architecture and the vector kernels torch dispatches to on it, e.g.
+    ``"x86_64 AVX2"``. Recorded per shard: sinograms and reconstructions repeat to the bit only on
+    the same kernels (fused multiply-adds and FFTs round differently per vector width); phantom,
+    labels and the noisy volume use exactly rounded operations only (tested between torch's
+    scalar and AVX2 kernels)."""
+    import torch
+
+    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"

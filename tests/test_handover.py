@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,23 @@ def test_verify_ok_deep_and_regen(built):
     result = cli("verify", str(built), "--deep", "--regen", "2")
     assert result.exit_code == 0, result.output
     assert "4 sample(s) verified (deep), regenerated samples [0, 3]" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+                    reason="needs a CPU build on vector (SIMD/FMA) kernels to compare with the scalar ones")
+def test_verify_regen_on_scalar_cpu_kernels(built):
+    """Another machine, simulated: torch's scalar CPU kernels (no SIMD, no fused multiply-add) re-render
+    samples built here on its vector kernels. Phantom, labels and noisy come back to the bit (no
+    note either), the reconstruction within verify's tolerance."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "DEFAULT"
+    run = subprocess.run([sys.executable, "-m", "simaq_factory.cli.main", "verify", str(built), "--regen", "2"],
+                         env=env, capture_output=True, text=True, cwd=REPO)
+    said = run.stdout + run.stderr
+    assert run.returncode == 0, said
+    assert "regenerated samples [0, 3]" in said and "note:" not in said, said
 
 
 def test_verify_names_damaged_shard_and_build_repairs(built, tmp_path):

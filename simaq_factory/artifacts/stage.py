@@ -207,7 +207,9 @@ def _add_masked(
         for k, (field, amplitude) in enumerate(terms):
             if cyl is not None and k == len(terms) - 1:
                 mask &= cyl
-            noisy[z].add_(field[z].mul_(mask), alpha=amplitude)
+            # a product then a sum, each rounded: ``add_(..., alpha=a)`` is a fused multiply-add on
+            # CPUs with FMA kernels and two roundings elsewhere (different bytes per machine)
+            noisy[z].add_(field[z].mul_(mask).mul_(amplitude))
 
 
 _MASK_SLAB_VOXELS = 2**19  # voxels per slab of the CPU masking pass (measured best of 2^14-2^21)

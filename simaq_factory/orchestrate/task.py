@@ -27,7 +27,7 @@ from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
 from simaq_factory.store.dataset import shard_checksums, shard_file, write_json_atomic, write_shard
 from simaq_factory.store.layout import array_specs, provenance_path, shard_range
-from simaq_factory.versions import software_versions
+from simaq_factory.versions import cpu_kernels, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def _run_shard(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
         or platform.machine(),
+        "cpu_kernels": cpu_kernels(),
         "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "pid": os.getpid(),

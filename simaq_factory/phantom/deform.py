@@ -32,6 +32,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from simaq_factory import portable_math
 from simaq_factory.device import true_div
 from simaq_factory.phantom.config import DeformationConfig
 from simaq_factory.phantom.spec import DeformationSpec
@@ -70,7 +71,7 @@ def _axes(d: DeformationSpec) -> tuple[int, ...]:
 def _kernel(sigma_nodes: float) -> np.ndarray:
     rad = max(1, int(math.ceil(_TRUNCATE * sigma_nodes)))
     k = np.arange(-rad, rad + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (k / sigma_nodes) ** 2)
+    w = portable_math.exp(-0.5 * (k / sigma_nodes) ** 2)
     return w / w.sum()
 
 

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from simaq_factory import portable_math
+
 __all__ = ["ellipsoids_overlap", "ellipsoid_inside", "max_level", "fibonacci_sphere"]
 
 _GRID = (np.arange(1, 33, dtype=np.float64) / 33.0)
@@ -32,7 +34,7 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     z = 1.0 - 2.0 * i / n
     rho = np.sqrt(np.maximum(0.0, 1.0 - z * z))
     theta = math.pi * (1.0 + math.sqrt(5.0)) * i
-    return np.stack([z, rho * np.cos(theta), rho * np.sin(theta)], axis=-1)
+    return np.stack([z, rho * portable_math.cos(theta), rho * portable_math.sin(theta)], axis=-1)
 
 
 
@@ -115,13 +117,15 @@ def max_level(c_in: np.ndarray, r_in: np.ndarray, c_out: np.ndarray, r_out: np.n
         for _ in range(_NEWTON_STEPS):
             den = np.maximum(lam[:, None] - d, 1e-300)
             phi = (g2 / den**2).sum(-1)
-            dphi = -2.0 * (g2 / den**3).sum(-1)
+            dphi = -2.0 * (g2 / (den * den * den)).sum(-1)
             big = phi > 1.0
             lo = np.where(big, lam, lo)
             hi = np.where(big, hi, lam)
             # Newton on q(λ) = φ^(-1/2) − 1 (nearly linear in λ), safeguarded by bisection.
-            q = phi**-0.5 - 1.0
-            dq = -0.5 * phi**-1.5 * dphi
+            # powers spelled with exact operations (see simaq_factory.portable_math)
+            inv_sqrt = 1.0 / np.sqrt(phi)
+            q = inv_sqrt - 1.0
+            dq = -0.5 * (inv_sqrt / phi) * dphi
             step = lam - q / dq
             ok = np.isfinite(step) & (step > lo) & (step <= hi)
             new = np.where(ok, step, 0.5 * (lo + hi))

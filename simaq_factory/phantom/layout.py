@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 
+from simaq_factory import portable_math
 from simaq_factory.phantom.config import LayoutConfig
 
 __all__ = ["PhantomLayoutError", "layout_loss", "layout_discs", "min_clearance"]
@@ -120,7 +121,7 @@ def layout_discs(rho: np.ndarray, cfg: LayoutConfig, rng: np.random.Generator) -
         if n > 1 and cfg.init_std == 0:
             # Identical starts have no separating gradient direction: spread them on a tiny circle.
             ang = 2 * np.pi * np.arange(n) / n
-            start = 1e-3 * np.stack([np.cos(ang), np.sin(ang)], axis=-1)
+            start = 1e-3 * np.stack([portable_math.cos(ang), portable_math.sin(ang)], axis=-1)
         pos, iters = _run(start, rho, cfg)
         clearance = min_clearance(pos, rho)
         if clearance >= 0.5 * cfg.gap_eps:

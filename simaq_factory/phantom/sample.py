@@ -132,7 +132,7 @@ def _fragment_vacuoles(cfg: PhantomConfig, cell: LocalCell, rng: np.random.Gener
     if not any(fractured):
         return
     pack_c, pack_r = apollonian_packing(ap.depth)
-    pack_r3 = float(np.sum(pack_r**3))
+    pack_r3 = float(np.sum(pack_r * pack_r * pack_r))
     shrunk = vc.containment_shrink * cell.radii
     keep_c = [c for c, f in zip(cell.vac_c, fractured) if not f]
     keep_r = [r for r, f in zip(cell.vac_r, fractured) if not f]

@@ -1,0 +1,117 @@
+"""Bytes that do not depend on the CPU: exactly rounded resampling, libm transcendentals for the
+phantom's sampling, and verify's comparison of a regenerated noisy volume across machines."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simaq_factory import portable_math
+from simaq_factory.artifacts import assemble
+from simaq_factory.store import verify
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("src,dst", [((9, 12, 7), (32, 30, 29)), ((24, 24, 24), (17, 40, 24)), ((5, 6, 7), (5, 6, 7))])
+def test_resample_is_trilinear_interpolation(src, dst):
+    """Oracle: torch's trilinear interpolation (align_corners=False), to float32 rounding (its
+    weights are float32, ours float64 rounded once)."""
+    x = torch.rand(src, generator=torch.Generator().manual_seed(1))
+    ref = F.interpolate(x[None, None], size=dst, mode="trilinear", align_corners=False)[0, 0]
+    out = assemble.resample(x, dst)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, rtol=0, atol=2e-6)
+    assert out.data_ptr() != x.data_ptr()  # a new tensor even when the shape is unchanged
+
+
+def test_resample_by_hand_and_edges():
+    """1D along each axis: 2 → 4 samples (align_corners=False) is [a, .75a+.25b, .25a+.75b, b];
+    a constant field stays exactly constant (the two weights sum to 1 exactly in float32)."""
+    for dim in range(3):
+        shape = [1, 1, 1]
+        shape[dim] = 2
+        x = torch.tensor([1.0, 3.0]).reshape(shape)
+        dst = list(shape)
+        dst[dim] = 4
+        assert assemble.resample(x, tuple(dst)).flatten().tolist() == [1.0, 1.5, 2.5, 3.0]
+    const = torch.full((5, 7, 3), 0.3)
+    assert torch.equal(assemble.resample(const, (13, 11, 17)), torch.full((13, 11, 17), 0.3))
+
+
+def test_resample_last_pass_in_steps_is_the_same_bytes(monkeypatch):
+    """The CPU's stepwise z pass does the same operations per element as one whole-volume pass."""
+    x = torch.rand(6, 20, 20, generator=torch.Generator().manual_seed(2))
+    whole = assemble._lerp_dim(x, 0, 45)
+    monkeypatch.setattr(assemble, "_CPU_STEP_BYTES", 3 * 20 * 20 * 4)  # 3 planes per step, ragged end
+    assert torch.equal(assemble.resample(x, (45, 20, 20)), whole)
+
+
+def test_portable_math_is_libm_per_element():
+    x = np.random.default_rng(3).uniform(-20.0, 20.0, size=(4, 5))
+    for f, g in ((portable_math.exp, math.exp), (portable_math.sin, math.sin), (portable_math.cos, math.cos)):
+        y = f(x)
+        assert y.shape == x.shape and y.dtype == np.float64
+        assert [float(v) for v in y.ravel()] == [g(float(v)) for v in x.ravel()]
+    assert portable_math.cos(0.0).shape == () and float(portable_math.cos(0.0)) == 1.0
+
+
+_NUMPY_TRANSCENDENTAL = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan",
+                         "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "power",
+                         "float_power", "cbrt"}
+
+
+def test_phantom_sampling_calls_no_numpy_transcendental():
+    """NumPy's SIMD loops for these round differently on AVX-512 CPUs (numpy#23523): the phantom's
+    code takes them from simaq_factory.portable_math, and spells integer powers out."""
+    offenders = []
+    for path in sorted((REPO / "simaq_factory" / "phantom").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in _NUMPY_TRANSCENDENTAL
+                    and isinstance(node.value, ast.Name) and node.value.id == "np"):
+                offenders.append(f"{path.name}:{node.lineno} np.{node.attr}")
+            if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+                    and not (isinstance(node.right, ast.Constant) and node.right.value == 2)):
+                offenders.append(f"{path.name}:{node.lineno} ** {ast.unparse(node.right)}")
+    # Python ints and floats (exact, or the C library's pow), not arrays:
+    allowed = {"deform.py ** 63", "deform.py ** len(axes)", "sample.py ** 1.0 / 3.0", "antialias.py ** 3"}
+    left = [o for o in offenders if f"{o.split(':')[0]} {o.split(' ', 1)[1]}" not in allowed]
+    assert not left, f"numpy transcendental or power in the phantom code: {left}"
+
+
+def _prov(cpu, commit="abc"):
+    return {"cpu_kernels": cpu, "versions": {"simaq-factory": "0.1.0", "simaq-factory-commit": commit,
+                                              "torch": torch.__version__}}
+
+
+def test_compare_noisy_exact_here_tolerant_across_machines(monkeypatch):
+    here = "x86_64 AVX512"
+    monkeypatch.setattr(verify, "cpu_kernels", lambda: here)
+    stored = np.random.default_rng(4).uniform(0.1, 1.0, (4, 5, 6)).astype(np.float32)
+    ulp = stored.copy()
+    ulp[1, 2, 3] = np.nextafter(ulp[1, 2, 3], np.float32(2.0))
+    far = stored * np.float32(1.01)
+    same = ""
+    cases = [
+        (stored.copy(), here, same, 0, 0),               # the same bytes: nothing to say
+        (ulp, here, same, 0, 1),                          # same software and kernels: must be exact
+        (ulp, "x86_64 AVX2", same, 1, 0),                 # other CPU kernels: rounding is a note
+        (ulp, None, same, 1, 0),                          # kernels not recorded (older dataset)
+        (ulp, here, " (built with X, this is Y)", 1, 0),  # other software
+        (far, "x86_64 AVX2", same, 0, 1),                 # beyond rounding: a problem anywhere
+    ]
+    for fresh, built_on, other_software, notes, problems in cases:
+        report = verify.VerifyReport(n_shards=1)
+        verify._compare_noisy(stored, fresh, 7, _prov(built_on), other_software, report)
+        assert (len(report.notes), len(report.problems)) == (notes, problems), (built_on, other_software, report)
+        for line in report.notes + report.problems:
+            assert line.startswith("sample 7: regenerated noisy")
+    report = verify.VerifyReport(n_shards=1)
+    verify._compare_noisy(stored, ulp, 7, _prov("x86_64 AVX2"), same, report)
+    assert "built on x86_64 AVX2 CPU kernels, here x86_64 AVX512" in report.notes[0]
