@@ -6,6 +6,7 @@ import functools
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def _version(dist: str) -> str | None:
@@ -56,6 +57,23 @@ def _software_versions() -> tuple[tuple[str, str | None], ...]:
     out["simaq-factory-commit"] = source_revision()
     out["python"] = platform.python_version()
     return tuple(out.items())
+
+
+def describe_software(versions: dict[str, Any]) -> str:
+    """``"simaq-factory V (commit C), torch T"`` from a :func:`software_versions` record: what decides
+    a sample's bytes."""
+    commit = versions.get("simaq-factory-commit")
+    head = f"simaq-factory {versions.get('simaq-factory')}" + (f" ({str(commit)[:12]})" if commit else "")
+    return f"{head}, torch {versions.get('torch')}"
+
+
+def built_on(provenance: dict[str, Any]) -> str:
+    """Where a shard was rendered, from its provenance: ``"cpu, x86_64 AVX2"`` or ``"cuda:0, NVIDIA
+    H100 80GB HBM3"`` (``"unrecorded"`` kernels for shards written before they were recorded)."""
+    device = str(provenance.get("device", "cpu"))
+    if device.startswith("cuda"):
+        return f"{device}, {provenance.get('device_name', '')}"
+    return f"{device}, {provenance.get('cpu_kernels') or 'unrecorded'} CPU kernels"
 
 
 def cpu_kernels() -> str:

@@ -17,6 +17,7 @@ import zarr
 from click.testing import CliRunner
 
 from simaq_factory.cli.main import main
+from simaq_factory.versions import cpu_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
@@ -128,6 +129,8 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     md = (out / "DATASET.md").read_text()
     assert card["recipe_id"] in md and "Per-class voxel fractions" in md
+    assert f"- cpu, {cpu_kernels()} CPU kernels: 2" in md and card["stats"]["built_on"] == {
+        f"cpu, {cpu_kernels()} CPU kernels": 2}
     # re-running the pipeline is a no-op that writes nothing; another recipe is still refused
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
@@ -137,6 +140,27 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     other = cli("build", SMOKE, "-o", str(out), "--cluster", "inline", "--set", "seed=9")
     assert other.exit_code == 2 and "recipe" in other.stderr
+
+
+def test_freeze_card_counts_shards_per_machine_and_software(built, tmp_path):
+    """A build resumed elsewhere: shard 1 came from another CPU and another simaq-factory commit,
+    shard 0 from before the CPU kernels were recorded. The card says so, per shard."""
+    out = copy_of(built, tmp_path)
+    for shard, edit in ((0, {"cpu_kernels": None}),
+                        (1, {"cpu_kernels": "x86_64 AVX512", "commit": "f" * 40})):
+        path = out / "provenance" / f"shard-{shard:06d}.json"
+        prov = json.loads(path.read_text())
+        prov.pop("cpu_kernels") if edit["cpu_kernels"] is None else prov.update(cpu_kernels=edit["cpu_kernels"])
+        if "commit" in edit:
+            prov["versions"]["simaq-factory-commit"] = edit["commit"]
+        path.write_text(json.dumps(prov))
+    result = cli("freeze", str(out))
+    assert result.exit_code == 0, result.output
+    stats = dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs)["stats"]
+    assert stats["built_on"] == {"cpu, unrecorded CPU kernels": 1, "cpu, x86_64 AVX512 CPU kernels": 1}
+    assert len(stats["software_by_shard"]) == 2 and "(ffffffffffff)" in " ".join(stats["software_by_shard"])
+    md = (out / "DATASET.md").read_text()
+    assert "- cpu, x86_64 AVX512 CPU kernels: 1" in md and "(ffffffffffff), torch" in md
 
 
 def test_freeze_refuses_incomplete_dataset(built, tmp_path):

@@ -115,3 +115,14 @@ def test_compare_noisy_exact_here_tolerant_across_machines(monkeypatch):
     report = verify.VerifyReport(n_shards=1)
     verify._compare_noisy(stored, ulp, 7, _prov("x86_64 AVX2"), same, report)
     assert "built on x86_64 AVX2 CPU kernels, here x86_64 AVX512" in report.notes[0]
+
+
+def test_software_and_machine_descriptions():
+    from simaq_factory.versions import built_on, describe_software
+
+    v = {"simaq-factory": "0.1.0", "simaq-factory-commit": "0123456789abcdef", "torch": "2.13.0+cpu"}
+    assert describe_software(v) == "simaq-factory 0.1.0 (0123456789ab), torch 2.13.0+cpu"
+    assert describe_software({**v, "simaq-factory-commit": None}) == "simaq-factory 0.1.0, torch 2.13.0+cpu"
+    assert built_on({"device": "cpu", "cpu_kernels": "aarch64 SVE256"}) == "cpu, aarch64 SVE256 CPU kernels"
+    assert built_on({"device": "cpu"}) == "cpu, unrecorded CPU kernels"
+    assert built_on({"device": "cuda:0", "device_name": "NVIDIA H100", "cpu_kernels": "x"}) == "cuda:0, NVIDIA H100"

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import SUMS, dataset_classes, n_axes, shard_ranges
 from simaq_factory.store.outdir import RESOLVED, claim_out_dir
 from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
+from simaq_factory.versions import built_on, describe_software
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,12 @@ class _Stats:
         recipe = self.recipe
         counts_total = np.zeros(256, dtype=np.int64)
         manifest = []
+        machines: Counter[str] = Counter()
+        software: Counter[str] = Counter()
         for shard, _ in enumerate(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)):
             prov = read_provenance(out, shard) or {}
+            machines[built_on(prov)] += 1
+            software[describe_software(prov.get("versions") or {})] += 1
             for rec in prov.get("sample_records", []):
                 i = int(rec["index"])
                 counts = self.counts[i]
@@ -103,6 +109,9 @@ class _Stats:
                                            np.percentile(np.concatenate(vals), PERCENTILES).round(5).tolist()))
                             for name, vals in self.samples.items()},
             "percentile_sampling": f"every {self.stride}th voxel inside the inscribed cylinder",
+            # shards per device / CPU kernels and per software: a resumed build may mix them
+            "built_on": dict(machines.most_common()),
+            "software_by_shard": dict(software.most_common()),
         }
         return manifest, stats
 
@@ -132,6 +141,10 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
           for name, pct in stats["percentiles"].items()], "",
         "## Software", "",
         *[f"- {k}: {v}" for k, v in card["software"].items()], "",
+        "## Built on (shards)", "",
+        *[f"- {k}: {v}" for k, v in stats["built_on"].items()],
+        *([f"- {k}: {v}" for k, v in stats["software_by_shard"].items()]
+          if len(stats["software_by_shard"]) > 1 else []), "",
         "## Previews", "",
         *[f"![sample preview]({p})" for p in previews], "",
         "## Files", "",

@@ -34,7 +34,7 @@ from simaq_factory.store.dataset import read_card, read_provenance, sha256_files
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
 from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
 from simaq_factory.store.outdir import LOCK
-from simaq_factory.versions import cpu_kernels, software_versions
+from simaq_factory.versions import cpu_kernels, describe_software, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     device = resolve_device("cuda" if built_on.startswith("cuda") and torch.cuda.is_available() else "cpu")
     arrays, record = render_sample(recipe, index, device, banks=load_banks(out, device))
     group = zarr.open_group(out / GROUP_NAME, mode="r")
-    built_with = _software(prov.get("versions") or {})
-    here_with = _software(software_versions())
+    built_with = describe_software(prov.get("versions") or {})
+    here_with = describe_software(software_versions())
     other_software = "" if built_with == here_with else f" (built with {built_with}, this is {here_with})"
     for name in ("phantom", "labels"):
         if group[name][index].tobytes() != arrays[name].tobytes():
@@ -160,13 +160,6 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
             report.problems.append(f"sample {index}: regenerated recon differs (relative L2 {err:.2e} > "
                                    f"{RECON_RTOL:g})")
     report.regenerated.append(index)
-
-
-def _software(versions: dict[str, Any]) -> str:
-    """``"simaq-factory V (commit C), torch T"``: what decides a regenerated sample's bytes."""
-    commit = versions.get("simaq-factory-commit")
-    head = f"simaq-factory {versions.get('simaq-factory')}" + (f" ({str(commit)[:12]})" if commit else "")
-    return f"{head}, torch {versions.get('torch')}"
 
 
 def _compare_noisy(stored: np.ndarray, fresh: np.ndarray, index: int, prov: dict[str, Any],
