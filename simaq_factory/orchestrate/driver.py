@@ -8,6 +8,7 @@ and reports progress through a callback.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import sys
@@ -418,7 +419,7 @@ def _run_distributed(
         threads = exe.threads_per_worker or default_threads(
             n_workers if handle.description.startswith("LocalCluster") else 1)
     window = exe.window or 2 * n_workers
-    queue = list(todo)
+    queue = collections.deque(todo)  # popped from the left once per finished shard
     resources = {"GPU": 1} if gpu else None
 
     def submit(s: int) -> Any:
@@ -429,9 +430,9 @@ def _run_distributed(
         )
 
     futures = {}
-    for s in queue[:window]:
+    while queue and len(futures) < window:
+        s = queue.popleft()
         futures[submit(s)] = s
-    queue = queue[window:]
     finished = 0
     pool = as_completed(list(futures))
     for fut in pool:
@@ -449,7 +450,7 @@ def _run_distributed(
         if progress:
             progress(finished, len(todo), summary)
         if queue:
-            nxt = queue.pop(0)
+            nxt = queue.popleft()
             new = submit(nxt)
             futures[new] = nxt
             pool.add(new)

@@ -9,6 +9,7 @@ and what was expected, e.g. ``acquisition.tilt_span_deg.max: must be <= 180, got
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -143,13 +144,20 @@ def _parse_value(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
     raise TypeError(f"{path}: unsupported recipe field type {tp!r}")  # a programming error
 
 
+@functools.cache
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a section class, once per class (it re-evaluates every string
+    annotation: 17 ms of each shard task's 20 ms recipe parse)."""
+    return get_type_hints(cls)
+
+
 def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     """Build ``cls`` from a mapping, filling defaults; raise :class:`RecipeError` on bad input."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(path or "recipe", f"expected a mapping, got {data!r}")
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
@@ -191,7 +199,7 @@ def section_to_json(obj: Any) -> Any:
 def field_docs(cls: type[Any], path: str = "") -> list[tuple[str, str, Any]]:
     """(dotted path, doc, default JSON) for every leaf field, for annotated recipe templates."""
     out: list[tuple[str, str, Any]] = []
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         sub = _join(path, f.name)
