@@ -12,6 +12,7 @@ from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import read_card, read_provenance, shard_states
 from simaq_factory.store.layout import GROUP_NAME, ArraySpec, array_specs, shard_ranges
 from simaq_factory.store.outdir import RESOLVED
+from simaq_factory.versions import built_on
 
 META = "zarr.json"
 REPAIR_HINT = "`simaq-factory build` with the same recipe repairs it"
@@ -287,7 +288,7 @@ def info_lines(out: Path, info: dict[str, Any], specs: dict[str, ArraySpec]) -> 
         cells = spec.get("cells") or []
         lines += [
             "",
-            f"sample {sample.get('index')} (shard {shard.get('shard', '?')}, rendered on {shard.get('device', '?')}):",
+            f"sample {sample.get('index')} (shard {shard.get('shard', '?')}, rendered on {built_on(shard) if shard else '?'}):",
             f"  seed: root {seed.get('root', '?')}, spawn key {seed.get('spawn_key', '?')}",
             f"  cells: {len(cells)}; vacuoles {sum(len(c.get('vacuoles') or []) for c in cells)}, lipid droplets "
             f"{sum(len(c.get('droplets') or []) for c in cells)}, nuclei "
