@@ -48,6 +48,16 @@ def test_sample_on_cuda_matches_cpu_without_device_noise():
     assert err < 1e-4
 
 
+def test_noisy_on_cuda_is_the_cpu_bytes():
+    """Phantom-space artifacts (blur, beads, ice cracks, texture) use exactly rounded ops only: the
+    noisy volume is the same bytes on a GPU as on the CPU (the banks are made on the CPU for both)."""
+    recipe = load_recipe(SMOKE)
+    for index in (0, 3):
+        a_cpu, _ = render_sample(recipe, index, torch.device("cpu"))
+        a_gpu, _ = render_sample(recipe, index, torch.device("cuda"))
+        assert a_cpu["noisy"].tobytes() == a_gpu["noisy"].tobytes(), index
+
+
 def test_cuda_build_is_repeatable(tmp_path):
     outs = []
     for name in ("a", "b"):
