@@ -1,0 +1,143 @@
+"""The per-shard task (simaq_factory.orchestrate.task.run_shard) against independent oracles: each
+stored sample is the library render of that sample index, the provenance record describes the
+shard's samples, files and recipe, and a shard file left damaged by a crash is replaced."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from simaq_factory.acquisition.angles import a_max_for
+from simaq_factory.cli.main import main
+from simaq_factory.orchestrate.task import run_shard
+from simaq_factory.pipeline import render_sample
+from simaq_factory.recipe.io import load_recipe, recipe_id, recipe_to_json
+from simaq_factory.store.banks import load_banks
+from simaq_factory.store.dataset import shard_file
+from simaq_factory.store.layout import array_specs, provenance_path
+from simaq_factory.versions import cpu_kernels, software_versions
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke.yaml"
+SETS = ["dataset.shape=[32,32,32]", "dataset.chunk_z=4", "phantom.scale=0.15", "dataset.n_samples=3",
+        "dataset.samples_per_shard=2"]
+CPU = torch.device("cpu")
+
+
+def _recipe():
+    return load_recipe(SMOKE, SETS)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("task") / "ds"
+    args = [a for s in SETS for a in ("--set", s)]
+    r = CliRunner().invoke(main, ["build", str(SMOKE), "-o", str(out), "--cluster", "inline", *args])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """run_shard sets the process's torch thread count, as on a worker; later tests keep theirs."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def copy(built: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "ds"
+    shutil.copytree(built, out)
+    return out
+
+
+def _rerun(out: Path, shard: int, threads: int = 1) -> dict:
+    return run_shard(str(out), recipe_to_json(_recipe()), shard, "cpu", threads)
+
+
+def _provenance(out: Path, shard: int) -> dict:
+    return json.loads(provenance_path(out, shard).read_text())
+
+
+def test_each_stored_sample_is_the_render_of_its_own_index(copy: Path):
+    """Rerunning shard 1 (one sample, index 2; the last shard is short) and shard 0 (indices 0, 1)
+    stores for every index i exactly render_sample(recipe, i), padded with the array's fill value."""
+    recipe = _recipe()
+    specs = array_specs(recipe, a_max_for(recipe))
+    for shard in (1, 0):
+        _rerun(copy, shard)
+    group = zarr.open_group(copy / "dataset.zarr", mode="r")
+    banks = load_banks(copy, CPU)
+    for i in range(3):
+        arrays, _ = render_sample(recipe, i, CPU, banks=banks)
+        for name, spec in specs.items():
+            stored = np.asarray(group[name][i])
+            a = np.asarray(arrays[name])
+            region = tuple(slice(0, s) for s in a.shape)
+            assert np.array_equal(stored[region], a, equal_nan=True), (name, i)
+            pad = np.ones(stored.shape, bool)
+            pad[region] = False
+            if pad.any():
+                assert np.all((stored[pad] == spec.fill_value) | (np.isnan(stored[pad]) & np.isnan(spec.fill_value))), name
+
+
+def test_provenance_describes_the_shard_it_wrote(copy: Path):
+    recipe = _recipe()
+    specs = array_specs(recipe, a_max_for(recipe))
+    for shard, (start, stop) in ((0, (0, 2)), (1, (2, 3))):
+        summary = _rerun(copy, shard)
+        prov = _provenance(copy, shard)
+        assert summary["shard"] == shard and prov["shard"] == shard
+        assert prov["samples"] == [start, stop]
+        assert prov["recipe_id"] == recipe_id(recipe)
+        # one record per sample, in order, each naming its index and its own seed stream
+        assert [r["index"] for r in prov["sample_records"]] == list(range(start, stop))
+        assert [r["seed"]["spawn_key"] for r in prov["sample_records"]] == [[i] for i in range(start, stop)]
+        assert [r["seed"]["root"] for r in prov["sample_records"]] == [recipe.seed] * (stop - start)
+        # the checksums are those of the files now on disk, one per array
+        assert set(prov["checksums"]) == set(specs)
+        for name, spec in specs.items():
+            path = shard_file(copy, spec, shard)
+            assert prov["checksums"][name] == hashlib.sha256(path.read_bytes()).hexdigest(), name
+        assert prov["torch_threads"] == torch.get_num_threads()
+        assert prov["cpu_kernels"] == cpu_kernels() and prov["versions"] == software_versions()
+
+
+def test_a_shard_file_left_truncated_by_a_crash_is_replaced(copy: Path, built: Path):
+    recipe = _recipe()
+    specs = array_specs(recipe, a_max_for(recipe))
+    before = _provenance(built, 0)["checksums"]
+    for spec in specs.values():  # every array's shard file cut in half (its index sits at the end)
+        path = shard_file(copy, spec, 0)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    _rerun(copy, 0)
+    assert _provenance(copy, 0)["checksums"] == before  # the same bytes as the uninterrupted build
+    group = zarr.open_group(copy / "dataset.zarr", mode="r")
+    ref = zarr.open_group(built / "dataset.zarr", mode="r")
+    for name in specs:
+        assert np.array_equal(np.asarray(group[name][0:2]), np.asarray(ref[name][0:2]), equal_nan=True), name
+
+
+def test_the_shard_runs_on_the_requested_thread_count_and_records_it(copy: Path):
+    """threads > 0 sets torch's thread count for the task; 0 leaves the process's own. Either way
+    the provenance records the count the shard actually ran with."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _rerun(copy, 1, threads=1)
+        assert torch.get_num_threads() == 1 and _provenance(copy, 1)["torch_threads"] == 1
+        torch.set_num_threads(2)
+        _rerun(copy, 1, threads=0)
+        assert torch.get_num_threads() == 2 and _provenance(copy, 1)["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(before)
