@@ -68,8 +68,9 @@ def describe_software(versions: dict[str, Any]) -> str:
 
 
 def built_on(provenance: dict[str, Any]) -> str:
-    """Where a shard was rendered, from its provenance: ``"cpu, x86_64 AVX2"`` or ``"cuda:0, NVIDIA
-    H100 80GB HBM3"`` (``"unrecorded"`` kernels for shards written before they were recorded)."""
+    """Where a shard was rendered, from its provenance: ``"cpu, x86_64 AVX2 CPU kernels"`` or
+    ``"cuda:0, NVIDIA H100 80GB HBM3"`` (``"unrecorded"`` kernels for shards written before they
+    were recorded)."""
     device = str(provenance.get("device", "cpu"))
     if device.startswith("cuda"):
         return f"{device}, {provenance.get('device_name', '')}"

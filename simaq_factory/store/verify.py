@@ -171,8 +171,8 @@ def _compare_noisy(stored: np.ndarray, fresh: np.ndarray, index: int, prov: dict
         return
     a, b = stored.astype(np.float64), fresh.astype(np.float64)
     err = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
-    built_on, here = prov.get("cpu_kernels"), cpu_kernels()
-    other_cpu = "" if built_on == here else f" (built on {built_on or 'unrecorded'} CPU kernels, here {here})"
+    built_kernels, here = prov.get("cpu_kernels"), cpu_kernels()
+    other_cpu = "" if built_kernels == here else f" (built on {built_kernels or 'unrecorded'} CPU kernels, here {here})"
     if err <= NOISY_RTOL and (other_software or other_cpu):
         report.notes.append(f"sample {index}: regenerated noisy matches the stored one to rounding "
                             f"(relative L2 {err:.1e}){other_software}{other_cpu}")
