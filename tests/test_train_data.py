@@ -493,6 +493,33 @@ def test_normalisation_of_tied_levels_matches_scipy_average_ranks():
     assert np.all(quantile_normalize(const, margin=2) == 0.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # the bit-key sort and the argsort fallback
+def test_normalisation_ties_signed_zeros_and_ranks_nans_last_each_alone(dtype):
+    """-0.0 and 0.0 are one tie group; every NaN ranks above every number, each in its own group
+    (the mid-rank definition of the module docstring, checked against scipy's average ranks)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(11)
+    vol = rng.normal(size=(3, 24, 24)).astype(dtype)
+    disc = fov_mask((24, 24), 2)
+    ys, xs = np.nonzero(disc)
+    vol[0, ys[:5], xs[:5]] = -0.0
+    vol[1, ys[:4], xs[:4]] = 0.0
+    vol[2, ys[:3], xs[:3]] = np.nan
+    out = quantile_normalize(vol, margin=2)
+    inside = vol[:, disc].ravel()
+    finite = ~np.isnan(inside)
+    ranks = np.empty(inside.size)
+    ranks[finite] = rankdata(inside[finite], "average")  # -0.0 == 0.0 there too
+    ranks[~finite] = finite.sum() + np.arange(1, (~finite).sum() + 1)  # in any order: check the set
+    want = ndtri((ranks - 0.5) / inside.size)
+    got = out[:, disc].ravel()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.sort(got[~finite]), np.sort(want[~finite]), rtol=0, atol=1e-6)
+    assert len(set(got[~finite].tolist())) == 3 and len(set(got[inside == 0].tolist())) == 1
+
+
 # --- volume order, resume positions, real FOV, voxel sizes ---------------------------------------
 
 def _volume_order(st, plan: list[np.ndarray]) -> list[tuple[int, int]]:

@@ -52,32 +52,36 @@ def quantile_normalize(volume: np.ndarray, margin: float = DEFAULT_MARGIN,
 def _rank_normal(inside: np.ndarray) -> np.ndarray:
     """float32 standard-normal quantiles of the mid-ranks of the 1-D ``inside`` (same order)."""
     n = inside.size
-    perm, ordered = _sorted_order(inside)
-    # tie groups from the sorted run (NaNs last, each its own group)
-    starts_mask = np.ones(n, dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=starts_mask[1:])
+    perm, starts_mask = _sorted_order(inside)
+    result = np.empty(n, dtype=np.float32)
+    if starts_mask is None:  # no ties (the usual case for float reconstructions): rank = position
+        ranks = np.arange(n, dtype=np.float64)
+        ranks += 0.5
+        ranks /= n
+        result[perm] = torch.special.ndtri(torch.from_numpy(ranks)).to(torch.float32).numpy()
+        return result
     starts = np.flatnonzero(starts_mask)
     counts = np.diff(starts, append=n)
     mid_rank = starts.astype(np.float64) + (counts.astype(np.float64) - 1.0) / 2.0
     q = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
-    result = np.empty(n, dtype=np.float32)
-    if starts.size == n:  # no ties (the usual case for float reconstructions)
-        result[perm] = q
-    else:
-        result[perm] = q[np.cumsum(starts_mask, dtype=np.int64) - 1]
+    result[perm] = q[np.cumsum(starts_mask, dtype=np.int64) - 1]
     return result
 
 
 _CANONICAL_NAN = np.uint32(0x7FC00000)
+_SIGN = np.int32(-(2**31))
 
 
-def _sorted_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(perm, values[perm]) with values[perm] ascending, NaNs last; any order among equal values.
+def _sorted_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(perm, starts): ``values[perm]`` ascending with NaNs last (any order among equal values), and
+    the boolean mask of the positions in that order where a tie group starts (every NaN its own
+    group; -0.0 equals 0.0), or None when every value is its own group.
 
     Values that float32 holds exactly (float16, float32, 8- and 16-bit integers) are sorted as
     64-bit keys (order-preserving float32 bits << 32 | index) with numpy's vectorised sort, about
-    six times faster than an argsort (256³: 0.3 s against 2.1 s); other dtypes fall back to a
-    float64 argsort.
+    six times faster than an argsort (256³: 0.3 s against 2.1 s), and the groups are read off the
+    sorted keys' high halves (a sequential pass, no gather of the values); other dtypes fall back
+    to a float64 argsort.
     """
     n = values.size
     exact32 = values.dtype in (np.float16, np.float32) or (
@@ -86,16 +90,27 @@ def _sorted_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not exact32 or n >= 2**32:
         v64 = values.astype(np.float64, copy=False)
         perm = np.argsort(v64, kind="stable")
-        return perm, v64[perm]
+        ordered = v64[perm]
+        starts = np.ones(n, dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])  # NaN != NaN: each its own group
+        return perm, None if starts.all() else starts
     v = values.astype(np.float32, copy=False)
     bits = v.view(np.int32).copy()
-    bits[np.isnan(v)] = _CANONICAL_NAN.view(np.int32)  # every NaN above +inf
+    nan = np.isnan(v)
+    bits[nan] = _CANONICAL_NAN.view(np.int32)  # every NaN above +inf
+    bits[bits == _SIGN] = 0  # -0.0 is 0.0
     # negative floats: flip the magnitude bits (signed order = float order), then the sign bit
     # (unsigned order = signed order)
     bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)
-    bits ^= np.int32(-(2**31))
+    bits ^= _SIGN
     keys = bits.view(np.uint32).astype(np.uint64) << np.uint64(32)
     keys |= np.arange(n, dtype=np.uint64)
     keys.sort()
     perm = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    return perm, v[perm]
+    high = (keys >> np.uint64(32)).astype(np.uint32)
+    starts = np.ones(n, dtype=bool)
+    np.not_equal(high[1:], high[:-1], out=starts[1:])
+    n_nan = int(np.count_nonzero(nan))
+    if n_nan:  # the NaNs sort last, one group each
+        starts[n - n_nan:] = True
+    return perm, None if starts.all() else starts
