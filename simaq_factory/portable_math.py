@@ -8,7 +8,7 @@ functions from here: the C library's scalar function applied to each element, wh
 NumPy's own loops do on every other CPU (the same bits there) and what its random generators use.
 They are meant for the small parameter arrays of sampling (kernels, angles), not for voxels; bulk
 voxel work is torch arithmetic, whose basic operations are exactly rounded everywhere.
-Integer and square roots powers need nothing: ``x * x``, ``np.sqrt`` and division are exact IEEE
+Integer powers and square roots need nothing: ``x * x``, ``np.sqrt`` and division are exact IEEE
 operations, so the sampling code spells ``x ** 3`` as ``x * x * x`` and ``x ** -0.5`` as
 ``1 / np.sqrt(x)``.
 """
