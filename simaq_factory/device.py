@@ -44,6 +44,24 @@ def true_div(t: torch.Tensor, divisor: float) -> torch.Tensor:
     return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
 
 
+def lerp_select(
+    x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor,
+    *, out: torch.Tensor | None = None, tmp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``w0 · x[i0] + w1 · x[i1]`` along ``dim`` (weights broadcast along it): linear interpolation
+    between gathered rows, each product and the sum rounded separately. No fused multiply-add can
+    enter, so the bytes are the same on every device and CPU vector width (``torch.lerp``,
+    ``addcmul``, ``add(alpha=)`` and the library interpolation kernels round differently with and
+    without FMA). ``out`` / ``tmp`` receive the two gathers when given (the result is ``out``).
+    """
+    a = torch.index_select(x, dim, i0, out=out)
+    a *= w0
+    b = torch.index_select(x, dim, i1, out=tmp)
+    b *= w1
+    a += b
+    return a
+
+
 @contextmanager
 def one_torch_thread(device: torch.device) -> Iterator[None]:
     """Run torch's CPU ops on one intra-op thread inside the block, restoring the count after; a

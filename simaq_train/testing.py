@@ -97,3 +97,17 @@ def write_synthetic_dataset(root: str | Path, *, n_samples: int = 4, shape: tupl
                  for i in range(n_samples)]
         (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+class InMemoryVolumes:
+    """A volume source over in-memory ``(image, labels)`` pairs: what ``WindowStream`` reads from a
+    dataset (``len`` and ``load(v)``), for tests of the stream without files."""
+
+    def __init__(self, vols: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.vols = vols
+
+    def __len__(self) -> int:
+        return len(self.vols)
+
+    def load(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.vols[v]

@@ -12,6 +12,7 @@ from simaq_factory.errors import BadInput
 from simaq_train.config import AugmentConfig, config_from_dict
 from simaq_train.data.augment import augment, elastic_field, elastic_std
 from simaq_train.data.normalize import fov_mask
+from simaq_train.testing import InMemoryVolumes
 
 OFF = dict(flip=0.0, rot90=0.0, elastic_prob=0.0, resized_crop_prob=0.0, intensity=0.0, blur_prob=0.0,
            invert_prob=0.0)
@@ -336,17 +337,6 @@ def test_stream_windows_are_empty_outside_the_fov_with_every_op(tmp_path):
         assert n >= 8
 
 
-class _Vols:
-    def __init__(self, vols):
-        self.vols = vols
-
-    def __len__(self):
-        return len(self.vols)
-
-    def load(self, v):
-        return self.vols[v]
-
-
 def test_stream_gives_real_windows_their_own_fov():
     """A real tomogram padded into the training shape keeps its smaller disc: nothing is added
     around it (its FOV is where any slice is nonzero or labelled), synthetic ones use the disc."""
@@ -365,7 +355,7 @@ def test_stream_gives_real_windows_their_own_fov():
     real_fov = fit_inplane(small, (32, 32), False)
     cfg = config_from_dict({"seed": 1, "data": {"fov_margin": 4.0}, "optim": {"batch_size": 4},
                             "augment": {**ALL, "rot90": 0.0}})
-    st = WindowStream([_Vols([syn]), _Vols([real])], [[slice_index(syn[1])], [slice_index(real[1])]], cfg,
+    st = WindowStream([InMemoryVolumes([syn]), InMemoryVolumes([real])], [[slice_index(syn[1])], [slice_index(real[1])]], cfg,
                       real_source=1)
     seen = {False: 0, True: 0}
     for batch in st:

@@ -29,7 +29,7 @@ from simaq_train.data.sources import (
 )
 from simaq_train.data.stream import window_indices
 from simaq_train.data.volumes import read_volume, write_volume
-from simaq_train.testing import write_synthetic_dataset
+from simaq_train.testing import InMemoryVolumes, write_synthetic_dataset
 
 SHAPE = (16, 32, 32)
 
@@ -569,16 +569,6 @@ def test_a_labelled_real_pixel_with_image_value_zero_stays_in_the_fov():
     from simaq_train.data.sources import slice_index
     from simaq_train.data.stream import WindowStream
 
-    class Vols:
-        def __init__(self, vols):
-            self.vols = vols
-
-        def __len__(self):
-            return len(self.vols)
-
-        def load(self, v):
-            return self.vols[v]
-
     rng = np.random.default_rng(0)
     syn = (rng.standard_normal((9, 16, 16)).astype(np.float32), rng.integers(0, 3, (9, 16, 16)).astype(np.uint8))
     image = rng.standard_normal((9, 16, 16)).astype(np.float32) + 3.0  # nonzero everywhere ...
@@ -589,7 +579,7 @@ def test_a_labelled_real_pixel_with_image_value_zero_stays_in_the_fov():
            "resized_crop_prob": 0.0, "intensity": 1.0, "noise_std": 0.0, "blur_prob": 0.0, "invert_prob": 0.0}
     cfg = config_from_dict({"seed": 2, "data": {"window": 7, "real": {"ratio": 0.9}},
                             "optim": {"batch_size": 4}, "augment": aug})
-    st = WindowStream([Vols([syn]), Vols([(image, labels)])],
+    st = WindowStream([InMemoryVolumes([syn]), InMemoryVolumes([(image, labels)])],
                       [[slice_index(syn[1])], [slice_index(labels)]], cfg, real_source=1)
     fov = st._fov(1, 0, image, labels)
     assert fov[7, 9] and fov.sum() == 16 * 16

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from simaq_factory.device import lerp_select
+
 __all__ = ["crack_field", "oriented_box", "place", "linear_taps", "resample", "sample_placement"]
 
 
@@ -86,24 +88,14 @@ def _lerp_dim(x: torch.Tensor, dim: int, n_out: int, step_bytes: int | None = No
     view[dim] = -1
     w0, w1 = w0.reshape(view), w1.reshape(view)
     if step_bytes is None:
-        a = x.index_select(dim, i0)
-        a *= w0
-        b = x.index_select(dim, i1)
-        b *= w1
-        a += b
-        return a
+        return lerp_select(x, dim, i0, i1, w0, w1)
     plane = max(1, x[0].numel() * x.element_size())
     step = max(1, step_bytes // plane)
     out = torch.empty((n_out, *x.shape[1:]), dtype=x.dtype, device=x.device)
     tmp = torch.empty((min(step, n_out), *x.shape[1:]), dtype=x.dtype, device=x.device)
     for j in range(0, n_out, step):
         k = min(j + step, n_out)
-        o, t = out[j:k], tmp[: k - j]
-        torch.index_select(x, 0, i0[j:k], out=o)
-        o *= w0[j:k]
-        torch.index_select(x, 0, i1[j:k], out=t)
-        t *= w1[j:k]
-        o += t
+        lerp_select(x, 0, i0[j:k], i1[j:k], w0[j:k], w1[j:k], out=out[j:k], tmp=tmp[: k - j])
     return out
 
 

@@ -33,7 +33,7 @@ import scipy.ndimage
 import torch
 
 from simaq_factory import portable_math
-from simaq_factory.device import true_div
+from simaq_factory.device import lerp_select, true_div
 from simaq_factory.phantom.config import DeformationConfig
 from simaq_factory.phantom.spec import DeformationSpec
 
@@ -96,8 +96,7 @@ def _lerp_axis(g: torch.Tensor, dim: int, i0: torch.Tensor, f: torch.Tensor) -> 
     shape = [1] * g.dim()
     shape[dim] = -1
     w1 = f.reshape(shape)
-    w0 = 1.0 - w1
-    return g.index_select(dim, i0) * w0 + g.index_select(dim, i0 + 1) * w1
+    return lerp_select(g, dim, i0, i0 + 1, 1.0 - w1, w1)
 
 
 class DisplacementField:
