@@ -126,3 +126,53 @@ def test_software_and_machine_descriptions():
     assert built_on({"device": "cpu", "cpu_kernels": "aarch64 SVE256"}) == "cpu, aarch64 SVE256 CPU kernels"
     assert built_on({"device": "cpu"}) == "cpu, unrecorded CPU kernels"
     assert built_on({"device": "cuda:0", "device_name": "NVIDIA H100", "cpu_kernels": "x"}) == "cuda:0, NVIDIA H100"
+
+
+def test_libm_array_answers_trig_from_libm_and_refuses_the_rest():
+    draws = portable_math.LibmGenerator(np.random.default_rng(6)).uniform(size=(3, 4))
+    assert isinstance(draws, portable_math.LibmArray)
+    assert np.array_equal(draws, np.random.default_rng(6).uniform(size=(3, 4)))  # the generator's own draws
+    angles = 2 * np.pi * draws  # other ufuncs keep the tag, so the trigonometry of derived arrays is libm's too
+    assert isinstance(angles, portable_math.LibmArray) and isinstance(angles[1:], portable_math.LibmArray)
+    for ufunc, f in ((np.sin, math.sin), (np.cos, math.cos), (np.exp, math.exp)):
+        y = ufunc(angles)
+        assert type(y) is np.ndarray
+        assert [float(v) for v in y.ravel()] == [f(2 * math.pi * float(u)) for u in draws.ravel()]
+    assert type(np.sin(angles) * np.cos(angles)) is np.ndarray
+    for refused in (np.log, np.power, np.tan):
+        with pytest.raises(TypeError, match=refused.__name__):
+            refused(angles, 2.0) if refused is np.power else refused(angles)
+    with pytest.raises(AttributeError):
+        portable_math.LibmGenerator(np.random.default_rng(6)).normal()
+
+
+@pytest.mark.parametrize("name", ["perlin_lo_2d", "perlin_hi_3d"])
+def test_perlin_banks_take_their_trigonometry_from_libm(monkeypatch, name):
+    """perlin-numpy applies np.sin/np.cos to its gradient angles; the banks route them to the C
+    library (numpy's own loops round differently on AVX-512 CPUs). Perturbing portable_math's
+    functions changes the entry, so the routing is what computes it; where numpy's loops agree with
+    libm (every CPU without AVX-512), the entry is the one plain perlin-numpy gives."""
+    from perlin_numpy import generate_fractal_noise_2d, generate_fractal_noise_3d
+
+    from simaq_factory.artifacts import banks
+    from simaq_factory.recipe.io import load_recipe
+
+    spec = banks.bank_specs(load_recipe(REPO / "recipes" / "smoke.yaml").artifacts, (64, 64, 64), 11)[name]
+    spec = {**spec, "edge": 32 if name == "perlin_hi_3d" else spec["edge"]}
+    entry = banks.generate_piece(spec, 1, 2)[0]
+    assert entry.dtype == np.float32 and entry.min() == 0.0 and entry.max() == 1.0
+
+    x = np.random.default_rng(7).uniform(0, 2 * np.pi, 4096)
+    if np.array_equal(np.sin(x), portable_math.sin(x)) and np.array_equal(np.cos(x), portable_math.cos(x)):
+        generate = generate_fractal_noise_2d if name == "perlin_lo_2d" else generate_fractal_noise_3d
+        ndim = 2 if name == "perlin_lo_2d" else 3
+        plain = generate((spec["edge"],) * ndim, (spec["res"],) * ndim, octaves=spec["octaves"],
+                         persistence=spec["persistence"], rng=banks._entry_rng(spec, 1))
+        plain = ((plain - plain.min()) / (plain.max() - plain.min())).astype(np.float32)
+        assert np.array_equal(entry, plain)
+
+    for fname in ("sin", "cos"):
+        with monkeypatch.context() as m:
+            libm = getattr(math, fname)
+            m.setattr(portable_math, fname, portable_math._elementwise(lambda v, libm=libm: libm(v) * (1 + 1e-4)))
+            assert not np.array_equal(banks.generate_piece(spec, 1, 2)[0], entry), fname

@@ -18,7 +18,8 @@ Seeding: entry ``e`` of bank number ``b`` (the order above) draws from
 an entry changes no sample, and an entry does not depend on how many entries its bank has.
 
 A bank's *spec* (:func:`bank_specs`) is the JSON of everything that determines its bytes; its
-digest (:func:`array_sha256`) covers dtype, shape and data. Perlin banks are computed with numpy;
+digest (:func:`array_sha256`) covers dtype, shape and data. Perlin banks are computed with numpy
+(perlin-numpy, its gradients' trigonometry from the C library: ``portable_math.LibmGenerator``);
 crack blocks with torch using only operations whose results do not depend on the thread count.
 Builds and :func:`memory_banks` generate on the CPU, so a bank's bytes do not depend on where the
 shards run (the crack generator also runs on CUDA, but equality with CPU bytes is not verified).
@@ -42,6 +43,7 @@ import numpy as np
 from perlin_numpy import generate_fractal_noise_2d, generate_fractal_noise_3d
 
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
+from simaq_factory.portable_math import LibmGenerator
 
 if TYPE_CHECKING:  # torch is imported where banks are made or loaded: a dataset's bank specs
     import torch  # and digests are checked without it (simaq_factory._lazy)
@@ -127,7 +129,7 @@ def _perlin_entry(spec: dict[str, Any], entry: int) -> np.ndarray:
     generate = generate_fractal_noise_2d if len(entry_shape) == 2 else generate_fractal_noise_3d
     noise = generate(
         entry_shape, (int(spec["res"]),) * len(entry_shape), octaves=int(spec["octaves"]),
-        persistence=float(spec["persistence"]), rng=_entry_rng(spec, entry),
+        persistence=float(spec["persistence"]), rng=LibmGenerator(_entry_rng(spec, entry)),
     )
     lo, hi = float(noise.min()), float(noise.max())
     out = (noise - lo) / (hi - lo) if hi > lo else np.zeros_like(noise)
