@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simaq_factory import portable_math
 from simaq_factory.artifacts.blur import gaussian_blur_3d, gaussian_kernel_1d, kernel_radius
 from simaq_factory.device import one_torch_thread
 
@@ -366,7 +367,7 @@ def _draw_block(
     noise = rng.standard_normal((size, size, size), dtype=np.float32)
     flat = rng.choice(size**3, size=seeds, replace=False)
     pos = np.stack(np.unravel_index(flat, (size,) * 3), axis=-1).astype(np.int64)
-    speed = np.exp(speed_spread * rng.standard_normal(seeds))
+    speed = portable_math.exp(speed_spread * rng.standard_normal(seeds))
     upper = rng.random((seeds, seeds)) < wall_fraction
     keep = np.triu(upper, 1)
     keep = keep | keep.T
