@@ -53,6 +53,7 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     rec = load_recipe(path, ["acquisition.missing_fraction=1e-2"])
     assert rec.acquisition.jitter_deg == 0.25 and rec.acquisition.missing_fraction == 0.01
     assert rec == load_recipe(SMOKE, ["acquisition.jitter_deg=0.25", "acquisition.missing_fraction=0.01"])
+    assert rec == load_recipe(str(path), ["acquisition.missing_fraction=1e-2"])  # a str path for library users
     assert load_yaml("a: [1e-3, -2E+5, .5e1, '1e-3', 1e3x]") == {"a": [0.001, -2e5, 5.0, "1e-3", "1e3x"]}
     assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # plain SafeLoader unchanged
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ class RecipeFileError(RecipeError):
     """The recipe file itself cannot be read or parsed."""
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a recipe file into a mapping; errors name the file (and line for YAML syntax)."""
+    path = Path(path)
     if not path.exists():
         raise RecipeFileError(str(path), "recipe file not found")
     if not path.is_file():
@@ -90,7 +92,8 @@ def resolve(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
-def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
+    """The recipe of the YAML file at ``path`` with ``--set``-style ``overrides`` applied."""
     return resolve(apply_overrides(read_yaml(path), overrides or []))
 
 
