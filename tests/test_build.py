@@ -172,6 +172,10 @@ def test_info_prints_card_and_sample(inline_ref):
     assert f"recipe id: {card['recipe_id']}" in lines
     assert any(line.startswith(f"samples: 4 of {'x'.join(map(str, card['shape_zyx']))} voxels") for line in lines)
     assert any(line.startswith("sample 3 (shard 1, rendered on ") for line in lines)
+    # what the shard's record says about where it was built (its CPU kernels), not "unrecorded"
+    prov = json.loads((inline_ref / "provenance" / "shard-000001.json").read_text())
+    assert prov["cpu_kernels"] and f"{prov['cpu_kernels']} CPU kernels" in summary.output
+    assert {k: v for k, v in prov.items() if k != "sample_records"} == info["shard"]
     cells = sample["phantom_spec"]["cells"]
     assert any(line.startswith(f"  cells: {len(cells)}; vacuoles {sum(len(c['vacuoles']) for c in cells)},")
                for line in lines), lines

@@ -215,7 +215,7 @@ def dataset_info(out: Path, index: int | None) -> dict[str, Any]:
         shard = index // recipe.dataset.samples_per_shard
         prov = read_provenance(out, shard) or {}
         info["sample"] = record
-        info["shard"] = {k: prov[k] for k in ("shard", "device", "versions", "timings_s") if k in prov}
+        info["shard"] = {k: v for k, v in prov.items() if k != "sample_records"}  # the sample's is above
     return info
 
 
