@@ -31,7 +31,7 @@ from simaq_factory.versions import software_versions
 
 def _build(recipe: str, out: Path, workers: int, cluster: str, overrides: list[str]) -> float:
     cmd = [sys.executable, "-m", "simaq_factory.cli.main", "build", recipe, "-o", str(out),
-           "--cluster", cluster, "--workers", str(workers)]
+           "--cluster", cluster, *(["--workers", str(workers)] if cluster != "inline" else [])]
     for o in overrides:
         cmd += ["--set", o]
     t0 = time.perf_counter()

@@ -185,6 +185,17 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "execution.workers"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),
+        # alternatives given together: refused, not one of them silently ignored
+        (["build", str(SMOKE), "-o", "{out}", "--cluster", "inline", "--scheduler", "tcp://127.0.0.1:9"],
+         "--scheduler: cannot be combined with --cluster inline"),
+        (["build", str(SMOKE), "-o", "{out}", "--scheduler", "tcp://127.0.0.1:9", "--cluster", "slurm"],
+         "--scheduler: cannot be combined with --cluster slurm"),
+        (["build", str(SMOKE), "-o", "{out}", "--cluster", "inline", "--workers", "2"], "--workers: has no effect"),
+        (["build", str(SMOKE), "-o", "{out}", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
+         "--workers: has no effect with --scheduler"),
+        (["build", "{empty_yaml}", "-o", "{out}", "--cluster", "inline"], "the recipe sets no field"),
+        (["build", str(SMOKE), "-o", "{out}", "--set", "dataset.n_samples=1"],
+         "also --set dataset.samples_per_shard=1"),
     ],
 )
 def test_cli_bad_paths_and_flags(tmp_path, args, needle):
@@ -192,7 +203,8 @@ def test_cli_bad_paths_and_flags(tmp_path, args, needle):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "dup.yaml").write_text("dataset:\n  shape: [64, 64, 64]\nseed: 1\ndataset:\n  n_samples: 2\n")
     (tmp_path / "afile").write_text("x")
-    subs = {"{dir}": str(tmp_path), "{bad_yaml}": str(tmp_path / "bad.yaml"),
+    (tmp_path / "empty.yaml").write_text("# to do\n")
+    subs = {"{dir}": str(tmp_path), "{bad_yaml}": str(tmp_path / "bad.yaml"), "{empty_yaml}": str(tmp_path / "empty.yaml"),
             "{list_yaml}": str(tmp_path / "list.yaml"), "{file}": str(tmp_path / "afile"),
             "{out}": str(tmp_path / "out"), "{dup_yaml}": str(tmp_path / "dup.yaml")}
     args = [subs.get(a, a) for a in args]

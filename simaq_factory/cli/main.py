@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from simaq_factory.errors import OneLineGroup, handle_errors
+from simaq_factory.errors import BadInput, OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
+from simaq_factory.yamlio import load_yaml
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...]) -> tuple[Any, str]:
@@ -97,7 +98,6 @@ def _template_help() -> str:
 @handle_errors
 def init(path: str, template: str, force: bool) -> None:
     """Write an annotated recipe to PATH ('-': stdout): every field with its value, meaning and bounds."""
-    from simaq_factory.errors import BadInput
     from simaq_factory.recipe.template import annotated_recipe
 
     text = annotated_recipe(template)
@@ -125,24 +125,36 @@ def init(path: str, template: str, force: bool) -> None:
 @click.argument("recipe")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=True), help="Output directory.")
 @click.option("--scheduler", default=None, metavar="ADDR", help="Use a running Dask scheduler.")
-@click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default="local",
-              show_default=True, help="local: embedded LocalCluster; inline: this process, no Dask; "
-                                        "slurm: dask-jobqueue SLURMCluster, one worker per job, from "
-                                        "execution.slurm (needs the [slurm] extra and sbatch).")
+@click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default=None,
+              help="local (the default): embedded LocalCluster; inline: this process, no Dask; "
+                   "slurm: dask-jobqueue SLURMCluster, one worker per job, from execution.slurm "
+                   "(needs the [slurm] extra and sbatch). Not with --scheduler.")
 @click.option("--workers", type=int, default=None,
               help="LocalCluster workers, or SLURM jobs with --cluster slurm (execution.workers).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors(resumes=True)
-def build(recipe: str, out: str, scheduler: str | None, cluster: str, workers: int | None,
+def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, workers: int | None,
           device: str | None, overrides: tuple[str, ...]) -> None:
     """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
+    if scheduler is not None and cluster is not None:
+        raise BadInput("--scheduler", f"cannot be combined with --cluster {cluster}: the running "
+                                      "scheduler's workers build the dataset; give one of the two")
+    if workers is not None and (scheduler is not None or cluster == "inline"):
+        raise BadInput("--workers", "has no effect with " + (
+            "--scheduler (the running scheduler's workers do the work)" if scheduler is not None
+            else "--cluster inline (one process, no workers)"))
+    cluster = cluster or "local"
     extra = list(overrides)
     if workers is not None:
         extra.append(f"execution.workers={workers}")
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
     rec, text = _load(recipe, tuple(extra))  # a bad recipe is refused before torch is imported
+    if not overrides and not load_yaml(text):  # an empty file (a failed copy?) would build 4 × 512³
+        raise BadInput(recipe, "the recipe sets no field (empty, or comments only); to build the "
+                               "reference defaults on purpose, write them out with `simaq-factory init "
+                               "FILE --template reference`")
     from simaq_factory.orchestrate.driver import build as run_build
 
     if extra:  # OUT/recipe.yaml keeps the file verbatim and says what the command line changed

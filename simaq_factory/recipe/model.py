@@ -147,7 +147,8 @@ def check_recipe(recipe: Recipe) -> None:
     if ds.samples_per_shard > ds.n_samples:
         raise RecipeError(
             "dataset.samples_per_shard",
-            f"must be <= dataset.n_samples ({ds.n_samples}), got {ds.samples_per_shard}",
+            f"must be <= dataset.n_samples ({ds.n_samples}), got {ds.samples_per_shard} "
+            f"(with fewer samples, also --set dataset.samples_per_shard={ds.n_samples})",
         )
     if ds.chunk_z > z:
         raise RecipeError("dataset.chunk_z", f"must be <= shape z ({z}), got {ds.chunk_z}")
