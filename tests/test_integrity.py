@@ -197,3 +197,22 @@ def test_build_over_an_interrupted_freeze_is_refused_and_freeze_completes_it(tmp
     assert r.exit_code == 0, r.output
     assert (out / "SHA256SUMS").is_file() and status(out) == "frozen"
     assert invoke("verify", out).exit_code == 0
+
+
+def test_a_damaged_frozen_dataset_is_not_called_complete(tmp_path):
+    """Re-running build or freeze on a frozen dataset checks the shard files first: one flipped byte
+    makes both fail (exit 1) naming the shard, instead of "complete and frozen; nothing to do"."""
+    out = tmp_path / "ds"
+    build(out)
+    assert invoke("freeze", out).exit_code == 0
+    victim = next(p for p in sorted((out / "dataset.zarr" / "labels").rglob("*"))
+                  if p.is_file() and p.name != "zarr.json")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    for args in (("build", SMOKE, "-o", out, "--cluster", "inline", *TINY), ("freeze", out)):
+        r = invoke(*args)
+        assert r.exit_code == 1, (args[0], r.output)
+        assert "is frozen but damaged" in r.stderr and "labels shard file does not match its checksum" in r.stderr
+        assert "nothing to do" not in r.output
+    assert status(out) == "frozen"

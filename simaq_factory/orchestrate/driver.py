@@ -32,6 +32,7 @@ from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_states, update_card
+from simaq_factory.store.inspect import check_sealed_intact
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
 from simaq_factory.store.outdir import (
     check_out_dir,
@@ -130,6 +131,9 @@ def build(
         device = str(resolve_device(exe.device))  # fail fast (exit 2) when CUDA is absent here
     if is_sealed(out, rid):  # re-running a finished pipeline: nothing to write, nothing refused
         n = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+        if on_phase is not None:
+            on_phase(f"frozen: checking the {n} shard(s)' files against their recorded checksums")
+        check_sealed_intact(out)  # but a damaged one is not called complete
         return BuildReport(out, rid, n, skipped=n, built=0, cluster="none", frozen=True)
     check_out_dir(out, rid)  # before anything is written or started
     a_max = a_max_for(recipe)

@@ -25,7 +25,7 @@ from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.errors import BuildFailed
 from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.dataset import read_card, read_provenance, update_card
-from simaq_factory.store.inspect import open_dataset_recipe, read_card_checked
+from simaq_factory.store.inspect import check_sealed_intact, open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import SUMS, dataset_classes, n_axes, shard_ranges
 from simaq_factory.store.outdir import RESOLVED, claim_out_dir
 from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
@@ -182,6 +182,7 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error)."""
     recipe, rid = open_dataset_recipe(out)
     if read_card_checked(out).get("status") == "frozen" and (out / SUMS).is_file():
+        check_sealed_intact(out)
         n = sum(1 for line in (out / SUMS).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
         return {"already_frozen": True, "files": n}
     # no build may write while the dataset is sealed; the claim admits a frozen card only when

@@ -207,6 +207,21 @@ def dataset_status(out: Path) -> dict[str, Any]:
             "banks_damaged": len(banks) if group_problem is None else None}
 
 
+def check_sealed_intact(out: Path) -> None:
+    """For a frozen dataset that a build or freeze finds with nothing to do: the shard files still
+    match their checksums and the metadata and banks are whole (what ``status`` checks), else
+    :class:`BuildFailed` naming the first problem. A frozen dataset is never rewritten, so the
+    remedy is a good copy, not a build."""
+    st = dataset_status(out)
+    if st["verdict"] == "complete":
+        return
+    first = (f"shard {st['problems'][0][0]}: {st['problems'][0][1]}" if st["problems"]
+             else (st["dataset_problems"] or [st["verdict"]])[0])
+    raise BuildFailed(f"{out} is frozen but {st['verdict']} ({first}); a frozen dataset is not "
+                      f"rewritten: restore it from a good copy (`simaq-factory verify {out}` lists "
+                      "every damaged file)")
+
+
 def dataset_info(out: Path, index: int | None) -> dict[str, Any]:
     recipe, _ = open_dataset_recipe(out)
     info: dict[str, Any] = {"card": read_card_checked(out)}
