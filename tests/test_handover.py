@@ -17,6 +17,7 @@ import zarr
 from click.testing import CliRunner
 
 from simaq_factory.cli.main import main
+from simaq_factory.store.dataset import RECORD_DIGEST, record_digest
 from simaq_factory.versions import cpu_kernels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,12 @@ def test_verify_names_damaged_shard_and_build_repairs(built, tmp_path):
     assert cli("verify", str(out)).exit_code == 0
 
 
+def resealed(prov: dict) -> dict:
+    """A provenance record rewritten whole, its own digest too: what a tamperer who knows the
+    format writes (the digest guards against accidents, not against intent)."""
+    return {**prov, RECORD_DIGEST: record_digest(prov)}
+
+
 def tamper_labels_and_rechecksum(out: Path, name: str = "labels", value: float = 3) -> None:
     """Change one voxel of ``name`` in shard 0 and record the new shard's sha256 in its provenance,
     so that its checksum still verifies."""
@@ -90,7 +97,7 @@ def tamper_labels_and_rechecksum(out: Path, name: str = "labels", value: float =
     prov = json.loads(prov_path.read_text())
     shard = out / "dataset.zarr" / name / "c" / "0" / "0" / "0" / "0"
     prov["checksums"][name] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    prov_path.write_text(json.dumps(prov))
+    prov_path.write_text(json.dumps(resealed(prov)))
 
 
 def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
@@ -100,6 +107,11 @@ def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
     assert cli("verify", str(out)).exit_code == 0  # checksums alone cannot see it
     result = cli("verify", str(out), "--regen", "4")
     assert result.exit_code == 1 and "sample 0: regenerated labels differs" in result.output
+    # build alone would skip that shard (its files match their checksums): the advice says how to redo it
+    assert "remove provenance/shard-000000.json and run `simaq-factory build`" in result.stderr, result.stderr
+    (out / "provenance" / "shard-000000.json").unlink()
+    assert "wrote 1 shard(s), skipped 1" in cli("build", SMOKE, "-o", str(out), "--cluster", "inline").output
+    assert cli("verify", str(out), "--regen", "4").exit_code == 0
 
 
 def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
@@ -153,7 +165,7 @@ def test_freeze_card_counts_shards_per_machine_and_software(built, tmp_path):
         prov.pop("cpu_kernels") if edit["cpu_kernels"] is None else prov.update(cpu_kernels=edit["cpu_kernels"])
         if "commit" in edit:
             prov["versions"]["simaq-factory-commit"] = edit["commit"]
-        path.write_text(json.dumps(prov))
+        path.write_text(json.dumps(resealed(prov)))  # as those builds wrote them
     result = cli("freeze", str(out))
     assert result.exit_code == 0, result.output
     stats = dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs)["stats"]
@@ -315,8 +327,23 @@ def test_damaged_group_metadata_is_reported_naming_the_file(built, tmp_path):
         result = cli(*args)
         assert result.exit_code == 1, (args, result.output)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {meta}:"), result.stderr
+        if args[0] == "info":
+            assert "`simaq-factory build` with the same recipe rewrites it" in result.stderr
     assert not dest.exists() and not (tmp_path / "p.png").exists()
     assert not (out / "SHA256SUMS").exists()
+    # build rewrites the card from the recipe and keeps every shard; the dataset is whole again
+    card = dict(zarr.open_group(built / "dataset.zarr", mode="r").attrs)
+    for damage in ("broken", "missing"):
+        meta.write_text("{broken") if damage == "broken" else meta.unlink()
+        rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+        assert rebuilt.exit_code == 0 and "wrote 0 shard(s), skipped 2" in rebuilt.output, rebuilt.output
+        assert dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs) == card
+        assert cli("verify", str(out), "--deep").exit_code == 0
+    # a frozen dataset's card is sealed in SHA256SUMS: build refuses to write a new one
+    assert cli("freeze", str(out)).exit_code == 0
+    meta.unlink()
+    refused = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    assert refused.exit_code == 2 and "frozen dataset is missing or unreadable: restore it" in refused.stderr
 
 
 def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):
@@ -770,6 +797,29 @@ def status_of(out: Path) -> str:
     return str(zarr.open_group(out / "dataset.zarr", mode="r").attrs["status"])
 
 
+def test_an_edited_provenance_record_is_a_damaged_shard_that_build_redoes(built, tmp_path):
+    """A record edited by hand (here a cell's LAC) no longer matches its own digest: status and
+    verify call the shard damaged without regenerating anything, and build redoes it."""
+    out = copy_of(built, tmp_path)
+    record = out / "provenance" / "shard-000001.json"
+    prov = json.loads(record.read_text())
+    assert prov[RECORD_DIGEST] == record_digest(prov)
+    prov["sample_records"][0]["phantom_spec"]["cells"][0]["lac"] += 0.05
+    record.write_text(json.dumps(prov, indent=1))
+    result = cli("verify", str(out))
+    assert result.exit_code == 1
+    assert "shard 1 (samples 2-3): provenance record does not match its digest" in result.output, result.output
+    assert "damaged: 1 shard(s)" in cli("status", str(out)).output
+    rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    assert rebuilt.exit_code == 0 and "wrote 1 shard(s), skipped 1" in rebuilt.output, rebuilt.output
+    assert cli("verify", str(out), "--regen", "1").exit_code == 0
+    def without_timings(path: Path) -> list:
+        return [{k: v for k, v in r.items() if k != "timings_s"}
+                for r in json.loads(path.read_text())["sample_records"]]
+
+    assert without_timings(record) == without_timings(built / "provenance" / "shard-000001.json")
+
+
 def test_a_provenance_record_of_another_recipe_is_not_a_done_shard(built, tmp_path):
     out = copy_of(built, tmp_path)
     record = out / "provenance" / "shard-000000.json"
@@ -812,7 +862,7 @@ def test_deep_read_names_an_undecodable_shard_whose_checksum_was_updated(built, 
     record = out / "provenance" / "shard-000000.json"
     prov = json.loads(record.read_text())
     prov["checksums"]["recon"] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    record.write_text(json.dumps(prov))
+    record.write_text(json.dumps(resealed(prov)))
     assert cli("verify", str(out)).exit_code == 0
     deep = cli("verify", str(out), "--deep")
     assert deep.exit_code == 1 and "problem: recon samples 0-1: unreadable (" in deep.output, deep.output

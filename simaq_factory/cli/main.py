@@ -270,8 +270,15 @@ def verify(out: str, deep: bool, regen: int) -> None:
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     if not report.ok:
-        hint = ("the dataset is frozen: restore it from a good copy" if report.frozen else
-                "`simaq-factory build` with the same recipe repairs damaged or missing shards")
+        if report.frozen:
+            hint = "the dataset is frozen: restore it from a good copy"
+        elif report.regen_failed_shards:  # their files pass their checksums: build would skip them
+            records = ", ".join(f"provenance/shard-{s:06d}.json" for s in report.regen_failed_shards)
+            hint = (f"the stored samples are not what this software renders from the recipe; if it is the "
+                    f"software that built them, remove {records} and run `simaq-factory build` with the "
+                    "same recipe to redo them")
+        else:
+            hint = "`simaq-factory build` with the same recipe repairs damaged or missing shards"
         raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; {hint}")
     regen_txt = f", regenerated samples {report.regenerated}" if report.regenerated else ""
     click.echo(f"ok: {report.n_shards} shard(s), {report.checked_samples} sample(s) verified"

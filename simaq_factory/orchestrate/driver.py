@@ -39,6 +39,7 @@ from simaq_factory.store.outdir import (
     claim_out_dir,
     is_sealed,
     repair_array_metadata,
+    repair_card,
     start_out_dir,
 )
 from simaq_factory.versions import software_versions
@@ -145,9 +146,10 @@ def build(
 
         def claim() -> bool:
             """Lock OUT for this build (exit 2 while another process holds it), check it again under
-            the lock and, on resume, rewrite damaged array metadata; True when resuming."""
+            the lock and, on resume, rewrite a damaged card or array metadata; True when resuming."""
             resuming = held.enter_context(claim_out_dir(out, rid))
             if resuming:
+                repair_card(out, dataset_card(recipe, rid, a_max))
                 repair_array_metadata(out, specs)
             return resuming
 

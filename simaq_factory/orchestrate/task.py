@@ -25,7 +25,14 @@ from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
-from simaq_factory.store.dataset import shard_checksums, shard_file, write_json_atomic, write_shard
+from simaq_factory.store.dataset import (
+    RECORD_DIGEST,
+    record_digest,
+    shard_checksums,
+    shard_file,
+    write_json_atomic,
+    write_shard,
+)
 from simaq_factory.store.layout import array_specs, provenance_path, shard_range
 from simaq_factory.versions import cpu_kernels, software_versions
 
@@ -134,6 +141,7 @@ def _run_shard(
         "timings_s": {"write": round(write_s, 4), "total": round(time.perf_counter() - t0, 4)},
         "sample_records": records,
     }
+    provenance[RECORD_DIGEST] = record_digest(provenance)
     write_json_atomic(provenance_path(outp, shard_index), provenance)
     log.info("shard %d (samples %d-%d) done in %.2f s", shard_index, samples.start,
              samples.stop - 1, time.perf_counter() - t0)

@@ -140,6 +140,19 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
+#: key of a provenance record's own digest: sha256 of the record without it, as canonical JSON
+RECORD_DIGEST = "record_sha256"
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """The digest a shard's provenance record carries of itself (:data:`RECORD_DIGEST`): an edited
+    or damaged record is told from the one its shard task wrote, as the shard files are by their
+    checksums. Computed on the record as read back from JSON (string keys, lists)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_DIGEST}))
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
     path = provenance_path(out, shard_index)
     try:
@@ -160,6 +173,8 @@ def shard_state(
         return "pending", "no provenance record"
     if prov.get("recipe_id") != recipe_id:
         return "damaged", "provenance belongs to another recipe"
+    if RECORD_DIGEST in prov and prov[RECORD_DIGEST] != record_digest(prov):  # older records have none
+        return "damaged", "provenance record does not match its digest (edited or damaged)"
     recorded = prov.get("checksums", {})
     for name, spec in specs.items():
         if name not in recorded:

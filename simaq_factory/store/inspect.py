@@ -17,7 +17,8 @@ from simaq_factory.versions import built_on
 META = "zarr.json"
 REPAIR_HINT = "`simaq-factory build` with the same recipe repairs it"
 # build rewrites damaged array metadata from the recipe, but not the card (it holds the build's records)
-CARD_HINT = "restore dataset.zarr/zarr.json from a copy, or build the recipe into a new directory"
+CARD_HINT = ("`simaq-factory build` with the same recipe rewrites it (a frozen dataset's: restore "
+             "dataset.zarr/zarr.json from a good copy)")
 
 
 def open_dataset_recipe(out: Path) -> tuple[Any, str]:

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from simaq_factory.errors import BadInput
 from simaq_factory.store.dataset import array_metadata, create_arrays, write_json_atomic
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
@@ -61,12 +63,15 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
             f"holds a dataset of recipe {existing_id[:12]}, this recipe is {rid[:12]}: "
             "use a new output directory or the original recipe",
         )
-    if not (out / GROUP_NAME / "zarr.json").exists():
+    if not (out / GROUP_NAME).is_dir():
         raise BadInput(str(out), "dataset.zarr is missing; remove the directory and build again")
     try:
         status = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"].get("status")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise BadInput(str(out / GROUP_NAME / "zarr.json"), "unreadable dataset card") from None
+        if (out / SUMS).is_file():  # sealed: its card is listed in SHA256SUMS, a new one would not match
+            raise BadInput(str(out / GROUP_NAME / "zarr.json"), "the dataset card of a frozen dataset is "
+                           "missing or unreadable: restore it from a good copy") from None
+        return True  # a resume rewrites it from the recipe under the lock (repair_card)
     if status == "frozen" and not (sealing and not (out / SUMS).is_file()):  # freeze may finish itself
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
     return True
@@ -149,6 +154,24 @@ def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[boo
         yield check_out_dir(out, rid, sealing=sealing)
     finally:
         os.close(fd)
+
+
+def repair_card(out: Path, card: dict[str, Any]) -> bool:
+    """Rewrite the group metadata (the dataset card) when ``status`` and ``verify`` report it as
+    damage (missing, unreadable, not a Zarr v3 group), from ``card``, the card a fresh build of the
+    recipe starts with, status "building". The build then records its noise banks and status in it
+    again; the shards are judged by their own records. True when it was rewritten."""
+    from simaq_factory.store.inspect import group_metadata_problem  # inspect imports this module
+
+    problem = group_metadata_problem(out)
+    if problem is None:
+        return False
+    docs: dict[str, Any] = {}
+    zarr.open_group(zarr.storage.MemoryStore(docs), mode="w", zarr_format=3,
+                    attributes={**card, "status": "building"})
+    write_json_atomic(out / GROUP_NAME / "zarr.json", json.loads(docs["zarr.json"].to_bytes()))
+    log.warning("%s; rewritten from the recipe", problem)
+    return True
 
 
 def repair_array_metadata(out: Path, specs: dict[str, ArraySpec]) -> list[str]:

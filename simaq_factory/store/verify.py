@@ -54,6 +54,8 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: bool = False
+    #: shards of the regenerated samples that did not match (their files pass their checksums)
+    regen_failed_shards: list[int] = field(default_factory=list)
     #: relative path -> sha256 of every data shard file the shard check matched (freeze reuses them)
     digests: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -286,7 +288,11 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
         n = recipe.dataset.n_samples
         picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(regen, n))})
         for index in picks:
+            before = len(report.problems)
             regenerate_and_compare(out, recipe, index, report)
+            shard = index // recipe.dataset.samples_per_shard
+            if len(report.problems) > before and shard not in report.regen_failed_shards:
+                report.regen_failed_shards.append(shard)
     return report
 
 
