@@ -223,3 +223,30 @@ def test_cuda_build_on_workers_without_a_gpu_resource_is_refused():
     assert err.value.path == "--scheduler" and "none of its 2 worker(s)" in str(err.value)
     _check_gpu_workers({"tcp://a:1": {"resources": {"GPU": 1}}, "tcp://b:2": {}})
     _check_gpu_workers({})  # no worker yet: they may join later
+
+
+def test_ctrl_c_on_a_local_cluster_build_is_one_line_and_resumes(tmp_path):
+    """Ctrl-C reaches the whole foreground process group: the driver and its LocalCluster workers.
+    The workers exit quietly (no page of worker tracebacks), the driver says one line and exits 130
+    promptly, and the same command finishes the dataset."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o", str(out),
+                             "--workers", "2", *SETS], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not any((out / "provenance").glob("shard-*.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before the interrupt"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - t0 < 10, "the driver waited for busy workers"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; run the same command again to resume"
+    result = _build("-o", str(out), "--cluster", "inline")
+    assert result.returncode == 0, result.stderr
+    verify = subprocess.run([sys.executable, "-m", "simaq_factory.cli.main", "verify", str(out)], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

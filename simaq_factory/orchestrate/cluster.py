@@ -103,6 +103,7 @@ def open_cluster(
         silence_logs=logging.ERROR,
         resources={"GPU": 1} if gpu else None,
         memory_limit=memory_limit,
+        preload=["simaq_factory.orchestrate.quiet_workers"],  # Ctrl-C is the driver's alone
     )
     client = Client(cluster)
     try:
