@@ -125,6 +125,23 @@ def test_nan_in_a_given_projection_is_bad_input_naming_the_sample(ds, tmp_path):
     g["sinogram"][1] = sino
     with pytest.raises(BadInput, match=r"sample 1.*NaN"):
         run_baseline(bad, tmp_path / "p.zarr", "fbp-ramlak")
+    # bad input, not a damaged store: this dataset records no checksums to tell them apart by;
+    # sample 0 was reconstructed, so the partial output stays to resume from
+    assert not (tmp_path / "p.zarr").exists() and (tmp_path / ".p.zarr.partial").is_dir()
+
+
+def test_bad_input_before_any_sample_is_reconstructed_leaves_nothing(ds, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ds, bad)
+    g = zarr.open_group(bad / "dataset.zarr", mode="r+")
+    sino = g["sinogram"][0]
+    sino[0, 0, 0] = np.inf
+    g["sinogram"][0] = sino
+    with pytest.raises(BadInput, match=r"sample 0.*NaN/inf"):
+        run_baseline(bad, tmp_path / "p.zarr", "fbp-ramlak")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no PRED, no .PRED.partial
 
 
 def test_a_partial_run_of_another_method_is_discarded_not_resumed(ds, tmp_path):

@@ -38,8 +38,9 @@ from zarr.codecs import ZstdCodec
 
 from simaq_factory.acquisition.axes import from_frame
 from simaq_factory.errors import BadInput
-from simaq_factory.score.inputs import open_ground_truth
+from simaq_factory.score.inputs import DamagedStore, open_ground_truth
 from simaq_factory.store.dataset import write_json_atomic
+from simaq_factory.store.layout import GROUP_NAME
 from simaq_factory.tomo import Geometry, ReconstructionConfig, reconstruct
 
 __all__ = ["PREDICTION_FORMAT", "available_methods", "method_config", "run_baseline"]
@@ -158,22 +159,18 @@ def run_baseline(
     tmp = _partial_path(pred)
     done = _open_partial(tmp, ident, gt.n_samples, gt.pred_shape, chunk_z=_chunk_z(gt),
                          extra={"source_path": str(gt_dir.resolve())})
-    n = gt.shape[1]
     t0 = time.perf_counter()
     built = 0
     arr = zarr.open_group(tmp, mode="r+")["recon"]
     for i in range(gt.n_samples):
         if i in done:
             continue
-        sino, ang = gt.group["sinogram"][i], gt.group["angles"][i]
         try:
-            if gt.n_axes == 1:
-                vol = reconstruct_sample(sino, ang, n, cfg, device)
-            else:
-                vol = np.stack([from_frame(reconstruct_sample(sino[k], ang[k], n, cfg, device), k)
-                                for k in range(gt.n_axes)])
-        except ValueError as err:
-            raise BadInput(f"{gt_dir} (sample {i})", str(err)) from None
+            vol = _reconstruct_stored(gt, i, cfg, device)
+        except (BadInput, DamagedStore):
+            if not done:  # nothing reconstructed yet: leave nothing behind
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         arr[i] = vol
         done.add(i)
         write_json_atomic(tmp / _PROGRESS, {"ident": ident, "done": sorted(done)})
@@ -189,6 +186,27 @@ def run_baseline(
     logger.info("%s: %d sample(s) in %.1f s -> %s", method, built, seconds, pred)
     return {"path": pred, "n_samples": gt.n_samples, "built": built,
             "skipped": gt.n_samples - built, "seconds": seconds}
+
+
+def _reconstruct_stored(gt: Any, i: int, cfg: ReconstructionConfig, device: torch.device) -> np.ndarray:
+    """Sample ``i`` of ``gt`` reconstructed from its stored sinogram and angles. :class:`DamagedStore`
+    when they cannot be read back as written, :class:`BadInput` when they are inconsistent."""
+    sino, ang = gt.read("sinogram", i), gt.read("angles", i)
+    n = gt.shape[1]
+    try:
+        if gt.n_axes == 1:
+            return reconstruct_sample(sino, ang, n, cfg, device)
+        return np.stack([from_frame(reconstruct_sample(sino[k], ang[k], n, cfg, device), k)
+                         for k in range(gt.n_axes)])
+    except ValueError as err:
+        # NaN where angles are given is what a flipped byte can decode to: a damaged store
+        # (runtime failure) when the shard no longer matches its checksum, else bad input
+        for name in ("sinogram", "angles"):
+            damage = gt.shard_damage(name, i)
+            if damage is not None:
+                raise DamagedStore(f"{gt.out / GROUP_NAME / name}, sample {i}: {damage} ({err}; "
+                                   f"a damaged store){gt.verify_hint}") from None
+        raise BadInput(f"{gt.out} (sample {i})", str(err)) from None
 
 
 def _chunk_z(gt: Any) -> int:

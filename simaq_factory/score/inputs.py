@@ -2,6 +2,9 @@
 
 Every problem a user can fix (a missing path, a shape or index mismatch, an unreadable file) raises
 :class:`~simaq_factory.errors.BadInput` naming the path or flag, so the CLI prints one line, exit 2.
+A damaged store (a chunk that cannot be decoded, a shard file that no longer matches its checksum)
+is not bad input but a runtime failure: :class:`DamagedStore`, one line naming the array and sample,
+exit 1.
 """
 
 from __future__ import annotations
@@ -21,11 +24,33 @@ from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
 from simaq_factory.store.outdir import RESOLVED
 from simaq_factory.tomo.geometry import Geometry
 
-__all__ = ["GroundTruth", "Prediction", "open_ground_truth", "open_prediction"]
+__all__ = ["DamagedStore", "GroundTruth", "Prediction", "open_ground_truth", "open_prediction"]
 
 VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
 #: a file's stem is its sample index, optionally after a word and an underscore: 7, 000007, sample_7
 _INDEX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)$")
+
+
+class DamagedStore(RuntimeError):
+    """A stored array cannot be read back as written (a corrupt chunk): a runtime failure, exit 1.
+    ``str(err)`` is one line naming the array (``<path>/<array>``), the sample and what to run."""
+
+
+def _why(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_sample(arr: Any, where: str, key: int | tuple[int, ...], hint: str = "") -> np.ndarray:
+    """``arr[key]`` as a NumPy array (``key``: a sample index, or a tuple starting with one);
+    :class:`DamagedStore` naming ``where`` (the array's path) and the sample when a chunk cannot be
+    decoded. ``hint`` (e.g. "; run `simaq-factory verify OUT`") ends the message."""
+    try:
+        return np.asarray(arr[key])
+    except Exception as err:  # noqa: BLE001 - a codec/checksum error of a stored chunk
+        i = key[0] if isinstance(key, tuple) else key
+        raise DamagedStore(f"{where}, sample {i}: chunk cannot be decoded ({_why(err)}){hint}") from err
 
 
 @dataclass
@@ -52,6 +77,35 @@ class GroundTruth:
     n_cells: list[int]
     n_axes: int = 1
     spans_by_axis: list[list[float]] = field(default_factory=list)
+
+    def read(self, name: str, key: int | tuple[int, ...]) -> np.ndarray:
+        """``group[name][key]`` (``key``: sample index, or a tuple starting with one) as a NumPy
+        array; :class:`DamagedStore` naming the array and sample when a chunk cannot be decoded."""
+        return read_sample(self.group[name], f"{self.out / GROUP_NAME / name}", key, self.verify_hint)
+
+    @property
+    def verify_hint(self) -> str:
+        return f"; run `simaq-factory verify {self.out}`"
+
+    def shard_damage(self, name: str, i: int) -> str | None:
+        """Why the shard file holding sample ``i`` of array ``name`` is damaged (its sha256 differs
+        from the one in its provenance record), or None when it matches or cannot be checked (no
+        recipe layout or checksum: e.g. a dataset not written by ``build``). Reads the whole file:
+        for explaining a failure, not for every read."""
+        from simaq_factory.store.dataset import read_provenance, sha256_file, shard_file
+        from simaq_factory.store.inspect import dataset_specs, open_dataset_recipe
+
+        try:
+            recipe, _ = open_dataset_recipe(self.out)
+            spec = dataset_specs(recipe)[name]
+            s = i // int(recipe.dataset.samples_per_shard)
+            recorded = ((read_provenance(self.out, s) or {}).get("checksums") or {}).get(name)
+            path = shard_file(self.out, spec, s)
+        except Exception:  # noqa: BLE001 - nothing to compare with: cannot tell
+            return None
+        if not recorded or sha256_file(path) == recorded:
+            return None
+        return f"shard file {path.relative_to(self.out / GROUP_NAME / name)} does not match its checksum"
 
     @property
     def pred_shape(self) -> tuple[int, ...]:
@@ -194,7 +248,7 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
             raise BadInput(f"{path}/recon", f"reconstructions must be real numbers (float or integer), "
                            f"got {arr.dtype}")
         pred.kinds.append(kind)
-        pred.read[kind] = (lambda a: lambda i: np.asarray(a[i]))(arr)
+        pred.read[kind] = (lambda a, where: lambda i: read_sample(a, where, i))(arr, f"{path}/{kind}")
     if not pred.kinds:
         raise BadInput(str(path), "Zarr group holds neither a 'recon' nor a 'labels' array")
     return pred

@@ -207,14 +207,14 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
             vol = vols["recon"][k] if multi else vols["recon"]
             perm = frame_axes(k)
             try:
-                row.update(score_sample_recon(np.transpose(gt.group["phantom"][i], perm),
+                row.update(score_sample_recon(np.transpose(gt.read("phantom", i), perm),
                                               np.transpose(vol, perm), fov, fit))
             except ValueError as err:
                 raise BadInput(f"{pred.path} (recon, {where})", str(err)) from None
         if "labels" in vols:
             lab = vols["labels"][k] if multi else vols["labels"]
             try:
-                row.update(score_sample_labels(gt.group["labels"][i], lab, gt.classes, gt.ignore_label))
+                row.update(score_sample_labels(gt.read("labels", i), lab, gt.classes, gt.ignore_label))
             except ValueError as err:
                 raise BadInput(f"{pred.path} (labels, {where})", str(err)) from None
         rows.append(row)
@@ -266,8 +266,8 @@ def _examples(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any
     axis = next((int(r.get("axis", 0)) for r in first if r["index"] == index), 0)
     z = gt.shape[0] // 2
     ex: dict[str, Any] = {"index": index, "axis": axis, "z": z, "key": key,
-                          "phantom": np.asarray(gt.group["phantom"][index, z]),
-                          "labels": np.asarray(gt.group["labels"][index, z]), "preds": {}}
+                          "phantom": gt.read("phantom", (index, z)),
+                          "labels": gt.read("labels", (index, z)), "preds": {}}
     fits = {r["pred"]: (r.get("fit_scale"), r.get("fit_offset")) for r in rows
             if r["index"] == index and r.get("axis", 0) == axis}
     pick = (axis, z) if gt.n_axes > 1 else (z,)

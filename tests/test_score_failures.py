@@ -1,0 +1,102 @@
+"""``score`` / ``baseline`` on damaged stores (exit 1, naming the array and sample), their report
+and path checks (exit 2, nothing written), on a tiny dataset built through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from simaq_factory.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
+        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2"]
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args))
+
+
+def error_line(result, code: int) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def zero_bytes_mid_file(path: Path, n: int = 16) -> None:
+    """Overwrite ``n`` bytes in the middle of ``path`` (a compressed chunk no longer decodes)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(n)
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("failures")
+    r = invoke("build", SMOKE, "-o", str(root / "ds"), "--cluster", "inline", *TINY)
+    assert r.exit_code == 0, r.output
+    return root / "ds"
+
+
+def _copy(ds: Path, dest: Path) -> Path:
+    shutil.copytree(ds, dest)
+    return dest
+
+
+def test_score_on_an_undecodable_phantom_chunk_names_array_and_sample_and_exits_1(ds, tmp_path):
+    bad = _copy(ds, tmp_path / "bad")
+    zero_bytes_mid_file(bad / "dataset.zarr" / "phantom" / "c" / "1" / "0" / "0" / "0")  # sample 2's shard
+    out = tmp_path / "rep"
+    line = error_line(invoke("score", "--gt", str(bad), "--pred", str(bad), "-o", str(out)), 1)
+    assert f"{bad}/dataset.zarr/phantom, sample 2: chunk cannot be decoded" in line, line
+    assert f"run `simaq-factory verify {bad}`" in line, line
+    assert "(run with -vv" not in line  # a message of ours, not an anonymous library error
+    assert not out.exists()
+
+
+def test_score_on_an_undecodable_prediction_chunk_names_it_and_exits_1(ds, tmp_path):
+    pred = tmp_path / "pred.zarr"
+    g = zarr.open_group(pred, mode="w", zarr_format=3)
+    g.create_array("recon", data=np.random.default_rng(0).random((3, 32, 32, 32), dtype=np.float32),
+                   chunks=(1, 32, 32, 32))
+    chunk = pred / "recon" / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # truncated: zstd cannot decode it
+    line = error_line(invoke("score", "--gt", str(ds), "--pred", str(pred), "-o", str(tmp_path / "rep")), 1)
+    assert f"{pred}/recon, sample 1: chunk cannot be decoded" in line, line
+    assert not (tmp_path / "rep").exists()
+
+
+def test_baseline_on_an_undecodable_sinogram_chunk_exits_1_and_leaves_nothing(ds, tmp_path):
+    bad = _copy(ds, tmp_path / "bad")
+    shard = bad / "dataset.zarr" / "sinogram" / "c" / "0" / "0" / "0" / "0"  # samples 0 and 1
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated: its index fails its crc
+    pred = tmp_path / "p.zarr"
+    line = error_line(invoke("baseline", str(bad), "--method", "fbp-ramlak", "-o", str(pred)), 1)
+    assert f"{bad}/dataset.zarr/sinogram, sample 0: chunk cannot be decoded" in line, line
+    assert f"simaq-factory verify {bad}" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no PRED, no .PRED.partial
+
+
+def test_baseline_on_a_sinogram_that_no_longer_matches_its_checksum_exits_1(ds, tmp_path):
+    # a flipped byte can decode to NaN rather than fail: the shard's checksum tells a damaged store
+    # from a dataset that was written with NaN projections (bad input, see test_score_baselines)
+    bad = _copy(ds, tmp_path / "bad")
+    g = zarr.open_group(bad / "dataset.zarr", mode="r+")
+    sino = g["sinogram"][1]
+    sino[0, 3] = np.nan
+    g["sinogram"][1] = sino
+    pred = tmp_path / "p.zarr"
+    line = error_line(invoke("baseline", str(bad), "--method", "fbp-hamming", "-o", str(pred)), 1)
+    assert f"{bad}/dataset.zarr/sinogram, sample 1:" in line and "does not match its checksum" in line, line
+    assert f"simaq-factory verify {bad}" in line
+    assert "NaN" in line
+    # sample 0 was reconstructed before the failure: the partial output stays, to resume from
+    assert not pred.exists() and (tmp_path / ".p.zarr.partial").is_dir()
