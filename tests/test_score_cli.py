@@ -100,7 +100,8 @@ def test_score_folders_of_tiff_and_mrc(work):
     for row in rows:
         assert row["nrmse"] == 0.0 and row["ssim"] == pytest.approx(1.0) and row["psnr"] == "inf"
         assert row["iou_cell"] == 1.0 and row["dice_background"] == 1.0 and "iou_nucleus" not in row
-    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(folder), "-o", str(out), "--only", "labels")
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(folder), "-o", str(out), "--only", "labels",
+               "--overwrite")  # the report of the previous run is replaced only when asked to
     assert r.exit_code == 0 and "nrmse" not in json.loads((out / "scores.json").read_text())["samples"][0]
 
 

@@ -3,6 +3,8 @@ and path checks (exit 2, nothing written), on a tiny dataset built through the C
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -100,3 +102,35 @@ def test_baseline_on_a_sinogram_that_no_longer_matches_its_checksum_exits_1(ds, 
     assert "NaN" in line
     # sample 0 was reconstructed before the failure: the partial output stays, to resume from
     assert not pred.exists() and (tmp_path / ".p.zarr.partial").is_dir()
+
+
+def test_score_refuses_to_replace_a_report_unless_overwrite(ds, tmp_path):
+    out = tmp_path / "rep"
+    first = invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(out))
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "scores.json" in before
+    again = error_line(invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(out)), 2)
+    assert str(out) in again and "--overwrite" in again
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    (out / "fig-stale.png").write_bytes(b"an earlier report's figure")
+    r = invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(out), "--overwrite", "--only", "labels")
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "scores.json").read_text())
+    assert list(payload["predictions"].values())[0]["kinds"] == ["labels"]  # the new report
+    assert not (out / "fig-stale.png").exists()
+
+
+def test_score_never_writes_into_a_folder_holding_other_files(ds, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    for extra in ((), ("--overwrite",)):
+        line = error_line(invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(out), *extra), 2)
+        assert str(out) in line and "notes.txt" in line, line
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(empty), "--only", "labels")
+    assert r.exit_code == 0, r.output
+    assert (empty / "scores.json").exists()

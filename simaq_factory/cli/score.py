@@ -60,7 +60,8 @@ def _store_failures(func: Callable[..., Any]) -> Callable[..., Any]:
                    "three-axis datasets, or a folder of TIFF/MRC volumes named by sample index. Repeat to "
                    "compare; the first is the reference.")
 @click.option("-o", "--out", "report_dir", default=None, type=click.Path(),
-              help="Report directory [default: <first PRED>-scores next to it].")
+              help="Report directory [default: <first PRED>-scores next to it]; an existing, non-empty "
+                   "one is refused unless --overwrite.")
 @click.option("--only", type=click.Choice(["auto", "recon", "labels"]), default="auto", show_default=True,
               help="Score only reconstructions or only segmentations.")
 @click.option("--fit", type=click.Choice(["affine", "none"]), default="affine", show_default=True,
@@ -71,20 +72,24 @@ def _store_failures(func: Callable[..., Any]) -> Callable[..., Any]:
                    "projector's input support, larger values also drop FBP's edge artifacts.")
 @click.option("--span-bin", "span_bin", type=float, default=10.0, show_default=True,
               help="Width (degrees) of the tilt-span bins of the breakdown.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the report in an existing report directory (one that holds only a "
+                   "report of score: scores.json, samples.csv, report.html, fig-*.png).")
 @handle_errors
 @_store_failures
 def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fit: str,
-          span_bin: float, fov_margin: float) -> None:
+          span_bin: float, fov_margin: float, overwrite: bool) -> None:
     """Score reconstructions (NRMSE, PSNR, SSIM) and segmentations (IoU, Dice) against ground truth.
 
     Writes scores.json, samples.csv and report.html into the report directory.
     """
+    from simaq_factory.score.run import check_report_dir, write_outputs
     from simaq_factory.score.run import score as run_score
-    from simaq_factory.score.run import write_outputs
 
     paths = [Path(p) for p in preds]
     out = Path(report_dir) if report_dir else paths[0].parent / f"{paths[0].name.removesuffix('.zarr')}-scores"
     check_output_dir(out)  # a directory, writable (or creatable), before scoring, not after
+    check_report_dir(out, overwrite)  # never an earlier report (unless --overwrite) or others' files
     result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
                        fov_margin=fov_margin, progress=_progress("scored"))
     written = write_outputs(result, out)

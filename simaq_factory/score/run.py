@@ -23,7 +23,8 @@ from simaq_factory.score.aggregate import compare, group_stats
 from simaq_factory.score.inputs import GroundTruth, Prediction, open_ground_truth, open_prediction
 from simaq_factory.score.metrics import confusion_counts, iou_dice, nrmse, psnr, ssim
 
-__all__ = ["ScoreResult", "affine_fit", "score", "score_sample_labels", "score_sample_recon"]
+__all__ = ["ScoreResult", "affine_fit", "check_report_dir", "score", "score_sample_labels",
+           "score_sample_recon", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,33 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: The files of a report (what :func:`write_outputs` writes) and its temporary files.
+REPORT_FILES = ("scores.json", "samples.csv", "report.html")
+
+
+def _is_report_file(name: str) -> bool:
+    return (name in REPORT_FILES or (name.startswith("fig-") and name.endswith(".png"))
+            or any(name.startswith(f".{f}.tmp-") for f in REPORT_FILES))
+
+
+def check_report_dir(report_dir: Path, overwrite: bool = False) -> None:
+    """Before scoring: :class:`BadInput` unless ``report_dir`` is absent or empty, or holds only a
+    report of ``score`` (:data:`REPORT_FILES`, ``fig-*.png``) and ``overwrite`` is set. An earlier
+    report is never replaced silently, and other files never at all (as ``simaq-train predict -o``)."""
+    if not report_dir.is_dir():
+        return
+    entries = sorted((p.name for p in report_dir.iterdir()), key=lambda n: (n.startswith("."), n))
+    if not entries:
+        return
+    foreign = [name for name in entries if not _is_report_file(name)]
+    if foreign:
+        raise BadInput(str(report_dir), f"exists and holds files other than a score report ({foreign[0]}"
+                       f"{', …' if len(foreign) > 1 else ''}); choose another -o")
+    if not overwrite:
+        raise BadInput(str(report_dir), "already holds a score report; use --overwrite to replace it, "
+                       "or choose another -o")
+
+
 def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     """Write ``scores.json`` (NaN -> null, ±inf -> "inf"/"-inf"), ``samples.csv`` and ``report.html``."""
     from simaq_factory.score.report import write_report
@@ -322,7 +350,10 @@ def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     for r in result.rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
     _write_atomic(paths["csv"], buf.getvalue())
-    write_report(result, paths["html"])
+    pngs = set(write_report(result, paths["html"]))
+    for old in report_dir.glob("fig-*.png"):  # an earlier report's figures this one does not draw
+        if old not in pngs:
+            old.unlink()
     # scores.json last, renamed into place whole: a report folder that has it has the rest of this run
     _write_atomic(paths["json"], json.dumps(_json_safe(result.payload), indent=1, allow_nan=False) + "\n")
     return paths
