@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,17 @@ def test_score_never_writes_into_a_folder_holding_other_files(ds, tmp_path):
     r = invoke("score", "--gt", str(ds), "--pred", str(ds), "-o", str(empty), "--only", "labels")
     assert r.exit_code == 0, r.output
     assert (empty / "scores.json").exists()
+
+
+@pytest.mark.parametrize("where", ["nothere", "notads"])
+def test_baseline_checks_the_dataset_path_before_importing_torch(tmp_path, where):
+    (tmp_path / "notads").mkdir()
+    code = ("import sys\nfrom simaq_factory.cli.main import main\n"
+            "try:\n    main(['baseline', sys.argv[1], '--method', 'sirt', '-o', sys.argv[2]])\n"
+            "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / where), str(tmp_path / "x.zarr")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.stdout.strip() == "exit 2 False", (r.stdout, r.stderr)
+    assert where in r.stderr and ("no such dataset" in r.stderr or "not a simaq-factory dataset" in r.stderr)
+    assert not (tmp_path / "x.zarr").exists()

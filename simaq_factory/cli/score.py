@@ -118,17 +118,22 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bool | None,
              device: str) -> None:
     """Reconstruct every sample of dataset GT from its stored sinogram and angles only."""
-    from simaq_factory.device import resolve_device
     from simaq_factory.errors import BadInput
     from simaq_factory.recipe.fields import RecipeError
+    from simaq_factory.score.inputs import open_ground_truth
+
+    # the paths first, before torch is imported (seconds): a mistyped one is answered at once
+    open_ground_truth(Path(gt))
+    out = Path(pred)  # built next to itself (.PRED.partial): its folder must be writable, before any work
+    check_output_dir(out.parent if str(out.parent) else Path("."), str(out))
+
+    from simaq_factory.device import resolve_device
     from simaq_factory.score.baseline import run_baseline
 
     try:
         dev = resolve_device(device)
     except RecipeError as err:
         raise BadInput("--device", err.message) from None
-    out = Path(pred)  # built next to itself (.PRED.partial): its folder must be writable, before any work
-    check_output_dir(out.parent if str(out.parent) else Path("."), str(out))
     report = run_baseline(Path(gt), Path(pred), method, iterations=iterations, nonneg=nonneg, device=dev,
                           progress=_progress(method))
     click.echo(f"{method}: reconstructed {report['built']} sample(s), {report['skipped']} already done, "
