@@ -16,6 +16,7 @@ import zarr
 from click.testing import CliRunner
 
 from simaq_factory.cli.main import main
+from simaq_factory.score.baseline import available_methods
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
@@ -150,3 +151,13 @@ def test_baseline_checks_the_dataset_path_before_importing_torch(tmp_path, where
     assert r.stdout.strip() == "exit 2 False", (r.stdout, r.stderr)
     assert where in r.stderr and ("no such dataset" in r.stderr or "not a simaq-factory dataset" in r.stderr)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_baseline_help_names_every_method_without_conditions():
+    r = invoke("baseline", "--help")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "where the reconstruction supports" not in text
+    for m in available_methods():
+        assert m in text, m
+    assert "any dataset that stores its sinogram and angles" in text

@@ -107,7 +107,9 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 @click.command()
 @click.argument("gt", type=click.Path())
 @click.option("--method", required=True, metavar="NAME",
-              help="fbp-ramlak, fbp-hamming, and sirt / cgls where the reconstruction supports them.")
+              help="fbp-ramlak or fbp-hamming (filtered back-projection with that filter), sirt or "
+                   "cgls (iterative; see --iterations, --nonneg). Any of them works on any dataset that "
+                   "stores its sinogram and angles.")
 @click.option("-o", "--out", "pred", required=True, type=click.Path(), help="Output Zarr (the prediction).")
 @click.option("--iterations", type=int, default=None, help="Iterations of sirt/cgls (default: theirs).")
 @click.option("--nonneg/--no-nonneg", default=None,
