@@ -1,8 +1,9 @@
 """Read and write single volumes: TIFF, MRC, NRRD (incl. 3D Slicer ``.seg.nrrd``), Zarr, NumPy.
 
-Volumes are numpy arrays in (Z, Y, X) order, Z = tilt axis. NRRD files are read in C order (pynrrd
-``index_order='C'``), which equals the reference's "swap first and last axis" of pynrrd's default
-Fortran order. Writers go through a temporary name and a rename, so a failed write leaves no
+Volumes are numpy arrays in (Z, Y, X) order, Z = tilt axis. NRRD files are read and written in C
+order (pynrrd ``index_order='C'``), which equals the reference's "swap first and last axis" of
+pynrrd's default Fortran order: a file written with pynrrd's default ``index_order='F'`` is read
+transposed. Writers go through a temporary name and a rename, so a failed write leaves no
 half-written output.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from simaq_factory.errors import BadInput
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
-WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".zarr", ".npy")
+WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".nrrd", ".zarr", ".npy")
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -60,6 +61,9 @@ def _mrc_problem(caught: list[Any]) -> str:
     return "no data block" + (f" ({texts[0]})" if texts else "")
 
 
+_ONE_SAMPLE = "e.g. a sample from `simaq-factory export --format tiff`"
+
+
 def _read_any(p: Path) -> Volume:
     suf = volume_suffix(p)
     if suf in (".tif", ".tiff"):
@@ -97,7 +101,14 @@ def _read_any(p: Path) -> Volume:
     if suf == ".zarr":
         import zarr
 
-        return Volume(np.asarray(zarr.open_array(p, mode="r")[...]))
+        node = zarr.open(p, mode="r")
+        if isinstance(node, zarr.Group):
+            raise BadInput(str(p), "is a Zarr group (a simaq-factory dataset's store?), not an array: give a "
+                                   f"single 3D array ({_ONE_SAMPLE}), or score a dataset with `simaq-train evaluate`")
+        return Volume(np.asarray(node[...]))
+    if p.is_dir() and (p / "dataset.zarr").is_dir():
+        raise BadInput(str(p), f"is a simaq-factory dataset, not a volume: give a single 3D array ({_ONE_SAMPLE}), "
+                               "or use `simaq-train evaluate`")
     raise BadInput(str(p), f"unsupported volume format (expected one of {', '.join(READ_SUFFIXES)})")
 
 
@@ -302,6 +313,14 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
             f.set_data(np.ascontiguousarray(data))
             if voxel_size is not None:
                 f.voxel_size = (voxel_size[2], voxel_size[1], voxel_size[0])
+    elif suf == ".nrrd":
+        import nrrd
+
+        # C order, as read; the header's per-axis fields run fastest axis first: (x, y, z)
+        header: dict[str, Any] = {"encoding": "gzip"}
+        if voxel_size is not None:
+            header["spacings"] = np.asarray(voxel_size[::-1], dtype=float)
+        nrrd.write(str(tmp), np.ascontiguousarray(volume), header, index_order="C")
     elif suf == ".zarr":
         import zarr
 
@@ -318,7 +337,7 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 def write_volume(path: str | Path, volume: np.ndarray,
                  voxel_size: tuple[float, float, float] | None = None, *, overwrite: bool = False,
                  source: str | Path | None = None) -> Path:
-    """Write (Z, Y, X) ``volume`` as TIFF, MRC, Zarr or NPY (by suffix), atomically (a temporary
+    """Write (Z, Y, X) ``volume`` as TIFF, MRC, NRRD (C order), Zarr or NPY (by suffix), atomically (a temporary
     name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`)."""
     p = check_output_path(path, overwrite=overwrite, source=source)
     suf = p.suffix.lower()
