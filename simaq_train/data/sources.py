@@ -48,6 +48,11 @@ DEFAULT_CLASS_NAMES = ("background", "cell", "vacuole", "lipid_droplet")
 _warned_unfrozen: set[str] = set()  # datasets already warned about in this process
 
 
+class UnreadableData(RuntimeError):
+    """A stored chunk of a dataset cannot be read or decoded (a damaged store, not bad input): the
+    message names the dataset, array and sample, and the check to run. Exit code 1."""
+
+
 @dataclass(frozen=True)
 class SliceIndex:
     """Per-slice flags of one volume: ``labelled[z]`` any annotated pixel, ``foreground[z]`` any
@@ -93,10 +98,30 @@ def open_dataset(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if status in ("building", "incomplete"):
         raise BadInput(str(root), f"dataset status is {status!r}: finish the build first "
                                   "(simaq-factory build … then simaq-factory freeze)")
+    _check_shards(root, card)
     if status != "frozen" and str(root.resolve()) not in _warned_unfrozen:
         _warned_unfrozen.add(str(root.resolve()))
         log.warning("%s: dataset is not frozen (status %r); freeze it to pin its contents", root, status)
     return group, card
+
+
+def _check_shards(root: Path, card: dict[str, Any]) -> None:
+    """BadInput unless every shard the card implies (``n_samples``, ``samples_per_shard``) has its
+    provenance record, which a build writes last for each shard: a card that says complete over a
+    shard without one describes an incomplete (or damaged) dataset. Cards without the two fields
+    are not checked."""
+    n, per = card.get("n_samples"), card.get("samples_per_shard")
+    if not (isinstance(n, int) and isinstance(per, int) and n > 0 and per > 0):
+        return
+    missing = [k for k in range(-(-n // per)) if not (root / "provenance" / f"shard-{k:06d}.json").is_file()]
+    if missing:
+        first = missing[0]
+        lo, hi = first * per, min(n, (first + 1) * per) - 1
+        samples = f"sample {lo}" if lo == hi else f"samples {lo}-{hi}"
+        raise BadInput(str(root), f"dataset card says {card.get('status')!r} but {len(missing)} shard(s) have no "
+                                  f"provenance record (first: provenance/shard-{first:06d}.json, {samples}): "
+                                  "the dataset is incomplete; "
+                                  f"`simaq-factory status {root}` tells what is missing")
 
 
 def dataset_hash(path: str | Path) -> str:
@@ -230,6 +255,18 @@ class FactorySource:
             self._arrays[name] = zarr.open_array(self.path / "dataset.zarr" / name, mode="r")
         return self._arrays[name]
 
+    def _read(self, name: str, s: int, a: int | None = None) -> np.ndarray:
+        """Sample ``s`` (acquisition ``a`` of a 5D ``recon``) of array ``name``; a chunk that cannot
+        be read or decoded is :class:`UnreadableData` naming the dataset, array and sample."""
+        try:
+            arr = self._array(name)
+            return np.asarray(arr[s] if a is None else arr[s, a])
+        except Exception as err:  # noqa: BLE001 - codec, I/O and metadata errors alike
+            what = " ".join(f"{type(err).__name__}: {err}".split())
+            raise UnreadableData(
+                f"{self.path / 'dataset.zarr' / name}, sample {s}: cannot be read ({what[:160]}); the dataset "
+                f"is damaged: run `simaq-factory verify {self.path}`") from err
+
     def _mask_fov(self, labels: np.ndarray) -> np.ndarray:
         """Labels outside the field-of-view cylinder (where the input is 0) become IGNORE."""
         return np.where(fov_mask(labels.shape[1:], self.fov_margin)[None], labels, IGNORE).astype(np.uint8)
@@ -243,10 +280,8 @@ class FactorySource:
         threads: decoding and the numpy reductions release the GIL)."""
         from simaq_factory.store.dataset import map_in_order
 
-        arr = self._array("labels")
-
         def sample(s: int) -> list[SliceIndex]:
-            lab = np.asarray(arr[s])
+            lab = self._read("labels", s)
             check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
             return [slice_index(self._mask_fov(self.to_frame(lab, a))) for a in self.acqs]
 
@@ -258,11 +293,10 @@ class FactorySource:
         """Volume ``v`` as stored, in the frame of its acquisition: (raw recon, labels uint8 with
         255 outside the field of view)."""
         s, a = self.locate(v)
-        lab = np.asarray(self._array("labels")[s])
+        lab = self._read("labels", s)
         check_labels(lab, self.n_classes, f"{self.path}: labels[{s}]")
         lab = self.to_frame(lab, a)
-        recon = self._array("recon")
-        rec = self.to_frame(np.asarray(recon[s, a]) if self.multi else np.asarray(recon[s]), a)
+        rec = self.to_frame(self._read("recon", s, a if self.multi else None), a)
         return rec, self._mask_fov(lab)
 
     def load(self, v: int) -> tuple[np.ndarray, np.ndarray]:
