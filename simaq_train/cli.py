@@ -77,26 +77,40 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
                      rec["position"] / max(rec["n_batches"], 1))
         else:
             bar.done()
-            click.echo(f"validation after epoch {rec['epoch']}: mean IoU {rec['mean_iou'] or 0:.3f} "
+            click.echo(f"validation after epoch {rec['epoch']} ({rec['volumes']} volume(s)): mean foreground IoU "
+                       f"{rec['mean_iou_foreground'] or 0:.4f} (mean over volumes, as evaluate's headline; "
+                       f"pooled {rec['pooled']['mean_iou_foreground'] or 0:.4f}); mean IoU per class: "
                        + " ".join(f"{k}={v:.3f}" for k, v in rec["iou"].items() if v is not None), err=True)
 
-    res = run_fit(cfg, progress)
+    try:
+        res = run_fit(cfg, progress)
+    except KeyboardInterrupt:
+        bar.done()
+        if not (Path(cfg.run.out) / "last.pt").is_file():  # nothing to resume from
+            from simaq_factory.errors import fail
+
+            fail("interrupted before the first checkpoint: nothing was saved to resume from; run the same command "
+                 "again to start over", 130)
+        raise
     bar.done()
-    click.echo(f"{_fit_outcome(res, cfg.optim)} at epoch {res.epoch}, step {res.step}"
-               + (f" (resumed at step {res.start_step})" if res.start_step else "") + f" -> {res.checkpoint}")
+    click.echo(_fit_outcome(res, cfg.optim))
 
 
 def _fit_outcome(res: Any, o: Any) -> str:
-    """What ended a fit, and how to go on."""
+    """Where a fit ended, why, the checkpoint, and how to go on:
+    ``stopped at epoch 0, step 5 (optim.max_steps=5 reached) -> RUN/last.pt; to continue: …``."""
+    resumed = f"; resumed at step {res.start_step}" if res.start_step else ""
+    where = f"at epoch {res.epoch}, step {res.step}"
     if res.finished:
-        return f"finished ({o.epochs} epoch(s))"
+        return f"finished {where} ({o.epochs} epoch(s) done{resumed}) -> {res.checkpoint}"
     if o.max_steps > 0 and res.step >= o.max_steps:
-        return (f"stopped: optim.max_steps={o.max_steps} reached; to continue raise it, e.g. "
-                f"--set optim.max_steps={2 * o.max_steps}")
+        return (f"stopped {where} (optim.max_steps={o.max_steps} reached{resumed}) -> {res.checkpoint}; "
+                f"to continue: --set optim.max_steps={2 * o.max_steps}")
     if o.max_minutes > 0:
-        return (f"stopped: optim.max_minutes={o.max_minutes:g} of training used; run again for another "
-                f"{o.max_minutes:g} min")
-    return "stopped; run again to continue"
+        return (f"stopped {where} (optim.max_minutes={o.max_minutes:g} of training used{resumed}) -> "
+                f"{res.checkpoint}; to continue: run the same command again (another {o.max_minutes:g} min)")
+    why = f" ({resumed[2:]})" if resumed else ""
+    return f"stopped {where}{why} -> {res.checkpoint}; to continue: run the same command again"
 
 
 @cli.command()
@@ -116,14 +130,23 @@ def _fit_outcome(res: Any, o: Any) -> str:
 @click.option("--axes", type=click.Choice(["all", "first"]), default="all",
               help="three-axis datasets: score every acquisition axis (a row per sample and axis; "
                    "default) or acquisition 0 only")
+@click.option("--overwrite", is_flag=True, help="replace the report in an existing, non-empty OUT")
 @handle_errors
 def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samples: int,
-             batch_size: int, postprocess: bool, device: str, axes: str) -> None:
+             batch_size: int, postprocess: bool, device: str, axes: str, overwrite: bool) -> None:
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
     from simaq_factory.errors import check_output_dir
+
+    # the paths first: torch (below) takes seconds to import
+    out_dir = check_output_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
+    if not (Path(dataset) / "dataset.zarr").is_dir():
+        raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
+    if not Path(checkpoint).is_file():
+        raise_bad(checkpoint, "checkpoint not found")
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
-    out_dir = check_output_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}")
     bar = Bar(True)
     rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
                               max_samples=max_samples, post=postprocess, device=device, axes=axes,
@@ -144,7 +167,7 @@ def _print_summary(rep: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("tomogram", type=click.Path(dir_okay=True))
-@click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .zarr or .npy")
+@click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .nrrd, .zarr or .npy")
 @click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="windows per forward pass")
@@ -170,10 +193,19 @@ def _print_summary(rep: dict[str, Any]) -> None:
 def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int, edge: str | None,
             normalize: bool, tilt_axis: int, beam_axis: int | None, postprocess: bool, post_scale: float | None,
             device: str, overwrite: bool) -> None:
-    """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids).
+    """Segment TOMOGRAM (TIFF, MRC, NRRD, NPY or Zarr) with CHECKPOINT into OUT (uint8 class ids;
+    TIFF, MRC, NRRD, NPY or Zarr by suffix).
 
     OUT is 3D: singleton axes of TOMOGRAM (e.g. (1, 1, Z, Y, X)) are dropped, the rest keeps its
     shape and orientation."""
+    from simaq_train.data.volumes import check_output_path
+
+    # the paths first: torch (below) takes seconds to import
+    check_output_path(out, overwrite=overwrite, source=tomogram)
+    if not Path(checkpoint).is_file():
+        raise_bad(checkpoint, "checkpoint not found")
+    if not Path(tomogram).exists():
+        raise_bad(tomogram, "file not found")
     from simaq_train.inference import predict_tomogram
 
     res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,

@@ -33,7 +33,9 @@ def plot_metrics(metrics: Path, out: Path) -> Path | None:
     ax1.set_yscale("log")
     ax2.plot([r["step"] for r in train], [r["mean_iou"] for r in train], label="train (batches)")
     if val:
-        ax2.plot([r["step"] for r in val], [r["mean_iou"] for r in val], "o-", label="validation")
+        # mean over volumes, as evaluate's headline (older runs logged the pooled "mean_iou")
+        ax2.plot([r["step"] for r in val], [r.get("mean_iou_foreground", r.get("mean_iou")) for r in val], "o-",
+                 label="validation (mean over volumes)")
     ax2.set_xlabel("optimiser step")
     ax2.set_ylabel("mean IoU (foreground classes)")
     ax2.set_ylim(0, 1)

@@ -112,10 +112,14 @@ def trained(dataset, tmp_path_factory) -> Path:
     finally:
         fit_mod.save_checkpoint = original
     assert r.exit_code == 0, r.output
-    assert "stopped: optim.max_steps=6 reached" in r.output and "step 6" in r.output
+    # where it stopped first, then why, the checkpoint, and how to go on
+    last = r.output.strip().splitlines()[-1]
+    assert last == (f"stopped at epoch 1, step 6 (optim.max_steps=6 reached) -> {tmp / 'run' / 'last.pt'}; "
+                    "to continue: --set optim.max_steps=12"), r.output
     again = run("fit", cfg)  # nothing left under the same limit: it says so, and where it resumed
-    assert again.exit_code == 0 and "(resumed at step 6)" in again.output
-    assert "--set optim.max_steps=12" in again.output
+    assert again.exit_code == 0
+    assert "(optim.max_steps=6 reached; resumed at step 6) -> " in again.output
+    assert again.output.rstrip().endswith("; to continue: --set optim.max_steps=12")
     return tmp
 
 
@@ -175,7 +179,7 @@ def test_resume_refuses_a_changed_model(trained, dataset, tmp_path):
     cfg = write_config(tmp_path / "d.yaml", dataset, tmp_path / "run", max_steps=8)
     r = run("fit", cfg, "--set", "model.init_features=8")
     assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert "different 'model' section" in r.output
+    assert "different 'model' section (model.init_features: 4 → 8)" in r.output
 
 
 def test_resume_takes_a_changed_lr_and_weight_decay(trained, dataset, tmp_path):
@@ -625,7 +629,7 @@ def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
     cfg = resolve_classes(load_config(cfg_path))
     st = build_stream(cfg, 0, 2)[0]
     want = sum(math.ceil(len(range(0, len(st.plan(e)), 2)) / 2) for e in range(2))
-    assert r.stdout.count(f"finished (2 epoch(s)) at epoch 2, step {want} ") == 2, r.stdout
+    assert r.stdout.count(f"finished at epoch 2, step {want} (2 epoch(s) done) -> ") == 2, r.stdout
     ck = states(tmp_path / "run" / "last.pt")
     assert ck["step"] == want and ck["reader"] == {"epoch": 2, "position": 0}
 

@@ -97,13 +97,14 @@ def _dist_from_env() -> Dist:
 
 
 def validate_model(model: torch.nn.Module, sources: list[FactorySource], cfg: TrainConfig,
-                   device: torch.device) -> np.ndarray:
-    """Summed confusion matrix of full-volume predictions on the validation volumes (FOV only)."""
+                   device: torch.device) -> list[np.ndarray]:
+    """Confusion matrices of full-volume predictions (FOV only), one per validation volume: per
+    sample and acquisition axis of ``data.axes``, as ``simaq-train evaluate`` scores them."""
     from simaq_train.data.normalize import fov_mask
     from simaq_train.inference import model_edge_mode, predict_volume
 
     n = cfg.model.out_channels
-    cm = np.zeros((n, n), np.int64)
+    cms = []
     mode = model_edge_mode(cfg)
     for src in sources:
         for v in range(len(src)):
@@ -111,8 +112,30 @@ def validate_model(model: torch.nn.Module, sources: list[FactorySource], cfg: Tr
             pred = predict_volume(model, image, window=cfg.data.window, edge_mode=mode,
                                   batch_size=cfg.optim.batch_size, device=device, amp=cfg.optim.amp)
             mask = fov_mask(labels.shape[1:], cfg.data.fov_margin)
-            cm += confusion(pred, labels, n, mask=mask)
-    return cm
+            cms.append(confusion(pred, labels, n, mask=mask))
+    return cms
+
+
+def validation_record(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]:
+    """The statistics of ``simaq-train evaluate`` over validation volumes: ``mean_iou_foreground``
+    (its headline: mean over volumes of each volume's mean foreground IoU), ``iou``/``dice`` (per
+    class, mean over the volumes where defined) and ``pooled`` (of the summed confusion matrix)."""
+    fg = list(range(1, len(names)))
+    rows = [iou_dice(cm) for cm in cms]
+    means = [m for m in (mean_defined(iou, fg) for iou, _ in rows) if m is not None]
+
+    def per_class(k: int) -> list[float | None]:
+        out = []
+        for c in range(len(names)):
+            vals = [r[k][c] for r in rows if r[k][c] is not None]
+            out.append(float(np.mean(vals)) if vals else None)
+        return out
+
+    piou, pdice = iou_dice(sum(cms) if cms else np.zeros((len(names),) * 2, np.int64))
+    return {"volumes": len(cms), "mean_iou_foreground": float(np.mean(means)) if means else None,
+            "iou": dict(zip(names, per_class(0))), "dice": dict(zip(names, per_class(1))),
+            "pooled": {"iou": dict(zip(names, piou)), "dice": dict(zip(names, pdice)),
+                       "mean_iou_foreground": mean_defined(piou, fg)}}
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -134,17 +157,47 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _differences(old: Any, new: Any, key: str, most: int = 2) -> str:
+    """``old → new`` of a value, or ``key.sub: old → new`` for the first ``most`` differing dotted
+    keys of a section (a key only one side has reads ``(absent)``), then ``and N more``."""
+    absent = object()
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(a.get(k, absent), b.get(k, absent), f"{path}.{k}")
+        elif a != b:
+            found.append(f"{path}: {'(absent)' if a is absent else _short(a)} → "
+                         f"{'(absent)' if b is absent else _short(b)}")
+
+    walk(old if old is not None else absent, new, key)
+    if len(found) == 1 and found[0].startswith(f"{key}: "):  # a single value: ``old → new``
+        return found[0][len(key) + 2:]
+    more = f", and {len(found) - most} more" if len(found) > most else ""
+    return ", ".join(found[:most]) + more
+
+
 def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, str], where: Path) -> None:
     """BadInput unless the run in ``ck`` may continue under ``cfg`` on ``datasets`` ({path: hash});
     paths compare as absolute paths (older checkpoints stored them as written, relative to the cwd)."""
     old, new = absolute_paths(ck["config"]), absolute_paths(cfg.to_dict())
     for key in FROZEN_SECTIONS:
         if old.get(key) != new[key]:
-            raise BadInput(str(where), f"existing run has a different '{key}' section; use another run.out")
+            what = f"'{key}' section" if isinstance(new[key], dict) else key  # seed is a value
+            diff = _differences(old.get(key), new[key], key)
+            raise BadInput(str(where), f"existing run has a different {what} ({diff}); use another run.out")
     for sec, keys in (("data", FROZEN_DATA_KEYS), ("optim", FROZEN_OPTIM_KEYS)):
         for key in keys:
-            if old.get(sec, {}).get(key) != new[sec][key]:
-                raise BadInput(str(where), f"existing run has a different {sec}.{key}; use another run.out")
+            was = old.get(sec, {}).get(key)
+            if was != new[sec][key]:
+                diff = _differences(was, new[sec][key], f"{sec}.{key}")
+                raise BadInput(str(where), f"existing run has a different {sec}.{key} ({diff}); use another run.out")
     stored = {os.path.realpath(p): h for p, h in ck["datasets"].items()}
     for path, h in datasets.items():
         was = stored.get(os.path.realpath(path))
@@ -225,8 +278,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         # everything that can fail on bad input happens before the run directory is created
         self.stream, self.info = build_stream(cfg, self.dist.rank, self.dist.world)
+        # scored as evaluate scores them: every acquisition axis of data.axes
         self.val_sources = [FactorySource(p, n_classes=cfg.model.out_channels, fov_margin=cfg.data.fov_margin,
-                                          axes="first", max_samples=cfg.data.val_max_samples)
+                                          axes=cfg.data.axes, max_samples=cfg.data.val_max_samples)
                             for p in cfg.data.val]
         for src in self.val_sources:  # predict_volume pads the slices: no divisibility needed
             check_source(src, "data.val", fov_margin=cfg.data.fov_margin)
@@ -405,13 +459,10 @@ class Trainer:
 
     def _end_of_epoch(self, progress: Progress | None, t0: float) -> None:
         if self.val_sources and self.dist.main:
-            fg = list(range(1, self.cfg.model.out_channels))
             eval_model = self.ema.model if self.ema else self.model
-            vcm = validate_model(eval_model, self.val_sources, self.cfg, self.device)
-            viou, vdice = iou_dice(vcm)
-            rec = {"kind": "val", "step": self.state.step, "epoch": self.state.epoch,
-                   "iou": dict(zip(self.names, viou)), "dice": dict(zip(self.names, vdice)),
-                   "mean_iou": mean_defined(viou, fg), "elapsed_s": time.monotonic() - t0}
+            cms = validate_model(eval_model, self.val_sources, self.cfg, self.device)
+            rec = {"kind": "val", "step": self.state.step, "epoch": self.state.epoch, "axes": self.cfg.data.axes,
+                   **validation_record(cms, self.names), "elapsed_s": time.monotonic() - t0}
             _append_line(self.metrics_path, rec)
             if progress:
                 progress(rec)
