@@ -176,6 +176,20 @@ def test_a_damaged_chunk_names_dataset_array_and_sample(trained, tri, tmp_path):
     assert not (tmp_path / "ev").exists()
 
 
+def test_a_damaged_chunk_read_by_a_loader_worker_is_one_line(tmp_path):
+    ds = write_synthetic_dataset(tmp_path / "ds", n_samples=2, shape=(16, 16, 16))
+    chunk = ds / "dataset.zarr" / "recon" / "c" / "1" / "0" / "0" / "0"  # labels (read first) are fine
+    data = bytearray(chunk.read_bytes())
+    for k in range(len(data) // 4, len(data) - 4):
+        data[k] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    cfg = write_config(tmp_path / "c.yaml", ds, tmp_path / "run")
+    r = run("fit", cfg, "--set", "data.num_workers=1", "--set", "data.val=[]")
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: UnreadableData: {ds / 'dataset.zarr' / 'recon'}, sample 1: cannot be read")
+    assert f"run `simaq-factory verify {ds}`" in r.output
+
+
 # --- C8: NRRD output ---------------------------------------------------------------------------
 
 def test_predict_writes_nrrd_in_c_order_with_the_voxel_size(trained, tmp_path):

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from simaq_factory.errors import BadInput, check_output_dir
 from simaq_train.config import TrainConfig, absolute_paths
 from simaq_train.data.build import build_stream, check_source, resolve_classes
-from simaq_train.data.sources import FactorySource, dataset_meta_hash
+from simaq_train.data.sources import FactorySource, UnreadableData, dataset_meta_hash
 from simaq_train.data.stream import next_position
 from simaq_train.engine.parts import (
     EMA,
@@ -136,6 +136,22 @@ def validation_record(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]
             "iou": dict(zip(names, per_class(0))), "dice": dict(zip(names, per_class(1))),
             "pooled": {"iou": dict(zip(names, piou)), "dice": dict(zip(names, pdice)),
                        "mean_iou_foreground": mean_defined(piou, fg)}}
+
+
+def _batches(loader: DataLoader) -> Any:
+    """The loader's batches; a damaged dataset read in a worker process is re-raised with the
+    reader's one-line message (the loader wraps it in the worker's traceback)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except UnreadableData as err:
+            line = str(err).strip().splitlines()[-1]
+            head = f"{UnreadableData.__module__}.{UnreadableData.__name__}: "
+            raise UnreadableData(line[len(head):] if line.startswith(head) else line) from err
+        yield batch
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -414,7 +430,7 @@ class Trainer:
             loader = DataLoader(self.stream, batch_size=None, num_workers=nw,
                                 pin_memory=self.device.type == "cuda",
                                 multiprocessing_context="spawn" if nw > 0 else None)
-            for batch in loader:
+            for batch in _batches(loader):
                 if self.device.type != "cpu":  # the loss checks targets on the host only
                     check_target(batch["target"], cfg.model.out_channels, cfg.loss.ignore_index)
                 x = batch["image"].to(self.device, non_blocking=True)
