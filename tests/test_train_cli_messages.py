@@ -133,6 +133,8 @@ def test_section_differences_are_dotted_and_capped():
     text = fit_mod._differences(old, new, "augment")
     assert text == "augment.a: 1 → 2, augment.b.c: [1, 2] → [1, 3], and 3 more"
     assert fit_mod._differences({"e": 1}, {"f": 2}, "loss", most=5) == "loss.e: 1 → (absent), loss.f: (absent) → 2"
+    assert fit_mod._differences(None, 3, "data.crop") == "null → 3"  # a null value is not an absent one
+    assert fit_mod._differences(fit_mod._ABSENT, 3, "data.crop") == "(absent) → 3"
 
 
 # --- C6: validation scores what evaluate headlines ---------------------------------------------

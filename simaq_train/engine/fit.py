@@ -173,6 +173,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
+_ABSENT = object()  # a key one config has and the other not
+
+
 def _short(value: Any, limit: int = 40) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -181,7 +184,7 @@ def _short(value: Any, limit: int = 40) -> str:
 def _differences(old: Any, new: Any, key: str, most: int = 2) -> str:
     """``old → new`` of a value, or ``key.sub: old → new`` for the first ``most`` differing dotted
     keys of a section (a key only one side has reads ``(absent)``), then ``and N more``."""
-    absent = object()
+    absent = _ABSENT
     found: list[str] = []
 
     def walk(a: Any, b: Any, path: str) -> None:
@@ -192,7 +195,7 @@ def _differences(old: Any, new: Any, key: str, most: int = 2) -> str:
             found.append(f"{path}: {'(absent)' if a is absent else _short(a)} → "
                          f"{'(absent)' if b is absent else _short(b)}")
 
-    walk(old if old is not None else absent, new, key)
+    walk(old, new, key)
     if len(found) == 1 and found[0].startswith(f"{key}: "):  # a single value: ``old → new``
         return found[0][len(key) + 2:]
     more = f", and {len(found) - most} more" if len(found) > most else ""
@@ -206,13 +209,12 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
     for key in FROZEN_SECTIONS:
         if old.get(key) != new[key]:
             what = f"'{key}' section" if isinstance(new[key], dict) else key  # seed is a value
-            diff = _differences(old.get(key), new[key], key)
+            diff = _differences(old.get(key, _ABSENT), new[key], key)
             raise BadInput(str(where), f"existing run has a different {what} ({diff}); use another run.out")
     for sec, keys in (("data", FROZEN_DATA_KEYS), ("optim", FROZEN_OPTIM_KEYS)):
         for key in keys:
-            was = old.get(sec, {}).get(key)
-            if was != new[sec][key]:
-                diff = _differences(was, new[sec][key], f"{sec}.{key}")
+            if old.get(sec, {}).get(key) != new[sec][key]:
+                diff = _differences(old.get(sec, {}).get(key, _ABSENT), new[sec][key], f"{sec}.{key}")
                 raise BadInput(str(where), f"existing run has a different {sec}.{key} ({diff}); use another run.out")
     stored = {os.path.realpath(p): h for p, h in ck["datasets"].items()}
     for path, h in datasets.items():
