@@ -29,6 +29,12 @@ class BuildFailed(RuntimeError):
     """Some shards failed after their retries; exit code 1."""
 
 
+class DamagedData(RuntimeError):
+    """Stored data cannot be read back as written (a corrupt chunk, a shard that fails its
+    checksum): a runtime failure, not bad input. ``str(err)`` is one line naming the store, array
+    and sample and the check to run; exit code 1 (with ``-vv`` the traceback)."""
+
+
 def fail(message: str, code: int) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
@@ -76,6 +82,10 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
             except RecipeError as err:
                 fail(str(err), 2)
             except BuildFailed as err:
+                fail(str(err), 1)
+            except DamagedData as err:
+                if logging.getLogger().isEnabledFor(logging.DEBUG):
+                    raise
                 fail(str(err), 1)
             except KeyboardInterrupt:
                 fail(interrupted, 130)

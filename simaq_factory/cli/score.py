@@ -5,16 +5,12 @@ Registered on the main group with ``main.add_command(score)`` and ``main.add_com
 
 from __future__ import annotations
 
-import functools
-import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from simaq_factory.errors import check_output_dir, fail, handle_errors
+from simaq_factory.errors import check_output_dir, handle_errors
 
 __all__ = ["baseline", "score"]
 
@@ -33,24 +29,6 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
             click.echo(line, err=True)
 
     return show
-
-
-def _store_failures(func: Callable[..., Any]) -> Callable[..., Any]:
-    """A damaged store (:class:`~simaq_factory.score.inputs.DamagedStore`) is a runtime failure:
-    its own one-line message (array, sample, `simaq-factory verify`), exit 1; with -vv the traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RuntimeError as err:
-            from simaq_factory.score.inputs import DamagedStore
-
-            if isinstance(err, DamagedStore) and not logging.getLogger().isEnabledFor(logging.DEBUG):
-                fail(str(err), 1)
-            raise
-
-    return wrapper
 
 
 @click.command()
@@ -76,7 +54,6 @@ def _store_failures(func: Callable[..., Any]) -> Callable[..., Any]:
               help="Replace the report in an existing report directory (one that holds only a "
                    "report of score: scores.json, samples.csv, report.html, fig-*.png).")
 @handle_errors
-@_store_failures
 def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fit: str,
           span_bin: float, fov_margin: float, overwrite: bool) -> None:
     """Score reconstructions (NRMSE, PSNR, SSIM) and segmentations (IoU, Dice) against ground truth.
@@ -116,7 +93,6 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
               help="sirt/cgls: clamp to >= 0 [default: theirs; sirt yes, cgls no].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @handle_errors(resumes=True)
-@_store_failures
 def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bool | None,
              device: str) -> None:
     """Reconstruct every sample of dataset GT from its stored sinogram and angles only."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, DamagedData
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
 from simaq_factory.store.outdir import RESOLVED
 from simaq_factory.tomo.geometry import Geometry
@@ -31,7 +31,7 @@ VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
 _INDEX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)$")
 
 
-class DamagedStore(RuntimeError):
+class DamagedStore(DamagedData):
     """A stored array cannot be read back as written (a corrupt chunk): a runtime failure, exit 1.
     ``str(err)`` is one line naming the array (``<path>/<array>``), the sample and what to run."""
 

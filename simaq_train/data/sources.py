@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, DamagedData
 from simaq_train.data.normalize import fov_mask, quantile_normalize
 from simaq_train.data.volumes import (
     frame_permutation,
@@ -48,7 +48,7 @@ DEFAULT_CLASS_NAMES = ("background", "cell", "vacuole", "lipid_droplet")
 _warned_unfrozen: set[str] = set()  # datasets already warned about in this process
 
 
-class UnreadableData(RuntimeError):
+class UnreadableData(DamagedData):
     """A stored chunk of a dataset cannot be read or decoded (a damaged store, not bad input): the
     message names the dataset, array and sample, and the check to run. Exit code 1."""
 
