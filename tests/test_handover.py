@@ -456,6 +456,30 @@ def test_status_of_a_partial_dataset_is_incomplete(partial):
     assert st.exit_code == 0
     assert "verdict: incomplete: 1 shard(s) pending" in st.output
     assert "1 done, 1 pending, 0 damaged of 2" in st.output
+    assert "writer:" not in st.output
+    as_json = json.loads(cli("status", str(partial), "--json").stdout)
+    assert (as_json["verdict"], as_json["done"], as_json["pending"], as_json["writer_pid"]) == (
+        "incomplete: 1 shard(s) pending", 1, 1, None)
+    ver = cli("verify", str(partial), "--json")
+    report = json.loads(ver.stdout)
+    assert ver.exit_code == 1 and not report["ok"] and report["n_shards"] == 2
+    assert report["problems"] == ["shard 1 (samples 2-3): no provenance record"]
+    assert "`simaq-factory build` with the same recipe repairs" in ver.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks")
+def test_status_and_verify_name_a_build_that_is_writing_the_dataset(partial):
+    """While a build holds the writers' lock, its pending shards are work in progress: status names
+    the writer and verify does not advise a second build (which would be refused)."""
+    from simaq_factory.store.outdir import claim_out_dir
+
+    with claim_out_dir(partial, json.loads((partial / "recipe.resolved.json").read_text())["recipe_id"]):
+        st = cli("status", str(partial))
+        assert f"writer: process {os.getpid()} (a build or freeze) is writing it now" in st.output
+        assert json.loads(cli("status", str(partial), "--json").stdout)["writer_pid"] == os.getpid()
+        ver = cli("verify", str(partial))
+        assert ver.exit_code == 1 and f"process {os.getpid()} (a build or freeze) is writing it now" in ver.stderr
+    assert "writer:" not in cli("status", str(partial)).output
 
 
 def test_inspection_of_a_regular_file_says_it_is_not_a_directory(built):

@@ -204,18 +204,27 @@ class _Progress:
 
 @main.command()
 @click.argument("out")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (for scripts and schedulers).")
 @handle_errors
-def status(out: str) -> None:
+def status(out: str, as_json: bool) -> None:
     """Done, pending and damaged shards of the dataset at OUT, damaged metadata files and noise banks.
 
     'card status' is what the dataset card records (written by build and freeze); 'verdict' is
-    computed now from the files: complete, incomplete (shards pending) or damaged.
+    computed now from the files: complete, incomplete (shards pending) or damaged. A build or
+    freeze running on this machine is named ('writer'): until it ends, pending shards are its work.
+    On a frozen dataset, the files SHA256SUMS lists are hashed by `verify`, not here.
     """
     from simaq_factory.store.inspect import dataset_status
 
     st = dataset_status(Path(out))
+    if as_json:
+        click.echo(json.dumps({**st, "problems": [{"shard": s, "reason": r} for s, r in st["problems"]]},
+                              indent=2, sort_keys=True))
+        return
     click.echo(f"recipe id: {st['recipe_id']}")
     click.echo(f"card status: {st['card_status']}")
+    if st["writer_pid"] is not None:
+        click.echo(f"writer: process {st['writer_pid']} (a build or freeze) is writing it now")
     click.echo(f"verdict: {st['verdict']}")
     click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
                f"of {st['n_shards']}")
@@ -252,25 +261,37 @@ def info(out: str, index: int | None, as_json: bool) -> None:
 @click.option("--deep", is_flag=True, help="Also decode every array and check label values and finiteness.")
 @click.option("--regen", type=int, default=0, show_default=True, metavar="K",
               help="Re-render K samples here and compare (phantom/labels bit-exact, recon rel. L2 <= 1e-5).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON on stdout (the exit code and error line are the same).")
 @handle_errors
-def verify(out: str, deep: bool, regen: int) -> None:
+def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     """Check OUT (exit 1 when a problem is found): metadata files, shard checksums, provenance, noise banks.
 
     On a frozen dataset every file listed in SHA256SUMS is checked too, with or without --deep: each
     file is hashed, except data shard files, whose digest the shard check has just computed.
     """
     from simaq_factory.errors import BuildFailed
+    from simaq_factory.store.outdir import writer_pid
     from simaq_factory.store.verify import verify_dataset
 
     if regen < 0:
         raise RecipeError("--regen", f"must be >= 0, got {regen}")
     report = verify_dataset(Path(out), deep=deep, regen=regen)
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    for problem in report.problems:
-        click.echo(f"problem: {problem}")
+    writer = writer_pid(Path(out))
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "frozen": report.frozen, "n_shards": report.n_shards,
+                               "checked_samples": report.checked_samples, "deep": deep,
+                               "regenerated": report.regenerated, "problems": report.problems,
+                               "notes": report.notes, "writer_pid": writer}, indent=2, sort_keys=True))
+    else:
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
     if not report.ok:
-        if report.frozen:
+        if writer is not None:
+            hint = f"process {writer} (a build or freeze) is writing it now: verify again when it ends"
+        elif report.frozen:
             hint = "the dataset is frozen: restore it from a good copy"
         elif report.regen_failed_shards:  # their files pass their checksums: build would skip them
             records = ", ".join(f"provenance/shard-{s:06d}.json" for s in report.regen_failed_shards)
@@ -280,6 +301,8 @@ def verify(out: str, deep: bool, regen: int) -> None:
         else:
             hint = "`simaq-factory build` with the same recipe repairs damaged or missing shards"
         raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; {hint}")
+    if as_json:
+        return
     regen_txt = f", regenerated samples {report.regenerated}" if report.regenerated else ""
     click.echo(f"ok: {report.n_shards} shard(s), {report.checked_samples} sample(s) verified"
                f"{' (deep)' if deep else ''}{regen_txt}")

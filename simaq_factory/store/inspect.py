@@ -11,7 +11,7 @@ from typing import Any
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import read_card, read_provenance, shard_states
 from simaq_factory.store.layout import GROUP_NAME, ArraySpec, array_specs, shard_ranges
-from simaq_factory.store.outdir import RESOLVED
+from simaq_factory.store.outdir import RESOLVED, writer_pid
 from simaq_factory.versions import built_on
 
 META = "zarr.json"
@@ -202,7 +202,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
         verdict = f"incomplete: {counts['pending']} shard(s) pending"
     else:
         verdict = "complete"
-    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict,
+    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict, "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
             "banks_damaged": len(banks) if group_problem is None else None}

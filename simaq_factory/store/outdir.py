@@ -156,6 +156,24 @@ def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[boo
         os.close(fd)
 
 
+def writer_pid(out: Path) -> int | None:
+    """The pid of the process on this machine that holds ``out``'s writers' lock (a running build
+    or freeze), read from ``/proc/locks`` without touching the lock; None when there is none, or
+    none that this machine can see (another node of a shared filesystem, a system without
+    ``/proc/locks``)."""
+    try:
+        st = (out / LOCK).stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():  # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146926 0 EOF"
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[3] == "WRITE" and parts[5] == dev:
+            return int(parts[4]) if parts[4].isdigit() else None
+    return None
+
+
 def repair_card(out: Path, card: dict[str, Any]) -> bool:
     """Rewrite the group metadata (the dataset card) when ``status`` and ``verify`` report it as
     damage (missing, unreadable, not a Zarr v3 group), from ``card``, the card a fresh build of the
