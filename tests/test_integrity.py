@@ -216,3 +216,7 @@ def test_a_damaged_frozen_dataset_is_not_called_complete(tmp_path):
         assert "is frozen but damaged" in r.stderr and "labels shard file does not match its checksum" in r.stderr
         assert "nothing to do" not in r.output
     assert status(out) == "frozen"
+    r = invoke("verify", out)  # one sample per shard here: named as such
+    assert r.exit_code == 1 and "shard 0 (sample 0): labels shard file does not match its checksum" in r.output
+    st = invoke("status", out)
+    assert "sealed files: not hashed here; `simaq-factory verify` checks every file SHA256SUMS lists" in st.output

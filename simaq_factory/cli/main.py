@@ -232,6 +232,8 @@ def status(out: str, as_json: bool) -> None:
     banks = st["banks_damaged"]
     click.echo("noise banks: " + ("not checked (unreadable card)" if banks is None
                                   else f"{banks} damaged" if banks else "ok"))
+    if st["card_status"] == "frozen":
+        click.echo("sealed files: not hashed here; `simaq-factory verify` checks every file SHA256SUMS lists")
     for s, reason in st["problems"]:
         click.echo(f"  shard {s}: {reason}")
     for problem in st["dataset_problems"]:

@@ -39,7 +39,7 @@ import zarr
 from simaq_factory.errors import BadInput, BuildFailed, check_output_dir
 from simaq_factory.store.dataset import shard_states
 from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
-from simaq_factory.store.layout import shard_ranges
+from simaq_factory.store.layout import samples_text, shard_ranges
 from simaq_factory.store.preview import LABEL_COLOURS
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def export_dataset(
     for shard, (state, reason) in zip(shards, shard_states(out, specs, shards, rid)):
         if state != "done":
             samples = ranges[shard]
-            raise BuildFailed(f"shard {shard} (samples {samples.start}-{samples.stop - 1}) of {out} is "
+            raise BuildFailed(f"shard {shard} ({samples_text(samples)}) of {out} is "
                               f"{state}: {reason}; nothing exported; `simaq-factory build` with the same "
                               "recipe repairs it")
     targets: list[tuple[int, str, int | None, Path]] = []

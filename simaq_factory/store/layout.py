@@ -165,5 +165,10 @@ def shard_range(n_samples: int, samples_per_shard: int, shard_index: int) -> ran
     return range(start, min(start + samples_per_shard, n_samples))
 
 
+def samples_text(samples: range) -> str:
+    """``samples 2-3``, or ``sample 1`` for a one-sample shard, for messages."""
+    return f"sample {samples.start}" if len(samples) == 1 else f"samples {samples.start}-{samples.stop - 1}"
+
+
 def provenance_path(out: Path, shard_index: int) -> Path:
     return out / PROVENANCE_DIR / f"shard-{shard_index:06d}.json"

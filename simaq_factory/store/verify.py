@@ -32,7 +32,7 @@ from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import read_card, read_provenance, sha256_files, shard_states
 from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
-from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, shard_ranges
+from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, samples_text, shard_ranges
 from simaq_factory.store.outdir import LOCK
 from simaq_factory.versions import cpu_kernels, describe_software, software_versions
 
@@ -269,7 +269,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
     states = shard_states(out, specs, range(len(ranges)), rid)
     for s, (samples, (state, reason)) in enumerate(zip(ranges, states)):
         if state != "done":
-            report.problems.append(f"shard {s} (samples {samples.start}-{samples.stop - 1}): {reason}")
+            report.problems.append(f"shard {s} ({samples_text(samples)}): {reason}")
             continue
         prov = read_provenance(out, s) or {}
         known.update(_shard_digests(specs, s, prov))
