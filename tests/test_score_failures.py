@@ -13,19 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
-from simaq_factory.cli.main import main
 from simaq_factory.score.baseline import available_methods
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "recipes" / "smoke.yaml")
-TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
-        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2"]
-
-
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(main, list(args))
+from test_score_cli import REPO, SMOKE, TINY, invoke
 
 
 def error_line(result, code: int) -> str:  # type: ignore[no-untyped-def]
