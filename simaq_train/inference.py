@@ -219,10 +219,10 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
                   post=post, post_scale=post_scale)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
-    write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram)
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     if not (isinstance(names, list) and len(names) == len(counts)):
         names = [f"class {k}" for k in range(len(counts))]
+    write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
             "class_names": [str(n) for n in names]}
 

@@ -14,11 +14,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
 import simaq_train.engine.fit as fit_mod
 from simaq_train.cli import _fit_outcome, cli
+from simaq_train.data.sources import read_annotation
 from simaq_train.data.volumes import read_volume_meta
 from simaq_train.testing import write_synthetic_dataset
 
@@ -206,13 +208,20 @@ def test_predict_writes_nrrd_in_c_order_with_the_voxel_size(trained, tmp_path):
         r = run("predict", trained.ckpt, tmp_path / "t.mrc", "-o", tmp_path / out, "--raw", "--device", "cpu")
         assert r.exit_code == 0, r.output
     want = np.load(tmp_path / "seg.npy")
-    for out in ("seg.nrrd", "seg.seg.nrrd"):
-        got = read_volume_meta(tmp_path / out)
-        assert got.data.shape == (16, 12, 20) and got.data.dtype == np.uint8
-        assert np.array_equal(got.data, want)
-        assert got.voxel_size == (1.5, 2.0, 3.0)  # (z, y, x)
-        arr, header = nrrd.read(str(tmp_path / out), index_order="C")  # as documented for pynrrd users
-        assert np.array_equal(arr, want)
+    got = read_volume_meta(tmp_path / "seg.nrrd")
+    assert got.data.shape == (16, 12, 20) and got.data.dtype == np.uint8
+    assert np.array_equal(got.data, want)
+    assert got.voxel_size == (1.5, 2.0, 3.0)  # (z, y, x)
+    arr, header = nrrd.read(str(tmp_path / "seg.nrrd"), index_order="C")  # as documented for pynrrd users
+    assert np.array_equal(arr, want)
+    # a .seg.nrrd is a 3D Slicer segmentation: value c + 1 is the segment named after class c, and
+    # the annotation reader (data.real) maps it back to the same class ids, by name
+    names = torch.load(trained.ckpt, map_location="cpu", weights_only=False)["class_names"]
+    arr, header = nrrd.read(str(tmp_path / "seg.seg.nrrd"), index_order="C")
+    assert np.array_equal(arr, want + 1)
+    assert [(header[f"Segment{c}_Name"], header[f"Segment{c}_LabelValue"]) for c in range(len(names))] == [
+        (n, str(c + 1)) for c, n in enumerate(names)]
+    assert np.array_equal(read_annotation(tmp_path / "seg.seg.nrrd", want.shape, names), want)
     r = run("predict", trained.ckpt, tmp_path / "t.mrc", "-o", tmp_path / "seg.nrrd", "--device", "cpu")
     assert r.exit_code == 2 and "seg.nrrd: exists; use --overwrite" in r.output
 

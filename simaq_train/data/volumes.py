@@ -297,7 +297,20 @@ def check_output_path(path: str | Path, *, overwrite: bool = False, source: str 
     return p
 
 
-def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None) -> None:
+def slicer_header(class_names: list[str]) -> dict[str, str]:
+    """Header fields of a single-layer 3D Slicer segmentation whose label value ``c + 1`` is the
+    segment named ``class_names[c]`` (0 = no segment): what :func:`slicer_to_classes` maps back to
+    class ``c`` by name, and what Slicer shows as named segments."""
+    header = {"Segmentation_MasterRepresentation": "Binary labelmap",
+              "Segmentation_ContainedRepresentationNames": "Binary labelmap|"}
+    for c, name in enumerate(class_names):
+        header.update({f"Segment{c}_ID": f"Segment_{c + 1}", f"Segment{c}_Name": str(name),
+                       f"Segment{c}_LabelValue": str(c + 1), f"Segment{c}_Layer": "0"})
+    return header
+
+
+def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None,
+              slicer_classes: list[str] | None = None) -> None:
     if suf in (".tif", ".tiff"):
         import tifffile
 
@@ -320,6 +333,9 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
         header: dict[str, Any] = {"encoding": "gzip"}
         if voxel_size is not None:
             header["spacings"] = np.asarray(voxel_size[::-1], dtype=float)
+        if slicer_classes is not None:  # Slicer's labelmap: 0 is no segment, class c is value c + 1
+            header.update(slicer_header(slicer_classes))
+            volume = (volume.astype(np.int64) + 1).astype(np.uint8)
         nrrd.write(str(tmp), np.ascontiguousarray(volume), header, index_order="C")
     elif suf == ".zarr":
         import zarr
@@ -336,18 +352,27 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 
 def write_volume(path: str | Path, volume: np.ndarray,
                  voxel_size: tuple[float, float, float] | None = None, *, overwrite: bool = False,
-                 source: str | Path | None = None) -> Path:
+                 source: str | Path | None = None, class_names: list[str] | None = None) -> Path:
     """Write (Z, Y, X) ``volume`` as TIFF, MRC, NRRD (C order), Zarr or NPY (by suffix), atomically (a temporary
-    name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`)."""
+    name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`).
+
+    ``NAME.seg.nrrd`` is a 3D Slicer segmentation: ``volume`` holds class ids, ``class_names`` names
+    them, and the file holds value ``c + 1`` for class ``c`` with one named segment per class (read
+    back as the same class ids, and as named segments in Slicer)."""
     p = check_output_path(path, overwrite=overwrite, source=source)
     suf = p.suffix.lower()
+    slicer = is_slicer_seg(p)
+    if slicer and (class_names is None or int(volume.max(initial=0)) >= len(class_names)
+                   or len(class_names) > 254):
+        raise BadInput(str(p), "a .seg.nrrd (3D Slicer segmentation) needs a name for every class id; "
+                               "write a plain .nrrd of class ids instead")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(str(p), f"cannot create the output directory ({err.strerror})") from None
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
-        _write_to(tmp, suf, volume, voxel_size)
+        _write_to(tmp, suf, volume, voxel_size, list(class_names) if slicer and class_names else None)
         if p.is_dir():
             if not is_own_zarr(p):  # checked again: never remove anything else
                 raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
