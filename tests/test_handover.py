@@ -343,7 +343,10 @@ def test_damaged_group_metadata_is_reported_naming_the_file(built, tmp_path):
     assert cli("freeze", str(out)).exit_code == 0
     meta.unlink()
     refused = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
-    assert refused.exit_code == 2 and "frozen dataset is missing or unreadable: restore it" in refused.stderr
+    assert refused.exit_code == 1 and "frozen dataset is missing or unreadable" in refused.stderr
+    assert "restore it from a good copy" in refused.stderr
+    ver = cli("verify", str(out))
+    assert ver.exit_code == 1 and "the dataset is frozen: restore it from a good copy" in ver.stderr
 
 
 def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):

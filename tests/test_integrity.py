@@ -220,3 +220,17 @@ def test_a_damaged_frozen_dataset_is_not_called_complete(tmp_path):
     assert r.exit_code == 1 and "shard 0 (sample 0): labels shard file does not match its checksum" in r.output
     st = invoke("status", out)
     assert "sealed files: not hashed here; `simaq-factory verify` checks every file SHA256SUMS lists" in st.output
+
+
+def test_a_frozen_dataset_with_an_edited_sealed_file_is_not_called_complete(tmp_path):
+    """The small files SHA256SUMS lists (manifest.jsonl, which checkpoints pin, the card, the
+    records) are checked too before build or freeze says there is nothing to do."""
+    out = tmp_path / "ds"
+    build(out)
+    assert invoke("freeze", out).exit_code == 0
+    assert invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY).exit_code == 0
+    (out / "manifest.jsonl").write_text("{}\n")
+    for args in (("build", SMOKE, "-o", out, "--cluster", "inline", *TINY), ("freeze", out)):
+        r = invoke(*args)
+        assert r.exit_code == 1, (args[0], r.output)
+        assert "is frozen but damaged: 1 sealed file(s) (manifest.jsonl: sha256 differs from SHA256SUMS" in r.stderr

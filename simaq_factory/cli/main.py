@@ -293,7 +293,7 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     if not report.ok:
         if writer is not None:
             hint = f"process {writer} (a build or freeze) is writing it now: verify again when it ends"
-        elif report.frozen:
+        elif report.frozen or (Path(out) / "SHA256SUMS").is_file():  # sealed, even if its card is unreadable
             hint = "the dataset is frozen: restore it from a good copy"
         elif report.regen_failed_shards:  # their files pass their checksums: build would skip them
             records = ", ".join(f"provenance/shard-{s:06d}.json" for s in report.regen_failed_shards)

@@ -214,11 +214,18 @@ def check_sealed_intact(out: Path) -> None:
     :class:`BuildFailed` naming the first problem. A frozen dataset is never rewritten, so the
     remedy is a good copy, not a build."""
     st = dataset_status(out)
-    if st["verdict"] == "complete":
-        return
-    first = (f"shard {st['problems'][0][0]}: {st['problems'][0][1]}" if st["problems"]
-             else (st["dataset_problems"] or [st["verdict"]])[0])
-    raise BuildFailed(f"{out} is frozen but {st['verdict']} ({first}); a frozen dataset is not "
+    verdict = st["verdict"]
+    if verdict == "complete":
+        from simaq_factory.store.verify import sealed_problems  # verify imports this module
+
+        sealed = sealed_problems(out)  # manifest, card, records, banks, previews: small files
+        if not sealed:
+            return
+        verdict, first = f"damaged: {len(sealed)} sealed file(s)", sealed[0]
+    else:
+        first = (f"shard {st['problems'][0][0]}: {st['problems'][0][1]}" if st["problems"]
+                 else (st["dataset_problems"] or [verdict])[0])
+    raise BuildFailed(f"{out} is frozen but {verdict} ({first}); a frozen dataset is not "
                       f"rewritten: restore it from a good copy (`simaq-factory verify {out}` lists "
                       "every damaged file)")
 

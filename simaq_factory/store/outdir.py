@@ -12,7 +12,7 @@ from typing import Any
 
 import zarr
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import array_metadata, create_arrays, write_json_atomic
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
 
@@ -69,8 +69,9 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
         status = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"].get("status")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         if (out / SUMS).is_file():  # sealed: its card is listed in SHA256SUMS, a new one would not match
-            raise BadInput(str(out / GROUP_NAME / "zarr.json"), "the dataset card of a frozen dataset is "
-                           "missing or unreadable: restore it from a good copy") from None
+            raise BuildFailed(f"{out / GROUP_NAME / 'zarr.json'}: the dataset card of a frozen dataset is "
+                              "missing or unreadable; a frozen dataset is not rewritten: restore it from a "
+                              "good copy") from None
         return True  # a resume rewrites it from the recipe under the lock (repair_card)
     if status == "frozen" and not (sealing and not (out / SUMS).is_file()):  # freeze may finish itself
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
