@@ -89,6 +89,10 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
                 fail(str(err), 1)
             except KeyboardInterrupt:
                 fail(interrupted, 130)
+            except BrokenPipeError:  # `simaq-factory info OUT | head`: the reader has gone
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+                sys.exit(141)  # 128 + SIGPIPE, as a tool killed by the signal
             except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
                 if logging.getLogger().isEnabledFor(logging.DEBUG):
                     raise

@@ -215,6 +215,32 @@ def test_cli_bad_paths_and_flags(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_validate_json_is_one_object_matching_the_text():
+    result = CliRunner().invoke(main, ["validate", str(SMOKE), "--json", "--set", "dataset.n_samples=6"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # the whole of stdout: nothing else is printed
+    rec = load_recipe(SMOKE, ["dataset.n_samples=6"])
+    assert data["recipe_id"] == recipe_id(rec) and data["resolved"] == recipe_to_json(rec)
+    assert (data["n_samples"], data["n_shards"]) == (6, 3)
+    assert data["banks"]["cracks"] == {"dtype": "float32", "shape": [4, 32, 32, 32], "bytes": 4 * 4 * 32**3}
+    text = CliRunner().invoke(main, ["validate", str(SMOKE), "--set", "dataset.n_samples=6"]).output
+    mib = data["estimated_bytes"] / 2**20
+    assert f"estimated output: {mib:.1f} MiB uncompressed" in text
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly():
+    """`simaq-factory validate r.yaml | head -1`: the reader goes away; no error line, exit 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "validate", str(SMOKE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line (head closes after its lines)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b"", err
+
+
 def test_cli_validate_prints_id_counts_and_bytes():
     result = CliRunner().invoke(main, ["validate", str(SMOKE), "--set", "dataset.n_samples=6"])
     assert result.exit_code == 0, result.output

@@ -58,30 +58,38 @@ SET_HELP = "Override a recipe field, e.g. --set dataset.n_samples=8 (repeatable)
 @main.command()
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: recipe id, resolved recipe, counts, array and bank sizes.")
 @handle_errors
-def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE; print the resolved recipe, its id, counts and estimated output size."""
     from simaq_factory.acquisition.angles import a_max_for
+    from simaq_factory.artifacts.banks import bank_shape, bank_specs
     from simaq_factory.recipe.io import recipe_id, recipe_to_json
     from simaq_factory.store.layout import array_specs
 
     rec, _ = _load(recipe, overrides)
     specs = array_specs(rec, a_max_for(rec))
-    click.echo(json.dumps(recipe_to_json(rec), indent=2, sort_keys=True))
     n_shards = -(-rec.dataset.n_samples // rec.dataset.samples_per_shard)
-    total = sum(s.nbytes for s in specs.values())
+    banks = {name: bank_shape(b) for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items()}
+    total = sum(s.nbytes for s in specs.values()) + sum(4 * math.prod(shape) for shape in banks.values())
+    if as_json:
+        click.echo(json.dumps({
+            "recipe_id": recipe_id(rec), "resolved": recipe_to_json(rec), "n_samples": rec.dataset.n_samples,
+            "n_shards": n_shards, "samples_per_shard": rec.dataset.samples_per_shard,
+            "arrays": {s.name: {"dtype": s.dtype, "shape": list(s.shape), "bytes": s.nbytes} for s in specs.values()},
+            "banks": {name: {"dtype": "float32", "shape": list(shape), "bytes": 4 * math.prod(shape)}
+                      for name, shape in banks.items()},
+            "estimated_bytes": total}, indent=2, sort_keys=True))
+        return
+    click.echo(json.dumps(recipe_to_json(rec), indent=2, sort_keys=True))
     click.echo(f"recipe id: {recipe_id(rec)}")
     click.echo(f"samples: {rec.dataset.n_samples}   shards: {n_shards}   "
                f"samples per shard: {rec.dataset.samples_per_shard}")
     for s in specs.values():
         click.echo(f"  {s.name:9s} {s.dtype:8s} {tuple(s.shape)}  {_human_bytes(s.nbytes)}")
-    from simaq_factory.artifacts.banks import bank_shape, bank_specs
-
-    for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items():
-        shape = bank_shape(b)
-        nbytes = 4 * math.prod(shape)
-        total += nbytes
-        click.echo(f"  banks/{name:12s} float32 {shape}  {_human_bytes(nbytes)}  (once per dataset)")
+    for name, shape in banks.items():
+        click.echo(f"  banks/{name:12s} float32 {shape}  {_human_bytes(4 * math.prod(shape))}  (once per dataset)")
     click.echo(f"estimated output: {_human_bytes(total)} uncompressed")
 
 
@@ -145,16 +153,21 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, wor
             "--scheduler (the running scheduler's workers do the work)" if scheduler is not None
             else "--cluster inline (one process, no workers)"))
     cluster = cluster or "local"
+    if not overrides and Path(recipe).is_file():  # refused before the loader warns about the same
+        try:
+            empty = not load_yaml(Path(recipe).read_text())
+        except Exception:  # noqa: BLE001 - unreadable or not YAML: _load names the problem below
+            empty = False
+        if empty:  # an empty file (a failed copy?) would build 4 × 512³
+            raise BadInput(recipe, "the recipe sets no field (empty, or comments only); to build the "
+                                   "reference defaults on purpose, write them out with `simaq-factory "
+                                   "init FILE --template reference`")
     extra = list(overrides)
     if workers is not None:
         extra.append(f"execution.workers={workers}")
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
     rec, text = _load(recipe, tuple(extra))  # a bad recipe is refused before torch is imported
-    if not overrides and not load_yaml(text):  # an empty file (a failed copy?) would build 4 × 512³
-        raise BadInput(recipe, "the recipe sets no field (empty, or comments only); to build the "
-                               "reference defaults on purpose, write them out with `simaq-factory init "
-                               "FILE --template reference`")
     from simaq_factory.orchestrate.driver import build as run_build
 
     if extra:  # OUT/recipe.yaml keeps the file verbatim and says what the command line changed
