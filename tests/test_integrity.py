@@ -234,3 +234,20 @@ def test_a_frozen_dataset_with_an_edited_sealed_file_is_not_called_complete(tmp_
         r = invoke(*args)
         assert r.exit_code == 1, (args[0], r.output)
         assert "is frozen but damaged: 1 sealed file(s) (manifest.jsonl: sha256 differs from SHA256SUMS" in r.stderr
+
+
+def test_a_build_stopped_before_its_noise_banks_is_incomplete_not_damaged(tmp_path, monkeypatch):
+    """Ctrl-C while the banks are made: nothing is damaged, the banks are simply not there yet."""
+    out = tmp_path / "ds"
+
+    def stopped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "_prepare_banks", stopped)
+    assert invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY).exit_code == 130
+    monkeypatch.undo()
+    st = invoke("status", out)
+    assert "verdict: incomplete: 2 shard(s), noise banks pending" in st.output, st.output
+    assert "noise banks: pending" in st.output and "damaged:" not in st.output
+    build(out)
+    assert "verdict: complete" in invoke("status", out).output

@@ -244,6 +244,7 @@ def status(out: str, as_json: bool) -> None:
     click.echo("metadata: " + (f"{st['metadata_damaged']} file(s) damaged" if st["metadata_damaged"] else "ok"))
     banks = st["banks_damaged"]
     click.echo("noise banks: " + ("not checked (unreadable card)" if banks is None
+                                  else "pending (the build stopped before making them)" if st["banks_pending"]
                                   else f"{banks} damaged" if banks else "ok"))
     if st["card_status"] == "frozen":
         click.echo("sealed files: not hashed here; `simaq-factory verify` checks every file SHA256SUMS lists")

@@ -173,6 +173,7 @@ def built_records(
 def dataset_status(out: Path) -> dict[str, Any]:
     """Shard counts plus dataset-level problems (metadata files, noise banks) and a verdict
     computed from the files, kept apart from the status the card records."""
+    from simaq_factory.store.banks import CARD_KEY as BANKS_CARD_KEY
     from simaq_factory.store.banks import bank_problems
 
     recipe, rid = open_dataset_recipe(out)
@@ -186,9 +187,13 @@ def dataset_status(out: Path) -> dict[str, Any]:
             shard_problems.append((s, reason))
     group_problem, array_problems = metadata_problems(out, specs)
     meta_problems = ([group_problem] if group_problem else []) + list(array_problems.values())
+    banks_pending = False
     if group_problem is None:
-        card_status = str(read_card(out).get("status", "unknown"))
-        banks = bank_problems(out, recipe)
+        card = read_card(out)
+        card_status = str(card.get("status", "unknown"))
+        # a build stopped before it recorded its noise banks (they come before any shard): unfinished
+        banks_pending = card_status == "building" and not card.get(BANKS_CARD_KEY) and not counts["done"]
+        banks = [] if banks_pending else bank_problems(out, recipe)
     else:  # the card holds the noise-bank record too: banks cannot be checked
         card_status = "unreadable"
         banks = []
@@ -198,14 +203,16 @@ def dataset_status(out: Path) -> dict[str, Any]:
                                            (len(banks), "noise bank(s)")) if k]
     if parts:
         verdict = "damaged: " + ", ".join(parts)
-    elif counts["pending"]:
-        verdict = f"incomplete: {counts['pending']} shard(s) pending"
+    elif counts["pending"] or banks_pending:
+        verdict = "incomplete: " + ", ".join(
+            ([f"{counts['pending']} shard(s)"] if counts["pending"] else []) + (["noise banks"] if banks_pending else [])
+        ) + " pending"
     else:
         verdict = "complete"
     return {"recipe_id": rid, "card_status": card_status, "verdict": verdict, "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
-            "banks_damaged": len(banks) if group_problem is None else None}
+            "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending}
 
 
 def check_sealed_intact(out: Path) -> None:
