@@ -148,3 +148,25 @@ def test_config_accepts_the_boundary_values_next_to_the_refused_ones():
     assert config_from_dict({"data": {"crop": 20}, "model": {"depth": 3}}).data.crop == 20
     assert config_from_dict({"data": {"crop": 24}, "model": {"depth": 4}}).data.crop == 24
     assert config_from_dict({"data": {"crop": 18}, "model": {"depth": 2}}).data.crop == 18
+
+
+def test_amp_dtype_honours_bf16_on_cpu_and_says_when_fp16_cannot_run():
+    """An explicit bf16 runs on CPU (autocast's CPU dtype); fp16 there falls back with a warning
+    instead of silently; auto stays off on CPU."""
+    import logging
+
+    from simaq_train.engine.parts import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("bf16", cuda) is torch.bfloat16
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cuda) is None
+    assert amp_dtype("auto", cuda) is torch.float16 and amp_dtype("fp16", cuda) is torch.float16
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("simaq_train.engine.parts").addHandler(handler)
+    try:
+        assert amp_dtype("fp16", cpu) is None
+    finally:
+        logging.getLogger("simaq_train.engine.parts").removeHandler(handler)
+    assert len(records) == 1 and "fp16 is for CUDA" in records[0].getMessage()

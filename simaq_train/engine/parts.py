@@ -4,6 +4,7 @@ fixed), device/AMP selection and atomic checkpoints."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,18 @@ def resolve_device(name: str, key: str = "run.device") -> torch.device:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision (always None on CPU)."""
-    if device.type != "cuda" or mode == "off":
+    """Autocast dtype, or None for full precision: ``auto`` is fp16 on CUDA and off on CPU; ``bf16``
+    runs on either device (CPU autocast is bfloat16); ``fp16`` on a CPU falls back to full
+    precision with a warning (CPU autocast has no float16 path here)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if mode == "bf16" else torch.float16
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        logging.getLogger(__name__).warning("amp fp16 is for CUDA: this CPU run uses float32 (bf16 autocast "
+                                            "runs on CPU)")
+        return None
+    return torch.float16
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
