@@ -222,7 +222,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     if not (isinstance(names, list) and len(names) == len(counts)):
         names = [f"class {k}" for k in range(len(counts))]
-    write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names)
+    write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names, like=vol)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
             "class_names": [str(n) for n in names]}
 

@@ -303,3 +303,30 @@ print(r.exit_code, "torch" in sys.modules, r.output.strip())
         assert code == "2" and torch_loaded == "False", p.stdout + p.stderr
         assert needle in out, out
     assert not list(tmp_path.iterdir())
+
+
+# --- walk 12 C6: MRC placement and axis mapping ------------------------------------------------
+
+def test_predict_keeps_the_mrc_placement_and_honours_its_axis_mapping(trained, tmp_path):
+    """The segmentation of an MRC overlays it: same origin and first-voxel indices (a trimmed IMOD
+    sub-volume); a file whose MAPC/MAPR/MAPS permute the axes is read in (z, y, x) all the same."""
+    mrcfile = pytest.importorskip("mrcfile")
+    vol = np.random.default_rng(2).normal(size=(16, 12, 20)).astype(np.float32)  # (z, y, x)
+    with mrcfile.new(tmp_path / "std.mrc") as f:
+        f.set_data(vol)
+        f.voxel_size = (3.0, 2.0, 1.5)
+        f.header.origin = (100.0, 200.0, 300.0)
+        f.header.nxstart, f.header.nystart, f.header.nzstart = -10, -6, -8
+    with mrcfile.new(tmp_path / "perm.mrc") as f:  # sections x, rows y, columns z
+        f.set_data(np.ascontiguousarray(vol.transpose(2, 1, 0)))
+        f.header.mapc, f.header.mapr, f.header.maps = 3, 2, 1
+    assert np.array_equal(read_volume_meta(tmp_path / "perm.mrc").data, vol)
+    for name in ("std", "perm"):
+        r = run("predict", trained.ckpt, tmp_path / f"{name}.mrc", "-o", tmp_path / f"{name}-seg.mrc", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    with mrcfile.open(tmp_path / "std-seg.mrc") as f, mrcfile.open(tmp_path / "perm-seg.mrc") as g:
+        assert np.array_equal(f.data, g.data) and f.data.shape == vol.shape
+        h = f.header
+        assert (float(h.origin.x), float(h.origin.y), float(h.origin.z)) == (100.0, 200.0, 300.0)
+        assert (int(h.nxstart), int(h.nystart), int(h.nzstart)) == (-10, -6, -8)
+        assert tuple(float(v) for v in f.voxel_size.tolist()) == (3.0, 2.0, 1.5)

@@ -45,6 +45,10 @@ class Volume:
     data: np.ndarray
     voxel_size: tuple[float, float, float] | None = None
     header: dict[str, Any] = field(default_factory=dict)
+    #: MRC placement, in (x, y, z) as MRC writes them: ``origin`` (Å) and the index of the first
+    #: voxel along each axis (NXSTART, NYSTART, NZSTART); None for other formats
+    mrc_origin: tuple[float, float, float] | None = None
+    mrc_start: tuple[int, int, int] | None = None
 
 
 def _mrc_problem(caught: list[Any]) -> str:
@@ -83,7 +87,22 @@ def _read_any(p: Path) -> Volume:
                 raise BadInput(str(p), f"cannot read volume: {_mrc_problem(caught)}")
             vs = f.voxel_size
             size = (float(vs.z), float(vs.y), float(vs.x))
-            return Volume(np.array(f.data), size if all(s > 0 for s in size) else None)
+            h = f.header
+            data = np.array(f.data)
+            # the file's axes (sections, rows, columns) are the axes MAPS, MAPR, MAPC name (1 = x,
+            # 2 = y, 3 = z); NZSTART, NYSTART, NXSTART run along them in that order
+            labels = (int(h.maps), int(h.mapr), int(h.mapc))
+            starts = (int(h.nzstart), int(h.nystart), int(h.nxstart))
+            if data.ndim == 3 and labels != (3, 2, 1):
+                if sorted(labels) != [1, 2, 3]:
+                    raise BadInput(str(p), f"MRC axis mapping MAPC/MAPR/MAPS = {labels[::-1]} is not a "
+                                           "permutation of 1, 2, 3")
+                data = np.transpose(data, [labels.index(3), labels.index(2), labels.index(1)])
+            start = tuple(starts[labels.index(axis)] for axis in (1, 2, 3)) if sorted(labels) == [1, 2, 3] \
+                else None
+            origin = (float(h.origin.x), float(h.origin.y), float(h.origin.z))
+            return Volume(data, size if all(s > 0 for s in size) else None, mrc_origin=origin,
+                          mrc_start=start)  # type: ignore[arg-type]
     if suf == ".nrrd":
         import nrrd
 
@@ -310,7 +329,7 @@ def slicer_header(class_names: list[str]) -> dict[str, str]:
 
 
 def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None,
-              slicer_classes: list[str] | None = None) -> None:
+              slicer_classes: list[str] | None = None, like: Volume | None = None) -> None:
     if suf in (".tif", ".tiff"):
         import tifffile
 
@@ -326,6 +345,10 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
             f.set_data(np.ascontiguousarray(data))
             if voxel_size is not None:
                 f.voxel_size = (voxel_size[2], voxel_size[1], voxel_size[0])
+            if like is not None and like.mrc_origin is not None:  # overlays its tomogram (IMOD, ChimeraX)
+                f.header.origin = like.mrc_origin
+            if like is not None and like.mrc_start is not None:
+                f.header.nxstart, f.header.nystart, f.header.nzstart = like.mrc_start
     elif suf == ".nrrd":
         import nrrd
 
@@ -352,13 +375,15 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 
 def write_volume(path: str | Path, volume: np.ndarray,
                  voxel_size: tuple[float, float, float] | None = None, *, overwrite: bool = False,
-                 source: str | Path | None = None, class_names: list[str] | None = None) -> Path:
+                 source: str | Path | None = None, class_names: list[str] | None = None,
+                 like: Volume | None = None) -> Path:
     """Write (Z, Y, X) ``volume`` as TIFF, MRC, NRRD (C order), Zarr or NPY (by suffix), atomically (a temporary
     name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`).
 
     ``NAME.seg.nrrd`` is a 3D Slicer segmentation: ``volume`` holds class ids, ``class_names`` names
     them, and the file holds value ``c + 1`` for class ``c`` with one named segment per class (read
-    back as the same class ids, and as named segments in Slicer)."""
+    back as the same class ids, and as named segments in Slicer). An MRC output takes the origin and
+    first-voxel indices of ``like`` when it was read from an MRC file (the volume it segments)."""
     p = check_output_path(path, overwrite=overwrite, source=source)
     suf = p.suffix.lower()
     slicer = is_slicer_seg(p)
@@ -372,7 +397,7 @@ def write_volume(path: str | Path, volume: np.ndarray,
         raise BadInput(str(p), f"cannot create the output directory ({err.strerror})") from None
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
-        _write_to(tmp, suf, volume, voxel_size, list(class_names) if slicer and class_names else None)
+        _write_to(tmp, suf, volume, voxel_size, list(class_names) if slicer and class_names else None, like)
         if p.is_dir():
             if not is_own_zarr(p):  # checked again: never remove anything else
                 raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
