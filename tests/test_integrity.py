@@ -190,9 +190,10 @@ def test_build_over_an_interrupted_freeze_is_refused_and_freeze_completes_it(tmp
     card_before = (out / "dataset.zarr" / "zarr.json").read_text()
     r = invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY, *one)
     assert r.exit_code == 2, r.output
-    assert "frozen" in r.output and "later writes are refused" in r.output, r.output
+    assert "an interrupted freeze; run `simaq-factory freeze" in r.output, r.output
     assert status(out) == "frozen" and (out / "dataset.zarr" / "zarr.json").read_text() == card_before
     assert not (out / "SHA256SUMS").exists()
+    assert "verdict: incomplete: freeze interrupted (no SHA256SUMS); run freeze again" in invoke("status", out).output
     r = invoke("freeze", out)
     assert r.exit_code == 0, r.output
     assert (out / "SHA256SUMS").is_file() and status(out) == "frozen"

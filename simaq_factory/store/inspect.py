@@ -10,7 +10,7 @@ from typing import Any
 
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import read_card, read_provenance, shard_states
-from simaq_factory.store.layout import GROUP_NAME, ArraySpec, array_specs, shard_ranges
+from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, array_specs, shard_ranges
 from simaq_factory.store.outdir import RESOLVED, writer_pid
 from simaq_factory.versions import built_on
 
@@ -203,6 +203,8 @@ def dataset_status(out: Path) -> dict[str, Any]:
                                            (len(banks), "noise bank(s)")) if k]
     if parts:
         verdict = "damaged: " + ", ".join(parts)
+    elif card_status == "frozen" and not (out / SUMS).is_file():
+        verdict = "incomplete: freeze interrupted (no SHA256SUMS); run freeze again"
     elif counts["pending"] or banks_pending:
         verdict = "incomplete: " + ", ".join(
             ([f"{counts['pending']} shard(s)"] if counts["pending"] else []) + (["noise banks"] if banks_pending else [])

@@ -74,6 +74,9 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
                               "good copy") from None
         return True  # a resume rewrites it from the recipe under the lock (repair_card)
     if status == "frozen" and not (sealing and not (out / SUMS).is_file()):  # freeze may finish itself
+        if not (out / SUMS).is_file():
+            raise BadInput(str(out), "dataset is frozen, but its SHA256SUMS (written last) is missing: an "
+                                     f"interrupted freeze; run `simaq-factory freeze {out}` to complete it")
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
     return True
 
