@@ -229,14 +229,18 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 @click.option("--axes", type=click.Choice(["all", "first"]), default="all",
               help="three-axis datasets: score every acquisition axis (a row per sample and axis; "
                    "default) or acquisition 0 only")
+@click.option("--overwrite", is_flag=True, help="replace the report in an existing, non-empty OUT")
 @handle_errors
 def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool,
-             axes: str) -> None:
+             axes: str, overwrite: bool) -> None:
     """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
     from simaq_factory.errors import check_output_dir
+
+    out_dir = check_output_dir(out)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:  # as evaluate: no report lost silently
+        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
     from simaq_train.evaluate import otsu_baseline, write_report
 
-    check_output_dir(out)
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
     rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,

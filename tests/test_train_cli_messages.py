@@ -276,6 +276,12 @@ def test_evaluate_keeps_an_existing_report_unless_overwrite(trained, tri, tmp_pa
     r = run(*args, "--overwrite")
     assert r.exit_code == 0, r.output
     assert json.loads(report.read_text())["samples"] == 1
+    # the Otsu baseline's report likewise
+    bl = ("baseline", tri, "-o", tmp_path / "bl", "--max-samples", "1", "--physical-order")
+    assert run(*bl).exit_code == 0
+    r = run(*bl)
+    assert r.exit_code == 2 and f"{tmp_path / 'bl'}: exists and is not empty" in r.output, r.output
+    assert run(*bl, "--overwrite").exit_code == 0
 
 
 # --- C13: paths before torch -------------------------------------------------------------------
