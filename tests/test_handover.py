@@ -461,8 +461,8 @@ def test_status_of_a_partial_dataset_is_incomplete(partial):
     assert "1 done, 1 pending, 0 damaged of 2" in st.output
     assert "writer:" not in st.output
     as_json = json.loads(cli("status", str(partial), "--json").stdout)
-    assert (as_json["verdict"], as_json["done"], as_json["pending"], as_json["writer_pid"]) == (
-        "incomplete: 1 shard(s) pending", 1, 1, None)
+    assert (as_json["verdict"], as_json["state"], as_json["done"], as_json["pending"], as_json["writer_pid"]) == (
+        "incomplete: 1 shard(s) pending", "incomplete", 1, 1, None)
     ver = cli("verify", str(partial), "--json")
     report = json.loads(ver.stdout)
     assert ver.exit_code == 1 and not report["ok"] and report["n_shards"] == 2

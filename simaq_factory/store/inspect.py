@@ -211,7 +211,9 @@ def dataset_status(out: Path) -> dict[str, Any]:
         ) + " pending"
     else:
         verdict = "complete"
-    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict, "writer_pid": writer_pid(out),
+    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict,
+            "state": verdict.split(":")[0],  # complete | incomplete | damaged, for scripts
+            "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
             "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending}
