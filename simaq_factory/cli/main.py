@@ -18,14 +18,13 @@ import click
 
 from simaq_factory.errors import BadInput, OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
-from simaq_factory.yamlio import load_yaml
 
 
-def _load(recipe_path: str, overrides: tuple[str, ...]) -> tuple[Any, str]:
+def _load(recipe_path: str, overrides: tuple[str, ...], *, require_fields: bool = False) -> tuple[Any, str]:
     from simaq_factory.recipe.io import load_recipe
 
     path = Path(recipe_path)
-    recipe = load_recipe(path, list(overrides))
+    recipe = load_recipe(path, list(overrides), require_fields=require_fields)
     return recipe, path.read_text()
 
 
@@ -153,21 +152,13 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, wor
             "--scheduler (the running scheduler's workers do the work)" if scheduler is not None
             else "--cluster inline (one process, no workers)"))
     cluster = cluster or "local"
-    if not overrides and Path(recipe).is_file():  # refused before the loader warns about the same
-        try:
-            empty = not load_yaml(Path(recipe).read_text())
-        except Exception:  # noqa: BLE001 - unreadable or not YAML: _load names the problem below
-            empty = False
-        if empty:  # an empty file (a failed copy?) would build 4 × 512³
-            raise BadInput(recipe, "the recipe sets no field (empty, or comments only); to build the "
-                                   "reference defaults on purpose, write them out with `simaq-factory "
-                                   "init FILE --template reference`")
     extra = list(overrides)
     if workers is not None:
         extra.append(f"execution.workers={workers}")
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
-    rec, text = _load(recipe, tuple(extra))  # a bad recipe is refused before torch is imported
+    # a bad recipe is refused before torch is imported; so is an empty file, unless --set gives fields
+    rec, text = _load(recipe, tuple(extra), require_fields=not overrides)
     from simaq_factory.orchestrate.driver import build as run_build
 
     if extra:  # OUT/recipe.yaml keeps the file verbatim and says what the command line changed
@@ -287,6 +278,7 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     file is hashed, except data shard files, whose digest the shard check has just computed.
     """
     from simaq_factory.errors import BuildFailed
+    from simaq_factory.store.layout import SUMS
     from simaq_factory.store.outdir import writer_pid
     from simaq_factory.store.verify import verify_dataset
 
@@ -307,7 +299,7 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     if not report.ok:
         if writer is not None:
             hint = f"process {writer} (a build or freeze) is writing it now: verify again when it ends"
-        elif report.frozen or (Path(out) / "SHA256SUMS").is_file():  # sealed, even if its card is unreadable
+        elif report.frozen or (Path(out) / SUMS).is_file():  # sealed, even if its card is unreadable
             hint = "the dataset is frozen: restore it from a good copy"
         elif report.regen_failed_shards:  # their files pass their checksums: build would skip them
             records = ", ".join(f"provenance/shard-{s:06d}.json" for s in report.regen_failed_shards)

@@ -24,8 +24,11 @@ class RecipeFileError(RecipeError):
     """The recipe file itself cannot be read or parsed."""
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a recipe file into a mapping; errors name the file (and line for YAML syntax)."""
+def read_yaml(path: str | os.PathLike[str], *, require_fields: bool = False) -> dict[str, Any]:
+    """Read a recipe file into a mapping; errors name the file (and line for YAML syntax).
+
+    A file that sets no field (empty, or comments only) means every reference default: a warning,
+    or with ``require_fields`` (a build: 4 × 512³ from a failed copy) a :class:`RecipeFileError`."""
     path = Path(path)
     if not path.exists():
         raise RecipeFileError(str(path), "recipe file not found")
@@ -46,6 +49,10 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RecipeFileError(str(path), f"a recipe is a mapping of sections, got {type(data).__name__}")
+    if not data and require_fields:
+        raise RecipeFileError(str(path), "the recipe sets no field (empty, or comments only); to build the "
+                                         "reference defaults on purpose, write them out with `simaq-factory "
+                                         "init FILE --template reference`")
     if not data:
         logging.getLogger(__name__).warning(
             "%s sets no field: every field takes its reference default (4 samples of 512³; "
@@ -92,9 +99,11 @@ def resolve(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
-    """The recipe of the YAML file at ``path`` with ``--set``-style ``overrides`` applied."""
-    return resolve(apply_overrides(read_yaml(path), overrides or []))
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None, *,
+                require_fields: bool = False) -> Recipe:
+    """The recipe of the YAML file at ``path`` with ``--set``-style ``overrides`` applied
+    (``require_fields``: see :func:`read_yaml`)."""
+    return resolve(apply_overrides(read_yaml(path, require_fields=require_fields), overrides or []))
 
 
 def recipe_to_json(recipe: Recipe) -> dict[str, Any]:
