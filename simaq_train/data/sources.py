@@ -110,17 +110,18 @@ def _check_shards(root: Path, card: dict[str, Any]) -> None:
     provenance record, which a build writes last for each shard: a card that says complete over a
     shard without one describes an incomplete (or damaged) dataset. Cards without the two fields
     are not checked."""
+    from simaq_factory.store.layout import provenance_path, samples_text, shard_ranges
+
     n, per = card.get("n_samples"), card.get("samples_per_shard")
     if not (isinstance(n, int) and isinstance(per, int) and n > 0 and per > 0):
         return
-    missing = [k for k in range(-(-n // per)) if not (root / "provenance" / f"shard-{k:06d}.json").is_file()]
+    missing = [(k, samples) for k, samples in enumerate(shard_ranges(n, per))
+               if not provenance_path(root, k).is_file()]
     if missing:
-        first = missing[0]
-        lo, hi = first * per, min(n, (first + 1) * per) - 1
-        samples = f"sample {lo}" if lo == hi else f"samples {lo}-{hi}"
+        first, samples = missing[0]
         raise BadInput(str(root), f"dataset card says {card.get('status')!r} but {len(missing)} shard(s) have no "
-                                  f"provenance record (first: provenance/shard-{first:06d}.json, {samples}): "
-                                  "the dataset is incomplete; "
+                                  f"provenance record (first: {provenance_path(root, first).relative_to(root)}, "
+                                  f"{samples_text(samples)}): the dataset is incomplete; "
                                   f"`simaq-factory status {root}` tells what is missing")
 
 
