@@ -135,14 +135,9 @@ def _fit_outcome(res: Any, o: Any) -> str:
 def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samples: int,
              batch_size: int, postprocess: bool, device: str, axes: str, overwrite: bool) -> None:
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
-    from simaq_factory.errors import check_output_dir
-
     # the paths first: torch (below) takes seconds to import
-    out_dir = check_output_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
-    if not (Path(dataset) / "dataset.zarr").is_dir():
-        raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
+    out_dir = _report_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}",
+                          dataset, overwrite)
     if not Path(checkpoint).is_file():
         raise_bad(checkpoint, "checkpoint not found")
     from simaq_train.evaluate import evaluate_checkpoint, write_report
@@ -234,18 +229,12 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool,
              axes: str, overwrite: bool) -> None:
     """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
-    from simaq_factory.errors import check_output_dir
-
-    out_dir = check_output_dir(out)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:  # as evaluate: no report lost silently
-        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
+    out_dir = _report_dir(Path(out), dataset, overwrite)
     from simaq_train.evaluate import otsu_baseline, write_report
 
-    if not (Path(dataset) / "dataset.zarr").is_dir():
-        raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
     rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,
                         axes=axes)
-    js, png = write_report(rep, Path(out), "baseline")
+    js, png = write_report(rep, out_dir, "baseline")
     _print_summary(rep)
     phys = rep["physical_order"]
     click.echo(f"best baseline: {rep['best_variant']} with levels (dark to bright) -> "
@@ -277,6 +266,19 @@ def bench(features: int, depth: int, size: int, window: int, batch_size: int, st
     res = bench_train_step(features=features, depth=depth, size=size, window=window,
                            batch_size=batch_size, steps=steps, amp=amp, device=device)
     click.echo(json.dumps(res))
+
+
+def _report_dir(out: Path, dataset: str, overwrite: bool) -> Path:
+    """Before any work (evaluate, baseline): ``out`` usable as the report folder, never an earlier
+    report replaced without ``overwrite``, and ``dataset`` a simaq-factory dataset; BadInput else."""
+    from simaq_factory.errors import check_output_dir
+
+    out_dir = check_output_dir(out)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
+    if not (Path(dataset) / "dataset.zarr").is_dir():
+        raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
+    return out_dir
 
 
 def raise_bad(what: str, message: str) -> None:
