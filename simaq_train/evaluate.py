@@ -23,7 +23,7 @@ from simaq_factory.errors import BadInput
 from simaq_train.data.normalize import fov_mask
 from simaq_train.data.build import check_fov
 from simaq_train.data.sources import FactorySource, infer_n_classes
-from simaq_train.metrics import confusion, iou_dice, mean_defined
+from simaq_train.metrics import confusion, headline_scores, iou_dice, mean_defined
 
 log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -88,10 +88,9 @@ def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any],
     names = [str(lm.get(str(c), f"class{c}")) for c in range(n_classes)]
     cells = cell_counts(dataset)
     fg = list(range(1, n_classes))
-    per_sample, total = [], np.zeros((n_classes, n_classes), np.int64)
+    per_sample = []
     multi = src is not None and len(src.acqs) > 1
     for v, cm in enumerate(cms):
-        total += cm
         iou, dice = iou_dice(cm)
         s, a = src.locate(v) if src is not None else (v, 0)
         row = {"index": s, "n_cells": cells.get(s), "iou": dict(zip(names, iou)),
@@ -107,8 +106,6 @@ def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any],
                                              if s["n_cells"] == n and s["iou"][name] is not None])
         groups["dice_all"] = _summary([s["dice"][name] for s in per_sample if s["dice"][name] is not None])
         by_class[name] = groups
-    iou_tot, dice_tot = iou_dice(total)
-    means = [s["mean_iou"] for s in per_sample if s["mean_iou"] is not None]
     return {
         "dataset": str(dataset), "samples": len({r["index"] for r in per_sample}),
         "rows": len(per_sample),
@@ -116,9 +113,7 @@ def summarise(dataset: str | Path, cms: list[np.ndarray], card: dict[str, Any],
                      else "samples (acquisition 0)"),
         "class_names": names,
         "foreground_classes": [names[c] for c in fg],
-        "mean_iou_foreground": float(np.mean(means)) if means else None,
-        "pooled": {"iou": dict(zip(names, iou_tot)), "dice": dict(zip(names, dice_tot)),
-                   "mean_iou_foreground": mean_defined(iou_tot, fg)},
+        **headline_scores(cms, names),
         "per_class": by_class, "per_sample": per_sample,
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -55,3 +57,19 @@ def mean_defined(values: list[float | None], classes: list[int] | None = None) -
     sel = [values[c] for c in (classes if classes is not None else range(len(values)))]
     vals = [v for v in sel if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def headline_scores(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]:
+    """What ``evaluate`` headlines, from one confusion matrix per volume: ``mean_iou_foreground``,
+    the mean over volumes of each volume's mean foreground IoU (volumes where it is defined), and
+    ``pooled``, IoU and Dice per class and their foreground mean of the summed matrix. Used by
+    ``evaluate`` and by the validation during ``fit``, so the two report the same statistic."""
+    fg = list(range(1, len(names)))
+    means = [m for m in (mean_defined(iou_dice(cm)[0], fg) for cm in cms) if m is not None]
+    total = np.zeros((len(names), len(names)), np.int64)
+    for cm in cms:
+        total += cm
+    iou, dice = iou_dice(total)
+    return {"mean_iou_foreground": float(np.mean(means)) if means else None,
+            "pooled": {"iou": dict(zip(names, iou)), "dice": dict(zip(names, dice)),
+                       "mean_iou_foreground": mean_defined(iou, fg)}}

@@ -48,7 +48,7 @@ from simaq_train.engine.parts import (
     save_checkpoint,
 )
 from simaq_train.losses import check_target, dice_focal_loss
-from simaq_train.metrics import confusion, confusion_tensor, iou_dice, mean_defined
+from simaq_train.metrics import confusion, confusion_tensor, headline_scores, iou_dice, mean_defined
 from simaq_train.model import CenterSliceUNet
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,7 @@ def validation_record(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]
     """The statistics of ``simaq-train evaluate`` over validation volumes: ``mean_iou_foreground``
     (its headline: mean over volumes of each volume's mean foreground IoU), ``iou``/``dice`` (per
     class, mean over the volumes where defined) and ``pooled`` (of the summed confusion matrix)."""
-    fg = list(range(1, len(names)))
     rows = [iou_dice(cm) for cm in cms]
-    means = [m for m in (mean_defined(iou, fg) for iou, _ in rows) if m is not None]
 
     def per_class(k: int) -> list[float | None]:
         out = []
@@ -131,11 +129,8 @@ def validation_record(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]
             out.append(float(np.mean(vals)) if vals else None)
         return out
 
-    piou, pdice = iou_dice(sum(cms) if cms else np.zeros((len(names),) * 2, np.int64))
-    return {"volumes": len(cms), "mean_iou_foreground": float(np.mean(means)) if means else None,
-            "iou": dict(zip(names, per_class(0))), "dice": dict(zip(names, per_class(1))),
-            "pooled": {"iou": dict(zip(names, piou)), "dice": dict(zip(names, pdice)),
-                       "mean_iou_foreground": mean_defined(piou, fg)}}
+    return {"volumes": len(cms), "iou": dict(zip(names, per_class(0))), "dice": dict(zip(names, per_class(1))),
+            **headline_scores(cms, names)}
 
 
 def _batches(loader: DataLoader) -> Any:
