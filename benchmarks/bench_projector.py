@@ -4,7 +4,12 @@ Prints per-slice milliseconds for forward projection and FBP (default: 256², 18
 2 threads) and the relative L2 difference to scikit-image ``radon``/``iradon`` on a few slices.
 
     .venv/bin/python benchmarks/bench_projector.py [--n 256] [--angles 180] [--slices 64]
-        [--threads 2] [--ref-slices 4] [--device cpu] [--json out.json]
+        [--threads 2] [--ref-slices 4] [--device cpu] [--backend torch [triton ...]] [--json out.json]
+
+``--backend`` times each named projector backend (``torch``: the index tables; ``triton``: the
+kernels of :mod:`simaq_factory.tomo.kernels`, CUDA) on the same data and reports their largest
+relative difference; the first one is compared with scikit-image and ASTRA. On CUDA the figures
+include the texture-rate floor, A·N²·Z bilinear interpolations at ``--texel-rate`` per second.
 
 ``--iterative`` instead times the iterative path on a 100° arc of ``--angles`` projections: building
 a :class:`~simaq_factory.tomo.plan.ProjectorPlan`, one cached ``A`` and ``Aᵀ``, and the seconds per
@@ -78,16 +83,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vol_np = _phantom(n, z, np.random.default_rng(0))
     vol = torch.tensor(vol_np, device=dev)
     geom = Geometry.from_degrees(n, theta, center="skimage")
-    forward_project(vol[:2], geom)  # warm-up
-    t_fwd, proj = _best(lambda: forward_project(vol, geom), args.repeats, sync)
-    fbp(proj[:, :2], geom, filter="ram-lak")
-    t_fbp, _ = _best(lambda: fbp(proj, geom, filter="ram-lak"), args.repeats, sync)
     res: dict[str, Any] = {
         "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev)},
-        "machine": platform.processor() or platform.machine(),
+        "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "simaq_torch": {"forward_ms_per_slice": 1e3 * t_fwd / z, "fbp_ms_per_slice": 1e3 * t_fbp / z},
     }
+    outputs = {}
+    for backend in args.backend:
+        forward_project(vol[:2], geom, backend=backend)  # warm-up (and the kernels' compilation)
+        t_fwd, proj_b = _best(lambda: forward_project(vol, geom, backend=backend), args.repeats, sync)
+        fbp(proj_b[:, :2], geom, filter="ram-lak", backend=backend)
+        t_fbp, rec_b = _best(lambda: fbp(proj_b, geom, filter="ram-lak", backend=backend), args.repeats, sync)
+        res[f"simaq_{backend}"] = {"forward_ms_per_slice": 1e3 * t_fwd / z, "fbp_ms_per_slice": 1e3 * t_fbp / z,
+                                   "forward_s": t_fwd, "fbp_s": t_fbp}
+        outputs[backend] = (proj_b, rec_b)
+    first = args.backend[0]
+    proj = outputs[first][0]
+    res["primary"] = f"simaq_{first}"
+    for other in args.backend[1:]:
+        res[f"max_rel_diff_{other}_vs_{first}"] = {
+            key: float((outputs[other][i] - outputs[first][i]).abs().max() / outputs[first][i].abs().max())
+            for i, key in enumerate(("forward", "fbp"))}
+    if dev.type == "cuda":
+        floor = args.angles * n * n * z / args.texel_rate
+        res["texture_floor_s"] = floor
+        for backend in args.backend:
+            r = res[f"simaq_{backend}"]
+            r["forward_over_floor"], r["fbp_over_floor"] = r["forward_s"] / floor, r["fbp_s"] / floor
 
     from skimage.transform import iradon, radon
 
@@ -114,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["astra"] = _astra(vol_np[:m], proj[:, :m].cpu().numpy(), geom, sk_sino, sk_rec, args.repeats)
         for key in ("forward", "fbp"):
             res["astra"][f"{key}_time_ratio_astra_over_ours"] = (
-                res["astra"]["linear"][f"{key}_ms_per_slice"] / res["simaq_torch"][f"{key}_ms_per_slice"])
+                res["astra"]["linear"][f"{key}_ms_per_slice"] / res[res["primary"]][f"{key}_ms_per_slice"])
     return res
     return res
 
@@ -202,6 +224,10 @@ def main() -> None:
     ap.add_argument("--ref-slices", type=int, default=4, help="slices run through scikit-image")
     ap.add_argument("--astra-slices", type=int, default=16, help="slices timed through ASTRA (when installed)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "triton", "auto"],
+                    help="projector backends to time (the first is compared with the peers)")
+    ap.add_argument("--texel-rate", type=float, default=1.0e12,
+                    help="bilinear interpolations per second of the GPU's texture units (the floor)")
     ap.add_argument("--json", default=None, help="write the results as JSON to this path")
     ap.add_argument("--iterative", action="store_true", help="time the plan, SIRT and CGLS instead")
     ap.add_argument("--iterations", type=int, default=10, help="iterations timed with --iterative")
@@ -217,21 +243,30 @@ def main() -> None:
                 json.dump(res, fh, indent=2)
         return
     res = run(args)
-    ours, sk = res["simaq_torch"], res["skimage"]
-    logger.info("config: %s", res["config"])
-    logger.info("simaq torch : forward %7.2f ms/slice   fbp %7.2f ms/slice", ours["forward_ms_per_slice"], ours["fbp_ms_per_slice"])
-    logger.info("scikit-image: forward %7.2f ms/slice   fbp %7.2f ms/slice", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"])
+    sk = res["skimage"]
+    logger.info("config: %s (%s)", res["config"], res["machine"])
+    for backend in args.backend:
+        ours = res[f"simaq_{backend}"]
+        floor = (f"   ({ours['forward_over_floor']:.1f}x, {ours['fbp_over_floor']:.1f}x the texture floor "
+                 f"{1e3 * res['texture_floor_s']:.1f} ms)" if "texture_floor_s" in res else "")
+        logger.info("simaq %-6s: forward %7.2f ms/slice   fbp %7.2f ms/slice%s", backend,
+                    ours["forward_ms_per_slice"], ours["fbp_ms_per_slice"], floor)
+    for other in args.backend[1:]:
+        diff = res[f"max_rel_diff_{other}_vs_{args.backend[0]}"]
+        logger.info("%s vs %s: max relative difference forward %.1e, fbp %.1e", other, args.backend[0],
+                    diff["forward"], diff["fbp"])
+    logger.info("scikit-image : forward %7.2f ms/slice   fbp %7.2f ms/slice", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"])
     if isinstance(res["astra"], dict):
         lin, strip = res["astra"]["linear"], res["astra"]["strip"]
-        logger.info("astra linear: forward %7.2f ms/slice   fbp %7.2f ms/slice   (%.1fx, %.1fx ours)",
+        logger.info("astra linear : forward %7.2f ms/slice   fbp %7.2f ms/slice   (%.1fx, %.1fx ours)",
                     lin["forward_ms_per_slice"], lin["fbp_ms_per_slice"],
                     res["astra"]["forward_time_ratio_astra_over_ours"], res["astra"]["fbp_time_ratio_astra_over_ours"])
-        logger.info("astra strip : forward %7.2f ms/slice", strip["forward_ms_per_slice"])
+        logger.info("astra strip  : forward %7.2f ms/slice", strip["forward_ms_per_slice"])
         logger.info("astra rel. L2 vs scikit-image: forward linear %.2e, strip %.2e   fbp (ram-lak) %.2e",
                     lin["forward_rel_l2_vs_skimage"], strip["forward_rel_l2_vs_skimage"],
                     lin["fbp_rel_l2_vs_skimage"])
     else:
-        logger.info("astra       : %s", res["astra"])
+        logger.info("astra        : %s", res["astra"])
     acc = res["accuracy_vs_skimage"]
     logger.info("rel. L2 vs scikit-image: forward %.2e   fbp (ramp) %.2e", acc["forward_rel_l2"], acc["fbp_rel_l2"])
     if args.json:

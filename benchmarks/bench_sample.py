@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--span", type=float, default=100.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--projector", default="torch", choices=["torch", "triton", "auto"],
+                    help="execution.projector: the projector backend")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -66,6 +68,7 @@ def main() -> None:
                         "chunk_z": min(16, args.size)},
             "phantom": {"cells": {"count": cells}},
             "acquisition": {"tilt_span_deg": args.span},
+            "execution": {"projector": args.projector},
         })
         specs = array_specs(recipe, a_max_for(recipe))
         store = tmp / f"cells{cells}"
@@ -99,13 +102,13 @@ def main() -> None:
             totals.append(t3 - t0)
             for k, v in {**record["timings_s"], **extra}.items():
                 per_stage.setdefault(k, []).append(v)
-        row = {"cells": cells, "size": args.size, "device": str(device),
+        row = {"cells": cells, "size": args.size, "device": str(device), "projector": args.projector,
                **{k: statistics.median(v) for k, v in per_stage.items()},
                "total": statistics.median(totals), "banks_once": banks_once, "peak_rss_gib": _peak_rss_gib(),
                "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
         rows.append(row)
-    stages = [k for k in rows[0] if k not in ("cells", "size", "device")]
-    print(f"# {args.size}^3, span {args.span:g} deg, device {device}, torch threads "
+    stages = [k for k in rows[0] if k not in ("cells", "size", "device", "projector")]
+    print(f"# {args.size}^3, span {args.span:g} deg, device {device}, projector {args.projector}, torch threads "
           f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     width = max(len(s) for s in stages) + 1
     print("cells " + " ".join(f"{s:>{width}s}" for s in stages))

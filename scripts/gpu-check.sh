@@ -3,7 +3,7 @@
 # (its image: Python 3.12 with CUDA torch; see docs/performance.md, "GPU"). Here, first:
 #   bash scripts/gpu-wheels.sh          # the storage/cluster wheels that image lacks, into .whl/
 # then, through the device tool, from the repository root, carrying .whl:
-#   bash scripts/gpu-check.sh           # results under $OUT (or ./gpu-out), about 6-8 minutes
+#   bash scripts/gpu-check.sh           # results under $OUT (or ./gpu-out), about 8-10 minutes
 # Every step has its own time limit and the script goes on after a failure, so one broken step
 # still leaves the other figures.
 set -uo pipefail
@@ -27,9 +27,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its output in $
 }
 step env 60 $PY -c "import torch, zarr, dask, simaq_factory; print(torch.__version__, torch.cuda.get_device_name(0), zarr.__version__, dask.__version__)"
 step tests 240 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests/test_gpu.py tests/test_tomo_adjoint.py \
-  tests/test_phantom_voxelize.py tests/test_phantom_deform.py
+  tests/test_phantom_voxelize.py tests/test_phantom_deform.py tests/test_tomo_kernels.py
 step sample512 240 $PY benchmarks/bench_sample.py --size 512 --cells 1 4 --device cuda --repeat 3 --json "$OUT/sample512.json"
-step projector 120 $PY benchmarks/bench_projector.py --device cuda --n 512 --slices 512 --json "$OUT/projector512.json"
+step projector 150 $PY benchmarks/bench_projector.py --device cuda --n 512 --slices 512 --backend torch triton \
+  --json "$OUT/projector512.json"
+step sample512_triton 180 $PY benchmarks/bench_sample.py --size 512 --cells 1 --device cuda --repeat 3 --projector triton \
+  --json "$OUT/sample512_triton.json"
 step train_bench 120 $PY -m simaq_train.cli bench --features 64 --depth 5 --size 512 --batch-size 16 --amp auto \
   --device cuda
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true

@@ -14,6 +14,7 @@ shard, worker or order renders it.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -139,7 +140,8 @@ def acquire(
         flicker_entries=recipe.artifacts.banks.perlin_lo_2d.entries,
     )
     tilt = float(sino_params["misalignment"].get("axis_tilt_deg", 0.0))
-    proj = project_tilted_axis(volume_in, fwd_geom, tilt, forward_project)
+    backend = recipe.execution.projector
+    proj = project_tilted_axis(volume_in, fwd_geom, tilt, functools.partial(forward_project, backend=backend))
     del volume_in
     lap("projection")
     proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params, banks["perlin_lo_2d"])
@@ -148,7 +150,7 @@ def acquire(
         n=n, angles=tuple(math.radians(a) for a in angles.recon_deg), center=recon_cfg.center,
         weighting=recon_cfg.weighting,
     )
-    recon = reconstruct(proj, rec_geom, recon_cfg)
+    recon = reconstruct(proj, rec_geom, recon_cfg, backend=backend)
     lap("reconstruction")
     return Acquisition(axis=axis, angles=angles, sino_params=sino_params, proj=proj, recon=recon)
 

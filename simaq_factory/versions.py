@@ -69,12 +69,15 @@ def describe_software(versions: dict[str, Any]) -> str:
 
 def built_on(provenance: dict[str, Any]) -> str:
     """Where a shard was rendered, from its provenance: ``"cpu, x86_64 AVX2 CPU kernels"`` or
-    ``"cuda:0, NVIDIA H100 80GB HBM3"`` (``"unrecorded"`` kernels for shards written before they
-    were recorded)."""
+    ``"cuda:0, NVIDIA H100 80GB HBM3"``, with ``", triton 3.9.0 projector"`` after it when the
+    Triton kernels projected (``"unrecorded"`` kernels for shards written before they were
+    recorded)."""
     device = str(provenance.get("device", "cpu"))
+    projector = str(provenance.get("projector") or "torch")
+    tail = "" if projector == "torch" else f", {projector} projector"
     if device.startswith("cuda"):
-        return f"{device}, {provenance.get('device_name', '')}"
-    return f"{device}, {provenance.get('cpu_kernels') or 'unrecorded'} CPU kernels"
+        return f"{device}, {provenance.get('device_name', '')}{tail}"
+    return f"{device}, {provenance.get('cpu_kernels') or 'unrecorded'} CPU kernels{tail}"
 
 
 def cpu_kernels() -> str:

@@ -175,6 +175,7 @@ def test_info_prints_card_and_sample(inline_ref):
     # what the shard's record says about where it was built (its CPU kernels), not "unrecorded"
     prov = json.loads((inline_ref / "provenance" / "shard-000001.json").read_text())
     assert prov["cpu_kernels"] and f"{prov['cpu_kernels']} CPU kernels" in summary.output
+    assert prov["projector"] == "torch"  # the recipe's default; auto also picks it on a CPU
     assert {k: v for k, v in prov.items() if k != "sample_records"} == info["shard"]
     cells = sample["phantom_spec"]["cells"]
     assert any(line.startswith(f"  cells: {len(cells)}; vacuoles {sum(len(c['vacuoles']) for c in cells)},")

@@ -175,6 +175,27 @@ def test_freeze_card_counts_shards_per_machine_and_software(built, tmp_path):
     assert "- cpu, x86_64 AVX512 CPU kernels: 1" in md and "(ffffffffffff), torch" in md
 
 
+def test_shards_from_the_triton_projector_are_named_and_not_compared_with_the_tables(built, tmp_path):
+    """A dataset whose shard 1 a GPU projected with the Triton kernels (its record says so): regenerated
+    here with the tables, its recon is not compared (the two round differently), the rest is; the card
+    counts the shard under its projector."""
+    out = copy_of(built, tmp_path)
+    path = out / "provenance" / "shard-000001.json"
+    prov = json.loads(path.read_text())
+    assert prov["projector"] == "torch"
+    path.write_text(json.dumps(resealed({**prov, "projector": "triton 3.9.0"})))
+    result = cli("verify", str(out), "--regen", "2")
+    assert result.exit_code == 0, result.output
+    assert "regenerated samples [0, 3]" in result.output
+    assert ("sample 3: projected with the triton projector, regenerated with the torch one; recon not compared"
+            in result.output), result.output
+    assert "sample 0: projected" not in result.output
+    assert cli("freeze", str(out)).exit_code == 0
+    stats = dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs)["stats"]
+    here = f"cpu, {cpu_kernels()} CPU kernels"
+    assert stats["built_on"] == {here: 1, f"{here}, triton 3.9.0 projector": 1}
+
+
 def test_freeze_refuses_incomplete_dataset(built, tmp_path):
     out = copy_of(built, tmp_path)
     (out / "provenance" / "shard-000001.json").unlink()

@@ -34,6 +34,7 @@ from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_states, update_card
 from simaq_factory.store.inspect import check_sealed_intact
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
+from simaq_factory.tomo.projector import check_backend
 from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
@@ -130,6 +131,10 @@ def build(
     device = exe.device
     if scheduler is None and cluster != "slurm":
         device = str(resolve_device(exe.device))  # fail fast (exit 2) when CUDA is absent here
+        try:
+            check_backend(exe.projector, device)
+        except ValueError as exc:
+            raise BadInput("execution.projector", str(exc)) from None
     if is_sealed(out, rid):  # re-running a finished pipeline: nothing to write, nothing refused
         n = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
         if on_phase is not None:

@@ -34,6 +34,7 @@ from simaq_factory.store.dataset import (
     write_shard,
 )
 from simaq_factory.store.layout import array_specs, provenance_path, shard_range
+from simaq_factory.tomo.projector import resolved_backend
 from simaq_factory.versions import cpu_kernels, software_versions
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def _run_shard(
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
         or platform.machine(),
         "cpu_kernels": cpu_kernels(),
+        "projector": resolved_backend(recipe.execution.projector, dev),
         "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "pid": os.getpid(),

@@ -100,6 +100,10 @@ class ExecutionConfig:
     """How to compute; not part of the recipe id."""
 
     device: str = spec("auto", doc="cpu, cuda, cuda:N or auto")
+    projector: Literal["torch", "triton", "auto"] = spec(
+        "torch", doc="projector and FBP backprojector: torch (index tables, CPU and CUDA), triton (kernels, "
+        "CUDA, Triton installed) or auto (triton on CUDA where it passes its self-check)"
+    )
     workers: int = spec(2, ge=1, le=4096, doc="LocalCluster worker processes")
     threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per worker; 0 = cores/workers")
     retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")

@@ -28,6 +28,7 @@ def fbp(
     clip_circle: bool = True,
     pad_to: int | None = None,
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Filtered backprojection of a projection stack.
 
@@ -44,6 +45,8 @@ def fbp(
         pad_to: FFT length override (default ``max(64, next pow2 >= 2D)``; scikit-image's
             ``iradon(circle=True)`` uses :func:`~simaq_factory.tomo.filters.skimage_padded_size`).
         max_chunk_bytes: bound on backprojection temporaries.
+        backend: the backprojector, ``"torch"``, ``"triton"`` or ``"auto"``
+            (:func:`~simaq_factory.tomo.projector.use_kernels`).
 
     Returns:
         (Z, Y, X) reconstruction, same dtype/device as ``proj``; for a full 180° scan with
@@ -61,4 +64,5 @@ def fbp(
         clip_circle=clip_circle,
         angle_weights=weights,
         max_chunk_bytes=max_chunk_bytes,
+        backend=backend,
     )

@@ -63,13 +63,16 @@ class ReconstructionConfig:
         return self.method == "sirt" if self.nonneg is None else self.nonneg
 
 
-def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -> torch.Tensor:
+def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig, *,
+                backend: str = "torch") -> torch.Tensor:
     """Reconstruct an (A, Z, D) projection stack into a (Z, Y, X) volume as ``cfg`` says.
 
     ``cfg.weighting`` overrides ``geom.weighting``; ``geom``'s centre must resolve to the same pixel
     index as ``cfg.center`` (the projections were made with it), otherwise ``ValueError``.
     ``method`` ``"fbp"`` (default) uses ``filter``/``weighting``; ``"sirt"``/``"cgls"`` use
     ``iterations``/``nonneg`` (:mod:`simaq_factory.tomo.iterative`); all honour ``clip_circle``.
+    ``backend`` picks FBP's backprojector (:func:`~simaq_factory.tomo.projector.use_kernels`); the
+    iterative methods use the exact transpose, which has no Triton kernel.
     """
     from simaq_factory.tomo.analytic import fbp
     from simaq_factory.tomo.iterative import cgls, sirt
@@ -87,4 +90,4 @@ def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig) -
     if cfg.method == "cgls":
         return cgls(proj, geom, iterations=cfg.iterations, nonneg=cfg.effective_nonneg, clip_circle=cfg.clip_circle)
     logger.debug("fbp: %s angles, filter=%s, weighting=%s", geom.n_angles, cfg.filter, cfg.weighting)
-    return fbp(proj, geom, filter=cfg.filter, clip_circle=cfg.clip_circle)
+    return fbp(proj, geom, filter=cfg.filter, clip_circle=cfg.clip_circle, backend=backend)

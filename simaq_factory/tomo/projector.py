@@ -22,6 +22,8 @@ need, is :func:`simaq_factory.tomo.plan.adjoint_project` (built on :func:`ray_ta
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "backproject", "forward_project", "ray_tables"]
+__all__ = ["BACKENDS", "DEFAULT_CHUNK_BYTES", "KernelCheckFailed", "backproject", "forward_project",
+           "check_backend", "ray_tables", "resolved_backend", "use_kernels"]
 
 #: Default bound on the temporaries of one chunk (indices, weights, coordinates, partial output).
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -42,6 +45,79 @@ _CACHE_CHUNK_BYTES = 48 * 1024 * 1024
 def _chunk_budget(max_chunk_bytes: int, device: torch.device) -> int:
     """Bytes of temporaries per chunk on ``device``."""
     return int(max_chunk_bytes) if device.type == "cuda" else min(int(max_chunk_bytes), _CACHE_CHUNK_BYTES)
+
+
+#: Values of ``backend`` (and of the recipe's ``execution.projector``).
+BACKENDS = ("torch", "triton", "auto")
+
+
+class KernelCheckFailed(RuntimeError):
+    """The Triton kernels were asked for and do not agree with the table path on this device."""
+
+
+def use_kernels(backend: str, data: torch.Tensor) -> bool:
+    """Whether ``backend`` sends ``data`` to the Triton kernels (:mod:`simaq_factory.tomo.kernels`).
+
+    ``"torch"``: never. ``"auto"``: for float32 CUDA tensors when Triton imports and the kernels
+    pass their self-check on that GPU (once per process; a failure is logged once and the table path
+    used). ``"triton"``: always; ``ValueError`` for other dtypes, CPU tensors (unless Triton
+    interprets, ``TRITON_INTERPRET=1``) or no Triton, :class:`KernelCheckFailed` when the self-check
+    fails.
+    """
+    if backend == "torch":
+        return False
+    if backend not in BACKENDS:
+        raise ValueError(f"projector backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from simaq_factory.tomo import kernels
+
+    if backend == "auto":
+        if data.device.type != "cuda" or data.dtype != torch.float32 or not kernels.available():
+            return False
+        problem = kernels.self_check(str(data.device))
+        if problem:
+            _warn_once(f"the Triton projector failed its self-check on {data.device} ({problem}); "
+                       "using the torch projector")
+        return not problem
+    check_backend(backend, data.device)
+    if data.dtype != torch.float32:
+        raise ValueError(f"projector backend 'triton' takes float32 data, got {data.dtype}")
+    problem = kernels.self_check(str(data.device))
+    if problem:
+        raise KernelCheckFailed(f"the Triton projector failed its self-check on {data.device}: {problem}; "
+                                "use the torch projector (execution.projector: torch)")
+    return True
+
+
+def check_backend(backend: str, device: torch.device | str) -> None:
+    """``ValueError`` unless ``backend`` can run on ``device``: a known name, and for ``"triton"``
+    Triton installed and a CUDA device (or Triton's interpreter). Cheap: compiles nothing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"projector backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "triton":
+        return
+    from simaq_factory.tomo import kernels
+
+    if not kernels.available():
+        raise ValueError("projector backend 'triton' needs Triton (it comes with CUDA builds of torch; "
+                         "pip install triton)")
+    if torch.device(device).type != "cuda" and not kernels.interpreting():
+        raise ValueError(f"projector backend 'triton' runs on CUDA, not on {device}")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
+
+
+def resolved_backend(backend: str, device: torch.device) -> str:
+    """What :func:`use_kernels` picks for float32 data on ``device``, for provenance records:
+    ``"torch"`` or ``"triton X.Y.Z"`` (raises as :func:`use_kernels` does)."""
+    probe = torch.zeros(1, dtype=torch.float32, device=device)
+    if not use_kernels(backend, probe):
+        return "torch"
+    import triton
+
+    return f"triton {triton.__version__}"
 
 
 def _check_volume(volume: torch.Tensor, geom: Geometry) -> None:
@@ -91,6 +167,32 @@ def _ray_table_bytes_per_angle(geom: Geometry, itemsize: int) -> int:
     return geom.detectors * _max_ray_samples(geom.n) * (4 * (4 + itemsize) + 10 * itemsize)
 
 
+def ray_starts(
+    geom: Geometry, a0: int, a1: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First samples of the rays of angles ``a0 … a1 − 1`` (internal helper, float64).
+
+    Returns ``(xs, ys, count, sin, cos)``: per ray (R = (a1 − a0)·D, in (angle, column) order) the
+    (x, y) pixel coordinates of its first sample and its number of samples; per angle the step
+    (sin θ, cos θ) from one sample to the next. Sample k of ray r is ``(xs + k·sin, ys + k·cos)``.
+    """
+    n, det, c = geom.n, geom.detectors, geom.image_center
+    cos_all, sin_all = _angles(geom, device)
+    t = (torch.arange(det, dtype=torch.float64, device=device) - geom.det_center) * geom.det_spacing
+    co = cos_all[a0:a1, None].expand(-1, det)
+    si = sin_all[a0:a1, None].expand(-1, det)
+    x0, y0 = c + co * t, c - si * t  # ray points at s = 0
+    lx, hx = _slab(x0, si, -1.0, float(n))
+    ly, hy = _slab(y0, co, -1.0, float(n))
+    k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
+    k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
+    count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1)
+    s0 = k_lo - c
+    xs = (x0 + si * s0).reshape(-1)
+    ys = (y0 + co * s0).reshape(-1)
+    return xs, ys, count, sin_all[a0:a1], cos_all[a0:a1]
+
+
 def ray_tables(
     geom: Geometry, a0: int, a1: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,26 +204,18 @@ def ray_tables(
     integral of ray r is ``Σ_j weights[r, j] · table[idx[r, j]]``; :func:`forward_project` and the
     matched backprojector (:mod:`simaq_factory.tomo.plan`) both use exactly these numbers.
     """
-    n, det, c = geom.n, geom.detectors, geom.image_center
+    n, det = geom.n, geom.detectors
     width = n + 2
-    cos_all, sin_all = _angles(geom, device)
-    t = (torch.arange(det, dtype=torch.float64, device=device) - geom.det_center) * geom.det_spacing
-    co = cos_all[a0:a1, None].expand(-1, det)
-    si = sin_all[a0:a1, None].expand(-1, det)
-    n_rays = co.numel()
-    x0, y0 = c + co * t, c - si * t  # ray points at s = 0
-    lx, hx = _slab(x0, si, -1.0, float(n))
-    ly, hy = _slab(y0, co, -1.0, float(n))
-    k_lo = torch.ceil(torch.maximum(lx, ly) + c).clamp(-1e9, 1e9)
-    k_hi = torch.floor(torch.minimum(hx, hy) + c).clamp(-1e9, 1e9)
-    count = (k_hi - k_lo + 1).clamp(min=0).reshape(-1, 1)
-    length = max(1, int(count.max().item()))
-    s0 = k_lo - c
-    xs = (x0 + si * s0).reshape(-1, 1).to(dtype)
-    ys = (y0 + co * s0).reshape(-1, 1).to(dtype)
+    xs64, ys64, count, sin_a, cos_a = ray_starts(geom, a0, a1, device)
+    n_rays = xs64.numel()
+    count = count.reshape(-1, 1)
+    length = max(1, int(count.max().item())) if n_rays else 1
+    xs, ys = xs64.reshape(-1, 1).to(dtype), ys64.reshape(-1, 1).to(dtype)
+    si = sin_a[:, None].expand(-1, det).reshape(-1, 1).to(dtype)
+    co = cos_a[:, None].expand(-1, det).reshape(-1, 1).to(dtype)
     step = torch.arange(length, dtype=dtype, device=device).unsqueeze(0)
-    x = torch.addcmul(xs, si.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
-    y = torch.addcmul(ys, co.reshape(-1, 1).to(dtype), step).clamp_(-1.0, float(n))
+    x = torch.addcmul(xs, si, step).clamp_(-1.0, float(n))
+    y = torch.addcmul(ys, co, step).clamp_(-1.0, float(n))
     # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
     xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
     fx, fy = x.sub_(xf), y.sub_(yf)
@@ -136,7 +230,8 @@ def ray_tables(
 
 
 def forward_project(
-    volume: torch.Tensor, geom: Geometry, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    volume: torch.Tensor, geom: Geometry, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Parallel-beam line integrals of every z-slice.
 
@@ -144,12 +239,19 @@ def forward_project(
         volume: (Z, Y, X) floating tensor (float32 typical), Y = X = ``geom.n``, any device.
         geom: the scan geometry.
         max_chunk_bytes: bound on per-chunk temporaries; angles are processed in chunks under it.
+        backend: ``"torch"`` (these tables), ``"triton"`` (:mod:`simaq_factory.tomo.kernels`, the
+            same model without tables) or ``"auto"`` (Triton for float32 CUDA tensors where it
+            passes its self-check); see :func:`use_kernels`.
 
     Returns:
         (A, Z, D) tensor (same dtype/device) of line integrals in voxel-length units, in the order
         of ``geom.angles``. Its exact transpose is :func:`simaq_factory.tomo.plan.adjoint_project`.
     """
     _check_volume(volume, geom)
+    if use_kernels(backend, volume):
+        from simaq_factory.tomo import kernels
+
+        return kernels.forward_project(volume, geom)
     dev, dtype = volume.device, volume.dtype
     z, n = volume.shape[0], geom.n
     det = geom.detectors
@@ -171,6 +273,34 @@ def forward_project(
     return out.permute(0, 2, 1).contiguous()
 
 
+def backprojection_terms(
+    geom: Geometry, det_center: float, clip_circle: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixels a backprojection visits and its per-angle coefficients (internal helper).
+
+    Returns ``(pix, cx, cy, u0)``: int64 indices ``y·n + x`` of the pixels (those inside the
+    reconstruction circle when ``clip_circle``, else all), and (A,) ``dtype`` coefficients such that
+    pixel (y, x) meets angle a's projection at column ``u0[a] + x·cx[a] + y·cy[a]`` (column 0 at
+    ``det_center``).
+    """
+    n, c, sp = geom.n, geom.image_center, geom.det_spacing
+    if clip_circle:
+        yy, xx = torch.meshgrid(
+            torch.arange(n, dtype=torch.float64, device=device),
+            torch.arange(n, dtype=torch.float64, device=device),
+            indexing="ij",
+        )
+        r = geom.circle_radius
+        keep = ((xx.reshape(-1) - c) ** 2 + (yy.reshape(-1) - c) ** 2) <= r * r
+        pix = torch.nonzero(keep).reshape(-1)
+    else:
+        pix = torch.arange(n * n, device=device)
+    cos_a, sin_a = _angles(geom, device)
+    cx, cy = (cos_a / sp).to(dtype), (-sin_a / sp).to(dtype)
+    u0 = (det_center - (cos_a * c - sin_a * c) / sp).to(dtype)
+    return pix, cx, cy, u0
+
+
 def backproject_table(
     proj: torch.Tensor,
     geom: Geometry,
@@ -179,35 +309,29 @@ def backproject_table(
     clip_circle: bool,
     angle_weights: torch.Tensor | None = None,
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Backprojection of an (A, Z, Dt) stack whose column 0 sits at ``det_center`` (internal helper).
 
     ``angle_weights`` (A,) multiplies each projection's contribution (FBP's angular weighting).
     Pixels outside the reconstruction circle are skipped (left 0) when ``clip_circle``.
+    ``backend`` as for :func:`forward_project`.
     """
+    if use_kernels(backend, proj):
+        from simaq_factory.tomo import kernels
+
+        return kernels.backproject_table(proj, geom, det_center, clip_circle=clip_circle,
+                                         angle_weights=angle_weights)
     dev, dtype = proj.device, proj.dtype
     n_ang, z, det = proj.shape
-    n, c, sp = geom.n, geom.image_center, geom.det_spacing
+    n = geom.n
     if det < 2:
         raise ValueError("need at least 2 detector columns to interpolate")
     table = proj.permute(0, 2, 1).contiguous().reshape(n_ang * det, z)
 
-    yy, xx = torch.meshgrid(
-        torch.arange(n, dtype=torch.float64, device=dev),
-        torch.arange(n, dtype=torch.float64, device=dev),
-        indexing="ij",
-    )
-    yy, xx = yy.reshape(-1), xx.reshape(-1)
-    if clip_circle:
-        r = geom.circle_radius
-        keep = ((xx - c) ** 2 + (yy - c) ** 2) <= r * r
-        pix = torch.nonzero(keep).reshape(-1)
-        yy, xx = yy[pix], xx[pix]
-    else:
-        pix = None
-    cos_a, sin_a = _angles(geom, dev)
-    cx, cy = (cos_a / sp).to(dtype), (-sin_a / sp).to(dtype)
-    u0 = (det_center - (cos_a * c - sin_a * c) / sp).to(dtype)
+    pix, cx, cy, u0 = backprojection_terms(geom, det_center, clip_circle, dtype, dev)
+    yy = torch.div(pix, n, rounding_mode="floor").to(torch.float64)
+    xx = (pix % n).to(torch.float64)
     row0 = torch.arange(n_ang, device=dev, dtype=torch.int32) * det
     wa = None if angle_weights is None else angle_weights.to(device=dev, dtype=dtype)
 
@@ -232,7 +356,7 @@ def backproject_table(
         idx = torch.stack([base, base + 1], dim=-1).reshape(base.shape[0], -1)
         weights = torch.stack([w0, w1], dim=-1).reshape(base.shape[0], -1)
         rows = F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights)
-        if pix is None:
+        if not clip_circle:
             out[p0 : p0 + chunk] = rows
         else:
             out.index_copy_(0, pix[p0 : p0 + chunk], rows)
@@ -245,6 +369,7 @@ def backproject(
     *,
     clip_circle: bool = False,
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Pixel-driven linear-interpolation backprojection, plain sum over angles (no weight).
 
@@ -257,11 +382,12 @@ def backproject(
         clip_circle: leave pixels outside the reconstruction circle (radius ``n // 2`` around the
             axis) at 0 (and skip their work).
         max_chunk_bytes: bound on per-chunk temporaries (pixels are processed in chunks).
+        backend: as for :func:`forward_project`.
 
     Returns:
         (Z, Y, X) tensor, same dtype/device.
     """
     _check_proj(proj, geom, geom.detectors)
     return backproject_table(
-        proj, geom, geom.det_center, clip_circle=clip_circle, max_chunk_bytes=max_chunk_bytes
+        proj, geom, geom.det_center, clip_circle=clip_circle, max_chunk_bytes=max_chunk_bytes, backend=backend
     )

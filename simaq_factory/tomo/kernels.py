@@ -1,0 +1,273 @@
+"""Triton kernels of the projector pair: the same numbers as :mod:`simaq_factory.tomo.projector`
+without its index tables (optional backend, ``execution.projector: triton``; CUDA).
+
+The pure-PyTorch projector builds, for every chunk of angles or pixels, tables of interpolation
+indices and weights (16 bytes per bilinear tap) and hands them to ``embedding_bag``: on a GPU most of
+its time goes to writing and reading those tables, not to interpolating. These kernels compute each
+ray's or pixel's coordinates in registers instead, from the same per-ray start points
+(:func:`simaq_factory.tomo.projector.ray_starts`) and per-angle coefficients, and gather contiguous
+Z-vectors from the same tables (pixels or detector columns × slices, Z innermost), so a tile of
+``BLOCK_Z`` slices is one coalesced load per tap.
+
+Forward: one program per (angle, block of detector columns, block of slices) walks its rays'
+unit-step samples (up to the longest ray of the block), bilinearly interpolating with the
+zero-bordered pixel table; samples past a ray's end are masked. Backprojection: one program per
+(block of pixels, block of slices) loops over the angles, linearly interpolating the filtered
+projections. Each output element is summed in a fixed order by one program, so results repeat to the
+bit on one GPU; they differ from the table path only by float rounding (fused multiply-adds).
+
+Triton is imported lazily (it ships with CUDA builds of torch). With ``TRITON_INTERPRET=1`` set before
+the first import, the kernels run on CPU tensors through Triton's interpreter: how the tests check
+them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from simaq_factory.tomo.geometry import Geometry
+
+__all__ = ["available", "backproject_table", "compile_for", "forward_project", "interpreting", "self_check"]
+
+log = logging.getLogger(__name__)
+
+# Tile sizes: a (columns|pixels) × slices tile per program, 4 warps. Chosen for coalescing (64 float32
+# slices = 256 contiguous bytes per tap) and occupancy; see benchmarks/bench_projector.py --backend.
+_FWD_BLOCK_D, _FWD_BLOCK_Z = 32, 64
+_BP_BLOCK_P, _BP_BLOCK_Z = 32, 64
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available() -> bool:
+    """Whether Triton can be imported here."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _kernels() -> tuple[Any, Any, Any]:
+    """Compile-on-first-use kernels (``triton``, forward, backprojection)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def forward_kernel(table, xs_ptr, ys_ptr, cnt_ptr, sin_ptr, cos_ptr, out,
+                       D, Z, n_dblocks, n_f, W,
+                       BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr):
+        pid = tl.program_id(0)
+        a = pid // n_dblocks
+        d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        zz = tl.program_id(1) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+        dm = d < D
+        zm = zz < Z
+        ray = a * D + d
+        xs = tl.load(xs_ptr + ray, mask=dm, other=0.0)
+        ys = tl.load(ys_ptr + ray, mask=dm, other=0.0)
+        cnt = tl.load(cnt_ptr + ray, mask=dm, other=0)
+        si = tl.load(sin_ptr + a)
+        co = tl.load(cos_ptr + a)
+        z64 = zz.to(tl.int64)[None, :]
+        acc = tl.zeros((BLOCK_D, BLOCK_Z), dtype=tl.float32)
+        kf = xs * 0.0  # the step k as float32, exact below 2**24
+        for k in range(0, tl.max(cnt, axis=0)):
+            x = tl.minimum(tl.maximum(xs + si * kf, -1.0), n_f)
+            y = tl.minimum(tl.maximum(ys + co * kf, -1.0), n_f)
+            # floor clamped to n - 1: a sample at exactly n takes the zero border with weight 1
+            xf = tl.minimum(tl.floor(x), n_f - 1.0)
+            yf = tl.minimum(tl.floor(y), n_f - 1.0)
+            fx = x - xf
+            fy = y - yf
+            gy = 1.0 - fy
+            gx = 1.0 - fx
+            live = (k < cnt) & dm
+            base = (yf * W + xf).to(tl.int64) + (W + 1)
+            m = live[:, None] & zm[None, :]
+            p00 = table + (base[:, None] * Z + z64)
+            v00 = tl.load(p00, mask=m, other=0.0)
+            v01 = tl.load(p00 + Z, mask=m, other=0.0)
+            v10 = tl.load(p00 + W * Z, mask=m, other=0.0)
+            v11 = tl.load(p00 + (W + 1) * Z, mask=m, other=0.0)
+            acc += (gy * gx)[:, None] * v00
+            acc += (gy * fx)[:, None] * v01
+            acc += (fy * gx)[:, None] * v10
+            acc += (fy * fx)[:, None] * v11
+            kf += 1.0
+        # out is (A, Z, D): columns contiguous
+        dst = out + (a.to(tl.int64) * Z * D + z64 * D + d.to(tl.int64)[:, None])
+        tl.store(dst, acc, mask=dm[:, None] & zm[None, :])
+
+    @triton.jit
+    def backproject_kernel(table, pix_ptr, cx_ptr, cy_ptr, u0_ptr, wa_ptr, out,
+                           P, Z, A, n, det, NN,
+                           HAS_WEIGHTS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Z: tl.constexpr):
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        zz = tl.program_id(1) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+        pm = p < P
+        zm = zz < Z
+        pix = tl.load(pix_ptr + p, mask=pm, other=0)
+        ys = (pix // n).to(tl.float32)
+        xs = (pix % n).to(tl.float32)
+        z64 = zz.to(tl.int64)[None, :]
+        last = (det - 1) * 1.0
+        acc = tl.zeros((BLOCK_P, BLOCK_Z), dtype=tl.float32)
+        for a in range(0, A):
+            u = tl.load(u0_ptr + a) + xs * tl.load(cx_ptr + a)
+            u = u + ys * tl.load(cy_ptr + a)
+            inside = (u >= 0.0) & (u <= last)
+            i0 = tl.minimum(tl.maximum(tl.floor(u), 0.0), last - 1.0)
+            valid = inside.to(tl.float32)
+            w1 = (u - i0) * valid
+            w0 = valid - w1
+            if HAS_WEIGHTS:
+                wa = tl.load(wa_ptr + a)
+                w0 = w0 * wa
+                w1 = w1 * wa
+            row = i0.to(tl.int64) + a * det
+            m = (inside & pm)[:, None] & zm[None, :]
+            p0 = table + (row[:, None] * Z + z64)
+            v0 = tl.load(p0, mask=m, other=0.0)
+            v1 = tl.load(p0 + Z, mask=m, other=0.0)
+            acc += w0[:, None] * v0
+            acc += w1[:, None] * v1
+        # out is (Z, n·n): pixel columns
+        dst = out + (z64 * NN + pix.to(tl.int64)[:, None])
+        tl.store(dst, acc, mask=pm[:, None] & zm[None, :])
+
+    return triton, forward_kernel, backproject_kernel
+
+
+# argument types of the kernels, for ahead-of-time compilation (:func:`compile_for`)
+_FWD_SIGNATURE = {"table": "*fp32", "xs_ptr": "*fp32", "ys_ptr": "*fp32", "cnt_ptr": "*i32", "sin_ptr": "*fp32",
+                  "cos_ptr": "*fp32", "out": "*fp32", "D": "i32", "Z": "i32", "n_dblocks": "i32", "n_f": "fp32",
+                  "W": "i32", "BLOCK_D": "constexpr", "BLOCK_Z": "constexpr"}
+_BP_SIGNATURE = {"table": "*fp32", "pix_ptr": "*i32", "cx_ptr": "*fp32", "cy_ptr": "*fp32", "u0_ptr": "*fp32",
+                 "wa_ptr": "*fp32", "out": "*fp32", "P": "i32", "Z": "i32", "A": "i32", "n": "i32", "det": "i32",
+                 "NN": "i32", "HAS_WEIGHTS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_Z": "constexpr"}
+
+
+def compile_for(arch: int) -> dict[str, str]:
+    """Compile both kernels ahead of time for CUDA compute capability ``arch`` (e.g. 90 for an
+    H100) without a GPU; returns each kernel's PTX. Raises what Triton raises for a kernel it cannot
+    compile. Pointers and sizes are taken as multiples of 16, as Triton specialises them at launch
+    for the usual volume sizes (its vectorised loads)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    triton, fwd, bp = _kernels()
+    aligned = [["tt.divisibility", 16]]
+    out = {}
+    for name, fn, signature, constexprs in (
+        ("forward", fwd, _FWD_SIGNATURE, {"BLOCK_D": _FWD_BLOCK_D, "BLOCK_Z": _FWD_BLOCK_Z}),
+        ("backprojection", bp, _BP_SIGNATURE, {"HAS_WEIGHTS": True, "BLOCK_P": _BP_BLOCK_P,
+                                               "BLOCK_Z": _BP_BLOCK_Z}),
+    ):
+        attrs = {(i,): aligned for i, (k, t) in enumerate(signature.items())
+                 if t.startswith("*") or (t == "i32" and k in ("D", "Z", "W", "P", "n", "det", "NN"))}
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": 4, "enable_fp_fusion": True})
+        out[name] = compiled.asm["ptx"]
+    return out
+
+
+def _check_tensor(t: torch.Tensor, what: str) -> None:
+    if t.dtype != torch.float32:
+        raise ValueError(f"the Triton projector takes float32 {what}, got {t.dtype}")
+    if t.device.type != "cuda" and not interpreting():
+        raise ValueError(f"the Triton projector runs on CUDA tensors (or with TRITON_INTERPRET=1), "
+                         f"got {what} on {t.device}")
+
+
+def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """(A, Z, D) line integrals of a float32 (Z, n, n) volume: :func:`projector.forward_project`'s
+    model (unit-step samples, bilinear, zero outside), without index tables."""
+    from simaq_factory.tomo.projector import _check_volume, ray_starts
+
+    _check_volume(volume, geom)
+    _check_tensor(volume, "volumes")
+    triton, fwd, _ = _kernels()
+    dev = volume.device
+    z, n, det = volume.shape[0], geom.n, geom.detectors
+    width = n + 2
+    out = torch.empty((geom.n_angles, z, det), dtype=torch.float32, device=dev)
+    if z == 0 or geom.n_angles == 0:
+        return out
+    table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
+    xs, ys, count, sin_a, cos_a = ray_starts(geom, 0, geom.n_angles, dev)
+    n_dblocks = triton.cdiv(det, _FWD_BLOCK_D)
+    grid = (geom.n_angles * n_dblocks, triton.cdiv(z, _FWD_BLOCK_Z))
+    fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
+              count.to(torch.int32).contiguous(), sin_a.to(torch.float32).contiguous(),
+              cos_a.to(torch.float32).contiguous(), out, det, z, n_dblocks, float(n), width,
+              BLOCK_D=_FWD_BLOCK_D, BLOCK_Z=_FWD_BLOCK_Z, num_warps=4, enable_fp_fusion=True)
+    return out
+
+
+def backproject_table(proj: torch.Tensor, geom: Geometry, det_center: float, *, clip_circle: bool,
+                      angle_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`projector.backproject_table` (same arguments, float32) without index tables."""
+    from simaq_factory.tomo.projector import backprojection_terms
+
+    _check_tensor(proj, "projections")
+    triton, _, bp = _kernels()
+    dev = proj.device
+    n_ang, z, det = proj.shape
+    n = geom.n
+    if det < 2:
+        raise ValueError("need at least 2 detector columns to interpolate")
+    out = torch.zeros((z, n * n), dtype=torch.float32, device=dev)
+    pix, cx, cy, u0 = backprojection_terms(geom, det_center, clip_circle, torch.float32, dev)
+    if z == 0 or n_ang == 0 or pix.numel() == 0:
+        return out.reshape(z, n, n)
+    table = proj.permute(0, 2, 1).contiguous()  # (A, Dt, Z)
+    wa = cx if angle_weights is None else angle_weights.to(device=dev, dtype=torch.float32).contiguous()
+    grid = (triton.cdiv(pix.numel(), _BP_BLOCK_P), triton.cdiv(z, _BP_BLOCK_Z))
+    bp[grid](table, pix.to(torch.int32).contiguous(), cx.contiguous(), cy.contiguous(), u0.contiguous(), wa,
+             out, pix.numel(), z, n_ang, n, det, n * n,
+             HAS_WEIGHTS=angle_weights is not None, BLOCK_P=_BP_BLOCK_P, BLOCK_Z=_BP_BLOCK_Z, num_warps=4,
+             enable_fp_fusion=True)
+    return out.reshape(z, n, n)
+
+
+# relative tolerance of the self-check: the two paths differ by float rounding only (≈1e-6)
+_SELF_CHECK_RTOL = 1e-4
+
+
+@functools.cache
+def self_check(device: str) -> str:
+    """Compare both kernels with the table path on a small problem on ``device``, once per process.
+
+    Returns ``""`` when they agree, else what went wrong (a compile or launch error, or the largest
+    relative difference): a GPU, driver or Triton version that miscompiles them is found before a
+    dataset is rendered with them.
+    """
+    from simaq_factory.tomo import projector
+
+    dev = torch.device(device)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        geom = Geometry.from_degrees(24, [-50.0 + 100.0 * i / 6 for i in range(7)] + [90.0])
+        vol = torch.rand((5, 24, 24), generator=gen).to(dev)
+        ref = projector.forward_project(vol, geom, backend="torch")
+        got = forward_project(vol, geom)
+        weights = torch.linspace(0.5, 1.5, geom.n_angles).to(dev)
+        back_ref = projector.backproject_table(ref, geom, geom.det_center, clip_circle=True,
+                                               angle_weights=weights, backend="torch")
+        back = backproject_table(ref, geom, geom.det_center, clip_circle=True, angle_weights=weights)
+        for name, a, b in (("forward", got, ref), ("backprojection", back, back_ref)):
+            err = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-30)
+            if not err <= _SELF_CHECK_RTOL:
+                return f"its {name} differs from the torch projector by {err:.2g} (relative)"
+    except Exception as exc:  # noqa: BLE001 - any failure (compiler, driver) means: do not use it
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return ""
