@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res[f"max_rel_diff_{other}_vs_{first}"] = {
             key: float((outputs[other][i] - outputs[first][i]).abs().max() / outputs[first][i].abs().max())
             for i, key in enumerate(("forward", "fbp"))}
+    if args.triton_tiles:
+        res["triton_tiles"] = _tile_sweep(vol, geom, args.triton_tiles, args.repeats, sync)
     if dev.type == "cuda":
         floor = args.angles * n * n * z / args.texel_rate
         res["texture_floor_s"] = floor
@@ -139,6 +141,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["astra"]["linear"][f"{key}_ms_per_slice"] / res[res["primary"]][f"{key}_ms_per_slice"])
     return res
     return res
+
+
+def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: int,
+                sync: Callable[[], None]) -> dict[str, dict[str, float]]:
+    """Seconds of the Triton forward projection and FBP per tile ``AxZxW`` (both kernels)."""
+    from simaq_factory.tomo import kernels
+
+    default = dict(kernels.TILES)
+    out = {}
+    try:
+        for tile in tiles:
+            a, zt, w = (int(v) for v in tile.lower().split("x"))
+            kernels.TILES.update(forward=(a, zt, w), backprojection=(a, zt, w))
+            forward_project(vol[:2], geom, backend="triton")
+            t_fwd, proj = _best(lambda: forward_project(vol, geom, backend="triton"), repeats, sync)
+            fbp(proj[:, :2], geom, filter="ram-lak", backend="triton")
+            t_fbp, _ = _best(lambda: fbp(proj, geom, filter="ram-lak", backend="triton"), repeats, sync)
+            out[tile] = {"forward_s": t_fwd, "fbp_s": t_fbp}
+            logger.info("triton tile %-9s: forward %8.2f ms   fbp %8.2f ms", tile, 1e3 * t_fwd, 1e3 * t_fbp)
+    finally:
+        kernels.TILES.update(default)
+    return out
 
 
 def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,6 +250,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "triton", "auto"],
                     help="projector backends to time (the first is compared with the peers)")
+    ap.add_argument("--triton-tiles", nargs="+", default=[], metavar="AxZxW",
+                    help="with --backend triton on CUDA, also time these tiles (columns or pixels x slices x "
+                         "warps, both kernels), e.g. 32x64x4 64x32x4 16x128x4")
     ap.add_argument("--texel-rate", type=float, default=1.0e12,
                     help="bilinear interpolations per second of the GPU's texture units (the floor)")
     ap.add_argument("--json", default=None, help="write the results as JSON to this path")

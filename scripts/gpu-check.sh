@@ -29,7 +29,8 @@ step env 60 $PY -c "import torch, zarr, dask, simaq_factory; print(torch.__versi
 step tests 240 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests/test_gpu.py tests/test_tomo_adjoint.py \
   tests/test_phantom_voxelize.py tests/test_phantom_deform.py tests/test_tomo_kernels.py
 step sample512 240 $PY benchmarks/bench_sample.py --size 512 --cells 1 4 --device cuda --repeat 3 --json "$OUT/sample512.json"
-step projector 150 $PY benchmarks/bench_projector.py --device cuda --n 512 --slices 512 --backend torch triton \
+step projector 200 $PY benchmarks/bench_projector.py --device cuda --n 512 --slices 512 --backend torch triton \
+  --triton-tiles 32x64x4 64x32x4 16x64x4 32x32x4 64x64x8 \
   --json "$OUT/projector512.json"
 step sample512_triton 180 $PY benchmarks/bench_sample.py --size 512 --cells 1 --device cuda --repeat 3 --projector triton \
   --json "$OUT/sample512_triton.json"

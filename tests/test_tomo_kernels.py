@@ -109,8 +109,17 @@ _INTERPRETED = textwrap.dedent(r"""
                 assert torch.equal(a == 0, b == 0)
         r = fbp(ref, geom, filter="hann")
         worst[f"fbp{k}"] = float((fbp(ref, geom, filter="hann", backend="triton") - r).abs().max() / r.abs().max())
-    # same input, same bits: each element is summed in a fixed order
+    # other tiles (kernels.TILES: what bench_projector.py --triton-tiles tries), same numbers
+    default_tiles = dict(kernels.TILES)
+    kernels.TILES.update(forward=(16, 32, 2), backprojection=(8, 16, 1))
     geom, z = cases[0]
+    vol = torch.rand((z, geom.n, geom.n), generator=gen)
+    ref = forward_project(vol, geom)
+    worst["forward-tiles"] = float((forward_project(vol, geom, backend="triton") - ref).abs().max() / ref.abs().max())
+    r = fbp(ref, geom)
+    worst["fbp-tiles"] = float((fbp(ref, geom, backend="triton") - r).abs().max() / r.abs().max())
+    kernels.TILES.update(default_tiles)
+    # same input, same bits: each element is summed in a fixed order
     vol = torch.rand((z, geom.n, geom.n), generator=gen)
     assert torch.equal(forward_project(vol, geom, backend="triton"), forward_project(vol, geom, backend="triton"))
     check = kernels.self_check.__wrapped__
@@ -140,7 +149,7 @@ def test_kernels_compute_the_table_projectors_numbers_in_the_interpreter():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     # float rounding only: the two paths interpolate the same samples with the same weights
     assert max(result["worst"].values()) < 2e-6, result["worst"]
-    assert len(result["worst"]) == 12
+    assert len(result["worst"]) == 14
     assert result["good"] == ""
     assert result["bad"].startswith("its forward differs from the torch projector by 0.001"), result["bad"]
     assert "failed its self-check" in result["refused"] and "execution.projector: torch" in result["refused"]

@@ -34,14 +34,14 @@ import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 
-__all__ = ["available", "backproject_table", "compile_for", "forward_project", "interpreting", "self_check"]
+__all__ = ["TILES", "available", "backproject_table", "compile_for", "forward_project", "interpreting", "self_check"]
 
 log = logging.getLogger(__name__)
 
-# Tile sizes: a (columns|pixels) × slices tile per program, 4 warps. Chosen for coalescing (64 float32
-# slices = 256 contiguous bytes per tap) and occupancy; see benchmarks/bench_projector.py --backend.
-_FWD_BLOCK_D, _FWD_BLOCK_Z = 32, 64
-_BP_BLOCK_P, _BP_BLOCK_Z = 32, 64
+#: Tile of one program, (columns or pixels, slices, warps), per kernel. Chosen for coalescing (64
+#: float32 slices = 256 contiguous bytes per tap) and occupancy, not yet by measurement:
+#: ``benchmarks/bench_projector.py --device cuda --backend triton --triton-tiles ...`` compares others.
+TILES: dict[str, tuple[int, int, int]] = {"forward": (32, 64, 4), "backprojection": (32, 64, 4)}
 
 
 def interpreting() -> bool:
@@ -166,16 +166,16 @@ def compile_for(arch: int) -> dict[str, str]:
     triton, fwd, bp = _kernels()
     aligned = [["tt.divisibility", 16]]
     out = {}
-    for name, fn, signature, constexprs in (
-        ("forward", fwd, _FWD_SIGNATURE, {"BLOCK_D": _FWD_BLOCK_D, "BLOCK_Z": _FWD_BLOCK_Z}),
-        ("backprojection", bp, _BP_SIGNATURE, {"HAS_WEIGHTS": True, "BLOCK_P": _BP_BLOCK_P,
-                                               "BLOCK_Z": _BP_BLOCK_Z}),
+    (fd, fz, fw), (bpp, bz, bw) = TILES["forward"], TILES["backprojection"]
+    for name, fn, signature, constexprs, warps in (
+        ("forward", fwd, _FWD_SIGNATURE, {"BLOCK_D": fd, "BLOCK_Z": fz}, fw),
+        ("backprojection", bp, _BP_SIGNATURE, {"HAS_WEIGHTS": True, "BLOCK_P": bpp, "BLOCK_Z": bz}, bw),
     ):
         attrs = {(i,): aligned for i, (k, t) in enumerate(signature.items())
                  if t.startswith("*") or (t == "i32" and k in ("D", "Z", "W", "P", "n", "det", "NN"))}
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": 4, "enable_fp_fusion": True})
+                                  options={"num_warps": warps, "enable_fp_fusion": True})
         out[name] = compiled.asm["ptx"]
     return out
 
@@ -204,12 +204,13 @@ def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
         return out
     table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
     xs, ys, count, sin_a, cos_a = ray_starts(geom, 0, geom.n_angles, dev)
-    n_dblocks = triton.cdiv(det, _FWD_BLOCK_D)
-    grid = (geom.n_angles * n_dblocks, triton.cdiv(z, _FWD_BLOCK_Z))
+    block_d, block_z, warps = TILES["forward"]
+    n_dblocks = triton.cdiv(det, block_d)
+    grid = (geom.n_angles * n_dblocks, triton.cdiv(z, block_z))
     fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
               count.to(torch.int32).contiguous(), sin_a.to(torch.float32).contiguous(),
               cos_a.to(torch.float32).contiguous(), out, det, z, n_dblocks, float(n), width,
-              BLOCK_D=_FWD_BLOCK_D, BLOCK_Z=_FWD_BLOCK_Z, num_warps=4, enable_fp_fusion=True)
+              BLOCK_D=block_d, BLOCK_Z=block_z, num_warps=warps, enable_fp_fusion=True)
     return out
 
 
@@ -231,10 +232,11 @@ def backproject_table(proj: torch.Tensor, geom: Geometry, det_center: float, *, 
         return out.reshape(z, n, n)
     table = proj.permute(0, 2, 1).contiguous()  # (A, Dt, Z)
     wa = cx if angle_weights is None else angle_weights.to(device=dev, dtype=torch.float32).contiguous()
-    grid = (triton.cdiv(pix.numel(), _BP_BLOCK_P), triton.cdiv(z, _BP_BLOCK_Z))
+    block_p, block_z, warps = TILES["backprojection"]
+    grid = (triton.cdiv(pix.numel(), block_p), triton.cdiv(z, block_z))
     bp[grid](table, pix.to(torch.int32).contiguous(), cx.contiguous(), cy.contiguous(), u0.contiguous(), wa,
              out, pix.numel(), z, n_ang, n, det, n * n,
-             HAS_WEIGHTS=angle_weights is not None, BLOCK_P=_BP_BLOCK_P, BLOCK_Z=_BP_BLOCK_Z, num_warps=4,
+             HAS_WEIGHTS=angle_weights is not None, BLOCK_P=block_p, BLOCK_Z=block_z, num_warps=warps,
              enable_fp_fusion=True)
     return out.reshape(z, n, n)
 
