@@ -45,6 +45,22 @@ def test_backend_names_and_places_are_checked():
             check_backend("triton", "cpu")
 
 
+def test_backprojection_arguments_are_checked_before_either_backend():
+    """The kernels would read past short inputs where the tables raised: both refuse them first."""
+    from simaq_factory.tomo import Geometry
+    from simaq_factory.tomo.projector import backproject_table
+
+    geom = Geometry.from_degrees(8, [0.0, 45.0, 90.0, 135.0])
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match=r"\(A=4, Z, D\) tensor for this geometry, got \(6, 2, 8\)"):
+            backproject_table(torch.zeros(6, 2, 8), geom, 3.5, clip_circle=True, backend=backend)
+        with pytest.raises(ValueError, match=r"angle_weights must have shape \(4,\), got \(2,\)"):
+            backproject_table(torch.zeros(4, 2, 8), geom, 3.5, clip_circle=True, angle_weights=torch.ones(2),
+                              backend=backend)
+    # no slices: an empty volume (the table path raised inside embedding_bag)
+    assert backproject_table(torch.zeros(4, 0, 8), geom, 3.5, clip_circle=True).shape == (0, 8, 8)
+
+
 def test_build_refuses_the_triton_projector_where_it_cannot_run(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", str(SMOKE), "-o", str(out), "--device", "cpu",
@@ -76,6 +92,23 @@ def test_the_recipe_backend_reaches_both_projectors(monkeypatch):
     assert any(len(s) == 3 and s[1:] != (n, n) for s in shapes)  # an (A, S, D) stack backprojected
 
 
+def _rows_geometry():
+    """A 4096² geometry whose two rays (90°) run along pixel rows 4094 and 1, through pixel centres."""
+    from simaq_factory.tomo import Geometry
+
+    return Geometry.from_degrees(4096, [90.0], det_count=2, det_spacing=4093.0), [4094, 1]
+
+
+def test_table_projector_indexes_exactly_at_4096():
+    """Row 4094 of a 4096² slice is pixel index ~1.68e7 > 2^24: computed in float32 (as before) it
+    rounded to a neighbour pixel."""
+    geom, rows = _rows_geometry()
+    vol = torch.rand((1, geom.n, geom.n), generator=torch.Generator().manual_seed(5))
+    line = projector.forward_project(vol, geom)[0, 0]
+    want = vol[0, rows].double().sum(dim=1)
+    torch.testing.assert_close(line.double(), want, rtol=1e-5, atol=0)
+
+
 _INTERPRETED = textwrap.dedent(r"""
     import json, math, sys
     import torch
@@ -90,8 +123,8 @@ _INTERPRETED = textwrap.dedent(r"""
         # a wider detector with a finer pitch, scikit-image's centre, weighted angles
         (Geometry.from_degrees(12, [0.0, 17.0, 45.0, 100.0, 135.0], det_count=21, det_spacing=0.7,
                                center="skimage", weighting="quadrature"), 3),
-        # an off-centre rotation axis
-        (Geometry.from_degrees(10, [5.0, 60.0, 120.0], det_count=13, center=4.25), 2),
+        # an off-centre rotation axis; 40 columns: two column tiles
+        (Geometry.from_degrees(10, [5.0, 60.0, 120.0], det_count=40, det_spacing=0.3, center=4.25), 2),
     ]
     for k, (geom, z) in enumerate(cases):
         vol = torch.rand((z, geom.n, geom.n), generator=gen)
@@ -122,6 +155,13 @@ _INTERPRETED = textwrap.dedent(r"""
     # same input, same bits: each element is summed in a fixed order
     vol = torch.rand((z, geom.n, geom.n), generator=gen)
     assert torch.equal(forward_project(vol, geom, backend="triton"), forward_project(vol, geom, backend="triton"))
+    # n = 4096: a ray across the corner x + y ≈ 8188 (pixel indices past 2^24; a few samples, so the
+    # interpreter is quick), as the tables (exact there)
+    big = Geometry.from_degrees(4096, [135.0], det_count=2, det_spacing=5788.8)
+    vol = torch.rand((1, big.n, big.n), generator=gen)
+    ref = forward_project(vol, big)
+    assert ref[0, 0, 0] > 0
+    worst["rows-4096"] = float((forward_project(vol, big, backend="triton") - ref).abs().max() / ref.abs().max())
     check = kernels.self_check.__wrapped__
     good = check("cpu")
     # a kernel that is wrong is caught by the self-check, and "triton" refuses to run with it
@@ -149,7 +189,7 @@ def test_kernels_compute_the_table_projectors_numbers_in_the_interpreter():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     # float rounding only: the two paths interpolate the same samples with the same weights
     assert max(result["worst"].values()) < 2e-6, result["worst"]
-    assert len(result["worst"]) == 14
+    assert len(result["worst"]) == 15
     assert result["good"] == ""
     assert result["bad"].startswith("its forward differs from the torch projector by 0.001"), result["bad"]
     assert "failed its self-check" in result["refused"] and "execution.projector: torch" in result["refused"]
@@ -162,8 +202,12 @@ def test_kernels_compile_for_ampere_and_hopper_with_vector_loads():
     a cubin, no GPU needed), and each tap's tile of slices is read with 16-byte vector loads."""
     from simaq_factory.tomo import kernels
 
+    import triton
+
     if kernels.interpreting():
         pytest.skip("TRITON_INTERPRET is set: Triton compiles nothing")
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 3):
+        pytest.skip(f"compile_for is written against Triton >= 3.3's ASTSource, this is {triton.__version__}")
     for arch in (80, 90):
         ptx = kernels.compile_for(arch)
         assert set(ptx) == {"forward", "backprojection"}

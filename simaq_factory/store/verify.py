@@ -131,9 +131,9 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     built_on = str(prov.get("device", "cpu"))
     device = resolve_device("cuda" if built_on.startswith("cuda") and torch.cuda.is_available() else "cpu")
     # the projector that made the shard where it can run here (its self-check decides), else the tables
-    built_projector = str(prov.get("projector") or "torch").split()[0]
-    backend = "auto" if built_projector == "triton" and device.type == "cuda" else "torch"
-    here_projector = resolved_backend(backend, device).split()[0]
+    built_projector = str(prov.get("projector") or "torch")
+    backend = "auto" if built_projector.startswith("triton") and device.type == "cuda" else "torch"
+    here_projector = resolved_backend(backend, device)
     recipe = dataclasses.replace(recipe, execution=dataclasses.replace(recipe.execution, projector=backend))
     arrays, record = render_sample(recipe, index, device, banks=load_banks(out, device))
     group = zarr.open_group(out / GROUP_NAME, mode="r")
@@ -164,7 +164,7 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
             _compare_noisy(group["noisy"][index], arrays["noisy"], index, prov, other_software, report)
         if here_projector != built_projector:
             report.notes.append(f"sample {index}: projected with the {built_projector} projector, regenerated "
-                                f"with the {here_projector} one; recon not compared (they round differently)")
+                                f"with {here_projector}; recon not compared (they round differently)")
             report.regenerated.append(index)
             return
         stored = group["recon"][index].astype(np.float64)

@@ -23,6 +23,7 @@ them on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -45,8 +46,17 @@ TILES: dict[str, tuple[int, int, int]] = {"forward": (32, 64, 4), "backprojectio
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``), as Triton
+    itself reads the variable."""
+    value = os.environ.get("TRITON_INTERPRET", "")
+    if not value:
+        return False
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except (ImportError, AttributeError):  # an older Triton, or none
+        return value.strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def available() -> bool:
@@ -90,7 +100,7 @@ def _kernels() -> tuple[Any, Any, Any]:
             gy = 1.0 - fy
             gx = 1.0 - fx
             live = (k < cnt) & dm
-            base = (yf * W + xf).to(tl.int64) + (W + 1)
+            base = yf.to(tl.int64) * W + xf.to(tl.int64) + (W + 1)  # exact for any n
             m = live[:, None] & zm[None, :]
             p00 = table + (base[:, None] * Z + z64)
             v00 = tl.load(p00, mask=m, other=0.0)
@@ -158,8 +168,9 @@ _BP_SIGNATURE = {"table": "*fp32", "pix_ptr": "*i32", "cx_ptr": "*fp32", "cy_ptr
 def compile_for(arch: int) -> dict[str, str]:
     """Compile both kernels ahead of time for CUDA compute capability ``arch`` (e.g. 90 for an
     H100) without a GPU; returns each kernel's PTX. Raises what Triton raises for a kernel it cannot
-    compile. Pointers and sizes are taken as multiples of 16, as Triton specialises them at launch
-    for the usual volume sizes (its vectorised loads)."""
+    compile. Pointers and the slice and column counts are taken as multiples of 16, as Triton
+    specialises them at launch for the usual volume sizes (what its vectorised loads rest on); the
+    other sizes (n + 2, pixel counts) as not. Written against Triton 3.3's ``ASTSource``."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -172,12 +183,17 @@ def compile_for(arch: int) -> dict[str, str]:
         ("backprojection", bp, _BP_SIGNATURE, {"HAS_WEIGHTS": True, "BLOCK_P": bpp, "BLOCK_Z": bz}, bw),
     ):
         attrs = {(i,): aligned for i, (k, t) in enumerate(signature.items())
-                 if t.startswith("*") or (t == "i32" and k in ("D", "Z", "W", "P", "n", "det", "NN"))}
+                 if t.startswith("*") or k in ("D", "Z")}
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps, "enable_fp_fusion": True})
         out[name] = compiled.asm["ptx"]
     return out
+
+
+def _on(dev: torch.device) -> Any:
+    """Context making ``dev`` the current CUDA device (a no-op for the interpreter's CPU tensors)."""
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
 
 
 def _check_tensor(t: torch.Tensor, what: str) -> None:
@@ -207,25 +223,25 @@ def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
     block_d, block_z, warps = TILES["forward"]
     n_dblocks = triton.cdiv(det, block_d)
     grid = (geom.n_angles * n_dblocks, triton.cdiv(z, block_z))
-    fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
-              count.to(torch.int32).contiguous(), sin_a.to(torch.float32).contiguous(),
-              cos_a.to(torch.float32).contiguous(), out, det, z, n_dblocks, float(n), width,
-              BLOCK_D=block_d, BLOCK_Z=block_z, num_warps=warps, enable_fp_fusion=True)
+    with _on(dev):  # Triton launches on the current device
+            fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
+                  count.to(torch.int32).contiguous(), sin_a.to(torch.float32).contiguous(),
+                  cos_a.to(torch.float32).contiguous(), out, det, z, n_dblocks, float(n), width,
+                  BLOCK_D=block_d, BLOCK_Z=block_z, num_warps=warps, enable_fp_fusion=True)
     return out
 
 
 def backproject_table(proj: torch.Tensor, geom: Geometry, det_center: float, *, clip_circle: bool,
                       angle_weights: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`projector.backproject_table` (same arguments, float32) without index tables."""
-    from simaq_factory.tomo.projector import backprojection_terms
+    from simaq_factory.tomo.projector import backprojection_terms, check_table_args
 
+    check_table_args(proj, geom, angle_weights)
     _check_tensor(proj, "projections")
     triton, _, bp = _kernels()
     dev = proj.device
     n_ang, z, det = proj.shape
     n = geom.n
-    if det < 2:
-        raise ValueError("need at least 2 detector columns to interpolate")
     out = torch.zeros((z, n * n), dtype=torch.float32, device=dev)
     pix, cx, cy, u0 = backprojection_terms(geom, det_center, clip_circle, torch.float32, dev)
     if z == 0 or n_ang == 0 or pix.numel() == 0:
@@ -234,10 +250,11 @@ def backproject_table(proj: torch.Tensor, geom: Geometry, det_center: float, *, 
     wa = cx if angle_weights is None else angle_weights.to(device=dev, dtype=torch.float32).contiguous()
     block_p, block_z, warps = TILES["backprojection"]
     grid = (triton.cdiv(pix.numel(), block_p), triton.cdiv(z, block_z))
-    bp[grid](table, pix.to(torch.int32).contiguous(), cx.contiguous(), cy.contiguous(), u0.contiguous(), wa,
-             out, pix.numel(), z, n_ang, n, det, n * n,
-             HAS_WEIGHTS=angle_weights is not None, BLOCK_P=block_p, BLOCK_Z=block_z, num_warps=warps,
-             enable_fp_fusion=True)
+    with _on(dev):
+        bp[grid](table, pix.to(torch.int32).contiguous(), cx.contiguous(), cy.contiguous(), u0.contiguous(), wa,
+                 out, pix.numel(), z, n_ang, n, det, n * n,
+                 HAS_WEIGHTS=angle_weights is not None, BLOCK_P=block_p, BLOCK_Z=block_z, num_warps=warps,
+                 enable_fp_fusion=True)
     return out.reshape(z, n, n)
 
 
@@ -251,15 +268,17 @@ def self_check(device: str) -> str:
 
     Returns ``""`` when they agree, else what went wrong (a compile or launch error, or the largest
     relative difference): a GPU, driver or Triton version that miscompiles them is found before a
-    dataset is rendered with them.
+    dataset is rendered with them. The problem spans several tiles of columns, pixels and slices
+    (40 columns, 66 slices), so tile indexing is checked too.
     """
     from simaq_factory.tomo import projector
 
     dev = torch.device(device)
     try:
         gen = torch.Generator().manual_seed(0)
-        geom = Geometry.from_degrees(24, [-50.0 + 100.0 * i / 6 for i in range(7)] + [90.0])
-        vol = torch.rand((5, 24, 24), generator=gen).to(dev)
+        geom = Geometry.from_degrees(24, [-50.0 + 100.0 * i / 4 for i in range(5)] + [90.0], det_count=40,
+                                     det_spacing=0.7)
+        vol = torch.rand((66, 24, 24), generator=gen).to(dev)
         ref = projector.forward_project(vol, geom, backend="torch")
         got = forward_project(vol, geom)
         weights = torch.linspace(0.5, 1.5, geom.n_angles).to(dev)

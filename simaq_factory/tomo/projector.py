@@ -219,7 +219,8 @@ def ray_tables(
     # floor clamped to n - 1 so that a sample at exactly n takes the zero border with weight 1
     xf, yf = x.floor().clamp_(max=n - 1), y.floor().clamp_(max=n - 1)
     fx, fy = x.sub_(xf), y.sub_(yf)
-    base = (yf.mul_(width).add_(xf)).to(torch.int32) + (width + 1)
+    # integer arithmetic: y·(n + 2) + x in float32 rounds to a neighbour once it passes 2^24 (n = 4096)
+    base = yf.to(torch.int32).mul_(width).add_(xf.to(torch.int32)).add_(width + 1)
     idx = torch.stack([base, base + 1, base + width, base + (width + 1)], dim=-1)
     valid = (step < count.to(dtype)).to(dtype)
     gy = (1.0 - fy).mul_(valid)
@@ -301,6 +302,17 @@ def backprojection_terms(
     return pix, cx, cy, u0
 
 
+def check_table_args(proj: torch.Tensor, geom: Geometry, angle_weights: torch.Tensor | None) -> None:
+    """``ValueError`` unless :func:`backproject_table` can take these (any column count >= 2)."""
+    if not isinstance(proj, torch.Tensor) or proj.ndim != 3 or proj.shape[0] != geom.n_angles:
+        raise ValueError(f"projections must be an (A={geom.n_angles}, Z, D) tensor for this geometry, "
+                         f"got {tuple(getattr(proj, 'shape', ()))}")
+    if proj.shape[2] < 2:
+        raise ValueError("need at least 2 detector columns to interpolate")
+    if angle_weights is not None and tuple(angle_weights.shape) != (geom.n_angles,):
+        raise ValueError(f"angle_weights must have shape ({geom.n_angles},), got {tuple(angle_weights.shape)}")
+
+
 def backproject_table(
     proj: torch.Tensor,
     geom: Geometry,
@@ -317,6 +329,7 @@ def backproject_table(
     Pixels outside the reconstruction circle are skipped (left 0) when ``clip_circle``.
     ``backend`` as for :func:`forward_project`.
     """
+    check_table_args(proj, geom, angle_weights)
     if use_kernels(backend, proj):
         from simaq_factory.tomo import kernels
 
@@ -325,8 +338,9 @@ def backproject_table(
     dev, dtype = proj.device, proj.dtype
     n_ang, z, det = proj.shape
     n = geom.n
-    if det < 2:
-        raise ValueError("need at least 2 detector columns to interpolate")
+    out = torch.zeros((n * n, z), dtype=dtype, device=dev)
+    if z == 0:
+        return out.t().reshape(z, n, n)
     table = proj.permute(0, 2, 1).contiguous().reshape(n_ang * det, z)
 
     pix, cx, cy, u0 = backprojection_terms(geom, det_center, clip_circle, dtype, dev)
@@ -335,7 +349,6 @@ def backproject_table(
     row0 = torch.arange(n_ang, device=dev, dtype=torch.int32) * det
     wa = None if angle_weights is None else angle_weights.to(device=dev, dtype=dtype)
 
-    out = torch.zeros((n * n, z), dtype=dtype, device=dev)
     itemsize = proj.element_size()
     per_pixel = n_ang * (2 * (4 + itemsize) + 8 * itemsize) + z * itemsize
     chunk = max(1, _chunk_budget(max_chunk_bytes, dev) // per_pixel)
