@@ -64,7 +64,7 @@ def test_backprojection_arguments_are_checked_before_either_backend():
 def test_build_refuses_the_triton_projector_where_it_cannot_run(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", str(SMOKE), "-o", str(out), "--device", "cpu",
-                                       "--set", "execution.projector=triton"])
+                                       "--projector", "triton"])
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: execution.projector: "), result.stderr

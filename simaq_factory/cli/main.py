@@ -139,10 +139,13 @@ def init(path: str, template: str, force: bool) -> None:
 @click.option("--workers", type=int, default=None,
               help="LocalCluster workers, or SLURM jobs with --cluster slurm (execution.workers).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
+@click.option("--projector", type=click.Choice(["torch", "triton", "auto"]), default=None,
+              help="Projector backend: torch (index tables), triton (GPU kernels) or auto (triton on CUDA "
+                   "where it passes its self-check) (execution.projector).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors(resumes=True)
 def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, workers: int | None,
-          device: str | None, overrides: tuple[str, ...]) -> None:
+          device: str | None, projector: str | None, overrides: tuple[str, ...]) -> None:
     """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
     if scheduler is not None and cluster is not None:
         raise BadInput("--scheduler", f"cannot be combined with --cluster {cluster}: the running "
@@ -157,6 +160,8 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, wor
         extra.append(f"execution.workers={workers}")
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
+    if projector is not None:
+        extra.append(f"execution.projector={projector}")
     # a bad recipe is refused before torch is imported; so is an empty file, unless --set gives fields
     rec, text = _load(recipe, tuple(extra), require_fields=not overrides)
     from simaq_factory.orchestrate.driver import build as run_build
