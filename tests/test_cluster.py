@@ -225,6 +225,43 @@ def test_cuda_build_on_workers_without_a_gpu_resource_is_refused():
     _check_gpu_workers({})  # no worker yet: they may join later
 
 
+def test_a_gather_abandoned_by_ctrl_c_prints_no_traceback(caplog):
+    """Ctrl-C during a wait on shard futures: Dask's waiting task fails with ``AllExit`` once the driver
+    releases them, and asyncio logs "Task exception was never retrieved" with its traceback (seen
+    once in CI after the one-line message). The CLI drops exactly that record; others stay."""
+    import asyncio
+    import gc
+    import logging
+
+    from distributed.client import AllExit
+
+    from simaq_factory.orchestrate.logs import quiet_abandoned_gathers
+
+    async def abandoned() -> None:
+        raise AllExit()
+
+    async def other() -> None:
+        raise ValueError("a real failure")
+
+    def run_unretrieved(make) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(make())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        del task
+        gc.collect()
+
+    quiet_abandoned_gathers()
+    quiet_abandoned_gathers()  # idempotent
+    assert len(logging.getLogger("asyncio").filters) == 1
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        run_unretrieved(abandoned)
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        run_unretrieved(other)
+        kept = [r for r in caplog.records if r.name == "asyncio"]
+        assert len(kept) == 1 and "never retrieved" in kept[0].getMessage() and kept[0].exc_info[0] is ValueError
+
+
 def test_ctrl_c_on_a_local_cluster_build_is_one_line_and_resumes(tmp_path):
     """Ctrl-C reaches the whole foreground process group: the driver and its LocalCluster workers.
     The workers exit quietly (no page of worker tracebacks), the driver says one line and exits 130

@@ -49,6 +49,11 @@ def main(verbose: int) -> None:
         # Dask logs every connection at INFO; read by dask's config when distributed is imported
         # (here and in spawned workers), so set it before any import of distributed
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        # a Ctrl-C during a wait on shard futures leaves Dask's waiting task to fail when they are
+        # released: asyncio would print its traceback after the one-line interrupt message
+        from simaq_factory.orchestrate.logs import quiet_abandoned_gathers
+
+        quiet_abandoned_gathers()
 
 
 SET_HELP = "Override a recipe field, e.g. --set dataset.n_samples=8 (repeatable)."

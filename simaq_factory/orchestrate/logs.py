@@ -38,3 +38,20 @@ def detach_log_file(path: Path) -> None:
     if handler is not None:
         logging.getLogger("simaq_factory").removeHandler(handler)
         handler.close()
+
+
+class _AbandonedGatherFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Dask's ``AllExit``: a wait on shard
+    futures that Ctrl-C abandoned, ending once the interrupted driver releases them. Nothing is
+    lost (the driver reports the interrupt itself), and the user would see a page of Dask internals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and exc.__name__ == "AllExit" and exc.__module__.startswith("distributed"))
+
+
+def quiet_abandoned_gathers() -> None:
+    """Install :class:`_AbandonedGatherFilter` on the ``asyncio`` logger (idempotent)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedGatherFilter) for f in logger.filters):
+        logger.addFilter(_AbandonedGatherFilter())
