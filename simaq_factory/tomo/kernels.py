@@ -222,7 +222,7 @@ def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
     n_dblocks = triton.cdiv(det, block_d)
     grid = (geom.n_angles * n_dblocks, triton.cdiv(z, block_z))
     with _on(dev):  # Triton launches on the current device
-            fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
+        fwd[grid](table, xs.to(torch.float32).contiguous(), ys.to(torch.float32).contiguous(),
                   count.to(torch.int32).contiguous(), sin_a.to(torch.float32).contiguous(),
                   cos_a.to(torch.float32).contiguous(), out, det, z, n_dblocks, float(n), width,
                   BLOCK_D=block_d, BLOCK_Z=block_z, num_warps=warps, enable_fp_fusion=True)
