@@ -43,6 +43,7 @@ from simaq_factory.tomo import (
     sirt,
     skimage_padded_size,
 )
+from simaq_factory.tomo.projector import BACKENDS
 
 logger = logging.getLogger("bench_projector")
 
@@ -90,13 +91,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     outputs = {}
     for backend in args.backend:
-        forward_project(vol[:2], geom, backend=backend)  # warm-up (and the kernels' compilation)
-        t_fwd, proj_b = _best(lambda: forward_project(vol, geom, backend=backend), args.repeats, sync)
-        fbp(proj_b[:, :2], geom, filter="ram-lak", backend=backend)
-        t_fbp, rec_b = _best(lambda: fbp(proj_b, geom, filter="ram-lak", backend=backend), args.repeats, sync)
+        t_fwd, t_fbp, outputs[backend] = _time_backend(vol, geom, backend, args.repeats, sync)
         res[f"simaq_{backend}"] = {"forward_ms_per_slice": 1e3 * t_fwd / z, "fbp_ms_per_slice": 1e3 * t_fbp / z,
                                    "forward_s": t_fwd, "fbp_s": t_fbp}
-        outputs[backend] = (proj_b, rec_b)
     first = args.backend[0]
     proj = outputs[first][0]
     res["primary"] = f"simaq_{first}"
@@ -140,7 +137,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["astra"][f"{key}_time_ratio_astra_over_ours"] = (
                 res["astra"]["linear"][f"{key}_ms_per_slice"] / res[res["primary"]][f"{key}_ms_per_slice"])
     return res
-    return res
+
+
+def _time_backend(vol: torch.Tensor, geom: Geometry, backend: str, repeats: int, sync: Callable[[], None]
+                  ) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
+    """Best seconds of the forward projection and of FBP with ``backend`` (after a warm-up that
+    also compiles the Triton kernels), and their (projections, reconstruction)."""
+    forward_project(vol[:2], geom, backend=backend)
+    t_fwd, proj = _best(lambda: forward_project(vol, geom, backend=backend), repeats, sync)
+    fbp(proj[:, :2], geom, filter="ram-lak", backend=backend)
+    t_fbp, rec = _best(lambda: fbp(proj, geom, filter="ram-lak", backend=backend), repeats, sync)
+    return t_fwd, t_fbp, (proj, rec)
 
 
 def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: int,
@@ -154,10 +161,7 @@ def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: in
         for tile in tiles:
             a, zt, w = (int(v) for v in tile.lower().split("x"))
             kernels.TILES.update(forward=(a, zt, w), backprojection=(a, zt, w))
-            forward_project(vol[:2], geom, backend="triton")
-            t_fwd, proj = _best(lambda: forward_project(vol, geom, backend="triton"), repeats, sync)
-            fbp(proj[:, :2], geom, filter="ram-lak", backend="triton")
-            t_fbp, _ = _best(lambda: fbp(proj, geom, filter="ram-lak", backend="triton"), repeats, sync)
+            t_fwd, t_fbp, _ = _time_backend(vol, geom, "triton", repeats, sync)
             out[tile] = {"forward_s": t_fwd, "fbp_s": t_fbp}
             logger.info("triton tile %-9s: forward %8.2f ms   fbp %8.2f ms", tile, 1e3 * t_fwd, 1e3 * t_fbp)
     finally:
@@ -248,7 +252,7 @@ def main() -> None:
     ap.add_argument("--ref-slices", type=int, default=4, help="slices run through scikit-image")
     ap.add_argument("--astra-slices", type=int, default=16, help="slices timed through ASTRA (when installed)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "triton", "auto"],
+    ap.add_argument("--backend", nargs="+", default=["torch"], choices=BACKENDS,
                     help="projector backends to time (the first is compared with the peers)")
     ap.add_argument("--triton-tiles", nargs="+", default=[], metavar="AxZxW",
                     help="with --backend triton on CUDA, also time these tiles (columns or pixels x slices x "

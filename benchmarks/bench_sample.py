@@ -36,6 +36,7 @@ from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import resolve
 from simaq_factory.store.dataset import create_arrays, write_shard
 from simaq_factory.store.layout import array_specs
+from simaq_factory.tomo.projector import BACKENDS
 from simaq_factory.versions import software_versions
 from simaq_train.data.normalize import quantile_normalize
 
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--span", type=float, default=100.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--projector", default="torch", choices=["torch", "triton", "auto"],
+    ap.add_argument("--projector", default="torch", choices=BACKENDS,
                     help="execution.projector: the projector backend")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

@@ -34,7 +34,6 @@ from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_states, update_card
 from simaq_factory.store.inspect import check_sealed_intact
 from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
-from simaq_factory.tomo.projector import check_backend
 from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
@@ -43,6 +42,7 @@ from simaq_factory.store.outdir import (
     repair_card,
     start_out_dir,
 )
+from simaq_factory.tomo.projector import check_backend
 from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)

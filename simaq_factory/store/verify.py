@@ -18,10 +18,9 @@ array at fault; the CLI exits 1 when the list is not empty.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +133,7 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     built_projector = str(prov.get("projector") or "torch")
     backend = "auto" if built_projector.startswith("triton") and device.type == "cuda" else "torch"
     here_projector = resolved_backend(backend, device)
-    recipe = dataclasses.replace(recipe, execution=dataclasses.replace(recipe.execution, projector=backend))
+    recipe = replace(recipe, execution=replace(recipe.execution, projector=backend))
     arrays, record = render_sample(recipe, index, device, banks=load_banks(out, device))
     group = zarr.open_group(out / GROUP_NAME, mode="r")
     built_with = describe_software(prov.get("versions") or {})

@@ -31,7 +31,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from simaq_factory.tomo.geometry import Geometry
 
@@ -205,7 +204,7 @@ def _check_tensor(t: torch.Tensor, what: str) -> None:
 def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
     """(A, Z, D) line integrals of a float32 (Z, n, n) volume: :func:`projector.forward_project`'s
     model (unit-step samples, bilinear, zero outside), without index tables."""
-    from simaq_factory.tomo.projector import _check_volume, ray_starts
+    from simaq_factory.tomo.projector import _check_volume, pixel_table, ray_starts
 
     _check_volume(volume, geom)
     _check_tensor(volume, "volumes")
@@ -216,7 +215,7 @@ def forward_project(volume: torch.Tensor, geom: Geometry) -> torch.Tensor:
     out = torch.empty((geom.n_angles, z, det), dtype=torch.float32, device=dev)
     if z == 0 or geom.n_angles == 0:
         return out
-    table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
+    table = pixel_table(volume)
     xs, ys, count, sin_a, cos_a = ray_starts(geom, 0, geom.n_angles, dev)
     block_d, block_z, warps = TILES["forward"]
     n_dblocks = triton.cdiv(det, block_d)

@@ -66,8 +66,7 @@ def use_kernels(backend: str, data: torch.Tensor) -> bool:
     """
     if backend == "torch":
         return False
-    if backend not in BACKENDS:
-        raise ValueError(f"projector backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend, data.device)  # the name; for "triton", Triton and a CUDA device
     from simaq_factory.tomo import kernels
 
     if backend == "auto":
@@ -78,7 +77,6 @@ def use_kernels(backend: str, data: torch.Tensor) -> bool:
             _warn_once(f"the Triton projector failed its self-check on {data.device} ({problem}); "
                        "using the torch projector")
         return not problem
-    check_backend(backend, data.device)
     if data.dtype != torch.float32:
         raise ValueError(f"projector backend 'triton' takes float32 data, got {data.dtype}")
     problem = kernels.self_check(str(data.device))
@@ -118,6 +116,14 @@ def resolved_backend(backend: str, device: torch.device) -> str:
     import triton
 
     return f"triton {triton.__version__}"
+
+
+def pixel_table(volume: torch.Tensor) -> torch.Tensor:
+    """The (n + 2)², Z table both forward projectors gather from: pixel (y, x) of every slice is row
+    ``(y + 1)·(n + 2) + x + 1`` (Z innermost), with a one-voxel zero border, so any sample within
+    the grid ±1 reads in bounds."""
+    z, n = volume.shape[0], volume.shape[-1]
+    return F.pad(volume, (1, 1, 1, 1)).reshape(z, (n + 2) * (n + 2)).t().contiguous()
 
 
 def _check_volume(volume: torch.Tensor, geom: Geometry) -> None:
@@ -254,10 +260,9 @@ def forward_project(
 
         return kernels.forward_project(volume, geom)
     dev, dtype = volume.device, volume.dtype
-    z, n = volume.shape[0], geom.n
+    z = volume.shape[0]
     det = geom.detectors
-    width = n + 2  # table has a one-voxel zero border: any sample within the grid ±1 is safe
-    table = F.pad(volume, (1, 1, 1, 1)).reshape(z, width * width).t().contiguous()
+    table = pixel_table(volume)
     out = torch.empty((geom.n_angles, det, z), dtype=dtype, device=dev)
     if z == 0:
         return out.permute(0, 2, 1)
