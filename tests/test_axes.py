@@ -22,6 +22,8 @@ from simaq_factory.acquisition.axes import (
 )
 from simaq_factory.cli.main import main
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 N = 32
@@ -29,7 +31,7 @@ TINY = ["--set", f"dataset.shape=[{N},{N},{N}]", "--set", "dataset.chunk_z=4", "
         "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2",
         # ice cracks fill the background with sheets whose sums look alike along every axis, which
         # blurs the layout comparison below; the frames do not depend on the artifacts
-        "--set", "artifacts.ice_cracks.probability=0"]
+        "--set", "artifacts.ice_cracks.probability=0", *small_banks.ARGS]
 THREE = [*TINY, "--set", "acquisition.axes=3"]
 
 

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import zarr
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 SETS = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
-        "--set", "dataset.n_samples=8", "--set", "dataset.samples_per_shard=1"]
+        "--set", "dataset.n_samples=8", "--set", "dataset.samples_per_shard=1", *small_banks.ARGS]
 ENV = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "warning", "PYTHONUNBUFFERED": "1"}
 
 

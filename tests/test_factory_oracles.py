@@ -17,6 +17,8 @@ from simaq_factory.pipeline import INPUT_CIRCLE_PADDING, cylinder_mask
 from simaq_factory.recipe.io import load_recipe
 from simaq_factory.tomo import Geometry, forward_project
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
 N = 32
@@ -24,7 +26,7 @@ N = 32
 # noise are off): the stored sinogram is then the plain projection of the stored noisy volume
 JITTERED = ["dataset.shape=[32,32,32]", "dataset.chunk_z=4", "phantom.scale=0.15", "dataset.n_samples=1",
             "dataset.samples_per_shard=1", "acquisition.sinogram.flicker.enabled=false",
-            "acquisition.sinogram.ice_thickness.enabled=false", "acquisition.jitter_deg=2"]
+            "acquisition.sinogram.ice_thickness.enabled=false", "acquisition.jitter_deg=2", *small_banks.SETS]
 
 
 @pytest.fixture(scope="module")

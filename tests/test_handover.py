@@ -20,6 +20,8 @@ from simaq_factory.cli.main import main
 from simaq_factory.store.dataset import RECORD_DIGEST, record_digest
 from simaq_factory.versions import cpu_kernels
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 
@@ -31,7 +33,7 @@ def cli(*args: str):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("handover") / "out"
-    result = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    result = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert result.exit_code == 0, result.output
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # --device auto, resolved and said
     assert f" on {device} -> " in result.output or " on cuda -> " in result.output, result.output
@@ -76,7 +78,7 @@ def test_verify_names_damaged_shard_and_build_repairs(built, tmp_path):
     result = cli("verify", str(out))
     assert result.exit_code == 1
     assert "shard 1 (samples 2-3): labels shard file does not match its checksum" in result.output
-    assert cli("build", SMOKE, "-o", str(out), "--cluster", "inline").exit_code == 0
+    assert cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline").exit_code == 0
     assert cli("verify", str(out)).exit_code == 0
 
 
@@ -110,7 +112,7 @@ def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
     # build alone would skip that shard (its files match their checksums): the advice says how to redo it
     assert "remove provenance/shard-000000.json and run `simaq-factory build`" in result.stderr, result.stderr
     (out / "provenance" / "shard-000000.json").unlink()
-    assert "wrote 1 shard(s), skipped 1" in cli("build", SMOKE, "-o", str(out), "--cluster", "inline").output
+    assert "wrote 1 shard(s), skipped 1" in cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline").output
     assert cli("verify", str(out), "--regen", "4").exit_code == 0
 
 
@@ -145,12 +147,12 @@ def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
         f"cpu, {cpu_kernels()} CPU kernels": 2}
     # re-running the pipeline is a no-op that writes nothing; another recipe is still refused
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    again = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    again = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert again.exit_code == 0 and "complete and frozen" in again.output, again.output
     refreeze = cli("freeze", str(out))
     assert refreeze.exit_code == 0 and "already frozen" in refreeze.output, refreeze.output
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    other = cli("build", SMOKE, "-o", str(out), "--cluster", "inline", "--set", "seed=9")
+    other = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline", "--set", "seed=9")
     assert other.exit_code == 2 and "recipe" in other.stderr
 
 
@@ -356,14 +358,14 @@ def test_damaged_group_metadata_is_reported_naming_the_file(built, tmp_path):
     card = dict(zarr.open_group(built / "dataset.zarr", mode="r").attrs)
     for damage in ("broken", "missing"):
         meta.write_text("{broken") if damage == "broken" else meta.unlink()
-        rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+        rebuilt = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
         assert rebuilt.exit_code == 0 and "wrote 0 shard(s), skipped 2" in rebuilt.output, rebuilt.output
         assert dict(zarr.open_group(out / "dataset.zarr", mode="r").attrs) == card
         assert cli("verify", str(out), "--deep").exit_code == 0
     # a frozen dataset's card is sealed in SHA256SUMS: build refuses to write a new one
     assert cli("freeze", str(out)).exit_code == 0
     meta.unlink()
-    refused = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    refused = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert refused.exit_code == 1 and "frozen dataset is missing or unreadable" in refused.stderr
     assert "restore it from a good copy" in refused.stderr
     ver = cli("verify", str(out))
@@ -863,7 +865,7 @@ def test_an_edited_provenance_record_is_a_damaged_shard_that_build_redoes(built,
     assert result.exit_code == 1
     assert "shard 1 (samples 2-3): provenance record does not match its digest" in result.output, result.output
     assert "damaged: 1 shard(s)" in cli("status", str(out)).output
-    rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    rebuilt = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert rebuilt.exit_code == 0 and "wrote 1 shard(s), skipped 1" in rebuilt.output, rebuilt.output
     assert cli("verify", str(out), "--regen", "1").exit_code == 0
     def without_timings(path: Path) -> list:
@@ -882,7 +884,7 @@ def test_a_provenance_record_of_another_recipe_is_not_a_done_shard(built, tmp_pa
     result = cli("verify", str(out))
     assert result.exit_code == 1
     assert "shard 0 (samples 0-1): provenance belongs to another recipe" in result.output
-    rebuilt = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    rebuilt = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert rebuilt.exit_code == 0 and "wrote 1 shard(s), skipped 1" in rebuilt.output, rebuilt.output
     assert cli("verify", str(out)).exit_code == 0
 
@@ -902,7 +904,7 @@ def test_build_refuses_a_non_empty_directory_that_holds_no_dataset(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
-    result = cli("build", SMOKE, "-o", str(out), "--cluster", "inline")
+    result = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
     assert result.exit_code == 2
     assert result.stderr == f"error: {out}: output directory is not empty and holds no simaq-factory dataset\n"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

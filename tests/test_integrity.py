@@ -14,11 +14,13 @@ import simaq_factory.orchestrate.driver as driver
 from simaq_factory.cli.main import main
 from simaq_factory.errors import BadInput
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
         "--set", "dataset.n_samples=2", "--set", "dataset.samples_per_shard=1",
-        "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false"]
+        "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false", *small_banks.ARGS]
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]

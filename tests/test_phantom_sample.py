@@ -215,7 +215,7 @@ def test_nucleus_invariants_and_statistics() -> None:
     assert all(c.nucleus is None for spec in _specs(5) for c in spec.cells)
     cfg = dataclasses.replace(base, nucleus=dataclasses.replace(base.nucleus, enabled=True))
     fractions, lacs, n_cells = [], [], 0
-    for spec in _specs(60, cfg=cfg):
+    for spec in _specs(30, cfg=cfg):
         check_spec(spec)
         for cell in spec.cells:
             n_cells += 1
@@ -248,7 +248,7 @@ def test_the_nucleus_leaves_the_vacuoles_as_they_are() -> None:
     base = PhantomConfig()
     cfg = dataclasses.replace(base, nucleus=dataclasses.replace(base.nucleus, enabled=True))
     with_vac = [0, 0]
-    for seed in range(200):
+    for seed in range(60):
         a = sample_cell(base, np.random.default_rng(seed))
         b = sample_cell(cfg, np.random.default_rng(seed))
         assert _vacuole_parents(a) == _vacuole_parents(b)
@@ -265,8 +265,8 @@ def test_cells_get_the_vacuole_count_they_draw() -> None:
     sphere of radius 25, two of which never fit, so no cell had two; at 15 the k vacuoles fit."""
     fixed, reference = PhantomConfig(), PhantomConfig()
     reference = dataclasses.replace(reference, vacuole=dataclasses.replace(reference.vacuole, radius_min=25.0))
-    n_fixed = np.array([_vacuole_parents(sample_cell(fixed, np.random.default_rng(s))) for s in range(300)])
-    n_ref = np.array([_vacuole_parents(sample_cell(reference, np.random.default_rng(s))) for s in range(300)])
+    n_fixed = np.array([_vacuole_parents(sample_cell(fixed, np.random.default_rng(s))) for s in range(150)])
+    n_ref = np.array([_vacuole_parents(sample_cell(reference, np.random.default_rng(s))) for s in range(150)])
     assert n_ref.max() == 1  # the reference's outcome, reproduced by radius_min: 25
     assert (n_fixed >= 2).mean() > 0.3 and n_fixed.max() == 4
 
@@ -282,7 +282,7 @@ def test_the_layout_does_not_depend_on_the_cpus_blas_kernel() -> None:
             "from simaq_factory.phantom.config import PhantomConfig\n"
             "from simaq_factory.phantom.sample import sample_phantom\n"
             "h = hashlib.sha256()\n"
-            "for s in range(40):\n"
+            "for s in range(15):\n"
             "    sp = sample_phantom(PhantomConfig(), (512, 512, 512), np.random.default_rng(s))\n"
             "    h.update(json.dumps(sp.to_dict(), sort_keys=True).encode())\n"
             "print(h.hexdigest())\n")

@@ -17,10 +17,12 @@ from click.testing import CliRunner
 from simaq_factory.cli.main import main
 from simaq_factory.score.baseline import available_methods, run_baseline
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 TINY = ["--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4", "--set", "phantom.scale=0.15",
-        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2"]
+        "--set", "dataset.n_samples=3", "--set", "dataset.samples_per_shard=2", *small_banks.ARGS]
 
 
 def invoke(*args: str):  # type: ignore[no-untyped-def]

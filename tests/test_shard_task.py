@@ -25,10 +25,12 @@ from simaq_factory.store.dataset import shard_file
 from simaq_factory.store.layout import array_specs, provenance_path
 from simaq_factory.versions import cpu_kernels, software_versions
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
 SETS = ["dataset.shape=[32,32,32]", "dataset.chunk_z=4", "phantom.scale=0.15", "dataset.n_samples=3",
-        "dataset.samples_per_shard=2"]
+        "dataset.samples_per_shard=2", *small_banks.SETS]
 CPU = torch.device("cpu")
 
 

@@ -19,6 +19,8 @@ from simaq_train.data.normalize import quantile_normalize
 from simaq_train.data.sources import FactorySource
 from simaq_train.data.stream import window_indices
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 MARGIN = 2.0
 
@@ -31,7 +33,7 @@ def tri(tmp_path_factory) -> Path:
                                      "--cluster", "inline", "--set", "acquisition.axes=3",
                                      "--set", "dataset.shape=[32,32,32]", "--set", "dataset.n_samples=2",
                                      "--set", "phantom.scale=0.15", "--set", "dataset.outputs.sinogram=false",
-                                     "--set", "dataset.outputs.noisy=false"])
+                                     "--set", "dataset.outputs.noisy=false", *small_banks.ARGS])
     assert r.exit_code == 0, r.output
     assert CliRunner().invoke(factory, ["freeze", str(out)]).exit_code == 0
     return out

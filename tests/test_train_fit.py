@@ -21,6 +21,8 @@ from simaq_factory.cli.main import main as factory
 from simaq_train.cli import cli
 from simaq_train.data.volumes import read_volume
 
+import small_banks  # tests/small_banks.py
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 
@@ -36,7 +38,8 @@ def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fitdata") / "ds"
     r = CliRunner().invoke(factory, ["build", SMOKE, "-o", str(out), "--cluster", "inline",
                                      "--set", "dataset.shape=[32,32,32]", "--set", "phantom.scale=0.15",
-                                     "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false"])
+                                     "--set", "dataset.outputs.sinogram=false", "--set", "dataset.outputs.noisy=false",
+                                     *small_banks.ARGS])
     assert r.exit_code == 0, r.output
     shutil.copytree(out, out.with_name("ds-unfrozen"))
     assert CliRunner().invoke(factory, ["freeze", str(out)]).exit_code == 0
