@@ -360,13 +360,14 @@ def preview(out: str, index: int, png: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["ome-zarr", "tiff", "mrc"]), required=True)
 @click.option("-o", "--dest", required=True, help="Destination directory.")
 @click.option("--index", "indices", type=int, multiple=True, help="Sample index (repeatable; default all).")
-@click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom).")
+@click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom); "
+              "sinogram (mrc, tiff): tilt series with .tlt angles.")
 @click.option("--voxel-size-nm", type=float, default=None, help="Override the estimated voxel size.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in the destination.")
 @handle_errors(resumes=True)
 def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str | None,
            voxel_size_nm: float | None, overwrite: bool) -> None:
-    """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD)."""
+    """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD), and tilt series."""
     from simaq_factory.store.export import export_dataset
 
     if voxel_size_nm is not None and not (0 < voxel_size_nm <= MAX_VOXEL_NM):

@@ -1,4 +1,5 @@
-"""``export``: samples as OME-Zarr (napari and other NGFF readers), TIFF stacks (Fiji) or MRC (IMOD).
+"""``export``: samples as OME-Zarr (napari and other NGFF readers), TIFF stacks (Fiji) or MRC (IMOD),
+and tilt series for other reconstruction software.
 
 One file (or OME-Zarr group) per sample and array, named ``sample_{index:06d}_{array}.{ext}``. Volumes
 are (z, y, x) with z the tilt axis; a three-axis dataset's reconstructions (``acquisition.axes: 3``)
@@ -8,6 +9,16 @@ with volume axis k as its tilt axis. The physical voxel size is not part of the 
 was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxels per unit, i.e.
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
 temporary name and renamed, so an interrupted export leaves no partial file behind.
+
+Tilt series (``--arrays sinogram``, MRC or TIFF; the dataset must store ``sinogram`` and
+``angles``): ``sample_{index:06d}_sinogram.{ext}`` is the stack of the sample's projections, one
+image per angle that was acquired (the NaN-padded rows of ``sinogram`` are left out), each image
+(Z, D): rows along the tilt axis (image Y, as IMOD expects), columns the detector, the rotation axis
+at column ``(D − 1)/2`` (``reconstruction.center: astra``) or ``D // 2`` (``skimage``). Next to it,
+``sample_{index:06d}_sinogram.tlt`` lists the angles in degrees, one per line in stack order (IMOD's
+tilt-angle file). The angles are ours (docs/tomo-adapters.md): scikit-image's ``iradon`` and ASTRA's
+``parallel`` geometry take them as they are. An MRC tilt series is an image stack (MRC2014
+``ispg`` 0) with the pixel size in the header.
 
 Resume: ``dest/.simaq-export.jsonl`` is a journal with one line per file this export renamed into
 place, saying what it holds (the source dataset's path and recipe id, the format and the
@@ -50,6 +61,9 @@ MARKER = ".simaq-export.jsonl"
 OLD_MARKER = ".simaq-export.json"  # the whole-record form written before the journal; still read
 FORMATS = ("ome-zarr", "tiff", "mrc")
 VOLUME_ARRAYS = ("phantom", "labels", "noisy", "recon")
+#: Exported as tilt series (an image stack and its ``.tlt`` angles): MRC and TIFF only.
+TILT_ARRAYS = ("sinogram",)
+TLT = ".tlt"
 EXT = {"ome-zarr": ".ome.zarr", "tiff": ".tif", "mrc": ".mrc"}
 
 
@@ -58,20 +72,31 @@ def _voxel_nm(record: dict[str, Any]) -> float:
     return REFERENCE_VOXEL_NM * 1.2 / float(record["phantom_spec"]["scale"])
 
 
-def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float) -> None:
+def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -> None:
+    """A volume (z spacing = pixel size) or, with ``stack``, a stack of images (no z spacing)."""
     import tifffile
 
     um = vx_nm / 1000.0
-    tifffile.imwrite(path, vol, imagej=True, resolution=(1.0 / um, 1.0 / um),
-                     metadata={"spacing": um, "unit": "um", "axes": "ZYX"})
+    meta: dict[str, Any] = {"unit": "um", "axes": "ZYX"}
+    if not stack:
+        meta["spacing"] = um
+    tifffile.imwrite(path, vol, imagej=True, resolution=(1.0 / um, 1.0 / um), metadata=meta)
 
 
-def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float) -> None:
+def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -> None:
+    """A volume or, with ``stack``, an image stack (MRC2014 space group 0, as tilt series are)."""
     import mrcfile
 
     with mrcfile.new(str(path), overwrite=True) as mrc:
         mrc.set_data(vol)
+        if stack:
+            mrc.set_image_stack()
         mrc.voxel_size = vx_nm * 10.0  # Å
+
+
+def _write_tlt(path: Path, angles_deg: np.ndarray) -> None:
+    """IMOD's tilt-angle file: one angle in degrees per line, in stack order."""
+    path.write_text("".join(f"{float(a):.6f}\n" for a in angles_deg))
 
 
 def _levels(vol: np.ndarray, is_label: bool, min_size: int = 32) -> list[np.ndarray]:
@@ -207,9 +232,14 @@ def export_dataset(
     explicit = bool(indices)
     indices = list(dict.fromkeys(indices)) if indices else list(range(n))
     exportable = [a for a in VOLUME_ARRAYS if a in specs]
+    if fmt != "ome-zarr":
+        exportable += [a for a in TILT_ARRAYS if a in specs and "angles" in specs]
     arrays = list(dict.fromkeys(arrays)) if arrays else [a for a in ("recon", "labels", "phantom")
                                                          if a in specs]
     for a in arrays:
+        if a in TILT_ARRAYS and a in specs and fmt == "ome-zarr":
+            raise BadInput("--arrays", f"{a!r} is a tilt series, not a volume: export it with --format mrc "
+                           "or tiff (an image stack and its .tlt angles)")
         if a in specs and a not in exportable:
             raise BadInput("--arrays", f"{a!r} is not exportable (exportable: {', '.join(exportable)})")
         if a not in exportable:
@@ -226,6 +256,7 @@ def export_dataset(
         raise BadInput(str(out), f"not completely built, {err.message}; finish the build or export "
                        "built samples with --index") from None
     needed = arrays + (["labels"] if fmt == "ome-zarr" and "labels" not in arrays else [])
+    needed += ["angles"] if any(a in TILT_ARRAYS for a in arrays) else []
     g = open_checked(out, specs, needed)
     ranges = shard_ranges(n, recipe.dataset.samples_per_shard)
     shards = sorted({i // recipe.dataset.samples_per_shard for i in indices})
@@ -238,11 +269,12 @@ def export_dataset(
     targets: list[tuple[int, str, int | None, Path]] = []
     for i in indices:
         for a in arrays:
-            if g[a].ndim == 5:  # (N, axis, Z, Y, X): one volume per acquisition axis
-                targets += [(i, a, k, dest / f"sample_{i:06d}_{a}_axis{k}{EXT[fmt]}")
-                            for k in range(g[a].shape[1])]
-            else:
-                targets.append((i, a, None, dest / f"sample_{i:06d}_{a}{EXT[fmt]}"))
+            # (N, axis, Z, Y, X) or (N, axis, A, Z, D): one file per acquisition axis
+            for k in range(g[a].shape[1]) if g[a].ndim == 5 else [None]:
+                stem = f"sample_{i:06d}_{a}" + ("" if k is None else f"_axis{k}")
+                if a in TILT_ARRAYS:  # its angles, a file of their own (journalled like the others)
+                    targets.append((i, a, k, dest / f"{stem}{TLT}"))
+                targets.append((i, a, k, dest / f"{stem}{EXT[fmt]}"))
     # what each target holds: a file the marker lists with this key is a completed one (resume)
     key = {"dataset": str(out.resolve()), "recipe_id": rid, "format": fmt, "voxel_size_nm": voxel_nm}
     done = _read_marker(dest) if dest.is_dir() else {}
@@ -263,17 +295,28 @@ def export_dataset(
                 skipped.append(target)
             continue
         vx = voxel_nm or _voxel_nm(records[i])
-        vol = g[a][i] if axis is None else g[a][i, axis]
-        if vol.dtype == np.float16:
-            vol = vol.astype(np.float32)
-        if fmt == "mrc" and vol.dtype == np.uint8:
-            vol = vol.astype(np.int16)  # MRC has no unsigned 8-bit mode; labels fit int16
+        tilt = a in TILT_ARRAYS
+        if tilt:
+            angles = g["angles"][i] if axis is None else g["angles"][i, axis]
+            acquired = np.isfinite(angles)  # the rows past the sample's angle count are padding
+        if tilt and target.suffix == TLT:
+            vol = angles[acquired]
+        else:
+            vol = g[a][i] if axis is None else g[a][i, axis]
+            if tilt:
+                vol = vol[acquired]
+            if vol.dtype == np.float16:
+                vol = vol.astype(np.float32)
+            if fmt == "mrc" and vol.dtype == np.uint8:
+                vol = vol.astype(np.int16)  # MRC has no unsigned 8-bit mode; labels fit int16
         tmp = target.with_name(f".{target.name}.partial")
         try:
-            if fmt == "tiff":
-                _write_tiff(tmp, vol, vx)
+            if target.suffix == TLT:
+                _write_tlt(tmp, vol)
+            elif fmt == "tiff":
+                _write_tiff(tmp, vol, vx, stack=tilt)
             elif fmt == "mrc":
-                _write_mrc(tmp, vol, vx)
+                _write_mrc(tmp, vol, vx, stack=tilt)
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
                 _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels)
