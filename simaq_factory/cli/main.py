@@ -18,6 +18,7 @@ import click
 
 from simaq_factory.errors import BadInput, OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
+from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...], *, require_fields: bool = False) -> tuple[Any, str]:
@@ -144,7 +145,7 @@ def init(path: str, template: str, force: bool) -> None:
 @click.option("--workers", type=int, default=None,
               help="LocalCluster workers, or SLURM jobs with --cluster slurm (execution.workers).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (execution.device).")
-@click.option("--projector", type=click.Choice(["torch", "triton", "auto"]), default=None,
+@click.option("--projector", type=click.Choice(PROJECTOR_BACKENDS), default=None,
               help="Projector backend: torch (index tables), triton (GPU kernels) or auto (triton on CUDA "
                    "where it passes its self-check) (execution.projector).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)

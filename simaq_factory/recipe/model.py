@@ -17,7 +17,7 @@ from simaq_factory.acquisition.config import SinogramArtifactsConfig
 from simaq_factory.artifacts import ArtifactsConfig
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.recipe.fields import Dist, RecipeError, spec
-from simaq_factory.tomo.config import ReconstructionConfig
+from simaq_factory.tomo.config import ProjectorBackend, ReconstructionConfig
 
 RECIPE_VERSION = 1
 
@@ -100,7 +100,7 @@ class ExecutionConfig:
     """How to compute; not part of the recipe id."""
 
     device: str = spec("auto", doc="cpu, cuda, cuda:N or auto")
-    projector: Literal["torch", "triton", "auto"] = spec(
+    projector: ProjectorBackend = spec(
         "torch", doc="projector and FBP backprojector: torch (index tables, CPU and CUDA), triton (kernels, "
         "CUDA, Triton installed) or auto (triton on CUDA where it passes its self-check)"
     )

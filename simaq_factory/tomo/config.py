@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from simaq_factory.recipe.fields import spec
 from simaq_factory.tomo.geometry import Geometry
@@ -17,9 +17,13 @@ from simaq_factory.tomo.geometry import Geometry
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ReconstructionConfig", "reconstruct"]
+__all__ = ["PROJECTOR_BACKENDS", "ProjectorBackend", "ReconstructionConfig", "reconstruct"]
 
 logger = logging.getLogger(__name__)
+
+#: ``execution.projector`` (``build --projector``): see :mod:`simaq_factory.tomo.projector`.
+ProjectorBackend = Literal["torch", "triton", "auto"]
+PROJECTOR_BACKENDS: tuple[str, ...] = get_args(ProjectorBackend)
 
 
 @dataclass(frozen=True, kw_only=True)

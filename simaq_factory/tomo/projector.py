@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 from simaq_factory.tomo.geometry import Geometry
 
 __all__ = ["BACKENDS", "DEFAULT_CHUNK_BYTES", "KernelCheckFailed", "backproject", "forward_project",
@@ -48,7 +49,7 @@ def _chunk_budget(max_chunk_bytes: int, device: torch.device) -> int:
 
 
 #: Values of ``backend`` (and of the recipe's ``execution.projector``).
-BACKENDS = ("torch", "triton", "auto")
+BACKENDS = PROJECTOR_BACKENDS  # execution.projector
 
 
 class KernelCheckFailed(RuntimeError):
