@@ -289,3 +289,41 @@ def test_ctrl_c_on_a_local_cluster_build_is_one_line_and_resumes(tmp_path):
     verify = subprocess.run([sys.executable, "-m", "simaq_factory.cli.main", "verify", str(out)], cwd=REPO,
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_scheduler_probe_names_what_answers_instead_of_a_scheduler(monkeypatch):
+    """--scheduler is asked who it is before distributed connects: distributed alone hangs on an HTTP
+    server (the dashboard port) and reads another protocol's bytes as exabyte frame lengths."""
+    import http.server
+    import socketserver
+    import threading
+
+    from distributed import LocalCluster
+
+    from simaq_factory.orchestrate import cluster
+
+    monkeypatch.setattr(cluster, "PROBE_TIMEOUT", 1.0)
+
+    class Garbage(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"\xff" * 64 + b"HTTP/1.0 400 nonsense\r\n\r\n")
+            time.sleep(0.5)
+
+    servers = [http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler),
+               socketserver.TCPServer(("127.0.0.1", 0), Garbage)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        (_, web), (_, junk) = (s.server_address for s in servers)
+        t0 = time.monotonic()
+        assert "no Dask scheduler answered within 1 s" in cluster._not_a_scheduler(f"tcp://127.0.0.1:{web}")
+        assert time.monotonic() - t0 < 5
+        assert "does not speak Dask's protocol" in cluster._not_a_scheduler(f"tcp://127.0.0.1:{junk}")
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp", dashboard_address=None) as lc:
+        assert cluster._not_a_scheduler(lc.scheduler_address) is None
+        worker = next(iter(lc.workers.values())).address
+        assert cluster._not_a_scheduler(worker) == "it is a Dask Worker, not a scheduler"

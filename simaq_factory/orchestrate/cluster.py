@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,61 @@ def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     )
 
 
+#: How long the --scheduler probe waits for a Dask scheduler to answer (seconds).
+PROBE_TIMEOUT = 8.0
+
+
+def _not_a_scheduler(address: str, timeout: float | None = None) -> str | None:
+    """Why ``address`` (``tcp://``) is not a Dask scheduler one can use, or None when one answered (or
+    the address is of another kind, left to distributed). distributed's own connect retries a
+    refused connection until its timeout, waits without end on a service that never answers its
+    handshake (an HTTP server: the dashboard port), and reads another protocol's bytes as frame
+    lengths (a MemoryError of exabytes); this asks the scheduler who it is, within ``timeout``
+    (default :data:`PROBE_TIMEOUT`)."""
+    import asyncio
+
+    from distributed.comm import connect, parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc, default_port=8786)
+    except (ValueError, TypeError):
+        return None  # distributed names what is wrong with it
+    if scheme != "tcp":
+        return None  # tls:// needs the security settings Client takes; inproc/ucx: no TCP to probe
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 2.0)):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused at {host}:{port} (is `dask scheduler` running there?)"
+    except OSError as err:
+        return f"{host}:{port}: {err.strerror or type(err).__name__}"
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        return (f"no Dask scheduler answered within {timeout:g} s (another service on that port? "
+                "the dashboard is usually :8787, the scheduler :8786)")
+    except (Exception, MemoryError) as err:  # noqa: BLE001 - another protocol's bytes: anything can fail
+        return (f"the service there does not speak Dask's protocol ({type(err).__name__}); the scheduler "
+                "usually listens on :8786")
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+        return f"it is a Dask {kind}, not a scheduler" if isinstance(reply, dict) else (
+            f"the service there answered {kind}, not as a Dask scheduler")
+    return None
+
+
 @contextlib.contextmanager
 def open_cluster(
     *, scheduler: str | None, workers: int, gpu: bool = False, memory_limit: str = "auto",
@@ -67,6 +123,9 @@ def open_cluster(
     from distributed import Client, LocalCluster
 
     if scheduler:
+        why = _not_a_scheduler(scheduler)
+        if why:
+            raise BadInput("--scheduler", f"cannot reach Dask scheduler at {scheduler!r}: {why}")
         try:
             client = Client(scheduler, timeout="8s")
         except (OSError, TimeoutError) as err:
