@@ -244,7 +244,7 @@ def test_export_tiff_mrc_round_trip(built, tmp_path):
     assert again.exit_code == 0 and "wrote 0 file(s)" in again.output and "skipped 3" in again.output
     clash = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--index", "1", "--voxel-size-nm", "30")
     assert clash.exit_code == 2 and "--overwrite" in clash.stderr
-    assert cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "sinogram").exit_code == 2
+    assert cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "angles").exit_code == 2
 
 
 def test_export_ome_zarr_opens_with_an_ngff_reader(built, tmp_path):
@@ -391,11 +391,13 @@ def test_export_of_a_partial_dataset_writes_nothing_unbuilt(partial, tmp_path):
 
 def test_export_names_unexportable_arrays(built, tmp_path):
     dest = tmp_path / "exp"
-    result = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "recon,sinogram")
+    result = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "recon,angles")
     assert result.exit_code == 2
-    assert ("'sinogram' is not exportable (exportable: phantom, labels, noisy, recon)" in result.stderr)
+    assert ("'angles' is not exportable (exportable: phantom, labels, noisy, recon, sinogram)" in result.stderr)
     result = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--arrays", "nope")
     assert result.exit_code == 2
+    assert "'nope' is not in this dataset (exportable: phantom, labels, noisy, recon, sinogram)" in result.stderr
+    result = cli("export", str(built), "--format", "ome-zarr", "-o", str(dest), "--arrays", "nope")
     assert "'nope' is not in this dataset (exportable: phantom, labels, noisy, recon)" in result.stderr
     assert not dest.exists()
 
@@ -575,12 +577,12 @@ def test_interrupted_export_resumes_to_the_uninterrupted_result(built, tmp_path,
     real = export._write_tiff
     calls = []
 
-    def interrupted(path, vol, vx):
+    def interrupted(path, vol, vx, **kw):
         calls.append(path)
         if len(calls) == 3:  # mid-write of the third file: a half-written temporary is left behind
             Path(path).write_bytes(b"half")
             raise KeyboardInterrupt
-        real(path, vol, vx)
+        real(path, vol, vx, **kw)
 
     monkeypatch.setattr(export, "_write_tiff", interrupted)
     result = cli(*args, "-o", str(dest))
