@@ -212,9 +212,13 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     if normalize:
         norm = _normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
     else:
-        norm = np.array(raw, dtype=np.float32)
-        if not np.isfinite(norm).all():
+        if not np.isfinite(raw).all():
             raise BadInput(str(tomogram), "holds NaN or infinite values (--no-normalize takes a normalised volume)")
+        big = float(np.abs(raw).max(initial=0)) if raw.dtype.kind == "f" else 0.0
+        if big > float(np.finfo(np.float32).max):
+            raise BadInput(str(tomogram), f"values beyond float32's range (largest |value| {big:.3g}); "
+                           "--no-normalize takes a normalised volume")
+        norm = np.array(raw, dtype=np.float32)
         norm[:, ~fov_mask(norm.shape[1:], cfg.data.fov_margin)] = 0
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
                   post=post, post_scale=post_scale)

@@ -617,3 +617,106 @@ def test_voxel_size_axis_order_round_trips_through_mrc_and_nrrd(tmp_path):
     # NRRD: C-order array (z, y, x) is written with the fastest axis (x) first in the header
     nrrd.write(str(tmp_path / "s.nrrd"), vol, {"spacings": [30.0, 20.0, 10.0]}, index_order="C")
     assert read_volume_meta(tmp_path / "s.nrrd").voxel_size == (10.0, 20.0, 30.0)
+
+
+def _imod_stamp(path: Path, flags: int) -> None:
+    """Stamp an MRC header as IMOD writes it: "IMOD" at byte 152, its flags at 156."""
+    import struct
+
+    b = bytearray(path.read_bytes())
+    b[152:160] = struct.pack("<ii", 1146047817, flags)
+    path.write_bytes(bytes(b))
+
+
+def test_imod_byte_volumes_are_read_with_the_sign_imod_says(tmp_path):
+    """IMOD writes mode-0 MRC as unsigned bytes (flag bit 0 clear); mrcfile reads mode 0 as int8,
+    which turned bytes 128-255 into the darkest voxels. Without IMOD's stamp mode 0 stays signed
+    (MRC2014)."""
+    import mrcfile
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    u8 = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16).astype(np.uint8)  # 0..255, twice
+    for name, flags, want in (("unsigned", 0, u8), ("signed", 1, u8.view(np.int8)), ("plain", None, u8.view(np.int8))):
+        path = tmp_path / f"{name}.mrc"
+        with mrcfile.new(path) as f:
+            f.set_data(u8.view(np.int8))
+        if flags is not None:
+            _imod_stamp(path, flags)
+        got = read_volume_meta(path).data
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+
+
+def test_tiff_voxel_size_is_read_and_written_in_angstrom(tmp_path):
+    """ImageJ TIFF: ``spacing`` (z) and the X/YResolution tags (pixels per unit) with its ``unit``;
+    Volume.voxel_size is (z, y, x) in Å as MRC's; written back as an ImageJ hyperstack in microns."""
+    import mrcfile
+    import tifffile
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "ij.tif", vol, imagej=True, resolution=(1 / 0.05, 1 / 0.04),
+                     metadata={"spacing": 0.1, "unit": "micron", "axes": "ZYX"})
+    meta = read_volume_meta(tmp_path / "ij.tif")
+    assert np.array_equal(meta.data, vol)
+    np.testing.assert_allclose(meta.voxel_size, (1000.0, 400.0, 500.0), rtol=1e-6)  # z, y, x in Å
+    # without a unit (ImageJ's "pixel") there is no physical size
+    tifffile.imwrite(tmp_path / "px.tif", vol, imagej=True, metadata={"axes": "ZYX"})
+    assert read_volume_meta(tmp_path / "px.tif").voxel_size is None
+    for dtype in (np.float32, np.int16):  # an ImageJ hyperstack, or the in-plane tags only
+        out = write_volume(tmp_path / f"o-{np.dtype(dtype).name}.tif", vol.astype(dtype), (1000.0, 400.0, 500.0))
+        back = read_volume_meta(out)
+        assert np.array_equal(back.data, vol.astype(dtype))
+        want = (1000.0, 400.0, 500.0) if dtype == np.float32 else (500.0, 400.0, 500.0)
+        np.testing.assert_allclose(back.voxel_size, want, rtol=1e-5)
+    # TIFF in, MRC out: the MRC header holds the size in Å, x first
+    out = write_volume(tmp_path / "o.mrc", vol, meta.voxel_size)
+    with mrcfile.open(out) as f:
+        np.testing.assert_allclose([f.voxel_size.x, f.voxel_size.y, f.voxel_size.z], [500.0, 400.0, 1000.0],
+                                   rtol=1e-5)
+
+
+def test_nrrd_spacings_follow_their_axes_past_a_singleton_and_the_world_frame_is_kept(tmp_path):
+    import nrrd
+
+    from simaq_train.data.volumes import Volume, read_volume_meta
+
+    vol = np.random.default_rng(1).random((3, 4, 5)).astype(np.float32)
+    # a leading singleton axis (C order): spacings fastest first, x, y, z, then the singleton
+    nrrd.write(str(tmp_path / "n4.nrrd"), vol[None], {"spacings": [1.0, 2.0, 3.0, np.nan]}, index_order="C")
+    meta = read_volume_meta(tmp_path / "n4.nrrd")
+    assert meta.data.shape == (3, 4, 5) and meta.voxel_size == (3.0, 2.0, 1.0)
+    # a Slicer-style volume with an origin and oblique-free directions: a segmentation written
+    # "like" it carries its space, directions and origin, so it overlays the tomogram
+    header = {"space": "left-posterior-superior", "space directions": np.diag([0.5, 0.25, 2.0]),
+              "space origin": np.array([10.0, -4.0, 7.5])}
+    nrrd.write(str(tmp_path / "sd.nrrd"), vol, header, index_order="C")
+    like = read_volume_meta(tmp_path / "sd.nrrd")
+    out = write_volume(tmp_path / "seg.nrrd", (vol > 0.5).astype(np.uint8), like.voxel_size, like=like)
+    _, h = nrrd.read(str(out), index_order="C")
+    assert h["space"] == "left-posterior-superior" and "spacings" not in h
+    np.testing.assert_array_equal(h["space directions"], np.diag([0.5, 0.25, 2.0]))
+    np.testing.assert_array_equal(h["space origin"], [10.0, -4.0, 7.5])
+    # another shape: nothing of the frame is copied, the spacings are written
+    other = write_volume(tmp_path / "o.nrrd", np.zeros((2, 2, 2), np.uint8), (1.0, 1.0, 1.0),
+                         like=Volume(vol, like.voxel_size, like.header))
+    _, h = nrrd.read(str(other), index_order="C")
+    assert "space directions" not in h and list(h["spacings"]) == [1.0, 1.0, 1.0]
+
+
+def test_unreadable_volume_files_get_one_line_that_says_what_they_are(tmp_path, caplog):
+    import tifffile
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    (tmp_path / "empty.nrrd").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "tif.mrc", np.zeros((4, 32, 32), np.float32), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "whole.tif", np.zeros((4, 64, 64), np.float32), photometric="minisblack")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:20000])
+    cases = {"empty.nrrd": "empty file", "tif.mrc": "not an MRC file", "cut.tif": "cannot read volume"}
+    for name, want in cases.items():
+        with pytest.raises(BadInput) as err:
+            read_volume_meta(tmp_path / name)
+        assert want in err.value.message, (name, err.value.message)
+    assert not [r for r in caplog.records if r.name == "tifffile"]  # tifffile's own ERROR line is kept quiet

@@ -54,6 +54,8 @@ class Volume:
 def _mrc_problem(caught: list[Any]) -> str:
     """What mrcfile's warnings (permissive mode) say is wrong with a file without a data block."""
     texts = [str(w.message) for w in caught]
+    if any("Map ID string not found" in t for t in texts):
+        return "not an MRC file, or a damaged one (its header has no 'MAP ' stamp)"
     for t in texts:
         m = re.search(r"[Uu]nrecognised mode '?(-?\d+)'?", t)
         if m:
@@ -67,13 +69,56 @@ def _mrc_problem(caught: list[Any]) -> str:
 
 _ONE_SAMPLE = "e.g. a sample from `simaq-factory export --format tiff`"
 
+#: IMOD's header stamp (bytes 152-155, "IMOD" as an int32) and, after it, its flags: bit 0 set means
+#: signed bytes in mode 0; clear (IMOD's default since 4.2.23) means unsigned bytes.
+_IMOD_STAMP = 1146047817
+#: Å per unit of a TIFF's ImageJ ``unit`` (or resolution unit).
+_TIFF_UNITS_A = {"nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "um": 1e4, "\u00b5m": 1e4, "\u03bcm": 1e4,
+                 "micron": 1e4, "microns": 1e4, "micrometer": 1e4, "micrometers": 1e4, "mm": 1e7,
+                 "millimeter": 1e7, "a": 1.0, "å": 1.0, "angstrom": 1.0, "angstroms": 1.0}
+
+
+def _imod_unsigned_bytes(header: Any) -> bool:
+    """A mode-0 MRC header written by IMOD with its signed-bytes flag clear: the bytes are uint8."""
+    raw = np.asarray(header["extra2"]).tobytes()[40:48]  # header bytes 152-159
+    stamp, flags = np.frombuffer(raw, dtype=np.dtype(np.int32).newbyteorder(header["nx"].dtype.byteorder))
+    return int(stamp) == _IMOD_STAMP and not int(flags) & 1
+
+
+def _read_tiff(p: Path) -> Volume:
+    """A TIFF stack and, when it says so in known units, its voxel size in Å (ImageJ ``spacing`` for z,
+    the X/YResolution tags for x and y)."""
+    import logging
+
+    import tifffile
+
+    quiet = logging.getLogger("tifffile")
+    was = quiet.disabled
+    quiet.disabled = True  # its own "ERROR tifffile: ..." line would come before ours
+    try:
+        with tifffile.TiffFile(p) as tif:
+            data = tif.asarray()
+            meta = tif.imagej_metadata or {}
+            page = tif.pages.first
+            tags = page.tags
+            res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
+            res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
+    finally:
+        quiet.disabled = was
+    unit = str(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
+    scale = _TIFF_UNITS_A.get(unit) or (1e8 if unit == "cm" else None)
+    size = None
+    if scale and len(res) == 2 and all(den and num for num, den in res):
+        y, x = (scale * den / num for num, den in res)  # resolution: pixels per unit
+        z = float(meta.get("spacing", 0) or 0) * scale
+        size = (z if z > 0 else x, y, x) if data.ndim >= 3 else None
+    return Volume(data, size)
+
 
 def _read_any(p: Path) -> Volume:
     suf = volume_suffix(p)
     if suf in (".tif", ".tiff"):
-        import tifffile
-
-        return Volume(tifffile.imread(p))
+        return _read_tiff(p)
     if suf in (".mrc", ".rec", ".map"):
         import warnings
 
@@ -89,6 +134,8 @@ def _read_any(p: Path) -> Volume:
             size = (float(vs.z), float(vs.y), float(vs.x))
             h = f.header
             data = np.array(f.data)
+            if data.dtype == np.int8 and _imod_unsigned_bytes(h):
+                data = data.view(np.uint8)
             # the file's axes (sections, rows, columns) are the axes MAPS, MAPR, MAPC name (1 = x,
             # 2 = y, 3 = z); NZSTART, NYSTART, NXSTART run along them in that order
             labels = (int(h.maps), int(h.mapr), int(h.mapc))
@@ -108,8 +155,11 @@ def _read_any(p: Path) -> Volume:
 
         arr, header = nrrd.read(str(p), index_order="C")
         spacing = None
-        if "spacings" in header:
-            spacing = tuple(float(s) for s in np.asarray(header["spacings"], dtype=float)[::-1][:3])
+        if "spacings" in header:  # one per axis, fastest first; non-spatial axes NaN
+            per_axis = np.asarray(header["spacings"], dtype=float)[::-1]
+            keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
+            picked = [float(per_axis[k]) for k in keep] if len(per_axis) == arr.ndim else []
+            spacing = tuple(picked) if len(picked) == 3 and all(np.isfinite(picked)) else None
         elif "space directions" in header:
             dirs = [d for d in header["space directions"] if d is not None and not np.isnan(np.asarray(d, float)).any()]
             if len(dirs) == 3:
@@ -136,6 +186,8 @@ def read_volume_meta(path: str | Path) -> Volume:
     p = Path(path)
     if not p.exists():
         raise BadInput(str(p), "file not found")
+    if p.is_file() and p.stat().st_size == 0:
+        raise BadInput(str(p), "empty file")
     try:
         vol = _read_any(p)
     except BadInput:
@@ -328,12 +380,37 @@ def slicer_header(class_names: list[str]) -> dict[str, str]:
     return header
 
 
+def _nrrd_space(like: Volume | None, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``space``, ``space directions`` and ``space origin`` of the NRRD volume ``like`` was read from,
+    when it has them for three axes and the same shape; else nothing."""
+    h = like.header if like is not None else {}
+    if "space directions" not in h or like is None or like.data.shape != tuple(shape):
+        return {}
+    dirs = [d for d in h["space directions"] if d is not None and np.all(np.isfinite(np.asarray(d, float)))]
+    if len(dirs) != 3:
+        return {}
+    out: dict[str, Any] = {"space directions": np.asarray(dirs, dtype=float)}
+    for key in ("space", "space dimension", "space origin", "space units"):
+        if key in h and not (key == "space dimension" and "space" in h):
+            out[key] = h[key]
+    return out
+
+
 def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None,
               slicer_classes: list[str] | None = None, like: Volume | None = None) -> None:
     if suf in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(tmp, volume)
+        if voxel_size is None:
+            tifffile.imwrite(tmp, volume, photometric="minisblack")  # (3 or 4, Y, X) is not RGB
+        elif volume.dtype in (np.uint8, np.uint16, np.float32):  # what ImageJ hyperstacks hold
+            z, y, x = (v / 1e4 for v in voxel_size)  # Å → µm
+            tifffile.imwrite(tmp, volume, imagej=True, resolution=(1.0 / x, 1.0 / y),
+                             metadata={"spacing": z, "unit": "micron", "axes": "ZYX"})
+        else:  # in-plane pixel size only, in the TIFF tags
+            z, y, x = (v / 1e4 for v in voxel_size)
+            tifffile.imwrite(tmp, volume, photometric="minisblack", resolution=(1.0 / x, 1.0 / y),
+                             resolutionunit="MICROMETER")
     elif suf == ".mrc":
         import mrcfile
 
@@ -354,7 +431,10 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 
         # C order, as read; the header's per-axis fields run fastest axis first: (x, y, z)
         header: dict[str, Any] = {"encoding": "gzip"}
-        if voxel_size is not None:
+        space = _nrrd_space(like, volume.shape)
+        if space:  # the input's world frame, so the result overlays it (3D Slicer)
+            header.update(space)
+        elif voxel_size is not None:
             header["spacings"] = np.asarray(voxel_size[::-1], dtype=float)
         if slicer_classes is not None:  # Slicer's labelmap: 0 is no segment, class c is value c + 1
             header.update(slicer_header(slicer_classes))
