@@ -443,7 +443,8 @@ def test_write_volume_is_atomic_and_names_bad_suffixes(tmp_path):
 
 def test_training_package_imports_no_phantom_or_physics_code():
     """simaq_train talks to the factory through the on-disk format; from simaq_factory it may
-    import only the error types (for the shared exit codes) and the strict YAML loader."""
+    import only the error types (for the shared exit codes), the strict YAML loader and the MRC
+    header conventions (IMOD's unsigned bytes), which score's reader of outside files shares."""
     import subprocess
     import sys
 
@@ -452,7 +453,7 @@ def test_training_package_imports_no_phantom_or_physics_code():
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('simaq_factory'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
-                        "simaq_factory.recipe.fields", "simaq_factory.yamlio"}, out
+                        "simaq_factory.recipe.fields", "simaq_factory.yamlio", "simaq_factory.mrcio"}, out
 
 
 def test_config_reads_exponent_floats_without_a_dot(tmp_path):
@@ -630,10 +631,11 @@ def _imod_stamp(path: Path, flags: int) -> None:
 
 def test_imod_byte_volumes_are_read_with_the_sign_imod_says(tmp_path):
     """IMOD writes mode-0 MRC as unsigned bytes (flag bit 0 clear); mrcfile reads mode 0 as int8,
-    which turned bytes 128-255 into the darkest voxels. Without IMOD's stamp mode 0 stays signed
-    (MRC2014)."""
+    which turned bytes 128-255 into the darkest voxels (in a tomogram to segment, or an 8-bit
+    reconstruction to score). Without IMOD's stamp mode 0 stays signed (MRC2014)."""
     import mrcfile
 
+    from simaq_factory.score.inputs import _read_volume as score_reads
     from simaq_train.data.volumes import read_volume_meta
 
     u8 = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16).astype(np.uint8)  # 0..255, twice
@@ -643,8 +645,8 @@ def test_imod_byte_volumes_are_read_with_the_sign_imod_says(tmp_path):
             f.set_data(u8.view(np.int8))
         if flags is not None:
             _imod_stamp(path, flags)
-        got = read_volume_meta(path).data
-        assert got.dtype == want.dtype and np.array_equal(got, want), name
+        for got in (read_volume_meta(path).data, score_reads(path)):  # predict/fit, and score's predictions
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
 
 
 def test_tiff_voxel_size_is_read_and_written_in_angstrom(tmp_path):
@@ -720,3 +722,21 @@ def test_unreadable_volume_files_get_one_line_that_says_what_they_are(tmp_path, 
             read_volume_meta(tmp_path / name)
         assert want in err.value.message, (name, err.value.message)
     assert not [r for r in caplog.records if r.name == "tifffile"]  # tifffile's own ERROR line is kept quiet
+
+
+def test_imod_suffixes_are_outputs_too_and_a_folder_output_asks_for_a_file_name(tmp_path):
+    import mrcfile
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    for suffix in (".rec", ".map"):  # what IMOD and CCP4 users name MRC volumes
+        out = write_volume(tmp_path / f"seg{suffix}", vol, (10.0, 20.0, 30.0))
+        with mrcfile.open(out) as f:
+            assert float(f.voxel_size.x) == 30.0
+        assert np.array_equal(read_volume_meta(out).data, vol)
+    with pytest.raises(BadInput, match=r"is a directory; give a file name, e\.g\. .*segmentation\.tif"):
+        write_volume(tmp_path, vol)
+    np.save(tmp_path / "flat.npy", vol[:1])
+    with pytest.raises(BadInput, match=r"got shape \(4, 4\) \(\(1, 4, 4\) without its length-1 axes\)"):
+        read_volume_meta(tmp_path / "flat.npy")

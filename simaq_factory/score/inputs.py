@@ -303,8 +303,10 @@ def _read_volume(path: Path) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         import mrcfile
 
+        from simaq_factory.mrcio import read_mrc_data
+
         with mrcfile.open(path, permissive=True) as mrc:
-            return np.array(mrc.data)
+            return read_mrc_data(mrc)  # IMOD's unsigned bytes as uint8
     except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
         raise BadInput(str(path), f"cannot read volume: {err}") from None
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from simaq_factory.errors import BadInput
+from simaq_factory.mrcio import read_mrc_data
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
-WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".nrrd", ".zarr", ".npy")
+WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".zarr", ".npy")
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -69,20 +70,10 @@ def _mrc_problem(caught: list[Any]) -> str:
 
 _ONE_SAMPLE = "e.g. a sample from `simaq-factory export --format tiff`"
 
-#: IMOD's header stamp (bytes 152-155, "IMOD" as an int32) and, after it, its flags: bit 0 set means
-#: signed bytes in mode 0; clear (IMOD's default since 4.2.23) means unsigned bytes.
-_IMOD_STAMP = 1146047817
 #: Å per unit of a TIFF's ImageJ ``unit`` (or resolution unit).
 _TIFF_UNITS_A = {"nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "um": 1e4, "\u00b5m": 1e4, "\u03bcm": 1e4,
                  "micron": 1e4, "microns": 1e4, "micrometer": 1e4, "micrometers": 1e4, "mm": 1e7,
                  "millimeter": 1e7, "a": 1.0, "å": 1.0, "angstrom": 1.0, "angstroms": 1.0}
-
-
-def _imod_unsigned_bytes(header: Any) -> bool:
-    """A mode-0 MRC header written by IMOD with its signed-bytes flag clear: the bytes are uint8."""
-    raw = np.asarray(header["extra2"]).tobytes()[40:48]  # header bytes 152-159
-    stamp, flags = np.frombuffer(raw, dtype=np.dtype(np.int32).newbyteorder(header["nx"].dtype.byteorder))
-    return int(stamp) == _IMOD_STAMP and not int(flags) & 1
 
 
 def _read_tiff(p: Path) -> Volume:
@@ -133,9 +124,7 @@ def _read_any(p: Path) -> Volume:
             vs = f.voxel_size
             size = (float(vs.z), float(vs.y), float(vs.x))
             h = f.header
-            data = np.array(f.data)
-            if data.dtype == np.int8 and _imod_unsigned_bytes(h):
-                data = data.view(np.uint8)
+            data = read_mrc_data(f)  # IMOD's unsigned bytes as uint8
             # the file's axes (sections, rows, columns) are the axes MAPS, MAPR, MAPC name (1 = x,
             # 2 = y, 3 = z); NZSTART, NYSTART, NXSTART run along them in that order
             labels = (int(h.maps), int(h.mapr), int(h.mapc))
@@ -199,7 +188,8 @@ def read_volume_meta(path: str | Path) -> Volume:
         raise BadInput(str(p), "multi-layer Slicer segmentation (overlapping segments); "
                                "export it as a single labelmap")
     if arr.ndim != 3:
-        raise BadInput(str(p), f"expected a 3D volume, got shape {arr.shape}")
+        dropped = f" ({vol.data.shape} without its length-1 axes)" if arr.shape != vol.data.shape else ""
+        raise BadInput(str(p), f"expected a 3D volume, got shape {arr.shape}{dropped}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
             or arr.dtype == bool):
         raise BadInput(str(p), f"unsupported data type {arr.dtype}")
@@ -346,10 +336,11 @@ def check_output_path(path: str | Path, *, overwrite: bool = False, source: str 
     from simaq_factory.errors import check_output_dir
 
     p = Path(path)
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        raise BadInput(str(p), "is a directory; give a file name, e.g. "
+                               f"{p / 'segmentation.tif'}")
     if p.suffix.lower() not in WRITE_SUFFIXES:
         raise BadInput(str(p), f"unsupported output format (expected one of {', '.join(WRITE_SUFFIXES)})")
-    if p.is_dir() and p.suffix.lower() != ".zarr":
-        raise BadInput(str(p), "is a directory")
     if p.exists() and not p.is_dir() and p.suffix.lower() == ".zarr":
         raise BadInput(str(p), "exists and is not a folder (a Zarr output is one)")
     parent = next((q for q in p.parents if q.exists()), None)
@@ -411,7 +402,7 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
             z, y, x = (v / 1e4 for v in voxel_size)
             tifffile.imwrite(tmp, volume, photometric="minisblack", resolution=(1.0 / x, 1.0 / y),
                              resolutionunit="MICROMETER")
-    elif suf == ".mrc":
+    elif suf in (".mrc", ".rec", ".map"):
         import mrcfile
 
         data = volume
