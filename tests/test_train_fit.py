@@ -574,7 +574,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
         (("predict", ckpt, tmp_path / "nope.mrc", "-o", tmp_path / "o.tif"), "nope.mrc: file not found"),
         (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.png"), "o.png: unsupported output format"),
         (("predict", tmp_path / "bad.yaml", tmp_path / "flat.tif", "-o", tmp_path / "o.tif"),
-         "bad.yaml: not a readable checkpoint"),
+         "bad.yaml: not a readable checkpoint (not a file torch.save wrote)"),
         (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--tilt-axis", "3"), "--tilt-axis"),
         (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--tilt-axis", "1", "--beam-axis", "1"),
          "--beam-axis: expected one of [0, 2]"),
@@ -670,6 +670,15 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "payload": _RunsCode(marker)}, evil)
-    with pytest.raises(BadInput, match="not a readable checkpoint"):
+    with pytest.raises(BadInput, match=r"not a readable checkpoint \(it holds Python objects beyond tensors"):
         load_checkpoint(evil)
     assert not marker.exists()
+    # a cut or empty file says so
+    good = tmp_path / "good.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "w": torch.zeros(1000)}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(BadInput, match=r"cut\.pt: not a readable checkpoint \(truncated or damaged"):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(BadInput, match=r"not a readable checkpoint \(empty file\)"):
+        load_checkpoint(tmp_path / "empty.pt")

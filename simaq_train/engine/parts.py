@@ -107,6 +107,23 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _unreadable(p: Path, err: Exception) -> str:
+    """Why torch could not load the file at ``p``, in words (torch's own are a KeyError of one byte
+    for a text file, or a page about miniz for a cut one)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty file"
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "not a file torch.save wrote"
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or damaged: its zip archive cannot be read"
+    if "Weights only load failed" in text:
+        return "it holds Python objects beyond tensors and plain containers, refused unrun"
+    return f"{type(err).__name__}: {text[:200]}"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -114,7 +131,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise BadInput(str(p), f"not a readable checkpoint ({type(err).__name__})") from None
+        raise BadInput(str(p), f"not a readable checkpoint ({_unreadable(p, err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise BadInput(str(p), "not a simaq-train checkpoint")
     return ckpt
