@@ -219,6 +219,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
             raise BadInput(str(tomogram), f"values beyond float32's range (largest |value| {big:.3g}); "
                            "--no-normalize takes a normalised volume")
         norm = np.array(raw, dtype=np.float32)
+        _warn_if_not_normalised(norm, cfg.data.fov_margin, str(tomogram))
         norm[:, ~fov_mask(norm.shape[1:], cfg.data.fov_margin)] = 0
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
                   post=post, post_scale=post_scale)
@@ -229,6 +230,20 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names, like=vol)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
             "class_names": [str(n) for n in names]}
+
+
+def _warn_if_not_normalised(norm: np.ndarray, margin: float, name: str) -> None:
+    """--no-normalize takes what the reader's normalisation gives (standard-normal quantiles in the
+    field of view: mean 0, standard deviation 1); a raw reconstruction passed by mistake (0-255,
+    LAC units) would be segmented without a word, so say what it looks like."""
+    inside = norm[:, fov_mask(norm.shape[1:], margin)]
+    if not inside.size:
+        return
+    mean, std = float(inside.mean(dtype=np.float64)), float(inside.std(dtype=np.float64))
+    if abs(mean) > 1.0 or not 0.25 <= std <= 4.0:
+        log.warning("%s: --no-normalize, but the field of view has mean %.3g and standard deviation %.3g "
+                    "where the model expects about 0 and 1 (normalised volumes); leave out --no-normalize "
+                    "for a raw reconstruction", name, mean, std)
 
 
 def _normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:

@@ -347,7 +347,7 @@ def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path):
     assert bp["best_order"] == [0, 2, 1, 3] and bp["order_chosen_on_evaluated_data"] is False
 
 
-def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
+def test_predict_round_trips_shapes_and_formats(trained, tmp_path, caplog):
     import mrcfile
     import nrrd
     import tifffile
@@ -393,6 +393,10 @@ def test_predict_round_trips_shapes_and_formats(trained, tmp_path):
     r = run("predict", ckpt, tmp_path / "tn.npy", "-o", tmp_path / "h.npy", "--raw", "--no-normalize")
     assert r.exit_code == 0, r.output
     assert np.array_equal(read_volume(tmp_path / "h.npy"), read_volume(tmp_path / "f.npy"))
+    assert "--no-normalize, but" not in caplog.text
+    # a raw volume passed with --no-normalize by mistake is segmented, with a warning that says so
+    r = run("predict", ckpt, tmp_path / "t.tif", "-o", tmp_path / "rn.npy", "--raw", "--no-normalize")
+    assert r.exit_code == 0 and "--no-normalize, but the field of view has mean 0.3" in caplog.text, caplog.text
 
 
 def test_predict_pads_the_ends_as_the_model_was_trained(trained, tmp_path, monkeypatch):
