@@ -1,5 +1,5 @@
 """MRC conventions shared by every reader of outside MRC files (``score`` predictions, ``simaq-train``
-tomograms and annotations)."""
+tomograms and annotations): IMOD's unsigned bytes and the MAPC/MAPR/MAPS axis mapping."""
 
 from __future__ import annotations
 
@@ -22,9 +22,22 @@ def imod_unsigned_bytes(header: Any) -> bool:
     return int(stamp) == IMOD_STAMP and not int(flags) & 1
 
 
+def axis_labels(header: Any) -> tuple[int, int, int]:
+    """Which axis (1 = x, 2 = y, 3 = z) the file's sections, rows and columns run along: MAPS,
+    MAPR, MAPC (3, 2, 1 for the usual layout)."""
+    return int(header["maps"]), int(header["mapr"]), int(header["mapc"])
+
+
 def read_mrc_data(mrc: Any) -> np.ndarray:
-    """The data of an open mrcfile object as its writer meant them (IMOD's unsigned bytes as uint8)."""
+    """The data of an open mrcfile object as its writer meant them: IMOD's unsigned bytes as uint8,
+    and a volume in (z, y, x) order whatever axes MAPC/MAPR/MAPS assign to the file's columns, rows
+    and sections. ValueError when they are not a permutation of 1, 2, 3."""
     data = np.array(mrc.data)
     if data.dtype == np.int8 and imod_unsigned_bytes(mrc.header):
         data = data.view(np.uint8)
+    labels = axis_labels(mrc.header)
+    if data.ndim == 3 and labels != (3, 2, 1):
+        if sorted(labels) != [1, 2, 3]:
+            raise ValueError(f"MRC axis mapping MAPC/MAPR/MAPS = {labels[::-1]} is not a permutation of 1, 2, 3")
+        data = np.transpose(data, [labels.index(3), labels.index(2), labels.index(1)])
     return data

@@ -647,6 +647,13 @@ def test_imod_byte_volumes_are_read_with_the_sign_imod_says(tmp_path):
             _imod_stamp(path, flags)
         for got in (read_volume_meta(path).data, score_reads(path)):  # predict/fit, and score's predictions
             assert got.dtype == want.dtype and np.array_equal(got, want), name
+    # both readers also put a file whose MAPC/MAPR/MAPS swap x and z back in (z, y, x)
+    vol = np.random.default_rng(3).random((3, 4, 5)).astype(np.float32)
+    with mrcfile.new(tmp_path / "swapped.mrc") as f:
+        f.set_data(np.ascontiguousarray(vol.transpose(2, 1, 0)))  # sections run along x
+        f.header.mapc, f.header.mapr, f.header.maps = 3, 2, 1
+    for got in (read_volume_meta(tmp_path / "swapped.mrc").data, score_reads(tmp_path / "swapped.mrc")):
+        assert np.array_equal(got, vol)
 
 
 def test_tiff_voxel_size_is_read_and_written_in_angstrom(tmp_path):

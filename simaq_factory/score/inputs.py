@@ -306,7 +306,7 @@ def _read_volume(path: Path) -> np.ndarray:
         from simaq_factory.mrcio import read_mrc_data
 
         with mrcfile.open(path, permissive=True) as mrc:
-            return read_mrc_data(mrc)  # IMOD's unsigned bytes as uint8
+            return read_mrc_data(mrc)  # IMOD's unsigned bytes as uint8; (z, y, x) by MAPC/MAPR/MAPS
     except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
         raise BadInput(str(path), f"cannot read volume: {err}") from None
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from simaq_factory.errors import BadInput
-from simaq_factory.mrcio import read_mrc_data
+from simaq_factory.mrcio import axis_labels, read_mrc_data
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
 WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".zarr", ".npy")
@@ -124,16 +124,13 @@ def _read_any(p: Path) -> Volume:
             vs = f.voxel_size
             size = (float(vs.z), float(vs.y), float(vs.x))
             h = f.header
-            data = read_mrc_data(f)  # IMOD's unsigned bytes as uint8
-            # the file's axes (sections, rows, columns) are the axes MAPS, MAPR, MAPC name (1 = x,
-            # 2 = y, 3 = z); NZSTART, NYSTART, NXSTART run along them in that order
-            labels = (int(h.maps), int(h.mapr), int(h.mapc))
+            try:  # IMOD's unsigned bytes as uint8, (z, y, x) whatever MAPC/MAPR/MAPS say
+                data = read_mrc_data(f)
+            except ValueError as err:
+                raise BadInput(str(p), str(err)) from None
+            # NZSTART, NYSTART, NXSTART run along the file's sections, rows and columns
+            labels = axis_labels(h)
             starts = (int(h.nzstart), int(h.nystart), int(h.nxstart))
-            if data.ndim == 3 and labels != (3, 2, 1):
-                if sorted(labels) != [1, 2, 3]:
-                    raise BadInput(str(p), f"MRC axis mapping MAPC/MAPR/MAPS = {labels[::-1]} is not a "
-                                           "permutation of 1, 2, 3")
-                data = np.transpose(data, [labels.index(3), labels.index(2), labels.index(1)])
             start = tuple(starts[labels.index(axis)] for axis in (1, 2, 3)) if sorted(labels) == [1, 2, 3] \
                 else None
             origin = (float(h.origin.x), float(h.origin.y), float(h.origin.z))
