@@ -712,6 +712,12 @@ def test_nrrd_spacings_follow_their_axes_past_a_singleton_and_the_world_frame_is
                          like=Volume(vol, like.voxel_size, like.header))
     _, h = nrrd.read(str(other), index_order="C")
     assert "space directions" not in h and list(h["spacings"]) == [1.0, 1.0, 1.0]
+    # named units become Å (3D Slicer writes mm); without units the numbers are taken as they are
+    nrrd.write(str(tmp_path / "mm.nrrd"), vol, {**header, "space units": ["mm", "mm", "mm"]}, index_order="C")
+    np.testing.assert_allclose(read_volume_meta(tmp_path / "mm.nrrd").voxel_size, (2e7, 2.5e6, 5e6))
+    nrrd.write(str(tmp_path / "nm.nrrd"), vol, {"spacings": [1.0, 2.0, 3.0], "units": ["nm"] * 3},
+               index_order="C")
+    assert read_volume_meta(tmp_path / "nm.nrrd").voxel_size == (30.0, 20.0, 10.0)
 
 
 def test_unreadable_volume_files_get_one_line_that_says_what_they_are(tmp_path, caplog):

@@ -70,10 +70,22 @@ def _mrc_problem(caught: list[Any]) -> str:
 
 _ONE_SAMPLE = "e.g. a sample from `simaq-factory export --format tiff`"
 
-#: Å per unit of a TIFF's ImageJ ``unit`` (or resolution unit).
-_TIFF_UNITS_A = {"nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "um": 1e4, "\u00b5m": 1e4, "\u03bcm": 1e4,
+#: Å per length unit, as TIFF (ImageJ ``unit``, resolution unit) and NRRD (``space units``, ``units``) name them.
+_UNITS_A = {"nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "um": 1e4, "\u00b5m": 1e4, "\u03bcm": 1e4,
                  "micron": 1e4, "microns": 1e4, "micrometer": 1e4, "micrometers": 1e4, "mm": 1e7,
                  "millimeter": 1e7, "a": 1.0, "å": 1.0, "angstrom": 1.0, "angstroms": 1.0}
+
+
+def _nrrd_in_angstrom(header: dict[str, Any], spacing: tuple[float, ...]) -> tuple[float, ...]:
+    """NRRD spacings in Å when the header names one known length unit for its axes (``space units``
+    with ``space directions``, per-axis ``units`` with ``spacings``: 3D Slicer writes mm); as they are
+    otherwise (NRRD without units, and what predict writes: Å numbers)."""
+    units = header.get("space units") if "space units" in header else header.get("units")
+    names = {str(u).strip().lower() for u in (units or []) if u is not None and str(u).strip() not in ("", "???")}
+    if len(names) != 1 or next(iter(names)) not in _UNITS_A:
+        return spacing
+    scale = _UNITS_A[next(iter(names))]
+    return tuple(v * scale for v in spacing)
 
 
 def _read_tiff(p: Path) -> Volume:
@@ -97,7 +109,7 @@ def _read_tiff(p: Path) -> Volume:
     finally:
         quiet.disabled = was
     unit = str(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
-    scale = _TIFF_UNITS_A.get(unit) or (1e8 if unit == "cm" else None)
+    scale = _UNITS_A.get(unit) or (1e8 if unit == "cm" else None)
     size = None
     if scale and len(res) == 2 and all(den and num for num, den in res):
         y, x = (scale * den / num for num, den in res)  # resolution: pixels per unit
@@ -150,6 +162,8 @@ def _read_any(p: Path) -> Volume:
             dirs = [d for d in header["space directions"] if d is not None and not np.isnan(np.asarray(d, float)).any()]
             if len(dirs) == 3:
                 spacing = tuple(float(np.linalg.norm(d)) for d in dirs[::-1])
+        if spacing and len(spacing) == 3:
+            spacing = _nrrd_in_angstrom(header, spacing)
         return Volume(arr, spacing if spacing and len(spacing) == 3 else None, dict(header))
     if suf == ".npy":
         return Volume(np.load(p, allow_pickle=False))
