@@ -237,9 +237,59 @@ def test_an_interrupted_report_leaves_no_scores_json(work, tmp_path, monkeypatch
     def dies(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - killed while drawing the figures
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report_mod, "write_report", dies)
     out = tmp_path / "rep"
-    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"), "-o", str(out))
+    args = ("score", "--gt", str(work / "ds"), "-o", str(out))
+    assert invoke(*args, "--pred", str(work / "fbp-hamming.zarr")).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(report_mod, "render_report", dies)
+    r = invoke(*args, "--pred", str(work / "fbp-ramlak.zarr"), "--overwrite")
     assert r.exit_code == 130
-    assert not (out / "scores.json").exists()  # written last, whole: its presence means a finished report
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    # rendered before anything is written: the earlier report is left whole, not mixed with this one
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    out2 = tmp_path / "rep2"
+    r = invoke("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"), "-o", str(out2))
+    assert r.exit_code == 130
+    assert not (out2 / "scores.json").exists()  # written last, whole: its presence means a finished report
+    assert [p.name for p in out2.iterdir() if p.name.startswith(".")] == []
+
+
+def test_external_prediction_mistakes_are_named(work, tmp_path, caplog, monkeypatch):
+    """From an audit scoring outside software's outputs: each of these was silent or a traceback."""
+    import tifffile
+
+    ds = str(work / "ds")
+    recon = zarr.open_group(work / "fbp-hamming.zarr", mode="r")["recon"][...]
+    # a non-finite --span-bin, and a margin that leaves no field of view (were: exit 1, empty medians)
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(work / "fbp-hamming.zarr"), "--span-bin", "inf"),
+                     "--span-bin", "finite")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(work / "fbp-hamming.zarr"), "--fov-margin", "15.3"),
+                     "--fov-margin", "leaves no voxel")
+    # a Zarr whose recon is a group (an OME-Zarr export is one; was an AttributeError)
+    g = zarr.open_group(tmp_path / "grp.zarr", mode="w")
+    g.create_group("recon")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "grp.zarr")), "recon", "is a Zarr group")
+    # a broken link among the files (was skipped: one sample fewer, exit 0)
+    links = tmp_path / "links"
+    links.mkdir()
+    tifffile.imwrite(links / "0.tif", recon[0], photometric="minisblack")
+    (links / "1.tif").symlink_to(tmp_path / "gone.tif")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(links)), "1.tif", "broken symbolic link")
+    # volumes beside recon/ (were ignored)
+    mixed = tmp_path / "mixed"
+    (mixed / "recon").mkdir(parents=True)
+    tifffile.imwrite(mixed / "recon" / "0.tif", recon[0], photometric="minisblack")
+    tifffile.imwrite(mixed / "1.tif", recon[1], photometric="minisblack")
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(mixed)), "1.tif", "move it into recon/ or labels/")
+    # a Zarr sample never written reads as the fill value: scored, with a warning naming it
+    part = zarr.open_group(tmp_path / "part.zarr", mode="w")
+    arr = part.create_array("recon", shape=recon.shape, dtype=recon.dtype, chunks=(1, *recon.shape[1:]))
+    arr[0] = recon[0]
+    r = invoke("score", "--gt", ds, "--pred", str(tmp_path / "part.zarr"), "-o", str(tmp_path / "rp"))
+    assert r.exit_code == 0, r.output
+    assert "part: 2 sample(s) hold a constant reconstruction (1, 2)" in caplog.text
+    # --pred . is named after the folder (was an empty name and a report folder "-scores")
+    (links / "1.tif").unlink()
+    monkeypatch.chdir(links)
+    r = invoke("score", "--gt", ds, "--pred", ".", "-o", str(tmp_path / "dot"))
+    assert r.exit_code == 0, r.output
+    assert list(json.loads((tmp_path / "dot" / "scores.json").read_text())["predictions"]) == ["links"]

@@ -10,6 +10,7 @@ exit 1.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,6 +240,10 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
         if kind not in group:
             continue
         arr = group[kind]
+        if not isinstance(arr, zarr.Array):
+            raise BadInput(f"{path}/{kind}", "is a Zarr group, not an array: a prediction holds (N, Z, Y, X) "
+                           "arrays named recon and/or labels, indexed like the dataset (an OME-Zarr export of "
+                           "one sample is not one; score a folder of TIFF/MRC files instead)")
         if tuple(arr.shape) != expect:
             raise BadInput(f"{path}/{kind}", f"shape {tuple(arr.shape)} does not match the dataset's "
                            f"{dims} = {expect}")
@@ -291,6 +296,7 @@ def _name(path: Path, attrs: dict[str, Any]) -> str:
     method = attrs.get("method")
     if isinstance(method, str) and method:
         return method
+    path = path.resolve()  # "." has no name of its own
     stem = path.name if path.name != GROUP_NAME else path.parent.name
     return stem[: -len(".zarr")] if stem.endswith(".zarr") else stem
 
@@ -314,6 +320,8 @@ def _read_volume(path: Path) -> np.ndarray:
 def _index_files(folder: Path, gt: GroundTruth) -> dict[int, Path]:
     files: dict[int, Path] = {}
     for f in sorted(folder.iterdir()):
+        if f.is_symlink() and not f.exists() and f.suffix.lower() in VOLUME_FILE_SUFFIXES:
+            raise BadInput(str(f), f"is a broken symbolic link (to {os.readlink(f)})")
         if not f.is_file() or f.suffix.lower() not in VOLUME_FILE_SUFFIXES:
             continue
         m = _INDEX_RE.match(f.stem)
@@ -332,6 +340,10 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     subdirs = {k: path / k for k in ("recon", "labels") if (path / k).is_dir()}
     groups: dict[str, dict[int, Path]] = {}
     if subdirs:
+        stray = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in VOLUME_FILE_SUFFIXES)
+        if stray:
+            raise BadInput(str(path / stray[0]), f"lies beside the {' and '.join(f'{k}/' for k in subdirs)} "
+                           "sub-folder(s), which are what is scored: move it into recon/ or labels/")
         for kind, folder in subdirs.items():
             files = _index_files(folder, gt)
             if files:
@@ -355,7 +367,8 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     indices = sorted(set().union(*index_sets))
     if len(groups) == 2 and index_sets[0] != index_sets[1]:
         raise BadInput(str(path), "recon/ and labels/ must hold the same sample indices")
-    pred = Prediction(path=path, name=path.name, indices=indices, kinds=sorted(groups, reverse=True))
+    pred = Prediction(path=path, name=path.resolve().name or str(path.resolve()), indices=indices,
+                      kinds=sorted(groups, reverse=True))
 
     def reader(kind: str, files: dict[int, Path]) -> Callable[[int], np.ndarray]:
         def read(i: int) -> np.ndarray:

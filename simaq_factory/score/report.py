@@ -8,12 +8,11 @@ import html
 import io
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_report"]
+__all__ = ["render_report"]
 
 _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;
@@ -218,9 +217,9 @@ def _breakdown_table(payload: dict[str, Any], names: list[str], metrics: list[st
     return "\n".join(lines)
 
 
-def write_report(result: Any, path: Path) -> list[Path]:
-    """Write the HTML report of ``result`` (a ScoreResult) to ``path``; the figures also go next to
-    it as ``fig-*.png``. Returns the PNG paths."""
+def render_report(result: Any) -> tuple[str, dict[str, bytes]]:
+    """The HTML report of ``result`` (a ScoreResult) and its figures (``fig-*.png`` name → PNG bytes,
+    also embedded in the page), rendered in memory: nothing is written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,15 +230,13 @@ def write_report(result: Any, path: Path) -> list[Path]:
         metrics += [m for m in payload["predictions"][n]["metrics"] if m not in metrics]
     key_metrics = [m for m in ("nrmse", "psnr", "ssim", "mean_iou") if m in metrics]
     span_metrics = [m for m in ("nrmse", "psnr", "ssim") if m in metrics] or ["mean_iou"]
-    pngs: list[Path] = []
+    pngs: dict[str, bytes] = {}
 
     def embed(name: str, fig: Any) -> str:
         if fig is None:
             return ""
         data = _png(fig)
-        png = path.parent / f"fig-{name}.png"
-        png.write_bytes(data)
-        pngs.append(png)
+        pngs[f"fig-{name}.png"] = data
         return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
     gt = payload["ground_truth"]
@@ -275,5 +272,4 @@ def write_report(result: Any, path: Path) -> list[Path]:
     conv = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
                    for k, v in payload["conventions"].items())
     parts += [f"<h2>Conventions</h2><ul>{conv}</ul></body></html>"]
-    path.write_text("\n".join(parts))
-    return pngs
+    return "\n".join(parts), pngs

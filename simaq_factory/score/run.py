@@ -166,38 +166,48 @@ def score(
         raise BadInput("--pred", "give at least one prediction")
     if fit not in ("affine", "none"):
         raise BadInput("--fit", f"must be affine or none, got {fit!r}")
-    if not span_bin_deg > 0:
-        raise BadInput("--span-bin", f"must be > 0, got {span_bin_deg}")
+    if not (span_bin_deg > 0 and math.isfinite(span_bin_deg)):
+        raise BadInput("--span-bin", f"must be a finite number of degrees > 0, got {span_bin_deg}")
     gt = open_ground_truth(gt_dir)
     if not 0 <= fov_margin < gt.radius:
         raise BadInput("--fov-margin", f"must be in [0, {gt.radius:g}), got {fov_margin}")
     gt = dataclasses.replace(gt, radius=gt.radius - fov_margin)
+    fov = gt.fov()
+    if not fov.any():
+        raise BadInput("--fov-margin", f"{fov_margin:g} leaves no voxel in the field of view (its radius would "
+                       f"be {gt.radius:g} voxels); use a smaller margin")
     preds = [open_prediction(p, gt, only) for p in pred_paths]
     _unique_names(preds)
-    fov = gt.fov()
     rows: list[dict[str, Any]] = []
     total = sum(len(p.indices) for p in preds)
     done = 0
     t0 = time.perf_counter()
     for pred in preds:
+        constant: list[int] = []
         for i in pred.indices:
-            rows.extend(_score_sample(gt, pred, i, fov, fit))
+            rows.extend(_score_sample(gt, pred, i, fov, fit, constant))
             done += 1
             if progress is not None:
                 progress(done, total)
+        if constant:  # e.g. a Zarr sample never written: it reads as the array's fill value
+            logger.warning("%s: %d sample(s) hold a constant reconstruction (%s%s), scored as no structure: "
+                           "unwritten?", pred.name, len(constant), ", ".join(map(str, constant[:8])),
+                           ", …" if len(constant) > 8 else "")
     logger.info("scored %d sample(s) in %.1f s", done, time.perf_counter() - t0)
     payload = _payload(gt, preds, rows, span_bin_deg, fit)
     return ScoreResult(payload=payload, rows=rows, examples=_examples(gt, preds, rows))
 
 
 def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
-                  fit: str) -> list[dict[str, Any]]:
+                  fit: str, constant: list[int] | None = None) -> list[dict[str, Any]]:
     """The row of sample ``i`` — or, with three acquisition axes, one row per axis ``k`` (column
     ``axis``, its own ``span_deg``): recon ``k`` is scored in the frame of its tilt axis, where the
     field of view is the cylinder about that axis (:mod:`simaq_factory.acquisition.axes`)."""
     from simaq_factory.acquisition.axes import frame_axes
 
     vols = {kind: pred.read[kind](i) for kind in pred.kinds}
+    if constant is not None and "recon" in vols and float(np.min(vols["recon"])) == float(np.max(vols["recon"])):
+        constant.append(i)
     multi = gt.n_axes > 1
     rows = []
     for k in range(gt.n_axes):
@@ -298,7 +308,7 @@ def _json_safe(obj: Any) -> Any:
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
@@ -334,7 +344,7 @@ def check_report_dir(report_dir: Path, overwrite: bool = False) -> None:
 
 def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     """Write ``scores.json`` (NaN -> null, ±inf -> "inf"/"-inf"), ``samples.csv`` and ``report.html``."""
-    from simaq_factory.score.report import write_report
+    from simaq_factory.score.report import render_report
 
     if report_dir.exists() and not report_dir.is_dir():
         raise BadInput(str(report_dir), "report path exists and is not a directory")
@@ -349,11 +359,16 @@ def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     writer.writeheader()
     for r in result.rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    _write_atomic(paths["csv"], buf.getvalue())
-    pngs = set(write_report(result, paths["html"]))
+    # everything is rendered before the first file is replaced: a report that fails to render
+    # leaves an earlier report in the folder whole (was: its samples.csv and figures replaced)
+    page, figures = render_report(result)
+    for name, data in figures.items():
+        (report_dir / name).write_bytes(data)
     for old in report_dir.glob("fig-*.png"):  # an earlier report's figures this one does not draw
-        if old not in pngs:
+        if old.name not in figures:
             old.unlink()
+    _write_atomic(paths["csv"], buf.getvalue())
+    _write_atomic(paths["html"], page)
     # scores.json last, renamed into place whole: a report folder that has it has the rest of this run
     _write_atomic(paths["json"], json.dumps(_json_safe(result.payload), indent=1, allow_nan=False) + "\n")
     return paths
