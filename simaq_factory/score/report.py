@@ -248,9 +248,11 @@ def render_report(result: Any) -> tuple[str, dict[str, bytes]]:
         f"{gt['n_samples']} samples of {' × '.join(map(str, gt['shape_zyx']))}). Predictions: "
         + ", ".join(f"<b>{html.escape(n)}</b> (<code>{html.escape(payload['predictions'][n]['path'])}"
                     f"</code>, {payload['predictions'][n]['n_scored']} samples)" for n in names) + ".</p>",
-        "<h2>Summary</h2><p>Median [quartiles] per metric (↑ higher is better, ↓ lower); the best "
-        "median is highlighted. With several predictions, Δ is the median paired difference against "
-        f"<b>{html.escape(names[0])}</b> and the percentage counts the samples where it is better.</p>",
+        "<h2>Summary</h2><p>Median [quartiles] per metric over each prediction's own samples (↑ higher "
+        "is better, ↓ lower); highlighted: the best median over the samples every prediction covers. "
+        "With several predictions, Δ is the median paired difference against "
+        f"<b>{html.escape(names[0])}</b> and the percentage counts the samples where it is better "
+        "(ties, equal within rounding, count half).</p>",
         _summary_table(payload, names, metrics),
         "<h2>Distributions</h2>",
         embed("distributions", _distributions(rows, names, key_metrics) if key_metrics else None),
