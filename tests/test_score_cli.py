@@ -293,3 +293,35 @@ def test_external_prediction_mistakes_are_named(work, tmp_path, caplog, monkeypa
     r = invoke("score", "--gt", ds, "--pred", ".", "-o", str(tmp_path / "dot"))
     assert r.exit_code == 0, r.output
     assert list(json.loads((tmp_path / "dot" / "scores.json").read_text())["predictions"]) == ["links"]
+
+
+def test_exported_files_score_as_what_their_names_say(work, tmp_path, caplog):
+    """export --format mrc names its files sample_000007_recon.mrc / _labels.mrc: score reads such a
+    folder as reconstructions and segmentations (the exported labels are the ground truth: IoU 1)."""
+    ds = str(work / "ds")
+    exp = tmp_path / "exp"
+    assert invoke("export", ds, "--format", "mrc", "-o", str(exp), "--arrays", "recon,labels").exit_code == 0
+    r = invoke("score", "--gt", ds, "--pred", str(exp), "-o", str(tmp_path / "rep"))
+    assert r.exit_code == 0, r.output
+    p = json.loads((tmp_path / "rep" / "scores.json").read_text())["predictions"]["exp"]
+    assert sorted(p["kinds"]) == ["labels", "recon"] and p["n_scored"] == 3
+    assert p["overall"]["mean_iou"]["median"] == 1.0
+    r = invoke("score", "--gt", ds, "--pred", str(exp), "--only", "labels", "-o", str(tmp_path / "rep2"))
+    assert r.exit_code == 0 and json.loads((tmp_path / "rep2" / "scores.json").read_text())[
+        "predictions"]["exp"]["kinds"] == ["labels"]
+    (exp / "0.mrc").write_bytes((exp / "sample_000000_recon.mrc").read_bytes())
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(exp)), "mixes files named by index only")
+    # 8-bit reconstructions in a flat folder are integers, so segmentations: scored, with a warning
+    import tifffile
+
+    recon = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")["recon"][...]
+    u8 = tmp_path / "u8"
+    u8.mkdir()
+    for i in range(3):
+        v = recon[i]
+        tifffile.imwrite(u8 / f"{i}.tif", np.round(254 * (v - v.min()) / (v.max() - v.min())).astype(np.uint8),
+                         photometric="minisblack")
+    r = invoke("score", "--gt", ds, "--pred", str(u8), "-o", str(tmp_path / "rep3"))
+    assert r.exit_code == 0, r.output
+    assert "u8: 3 segmentation(s) hold ids beyond the dataset's classes 0..3" in caplog.text
+    assert "pass --only recon" in caplog.text

@@ -30,6 +30,8 @@ __all__ = ["DamagedStore", "GroundTruth", "Prediction", "open_ground_truth", "op
 VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
 #: a file's stem is its sample index, optionally after a word and an underscore: 7, 000007, sample_7
 _INDEX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)$")
+#: ``export``'s names (``sample_000007_recon.mrc``): the index and what the file holds.
+_KIND_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)_(recon|labels)$")
 
 
 class DamagedStore(DamagedData):
@@ -318,22 +320,36 @@ def _read_volume(path: Path) -> np.ndarray:
 
 
 def _index_files(folder: Path, gt: GroundTruth) -> dict[int, Path]:
-    files: dict[int, Path] = {}
+    """The volumes of ``folder`` by sample index (plain names: ``7.tif``, ``sample_7.tiff``)."""
+    named = _kind_files(folder, gt)
+    if set(named) - {None}:
+        misplaced = named.get("recon") or named.get("labels") or {}
+        raise BadInput(str(next(iter(misplaced.values()))),
+                       "a name saying recon or labels belongs in a flat folder, not in recon/ or labels/")
+    return named.get(None, {})
+
+
+def _kind_files(folder: Path, gt: GroundTruth) -> dict[str | None, dict[int, Path]]:
+    """The volumes of ``folder`` by what their names say they hold (None: the name says only the
+    index; "recon"/"labels": ``export``'s names, ``sample_000007_recon.mrc``) and sample index."""
+    kinds: dict[str | None, dict[int, Path]] = {}
     for f in sorted(folder.iterdir()):
         if f.is_symlink() and not f.exists() and f.suffix.lower() in VOLUME_FILE_SUFFIXES:
             raise BadInput(str(f), f"is a broken symbolic link (to {os.readlink(f)})")
         if not f.is_file() or f.suffix.lower() not in VOLUME_FILE_SUFFIXES:
             continue
-        m = _INDEX_RE.match(f.stem)
+        m = _INDEX_RE.match(f.stem) or _KIND_RE.match(f.stem)
         if m is None:
-            raise BadInput(str(f), "file name must be the sample index, e.g. 7.tif, 000007.mrc or sample_7.tiff")
+            raise BadInput(str(f), "file name must be the sample index, e.g. 7.tif, 000007.mrc or sample_7.tiff "
+                                   "(or export's sample_000007_recon.mrc / _labels.mrc)")
         i = int(m.group(1))
+        files = kinds.setdefault(m.group(2) if m.re is _KIND_RE else None, {})
         if not 0 <= i < gt.n_samples:
             raise BadInput(str(f), f"sample index {i} is outside the dataset's 0..{gt.n_samples - 1}")
         if i in files:
             raise BadInput(str(f), f"sample {i} is given twice (also {files[i].name})")
         files[i] = f
-    return files
+    return kinds
 
 
 def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
@@ -349,7 +365,13 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
             if files:
                 groups[kind] = files
     else:
-        files = _index_files(path, gt)
+        named = _kind_files(path, gt)
+        if set(named) - {None}:  # export's names say what each file holds
+            if None in named:
+                raise BadInput(str(path), "mixes files named by index only with files named ..._recon or "
+                                          "..._labels; name them one way")
+            groups = {k: v for k, v in named.items() if k is not None and only in ("auto", k)}
+        files = {} if set(named) - {None} else named.get(None, {})
         if files and only != "auto":  # the user says what the files are (e.g. 8-bit reconstructions)
             groups[only] = files
         elif files:

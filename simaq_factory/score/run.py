@@ -183,31 +183,47 @@ def score(
     done = 0
     t0 = time.perf_counter()
     for pred in preds:
-        constant: list[int] = []
+        odd: dict[str, list[int]] = {"constant": [], "unknown": []}
         for i in pred.indices:
-            rows.extend(_score_sample(gt, pred, i, fov, fit, constant))
+            rows.extend(_score_sample(gt, pred, i, fov, fit, odd))
             done += 1
             if progress is not None:
                 progress(done, total)
-        if constant:  # e.g. a Zarr sample never written: it reads as the array's fill value
-            logger.warning("%s: %d sample(s) hold a constant reconstruction (%s%s), scored as no structure: "
-                           "unwritten?", pred.name, len(constant), ", ".join(map(str, constant[:8])),
-                           ", …" if len(constant) > 8 else "")
+        _warn_odd(pred.name, odd, gt)
     logger.info("scored %d sample(s) in %.1f s", done, time.perf_counter() - t0)
     payload = _payload(gt, preds, rows, span_bin_deg, fit)
     return ScoreResult(payload=payload, rows=rows, examples=_examples(gt, preds, rows))
 
 
+def _samples_text(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:8])) + (", …" if len(indices) > 8 else "")
+
+
+def _warn_odd(name: str, odd: dict[str, list[int]], gt: GroundTruth) -> None:
+    """Warn about what scores but is probably not what the user meant."""
+    if odd["constant"]:  # e.g. a Zarr sample never written: it reads as the array's fill value
+        logger.warning("%s: %d sample(s) hold a constant reconstruction (%s), scored as no structure: "
+                       "unwritten?", name, len(odd["constant"]), _samples_text(odd["constant"]))
+    if odd["unknown"]:  # e.g. 8-bit reconstructions in a flat folder, taken for segmentations
+        logger.warning("%s: %d segmentation(s) hold ids beyond the dataset's classes 0..%d (and %d, "
+                       "unlabelled) (%s), scored as wrong classes: 8-bit reconstructions? pass --only recon",
+                       name, len(odd["unknown"]), max(gt.classes), gt.ignore_label, _samples_text(odd["unknown"]))
+
+
 def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
-                  fit: str, constant: list[int] | None = None) -> list[dict[str, Any]]:
+                  fit: str, odd: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     """The row of sample ``i`` — or, with three acquisition axes, one row per axis ``k`` (column
     ``axis``, its own ``span_deg``): recon ``k`` is scored in the frame of its tilt axis, where the
     field of view is the cylinder about that axis (:mod:`simaq_factory.acquisition.axes`)."""
     from simaq_factory.acquisition.axes import frame_axes
 
     vols = {kind: pred.read[kind](i) for kind in pred.kinds}
-    if constant is not None and "recon" in vols and float(np.min(vols["recon"])) == float(np.max(vols["recon"])):
-        constant.append(i)
+    if odd is not None and "recon" in vols and float(np.min(vols["recon"])) == float(np.max(vols["recon"])):
+        odd["constant"].append(i)
+    if odd is not None and "labels" in vols:
+        lab = vols["labels"]
+        if np.any((lab > max(gt.classes)) & (lab != gt.ignore_label)) or np.any(lab < 0):
+            odd["unknown"].append(i)
     multi = gt.n_axes > 1
     rows = []
     for k in range(gt.n_axes):
