@@ -7,12 +7,13 @@ exceptions to such lines, :class:`OneLineGroup` turns click's usage errors into 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +34,19 @@ class DamagedData(RuntimeError):
     """Stored data cannot be read back as written (a corrupt chunk, a shard that fails its
     checksum): a runtime failure, not bad input. ``str(err)`` is one line naming the store, array
     and sample and the check to run; exit code 1 (with ``-vv`` the traceback)."""
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence the logger ``name`` inside the block: a reader library's own "ERROR …" line about a
+    file we report on in one line of our own (tifffile logs before it raises)."""
+    log = logging.getLogger(name)
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -287,6 +287,14 @@ def test_external_prediction_mistakes_are_named(work, tmp_path, caplog, monkeypa
     r = invoke("score", "--gt", ds, "--pred", str(tmp_path / "part.zarr"), "-o", str(tmp_path / "rp"))
     assert r.exit_code == 0, r.output
     assert "part: 2 sample(s) hold a constant reconstruction (1, 2)" in caplog.text
+    # a damaged TIFF: our one line, without tifffile's own ERROR line before it
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    tifffile.imwrite(tmp_path / "whole.tif", recon[0], photometric="minisblack")
+    (cut / "0.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:5000])
+    caplog.clear()
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(cut)), "0.tif", "cannot read")
+    assert not [rec for rec in caplog.records if rec.name == "tifffile"]
     # --pred . is named after the folder (was an empty name and a report folder "-scores")
     (links / "1.tif").unlink()
     monkeypatch.chdir(links)

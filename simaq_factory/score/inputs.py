@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, DamagedData
+from simaq_factory.errors import BadInput, DamagedData, quiet_logger
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
 from simaq_factory.store.outdir import RESOLVED
 from simaq_factory.tomo.geometry import Geometry
@@ -282,7 +282,7 @@ def _file_is_integer(path: Path) -> bool:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 dtype = tif.series[0].dtype
         else:
             import mrcfile
@@ -308,7 +308,8 @@ def _read_volume(path: Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
+                return np.asarray(tifffile.imread(path))
         import mrcfile
 
         from simaq_factory.mrcio import read_mrc_data

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
@@ -91,14 +91,9 @@ def _nrrd_in_angstrom(header: dict[str, Any], spacing: tuple[float, ...]) -> tup
 def _read_tiff(p: Path) -> Volume:
     """A TIFF stack and, when it says so in known units, its voxel size in Å (ImageJ ``spacing`` for z,
     the X/YResolution tags for x and y)."""
-    import logging
-
     import tifffile
 
-    quiet = logging.getLogger("tifffile")
-    was = quiet.disabled
-    quiet.disabled = True  # its own "ERROR tifffile: ..." line would come before ours
-    try:
+    with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
         with tifffile.TiffFile(p) as tif:
             data = tif.asarray()
             meta = tif.imagej_metadata or {}
@@ -106,8 +101,6 @@ def _read_tiff(p: Path) -> Volume:
             tags = page.tags
             res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
             res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
-    finally:
-        quiet.disabled = was
     unit = str(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
     scale = _UNITS_A.get(unit) or (1e8 if unit == "cm" else None)
     size = None
