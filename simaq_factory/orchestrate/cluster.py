@@ -78,10 +78,12 @@ def _not_a_scheduler(address: str, timeout: float | None = None) -> str | None:
         return None  # tls:// needs the security settings Client takes; inproc/ucx: no TCP to probe
     timeout = PROBE_TIMEOUT if timeout is None else timeout
     try:
-        with socket.create_connection((host, port), timeout=min(timeout, 2.0)):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except ConnectionRefusedError:
         return f"connection refused at {host}:{port} (is `dask scheduler` running there?)"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g} s (the wrong host, or a firewall?)"
     except OSError as err:
         return f"{host}:{port}: {err.strerror or type(err).__name__}"
 
@@ -98,7 +100,7 @@ def _not_a_scheduler(address: str, timeout: float | None = None) -> str | None:
     except (asyncio.TimeoutError, TimeoutError):
         return (f"no Dask scheduler answered within {timeout:g} s (another service on that port? "
                 "the dashboard is usually :8787, the scheduler :8786)")
-    except (Exception, MemoryError) as err:  # noqa: BLE001 - another protocol's bytes: anything can fail
+    except Exception as err:  # noqa: BLE001 - another protocol's bytes: anything can fail (MemoryError too)
         return (f"the service there does not speak Dask's protocol ({type(err).__name__}); the scheduler "
                 "usually listens on :8786")
     if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
