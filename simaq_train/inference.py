@@ -219,8 +219,9 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
             raise BadInput(str(tomogram), f"values beyond float32's range (largest |value| {big:.3g}); "
                            "--no-normalize takes a normalised volume")
         norm = np.array(raw, dtype=np.float32)
-        _warn_if_not_normalised(norm, cfg.data.fov_margin, str(tomogram))
-        norm[:, ~fov_mask(norm.shape[1:], cfg.data.fov_margin)] = 0
+        disc = fov_mask(norm.shape[1:], cfg.data.fov_margin)
+        _warn_if_not_normalised(norm[:, disc], str(tomogram))
+        norm[:, ~disc] = 0
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
                   post=post, post_scale=post_scale)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
@@ -232,11 +233,10 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
             "class_names": [str(n) for n in names]}
 
 
-def _warn_if_not_normalised(norm: np.ndarray, margin: float, name: str) -> None:
+def _warn_if_not_normalised(inside: np.ndarray, name: str) -> None:
     """--no-normalize takes what the reader's normalisation gives (standard-normal quantiles in the
-    field of view: mean 0, standard deviation 1); a raw reconstruction passed by mistake (0-255,
-    LAC units) would be segmented without a word, so say what it looks like."""
-    inside = norm[:, fov_mask(norm.shape[1:], margin)]
+    field of view, ``inside``: mean 0, standard deviation 1); a raw reconstruction passed by mistake
+    (0-255, LAC units) would be segmented without a word, so say what it looks like."""
     if not inside.size:
         return
     mean, std = float(inside.mean(dtype=np.float64)), float(inside.std(dtype=np.float64))

@@ -367,12 +367,12 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                 groups[kind] = files
     else:
         named = _kind_files(path, gt)
+        files = named.get(None, {})
         if set(named) - {None}:  # export's names say what each file holds
-            if None in named:
+            if files:
                 raise BadInput(str(path), "mixes files named by index only with files named ..._recon or "
                                           "..._labels; name them one way")
             groups = {k: v for k, v in named.items() if k is not None and only in ("auto", k)}
-        files = {} if set(named) - {None} else named.get(None, {})
         if files and only != "auto":  # the user says what the files are (e.g. 8-bit reconstructions)
             groups[only] = files
         elif files:

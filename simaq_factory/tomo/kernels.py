@@ -276,22 +276,20 @@ def self_check(device: str) -> str:
         geom = Geometry.from_degrees(24, [-50.0 + 100.0 * i / 4 for i in range(5)] + [90.0], det_count=40,
                                      det_spacing=0.7)
         vol = torch.rand((66, 24, 24), generator=gen).to(dev)
+
+        def differs(name: str, got: torch.Tensor, want: torch.Tensor) -> str:
+            err = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-30)
+            return "" if err <= _SELF_CHECK_RTOL else (
+                f"its {name} differs from the torch projector by {err:.2g} (relative)")
+
         ref = projector.forward_project(vol, geom, backend="torch")
+        problem = differs("forward", forward_project(vol, geom), ref)
+        if problem:  # the first failure is reported (the backprojection is not run)
+            return problem
         weights = torch.linspace(0.5, 1.5, geom.n_angles).to(dev)
-
-        def back_ref() -> torch.Tensor:
-            return projector.backproject_table(ref, geom, geom.det_center, clip_circle=True,
-                                               angle_weights=weights, backend="torch")
-
-        def back() -> torch.Tensor:
-            return backproject_table(ref, geom, geom.det_center, clip_circle=True, angle_weights=weights)
-
-        for name, got, want in (("forward", lambda: forward_project(vol, geom), lambda: ref),
-                                ("backprojection", back, back_ref)):  # the first failure is reported
-            a, b = got(), want()
-            err = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-30)
-            if not err <= _SELF_CHECK_RTOL:
-                return f"its {name} differs from the torch projector by {err:.2g} (relative)"
+        return differs("backprojection",
+                       backproject_table(ref, geom, geom.det_center, clip_circle=True, angle_weights=weights),
+                       projector.backproject_table(ref, geom, geom.det_center, clip_circle=True,
+                                                   angle_weights=weights, backend="torch"))
     except Exception as exc:  # noqa: BLE001 - any failure (compiler, driver) means: do not use it
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    return ""

@@ -72,8 +72,15 @@ _ONE_SAMPLE = "e.g. a sample from `simaq-factory export --format tiff`"
 
 #: Å per length unit, as TIFF (ImageJ ``unit``, resolution unit) and NRRD (``space units``, ``units``) name them.
 _UNITS_A = {"nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "um": 1e4, "\u00b5m": 1e4, "\u03bcm": 1e4,
-                 "micron": 1e4, "microns": 1e4, "micrometer": 1e4, "micrometers": 1e4, "mm": 1e7,
-                 "millimeter": 1e7, "a": 1.0, "å": 1.0, "angstrom": 1.0, "angstroms": 1.0}
+            "micron": 1e4, "microns": 1e4, "micrometer": 1e4, "micrometers": 1e4, "mm": 1e7,
+            "millimeter": 1e7, "cm": 1e8, "a": 1.0, "å": 1.0, "angstrom": 1.0, "angstroms": 1.0}
+
+
+def _space_directions(header: dict[str, Any]) -> list[Any]:
+    """An NRRD header's direction vectors of its spatial axes (file order: fastest first); the
+    entries of other axes (None, or NaN vectors) are left out."""
+    return [d for d in header.get("space directions", [])
+            if d is not None and np.all(np.isfinite(np.asarray(d, float)))]
 
 
 def _nrrd_in_angstrom(header: dict[str, Any], spacing: tuple[float, ...]) -> tuple[float, ...]:
@@ -102,7 +109,7 @@ def _read_tiff(p: Path) -> Volume:
             res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
             res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
     unit = str(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
-    scale = _UNITS_A.get(unit) or (1e8 if unit == "cm" else None)
+    scale = _UNITS_A.get(unit)
     size = None
     if scale and len(res) == 2 and all(den and num for num, den in res):
         y, x = (scale * den / num for num, den in res)  # resolution: pixels per unit
@@ -151,13 +158,11 @@ def _read_any(p: Path) -> Volume:
             keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
             picked = [float(per_axis[k]) for k in keep] if len(per_axis) == arr.ndim else []
             spacing = tuple(picked) if len(picked) == 3 and all(np.isfinite(picked)) else None
-        elif "space directions" in header:
-            dirs = [d for d in header["space directions"] if d is not None and not np.isnan(np.asarray(d, float)).any()]
-            if len(dirs) == 3:
-                spacing = tuple(float(np.linalg.norm(d)) for d in dirs[::-1])
-        if spacing and len(spacing) == 3:
+        elif len(_space_directions(header)) == 3:
+            spacing = tuple(float(np.linalg.norm(d)) for d in _space_directions(header)[::-1])
+        if spacing:  # both branches give three spacings or none
             spacing = _nrrd_in_angstrom(header, spacing)
-        return Volume(arr, spacing if spacing and len(spacing) == 3 else None, dict(header))
+        return Volume(arr, spacing, dict(header))
     if suf == ".npy":
         return Volume(np.load(p, allow_pickle=False))
     if suf == ".zarr":
@@ -379,10 +384,8 @@ def _nrrd_space(like: Volume | None, shape: tuple[int, ...]) -> dict[str, Any]:
     """``space``, ``space directions`` and ``space origin`` of the NRRD volume ``like`` was read from,
     when it has them for three axes and the same shape; else nothing."""
     h = like.header if like is not None else {}
-    if "space directions" not in h or like is None or like.data.shape != tuple(shape):
-        return {}
-    dirs = [d for d in h["space directions"] if d is not None and np.all(np.isfinite(np.asarray(d, float)))]
-    if len(dirs) != 3:
+    dirs = _space_directions(h)
+    if like is None or like.data.shape != tuple(shape) or len(dirs) != 3:
         return {}
     out: dict[str, Any] = {"space directions": np.asarray(dirs, dtype=float)}
     for key in ("space", "space dimension", "space origin", "space units"):
@@ -398,12 +401,12 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
 
         if voxel_size is None:
             tifffile.imwrite(tmp, volume, photometric="minisblack")  # (3 or 4, Y, X) is not RGB
-        elif volume.dtype in (np.uint8, np.uint16, np.float32):  # what ImageJ hyperstacks hold
-            z, y, x = (v / 1e4 for v in voxel_size)  # Å → µm
+            return
+        z, y, x = (v / 1e4 for v in voxel_size)  # Å → µm
+        if volume.dtype in (np.uint8, np.uint16, np.float32):  # what ImageJ hyperstacks hold
             tifffile.imwrite(tmp, volume, imagej=True, resolution=(1.0 / x, 1.0 / y),
                              metadata={"spacing": z, "unit": "micron", "axes": "ZYX"})
         else:  # in-plane pixel size only, in the TIFF tags
-            z, y, x = (v / 1e4 for v in voxel_size)
             tifffile.imwrite(tmp, volume, photometric="minisblack", resolution=(1.0 / x, 1.0 / y),
                              resolutionunit="MICROMETER")
     elif suf in (".mrc", ".rec", ".map"):
