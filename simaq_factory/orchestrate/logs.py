@@ -41,17 +41,36 @@ def detach_log_file(path: Path) -> None:
 
 
 class _AbandonedGatherFilter(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for Dask's ``AllExit``: a wait on shard
-    futures that Ctrl-C abandoned, ending once the interrupted driver releases them. Nothing is
-    lost (the driver reports the interrupt itself), and the user would see a page of Dask internals."""
+    """Drops the tracebacks Dask's client leaves behind a Ctrl-C, after the driver's own one-line
+    report (nothing is lost; the user would see a page of Dask internals):
+
+    - asyncio's "Task exception was never retrieved" for ``AllExit``: a wait on shard futures that
+      Ctrl-C abandoned, ending once the interrupted driver releases them;
+    - tornado's "Exception in callback" for the ``NameError`` of ``distributed.utils.sync``'s
+      ``cancel`` callback, which Ctrl-C schedules and which reads the future before the waiting
+      coroutine has made it (a race in distributed: ``cannot access free variable 'future'``).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[0] if record.exc_info else None
-        return not (exc is not None and exc.__name__ == "AllExit" and exc.__module__.startswith("distributed"))
+        if not record.exc_info or record.exc_info[0] is None:
+            return True
+        exc, tb = record.exc_info[0], record.exc_info[2]
+        if exc.__name__ == "AllExit" and exc.__module__.startswith("distributed"):
+            return False
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        return not (issubclass(exc, NameError) and code is not None and code.co_name == "cancel"
+                    and Path(code.co_filename).parts[-2:] == ("distributed", "utils.py"))
+
+
+#: The loggers Dask's client reports those through.
+_ABANDONED_LOGGERS = ("asyncio", "tornado.application")
 
 
 def quiet_abandoned_gathers() -> None:
-    """Install :class:`_AbandonedGatherFilter` on the ``asyncio`` logger (idempotent)."""
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _AbandonedGatherFilter) for f in logger.filters):
-        logger.addFilter(_AbandonedGatherFilter())
+    """Install :class:`_AbandonedGatherFilter` on the loggers Dask's Ctrl-C leftovers reach (idempotent)."""
+    for name in _ABANDONED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _AbandonedGatherFilter) for f in logger.filters):
+            logger.addFilter(_AbandonedGatherFilter())
