@@ -58,6 +58,24 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # plain SafeLoader unchanged
 
 
+def test_numbers_are_yaml_1_2_and_merge_keys_work(tmp_path):
+    # YAML 1.1 (PyYAML): 017 is octal 15, 0b101 is 5, 12:00:00 is base-60 43200
+    assert load_yaml("a: [017, 08, 0x1F, 0o17, 1_000, -0, +4, 1., -.inf, 0b101, 12:00:00, 1:30]") == {
+        "a": [17, 8, 31, 15, 1000, 0, 4, 1.0, float("-inf"), "0b101", "12:00:00", "1:30"]}
+    assert yaml.safe_load("a: [017, 12:00:00]") == {"a": [15, 43200]}  # plain SafeLoader unchanged
+    assert load_yaml("b: &r {x: 1, y: 2}\nc:\n  <<: *r\n  y: 3\n") == {"b": {"x": 1, "y": 2}, "c": {"x": 1, "y": 3}}
+    with pytest.raises(yaml.YAMLError, match="unhashable key"):
+        load_yaml("? [a, b]\n: 1\n")
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'y'"):
+        load_yaml("c: {x: 1, y: 2, y: 3}")
+    # the init template's walltime edited to the most common value stays a string; a leading-zero seed is decimal
+    path = tmp_path / "r.yaml"
+    path.write_text("seed: 017\nexecution:\n  slurm:\n    walltime: 12:00:00\n")
+    rec = load_recipe(path)
+    assert rec.seed == 17 and rec.execution.slurm.walltime == "12:00:00"
+    assert load_recipe(SMOKE, ["execution.slurm.walltime=24:00:00"]).execution.slurm.walltime == "24:00:00"
+
+
 def test_unknown_keys_suggest_the_closest_name_in_recipes_and_training_configs():
     from simaq_train.config import load_config
 
@@ -181,8 +199,9 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["validate", str(SMOKE), "--set", "dataset.n_samples"], "--set"),
         (["validate", str(SMOKE), "--set", "dataset.n_samples.x=1"], "dataset.n_samples"),
         (["build", str(SMOKE), "-o", "{file}"], "not a directory"),
-        (["build", str(SMOKE), "-o", "{out}", "--device", "cuda:7"], "execution.device"),
-        (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "execution.workers"),
+        (["build", str(SMOKE), "-o", "{out}", "--device", "cuda:7"], "--device: "),
+        (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "--workers: must be >= 1"),
+        (["build", str(SMOKE), "-o", "{out}", "--set", "execution.workers=0"], "execution.workers: must be >= 1"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),
         # alternatives given together: refused, not one of them silently ignored
@@ -355,3 +374,10 @@ def test_a_normal_without_std_is_its_mean_and_min_above_max_is_refused():
         resolve({"acquisition": {"tilt_span_deg": {"mean": 100, "std": 5, "min": 120, "max": 80}}})
     assert err.value.path == "acquisition.tilt_span_deg", str(err.value)
     Dist.parse({"mean": 100, "std": 5, "min": 80, "max": 80}, "x")  # min == max is allowed
+
+
+def test_negative_zero_is_the_same_recipe_and_override_parse_errors_say_why():
+    assert recipe_id(load_recipe(SMOKE, ["acquisition.jitter_deg=-0.0"])) == recipe_id(
+        load_recipe(SMOKE, ["acquisition.jitter_deg=0"]))
+    with pytest.raises(RecipeError, match=r"cannot parse override value .* \(duplicate key 'n_samples'"):
+        load_recipe(SMOKE, ["dataset={n_samples: 2, n_samples: 3}"])

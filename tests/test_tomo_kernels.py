@@ -67,7 +67,12 @@ def test_build_refuses_the_triton_projector_where_it_cannot_run(tmp_path):
                                        "--projector", "triton"])
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: execution.projector: "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --projector: "), result.stderr
+    assert not out.exists()
+    # set in the recipe (not by the flag), the refusal names the field
+    result = CliRunner().invoke(main, ["build", str(SMOKE), "-o", str(out), "--device", "cpu",
+                                       "--set", "execution.projector=triton"])
+    assert result.exit_code == 2 and "error: execution.projector: " in result.stderr, result.output
     assert not out.exists()
     bad = CliRunner().invoke(main, ["validate", str(SMOKE), "--set", "execution.projector=astra"])
     assert bad.exit_code == 2 and "execution.projector" in bad.stderr, bad.output

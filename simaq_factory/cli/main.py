@@ -6,13 +6,14 @@ Heavy imports (torch, dask) happen inside the commands, so ``--help`` and errors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -162,12 +163,34 @@ def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, wor
             else "--cluster inline (one process, no workers)"))
     cluster = cluster or "local"
     extra = list(overrides)
+    # a flag's value is checked as its recipe field; a refusal names the flag the user typed
+    flags = {}
     if workers is not None:
         extra.append(f"execution.workers={workers}")
+        flags["execution.workers"] = "--workers"
     if device is not None:
         extra.append(f"execution.device={json.dumps(device)}")
+        flags["execution.device"] = "--device"
     if projector is not None:
         extra.append(f"execution.projector={projector}")
+        flags["execution.projector"] = "--projector"
+    with _as_flags(flags):
+        _build(recipe, out, scheduler, cluster, overrides, extra)
+
+
+@contextlib.contextmanager
+def _as_flags(flags: dict[str, str]) -> Iterator[None]:
+    """Re-raise a RecipeError about a field that a flag set (``flags``: field → flag) as the flag's."""
+    try:
+        yield
+    except RecipeError as err:
+        if err.path in flags:
+            raise BadInput(flags[err.path], err.message) from None
+        raise
+
+
+def _build(recipe: str, out: str, scheduler: str | None, cluster: str, overrides: tuple[str, ...],
+           extra: list[str]) -> None:
     # a bad recipe is refused before torch is imported; so is an empty file, unless --set gives fields
     rec, text = _load(recipe, tuple(extra), require_fields=not overrides)
     from simaq_factory.orchestrate.driver import build as run_build

@@ -77,8 +77,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise RecipeError("--set", f"expected a dotted key like dataset.n_samples, got {key!r}")
         try:
             value = load_yaml(raw)
-        except yaml.YAMLError:
-            raise RecipeError(key, f"cannot parse override value {raw!r}") from None
+        except yaml.YAMLError as err:
+            why = getattr(err, "problem", None)
+            raise RecipeError(key, f"cannot parse override value {raw!r}" + (f" ({why})" if why else "")) from None
         node, default = out, defaults
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -114,7 +115,16 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _plus_zero(obj: Any) -> Any:
+    """``obj`` with every -0.0 as 0.0: the same recipe (``jitter_deg: -0.0``) has one id."""
+    if isinstance(obj, dict):
+        return {k: _plus_zero(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plus_zero(v) for v in obj]
+    return 0.0 if isinstance(obj, float) and obj == 0.0 else obj
+
+
 def recipe_id(recipe: Recipe) -> str:
     """sha256 of the canonical JSON of the resolved recipe, ``execution`` excluded."""
-    payload = {k: v for k, v in recipe_to_json(recipe).items() if k not in ID_EXCLUDED}
+    payload = _plus_zero({k: v for k, v in recipe_to_json(recipe).items() if k not in ID_EXCLUDED})
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
