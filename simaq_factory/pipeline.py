@@ -111,6 +111,20 @@ class Acquisition:
     recon: torch.Tensor
 
 
+class NonFiniteData(ValueError):
+    """A stage gave inf or NaN: values of the recipe (LACs, thicknesses, strengths) too large for
+    float32. The recipe, seed and index decide it: a re-run fails the same way."""
+
+
+def _check_finite(t: torch.Tensor, what: str, axis: int) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteData(
+            f"the {what} (axis {axis}) holds inf or NaN: a LAC, thickness or artifact strength of the "
+            "recipe is too large for float32 (phantom.*.lac, acquisition.sinogram.ice_thickness, "
+            "artifacts.*); `simaq-factory validate` prints the resolved values"
+        )
+
+
 def acquire(
     recipe: Recipe,
     noisy: torch.Tensor,
@@ -145,12 +159,14 @@ def acquire(
     del volume_in
     lap("projection")
     proj = apply_sinogram_artifacts(proj, angles.forward_deg, sino_params, banks["perlin_lo_2d"])
+    _check_finite(proj, "sinogram", axis)
     lap("sinogram_artifacts")
     rec_geom = Geometry(
         n=n, angles=tuple(math.radians(a) for a in angles.recon_deg), center=recon_cfg.center,
         weighting=recon_cfg.weighting,
     )
     recon = reconstruct(proj, rec_geom, recon_cfg, backend=backend)
+    _check_finite(recon, "reconstruction", axis)
     lap("reconstruction")
     return Acquisition(axis=axis, angles=angles, sino_params=sino_params, proj=proj, recon=recon)
 

@@ -233,12 +233,35 @@ def test_disk_full_mid_build_exit_1_marks_nothing_then_resumes(tmp_path, monkeyp
     args = ["build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert "re-run the same command to resume" in result.stderr
     assert (out / "provenance" / "shard-000000.json").exists()
     assert not (out / "provenance" / "shard-000001.json").exists()
     assert "1 done, 1 pending" in CliRunner().invoke(main, ["status", str(out)]).output
     monkeypatch.undo()
     assert CliRunner().invoke(main, args).exit_code == 0
     assert "2 done, 0 pending" in CliRunner().invoke(main, ["status", str(out)]).output
+
+
+def test_a_recipe_whose_cells_cannot_fit_says_so_not_re_run(tmp_path):
+    # cells laid out at scale 2 in 64³ do not fit: every run of this recipe fails the same way
+    out = tmp_path / "out"
+    args = ["build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline", "--set", "phantom.scale=2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "2 of 2 shard(s) failed (shard 0: PhantomFitError: 1 cells do not fit a (64, 64, 64) volume" in line
+    assert "phantom.scale" in line and "the recipe cannot render them" in line and "re-run" not in line
+    assert "0 done, 2 pending" in CliRunner().invoke(main, ["status", str(out)]).output
+    # an ice slab 1e300 thick: an all-inf sinogram is refused, not written as a NaN reconstruction
+    out = tmp_path / "inf"
+    args = ["build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline",
+            "--set", "acquisition.sinogram.ice_thickness.thickness=1e300", "--set", "dataset.n_samples=1",
+            "--set", "dataset.samples_per_shard=1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "NonFiniteData: the sinogram (axis 0) holds inf or NaN" in result.stderr
+    assert "acquisition.sinogram.ice_thickness" in result.stderr and "re-run" not in result.stderr
+    assert not (out / "provenance" / "shard-000000.json").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

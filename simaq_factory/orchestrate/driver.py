@@ -28,6 +28,8 @@ from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, op
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
 from simaq_factory.acquisition.angles import a_max_for
+from simaq_factory.phantom.layout import PhantomLayoutError
+from simaq_factory.pipeline import NonFiniteData
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
@@ -58,11 +60,24 @@ class BuildReport:
     skipped: int
     built: int
     failed: dict[int, str] = field(default_factory=dict)
+    #: failed shards whose error the recipe decides (see :data:`RECIPE_FAILURES`): a re-run fails again
+    recipe_failed: set[int] = field(default_factory=set)
     seconds: float = 0.0
     cluster: str = ""
     dashboard: str | None = None
     frozen: bool = False  # a sealed dataset of this recipe: nothing was done
     device: str = ""  # as resolved here ("auto" on a scheduler: each worker resolves it)
+
+
+#: Errors that the recipe, seed and sample index decide (cells that cannot be laid out or do not fit
+#: the volume, values too large for float32): re-running the build fails the same way, so the message asks for a recipe change.
+RECIPE_FAILURES: tuple[type[BaseException], ...] = (PhantomLayoutError, NonFiniteData)
+
+
+def _record_failure(report: BuildReport, shard: int, err: BaseException) -> None:
+    report.failed[shard] = f"{type(err).__name__}: {err}"
+    if isinstance(err, RECIPE_FAILURES):
+        report.recipe_failed.add(shard)
 
 
 def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
@@ -177,7 +192,7 @@ def build(
                 try:
                     summary = run_shard(str(out), recipe_json, s, device, threads)
                 except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
-                    report.failed[s] = f"{type(err).__name__}: {err}"
+                    _record_failure(report, s, err)
                     summary = None
                 else:
                     report.built += 1
@@ -453,7 +468,7 @@ def _run_distributed(
             summary = fut.result()
             report.built += 1
         except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
-            report.failed[s] = f"{type(err).__name__}: {err}"
+            _record_failure(report, s, err)
             log.error("shard %d failed after retries: %s", s, report.failed[s])
         finally:
             fut.release()
@@ -474,8 +489,16 @@ def _finish(out: Path, report: BuildReport, t0: float) -> BuildReport:
                       "shards_done": report.n_shards - len(report.failed)})
     if report.failed:
         first = min(report.failed)
+        if report.recipe_failed == set(report.failed):
+            hint = "the recipe cannot render them (every run fails the same way): change what the error names"
+        elif report.recipe_failed:
+            hint = (f"re-run the same command to resume; {len(report.recipe_failed)} of them fail the same "
+                    f"way on every run (shard {min(report.recipe_failed)}: "
+                    f"{report.failed[min(report.recipe_failed)]}): change the recipe for those")
+        else:
+            hint = "re-run the same command to resume"
         raise BuildFailed(
             f"{len(report.failed)} of {report.n_shards} shard(s) failed (shard {first}: "
-            f"{report.failed[first]}); re-run the same command to resume"
+            f"{report.failed[first]}); {hint}"
         )
     return report

@@ -333,7 +333,9 @@ def sample_phantom(
             if fit < cfg.layout.min_scale_fraction * requested:
                 raise PhantomFitError(
                     f"{n} cells do not fit a {shape} volume: scale {fit:.4g} needed, below "
-                    f"{cfg.layout.min_scale_fraction:g} × requested {requested:.4g}"
+                    f"{cfg.layout.min_scale_fraction:g} × requested {requested:.4g} (a smaller "
+                    f"phantom.scale, 'auto' for this dataset.shape, or fewer phantom.cells.count fit; "
+                    f"phantom.layout.min_scale_fraction allows more shrinking)"
                 )
             scale = fit * (1.0 - 1e-9)
             log.info("phantom shrunk to scale %.4g (requested %.4g) to fit %d cells", scale, requested, n)

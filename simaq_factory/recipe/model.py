@@ -35,7 +35,7 @@ class OutputsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetConfig:
-    n_samples: int = spec(4, ge=1, doc="number of samples (volumes)")
+    n_samples: int = spec(4, ge=1, le=1_000_000, doc="number of samples (volumes)")
     shape: tuple[int, int, int] = spec(
         (512, 512, 512), ge=8, le=4096, doc="(z, y, x) voxels; z is the tilt axis; y must equal x"
     )
