@@ -30,6 +30,11 @@ class BuildFailed(RuntimeError):
     """Some shards failed after their retries; exit code 1."""
 
 
+class RunFailed(RuntimeError):
+    """A run stopped for a reason its one-line message gives in full (e.g. training diverged);
+    exit code 1, no traceback hint."""
+
+
 class DamagedData(RuntimeError):
     """Stored data cannot be read back as written (a corrupt chunk, a shard that fails its
     checksum): a runtime failure, not bad input. ``str(err)`` is one line naming the store, array
@@ -95,7 +100,7 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
                 return func(*args, **kwargs)
             except RecipeError as err:
                 fail(str(err), 2)
-            except BuildFailed as err:
+            except (BuildFailed, RunFailed) as err:
                 fail(str(err), 1)
             except DamagedData as err:
                 if logging.getLogger().isEnabledFor(logging.DEBUG):

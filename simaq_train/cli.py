@@ -102,7 +102,7 @@ def _fit_outcome(res: Any, o: Any) -> str:
     resumed = f"; resumed at step {res.start_step}" if res.start_step else ""
     where = f"at epoch {res.epoch}, step {res.step}"
     if res.finished:
-        return f"finished {where} ({o.epochs} epoch(s) done{resumed}) -> {res.checkpoint}"
+        return f"finished {where} ({res.epoch} epoch(s) done{resumed}) -> {res.checkpoint}"
     if o.max_steps > 0 and res.step >= o.max_steps:
         return (f"stopped {where} (optim.max_steps={o.max_steps} reached{resumed}) -> {res.checkpoint}; "
                 f"to continue: --set optim.max_steps={2 * o.max_steps}")
@@ -136,7 +136,7 @@ def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samp
              batch_size: int, postprocess: bool, device: str, axes: str, overwrite: bool) -> None:
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
     # the paths first: torch (below) takes seconds to import
-    out_dir = _report_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).name}",
+    out_dir = _report_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).resolve().name}",
                           dataset, overwrite)
     if not Path(checkpoint).is_file():
         raise_bad(checkpoint, "checkpoint not found")

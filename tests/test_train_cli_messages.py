@@ -77,6 +77,10 @@ def test_the_stop_line_says_where_why_and_then_how_to_continue():
                                           "again (another 0.08 min)")
     res = SimpleNamespace(finished=True, epoch=3, step=30, start_step=0, checkpoint=ck)
     assert _fit_outcome(res, steps) == "finished at epoch 3, step 30 (3 epoch(s) done) -> R/last.pt"
+    # a finished 3-epoch run resumed under optim.epochs=1: the epochs done, not the limit
+    res = SimpleNamespace(finished=True, epoch=3, step=30, start_step=30, checkpoint=ck)
+    assert _fit_outcome(res, SimpleNamespace(epochs=1, max_steps=0, max_minutes=0.0)) == (
+        "finished at epoch 3, step 30 (3 epoch(s) done; resumed at step 30) -> R/last.pt")
 
 
 def test_fit_prints_the_stop_line(trained):

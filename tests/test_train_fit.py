@@ -177,6 +177,59 @@ def test_killed_run_resumes_from_its_last_checkpoint(trained, dataset, tmp_path)
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated lines after the resume
 
 
+def test_metric_lines_after_the_checkpoint_go_and_a_start_over_starts_a_fresh_log(trained, dataset, tmp_path):
+    lines = [{"kind": "train", "step": 1, "epoch": 0}, {"kind": "train", "step": 2, "epoch": 0},
+             {"kind": "val", "step": 2, "epoch": 1}, {"kind": "train", "step": 3, "epoch": 1}]
+    path = tmp_path / "metrics.jsonl"
+    for ck_epoch, kept in ((0, 2), (1, 3)):  # step 2 checkpointed before / after its epoch's validation
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "torn {\n")
+        fit_mod._truncate_metrics(path, 2, ck_epoch)
+        assert [json.loads(x) for x in path.read_text().splitlines()] == lines[:kept]
+    # a run stopped before its first checkpoint left lines: the start-over run does not append to them
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "epoch": 0}) + "\n")
+    cfg = write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=2)
+    assert run("fit", cfg).exit_code == 0
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_a_diverging_run_stops_without_saving_nan_weights(dataset, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path / "run", max_steps=6, lr=1e30, clip=0.0)
+    r = run("fit", cfg)
+    assert r.exit_code == 1, r.output
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: training diverged by step ") and "hold inf or NaN" in line, line
+    assert "Lower optim.lr (now 1e+30)" in line
+    if (tmp_path / "run" / "last.pt").exists():  # an earlier checkpoint: finite, and the message names it
+        ck = states(tmp_path / "run" / "last.pt")
+        assert f"keeps step {ck['step']}" in line
+        assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+    else:
+        assert "no checkpoint was written" in line
+
+
+def test_a_damaged_or_newer_checkpoint_is_bad_input(trained, dataset, tmp_path):
+    good = states(trained / "step4.pt")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=6)
+    no_config = {k: v for k, v in good.items() if k != "config"}
+    no_head = {**good, "model": {k: v for k, v in good["model"].items() if not k.startswith("head.")}}
+    for damaged, why in ((no_config, "KeyError: 'config'"), (no_head, "RuntimeError: Error(s) in loading")):
+        torch.save(damaged, run_dir / "last.pt")
+        r = run("fit", cfg)
+        assert r.exit_code == 2, r.output
+        assert r.stderr.strip() == (f"error: {run_dir / 'last.pt'}: checkpoint does not match its run ({why}"
+                                    + r.stderr.strip().split(why, 1)[1]), r.stderr
+        assert "use another run.out, or remove the file to start over" in r.stderr
+    torch.save({**good, "version": 99}, tmp_path / "v99.pt")
+    r = run("evaluate", tmp_path / "v99.pt", dataset, "-o", tmp_path / "ev")
+    assert r.exit_code == 2 and "checkpoint format version 99; this simaq-train reads versions 1 to 1" in r.stderr
+    assert not (tmp_path / "ev").exists()
+
+
 def test_resume_refuses_a_changed_model(trained, dataset, tmp_path):
     shutil.copytree(trained / "run", tmp_path / "run")
     cfg = write_config(tmp_path / "d.yaml", dataset, tmp_path / "run", max_steps=8)
@@ -320,9 +373,15 @@ def test_baseline_scores_every_class_of_the_dataset(nucleus_ds):
     assert rep["pooled"]["iou"]["nucleus"] == 0.0  # never predicted: four intensity levels
 
 
-def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path):
+def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path, monkeypatch):
     r = run("evaluate", trained / "run" / "last.pt", dataset, "-o", tmp_path / "ev")
     assert r.exit_code == 0, r.output
+    # the default report folder is named after the dataset folder, also when it is given as '.'
+    (tmp_path / "ck").mkdir()
+    shutil.copy(trained / "run" / "last.pt", tmp_path / "ck" / "last.pt")
+    monkeypatch.chdir(dataset)
+    assert run("evaluate", tmp_path / "ck" / "last.pt", ".", "--max-samples", "1").exit_code == 0
+    assert (tmp_path / "ck" / f"eval-{dataset.name}" / "evaluation.json").is_file()
     rep = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert rep["samples"] == 4 and rep["class_names"][1:] == ["cell", "vacuole", "lipid_droplet"]
     cells = [json.loads(x)["n_cells"] for x in (dataset / "manifest.jsonl").read_text().splitlines()]
@@ -531,6 +590,8 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
     tiny_bench = ("--size", "16", "--features", "4", "--depth", "2", "--batch-size", "1", "--steps", "1")
     bad_config = [  # (override of c.yaml, expected key and message)
         ("seed=-1", "seed: must be in [0, 2**63)"),
+        ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),  # trained NaN weights, exit 0
+        ("augment.brightness=.inf", "augment.brightness: expected a finite number"),  # crashed mid-run
         ("augment.flip=1.5", "augment.flip: must be in [0, 1]"),
         ("augment.rot90=-0.1", "augment.rot90: must be in [0, 1]"),
         ("augment.intensity=2", "augment.intensity: must be in [0, 1]"),

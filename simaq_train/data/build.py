@@ -79,8 +79,10 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     ]
     shapes = set().union(*(s.inplane_shapes() for s in sources))
     if len(shapes) != 1:
-        raise BadInput("data.train", f"training volumes differ in in-plane shape {sorted(shapes)} "
-                                     "(non-cubic three-axis data: set data.axes=first)")
+        three_axis = d.axes == "all" and any(len(s.acqs) > 1 for s in sources)
+        raise BadInput("data.train", f"training volumes differ in in-plane shape {sorted(shapes)} ("
+                       + ("non-cubic three-axis data: set data.axes=first" if three_axis
+                          else "train on datasets of one dataset.shape") + ")")
     shape_yx = shapes.pop()
     if d.crop > min(shape_yx):
         raise BadInput("data.crop", f"{d.crop} is larger than the slices {shape_yx}")

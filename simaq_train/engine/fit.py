@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from simaq_factory.errors import BadInput, check_output_dir
+from simaq_factory.errors import BadInput, RunFailed, check_output_dir
 from simaq_train.config import TrainConfig, absolute_paths
 from simaq_train.data.build import build_stream, check_source, resolve_classes
 from simaq_train.data.sources import FactorySource, UnreadableData, dataset_meta_hash
@@ -154,16 +154,20 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a run resumes from (they will be redone)."""
+def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from (they will be redone): a
+    later step, or the checkpoint's step but a later epoch (the validation line of an epoch whose
+    last step was checkpointed before the epoch-end checkpoint was written)."""
     if not path.is_file():
         return
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
+            rec = json.loads(line)
+            at = rec.get("step", 0)
+            if at < step or (at == step and rec.get("epoch", 0) <= epoch):
                 keep.append(line)
-        except ValueError:
+        except (ValueError, AttributeError):
             continue
     path.write_text("".join(k + "\n" for k in keep))
 
@@ -309,13 +313,29 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.state = FitState()
         self.ddp: torch.nn.Module | None = None
+        self.saved_step: int | None = None  # the step of the checkpoint in run.out (None: none yet)
         if self.ckpt_path.exists():
             self._resume()
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _resume(self) -> None:
         ck = load_checkpoint(self.ckpt_path)
-        _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
+        try:
+            _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
+            self._load_state(ck)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            if isinstance(err, BadInput):
+                raise
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+            raise BadInput(str(self.ckpt_path), f"checkpoint does not match its run ({why}); use another "
+                           "run.out, or remove the file to start over") from None
+        self.saved_step = self.state.step
+        if self.dist.main:
+            _truncate_metrics(self.metrics_path, self.state.step, self.state.epoch)
+        log.info("resuming %s at epoch %d position %d step %d", self.run, self.state.epoch,
+                 self.state.position, self.state.step)
+
+    def _load_state(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         # the loaded groups carry the run's old hyperparameters; the current config's win
         want = [(g["lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
@@ -334,10 +354,6 @@ class Trainer:
                          "resumed weights")
                 self.ema = EMA(self.model, self.cfg.optim.ema_decay)
         self.state = FitState(ck["reader"]["epoch"], ck["reader"]["position"], ck["step"])
-        if self.dist.main:
-            _truncate_metrics(self.metrics_path, self.state.step)
-        log.info("resuming %s at epoch %d position %d step %d", self.run, self.state.epoch,
-                 self.state.position, self.state.step)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -357,8 +373,17 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
+        # every rank checks (DDP keeps the weights equal), so all stop together
+        bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            kept = (f"{self.ckpt_path} keeps step {self.saved_step}" if self.saved_step is not None
+                    else "no checkpoint was written")
+            raise RunFailed(f"training diverged by step {self.state.step}: the weights ({bad}) hold inf or NaN; "
+                            f"{kept}. Lower optim.lr (now {self.cfg.optim.lr:g}) or keep optim.clip > 0 "
+                            f"(now {self.cfg.optim.clip:g})")
         if self.dist.main:
             save_checkpoint(self.ckpt_path, self.payload())
+        self.saved_step = self.state.step
 
     # -- steps ----------------------------------------------------------------------------------
     def optimizer_step(self, micro: int | None = None) -> None:
@@ -405,6 +430,8 @@ class Trainer:
         start_step = st.step
         if self.dist.main:
             self.run.mkdir(parents=True, exist_ok=True)
+            if self.saved_step is None:  # starting over: lines of an attempt stopped before its first checkpoint go
+                self.metrics_path.unlink(missing_ok=True)
             (self.run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel

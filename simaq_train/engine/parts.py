@@ -134,4 +134,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise BadInput(str(p), f"not a readable checkpoint ({_unreadable(p, err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise BadInput(str(p), "not a simaq-train checkpoint")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise BadInput(str(p), f"checkpoint format version {version!r}; this simaq-train reads versions "
+                               f"1 to {CHECKPOINT_VERSION} (a newer simaq-train wrote it?)")
     return ckpt
