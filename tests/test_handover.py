@@ -840,6 +840,8 @@ def test_deep_reads_see_what_checksums_cannot_and_freeze_refuses_it(built, tmp_p
         assert cli("verify", str(out)).exit_code == 0
         deep = cli("verify", str(out), "--deep")
         assert deep.exit_code == 1 and f"problem: {problem}" in deep.output, deep.output
+        # the files match their checksums, so a build would skip them: the hint says how to redo them
+        assert "remove provenance/shard-000000.json and run `simaq-factory build`" in deep.stderr, deep.stderr
         sealed = cli("freeze", str(out))
         assert sealed.exit_code == 1 and problem in sealed.stderr, sealed.output
         assert not (out / "SHA256SUMS").exists() and status_of(out) != "frozen"

@@ -25,6 +25,8 @@ from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 def _load(recipe_path: str, overrides: tuple[str, ...], *, require_fields: bool = False) -> tuple[Any, str]:
     from simaq_factory.recipe.io import load_recipe
 
+    if not recipe_path.strip():  # Path("") is ".", a directory
+        raise BadInput("RECIPE", "empty path; give the recipe file, e.g. recipes/smoke.yaml")
     path = Path(recipe_path)
     recipe = load_recipe(path, list(overrides), require_fields=require_fields)
     return recipe, path.read_text()
@@ -118,6 +120,8 @@ def init(path: str, template: str, force: bool) -> None:
     if path == "-":
         click.echo(text, nl=False)
         return
+    if not path.strip():  # Path("") is ".", a directory
+        raise BadInput("PATH", "empty path; give the recipe file to write, e.g. my-recipe.yaml")
     dest = Path(path)
     if dest.is_dir():
         raise BadInput(path, "is a directory; give the recipe file to write, e.g. my-recipe.yaml")
@@ -335,13 +339,16 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
             hint = f"process {writer} (a build or freeze) is writing it now: verify again when it ends"
         elif report.frozen or (Path(out) / SUMS).is_file():  # sealed, even if its card is unreadable
             hint = "the dataset is frozen: restore it from a good copy"
-        elif report.regen_failed_shards:  # their files pass their checksums: build would skip them
-            records = ", ".join(f"provenance/shard-{s:06d}.json" for s in report.regen_failed_shards)
-            hint = (f"the stored samples are not what this software renders from the recipe; if it is the "
-                    f"software that built them, remove {records} and run `simaq-factory build` with the "
-                    "same recipe to redo them")
+        elif report.regen_failed_shards or report.deep_failed_shards:
+            # their files pass their checksums: a build would skip them
+            shards = sorted(set(report.regen_failed_shards) | set(report.deep_failed_shards))
+            records = ", ".join(f"provenance/shard-{s:06d}.json" for s in shards)
+            what = ("are not what this software renders from the recipe" if report.regen_failed_shards
+                    else "hold values no build writes, though their files match their checksums")
+            hint = (f"the stored samples {what}; if it is the software that built them, remove {records} "
+                    "and run `simaq-factory build` with the same recipe to redo them")
         else:
-            hint = "`simaq-factory build` with the same recipe repairs damaged or missing shards"
+            hint = "`simaq-factory build` with the same recipe repairs what is damaged or missing"
         raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; {hint}")
     if as_json:
         return

@@ -23,7 +23,6 @@ from typing import Any
 
 from simaq_factory.device import resolve_device
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.labels import Label
 from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
@@ -35,17 +34,17 @@ from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_states, update_card
 from simaq_factory.store.inspect import check_sealed_intact
-from simaq_factory.store.layout import SCHEMA_VERSION, array_specs, axes_card, dataset_classes, shard_ranges
+from simaq_factory.store.layout import array_specs, dataset_card, shard_ranges
 from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
     is_sealed,
     repair_array_metadata,
     repair_card,
+    repair_recipe_files,
     start_out_dir,
 )
 from simaq_factory.tomo.projector import check_backend
-from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +77,6 @@ def _record_failure(report: BuildReport, shard: int, err: BaseException) -> None
     report.failed[shard] = f"{type(err).__name__}: {err}"
     if isinstance(err, RECIPE_FAILURES):
         report.recipe_failed.add(shard)
-
-
-def dataset_card(recipe: Recipe, rid: str, a_max: int) -> dict[str, Any]:
-    ds = recipe.dataset
-    return {
-        "format": "simaq-factory dataset",
-        "schema_version": SCHEMA_VERSION,
-        "recipe_id": rid,
-        "seed": recipe.seed,
-        "n_samples": ds.n_samples,
-        "samples_per_shard": ds.samples_per_shard,
-        "shape_zyx": list(ds.shape),
-        # "tilt_axes": [0] and "tilt_axis": "z", or for three axes [0, 1, 2], ["z", "y", "x"] and the
-        # "axis_frames" (store/layout.py)
-        **axes_card(recipe),
-        "axes": ["sample", "z", "y", "x"],
-        "a_max": a_max,
-        "label_map": {str(k): v for k, v in dataset_classes(recipe).items()},
-        "ignore_label": int(Label.IGNORE),
-        "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
-        "recon": "raw FBP reconstruction, not normalised",
-        "software": software_versions(),
-        "status": "building",
-    }
 
 
 def pending_shards(out: Path, recipe: Recipe, rid: str,
@@ -169,6 +144,7 @@ def build(
             the lock and, on resume, rewrite a damaged card or array metadata; True when resuming."""
             resuming = held.enter_context(claim_out_dir(out, rid))
             if resuming:
+                repair_recipe_files(out, rid, recipe_json, recipe_text)
                 repair_card(out, dataset_card(recipe, rid, a_max))
                 repair_array_metadata(out, specs)
             return resuming

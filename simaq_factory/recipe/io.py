@@ -29,6 +29,8 @@ def read_yaml(path: str | os.PathLike[str], *, require_fields: bool = False) -> 
 
     A file that sets no field (empty, or comments only) means every reference default: a warning,
     or with ``require_fields`` (a build: 4 × 512³ from a failed copy) a :class:`RecipeFileError`."""
+    if not os.fspath(path).strip():  # Path("") is ".", a directory
+        raise RecipeFileError("RECIPE", "empty path; give the recipe file, e.g. recipes/smoke.yaml")
     path = Path(path)
     if not path.exists():
         raise RecipeFileError(str(path), "recipe file not found")

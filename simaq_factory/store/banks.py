@@ -206,7 +206,11 @@ def bank_problems(out: Path, recipe: Any) -> list[str]:
     """For ``verify``: one line per missing, damaged or mismatched bank (empty when all is well)."""
     recorded: dict[str, Any] = read_card(out).get(CARD_KEY) or {}
     problems = []
-    for name, spec in _expected(recipe).items():
+    expected = _expected(recipe)
+    group = out / GROUP_NAME / BANKS_GROUP / "zarr.json"
+    if expected and not group.is_file():  # the arrays are there, but a Zarr reader does not see them
+        problems.append(f"{group}: group metadata of the noise banks is missing")
+    for name, spec in expected.items():
         rec = recorded.get(name)
         if rec is None:
             problems.append(f"noise bank {name}: not recorded in the dataset card")

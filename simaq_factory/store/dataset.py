@@ -153,22 +153,38 @@ def record_digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
+def load_provenance(out: Path, shard_index: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None); (None, None) when the shard has no record (not built); (None, why) when the
+    record or the provenance folder is there but cannot be read as one (damaged)."""
     path = provenance_path(out, shard_index)
     try:
         with open(path) as f:
-            return json.load(f)  # type: ignore[no-any-return]
+            record = json.load(f)
     except FileNotFoundError:
-        return None
+        return None, None
+    except NotADirectoryError:
+        return None, f"{path.parent.name}/ is not a folder"
+    except OSError as err:
+        return None, f"provenance record unreadable ({err.strerror or type(err).__name__})"
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a damaged record counts as not done
+        return None, "provenance record is not valid JSON (truncated or damaged)"
+    if not isinstance(record, dict):
+        return None, "provenance record is not a JSON object"
+    return record, None
+
+
+def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
+    """The shard's provenance record; None when it has none or it cannot be read (both not done)."""
+    return load_provenance(out, shard_index)[0]
 
 
 def shard_state(
     out: Path, specs: dict[str, ArraySpec], shard_index: int, recipe_id: str
 ) -> tuple[str, str]:
     """("done" | "pending" | "damaged", reason) for one shard."""
-    prov = read_provenance(out, shard_index)
+    prov, unreadable = load_provenance(out, shard_index)
+    if unreadable is not None:
+        return "damaged", unreadable
     if prov is None:
         return "pending", "no provenance record"
     if prov.get("recipe_id") != recipe_id:
@@ -179,7 +195,11 @@ def shard_state(
     for name, spec in specs.items():
         if name not in recorded:
             return "damaged", f"no checksum recorded for {name}"
-        if sha256_file(shard_file(out, spec, shard_index)) != recorded[name]:
+        try:
+            digest = sha256_file(shard_file(out, spec, shard_index))
+        except OSError as err:  # a folder in its place, no read permission
+            return "damaged", f"{name} shard file unreadable ({err.strerror or type(err).__name__})"
+        if digest != recorded[name]:
             return "damaged", f"{name} shard file does not match its checksum"
     return "done", ""
 

@@ -47,10 +47,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, BuildFailed, check_output_dir
-from simaq_factory.store.dataset import shard_states
-from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
-from simaq_factory.store.layout import samples_text, shard_ranges
+from simaq_factory.errors import BadInput, check_output_dir
+from simaq_factory.store.inspect import (
+    built_records,
+    check_shards_done,
+    dataset_specs,
+    open_checked,
+    open_dataset_recipe,
+    refuse_inside_frozen,
+)
 from simaq_factory.store.preview import LABEL_COLOURS
 
 log = logging.getLogger(__name__)
@@ -187,6 +192,17 @@ def _read_marker(dest: Path) -> dict[str, Any]:
     return files
 
 
+def _same_export(holds: Any, key: dict[str, Any]) -> bool:
+    """Whether a journal entry (``holds``, with the file's size in ``bytes`` since it was recorded)
+    lists a file of the export ``key`` describes."""
+    return isinstance(holds, dict) and {k: v for k, v in holds.items() if k != "bytes"} == key
+
+
+def _same_size(holds: dict[str, Any], target: Path) -> bool:
+    size = holds.get("bytes")
+    return size is None or (target.is_file() and target.stat().st_size == size)
+
+
 def _journal(dest: Path, name: str, holds: dict[str, Any] | None) -> None:
     """Append that ``name`` now holds ``holds`` (None: unlisted), in one write, synced to disk."""
     line = json.dumps({"file": name, "holds": holds}, sort_keys=True) + "\n"
@@ -247,6 +263,7 @@ def export_dataset(
     if arrays == []:
         raise BadInput("--arrays", "empty")
     check_output_dir(dest)  # a directory, writable (or creatable), before anything is read; creates nothing
+    refuse_inside_frozen(out, dest)
     # every index in range and built, before anything is read or written
     try:
         records = built_records(out, recipe, indices)
@@ -258,14 +275,8 @@ def export_dataset(
     needed = arrays + (["labels"] if fmt == "ome-zarr" and "labels" not in arrays else [])
     needed += ["angles"] if any(a in TILT_ARRAYS for a in arrays) else []
     g = open_checked(out, specs, needed)
-    ranges = shard_ranges(n, recipe.dataset.samples_per_shard)
     shards = sorted({i // recipe.dataset.samples_per_shard for i in indices})
-    for shard, (state, reason) in zip(shards, shard_states(out, specs, shards, rid)):
-        if state != "done":
-            samples = ranges[shard]
-            raise BuildFailed(f"shard {shard} ({samples_text(samples)}) of {out} is "
-                              f"{state}: {reason}; nothing exported; `simaq-factory build` with the same "
-                              "recipe repairs it")
+    check_shards_done(out, recipe, rid, specs, shards, "nothing exported")
     targets: list[tuple[int, str, int | None, Path]] = []
     for i in indices:
         for a in arrays:
@@ -278,8 +289,11 @@ def export_dataset(
     # what each target holds: a file the marker lists with this key is a completed one (resume)
     key = {"dataset": str(out.resolve()), "recipe_id": rid, "format": fmt, "voxel_size_nm": voxel_nm}
     done = _read_marker(dest) if dest.is_dir() else {}
-    complete = {t for *_, t in targets if not overwrite and t.exists() and done.get(t.name) == key}
-    clash = [t for *_, t in targets if t.exists() and t not in complete]
+    # ours: listed by an export of the same data; complete unless its size changed since (a file
+    # cut short or replaced after the export is written again, without --overwrite: it is ours)
+    ours = {t for *_, t in targets if t.exists() and _same_export(done.get(t.name), key)}
+    complete = {t for t in ours if not overwrite and _same_size(done[t.name], t)}
+    clash = [t for *_, t in targets if t.exists() and t not in ours]
     if clash and not overwrite:
         raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
     try:
@@ -329,7 +343,8 @@ def export_dataset(
                 _journal(dest, target.name, None)
             _remove(target)
         os.replace(tmp, target)
-        done[target.name] = key  # listed only once whole and in place
-        _journal(dest, target.name, key)
+        holds = {**key, "bytes": target.stat().st_size} if target.is_file() else key  # OME-Zarr: a folder
+        done[target.name] = holds  # listed only once whole and in place
+        _journal(dest, target.name, holds)
         written.append(target)
     return written

@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.store.dataset import read_card, read_provenance, shard_states
-from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, array_specs, shard_ranges
-from simaq_factory.store.outdir import RESOLVED, writer_pid
+from simaq_factory.store.dataset import load_provenance, read_card, read_provenance, shard_states
+from simaq_factory.store.layout import (
+    CARD_FROM_RECIPE,
+    GROUP_NAME,
+    SUMS,
+    ArraySpec,
+    array_specs,
+    dataset_card,
+    samples_text,
+    shard_ranges,
+)
+from simaq_factory.store.outdir import RESOLVED, VERBATIM, writer_pid
 from simaq_factory.versions import built_on
 
 META = "zarr.json"
@@ -30,13 +39,91 @@ def open_dataset_recipe(out: Path) -> tuple[Any, str]:
         raise BadInput(str(out), "is a file, not a dataset directory (give the directory `build -o` wrote)")
     if not out.is_dir():
         raise BadInput(str(out), "no such dataset directory")
-    if not path.exists() or not (out / GROUP_NAME).exists():
+    has_resolved, has_group = path.exists(), (out / GROUP_NAME).exists()
+    if not has_resolved and not has_group:
         raise BadInput(str(out), "not a simaq-factory dataset (no recipe.resolved.json / dataset.zarr)")
+    if not has_group:
+        raise BadInput(str(out / GROUP_NAME), "missing: the dataset's store is gone (restore it, or remove "
+                                              f"{out} and build again)")
+    if not has_resolved:
+        raise BadInput(str(path), "missing: the dataset's resolved recipe is gone (`simaq-factory build` with "
+                                  "the original recipe writes it again)")
     try:
         payload = json.loads(path.read_text())
         return resolve(payload["recipe"]), payload["recipe_id"]
+    except OSError as err:
+        raise BadInput(str(path), f"cannot read the resolved recipe: {err.strerror or type(err).__name__}") from None
     except (ValueError, KeyError, TypeError) as err:
         raise BadInput(str(path), f"unreadable resolved recipe: {err}") from None
+
+
+def recipe_file_problems(out: Path, recipe: Any, rid: str) -> list[str]:
+    """Lines naming ``recipe.resolved.json`` when its recipe does not hash to the id it records (the
+    file was edited: its provenance would be false), and ``recipe.yaml`` when it is gone."""
+    from simaq_factory.recipe.io import recipe_id
+
+    problems = []
+    actual = recipe_id(recipe)
+    if actual != rid:
+        problems.append(f"{out / RESOLVED}: its recipe hashes to {actual[:12]}, not to the id it records "
+                        f"({rid[:12]}): edited since the build; `simaq-factory build` with the original "
+                        "recipe rewrites it")
+    if not (out / VERBATIM).is_file():
+        problems.append(f"{out / VERBATIM}: the recipe as given to build is missing; `simaq-factory build` "
+                        "with the same recipe writes it again")
+    return problems
+
+
+def _short(value: Any, limit: int = 30) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def card_problem(out: Path, recipe: Any, rid: str) -> str | None:
+    """A line naming ``dataset.zarr/zarr.json`` when fields of the dataset card that the recipe
+    decides (:data:`CARD_FROM_RECIPE`) disagree with it; None when they agree. The card must read."""
+    from simaq_factory.acquisition.angles import a_max_for
+
+    expected = json.loads(json.dumps(dataset_card(recipe, rid, a_max_for(recipe))))
+    card = read_card(out)
+    wrong = [k for k in CARD_FROM_RECIPE if card.get(k) != expected.get(k)]
+    if not wrong:
+        return None
+    shown = ", ".join(f"{k} {_short(card.get(k))} (recipe: {_short(expected.get(k))})" for k in wrong[:3])
+    more = f", and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    return f"{out / GROUP_NAME / META}: the dataset card disagrees with the recipe: {shown}{more}; {CARD_HINT}"
+
+
+def check_shards_done(out: Path, recipe: Any, rid: str, specs: dict[str, ArraySpec], shards: list[int],
+                      nothing: str) -> None:
+    """:class:`BuildFailed` naming the first of ``shards`` that is not done (its files fail their
+    checksums, its record is gone or damaged), before anything is read: ``nothing`` says what was
+    not made ("nothing exported"). The remedy: a build, or for a frozen dataset a good copy."""
+    not_done = [(s, st) for s, st in zip(shards, shard_states(out, specs, shards, rid)) if st[0] != "done"]
+    if not not_done:
+        return
+    shard, (state, reason) = not_done[0]
+    try:
+        frozen = read_card(out).get("status") == "frozen"
+    except Exception:  # noqa: BLE001 - an unreadable card: open_checked has said so already
+        frozen = False
+    hint = ("the dataset is frozen: restore it from a good copy" if frozen
+            else "`simaq-factory build` with the same recipe repairs it")
+    samples = shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)[shard]
+    raise BuildFailed(f"shard {shard} ({samples_text(samples)}) of {out} is {state}: {reason}; {nothing}; {hint}")
+
+
+def refuse_inside_frozen(out: Path, dest: Path) -> None:
+    """:class:`BadInput` naming ``dest`` when it lies in the frozen dataset ``out``: a file written there
+    would break the seal (``verify`` would then call the dataset damaged)."""
+    try:
+        inside = dest.resolve().is_relative_to(out.resolve())
+        frozen = inside and read_card(out).get("status") == "frozen"
+    except Exception:  # noqa: BLE001 - no card to read: nothing sealed to protect
+        return
+    if frozen:
+        raise BadInput(str(dest), f"inside the frozen dataset {out}, which refuses later writes (`verify` "
+                                  "would report the new file): write it outside the dataset")
 
 
 def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:
@@ -135,9 +222,9 @@ def open_checked(out: Path, specs: dict[str, ArraySpec], names: list[str]) -> di
     otherwise."""
     import zarr
 
-    card_problem = group_metadata_problem(out)
-    if card_problem is not None:
-        raise BuildFailed(f"{card_problem}; {CARD_HINT}")
+    group_problem = group_metadata_problem(out)
+    if group_problem is not None:
+        raise BuildFailed(f"{group_problem}; {CARD_HINT}")
     problem = next((p for p in (array_metadata_problem(out, specs[n]) for n in names) if p is not None), None)
     if problem is not None:
         raise BuildFailed(f"{problem}; {REPAIR_HINT}")
@@ -161,8 +248,10 @@ def built_records(
     for i in indices:
         shard = i // recipe.dataset.samples_per_shard
         if shard not in per_shard:
-            prov = read_provenance(out, shard) or {}
-            per_shard[shard] = {r.get("index"): r for r in prov.get("sample_records", [])
+            prov, unreadable = load_provenance(out, shard)
+            if unreadable is not None:
+                raise BuildFailed(f"sample {i}: shard {shard} is damaged: {unreadable}; {REPAIR_HINT}")
+            per_shard[shard] = {r.get("index"): r for r in (prov or {}).get("sample_records", [])
                                 if isinstance(r, dict)}
         if i not in per_shard[shard]:
             raise BadInput(flag, f"sample {i} is not built yet (shard {shard} pending)")
@@ -186,9 +275,12 @@ def dataset_status(out: Path) -> dict[str, Any]:
         if state == "damaged":
             shard_problems.append((s, reason))
     group_problem, array_problems = metadata_problems(out, specs)
-    meta_problems = ([group_problem] if group_problem else []) + list(array_problems.values())
+    card_readable = group_problem is None
+    card_wrong = card_problem(out, recipe, rid) if card_readable else None
+    meta_problems = (recipe_file_problems(out, recipe, rid) + [p for p in (group_problem, card_wrong) if p]
+                     + list(array_problems.values()))
     banks_pending = False
-    if group_problem is None:
+    if card_readable:
         card = read_card(out)
         card_status = str(card.get("status", "unknown"))
         # a build stopped before it recorded its noise banks (they come before any shard): unfinished
@@ -216,7 +308,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
             "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
-            "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending}
+            "banks_damaged": len(banks) if card_readable else None, "banks_pending": banks_pending}
 
 
 def check_sealed_intact(out: Path) -> None:
@@ -235,7 +327,9 @@ def check_sealed_intact(out: Path) -> None:
         verdict, first = f"damaged: {len(sealed)} sealed file(s)", sealed[0]
     else:
         first = (f"shard {st['problems'][0][0]}: {st['problems'][0][1]}" if st["problems"]
-                 else (st["dataset_problems"] or [verdict])[0])
+                 else (st["dataset_problems"] or [""])[0])
+    if verdict.startswith("incomplete") and not first:  # a frozen dataset had every record: one was lost
+        verdict, first = "damaged", f"{verdict.split(': ', 1)[1]}: their provenance records are gone"
     raise BuildFailed(f"{out} is frozen but {verdict} ({first}); a frozen dataset is not "
                       f"rewritten: restore it from a good copy (`simaq-factory verify {out}` lists "
                       "every damaged file)")

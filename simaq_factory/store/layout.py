@@ -99,6 +99,39 @@ def axes_card(recipe: Any) -> dict[str, Any]:
     return card
 
 
+def dataset_card(recipe: Any, rid: str, a_max: int) -> dict[str, Any]:
+    """The dataset card a build starts with (the group attributes of ``dataset.zarr``), status "building"."""
+    from simaq_factory.labels import Label
+    from simaq_factory.versions import software_versions
+
+    ds = recipe.dataset
+    return {
+        "format": "simaq-factory dataset",
+        "schema_version": SCHEMA_VERSION,
+        "recipe_id": rid,
+        "seed": recipe.seed,
+        "n_samples": ds.n_samples,
+        "samples_per_shard": ds.samples_per_shard,
+        "shape_zyx": list(ds.shape),
+        # "tilt_axes": [0] and "tilt_axis": "z", or for three axes [0, 1, 2], ["z", "y", "x"] and the
+        # "axis_frames" (store/layout.py)
+        **axes_card(recipe),
+        "axes": ["sample", "z", "y", "x"],
+        "a_max": a_max,
+        "label_map": {str(k): v for k, v in dataset_classes(recipe).items()},
+        "ignore_label": int(Label.IGNORE),
+        "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
+        "recon": "raw FBP reconstruction, not normalised",
+        "software": software_versions(),
+        "status": "building",
+    }
+
+
+#: Card fields the recipe decides: ``status`` and ``verify`` compare them with it, a build rewrites them.
+CARD_FROM_RECIPE = ("recipe_id", "seed", "n_samples", "samples_per_shard", "shape_zyx", "tilt_axis", "tilt_axes",
+                    "axis_frames", "a_max", "label_map")
+
+
 def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:
     """The arrays a recipe writes, in a fixed order. ``a_max`` = largest retained angle count."""
     ds = recipe.dataset

@@ -13,8 +13,8 @@ from typing import Any
 import zarr
 
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.store.dataset import array_metadata, create_arrays, write_json_atomic
-from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
+from simaq_factory.store.dataset import array_metadata, create_arrays, read_card, update_card, write_json_atomic
+from simaq_factory.store.layout import CARD_FROM_RECIPE, GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
 
 try:
     import fcntl
@@ -42,7 +42,9 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
         probe = parent
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        if not probe.is_dir():
+            raise BadInput(str(out), f"cannot create the output directory: {probe} is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
             raise BadInput(str(out), f"cannot create the output directory: {probe} is not writable")
         return False
     if not os.access(out, os.W_OK | os.X_OK):
@@ -50,6 +52,15 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
     resolved = out / RESOLVED
     if not resolved.exists():
         if any(out.iterdir()) and not is_partial_start(out):
+            card_id = _card_recipe_id(out)
+            if card_id is not None and card_id != rid:
+                raise BadInput(str(out), f"holds a dataset of recipe {card_id[:12]} (its {RESOLVED} is missing), "
+                                         f"this recipe is {rid[:12]}: use a new output directory or the original recipe")
+            if card_id == rid:  # this recipe's dataset that lost recipe.resolved.json
+                if (out / SUMS).is_file() or read_card(out).get("status") == "frozen":
+                    raise BuildFailed(f"{resolved}: missing from the frozen dataset {out}; a frozen dataset "
+                                      "is not rewritten: restore it from a good copy")
+                return True  # the resume writes it again (repair_recipe_files)
             raise BadInput(str(out), "output directory is not empty and holds no simaq-factory dataset")
         return False
     try:
@@ -79,6 +90,13 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
                                      f"interrupted freeze; run `simaq-factory freeze {out}` to complete it")
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
     return True
+
+
+def _card_recipe_id(out: Path) -> str | None:
+    try:
+        return str(json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"]["recipe_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def is_sealed(out: Path, rid: str) -> bool:
@@ -137,9 +155,13 @@ def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[boo
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise BadInput(str(out), f"cannot create the output directory: {err.strerror}") from None
+    try:
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise BadInput(str(out / LOCK), f"cannot open the writers' lock file: {err.strerror} (remove it if "
+                                        "it is not a file)") from None
     try:
         if fcntl is not None:
             try:
@@ -178,16 +200,47 @@ def writer_pid(out: Path) -> int | None:
     return None
 
 
+def repair_recipe_files(out: Path, rid: str, resolved: dict[str, Any], recipe_text: str) -> list[str]:
+    """On resume (``out`` holds recipe ``rid``'s dataset, by the id it records): rewrite
+    ``recipe.resolved.json`` when its recipe no longer hashes to that id (edited: the build holds the
+    recipe itself), and write ``recipe.yaml`` when it is gone. Returns the names rewritten."""
+    from simaq_factory.recipe.io import recipe_id, resolve
+
+    done = []
+    try:
+        intact = recipe_id(resolve(json.loads((out / RESOLVED).read_text())["recipe"])) == rid
+    except Exception:  # noqa: BLE001 - any edit that no longer parses as a recipe is damage too
+        intact = False
+    if not intact:
+        write_json_atomic(out / RESOLVED, {"recipe_id": rid, "recipe": resolved})
+        log.warning("%s: its recipe did not hash to its recorded id %s (edited); rewritten from this build's "
+                    "recipe", out / RESOLVED, rid[:12])
+        done.append(RESOLVED)
+    if not (out / VERBATIM).is_file():
+        (out / VERBATIM).write_text(recipe_text)
+        log.warning("%s was missing; written again from this build's recipe", out / VERBATIM)
+        done.append(VERBATIM)
+    return done
+
+
 def repair_card(out: Path, card: dict[str, Any]) -> bool:
     """Rewrite the group metadata (the dataset card) when ``status`` and ``verify`` report it as
     damage (missing, unreadable, not a Zarr v3 group), from ``card``, the card a fresh build of the
     recipe starts with, status "building". The build then records its noise banks and status in it
-    again; the shards are judged by their own records. True when it was rewritten."""
+    again; the shards are judged by their own records. A readable card whose fields that the recipe
+    decides disagree with it gets those fields from ``card``. True when it was rewritten."""
     from simaq_factory.store.inspect import group_metadata_problem  # inspect imports this module
 
     problem = group_metadata_problem(out)
     if problem is None:
-        return False
+        expected = json.loads(json.dumps(card))
+        found = read_card(out)
+        wrong = {k: expected.get(k) for k in CARD_FROM_RECIPE if found.get(k) != expected.get(k)}
+        if wrong:
+            update_card(out, wrong)
+            log.warning("%s: dataset card fields %s disagreed with the recipe; rewritten from it",
+                        out / GROUP_NAME / "zarr.json", ", ".join(wrong))
+        return bool(wrong)
     docs: dict[str, Any] = {}
     zarr.open_group(zarr.storage.MemoryStore(docs), mode="w", zarr_format=3,
                     attributes={**card, "status": "building"})

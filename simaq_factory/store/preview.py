@@ -10,6 +10,7 @@ Every image has its own colour bar; the labels row's names the classes of its co
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ import numpy as np
 
 from simaq_factory.errors import BadInput, check_output_file
 from simaq_factory.labels import LABEL_NAMES
-from simaq_factory.store.inspect import built_records, dataset_specs, open_checked, open_dataset_recipe
+from simaq_factory.store.inspect import (
+    built_records,
+    check_shards_done,
+    dataset_specs,
+    open_checked,
+    open_dataset_recipe,
+    refuse_inside_frozen,
+)
 
 LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
 
@@ -58,16 +66,20 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recipe, _ = open_dataset_recipe(out)
+    recipe, rid = open_dataset_recipe(out)
     built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
     if png.suffix.lower() != ".png":
         raise BadInput(str(png), "preview output must be a .png file")
     check_output_file(png)  # not a directory, under no file, writable: before anything is rendered
     if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
-    # every array it reads, its metadata checked first (a one-line error naming a damaged file)
+    refuse_inside_frozen(out, png)
+    # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
+    # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
+    # as 1e23: a picture of damage would look like data)
     specs = dataset_specs(recipe)
     g = open_checked(out, specs, list(specs))
+    check_shards_done(out, recipe, rid, specs, [index // recipe.dataset.samples_per_shard], "nothing rendered")
     labels = g["labels"][index]
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:
@@ -117,10 +129,12 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
         axes[-1, 2].text(0.0, 0.5, f"{k} angles, {angles[0]:.1f} to {angles[k - 1]:.1f} deg",
                          fontsize=9, transform=axes[-1, 2].transAxes)
     fig.suptitle(f"{out.name}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
-    fig.tight_layout()
     tmp = png.with_name(f".{png.name}.partial")  # renamed into place: no half-written PNG
     try:
-        fig.savefig(tmp, dpi=80, format="png")
+        with warnings.catch_warnings():  # a folder name in a script the font lacks: boxes, not 4 lines
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=80, format="png")
         os.replace(tmp, png)
     finally:
         plt.close(fig)

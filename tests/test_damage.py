@@ -1,0 +1,181 @@
+"""Damage to a dataset's own files that checksums do not cover: the recipe files, the dataset card,
+the noise banks' group metadata, provenance records that no longer read, paths of the wrong kind.
+``status`` and ``verify`` name each, a build of the same recipe repairs what it can, and the
+read-only commands neither show damaged data as if it were whole nor write into a frozen dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from simaq_factory.cli.main import main
+
+import small_banks  # tests/small_banks.py
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+BUILD = ("build", SMOKE, *small_banks.ARGS, "--cluster", "inline")
+
+
+def cli(*args: object):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("damage") / "base"
+    result = cli(*BUILD, "-o", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def sealed(base, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sealed") / "fz"
+    shutil.copytree(base, out)
+    assert cli("freeze", out).exit_code == 0
+    return out
+
+
+def copy(src: Path, tmp_path: Path, name: str = "ds") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_json(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    payload = json.loads(path.read_text())
+    change(payload)
+    path.write_text(json.dumps(payload))
+
+
+def rebuild_and_verify(out: Path) -> None:
+    result = cli(*BUILD, "-o", out)
+    assert result.exit_code == 0 and "skipped 2 already done" in result.output, result.output
+    ok = cli("verify", out)
+    assert ok.exit_code == 0, ok.output
+
+
+def test_an_edited_resolved_recipe_is_named_and_rewritten_by_build(base, tmp_path):
+    # the recorded recipe says ram-lak, the data were reconstructed with the recipe's filter: provenance
+    # that lies; status, verify and freeze said nothing (only --regen saw the samples differ)
+    out = copy(base, tmp_path)
+    resolved = out / "recipe.resolved.json"
+    edit_json(resolved, lambda p: p["recipe"]["reconstruction"].update(filter="ram-lak"))
+    st = cli("status", out)
+    assert "verdict: damaged: 1 metadata file(s)" in st.output, st.output
+    assert f"problem: {resolved}: its recipe hashes to " in st.output and "edited since the build" in st.output
+    assert cli("verify", out).exit_code == 1
+    refused = cli("freeze", out)
+    assert refused.exit_code == 1 and not (out / "SHA256SUMS").exists(), refused.output
+    rebuild_and_verify(out)
+    assert json.loads(resolved.read_text())["recipe"]["reconstruction"]["filter"] != "ram-lak"
+
+
+def test_a_card_that_disagrees_with_the_recipe_is_named_and_rewritten_by_build(base, tmp_path):
+    out = copy(base, tmp_path)
+    card = out / "dataset.zarr" / "zarr.json"
+    edit_json(card, lambda m: m["attributes"].update(recipe_id="f" * 64, n_samples=2))
+    result = cli("verify", out)
+    assert result.exit_code == 1
+    assert f"problem: {card}: the dataset card disagrees with the recipe: recipe_id " in result.output, result.output
+    assert "n_samples 2 (recipe: 4)" in result.output
+    rebuild_and_verify(out)
+    attrs = zarr.open_group(out / "dataset.zarr", mode="r").attrs
+    assert attrs["n_samples"] == 4 and attrs["recipe_id"] == json.loads((out / "recipe.resolved.json").read_text())[
+        "recipe_id"]
+
+
+def test_lost_recipe_files_and_banks_group_metadata_are_named_and_written_again(base, tmp_path):
+    out = copy(base, tmp_path)
+    (out / "recipe.yaml").unlink()
+    (out / "dataset.zarr" / "banks" / "zarr.json").unlink()  # a Zarr reader no longer sees the banks
+    result = cli("verify", out)
+    assert result.exit_code == 1
+    assert f"problem: {out / 'recipe.yaml'}: the recipe as given to build is missing" in result.output
+    assert f"problem: {out / 'dataset.zarr' / 'banks' / 'zarr.json'}: group metadata of the noise banks is missing" \
+        in result.output, result.output
+    rebuild_and_verify(out)
+    assert "banks" in zarr.open_group(out / "dataset.zarr", mode="r")
+    # recipe.resolved.json itself: every command names it; a build of the recipe the card records writes it
+    (out / "recipe.resolved.json").unlink()
+    st = cli("status", out)
+    assert st.exit_code == 2 and f"{out / 'recipe.resolved.json'}: missing" in st.stderr, st.output
+    other = cli(*BUILD, "-o", out, "--set", "seed=9")
+    assert other.exit_code == 2 and "holds a dataset of recipe" in other.stderr
+    rebuild_and_verify(out)
+
+
+def test_a_frozen_dataset_that_lost_its_resolved_recipe_is_not_rewritten(sealed, tmp_path):
+    out = copy(sealed, tmp_path)
+    (out / "recipe.resolved.json").unlink()
+    result = cli(*BUILD, "-o", out)
+    assert result.exit_code == 1 and "missing from the frozen dataset" in result.stderr, result.output
+    assert not (out / "recipe.resolved.json").exists()
+
+
+def test_unreadable_records_and_files_of_the_wrong_kind_are_damage_not_errors(base, tmp_path):
+    out = copy(base, tmp_path)
+    record = out / "provenance" / "shard-000000.json"
+    record.write_text(record.read_text()[:100])  # cut short: was "pending / not built yet"
+    chunk = out / "dataset.zarr" / "phantom" / "c" / "1" / "0" / "0" / "0"
+    chunk.unlink()
+    chunk.mkdir()  # was an IsADirectoryError from every command
+    st = cli("status", out)
+    assert st.exit_code == 0 and "verdict: damaged: 2 shard(s)" in st.output, st.output
+    assert "shard 0: provenance record is not valid JSON (truncated or damaged)" in st.output
+    assert "shard 1: phantom shard file unreadable (Is a directory)" in st.output
+    info = cli("info", out, "--index", "1")
+    assert info.exit_code == 1 and "sample 1: shard 0 is damaged: provenance record is not valid JSON" in info.stderr
+    verify = cli("verify", out)
+    assert verify.exit_code == 1 and "shard 0 (samples 0-1): provenance record is not valid JSON" in verify.output
+
+
+def test_preview_refuses_damaged_shards_and_nothing_is_written_into_a_frozen_dataset(base, sealed, tmp_path):
+    out = copy(base, tmp_path)
+    (out / "dataset.zarr" / "recon" / "c" / "1" / "0" / "0" / "0").unlink()  # read back as zeros
+    png = tmp_path / "p.png"
+    result = cli("preview", out, "--index", "2", "-o", png)
+    assert result.exit_code == 1 and not png.exists(), result.output
+    assert result.stderr.strip() == (f"error: shard 1 (samples 2-3) of {out} is damaged: recon shard file does not "
+                                     "match its checksum; nothing rendered; `simaq-factory build` with the same "
+                                     "recipe repairs it")
+    assert cli("preview", out, "--index", "0", "-o", png).exit_code == 0  # shard 0 is whole
+    before = sorted(p.relative_to(sealed) for p in sealed.rglob("*"))
+    for args in (("preview", sealed, "--index", "0", "-o", sealed / "look.png"),
+                 ("export", sealed, "--format", "tiff", "-o", sealed / "exports"),
+                 ("export", sealed, "--format", "mrc", "-o", sealed)):
+        refused = cli(*args)
+        assert refused.exit_code == 2 and f"inside the frozen dataset {sealed}" in refused.stderr, refused.output
+    assert sorted(p.relative_to(sealed) for p in sealed.rglob("*")) == before
+    assert cli("verify", sealed).exit_code == 0
+
+
+def test_a_damaged_frozen_shard_points_to_a_good_copy_not_to_build(sealed, tmp_path):
+    out = copy(sealed, tmp_path)
+    (out / "dataset.zarr" / "labels" / "c" / "0" / "0" / "0" / "0").unlink()
+    result = cli("export", out, "--format", "mrc", "-o", tmp_path / "ex")
+    assert result.exit_code == 1 and "the dataset is frozen: restore it from a good copy" in result.stderr
+    (out / "provenance" / "shard-000001.json").unlink()
+    again = cli(*BUILD, "-o", out)
+    assert again.exit_code == 1 and "(incomplete" not in again.stderr, again.stderr
+    assert "their provenance records are gone" in again.stderr or "shard 0" in again.stderr
+
+
+def test_an_exported_file_cut_short_after_the_export_is_written_again(base, tmp_path):
+    dest = tmp_path / "ex"
+    args = ("export", base, "--format", "mrc", "--index", "0", "-o", dest)
+    assert cli(*args).exit_code == 0
+    target = dest / "sample_000000_recon.mrc"
+    size = target.stat().st_size
+    with open(target, "r+b") as f:
+        f.truncate(1000)
+    again = cli(*args)
+    assert again.exit_code == 0 and "wrote 1 file(s)" in again.output, again.output
+    assert target.stat().st_size == size
+    assert "wrote 0 file(s)" in cli(*args).output
