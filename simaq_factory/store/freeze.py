@@ -210,7 +210,7 @@ def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
     names = []
     for i in range(min(previews, recipe.dataset.n_samples)):
         rel = f"{PREVIEWS}/sample_{i:06d}.png"
-        render_preview(out, i, out / rel)
+        render_preview(out, i, out / rel, freezing=True)
         names.append(rel)
     frozen_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     update_card(out, {"status": "frozen", "frozen_at": frozen_at, "stats": stats})

@@ -59,8 +59,9 @@ def _class_bar(fig: Any, ax: Any, classes: list[int]) -> None:
     bar.ax.set_yticklabels([LABEL_NAMES[v].replace("_", " ") for v in classes], fontsize=7)
 
 
-def render_preview(out: Path, index: int, png: Path) -> Path:
-    """Write the preview of sample ``index`` of the dataset at ``out`` to ``png``."""
+def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) -> Path:
+    """Write the preview of sample ``index`` of the dataset at ``out`` to ``png``. ``freezing``: for
+    ``freeze``, which has just checked every shard and writes its previews into the dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,13 +74,15 @@ def render_preview(out: Path, index: int, png: Path) -> Path:
     check_output_file(png)  # not a directory, under no file, writable: before anything is rendered
     if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
-    refuse_inside_frozen(out, png)
+    if not freezing:
+        refuse_inside_frozen(out, png)
     # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
     # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
     # as 1e23: a picture of damage would look like data)
     specs = dataset_specs(recipe)
     g = open_checked(out, specs, list(specs))
-    check_shards_done(out, recipe, rid, specs, [index // recipe.dataset.samples_per_shard], "nothing rendered")
+    if not freezing:
+        check_shards_done(out, recipe, rid, specs, [index // recipe.dataset.samples_per_shard], "nothing rendered")
     labels = g["labels"][index]
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:
