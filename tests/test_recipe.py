@@ -381,3 +381,12 @@ def test_negative_zero_is_the_same_recipe_and_override_parse_errors_say_why():
         load_recipe(SMOKE, ["acquisition.jitter_deg=0"]))
     with pytest.raises(RecipeError, match=r"cannot parse override value .* \(duplicate key 'n_samples'"):
         load_recipe(SMOKE, ["dataset={n_samples: 2, n_samples: 3}"])
+
+
+@pytest.mark.parametrize("override", ["artifacts.fiducials.count=1e6", "phantom.layout.max_iter=1e9",
+                                      "phantom.vacuole.count=1000", "dataset.n_samples=1e23"])
+def test_counts_and_budgets_that_could_only_hang_a_build_are_refused(override):
+    # each validated, then the build ran (or listed shards) without end and without a word
+    key = override.split("=")[0]
+    with pytest.raises(RecipeError, match=rf"^{key}: must be <= "):
+        load_recipe(SMOKE, [override])

@@ -78,6 +78,7 @@ class FiducialsConfig:
     count: Dist = spec(
         default_factory=lambda: Dist.normal(16.0, 4.0, min=3.0, max=25.0),
         ge=0.0,
+        le=1000.0,
         doc="bead count, int(clip(N(16, 4), 3, 25)) (§2.3)",
     )
     radius: Dist = spec(
@@ -91,7 +92,7 @@ class FiducialsConfig:
         doc="bead LAC (voxels set to it); reference fixed 2.0 (§2.3, bug 11)",
     )
     max_candidates_per_bead: int = spec(
-        200, ge=1, doc="rejection-sampling budget per bead; fewer beads are placed when exhausted"
+        200, ge=1, le=100_000, doc="rejection-sampling budget per bead; fewer beads are placed when exhausted"
     )
 
 

@@ -73,6 +73,7 @@ class VacuoleConfig:
     count: Dist = spec(
         default_factory=lambda: Dist.normal(2.0, 2.0, 1.0, 4.0),
         ge=0,
+        le=64,
         doc="vacuoles per cell, int(clip(N(2, 2), 1, 4)) (§1.4); the draw is truncated toward zero",
     )
     radius: Dist = spec(
@@ -95,7 +96,7 @@ class VacuoleConfig:
     containment_shrink: float = spec(
         0.95, gt=0, le=1, doc="vacuoles must lie inside the cell radii times this factor (§1.4)"
     )
-    max_attempts: int = spec(25, ge=1, doc="placement attempts before the vacuole is dropped (§1.4)")
+    max_attempts: int = spec(25, ge=1, le=100_000, doc="placement attempts before the vacuole is dropped (§1.4)")
     fracture_rate: float = spec(0.3, ge=0, le=1, doc="probability to fragment a vacuole (§1.5)")
     apollonian: ApollonianConfig = spec(default_factory=ApollonianConfig, doc="fragmentation (§1.5)")
     to_lipid_prob: float = spec(
@@ -118,6 +119,7 @@ class LipidDropletConfig:
     count: Dist = spec(
         default_factory=lambda: Dist.normal(15.0, 5.0, 3.0, 30.0),
         ge=0,
+        le=1000,
         doc="droplets per cell, int(clip(N(15, 5), 3, 30)) (§1.7)",
     )
     radius: Dist = spec(
@@ -129,7 +131,7 @@ class LipidDropletConfig:
         default_factory=lambda: Dist.normal(0.570, 0.111),
         doc="droplet LAC; the absolute value of the draw is used (§1.1)",
     )
-    max_attempts: int = spec(100, ge=1, doc="placement attempts before the droplet is dropped (§1.7)")
+    max_attempts: int = spec(100, ge=1, le=100_000, doc="placement attempts before the droplet is dropped (§1.7)")
     min_gap: float = spec(0.01, ge=0, doc="droplet–droplet clearance (units) (§1.7)")
 
 
@@ -168,9 +170,9 @@ class LayoutConfig:
         doc="Adam learning rate (units/step); reference 0.05 — raised 20× (§1.9 proposal: ~40× "
         "fewer steps); the stop rule still demands a clearance of ε/2 between all cells",
     )
-    max_iter: int = spec(5000, ge=1, doc="Adam iterations per attempt (§1.9)")
+    max_iter: int = spec(5000, ge=1, le=1_000_000, doc="Adam iterations per attempt (§1.9)")
     max_restarts: int = spec(
-        3, ge=0, doc="fresh random starts when an attempt ends with overlap; then an error is raised"
+        3, ge=0, le=1000, doc="fresh random starts when an attempt ends with overlap; then an error is raised"
     )
     min_scale_fraction: float = spec(
         0.5,
@@ -216,7 +218,7 @@ class NucleusConfig:
         0.9, gt=0, le=1, doc="the nucleus must lie inside the cell radii times this factor"
     )
     max_attempts: int = spec(
-        200, ge=1, doc="random centres tried at each size (and the cell centre) before a smaller one"
+        200, ge=1, le=100_000, doc="random centres tried at each size (and the cell centre) before a smaller one"
     )
     min_size_fraction: float = spec(
         0.3, gt=0, le=1, doc="smallest size, relative to the drawn radii, the nucleus is shrunk to "

@@ -55,7 +55,8 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
             card_id = _card_recipe_id(out)
             if card_id is not None and card_id != rid:
                 raise BadInput(str(out), f"holds a dataset of recipe {card_id[:12]} (its {RESOLVED} is missing), "
-                                         f"this recipe is {rid[:12]}: use a new output directory or the original recipe")
+                                         f"this recipe is {rid[:12]}: use a new output directory or the "
+                                         "original recipe")
             if card_id == rid:  # this recipe's dataset that lost recipe.resolved.json
                 if (out / SUMS).is_file() or read_card(out).get("status") == "frozen":
                     raise BuildFailed(f"{resolved}: missing from the frozen dataset {out}; a frozen dataset "
