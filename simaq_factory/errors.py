@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -33,6 +34,26 @@ class BuildFailed(RuntimeError):
 class RunFailed(RuntimeError):
     """A run stopped for a reason its one-line message gives in full (e.g. training diverged);
     exit code 1, no traceback hint."""
+
+
+class MissingExtra(RunFailed):
+    """An optional package a command needs is not installed: exit 1, naming it and the extra."""
+
+
+#: optional module -> (its pip name, the extra of this project that installs it)
+EXTRAS = {"tifffile": ("tifffile", "io"), "mrcfile": ("mrcfile", "io"), "nrrd": ("pynrrd", "io"),
+          "skimage": ("scikit-image", "baseline")}
+
+
+def optional(module: str, purpose: str) -> Any:
+    """Import ``module`` (of a package keyed in :data:`EXTRAS`) or raise :class:`MissingExtra`:
+    ``{purpose} needs the Python package X: pip install 'simaq-factory[EXTRA]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pip_name, extra = EXTRAS[module.split(".")[0]]
+        raise MissingExtra(f"{purpose} needs the Python package {pip_name}: pip install "
+                           f"'simaq-factory[{extra}]'") from None
 
 
 class DamagedData(RuntimeError):

@@ -1,5 +1,5 @@
-"""YAML as our files are read: safe, a key given twice in one mapping is an error, and numbers are
-YAML 1.2's.
+"""YAML as our files are read: safe, a key given twice in one mapping is an error, and numbers and
+booleans are YAML 1.2's.
 
 Plain YAML keeps the last of two equal keys, silently dropping everything written under the first
 (a whole recipe section). PyYAML follows YAML 1.1 for numbers, which every other parser (and YAML
@@ -7,7 +7,9 @@ Plain YAML keeps the last of two equal keys, silently dropping everything writte
 15, ``0b101`` is 5 and ``12:00:00`` is the base-60 integer 43200, so a seed written with a
 leading zero silently changed and an edited SLURM ``walltime`` stopped being a string. Here
 integers are decimal (``017`` is 17), ``0x``/``0o`` hex/octal, floats have a dot or an exponent
-(or are ``.inf``/``.nan``), and anything else (``12:00:00``, ``0b101``) is a string. Merge keys
+(or are ``.inf``/``.nan``), and anything else (``12:00:00``, ``0b101``) is a string. Booleans are
+``true``/``false`` only: YAML 1.1's ``yes``/``no``/``on``/``off`` are strings, so ``mode: off``
+means the choice ``'off'`` (it was the boolean false, refused). Merge keys
 (``<<: *anchor``) work as in every YAML reader. Used for recipes, training configs and ``--set``
 values.
 """
@@ -23,6 +25,7 @@ __all__ = ["UniqueKeyLoader", "load_yaml"]
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -66,12 +69,15 @@ def _int(loader: UniqueKeyLoader, node: yaml.ScalarNode) -> int:
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 UniqueKeyLoader.add_constructor(_INT_TAG, _int)
-# YAML 1.1's int and float resolvers out (sexagesimal, leading-zero octal, 0b binary), YAML 1.2's
-# in; a copy of the table, so yaml.SafeLoader itself is unchanged
+# YAML 1.1's int, float and bool resolvers out (sexagesimal, leading-zero octal, 0b binary, yes/no/
+# on/off), YAML 1.2's in; a copy of the table, so yaml.SafeLoader itself is unchanged
 UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+UniqueKeyLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"),
+)
 UniqueKeyLoader.add_implicit_resolver(
     _INT_TAG, re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0[xX][0-9a-fA-F_]+|[-+]?0[oO][0-7_]+)$"),
     list("-+0123456789"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
                  "again to start over", 130)
         raise
     bar.done()
-    click.echo(_fit_outcome(res, cfg.optim))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns here: one line, rank 0's
+        click.echo(_fit_outcome(res, cfg.optim))
 
 
 def _fit_outcome(res: Any, o: Any) -> str:

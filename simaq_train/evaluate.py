@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, optional
 from simaq_train.data.normalize import fov_mask
 from simaq_train.data.build import check_fov
 from simaq_train.data.sources import FactorySource, infer_n_classes
@@ -146,7 +146,7 @@ def _in_fov(image: np.ndarray, fov_margin: float) -> np.ndarray:
 def otsu_predictor(n_levels: int = 4, fov_margin: float = 5.0) -> Predictor:
     """Multi-Otsu thresholds on the normalised reconstruction inside the FOV → intensity class ids
     0 (darkest) … n_levels − 1 (brightest)."""
-    from skimage.filters import threshold_multiotsu
+    threshold_multiotsu = optional("skimage.filters", "simaq-train baseline").threshold_multiotsu
 
     def predict(image: np.ndarray) -> np.ndarray:
         thr = threshold_multiotsu(_in_fov(image, fov_margin), classes=n_levels)
@@ -158,7 +158,8 @@ def otsu_predictor(n_levels: int = 4, fov_margin: float = 5.0) -> Predictor:
 def otsu_two_stage_predictor(fov_margin: float = 5.0) -> Predictor:
     """Otsu's threshold splits the FOV into background (level 0) and cells; a 3-class multi-Otsu
     inside the cells gives levels 1–3 (dark → bright)."""
-    from skimage.filters import threshold_multiotsu, threshold_otsu
+    filters = optional("skimage.filters", "simaq-train baseline")
+    threshold_multiotsu, threshold_otsu = filters.threshold_multiotsu, filters.threshold_otsu
 
     def predict(image: np.ndarray) -> np.ndarray:
         mask = np.broadcast_to(fov_mask(image.shape[1:], fov_margin), image.shape)

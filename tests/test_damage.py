@@ -109,13 +109,19 @@ def test_lost_recipe_files_and_banks_group_metadata_are_named_and_written_again(
     other = cli(*BUILD, "-o", out, "--set", "seed=9")
     assert other.exit_code == 2 and "holds a dataset of recipe" in other.stderr
     rebuild_and_verify(out)
+    # cut short (a full disk, a bad copy): named with the remedy, and the same remedy works
+    resolved = out / "recipe.resolved.json"
+    resolved.write_text(resolved.read_text()[:100])
+    st = cli("status", out)
+    assert st.exit_code == 2 and "unreadable resolved recipe" in st.stderr and "rewrites it" in st.stderr
+    rebuild_and_verify(out)
 
 
 def test_a_frozen_dataset_that_lost_its_resolved_recipe_is_not_rewritten(sealed, tmp_path):
     out = copy(sealed, tmp_path)
     (out / "recipe.resolved.json").unlink()
     result = cli(*BUILD, "-o", out)
-    assert result.exit_code == 1 and "missing from the frozen dataset" in result.stderr, result.output
+    assert result.exit_code == 1 and "missing in the frozen dataset" in result.stderr, result.output
     assert not (out / "recipe.resolved.json").exists()
 
 

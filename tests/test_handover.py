@@ -926,3 +926,20 @@ def test_deep_read_names_an_undecodable_shard_whose_checksum_was_updated(built, 
     deep = cli("verify", str(out), "--deep")
     assert deep.exit_code == 1 and "problem: recon samples 0-1: unreadable (" in deep.output, deep.output
     assert deep.output.count("problem:") == 1, deep.output
+
+
+def test_a_missing_optional_package_is_named_with_its_extra_before_any_work(built, tmp_path, monkeypatch):
+    from simaq_factory.errors import MissingExtra, optional
+    from simaq_train.data.volumes import check_output_path
+
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import tifffile -> ImportError
+    result = cli("export", str(built), "--format", "tiff", "-o", str(tmp_path / "ex"))
+    assert result.exit_code == 1, result.output
+    assert result.stderr == ("error: export --format tiff needs the Python package tifffile: "
+                             "pip install 'simaq-factory[io]'\n")
+    assert not (tmp_path / "ex").exists()
+    with pytest.raises(MissingExtra, match=r"^writing seg\.tif needs the Python package tifffile"):
+        check_output_path(tmp_path / "seg.tif")  # predict: before the model runs
+    monkeypatch.setitem(sys.modules, "skimage.filters", None)
+    with pytest.raises(MissingExtra, match=r"scikit-image: pip install 'simaq-factory\[baseline\]'$"):
+        optional("skimage.filters", "simaq-train baseline")

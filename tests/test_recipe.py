@@ -63,6 +63,8 @@ def test_numbers_are_yaml_1_2_and_merge_keys_work(tmp_path):
     assert load_yaml("a: [017, 08, 0x1F, 0o17, 1_000, -0, +4, 1., -.inf, 0b101, 12:00:00, 1:30]") == {
         "a": [17, 8, 31, 15, 1000, 0, 4, 1.0, float("-inf"), "0b101", "12:00:00", "1:30"]}
     assert yaml.safe_load("a: [017, 12:00:00]") == {"a": [15, 43200]}  # plain SafeLoader unchanged
+    assert load_yaml("a: [true, False, TRUE, yes, no, on, off]") == {"a": [True, False, True, "yes", "no", "on", "off"]}
+    assert load_recipe(SMOKE, ["phantom.deformation.mode=off"]).phantom.deformation.mode == "off"  # was False
     assert load_yaml("b: &r {x: 1, y: 2}\nc:\n  <<: *r\n  y: 3\n") == {"b": {"x": 1, "y": 2}, "c": {"x": 1, "y": 3}}
     with pytest.raises(yaml.YAMLError, match="unhashable key"):
         load_yaml("? [a, b]\n: 1\n")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, DamagedData, quiet_logger
+from simaq_factory.errors import BadInput, DamagedData, MissingExtra, optional, quiet_logger
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
 from simaq_factory.store.outdir import RESOLVED
 from simaq_factory.tomo.geometry import Geometry
@@ -280,15 +280,15 @@ def _file_is_integer(path: Path) -> bool:
     """Whether a TIFF/MRC volume holds integers, from its header (no data read)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
+            tifffile = optional("tifffile", "reading TIFF")
             with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 dtype = tif.series[0].dtype
         else:
-            import mrcfile
-
+            mrcfile = optional("mrcfile", "reading MRC")
             with mrcfile.open(path, permissive=True, header_only=True) as mrc:
                 dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
+    except MissingExtra:
+        raise
     except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
         raise BadInput(str(path), f"cannot read volume header: {err}") from None
     return bool(np.issubdtype(dtype, np.integer))
@@ -306,16 +306,17 @@ def _name(path: Path, attrs: dict[str, Any]) -> str:
 def _read_volume(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
+            tifffile = optional("tifffile", "reading TIFF")
             with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
                 return np.asarray(tifffile.imread(path))
-        import mrcfile
+        mrcfile = optional("mrcfile", "reading MRC")
 
         from simaq_factory.mrcio import read_mrc_data
 
         with mrcfile.open(path, permissive=True) as mrc:
             return read_mrc_data(mrc)  # IMOD's unsigned bytes as uint8; (z, y, x) by MAPC/MAPR/MAPS
+    except MissingExtra:
+        raise
     except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
         raise BadInput(str(path), f"cannot read volume: {err}") from None
 

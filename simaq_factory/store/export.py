@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, check_output_dir
+from simaq_factory.errors import BadInput, check_output_dir, optional
 from simaq_factory.store.inspect import (
     built_records,
     check_shards_done,
@@ -79,7 +79,7 @@ def _voxel_nm(record: dict[str, Any]) -> float:
 
 def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -> None:
     """A volume (z spacing = pixel size) or, with ``stack``, a stack of images (no z spacing)."""
-    import tifffile
+    tifffile = optional("tifffile", "export --format tiff")
 
     um = vx_nm / 1000.0
     meta: dict[str, Any] = {"unit": "um", "axes": "ZYX"}
@@ -90,7 +90,7 @@ def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) 
 
 def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -> None:
     """A volume or, with ``stack``, an image stack (MRC2014 space group 0, as tilt series are)."""
-    import mrcfile
+    mrcfile = optional("mrcfile", "export --format mrc")
 
     with mrcfile.new(str(path), overwrite=True) as mrc:
         mrc.set_data(vol)
@@ -242,6 +242,8 @@ def export_dataset(
     docstring); with ``overwrite`` every target is written again."""
     if fmt not in FORMATS:
         raise BadInput("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt in ("tiff", "mrc"):  # before anything is read or written
+        optional("tifffile" if fmt == "tiff" else "mrcfile", f"export --format {fmt}")
     recipe, rid = open_dataset_recipe(out)
     specs = dataset_specs(recipe)
     n = recipe.dataset.n_samples

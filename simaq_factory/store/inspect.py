@@ -54,7 +54,8 @@ def open_dataset_recipe(out: Path) -> tuple[Any, str]:
     except OSError as err:
         raise BadInput(str(path), f"cannot read the resolved recipe: {err.strerror or type(err).__name__}") from None
     except (ValueError, KeyError, TypeError) as err:
-        raise BadInput(str(path), f"unreadable resolved recipe: {err}") from None
+        raise BadInput(str(path), f"unreadable resolved recipe ({err}); `simaq-factory build` with the "
+                                  "original recipe rewrites it") from None
 
 
 def recipe_file_problems(out: Path, recipe: Any, rid: str) -> list[str]:

@@ -52,22 +52,18 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
     resolved = out / RESOLVED
     if not resolved.exists():
         if any(out.iterdir()) and not is_partial_start(out):
-            card_id = _card_recipe_id(out)
-            if card_id is not None and card_id != rid:
-                raise BadInput(str(out), f"holds a dataset of recipe {card_id[:12]} (its {RESOLVED} is missing), "
-                                         f"this recipe is {rid[:12]}: use a new output directory or the "
-                                         "original recipe")
-            if card_id == rid:  # this recipe's dataset that lost recipe.resolved.json
-                if (out / SUMS).is_file() or read_card(out).get("status") == "frozen":
-                    raise BuildFailed(f"{resolved}: missing from the frozen dataset {out}; a frozen dataset "
-                                      "is not rewritten: restore it from a good copy")
+            if _lost_resolved_recipe(out, rid, "missing"):
                 return True  # the resume writes it again (repair_recipe_files)
             raise BadInput(str(out), "output directory is not empty and holds no simaq-factory dataset")
         return False
     try:
         existing = json.loads(resolved.read_text())
         existing_id = existing["recipe_id"]
+        if not isinstance(existing_id, str):
+            raise TypeError("recipe_id is not a string")
     except (OSError, ValueError, KeyError, TypeError):
+        if _lost_resolved_recipe(out, rid, "unreadable"):  # cut short, emptied: as if missing
+            return True
         raise BadInput(str(resolved), "unreadable resolved recipe; not a simaq-factory dataset") from None
     if existing_id != rid:
         raise BadInput(
@@ -90,6 +86,22 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
             raise BadInput(str(out), "dataset is frozen, but its SHA256SUMS (written last) is missing: an "
                                      f"interrupted freeze; run `simaq-factory freeze {out}` to complete it")
         raise BadInput(str(out), "dataset is frozen; later writes are refused")
+    return True
+
+
+def _lost_resolved_recipe(out: Path, rid: str, how: str) -> bool:
+    """Whether ``out`` is recipe ``rid``'s dataset (by the id its card records) whose
+    ``recipe.resolved.json`` is ``how`` ("missing", "unreadable"): a resume of that recipe rewrites
+    it. :class:`BadInput` when the card names another recipe; :class:`BuildFailed` when it is frozen."""
+    card_id = _card_recipe_id(out)
+    if card_id is None:
+        return False
+    if card_id != rid:
+        raise BadInput(str(out), f"holds a dataset of recipe {card_id[:12]} (its {RESOLVED} is {how}), this "
+                                 f"recipe is {rid[:12]}: use a new output directory or the original recipe")
+    if (out / SUMS).is_file() or read_card(out).get("status") == "frozen":
+        raise BuildFailed(f"{out / RESOLVED}: {how} in the frozen dataset {out}; a frozen dataset is not "
+                          "rewritten: restore it from a good copy")
     return True
 
 

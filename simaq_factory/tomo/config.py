@@ -42,7 +42,9 @@ class ReconstructionConfig:
         "summed plainly, a constant factor the normalisation removes), or true quadrature (§3.4)"
     )
     center: Literal["astra", "skimage"] = spec(
-        "astra", doc="rotation centre: (n-1)/2 as torch-radon/ASTRA (§3.4) or n//2 as scikit-image (§3.2)"
+        "astra",
+        doc="rotation centre of the projections and of their reconstruction (one convention, not a "
+            "centre-of-rotation error): (n-1)/2 as torch-radon/ASTRA (§3.4) or n//2 as scikit-image (§3.2)",
     )
     clip_circle: bool = spec(True, doc="zero outside the inscribed circle (the reference left a TODO, §3.9)")
     iterations: int = spec(50, ge=1, le=100000, doc="sirt/cgls: number of iterations (ignored by fbp)")

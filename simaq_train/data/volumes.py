@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from simaq_factory.errors import BadInput, quiet_logger
+from simaq_factory.errors import BadInput, MissingExtra, optional, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
@@ -98,7 +98,7 @@ def _nrrd_in_angstrom(header: dict[str, Any], spacing: tuple[float, ...]) -> tup
 def _read_tiff(p: Path) -> Volume:
     """A TIFF stack and, when it says so in known units, its voxel size in Å (ImageJ ``spacing`` for z,
     the X/YResolution tags for x and y)."""
-    import tifffile
+    tifffile = optional("tifffile", "reading TIFF")
 
     with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
         with tifffile.TiffFile(p) as tif:
@@ -125,8 +125,7 @@ def _read_any(p: Path) -> Volume:
     if suf in (".mrc", ".rec", ".map"):
         import warnings
 
-        import mrcfile
-
+        mrcfile = optional("mrcfile", "reading MRC")
         with warnings.catch_warnings(record=True) as caught:  # permissive mode warns: say it once
             warnings.simplefilter("always")
             f = mrcfile.open(p, permissive=True)
@@ -149,8 +148,7 @@ def _read_any(p: Path) -> Volume:
             return Volume(data, size if all(s > 0 for s in size) else None, mrc_origin=origin,
                           mrc_start=start)  # type: ignore[arg-type]
     if suf == ".nrrd":
-        import nrrd
-
+        nrrd = optional("nrrd", "reading NRRD")
         arr, header = nrrd.read(str(p), index_order="C")
         spacing = None
         if "spacings" in header:  # one per axis, fastest first; non-spatial axes NaN
@@ -188,7 +186,7 @@ def read_volume_meta(path: str | Path) -> Volume:
         raise BadInput(str(p), "empty file")
     try:
         vol = _read_any(p)
-    except BadInput:
+    except (BadInput, MissingExtra):
         raise
     except Exception as err:  # noqa: BLE001 - any decoder error is bad input
         raise BadInput(str(p), f"cannot read volume ({type(err).__name__}: {err})") from None
@@ -365,6 +363,10 @@ def check_output_path(path: str | Path, *, overwrite: bool = False, source: str 
             raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced, "
                                    "even with --overwrite")
     check_output_dir(p.parent if str(p.parent) else Path("."), str(p))
+    writer = {".tif": "tifffile", ".tiff": "tifffile", ".mrc": "mrcfile", ".rec": "mrcfile", ".map": "mrcfile",
+              ".nrrd": "nrrd"}.get(volume_suffix(p))
+    if writer is not None:  # before the work whose result it would write
+        optional(writer, f"writing {p.name}")
     return p
 
 
@@ -397,7 +399,7 @@ def _nrrd_space(like: Volume | None, shape: tuple[int, ...]) -> dict[str, Any]:
 def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None,
               slicer_classes: list[str] | None = None, like: Volume | None = None) -> None:
     if suf in (".tif", ".tiff"):
-        import tifffile
+        tifffile = optional("tifffile", "writing TIFF")
 
         if voxel_size is None:
             tifffile.imwrite(tmp, volume, photometric="minisblack")  # (3 or 4, Y, X) is not RGB
@@ -410,7 +412,7 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
             tifffile.imwrite(tmp, volume, photometric="minisblack", resolution=(1.0 / x, 1.0 / y),
                              resolutionunit="MICROMETER")
     elif suf in (".mrc", ".rec", ".map"):
-        import mrcfile
+        mrcfile = optional("mrcfile", "writing MRC")
 
         data = volume
         if volume.dtype == np.uint8:
@@ -425,7 +427,7 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
             if like is not None and like.mrc_start is not None:
                 f.header.nxstart, f.header.nystart, f.header.nzstart = like.mrc_start
     elif suf == ".nrrd":
-        import nrrd
+        nrrd = optional("nrrd", "writing NRRD")
 
         # C order, as read; the header's per-axis fields run fastest axis first: (x, y, z)
         header: dict[str, Any] = {"encoding": "gzip"}
