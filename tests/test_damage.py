@@ -185,3 +185,15 @@ def test_an_exported_file_cut_short_after_the_export_is_written_again(base, tmp_
     assert again.exit_code == 0 and "wrote 1 file(s)" in again.output, again.output
     assert target.stat().st_size == size
     assert "wrote 0 file(s)" in cli(*args).output
+
+
+def test_a_folder_in_place_of_zarr_metadata_is_named_not_an_oserror(base, tmp_path):
+    out = copy(base, tmp_path)
+    meta = out / "dataset.zarr" / "recon" / "zarr.json"
+    meta.unlink()
+    meta.mkdir()
+    result = cli(*BUILD, "-o", out)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"error: {meta}: a folder where the Zarr metadata file belongs; remove it and build again\n"
+    meta.rmdir()
+    rebuild_and_verify(out)

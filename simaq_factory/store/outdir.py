@@ -257,9 +257,16 @@ def repair_card(out: Path, card: dict[str, Any]) -> bool:
     docs: dict[str, Any] = {}
     zarr.open_group(zarr.storage.MemoryStore(docs), mode="w", zarr_format=3,
                     attributes={**card, "status": "building"})
-    write_json_atomic(out / GROUP_NAME / "zarr.json", json.loads(docs["zarr.json"].to_bytes()))
+    _write_metadata(out / GROUP_NAME / "zarr.json", json.loads(docs["zarr.json"].to_bytes()))
     log.warning("%s; rewritten from the recipe", problem)
     return True
+
+
+def _write_metadata(path: Path, doc: dict[str, Any]) -> None:
+    """Rewrite a ``zarr.json``; a folder in its place is named, not removed (it is not ours to delete)."""
+    if path.is_dir():
+        raise BuildFailed(f"{path}: a folder where the Zarr metadata file belongs; remove it and build again")
+    write_json_atomic(path, doc)
 
 
 def repair_array_metadata(out: Path, specs: dict[str, ArraySpec]) -> list[str]:
@@ -274,6 +281,6 @@ def repair_array_metadata(out: Path, specs: dict[str, ArraySpec]) -> list[str]:
     if damaged:
         docs = array_metadata({name: specs[name] for name in damaged})
         for name, problem in damaged.items():
-            write_json_atomic(out / GROUP_NAME / name / "zarr.json", docs[name])
+            _write_metadata(out / GROUP_NAME / name / "zarr.json", docs[name])
             log.warning("%s; rewritten from the recipe", problem)
     return list(damaged)
