@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install (if needed) and build the smoke dataset into smoke-out/ (re-running resumes/skips).
 set -euo pipefail
+# DIR as the caller meant it: relative to where the script was called from, not to the checkout
+OUT="${1:+$(realpath -m -- "$1")}"
 cd "$(dirname "$0")/.."
+OUT="${OUT:-smoke-out}"
 bash scripts/install.sh
-OUT="${1:-smoke-out}"
 .venv/bin/simaq-factory build recipes/smoke.yaml -o "$OUT"
 .venv/bin/python - "$OUT" <<'PY'
 import sys, zarr

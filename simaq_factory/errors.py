@@ -42,7 +42,8 @@ class MissingExtra(RunFailed):
 
 #: optional module -> (its pip name, the extra of this project that installs it)
 EXTRAS = {"tifffile": ("tifffile", "io"), "mrcfile": ("mrcfile", "io"), "nrrd": ("pynrrd", "io"),
-          "skimage": ("scikit-image", "baseline")}
+          "skimage": ("scikit-image", "baseline"), "dask_jobqueue": ("dask-jobqueue", "slurm"),
+          "triton": ("triton", "triton")}
 
 
 def optional(module: str, purpose: str) -> Any:

@@ -943,3 +943,13 @@ def test_a_missing_optional_package_is_named_with_its_extra_before_any_work(buil
     monkeypatch.setitem(sys.modules, "skimage.filters", None)
     with pytest.raises(MissingExtra, match=r"scikit-image: pip install 'simaq-factory\[baseline\]'$"):
         optional("skimage.filters", "simaq-train baseline")
+    # score opens every prediction before scoring any: an MRC folder after a Zarr one is refused first
+    monkeypatch.setitem(sys.modules, "mrcfile", None)
+    folder = tmp_path / "mrcpred"
+    folder.mkdir()
+    (folder / "sample_000000_recon.mrc").write_bytes(b"\0" * 1024)
+    scored = cli("score", "--gt", str(built), "--pred", str(built), "--pred", str(folder), "-o", str(tmp_path / "rep"))
+    assert scored.exit_code == 1, scored.output
+    assert scored.stderr.strip().splitlines()[-1] == ("error: reading .mrc predictions needs the Python package "
+                                                     "mrcfile: pip install 'simaq-factory[io]'")
+    assert not (tmp_path / "rep").exists()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from simaq_factory.errors import BadInput
+from simaq_factory.errors import BadInput, optional
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,7 @@ def default_threads(workers: int) -> int:
 
 def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     """A dask-jobqueue SLURMCluster for ``execution.slurm`` (jobs are submitted on ``scale``)."""
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError:
-        raise BadInput("--cluster", "slurm needs dask-jobqueue: pip install 'simaq-factory[slurm]'") from None
+    SLURMCluster = optional("dask_jobqueue", "--cluster slurm").SLURMCluster
     cfg = exe.slurm
     gpus = cfg.gpus_per_job or (1 if gpu else 0)
     directives = [f"--gres=gpu:{gpus}"] if gpus else []

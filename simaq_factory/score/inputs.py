@@ -391,6 +391,9 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     indices = sorted(set().union(*index_sets))
     if len(groups) == 2 and index_sets[0] != index_sets[1]:
         raise BadInput(str(path), "recon/ and labels/ must hold the same sample indices")
+    # every prediction is opened before any is scored: a missing reader is said now, not after the others
+    for suffix in sorted({f.suffix.lower() for g in groups.values() for f in g.values()}):
+        optional("tifffile" if suffix in (".tif", ".tiff") else "mrcfile", f"reading {suffix} predictions")
     pred = Prediction(path=path, name=path.resolve().name or str(path.resolve()), indices=indices,
                       kinds=sorted(groups, reverse=True))
 

@@ -96,11 +96,12 @@ def check_backend(backend: str, device: torch.device | str) -> None:
         return
     from simaq_factory.tomo import kernels
 
-    if not kernels.available():
-        raise ValueError("projector backend 'triton' needs Triton (it comes with CUDA builds of torch; "
-                         "pip install triton)")
+    # the device first: on a CPU, installing Triton (~1 GB) would only lead to this refusal
     if torch.device(device).type != "cuda" and not kernels.interpreting():
         raise ValueError(f"projector backend 'triton' runs on CUDA, not on {device}")
+    if not kernels.available():
+        raise ValueError("projector backend 'triton' needs Triton (it comes with CUDA builds of torch; "
+                         "pip install 'simaq-factory[triton]')")
 
 
 @functools.cache
