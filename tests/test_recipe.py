@@ -198,6 +198,7 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["validate", "{list_yaml}"], "mapping"),
         (["validate", "{dup_yaml}"], "duplicate key 'dataset' (first at line 1)"),
         (["build", str(SMOKE), "-o", "{out}", "--scheduler", "notanaddress"], "--scheduler"),
+        (["build", str(SMOKE), "-o", "{out}", "--scheduler", ""], "--scheduler: empty address"),
         (["validate", str(SMOKE), "--set", "dataset.n_samples"], "--set"),
         (["validate", str(SMOKE), "--set", "dataset.n_samples.x=1"], "dataset.n_samples"),
         (["build", str(SMOKE), "-o", "{file}"], "not a directory"),

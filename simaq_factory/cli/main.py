@@ -158,6 +158,8 @@ def init(path: str, template: str, force: bool) -> None:
 def build(recipe: str, out: str, scheduler: str | None, cluster: str | None, workers: int | None,
           device: str | None, projector: str | None, overrides: tuple[str, ...]) -> None:
     """Render the dataset of RECIPE into OUT (resumes an interrupted build)."""
+    if scheduler is not None and not scheduler.strip():  # an unset $DASK_ADDR: not a local build
+        raise BadInput("--scheduler", "empty address; give the scheduler's, e.g. tcp://HOST:8786")
     if scheduler is not None and cluster is not None:
         raise BadInput("--scheduler", f"cannot be combined with --cluster {cluster}: the running "
                                       "scheduler's workers build the dataset; give one of the two")

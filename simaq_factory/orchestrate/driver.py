@@ -9,6 +9,7 @@ and reports progress through a callback.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import math
 import sys
@@ -34,7 +35,7 @@ from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
 from simaq_factory.store.dataset import read_card, shard_states, update_card
 from simaq_factory.store.inspect import check_sealed_intact
-from simaq_factory.store.layout import array_specs, dataset_card, shard_ranges
+from simaq_factory.store.layout import array_specs, dataset_card, provenance_path, shard_ranges
 from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
@@ -420,28 +421,49 @@ def _run_distributed(
     else:
         threads = exe.threads_per_worker or default_threads(
             n_workers if handle.description.startswith("LocalCluster") else 1)
-    window = exe.window or 2 * n_workers
     queue = collections.deque(todo)  # popped from the left once per finished shard
     resources = {"GPU": 1} if gpu else None
+    # the key names the output too: two builds of one recipe into two folders on one scheduler
+    # shared each shard's task, and one folder got no shard while its build said it wrote them all
+    where = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    if handle.n_workers == 0:
+        log.warning("the scheduler has no workers yet: the build waits for the first to join")
+
+    def window() -> int:
+        """Tasks in flight: execution.window, or 2 per worker connected now (late joiners widen it)."""
+        if exe.window:
+            return int(exe.window)
+        try:
+            return 2 * max(1, len(client.scheduler_info().get("workers", {})), n_workers)
+        except Exception:  # noqa: BLE001 - the count is a hint
+            return 2 * n_workers
 
     def submit(s: int) -> Any:
         return client.submit(
             run_shard, str(out), recipe_json, s, device, threads,
-            key=f"shard-{s:06d}-{report.recipe_id[:12]}", retries=exe.retries, pure=False,
+            key=f"shard-{s:06d}-{report.recipe_id[:12]}-{where}", retries=exe.retries, pure=False,
             resources=resources,
         )
 
     futures = {}
-    while queue and len(futures) < window:
-        s = queue.popleft()
-        futures[submit(s)] = s
+    pool = as_completed()
+
+    def refill() -> None:
+        while queue and len(futures) < window():
+            s = queue.popleft()
+            fut = submit(s)
+            futures[fut] = s
+            pool.add(fut)
+
+    refill()
     finished = 0
-    pool = as_completed(list(futures))
     for fut in pool:
         s = futures.pop(fut)
         summary = None
         try:
             summary = fut.result()
+            if not provenance_path(out, s).is_file():  # the task's success is its record in OUT
+                raise BuildFailed(f"its task reported success but {provenance_path(out, s)} was not written")
             report.built += 1
         except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
             _record_failure(report, s, err)
@@ -451,16 +473,16 @@ def _run_distributed(
         finished += 1
         if progress:
             progress(finished, len(todo), summary)
-        if queue:
-            nxt = queue.popleft()
-            new = submit(nxt)
-            futures[new] = nxt
-            pool.add(new)
+        refill()
 
 
 def _finish(out: Path, report: BuildReport, t0: float) -> BuildReport:
     report.seconds = time.perf_counter() - t0
     complete = not report.failed
+    # the driver log says how the build ended (a log of an interrupted build has no such line)
+    log.info("build %s %s: %d shard(s) written, %d failed, %d skipped, %.1f s", report.recipe_id[:12],
+             "complete" if complete else "incomplete", report.built, len(report.failed), report.skipped,
+             report.seconds)
     update_card(out, {"status": "complete" if complete else "incomplete",
                       "shards_done": report.n_shards - len(report.failed)})
     if report.failed:
