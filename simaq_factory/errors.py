@@ -44,6 +44,9 @@ class MissingExtra(RunFailed):
 EXTRAS = {"tifffile": ("tifffile", "io"), "mrcfile": ("mrcfile", "io"), "nrrd": ("pynrrd", "io"),
           "skimage": ("scikit-image", "baseline"), "dask_jobqueue": ("dask-jobqueue", "slurm"),
           "triton": ("triton", "triton")}
+#: the optional module that reads and writes each volume file suffix
+SUFFIX_MODULES = {".tif": "tifffile", ".tiff": "tifffile", ".mrc": "mrcfile", ".rec": "mrcfile", ".map": "mrcfile",
+                  ".nrrd": "nrrd"}
 
 
 def optional(module: str, purpose: str) -> Any:

@@ -70,7 +70,8 @@ class BuildReport:
 
 
 #: Errors that the recipe, seed and sample index decide (cells that cannot be laid out or do not fit
-#: the volume, values too large for float32): re-running the build fails the same way, so the message asks for a recipe change.
+#: the volume, values too large for float32): re-running the build fails the same way, so the
+#: message asks for a recipe change.
 RECIPE_FAILURES: tuple[type[BaseException], ...] = (PhantomLayoutError, NonFiniteData)
 
 
@@ -449,7 +450,8 @@ def _run_distributed(
     pool = as_completed()
 
     def refill() -> None:
-        while queue and len(futures) < window():
+        limit = window()  # asked once per refill, not once per task submitted
+        while queue and len(futures) < limit:
             s = queue.popleft()
             fut = submit(s)
             futures[fut] = s

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from simaq_factory.errors import BadInput, DamagedData, MissingExtra, optional, quiet_logger
+from simaq_factory.errors import SUFFIX_MODULES, BadInput, DamagedData, MissingExtra, optional, quiet_logger
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR
 from simaq_factory.store.outdir import RESOLVED
 from simaq_factory.tomo.geometry import Geometry
@@ -393,7 +393,7 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
         raise BadInput(str(path), "recon/ and labels/ must hold the same sample indices")
     # every prediction is opened before any is scored: a missing reader is said now, not after the others
     for suffix in sorted({f.suffix.lower() for g in groups.values() for f in g.values()}):
-        optional("tifffile" if suffix in (".tif", ".tiff") else "mrcfile", f"reading {suffix} predictions")
+        optional(SUFFIX_MODULES[suffix], f"reading {suffix} predictions")
     pred = Prediction(path=path, name=path.resolve().name or str(path.resolve()), indices=indices,
                       kinds=sorted(groups, reverse=True))
 

@@ -11,11 +11,11 @@ from typing import Any
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import load_provenance, read_card, read_provenance, shard_states
 from simaq_factory.store.layout import (
-    CARD_FROM_RECIPE,
     GROUP_NAME,
     SUMS,
     ArraySpec,
     array_specs,
+    card_disagreements,
     dataset_card,
     samples_text,
     shard_ranges,
@@ -82,15 +82,14 @@ def _short(value: Any, limit: int = 30) -> str:
 
 def card_problem(out: Path, recipe: Any, rid: str) -> str | None:
     """A line naming ``dataset.zarr/zarr.json`` when fields of the dataset card that the recipe
-    decides (:data:`CARD_FROM_RECIPE`) disagree with it; None when they agree. The card must read."""
+    decides (:data:`~simaq_factory.store.layout.CARD_FROM_RECIPE`) disagree with it; None when they agree. The card must read."""
     from simaq_factory.acquisition.angles import a_max_for
 
-    expected = json.loads(json.dumps(dataset_card(recipe, rid, a_max_for(recipe))))
     card = read_card(out)
-    wrong = [k for k in CARD_FROM_RECIPE if card.get(k) != expected.get(k)]
+    wrong = card_disagreements(card, dataset_card(recipe, rid, a_max_for(recipe)))
     if not wrong:
         return None
-    shown = ", ".join(f"{k} {_short(card.get(k))} (recipe: {_short(expected.get(k))})" for k in wrong[:3])
+    shown = ", ".join(f"{k} {_short(card.get(k))} (recipe: {_short(v)})" for k, v in list(wrong.items())[:3])
     more = f", and {len(wrong) - 3} more" if len(wrong) > 3 else ""
     return f"{out / GROUP_NAME / META}: the dataset card disagrees with the recipe: {shown}{more}; {CARD_HINT}"
 
@@ -198,14 +197,20 @@ def array_metadata_problem(out: Path, spec: ArraySpec) -> str | None:
     return None
 
 
-def metadata_problems(out: Path, specs: dict[str, ArraySpec]) -> tuple[str | None, dict[str, str]]:
-    """(group problem or None, {array: problem}) for the group and every array of ``specs``."""
+def metadata_problems(out: Path, recipe: Any, rid: str,
+                      specs: dict[str, ArraySpec]) -> tuple[list[str], str | None, dict[str, str]]:
+    """What ``status`` and ``verify`` report of the dataset's own files: (every problem line, in order:
+    the recipe files, the group metadata or a card that disagrees with the recipe, the arrays'
+    metadata; the group problem or None, which also means the card reads; {array: problem})."""
     arrays = {}
     for name, spec in specs.items():
         problem = array_metadata_problem(out, spec)
         if problem is not None:
             arrays[name] = problem
-    return group_metadata_problem(out), arrays
+    group = group_metadata_problem(out)
+    card = group if group is not None else card_problem(out, recipe, rid)
+    lines = recipe_file_problems(out, recipe, rid) + ([card] if card else []) + list(arrays.values())
+    return lines, group, arrays
 
 
 def read_card_checked(out: Path) -> dict[str, Any]:
@@ -275,13 +280,9 @@ def dataset_status(out: Path) -> dict[str, Any]:
         counts[state] += 1
         if state == "damaged":
             shard_problems.append((s, reason))
-    group_problem, array_problems = metadata_problems(out, specs)
-    card_readable = group_problem is None
-    card_wrong = card_problem(out, recipe, rid) if card_readable else None
-    meta_problems = (recipe_file_problems(out, recipe, rid) + [p for p in (group_problem, card_wrong) if p]
-                     + list(array_problems.values()))
+    meta_problems, group_problem, _ = metadata_problems(out, recipe, rid, specs)
     banks_pending = False
-    if card_readable:
+    if group_problem is None:
         card = read_card(out)
         card_status = str(card.get("status", "unknown"))
         # a build stopped before it recorded its noise banks (they come before any shard): unfinished
@@ -309,7 +310,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
             "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
-            "banks_damaged": len(banks) if card_readable else None, "banks_pending": banks_pending}
+            "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending}
 
 
 def check_sealed_intact(out: Path) -> None:

@@ -38,6 +38,7 @@ Inner chunks of ``recon`` are ``(1, 1, chunk_z, Y, X)``; shards still hold whole
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,13 @@ def dataset_card(recipe: Any, rid: str, a_max: int) -> dict[str, Any]:
 #: Card fields the recipe decides: ``status`` and ``verify`` compare them with it, a build rewrites them.
 CARD_FROM_RECIPE = ("recipe_id", "seed", "n_samples", "samples_per_shard", "shape_zyx", "tilt_axis", "tilt_axes",
                     "axis_frames", "a_max", "label_map")
+
+
+def card_disagreements(found: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    """The fields of :data:`CARD_FROM_RECIPE` where the stored card ``found`` differs from ``card``
+    (:func:`dataset_card` of the recipe), with ``card``'s values as JSON reads them back."""
+    expected = json.loads(json.dumps(card))
+    return {k: expected.get(k) for k in CARD_FROM_RECIPE if found.get(k) != expected.get(k)}
 
 
 def array_specs(recipe: Any, a_max: int) -> dict[str, ArraySpec]:

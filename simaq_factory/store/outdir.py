@@ -14,7 +14,7 @@ import zarr
 
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import array_metadata, create_arrays, read_card, update_card, write_json_atomic
-from simaq_factory.store.layout import CARD_FROM_RECIPE, GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec, card_disagreements
 
 try:
     import fcntl
@@ -73,14 +73,14 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
         )
     if not (out / GROUP_NAME).is_dir():
         raise BadInput(str(out), "dataset.zarr is missing; remove the directory and build again")
-    try:
-        status = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"].get("status")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    attrs = _card_attributes(out)
+    if attrs is None:
         if (out / SUMS).is_file():  # sealed: its card is listed in SHA256SUMS, a new one would not match
             raise BuildFailed(f"{out / GROUP_NAME / 'zarr.json'}: the dataset card of a frozen dataset is "
                               "missing or unreadable; a frozen dataset is not rewritten: restore it from a "
-                              "good copy") from None
+                              "good copy")
         return True  # a resume rewrites it from the recipe under the lock (repair_card)
+    status = attrs.get("status")
     if status == "frozen" and not (sealing and not (out / SUMS).is_file()):  # freeze may finish itself
         if not (out / SUMS).is_file():
             raise BadInput(str(out), "dataset is frozen, but its SHA256SUMS (written last) is missing: an "
@@ -93,23 +93,27 @@ def _lost_resolved_recipe(out: Path, rid: str, how: str) -> bool:
     """Whether ``out`` is recipe ``rid``'s dataset (by the id its card records) whose
     ``recipe.resolved.json`` is ``how`` ("missing", "unreadable"): a resume of that recipe rewrites
     it. :class:`BadInput` when the card names another recipe; :class:`BuildFailed` when it is frozen."""
-    card_id = _card_recipe_id(out)
-    if card_id is None:
+    attrs = _card_attributes(out)
+    if attrs is None or "recipe_id" not in attrs:
         return False
+    card_id = str(attrs["recipe_id"])
     if card_id != rid:
         raise BadInput(str(out), f"holds a dataset of recipe {card_id[:12]} (its {RESOLVED} is {how}), this "
                                  f"recipe is {rid[:12]}: use a new output directory or the original recipe")
-    if (out / SUMS).is_file() or read_card(out).get("status") == "frozen":
+    if (out / SUMS).is_file() or attrs.get("status") == "frozen":
         raise BuildFailed(f"{out / RESOLVED}: {how} in the frozen dataset {out}; a frozen dataset is not "
                           "rewritten: restore it from a good copy")
     return True
 
 
-def _card_recipe_id(out: Path) -> str | None:
+def _card_attributes(out: Path) -> dict[str, Any] | None:
+    """The dataset card as ``dataset.zarr/zarr.json`` holds it, read as plain JSON (no Zarr); None when
+    it is missing, unreadable or holds no attributes mapping."""
     try:
-        return str(json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"]["recipe_id"])
+        attrs = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return attrs if isinstance(attrs, dict) else None
 
 
 def is_sealed(out: Path, rid: str) -> bool:
@@ -118,10 +122,10 @@ def is_sealed(out: Path, rid: str) -> bool:
     :func:`check_out_dir` then examines."""
     try:
         same = json.loads((out / RESOLVED).read_text())["recipe_id"] == rid
-        card = json.loads((out / GROUP_NAME / "zarr.json").read_text())["attributes"]
-        return bool(same and card.get("status") == "frozen" and (out / SUMS).is_file())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    card = _card_attributes(out)
+    return bool(same and card is not None and card.get("status") == "frozen" and (out / SUMS).is_file())
 
 
 def start_out_dir(
@@ -246,9 +250,7 @@ def repair_card(out: Path, card: dict[str, Any]) -> bool:
 
     problem = group_metadata_problem(out)
     if problem is None:
-        expected = json.loads(json.dumps(card))
-        found = read_card(out)
-        wrong = {k: expected.get(k) for k in CARD_FROM_RECIPE if found.get(k) != expected.get(k)}
+        wrong = card_disagreements(read_card(out), card)
         if wrong:
             update_card(out, wrong)
             log.warning("%s: dataset card fields %s disagreed with the recipe; rewritten from it",

@@ -31,13 +31,7 @@ from simaq_factory.labels import Label
 from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.banks import bank_problems, load_banks
 from simaq_factory.store.dataset import RECORD_DIGEST, read_card, read_provenance, sha256_files, shard_states
-from simaq_factory.store.inspect import (
-    card_problem,
-    dataset_specs,
-    metadata_problems,
-    open_dataset_recipe,
-    recipe_file_problems,
-)
+from simaq_factory.store.inspect import dataset_specs, metadata_problems, open_dataset_recipe
 from simaq_factory.store.layout import GROUP_NAME, SUMS, ArraySpec, samples_text, shard_ranges
 from simaq_factory.store.outdir import LOCK
 from simaq_factory.versions import cpu_kernels, describe_software, software_versions
@@ -279,13 +273,8 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
     specs = dataset_specs(recipe)
     ranges = shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard)
     report = VerifyReport(n_shards=len(ranges))
-    report.problems.extend(recipe_file_problems(out, recipe, rid))
-    group_problem, array_problems = metadata_problems(out, specs)
-    if group_problem is not None:
-        report.problems.append(group_problem)
-    elif (wrong := card_problem(out, recipe, rid)) is not None:
-        report.problems.append(wrong)
-    report.problems.extend(array_problems.values())
+    lines, group_problem, array_problems = metadata_problems(out, recipe, rid, specs)
+    report.problems.extend(lines)
     arrays = _open_arrays(out, [name for name in specs if name not in array_problems], report) if deep else {}
     known = report.digests  # relative shard file -> sha256, as matched by the shard check
     states = shard_states(out, specs, range(len(ranges)), rid)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from simaq_factory.errors import BadInput, MissingExtra, optional, quiet_logger
+from simaq_factory.errors import SUFFIX_MODULES, BadInput, MissingExtra, optional, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
@@ -156,8 +156,8 @@ def _read_any(p: Path) -> Volume:
             keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
             picked = [float(per_axis[k]) for k in keep] if len(per_axis) == arr.ndim else []
             spacing = tuple(picked) if len(picked) == 3 and all(np.isfinite(picked)) else None
-        elif len(_space_directions(header)) == 3:
-            spacing = tuple(float(np.linalg.norm(d)) for d in _space_directions(header)[::-1])
+        elif len(dirs := _space_directions(header)) == 3:
+            spacing = tuple(float(np.linalg.norm(d)) for d in dirs[::-1])
         if spacing:  # both branches give three spacings or none
             spacing = _nrrd_in_angstrom(header, spacing)
         return Volume(arr, spacing, dict(header))
@@ -363,8 +363,7 @@ def check_output_path(path: str | Path, *, overwrite: bool = False, source: str 
             raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced, "
                                    "even with --overwrite")
     check_output_dir(p.parent if str(p.parent) else Path("."), str(p))
-    writer = {".tif": "tifffile", ".tiff": "tifffile", ".mrc": "mrcfile", ".rec": "mrcfile", ".map": "mrcfile",
-              ".nrrd": "nrrd"}.get(volume_suffix(p))
+    writer = SUFFIX_MODULES.get(volume_suffix(p))
     if writer is not None:  # before the work whose result it would write
         optional(writer, f"writing {p.name}")
     return p
