@@ -356,3 +356,17 @@ def test_shard_range_is_the_shard_ranges_entry():
         for bad in (len(ranges), -1):
             with pytest.raises(IndexError):
                 shard_range(n, k, bad)
+
+
+def test_the_finite_check_catches_any_nan_or_inf_element():
+    import torch
+
+    from simaq_factory.pipeline import NonFiniteData, _check_finite
+
+    vol = torch.rand(4, 8, 8)
+    _check_finite(vol, "reconstruction", 0)
+    for bad in ([float("nan")], [float("inf")], [-float("inf")], [float("inf"), -float("inf")]):
+        v = vol.clone()
+        v.view(-1)[: len(bad)] = torch.tensor(bad)
+        with pytest.raises(NonFiniteData, match=r"^the reconstruction \(axis 0\) holds inf or NaN"):
+            _check_finite(v, "reconstruction", 0)
