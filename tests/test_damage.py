@@ -197,3 +197,31 @@ def test_a_folder_in_place_of_zarr_metadata_is_named_not_an_oserror(base, tmp_pa
     assert result.stderr == f"error: {meta}: a folder where the Zarr metadata file belongs; remove it and build again\n"
     meta.rmdir()
     rebuild_and_verify(out)
+
+
+def test_a_file_in_place_of_the_provenance_folder_is_named_by_verify_and_build(base, tmp_path):
+    out = copy(base, tmp_path)
+    shutil.rmtree(out / "provenance")
+    (out / "provenance").write_text("not a folder")
+    verify = cli("verify", out)
+    assert verify.exit_code == 1 and "shard 0 (samples 0-1): provenance/ is not a folder" in verify.output
+    assert f"{out / 'provenance'} is a file where the folder of provenance records belongs" in verify.stderr
+    build = cli(*BUILD, "-o", out)  # was a FileExistsError from every shard
+    assert build.exit_code == 1 and build.stderr == (
+        f"error: {out / 'provenance'}: a file where the folder of the shards' provenance records belongs; "
+        "move it away and build again (the shards are then checked and rebuilt)\n"), build.output
+    assert (out / "provenance").read_text() == "not a folder"
+    (out / "provenance").unlink()
+    again = cli(*BUILD, "-o", out)
+    assert again.exit_code == 0, again.output
+    assert cli("verify", out).exit_code == 0
+
+
+def test_a_folder_in_place_of_the_export_journal_is_refused_before_writing(base, tmp_path):
+    dest = tmp_path / "ex"
+    (dest / ".simaq-export.jsonl").mkdir(parents=True)
+    result = cli("export", base, "--format", "mrc", "--index", "0", "-o", dest)
+    assert result.exit_code == 2 and result.stderr == (
+        f"error: {dest / '.simaq-export.jsonl'}: is not a file: this is where export keeps its journal of "
+        "finished files; move it away or export to another destination\n"), result.output
+    assert [p.name for p in dest.iterdir()] == [".simaq-export.jsonl"]

@@ -318,7 +318,7 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     file is hashed, except data shard files, whose digest the shard check has just computed.
     """
     from simaq_factory.errors import BuildFailed
-    from simaq_factory.store.layout import SUMS
+    from simaq_factory.store.layout import PROVENANCE_DIR, SUMS
     from simaq_factory.store.outdir import writer_pid
     from simaq_factory.store.verify import verify_dataset
 
@@ -349,6 +349,9 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
                     else "hold values no build writes, though their files match their checksums")
             hint = (f"the stored samples {what}; if it is the software that built them, remove {records} "
                     "and run `simaq-factory build` with the same recipe to redo them")
+        elif (records := Path(out) / PROVENANCE_DIR).exists() and not records.is_dir():
+            hint = (f"{records} is a file where the folder of provenance records belongs: "
+                    "move it away, then `simaq-factory build` with the same recipe rebuilds the shards")
         else:
             hint = "`simaq-factory build` with the same recipe repairs what is damaged or missing"
         raise BuildFailed(f"{len(report.problems)} problem(s) in {out}; {hint}")

@@ -290,6 +290,10 @@ def export_dataset(
                 targets.append((i, a, k, dest / f"{stem}{EXT[fmt]}"))
     # what each target holds: a file the marker lists with this key is a completed one (resume)
     key = {"dataset": str(out.resolve()), "recipe_id": rid, "format": fmt, "voxel_size_nm": voxel_nm}
+    journal = dest / MARKER
+    if journal.exists() and not journal.is_file():  # a folder (or a device) where the journal belongs
+        raise BadInput(str(journal), "is not a file: this is where export keeps its journal of finished "
+                       "files; move it away or export to another destination")
     done = _read_marker(dest) if dest.is_dir() else {}
     # ours: listed by an export of the same data; complete unless its size changed since (a file
     # cut short or replaced after the export is written again, without --overwrite: it is ours)

@@ -73,6 +73,10 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
         )
     if not (out / GROUP_NAME).is_dir():
         raise BadInput(str(out), "dataset.zarr is missing; remove the directory and build again")
+    records = out / PROVENANCE_DIR
+    if records.exists() and not records.is_dir():  # not ours to delete, like a folder at a zarr.json
+        raise BuildFailed(f"{records}: a file where the folder of the shards' provenance records belongs; "
+                          "move it away and build again (the shards are then checked and rebuilt)")
     attrs = _card_attributes(out)
     if attrs is None:
         if (out / SUMS).is_file():  # sealed: its card is listed in SHA256SUMS, a new one would not match
