@@ -195,6 +195,29 @@ def test_metric_lines_after_the_checkpoint_go_and_a_start_over_starts_a_fresh_lo
     assert steps == [1, 2]
 
 
+def test_run_files_that_cannot_be_written_are_refused_before_any_step(trained, dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=6)
+    (run_dir / "last.pt").mkdir()
+    r = run("fit", cfg)
+    assert r.exit_code == 2 and r.stderr == (f"error: {run_dir / 'last.pt'}: is not a file, and the run "
+                                             "writes it; move it away or use another run.out\n"), r.output
+    (run_dir / "last.pt").rmdir()
+    shutil.copy(trained / "step4.pt", run_dir / "last.pt")
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text(json.dumps({"kind": "train", "step": 4, "epoch": 0}) + "\n")
+    metrics.chmod(0o444)  # a resumed run appends to it: was a PermissionError, exit 1, after the resume
+    try:
+        if os.access(metrics, os.W_OK):  # root writes read-only files: nothing to refuse
+            return
+        r = run("fit", cfg)
+        assert r.exit_code == 2 and r.stderr.startswith(f"error: {metrics}: is not writable"), r.output
+        assert torch.load(run_dir / "last.pt", weights_only=False)["step"] == 4  # untouched
+    finally:
+        metrics.chmod(0o644)
+
+
 def test_a_diverging_run_stops_without_saving_nan_weights(dataset, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path / "run", max_steps=6, lr=1e30, clip=0.0)
     r = run("fit", cfg)

@@ -149,6 +149,27 @@ def _batches(loader: DataLoader) -> Any:
         yield batch
 
 
+#: the files a run writes into run.out: replaced (by a rename) or written over in place
+RUN_FILES_REPLACED = ("last.pt",)  # metrics.png too, but a plot that fails only warns
+RUN_FILES_WRITTEN = ("metrics.jsonl", "config.json")
+
+
+def _check_run_files(run: Path) -> None:
+    """Before any work: :class:`BadInput` naming a file of the run that is there but could not be
+    written when its turn comes (a folder in its place; config.json, or the metrics.jsonl a resumed
+    run appends to, read-only), which would otherwise stop the run after its first steps."""
+    for name in RUN_FILES_REPLACED + RUN_FILES_WRITTEN:
+        path = run / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise BadInput(str(path), "is not a file, and the run writes it; move it away or use another run.out")
+        resumes = (run / "last.pt").is_file()  # a fresh start removes an old metrics.jsonl instead
+        if name in RUN_FILES_WRITTEN and not os.access(path, os.W_OK) and (resumes or name != "metrics.jsonl"):
+            raise BadInput(str(path), "is not writable, and the run writes it; make it writable or use another "
+                                      "run.out")
+
+
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -285,6 +306,7 @@ class Trainer:
         if blocker is not None:
             raise BadInput("run.out", f"{blocker} exists and is not a folder")
         check_output_dir(self.run, "run.out")  # writable (or creatable) before any work
+        _check_run_files(self.run)
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
