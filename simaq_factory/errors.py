@@ -103,6 +103,22 @@ class OneLineGroup(click.Group):
             fail("aborted", 130)
 
 
+class PathParam(click.ParamType):
+    """A file or folder path on the command line; an empty one is refused (``""`` would be the working
+    directory: ``-o "$OUT"`` with OUT unset wrote a dataset, an export or a report where the user stood)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"empty path ({value!r}); give a file or folder name", param, ctx)
+        return value
+
+
+#: the type of every path argument and option of the command-line tools
+PATH = PathParam()
+
+
 #: The interrupt message of commands that pick up where they stopped (build, fit, freeze, export,
 #: simaq-factory baseline): ``@handle_errors(resumes=True)``.
 RESUME_MESSAGE = "interrupted; run the same command again to resume"

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from simaq_factory.errors import OneLineGroup, handle_errors
+from simaq_factory.errors import PATH, OneLineGroup, handle_errors
 
 
 class Bar:
@@ -59,7 +59,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=PATH)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @handle_errors(resumes=True)
 def fit(config: str, overrides: tuple[str, ...]) -> None:
@@ -116,9 +116,9 @@ def _fit_outcome(res: Any, o: Any) -> str:
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("dataset", type=click.Path(file_okay=False))
-@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+@click.argument("checkpoint", type=PATH)
+@click.argument("dataset", type=PATH)
+@click.option("-o", "--out", type=PATH, default=None,
               help="report folder  [default: <checkpoint folder>/eval-<dataset folder name>]")
 @click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
 @click.option("--max-samples", type=click.IntRange(min=0), default=0, show_default=True,
@@ -162,9 +162,9 @@ def _print_summary(rep: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("tomogram", type=click.Path(dir_okay=True))
-@click.option("-o", "--out", required=True, type=click.Path(), help="output .tif, .mrc, .nrrd, .zarr or .npy")
+@click.argument("checkpoint", type=PATH)
+@click.argument("tomogram", type=PATH)
+@click.option("-o", "--out", required=True, type=PATH, help="output .tif, .mrc, .nrrd, .zarr or .npy")
 @click.option("--ema/--no-ema", default=True, help="use the EMA weights (default) or the live ones")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="windows per forward pass")
@@ -213,8 +213,8 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 
 
 @cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False))
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="report folder")
+@click.argument("dataset", type=PATH)
+@click.option("-o", "--out", type=PATH, required=True, help="report folder")
 @click.option("--max-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="score only the first N samples (0: every sample)")
 @click.option("--fov-margin", type=float, default=5.0, show_default=True,

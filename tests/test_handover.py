@@ -640,12 +640,41 @@ def test_export_and_preview_refuse_bad_values_and_unusable_paths_before_writing(
         (("export", "--format", "tiff", "-o", "/proc/simaq-exp"), "cannot create the output directory"),
         (("preview", "-o", str(tmp_path / "afile" / "p.png")), "afile is not a directory"),
         (("preview", "-o", "/proc/simaq-p.png"), "cannot write in /proc"),
+        # "" is the working directory: `-o "$DEST"` with DEST unset wrote where the user stood
+        (("export", "--format", "mrc", "-o", ""), "Invalid value for '-o' / '--dest': empty path"),
+        (("preview", "-o", " "), "Invalid value for '-o' / '--output': empty path"),
+        # inside a dataset that is not frozen: freeze would have sealed the files in as its own
+        (("export", "--format", "mrc", "-o", str(built / "exports")), f"inside the dataset {built} (`freeze`"),
+        (("export", "--format", "mrc", "-o", str(built)), f"inside the dataset {built}"),
+        (("preview", "-o", str(built / "look.png")), f"inside the dataset {built}"),
     ]
+    before = sorted(p.relative_to(built) for p in built.rglob("*"))
     for (cmd, *rest), needle in cases:
         result = cli(cmd, str(built), *rest)
         assert result.exit_code == 2, (rest, result.output)
         assert result.stderr.count("\n") == 1 and needle in result.stderr, (rest, result.stderr)
     assert not dest.exists() and (tmp_path / "afile").read_text() == "x"
+    assert sorted(p.relative_to(built) for p in built.rglob("*")) == before
+
+
+def test_an_empty_path_is_refused_by_every_command_that_takes_one(built, tmp_path, monkeypatch):
+    from simaq_train.cli import cli as train_main
+
+    monkeypatch.chdir(tmp_path)  # where an empty path would have pointed
+    recipe = str(REPO / "recipes" / "smoke.yaml")
+    factory = [("build", recipe, "-o", ""), ("status", ""), ("info", ""), ("verify", ""), ("freeze", ""),
+               ("init", ""), ("preview", "", "--index", "0", "-o", "p.png"),
+               ("export", "", "--format", "mrc", "-o", "x"), ("score", "--gt", str(built), "--pred", ""),
+               ("score", "--gt", "", "--pred", str(built)), ("baseline", str(built), "-o", "")]
+    train = [("fit", ""), ("evaluate", "", str(built)), ("evaluate", "c.pt", str(built), "-o", ""),
+             ("predict", "c.pt", "", "-o", "o.tif"), ("predict", "c.pt", "v.tif", "-o", ""),
+             ("baseline", "", "-o", "r")]
+    for group, commands in ((main, factory), (train_main, train)):
+        for args in commands:
+            result = CliRunner().invoke(group, list(args))
+            assert result.exit_code == 2, (args, result.output)
+            assert result.stderr.count("\n") == 1 and "empty path ('')" in result.stderr, (args, result.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reading_commands_do_not_load_torch(built, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import click
 
-from simaq_factory.errors import BadInput, OneLineGroup, handle_errors
+from simaq_factory.errors import PATH, BadInput, OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 
@@ -108,7 +108,7 @@ def _template_help() -> str:
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", type=PATH)
 @click.option("--template", default="reference", show_default=True, metavar="NAME", help=_template_help())
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @handle_errors
@@ -141,7 +141,7 @@ def init(path: str, template: str, force: bool) -> None:
 
 @main.command()
 @click.argument("recipe")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=True), help="Output directory.")
+@click.option("-o", "--out", required=True, type=PATH, help="Output directory.")
 @click.option("--scheduler", default=None, metavar="ADDR", help="Use a running Dask scheduler.")
 @click.option("--cluster", type=click.Choice(["local", "inline", "slurm"]), default=None,
               help="local (the default): embedded LocalCluster; inline: this process, no Dask; "
@@ -247,7 +247,7 @@ class _Progress:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (for scripts and schedulers).")
 @handle_errors
 def status(out: str, as_json: bool) -> None:
@@ -286,7 +286,7 @@ def status(out: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @click.option("--index", type=int, default=None, help="Also print this sample's parameters.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole dataset card (and sample record) as JSON.")
 @handle_errors
@@ -304,7 +304,7 @@ def info(out: str, index: int | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @click.option("--deep", is_flag=True, help="Also decode every array and check label values and finiteness.")
 @click.option("--regen", type=int, default=0, show_default=True, metavar="K",
               help="Re-render K samples here and compare (phantom/labels bit-exact, recon rel. L2 <= 1e-5).")
@@ -363,7 +363,7 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @handle_errors(resumes=True)
 def freeze(out: str) -> None:
     """Verify OUT, write manifest.jsonl, DATASET.md, previews and SHA256SUMS; refuse later writes."""
@@ -379,9 +379,9 @@ def freeze(out: str) -> None:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @click.option("--index", type=int, default=0, show_default=True, help="Sample index.")
-@click.option("-o", "--output", "png", required=True, help="PNG file to write.")
+@click.option("-o", "--output", "png", required=True, type=PATH, help="PNG file to write.")
 @handle_errors
 def preview(out: str, index: int, png: str) -> None:
     """Orthogonal slices of phantom, labels, noisy, recon and a sinogram of one sample, as a PNG."""
@@ -392,9 +392,9 @@ def preview(out: str, index: int, png: str) -> None:
 
 
 @main.command()
-@click.argument("out")
+@click.argument("out", type=PATH)
 @click.option("--format", "fmt", type=click.Choice(["ome-zarr", "tiff", "mrc"]), required=True)
-@click.option("-o", "--dest", required=True, help="Destination directory.")
+@click.option("-o", "--dest", required=True, type=PATH, help="Destination directory.")
 @click.option("--index", "indices", type=int, multiple=True, help="Sample index (repeatable; default all).")
 @click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom); "
               "sinogram (mrc, tiff): tilt series with .tlt angles.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from simaq_factory.errors import check_output_dir, handle_errors
+from simaq_factory.errors import PATH, check_output_dir, handle_errors
 
 __all__ = ["baseline", "score"]
 
@@ -32,12 +32,12 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
 
 
 @click.command()
-@click.option("--gt", "gt", required=True, type=click.Path(), help="Dataset directory (simaq-factory build -o).")
-@click.option("--pred", "preds", required=True, multiple=True, type=click.Path(),
+@click.option("--gt", "gt", required=True, type=PATH, help="Dataset directory (simaq-factory build -o).")
+@click.option("--pred", "preds", required=True, multiple=True, type=PATH,
               help="Prediction: a Zarr with 'recon' and/or 'labels' (N, Z, Y, X), or (N, 3, Z, Y, X) for "
                    "three-axis datasets, or a folder of TIFF/MRC volumes named by sample index. Repeat to "
                    "compare; the first is the reference.")
-@click.option("-o", "--out", "report_dir", default=None, type=click.Path(),
+@click.option("-o", "--out", "report_dir", default=None, type=PATH,
               help="Report directory [default: <first PRED>-scores next to it]; an existing, non-empty "
                    "one is refused unless --overwrite.")
 @click.option("--only", type=click.Choice(["auto", "recon", "labels"]), default="auto", show_default=True,
@@ -82,12 +82,12 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 
 
 @click.command()
-@click.argument("gt", type=click.Path())
+@click.argument("gt", type=PATH)
 @click.option("--method", required=True, metavar="NAME",
               help="fbp-ramlak or fbp-hamming (filtered back-projection with that filter), sirt or "
                    "cgls (iterative; see --iterations, --nonneg). Any of them works on any dataset that "
                    "stores its sinogram and angles.")
-@click.option("-o", "--out", "pred", required=True, type=click.Path(), help="Output Zarr (the prediction).")
+@click.option("-o", "--out", "pred", required=True, type=PATH, help="Output Zarr (the prediction).")
 @click.option("--iterations", type=int, default=None, help="Iterations of sirt/cgls (default: theirs).")
 @click.option("--nonneg/--no-nonneg", default=None,
               help="sirt/cgls: clamp to >= 0 [default: theirs; sirt yes, cgls no].")

@@ -54,7 +54,7 @@ from simaq_factory.store.inspect import (
     dataset_specs,
     open_checked,
     open_dataset_recipe,
-    refuse_inside_frozen,
+    refuse_inside_dataset,
 )
 from simaq_factory.store.preview import LABEL_COLOURS
 
@@ -265,7 +265,7 @@ def export_dataset(
     if arrays == []:
         raise BadInput("--arrays", "empty")
     check_output_dir(dest)  # a directory, writable (or creatable), before anything is read; creates nothing
-    refuse_inside_frozen(out, dest)
+    refuse_inside_dataset(out, dest)
     # every index in range and built, before anything is read or written
     try:
         records = built_records(out, recipe, indices)

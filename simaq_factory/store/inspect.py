@@ -113,17 +113,25 @@ def check_shards_done(out: Path, recipe: Any, rid: str, specs: dict[str, ArraySp
     raise BuildFailed(f"shard {shard} ({samples_text(samples)}) of {out} is {state}: {reason}; {nothing}; {hint}")
 
 
-def refuse_inside_frozen(out: Path, dest: Path) -> None:
-    """:class:`BadInput` naming ``dest`` when it lies in the frozen dataset ``out``: a file written there
-    would break the seal (``verify`` would then call the dataset damaged)."""
+def refuse_inside_dataset(out: Path, dest: Path) -> None:
+    """:class:`BadInput` naming ``dest`` when it lies in the dataset folder ``out``: a file written into a
+    frozen dataset breaks its seal (``verify`` would then call it damaged), and one written into a
+    dataset still open would be sealed into it by ``freeze`` as if the dataset had made it."""
     try:
         inside = dest.resolve().is_relative_to(out.resolve())
-        frozen = inside and read_card(out).get("status") == "frozen"
-    except Exception:  # noqa: BLE001 - no card to read: nothing sealed to protect
+    except (OSError, RuntimeError):  # a symlink loop: not a path into the dataset
         return
+    if not inside:
+        return
+    try:
+        frozen = read_card(out).get("status") == "frozen"
+    except Exception:  # noqa: BLE001 - no card to read: a dataset all the same
+        frozen = False
     if frozen:
         raise BadInput(str(dest), f"inside the frozen dataset {out}, which refuses later writes (`verify` "
                                   "would report the new file): write it outside the dataset")
+    raise BadInput(str(dest), f"inside the dataset {out} (`freeze` would seal it in as part of the dataset): "
+                              "write it outside the dataset")
 
 
 def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:

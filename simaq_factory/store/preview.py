@@ -24,7 +24,7 @@ from simaq_factory.store.inspect import (
     dataset_specs,
     open_checked,
     open_dataset_recipe,
-    refuse_inside_frozen,
+    refuse_inside_dataset,
 )
 
 LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
@@ -75,7 +75,7 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
     if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
     if not freezing:
-        refuse_inside_frozen(out, png)
+        refuse_inside_dataset(out, png)
     # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
     # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
     # as 1e23: a picture of damage would look like data)
