@@ -4,6 +4,7 @@ resume), background dropping, normalisation, three-axis datasets, real tomograms
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -443,8 +444,9 @@ def test_write_volume_is_atomic_and_names_bad_suffixes(tmp_path):
 
 def test_training_package_imports_no_phantom_or_physics_code():
     """simaq_train talks to the factory through the on-disk format; from simaq_factory it may
-    import only the error types (for the shared exit codes), the strict YAML loader and the MRC
-    header conventions (IMOD's unsigned bytes), which score's reader of outside files shares."""
+    import only the error types (for the shared exit codes), the strict YAML loader and the MRC and
+    TIFF conventions (IMOD's unsigned bytes, one volume per TIFF), which score's reader of outside
+    files shares."""
     import subprocess
     import sys
 
@@ -453,7 +455,8 @@ def test_training_package_imports_no_phantom_or_physics_code():
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('simaq_factory'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
-                        "simaq_factory.recipe.fields", "simaq_factory.yamlio", "simaq_factory.mrcio"}, out
+                        "simaq_factory.recipe.fields", "simaq_factory.yamlio", "simaq_factory.mrcio",
+                        "simaq_factory.tiffio"}, out
 
 
 def test_config_reads_exponent_floats_without_a_dot(tmp_path):
@@ -684,6 +687,40 @@ def test_tiff_voxel_size_is_read_and_written_in_angstrom(tmp_path):
     with mrcfile.open(out) as f:
         np.testing.assert_allclose([f.voxel_size.x, f.voxel_size.y, f.voxel_size.z], [500.0, 400.0, 1000.0],
                                    rtol=1e-5)
+
+
+def test_a_tiff_is_one_volume_or_refused_never_cut_to_its_first_series(tmp_path):
+    """Pages of different shapes or several volumes in one TIFF were read as the first series: a
+    32-page file with one odd page became a 31-slice volume (and segmentation), exit 0."""
+    import tifffile
+
+    from simaq_factory.score.inputs import _file_is_integer, _read_volume
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.random.default_rng(2).random((6, 8, 8)).astype(np.float32)
+    with tifffile.TiffWriter(tmp_path / "odd-last.tif") as t:
+        for k in range(6):
+            t.write(vol[k] if k < 5 else vol[k, :4, :4], metadata=None, contiguous=False)
+    with tifffile.TiffWriter(tmp_path / "odd-middle.tif") as t:
+        for k in range(6):
+            t.write(vol[k] if k != 2 else vol[k, :4, :4], metadata=None, contiguous=False)
+    with tifffile.TiffWriter(tmp_path / "two.tif") as t:
+        t.write(vol)
+        t.write(vol[::-1])
+    odd = "pages of different shapes|pages are not all one shape"  # as tifffile groups the pages
+    why = {"odd-last.tif": re.escape("holds 2 image series of shapes (5, 8, 8), (4, 4) (pages of different shapes"),
+           "odd-middle.tif": odd, "two.tif": re.escape("holds 2 image series of shapes (6, 8, 8), (6, 8, 8)")}
+    for name, needle in why.items():
+        for read in (read_volume_meta, _read_volume, _file_is_integer):
+            with pytest.raises(BadInput, match=needle):
+                read(tmp_path / name)
+    # a thumbnail or pyramid level (reduced resolution) beside the volume is not a second volume
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as t:
+        t.write(vol, subifds=1, photometric="minisblack")
+        t.write(vol[:, ::2, ::2], subfiletype=1, photometric="minisblack")
+        t.write(vol[0, ::4, ::4], subfiletype=1, photometric="minisblack")
+    for read in (lambda p: read_volume_meta(p).data, _read_volume):
+        assert np.array_equal(read(tmp_path / "thumb.tif"), vol)
 
 
 def test_nrrd_spacings_follow_their_axes_past_a_singleton_and_the_world_frame_is_kept(tmp_path):

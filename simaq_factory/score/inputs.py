@@ -281,8 +281,10 @@ def _file_is_integer(path: Path) -> bool:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             tifffile = optional("tifffile", "reading TIFF")
+            from simaq_factory.tiffio import tiff_volume_series
+
             with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
-                dtype = tif.series[0].dtype
+                dtype = tiff_volume_series(tif).dtype
         else:
             mrcfile = optional("mrcfile", "reading MRC")
             with mrcfile.open(path, permissive=True, header_only=True) as mrc:
@@ -306,9 +308,11 @@ def _name(path: Path, attrs: dict[str, Any]) -> str:
 def _read_volume(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
+            from simaq_factory.tiffio import read_tiff_volume
+
             tifffile = optional("tifffile", "reading TIFF")
-            with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
-                return np.asarray(tifffile.imread(path))
+            with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:  # tifffile's own "ERROR" line
+                return read_tiff_volume(tif)  # one volume: pages of one shape, one series
         mrcfile = optional("mrcfile", "reading MRC")
 
         from simaq_factory.mrcio import read_mrc_data

@@ -20,6 +20,7 @@ import numpy as np
 
 from simaq_factory.errors import SUFFIX_MODULES, BadInput, MissingExtra, optional, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
+from simaq_factory.tiffio import tiff_volume_series
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
 WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".zarr", ".npy")
@@ -102,9 +103,13 @@ def _read_tiff(p: Path) -> Volume:
 
     with quiet_logger("tifffile"):  # its own "ERROR tifffile: ..." line would come before ours
         with tifffile.TiffFile(p) as tif:
-            data = tif.asarray()
+            try:
+                series = tiff_volume_series(tif)
+            except ValueError as err:
+                raise BadInput(str(p), str(err)) from None
+            data = np.asarray(series.asarray())
             meta = tif.imagej_metadata or {}
-            page = tif.pages.first
+            page = series.keyframe
             tags = page.tags
             res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
             res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
