@@ -632,7 +632,7 @@ def test_export_and_preview_refuse_bad_values_and_unusable_paths_before_writing(
     dest = tmp_path / "exp"
     cases = [
         (("export", "--format", "mrc", "-o", str(dest), "--voxel-size-nm", v), "--voxel-size-nm")
-        for v in ("inf", "nan", "-1", "0", "1e300")
+        for v in ("inf", "nan", "-1", "0", "1e300", "1e-40", "0.0009")  # 1e-40: TIFF's rational failed
     ] + [
         (("export", "--format", "tiff", "-o", str(dest), "--arrays", a), "--arrays: empty") for a in ("", ",")
     ] + [
@@ -804,6 +804,61 @@ def test_export_journal_appends_a_line_per_file_and_survives_a_torn_line(built, 
     assert over.exit_code == 0, over.output
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [e["holds"] for e in lines if e["file"] == files[0]][-2:] == [None, done[files[0]]]
+
+
+def test_export_resume_redoes_a_damaged_ome_zarr_and_lists_a_file_before_its_rename(built, tmp_path, monkeypatch):
+    """An OME-Zarr export that lost files since is written again (the journal recorded a size for
+    plain files only: a folder missing its full-resolution level was skipped as done); each file is
+    listed just before its atomic rename, so a kill between the two cannot leave a whole file of
+    this export unlisted (the rerun refused it as somebody else's, exit 2)."""
+    import simaq_factory.store.export as export
+
+    args = ("export", str(built), "--format", "ome-zarr", "--arrays", "recon", "--index", "0")
+    dest = tmp_path / "ez"
+    assert cli(*args, "-o", str(dest)).exit_code == 0
+    group = dest / "sample_000000_recon.ome.zarr"
+    entry = json.loads((dest / ".simaq-export.jsonl").read_text().splitlines()[-1])["holds"]
+    files = [f for f in group.rglob("*") if f.is_file()]
+    assert entry["files"] == len(files) and entry["bytes"] == sum(f.stat().st_size for f in files)
+    before = {f.relative_to(group): f.read_bytes() for f in files}
+    shutil.rmtree(group / "0")  # the full-resolution level is gone
+    again = cli(*args, "-o", str(dest))
+    assert again.exit_code == 0 and "wrote 1 file(s)" in again.output, again.output
+    assert {f.relative_to(group): f.read_bytes() for f in group.rglob("*") if f.is_file()} == before
+    # the journal line comes before the rename; interrupted between them, the rerun resumes
+    mrc = ("export", str(built), "--format", "mrc", "--arrays", "recon,labels", "--index", "0")
+    real, seen = export._journal, []
+
+    def journal_then_killed(where, name, holds):
+        real(where, name, holds)
+        seen.append((where / name).exists())
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # as a kill right after the line, before the rename
+
+    monkeypatch.setattr(export, "_journal", journal_then_killed)
+    cut = cli(*mrc, "-o", str(tmp_path / "em"))
+    assert cut.exit_code == 130 and seen == [False, False], cut.output
+    monkeypatch.setattr(export, "_journal", real)
+    resumed = cli(*mrc, "-o", str(tmp_path / "em"))
+    assert resumed.exit_code == 0 and "wrote 1 file(s)" in resumed.output and "skipped 1" in resumed.output
+
+
+def test_tilt_series_angles_are_shared_by_formats_and_need_the_angles_array(built, tmp_path, monkeypatch):
+    import simaq_factory.store.export as export
+
+    dest = tmp_path / "ts"
+    for fmt in ("mrc", "tiff"):  # one .tlt beside both stacks (the second export refused it as a clash)
+        result = cli("export", str(built), "--format", fmt, "--arrays", "sinogram", "--index", "0", "-o", str(dest))
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in dest.iterdir()) == [".simaq-export.jsonl", "sample_000000_sinogram.mrc",
+                                                      "sample_000000_sinogram.tif", "sample_000000_sinogram.tlt"]
+    real = export.dataset_specs
+    monkeypatch.setattr(export, "dataset_specs", lambda r: {k: v for k, v in real(r).items() if k != "angles"})
+    for fmt in ("mrc", "ome-zarr"):  # said why, not "not exportable" or "use mrc or tiff"
+        result = cli("export", str(built), "--format", fmt, "--arrays", "sinogram", "-o", str(tmp_path / "n"))
+        assert result.exit_code == 2 and result.stderr == (
+            "error: --arrays: 'sinogram': a tilt series is exported with its angles, and this dataset stores "
+            "none (dataset.outputs.angles: false)\n"), result.output
 
 
 def test_freeze_percentiles_come_from_a_bounded_sample(built, tmp_path, monkeypatch):

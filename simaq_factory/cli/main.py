@@ -406,8 +406,8 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str 
     """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD), and tilt series."""
     from simaq_factory.store.export import export_dataset
 
-    if voxel_size_nm is not None and not (0 < voxel_size_nm <= MAX_VOXEL_NM):
-        raise RecipeError("--voxel-size-nm", f"must be a finite size in (0, {MAX_VOXEL_NM:g}] nm, "
+    if voxel_size_nm is not None and not (MIN_VOXEL_NM <= voxel_size_nm <= MAX_VOXEL_NM):
+        raise RecipeError("--voxel-size-nm", f"must be a size in [{MIN_VOXEL_NM:g}, {MAX_VOXEL_NM:g}] nm, "
                           f"got {voxel_size_nm}")
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays is not None else None
     if names is not None and not names:
@@ -420,8 +420,9 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str 
     click.echo(f"wrote {len(written)} file(s) to {dest}{done}")
 
 
-#: The largest --voxel-size-nm export accepts (1 mm): beyond it is a unit mistake, not a voxel size.
-MAX_VOXEL_NM = 1e6
+#: The --voxel-size-nm export accepts: 1 pm to 1 mm; beyond either is a unit mistake, not a voxel size
+#: (and 1e-40 nm was a ValueError from TIFF's resolution rational, 0 in an MRC header).
+MIN_VOXEL_NM, MAX_VOXEL_NM = 1e-3, 1e6
 
 
 def _register_benchmark_commands() -> None:

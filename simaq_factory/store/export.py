@@ -22,9 +22,11 @@ tilt-angle file). The angles are ours (docs/tomo-adapters.md): scikit-image's ``
 
 Resume: ``dest/.simaq-export.jsonl`` is a journal with one line per file this export renamed into
 place, saying what it holds (the source dataset's path and recipe id, the format and the
-``--voxel-size-nm`` override). The line is appended after the rename, and a line unlisting a file
-before ``--overwrite`` replaces it, so a file it lists (last line per name) is whole and is what it
-says. Appending keeps a large export linear in its files (rewriting one record per file made 2000
+``--voxel-size-nm`` override; a ``.tlt`` angles file is listed for MRC and TIFF alike) and its
+footprint (size; an OME-Zarr folder's total size and file count). The line is appended just before
+the rename (which is atomic), and a line unlisting a file before ``--overwrite`` replaces it, so a
+file it lists (last line per name) that is in place with its footprint is whole and is what it says;
+one that is missing, or cut short or changed in size since, is written again. Appending keeps a large export linear in its files (rewriting one record per file made 2000
 files cost 118 s of record writes); a torn last line, from a kill mid-append, is ignored. Running the same export again skips those files and clears
 stale ``.partial`` leftovers; any other existing file is refused unless ``--overwrite`` is given.
 
@@ -192,15 +194,34 @@ def _read_marker(dest: Path) -> dict[str, Any]:
     return files
 
 
+#: what a journal entry records of a file's (or an OME-Zarr folder's) contents besides its export key
+FOOTPRINT = ("bytes", "files")
+
+
+def _footprint(path: Path) -> dict[str, int]:
+    """A file's size (``bytes``); a folder's total size and number of files (an OME-Zarr group)."""
+    if not path.is_dir():
+        return {"bytes": path.stat().st_size}
+    sizes = [f.stat().st_size for f in path.rglob("*") if f.is_file()]
+    return {"bytes": sum(sizes), "files": len(sizes)}
+
+
 def _same_export(holds: Any, key: dict[str, Any]) -> bool:
-    """Whether a journal entry (``holds``, with the file's size in ``bytes`` since it was recorded)
+    """Whether a journal entry (``holds``, with the file's :func:`_footprint` since it was recorded)
     lists a file of the export ``key`` describes."""
-    return isinstance(holds, dict) and {k: v for k, v in holds.items() if k != "bytes"} == key
+    return isinstance(holds, dict) and {k: v for k, v in holds.items() if k not in FOOTPRINT} == key
 
 
 def _same_size(holds: dict[str, Any], target: Path) -> bool:
-    size = holds.get("bytes")
-    return size is None or (target.is_file() and target.stat().st_size == size)
+    """Whether ``target`` still has the footprint its journal entry ``holds`` recorded (entries of
+    older versions recorded none for folders: taken as whole)."""
+    recorded = {k: holds[k] for k in FOOTPRINT if k in holds}
+    if not recorded:
+        return True
+    try:
+        return _footprint(target) == recorded
+    except OSError:
+        return False
 
 
 def _journal(dest: Path, name: str, holds: dict[str, Any] | None) -> None:
@@ -255,6 +276,9 @@ def export_dataset(
     arrays = list(dict.fromkeys(arrays)) if arrays else [a for a in ("recon", "labels", "phantom")
                                                          if a in specs]
     for a in arrays:
+        if a in TILT_ARRAYS and a in specs and "angles" not in specs:
+            raise BadInput("--arrays", f"{a!r}: a tilt series is exported with its angles, and this dataset "
+                           "stores none (dataset.outputs.angles: false)")
         if a in TILT_ARRAYS and a in specs and fmt == "ome-zarr":
             raise BadInput("--arrays", f"{a!r} is a tilt series, not a volume: export it with --format mrc "
                            "or tiff (an image stack and its .tlt angles)")
@@ -290,6 +314,12 @@ def export_dataset(
                 targets.append((i, a, k, dest / f"{stem}{EXT[fmt]}"))
     # what each target holds: a file the marker lists with this key is a completed one (resume)
     key = {"dataset": str(out.resolve()), "recipe_id": rid, "format": fmt, "voxel_size_nm": voxel_nm}
+    # a tilt series' angles file is the same whatever the format and voxel size: one for MRC and TIFF
+    tlt_key = {"dataset": key["dataset"], "recipe_id": rid, "format": TLT}
+
+    def key_of(target: Path) -> dict[str, Any]:
+        return tlt_key if target.suffix == TLT else key
+
     journal = dest / MARKER
     if journal.exists() and not journal.is_file():  # a folder (or a device) where the journal belongs
         raise BadInput(str(journal), "is not a file: this is where export keeps its journal of finished "
@@ -297,7 +327,7 @@ def export_dataset(
     done = _read_marker(dest) if dest.is_dir() else {}
     # ours: listed by an export of the same data; complete unless its size changed since (a file
     # cut short or replaced after the export is written again, without --overwrite: it is ours)
-    ours = {t for *_, t in targets if t.exists() and _same_export(done.get(t.name), key)}
+    ours = {t for *_, t in targets if t.exists() and _same_export(done.get(t.name), key_of(t))}
     complete = {t for t in ours if not overwrite and _same_size(done[t.name], t)}
     clash = [t for *_, t in targets if t.exists() and t not in ours]
     if clash and not overwrite:
@@ -348,9 +378,11 @@ def export_dataset(
                 del done[target.name]
                 _journal(dest, target.name, None)
             _remove(target)
-        os.replace(tmp, target)
-        holds = {**key, "bytes": target.stat().st_size} if target.is_file() else key  # OME-Zarr: a folder
-        done[target.name] = holds  # listed only once whole and in place
+        # listed once whole, just before its rename: a kill between the two leaves a listed name
+        # that is missing (written again) or whole in place (kept), never an unlisted file of ours
+        holds = {**key_of(target), **_footprint(tmp)}
         _journal(dest, target.name, holds)
+        os.replace(tmp, target)
+        done[target.name] = holds
         written.append(target)
     return written
