@@ -167,15 +167,49 @@ def _why(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
-def check_output_dir(path: str | Path, name: str | None = None) -> Path:
+def enclosing_dataset(path: str | Path) -> Path | None:
+    """The simaq-factory dataset folder (``dataset.zarr/`` beside ``recipe.resolved.json`` or
+    ``provenance/``) that ``path`` is, or lies in; None when there is none."""
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        if (folder / "dataset.zarr").is_dir() and ((folder / "recipe.resolved.json").is_file()
+                                                   or (folder / "provenance").is_dir()):
+            return folder
+    return None
+
+
+def refuse_inside_dataset(path: str | Path, what: str, *, allowed: Path | None = None) -> None:
+    """:class:`BadInput` naming ``what`` when ``path`` lies in a dataset folder (other than ``allowed``):
+    a file written into a frozen dataset breaks its seal (``verify`` then calls it damaged), and one
+    written into an open dataset would be sealed in by ``freeze`` as if the dataset had made it."""
+    ds = enclosing_dataset(path)
+    if ds is None or (allowed is not None and ds == Path(allowed).resolve()):
+        return
+    try:
+        import json
+
+        frozen = json.loads((ds / "dataset.zarr" / "zarr.json").read_text())["attributes"]["status"] == "frozen"
+    except Exception:  # noqa: BLE001 - a card that does not read: a dataset all the same
+        frozen = False
+    if frozen:
+        raise BadInput(what, f"inside the frozen dataset {ds}, which refuses later writes (`verify` would report "
+                             "the new file): write it outside the dataset")
+    raise BadInput(what, f"inside the dataset {ds} (`freeze` would seal it in as part of the dataset): write it "
+                         "outside the dataset")
+
+
+def check_output_dir(path: str | Path, name: str | None = None, *, in_dataset: Path | None = None) -> Path:
     """Before any work: :class:`BadInput` naming ``name`` (default ``path``) and the reason unless
-    directory ``path`` exists or can be created, and files can be written in it.
+    directory ``path`` exists or can be created, and files can be written in it, outside every
+    simaq-factory dataset folder (:func:`refuse_inside_dataset`; but ``in_dataset``, whose own
+    command writes it).
 
     Nothing is left behind: the check creates and removes a probe directory in ``path``, or in its
     nearest existing ancestor when ``path`` does not exist yet (so ``/proc/x``, ``/sys/x``, a path
     under a file, a read-only file system are refused before the command computes anything)."""
     p = Path(path)
     what = str(p) if name is None else name
+    refuse_inside_dataset(p, what, allowed=in_dataset)
     if p.exists() and not p.is_dir():
         raise BadInput(what, "exists and is not a directory" if what == str(p) else f"{p} is not a directory")
     probe = p
@@ -192,11 +226,11 @@ def check_output_dir(path: str | Path, name: str | None = None) -> Path:
     return p
 
 
-def check_output_file(path: str | Path, name: str | None = None) -> Path:
+def check_output_file(path: str | Path, name: str | None = None, *, in_dataset: Path | None = None) -> Path:
     """:func:`check_output_dir` for the directory of output file ``path``; refuses a directory at ``path``."""
     p = Path(path)
     what = str(p) if name is None else name
     if p.is_dir():
         raise BadInput(what, "is a directory; give the file to write")
-    check_output_dir(p.parent if str(p.parent) else Path("."), what)
+    check_output_dir(p.parent if str(p.parent) else Path("."), what, in_dataset=in_dataset)
     return p

@@ -225,3 +225,45 @@ def test_a_folder_in_place_of_the_export_journal_is_refused_before_writing(base,
         f"error: {dest / '.simaq-export.jsonl'}: is not a file: this is where export keeps its journal of "
         "finished files; move it away or export to another destination\n"), result.output
     assert [p.name for p in dest.iterdir()] == [".simaq-export.jsonl"]
+
+
+def test_no_command_writes_into_another_dataset_and_freeze_lists_only_listable_names(base, sealed, tmp_path, caplog):
+    """preview/export/score/build checked their destination against their own source dataset only:
+    a preview written over another frozen dataset's published preview broke its seal, exit 0."""
+    before = {p: p.read_bytes() for p in sealed.rglob("*") if p.is_file()}
+    for args in (("preview", base, "--index", "0", "-o", sealed / "previews" / "sample_000000.png"),
+                 ("export", base, "--format", "mrc", "--index", "0", "-o", sealed / "exp"),
+                 ("score", "--gt", base, "--pred", base, "-o", sealed / "report"),
+                 (*BUILD, "-o", sealed / "nested")):
+        refused = cli(*args)
+        assert refused.exit_code == 2 and f"inside the frozen dataset {sealed}, which refuses" in refused.stderr, \
+            refused.output
+    assert {p: p.read_bytes() for p in sealed.rglob("*") if p.is_file()} == before
+    # freeze: a name SHA256SUMS cannot hold is refused before anything is written; others are named
+    out = copy(base, tmp_path)
+    odd = out / "notes\nv2.txt"
+    odd.write_text("x")
+    card = (out / "dataset.zarr" / "zarr.json").read_bytes()
+    result = cli("freeze", out)
+    assert result.exit_code == 2 and "its name holds a line break or a backslash" in result.stderr, result.output
+    assert (out / "dataset.zarr" / "zarr.json").read_bytes() == card and not (out / "SHA256SUMS").exists()
+    odd.rename(out / "LICENSE")
+    result = cli("freeze", out)
+    assert result.exit_code == 0, result.output
+    assert "sealing 1 file(s) that are not part of the dataset's layout: LICENSE" in caplog.text
+    assert cli("verify", out).exit_code == 0
+    # the published previews name the recipe, not the folder they were frozen in
+    again = copy(base, tmp_path, "another-name")
+    assert cli("freeze", again).exit_code == 0
+    assert (again / "previews" / "sample_000000.png").read_bytes() == (out / "previews" / "sample_000000.png").read_bytes()
+
+
+def test_verify_says_to_finish_an_interrupted_freeze(base, tmp_path):
+    out = copy(base, tmp_path)
+    assert cli("freeze", out).exit_code == 0
+    (out / "SHA256SUMS").unlink()  # as a freeze killed before its last step leaves it
+    result = cli("verify", out)
+    assert result.exit_code == 1 and result.stderr.strip().endswith(
+        f"its freeze was interrupted (SHA256SUMS, written last, is missing): run `simaq-factory freeze {out}` to "
+        "complete it"), result.output
+    assert cli("freeze", out).exit_code == 0 and cli("verify", out).exit_code == 0

@@ -318,12 +318,16 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     file is hashed, except data shard files, whose digest the shard check has just computed.
     """
     from simaq_factory.errors import BuildFailed
-    from simaq_factory.store.layout import PROVENANCE_DIR, SUMS
+    from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS
     from simaq_factory.store.outdir import writer_pid
     from simaq_factory.store.verify import verify_dataset
 
     if regen < 0:
         raise RecipeError("--regen", f"must be >= 0, got {regen}")
+    if (Path(out) / GROUP_NAME).is_dir() and (writer := writer_pid(Path(out))) is not None:
+        # its unbuilt shards and banks are work in progress, not problems; its shard files come and go
+        raise BuildFailed(f"{out}: process {writer} (a build or freeze) is writing it now: verify when it "
+                          f"ends (`simaq-factory status {out}` shows its progress)")
     report = verify_dataset(Path(out), deep=deep, regen=regen)
     writer = writer_pid(Path(out))
     if as_json:
@@ -339,6 +343,9 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
     if not report.ok:
         if writer is not None:
             hint = f"process {writer} (a build or freeze) is writing it now: verify again when it ends"
+        elif report.frozen and not (Path(out) / SUMS).is_file():
+            hint = (f"its freeze was interrupted (SHA256SUMS, written last, is missing): run `simaq-factory freeze "
+                    f"{out}` to complete it")
         elif report.frozen or (Path(out) / SUMS).is_file():  # sealed, even if its card is unreadable
             hint = "the dataset is frozen: restore it from a good copy"
         elif report.regen_failed_shards or report.deep_failed_shards:

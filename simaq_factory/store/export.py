@@ -56,7 +56,6 @@ from simaq_factory.store.inspect import (
     dataset_specs,
     open_checked,
     open_dataset_recipe,
-    refuse_inside_dataset,
 )
 from simaq_factory.store.preview import LABEL_COLOURS
 
@@ -288,8 +287,8 @@ def export_dataset(
             raise BadInput("--arrays", f"{a!r} is not in this dataset (exportable: {', '.join(exportable)})")
     if arrays == []:
         raise BadInput("--arrays", "empty")
-    check_output_dir(dest)  # a directory, writable (or creatable), before anything is read; creates nothing
-    refuse_inside_dataset(out, dest)
+    # a directory, writable (or creatable), in no dataset, before anything is read; creates nothing
+    check_output_dir(dest)
     # every index in range and built, before anything is read or written
     try:
         records = built_records(out, recipe, indices)

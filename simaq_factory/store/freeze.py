@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from simaq_factory.acquisition.axes import frame_axes
-from simaq_factory.errors import BuildFailed
+from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.dataset import read_card, read_provenance, update_card
 from simaq_factory.store.inspect import check_sealed_intact, open_dataset_recipe, read_card_checked
-from simaq_factory.store.layout import SUMS, dataset_classes, n_axes, shard_ranges
-from simaq_factory.store.outdir import RESOLVED, claim_out_dir
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, dataset_classes, n_axes, shard_ranges
+from simaq_factory.store.outdir import RESOLVED, VERBATIM, claim_out_dir
 from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
 from simaq_factory.versions import built_on, describe_software
 
@@ -125,7 +125,7 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
         f"- recipe id: `{card['recipe_id']}`",
         f"- samples: {card['n_samples']} of shape (z, y, x) {tuple(card['shape_zyx'])}, z = tilt axis",
         f"- shards: {card['n_samples'] // card['samples_per_shard'] + bool(card['n_samples'] % card['samples_per_shard'])}"
-        f" ({card['samples_per_shard']} samples each)",
+        f" ({card['samples_per_shard']} sample{'s' if card['samples_per_shard'] != 1 else ''} each)",
         f"- seed: {card['seed']}",
         f"- cells per sample: min {min(cells)}, max {max(cells)}, mean {np.mean(cells):.2f}",
         f"- tilt span: {min(spans):.1f} to {max(spans):.1f} deg (mean {np.mean(spans):.1f})",
@@ -177,6 +177,33 @@ def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
     return len(rels)
 
 
+#: what a dataset folder holds of its own (freeze adds MANIFEST, CARD, PREVIEWS and SHA256SUMS)
+LAYOUT = frozenset({VERBATIM, RESOLVED, GROUP_NAME, PROVENANCE_DIR, MANIFEST, CARD, PREVIEWS})
+
+
+def _check_listable(out: Path) -> None:
+    """:class:`BadInput` naming a file SHA256SUMS could not list (a line break or backslash in its name,
+    which ``sha256sum -c`` and verify would read as another name; a name that is not UTF-8); and a
+    warning naming the files freeze seals that are not the dataset's own (a README or LICENSE added
+    on purpose, or something left there by mistake)."""
+    extra = []
+    for path in sealed_files(out):
+        rel = path.relative_to(out).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput(str(path), "its name is not UTF-8, which SHA256SUMS cannot list: rename or remove "
+                                      "it, then freeze") from None
+        if any(c in rel for c in "\n\r\\"):
+            raise BadInput(repr(str(path)), "its name holds a line break or a backslash, which SHA256SUMS "
+                                            "cannot list: rename or remove it, then freeze")
+        if rel.split("/", 1)[0] not in LAYOUT:
+            extra.append(rel)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        log.warning("%s: sealing %d file(s) that are not part of the dataset's layout: %s", out, len(extra), shown)
+
+
 def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BuildFailed (not verifiable). A dataset already sealed is
     left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error)."""
@@ -188,6 +215,7 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     # no build may write while the dataset is sealed; the claim admits a frozen card only when
     # SHA256SUMS, written last, is missing: an interrupted freeze, sealed again here
     with claim_out_dir(out, rid, sealing=True):
+        _check_listable(out)  # before anything is written
         if read_card(out).get("status") == "frozen":
             log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)
             update_card(out, {"status": "complete"})

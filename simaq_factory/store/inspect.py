@@ -113,27 +113,6 @@ def check_shards_done(out: Path, recipe: Any, rid: str, specs: dict[str, ArraySp
     raise BuildFailed(f"shard {shard} ({samples_text(samples)}) of {out} is {state}: {reason}; {nothing}; {hint}")
 
 
-def refuse_inside_dataset(out: Path, dest: Path) -> None:
-    """:class:`BadInput` naming ``dest`` when it lies in the dataset folder ``out``: a file written into a
-    frozen dataset breaks its seal (``verify`` would then call it damaged), and one written into a
-    dataset still open would be sealed into it by ``freeze`` as if the dataset had made it."""
-    try:
-        inside = dest.resolve().is_relative_to(out.resolve())
-    except (OSError, RuntimeError):  # a symlink loop: not a path into the dataset
-        return
-    if not inside:
-        return
-    try:
-        frozen = read_card(out).get("status") == "frozen"
-    except Exception:  # noqa: BLE001 - no card to read: a dataset all the same
-        frozen = False
-    if frozen:
-        raise BadInput(str(dest), f"inside the frozen dataset {out}, which refuses later writes (`verify` "
-                                  "would report the new file): write it outside the dataset")
-    raise BadInput(str(dest), f"inside the dataset {out} (`freeze` would seal it in as part of the dataset): "
-                              "write it outside the dataset")
-
-
 def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:
     from simaq_factory.acquisition.angles import a_max_for
 

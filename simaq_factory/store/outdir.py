@@ -12,7 +12,7 @@ from typing import Any
 
 import zarr
 
-from simaq_factory.errors import BadInput, BuildFailed
+from simaq_factory.errors import BadInput, BuildFailed, refuse_inside_dataset
 from simaq_factory.store.dataset import array_metadata, create_arrays, read_card, update_card, write_json_atomic
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, ArraySpec, card_disagreements
 
@@ -37,6 +37,7 @@ def check_out_dir(out: Path, rid: str, *, sealing: bool = False) -> bool:
     """
     if out.exists() and not out.is_dir():
         raise BadInput(str(out), "output path exists and is not a directory")
+    refuse_inside_dataset(out.resolve().parent, str(out))  # a dataset inside another one
     if not out.exists():
         parent = out.parent if str(out.parent) else Path(".")
         probe = parent

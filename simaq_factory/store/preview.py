@@ -24,7 +24,6 @@ from simaq_factory.store.inspect import (
     dataset_specs,
     open_checked,
     open_dataset_recipe,
-    refuse_inside_dataset,
 )
 
 LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
@@ -71,11 +70,10 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
     built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
     if png.suffix.lower() != ".png":
         raise BadInput(str(png), "preview output must be a .png file")
-    check_output_file(png)  # not a directory, under no file, writable: before anything is rendered
+    # not a directory, under no file, writable, in no dataset (but freeze's own): before anything is rendered
+    check_output_file(png, in_dataset=out if freezing else None)
     if not png.parent.is_dir():
         raise BadInput(str(png), f"directory {png.parent} does not exist")
-    if not freezing:
-        refuse_inside_dataset(out, png)
     # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
     # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
     # as 1e23: a picture of damage would look like data)
@@ -131,7 +129,8 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
         axes[-1, 2].axis("off")
         axes[-1, 2].text(0.0, 0.5, f"{k} angles, {angles[0]:.1f} to {angles[k - 1]:.1f} deg",
                          fontsize=9, transform=axes[-1, 2].transAxes)
-    fig.suptitle(f"{out.name}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
+    # named by its recipe, not by the folder's name here (a published copy's previews are the same bytes)
+    fig.suptitle(f"recipe {rid[:12]}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
     tmp = png.with_name(f".{png.name}.partial")  # renamed into place: no half-written PNG
     try:
         with warnings.catch_warnings():  # a folder name in a script the font lacks: boxes, not 4 lines
