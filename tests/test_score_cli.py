@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -333,3 +334,39 @@ def test_exported_files_score_as_what_their_names_say(work, tmp_path, caplog):
     assert r.exit_code == 0, r.output
     assert "u8: 3 segmentation(s) hold ids beyond the dataset's classes 0..3" in caplog.text
     assert "pass --only recon" in caplog.text
+
+
+def test_only_scores_one_kind_without_checking_the_other_and_odd_fits_are_named(work, tmp_path, caplog):
+    """--only recon read and refused the prediction's labels too (a three-axis dataset, whose own
+    labels are (N, Z, Y, X), could never be a prediction); a reconstruction the affine fit reduces to
+    its mean (scale 0: uncorrelated, or anti-correlated as SIRT under the ice slab) scores as a blank
+    volume would, now with a warning; export's per-axis file names are named as such."""
+    ds = str(work / "ds")
+    phantom = zarr.open_group(work / "ds" / "dataset.zarr", mode="r")["phantom"][...]
+    z = zarr.open_group(tmp_path / "rl.zarr", mode="w")
+    z.create_array("recon", data=-phantom)  # anti-correlated: fit scale 0
+    z.create_array("labels", data=np.zeros(phantom.shape, np.float32))  # not a segmentation
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "rl.zarr")),
+                     "labels must be integers, got float32 (or score its recon alone: --only recon)")
+    r = invoke("score", "--gt", ds, "--pred", str(tmp_path / "rl.zarr"), "--only", "recon", "-o", str(tmp_path / "r"))
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r" / "scores.json").read_text())["samples"]
+    assert {row["fit_scale"] for row in rows} == {0.0}
+    assert "rl: 3 sample(s) are uncorrelated or anti-correlated with the phantom" in caplog.text
+    only_labels = invoke("score", "--gt", ds, "--pred", str(tmp_path / "rl.zarr"), "--only", "labels")
+    assert_bad_input(only_labels, "labels must be integers, got float32")
+    assert "--only recon" not in only_labels.output
+    axes = tmp_path / "axes"
+    axes.mkdir()
+    tifffile.imwrite(axes / "sample_000000_recon_axis1.tif", phantom[0])
+    assert_bad_input(invoke("score", "--gt", ds, "--pred", str(axes)),
+                     "is one acquisition axis of export's three-axis output")
+
+
+def test_report_plots_say_how_many_infinite_values_they_cannot_draw():
+    from simaq_factory.score.report import _title
+
+    rows = [{"pred": "a", "psnr": math.inf}, {"pred": "a", "psnr": 12.0}, {"pred": "b", "psnr": math.inf}]
+    assert _title(rows, ["a", "b"], "psnr") == "psnr\n(2 infinite, not drawn)"
+    assert _title(rows, ["a"], "psnr") == "psnr\n(1 infinite, not drawn)"
+    assert _title(rows, ["a", "b"], "nrmse") == "nrmse"

@@ -235,16 +235,18 @@ def test_fov_mask_is_the_support_of_a_circle_clipped_backprojection(n, center):
         assert m[c, c - n // 2] and m[c - n // 2, c]  # on the circle: inside
 
 
-def test_labels_outside_0_255_are_refused_not_wrapped_into_another_class():
+def test_labels_outside_0_255_are_misses_or_refused_never_wrapped_into_another_class():
     gt = np.zeros((2, 4, 4), dtype=np.int32)
     for bad in (256, -1, 300):
-        pred = np.full_like(gt, bad)
-        with pytest.raises(ValueError, match="0..255"):
-            confusion_counts(gt, pred)
-        with pytest.raises(ValueError, match="0..255"):
-            confusion_counts(pred, gt)
-    ok = confusion_counts(gt, np.full_like(gt, 255))  # 255 is a (no-class) prediction
-    assert ok[0, 255] == gt.size and ok.sum() == gt.size
+        with pytest.raises(ValueError, match="ground-truth labels must be integers in 0..255"):
+            confusion_counts(np.full_like(gt, bad), gt)
+    with pytest.raises(ValueError, match="labels must be integers >= 0, got -1"):
+        confusion_counts(gt, np.full_like(gt, -1))
+    for no_class in (255, 256, 300, 70000):  # instance ids of a uint16/int32 segmentation: misses, as 255
+        pred = np.full_like(gt, no_class)
+        pred[0, 0, 0] = 0
+        counts = confusion_counts(gt, pred)
+        assert counts[0, 255] == gt.size - 1 and counts[0, 0] == 1 and counts.sum() == gt.size, no_class
 
 
 def test_comparison_pairs_rows_by_sample_and_acquisition_axis():

@@ -32,6 +32,8 @@ VOLUME_FILE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map")
 _INDEX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)$")
 #: ``export``'s names (``sample_000007_recon.mrc``): the index and what the file holds.
 _KIND_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?(\d+)_(recon|labels)$")
+#: ``export``'s one file per acquisition axis of a three-axis dataset (``sample_000007_recon_axis1.mrc``)
+_AXIS_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*_)?\d+_(recon|labels)_axis\d$")
 
 
 class DamagedStore(DamagedData):
@@ -213,9 +215,9 @@ def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Predicti
     if not path.is_dir():
         raise BadInput(str(path), "a prediction is a Zarr directory or a folder of TIFF/MRC files")
     if (path / "zarr.json").exists() or (path / ".zgroup").exists():
-        pred = _open_zarr(path, gt)
+        pred = _open_zarr(path, gt, only)
     elif (path / GROUP_NAME / "zarr.json").exists():
-        pred = _open_zarr(path / GROUP_NAME, gt)
+        pred = _open_zarr(path / GROUP_NAME, gt, only)
     else:
         pred = _open_folder(path, gt, only)
     source = _source_recipe_id(pred.attrs)
@@ -229,7 +231,9 @@ def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Predicti
     return pred
 
 
-def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
+def _open_zarr(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
+    """The ``recon`` and ``labels`` arrays of a Zarr group, each checked; with ``only``, that one alone
+    (the other is neither read nor checked: a three-axis dataset's own ``labels`` are (N, Z, Y, X))."""
     try:
         group = zarr.open_group(path, mode="r")
     except Exception as err:  # noqa: BLE001 - any failure to open is a bad input
@@ -238,9 +242,12 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
     dims = "(N, 3, Z, Y, X)" if gt.n_axes > 1 else "(N, Z, Y, X)"
     pred = Prediction(path=path, name=_name(path, dict(group.attrs)), indices=list(range(gt.n_samples)),
                       kinds=[], attrs=dict(group.attrs))
-    for kind in ("recon", "labels"):
+    wanted = ("recon", "labels") if only == "auto" else (only,)
+    for kind in wanted:
         if kind not in group:
             continue
+        other = next(k for k in ("recon", "labels") if k != kind)
+        alone = f" (or score its {other} alone: --only {other})" if only == "auto" and other in group else ""
         arr = group[kind]
         if not isinstance(arr, zarr.Array):
             raise BadInput(f"{path}/{kind}", "is a Zarr group, not an array: a prediction holds (N, Z, Y, X) "
@@ -248,15 +255,17 @@ def _open_zarr(path: Path, gt: GroundTruth) -> Prediction:
                            "one sample is not one; score a folder of TIFF/MRC files instead)")
         if tuple(arr.shape) != expect:
             raise BadInput(f"{path}/{kind}", f"shape {tuple(arr.shape)} does not match the dataset's "
-                           f"{dims} = {expect}")
+                           f"{dims} = {expect}{alone}")
         if kind == "labels" and not np.issubdtype(arr.dtype, np.integer):
-            raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}")
+            raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}{alone}")
         if kind == "recon" and not _real_number_dtype(arr.dtype):
             raise BadInput(f"{path}/recon", f"reconstructions must be real numbers (float or integer), "
-                           f"got {arr.dtype}")
+                           f"got {arr.dtype}{alone}")
         pred.kinds.append(kind)
         pred.read[kind] = (lambda a, where: lambda i: read_sample(a, where, i))(arr, f"{path}/{kind}")
     if not pred.kinds:
+        if only != "auto":
+            raise BadInput(str(path), f"holds no {only!r} prediction")
         raise BadInput(str(path), "Zarr group holds neither a 'recon' nor a 'labels' array")
     return pred
 
@@ -345,6 +354,10 @@ def _kind_files(folder: Path, gt: GroundTruth) -> dict[str | None, dict[int, Pat
         if not f.is_file() or f.suffix.lower() not in VOLUME_FILE_SUFFIXES:
             continue
         m = _INDEX_RE.match(f.stem) or _KIND_RE.match(f.stem)
+        if m is None and _AXIS_RE.match(f.stem):
+            raise BadInput(str(f), "is one acquisition axis of export's three-axis output: score takes one "
+                                   "(3, Z, Y, X) volume per sample (entry k for the tilt about volume axis k): "
+                                   "stack the _axis0, _axis1 and _axis2 files into one, named by the sample")
         if m is None:
             raise BadInput(str(f), "file name must be the sample index, e.g. 7.tif, 000007.mrc or sample_7.tiff "
                                    "(or export's sample_000007_recon.mrc / _labels.mrc)")

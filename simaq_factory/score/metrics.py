@@ -136,7 +136,9 @@ def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float, mask: np.ndarray |
 def confusion_counts(gt: np.ndarray, pred: np.ndarray, ignore_label: int = 255) -> np.ndarray:
     """int64 (256, 256) counts ``[g, p]`` of uint8-valued labels, voxels with ``gt == ignore`` dropped.
 
-    Processed in Z-slabs so memory stays bounded; values outside 0..255 raise ``ValueError``.
+    Processed in Z-slabs so memory stays bounded. Predicted ids above 255 (instance labels in a
+    uint16 volume) are no class, counted as 255 (a miss of the true class); negative ids, and ground
+    truth outside 0..255, raise ``ValueError``.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"shape mismatch: ground truth {gt.shape}, prediction {pred.shape}")
@@ -145,8 +147,11 @@ def confusion_counts(gt: np.ndarray, pred: np.ndarray, ignore_label: int = 255) 
     for z0 in range(0, gt.shape[0], step):
         g = np.asarray(gt[z0 : z0 + step]).astype(np.int64).ravel()
         p = np.asarray(pred[z0 : z0 + step]).astype(np.int64).ravel()
-        if g.size and (g.min() < 0 or g.max() > 255 or p.min() < 0 or p.max() > 255):
-            raise ValueError("labels must be integers in 0..255")
+        if g.size and (g.min() < 0 or g.max() > 255):
+            raise ValueError("ground-truth labels must be integers in 0..255")
+        if p.size and p.min() < 0:
+            raise ValueError(f"labels must be integers >= 0, got {int(p.min())}")
+        np.minimum(p, 255, out=p)  # ids beyond 255: no class, as 255 is
         valid = g != ignore_label
         counts += np.bincount(g[valid] * 256 + p[valid], minlength=256 * 256)
     return counts.reshape(256, 256)

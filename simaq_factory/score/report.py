@@ -50,6 +50,13 @@ def _values(rows: list[dict[str, Any]], name: str, metric: str, **where: Any) ->
     return out
 
 
+def _title(rows: list[dict[str, Any]], names: list[str], metric: str) -> str:
+    """The metric's name, and how many of its values the plot cannot draw (an exact reconstruction's
+    infinite PSNR; they take part in the tables' medians)."""
+    n_inf = sum(1 for r in rows if r["pred"] in names and isinstance(v := r.get(metric), float) and math.isinf(v))
+    return f"{metric}\n({n_inf} infinite, not drawn)" if n_inf else metric
+
+
 def _color(names: list[str], name: str) -> str:
     return f"C{names.index(name) % 10}"
 
@@ -114,7 +121,7 @@ def _vs_span(rows: list[dict[str, Any]], names: list[str], metrics: list[str]) -
                 xs, ys = zip(*pts)
                 ax.scatter(xs, ys, s=14, color=_color(names, n), alpha=0.7, label=n)
         ax.set_xlabel("tilt span (deg)")
-        ax.set_title(m)
+        ax.set_title(_title(rows, names, m))
     axes[0][-1].legend(fontsize=8)
     return fig
 
@@ -126,7 +133,7 @@ def _distributions(rows: list[dict[str, Any]], names: list[str], metrics: list[s
     for ax, m in zip(axes[0], metrics):
         have = [n for n in names if _values(rows, n, m)]
         _boxes(ax, [("", [_values(rows, n, m) for n in have])], have, [_color(names, n) for n in have])
-        ax.set_title(m)
+        ax.set_title(_title(rows, names, m))
         ax.set_xticks([])
     _legend(fig, names, [_color(names, n) for n in names])
     return fig

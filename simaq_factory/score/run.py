@@ -183,9 +183,12 @@ def score(
     done = 0
     t0 = time.perf_counter()
     for pred in preds:
-        odd: dict[str, list[int]] = {"constant": [], "unknown": []}
+        odd: dict[str, list[int]] = {"constant": [], "unknown": [], "unfitted": []}
         for i in pred.indices:
-            rows.extend(_score_sample(gt, pred, i, fov, fit, odd))
+            scored = _score_sample(gt, pred, i, fov, fit, odd)
+            if i not in odd["constant"] and any(r.get("fit_scale") == 0.0 for r in scored):
+                odd["unfitted"].append(i)
+            rows.extend(scored)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -204,6 +207,10 @@ def _warn_odd(name: str, odd: dict[str, list[int]], gt: GroundTruth) -> None:
     if odd["constant"]:  # e.g. a Zarr sample never written: it reads as the array's fill value
         logger.warning("%s: %d sample(s) hold a constant reconstruction (%s), scored as no structure: "
                        "unwritten?", name, len(odd["constant"]), _samples_text(odd["constant"]))
+    if odd["unfitted"]:  # e.g. SIRT/CGLS swamped by the ice slab: the fit reduces them to their mean
+        logger.warning("%s: %d sample(s) are uncorrelated or anti-correlated with the phantom in the field of "
+                       "view (%s): the affine fit's scale is 0, so they score as a constant volume would, no "
+                       "structure", name, len(odd["unfitted"]), _samples_text(odd["unfitted"]))
     if odd["unknown"]:  # e.g. 8-bit reconstructions in a flat folder, taken for segmentations
         logger.warning("%s: %d segmentation(s) hold ids beyond the dataset's classes 0..%d (and %d, "
                        "unlabelled) (%s), scored as wrong classes: 8-bit reconstructions? pass --only recon",
