@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from simaq_factory.errors import BadInput
 from simaq_train.config import TrainConfig, config_from_dict
-from simaq_train.data.normalize import fov_mask, quantile_normalize
+from simaq_train.data.normalize import fov_mask, normalize_finite
 from simaq_train.data.stream import window_indices
 from simaq_train.data.volumes import check_output_path, frame_permutation, read_volume_meta, write_volume
 from simaq_train.engine.parts import amp_dtype, load_checkpoint
@@ -209,8 +209,15 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
         raise BadInput(str(tomogram), f"empty volume (shape {vol.data.shape})")
     if min(raw.shape[1:]) / 2.0 - cfg.data.fov_margin <= 0:
         raise BadInput(str(tomogram), f"in-plane shape {raw.shape[1:]} too small for the field of view")
+    h, w = raw.shape[1:]
+    if max(h, w) > 1.25 * min(h, w):  # a slab: the disc of its short side is all that is segmented
+        outside = 1.0 - float(fov_mask((h, w), cfg.data.fov_margin).mean())
+        log.warning("%s: slices of %d x %d voxels (Y x X about the tilt axis): only the disc of radius %.0f in "
+                    "their middle is segmented, %.0f %% of the volume outside it is labelled background "
+                    "(--tilt-axis / --beam-axis say how the volume lies)", tomogram, h, w,
+                    min(h, w) / 2.0 - cfg.data.fov_margin, 100 * outside)
     if normalize:
-        norm = _normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
+        norm = normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
     else:
         if not np.isfinite(raw).all():
             raise BadInput(str(tomogram), "holds NaN or infinite values (--no-normalize takes a normalised volume)")
@@ -244,23 +251,3 @@ def _warn_if_not_normalised(inside: np.ndarray, name: str) -> None:
         log.warning("%s: --no-normalize, but the field of view has mean %.3g and standard deviation %.3g "
                     "where the model expects about 0 and 1 (normalised volumes); leave out --no-normalize "
                     "for a raw reconstruction", name, mean, std)
-
-
-def _normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:
-    """:func:`quantile_normalize` of the finite voxels; non-finite ones (NaN, ±inf) are left out
-    of the ranking and set to 0, with a warning counting them. BadInput when the field of view
-    holds no finite voxel."""
-    if not np.issubdtype(raw.dtype, np.floating):
-        return quantile_normalize(raw, margin)
-    finite = np.isfinite(raw)
-    if finite.all():
-        return quantile_normalize(raw, margin)
-    disc = np.broadcast_to(fov_mask(raw.shape[1:], margin), raw.shape)
-    n_bad = int(np.count_nonzero(~finite & disc))
-    n_fov = int(np.count_nonzero(disc))
-    if n_bad == n_fov:
-        raise BadInput(name, f"no finite voxel in the field of view (all {n_fov} are NaN or infinite)")
-    if n_bad:
-        log.warning("%s: %d of %d voxels in the field of view are NaN or infinite; they are left out of "
-                    "the normalisation and set to 0", name, n_bad, n_fov)
-    return quantile_normalize(raw, margin, valid=finite)

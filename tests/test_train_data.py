@@ -379,6 +379,30 @@ def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):
         RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=3).load(0)
 
 
+def test_real_tomograms_with_masked_voxels_are_normalised_as_predict_normalises_them(tmp_path, caplog):
+    """data.real ranked NaN voxels above every finite one (the brightest input) and shifted every other
+    voxel's value, while predict leaves them out and sets them to 0: one function for both now, and
+    the labels under NaN voxels are ignored (the input there holds nothing)."""
+    import tifffile
+
+    from simaq_train.data.normalize import normalize_finite
+
+    tomo, ann = _real_volume(np.random.default_rng(4), shape=(8, 32, 32))
+    tomo = tomo.astype(np.float32)
+    tomo[:, 12:20, 12:20] = np.nan
+    tifffile.imwrite(tmp_path / "t.tif", tomo)
+    tifffile.imwrite(tmp_path / "t.labels.tif", ann)
+    img, lab = RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=4,
+                          fov_margin=2).load(0)
+    assert np.array_equal(img, normalize_finite(tomo, 2, "t")) and np.all(img[np.isnan(tomo)] == 0)
+    assert np.array_equal(img, quantile_normalize(tomo, 2, valid=np.isfinite(tomo)))
+    assert np.all(lab[np.isnan(tomo)] == 255) and "512 of" in caplog.text and "NaN or infinite" in caplog.text
+    tifffile.imwrite(tmp_path / "b.tif", np.full((8, 32, 32), 7, np.uint16))
+    tifffile.imwrite(tmp_path / "b.labels.tif", ann)
+    with pytest.raises(BadInput, match="b.tif: its field of view holds one value"):
+        RealSource([(str(tmp_path / "b.tif"), str(tmp_path / "b.labels.tif"))], n_classes=4).load(0)
+
+
 def test_real_tomograms_stored_in_another_orientation_are_brought_into_the_training_frame(tmp_path):
     import tifffile
 
@@ -721,6 +745,56 @@ def test_a_tiff_is_one_volume_or_refused_never_cut_to_its_first_series(tmp_path)
         t.write(vol[0, ::4, ::4], subfiletype=1, photometric="minisblack")
     for read in (lambda p: read_volume_meta(p).data, _read_volume):
         assert np.array_equal(read(tmp_path / "thumb.tif"), vol)
+
+
+def test_reader_metadata_round_trips_fiji_units_zarr_sizes_nrrd_units_and_detached_headers(tmp_path, caplog):
+    """ImageJ's escaped µm (unit=\\u00B5m) was an unknown unit: no voxel size; a Zarr's voxel_size_zyx
+    (what write_volume records) was not read; an NRRD segmentation of an input in mm got Å numbers
+    without units (read by Slicer as mm: 10^7 times too large); .nhdr was refused; a garbage .npy got
+    numpy's advice to load it unsafely."""
+    import nrrd
+    import tifffile
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.random.default_rng(5).random((4, 8, 8)).astype(np.float32)
+    desc = "ImageJ=1.54f\nimages=4\nslices=4\nunit=\\u00B5m\nspacing=0.02\nloop=false\n"
+    tifffile.imwrite(tmp_path / "fiji.tif", vol, description=desc, resolution=(100, 100), metadata=None,
+                     photometric="minisblack")
+    np.testing.assert_allclose(read_volume_meta(tmp_path / "fiji.tif").voxel_size, (200.0, 100.0, 100.0))
+    out = write_volume(tmp_path / "v.zarr", vol, (12.0, 11.0, 10.0))
+    assert read_volume_meta(out).voxel_size == (12.0, 11.0, 10.0)
+    nrrd.write(str(tmp_path / "mm.nrrd"), vol, {"spacings": [0.001, 0.001, 0.002], "units": ["mm"] * 3},
+               index_order="C")
+    mm = read_volume_meta(tmp_path / "mm.nrrd")
+    np.testing.assert_allclose(mm.voxel_size, (2e4, 1e4, 1e4))  # Å
+    seg = write_volume(tmp_path / "seg.nrrd", np.zeros(vol.shape, np.uint8), mm.voxel_size, like=mm)
+    header = nrrd.read_header(str(seg))
+    np.testing.assert_allclose(header["spacings"], [0.001, 0.001, 0.002])  # the input's, in its units
+    assert list(header["units"]) == ["mm"] * 3
+    plain = write_volume(tmp_path / "plain.nrrd", vol, (30.0, 20.0, 10.0))  # from a TIFF or MRC: Å, said so
+    assert list(nrrd.read_header(str(plain))["units"]) == ["angstrom"] * 3
+    assert read_volume_meta(plain).voxel_size == (30.0, 20.0, 10.0)
+    nrrd.write(str(tmp_path / "det.nhdr"), vol, {"encoding": "raw"}, detached_header=True, index_order="C")
+    assert np.array_equal(read_volume(tmp_path / "det.nhdr"), vol)
+    (tmp_path / "junk.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(BadInput, match=r"junk.npy: not a NumPy array file \(.npy of numbers\)"):
+        read_volume(tmp_path / "junk.npy")
+
+
+def test_real_dirs_warn_about_tomograms_without_annotations_and_scan_map_files(tmp_path, caplog):
+    import tifffile
+
+    from simaq_train.data.sources import find_pairs
+
+    tomo, ann = _real_volume(np.random.default_rng(7))
+    write_volume(tmp_path / "a.map", tomo.astype(np.int16))
+    tifffile.imwrite(tmp_path / "a.labels.tif", ann)
+    tifffile.imwrite(tmp_path / "b.tif", tomo)
+    tifffile.imwrite(tmp_path / "b_labels.tif", ann)  # not a name the pairing knows
+    assert find_pairs(tmp_path) == [(str(tmp_path / "a.map"), str(tmp_path / "a.labels.tif"))]
+    # b_labels.tif is taken for a tomogram too: both named, so the misspelt annotation shows
+    assert "2 tomogram(s) without an annotation" in caplog.text and "skipped: b.tif, b_labels.tif" in caplog.text
 
 
 def test_nrrd_spacings_follow_their_axes_past_a_singleton_and_the_world_frame_is_kept(tmp_path):

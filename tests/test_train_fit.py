@@ -534,6 +534,16 @@ def test_predict_never_replaces_existing_data_silently(trained, dataset, tmp_pat
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_predict_says_how_much_of_a_slab_lies_outside_the_segmented_disc(trained, tmp_path, caplog):
+    tomo = np.random.default_rng(6).normal(size=(5, 24, 72)).astype(np.float32)
+    np.save(tmp_path / "slab.npy", tomo)
+    r = run("predict", trained / "run" / "last.pt", tmp_path / "slab.npy", "-o", tmp_path / "o.npy", "--raw")
+    assert r.exit_code == 0, r.output
+    seg = np.load(tmp_path / "o.npy")
+    assert seg.shape == tomo.shape and not seg[:, :, :20].any()  # outside the disc: background
+    assert "slices of 24 x 72 voxels" in caplog.text and "% of the volume outside it is labelled background" in caplog.text
+
+
 def test_predict_refuses_unusable_values_and_volumes(trained, tmp_path, caplog):
     ckpt = trained / "run" / "last.pt"
     rng = np.random.default_rng(3)
@@ -541,10 +551,14 @@ def test_predict_refuses_unusable_values_and_volumes(trained, tmp_path, caplog):
     np.save(tmp_path / "t.npy", tomo)
     np.save(tmp_path / "zero.npy", np.zeros((0, 24, 24), np.float32))
     np.save(tmp_path / "nan.npy", np.full((5, 24, 24), np.nan, np.float32))
+    blank = np.full((5, 24, 24), 3.0, np.float32)
+    blank[:, 0, 0] = np.nan  # one value throughout the field of view, whatever lies outside it
+    np.save(tmp_path / "blank.npy", blank)  # was "segmented" into cells and droplets, exit 0
     for args, needle in (
         (("t.npy", "--post-scale", "inf"), "--post-scale: must be > 0 and finite"),
         (("zero.npy",), "zero.npy: empty volume"),
         (("nan.npy",), "nan.npy: no finite voxel in the field of view"),
+        (("blank.npy",), "blank.npy: its field of view holds one value (3.0) throughout: a blank volume"),
     ):
         r = run("predict", ckpt, tmp_path / args[0], "-o", tmp_path / "o.npy", *args[1:])
         assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, (args, r.output)

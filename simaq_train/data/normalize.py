@@ -9,8 +9,12 @@ field of view. Outside the field of view the output is 0. Computed in float64, r
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 5.0
 
@@ -114,3 +118,37 @@ def _sorted_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if n_nan:  # the NaNs sort last, one group each
         starts[n - n_nan:] = True
     return perm, None if starts.all() else starts
+
+
+def normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:
+    """:func:`quantile_normalize` of an outside tomogram (predict, ``data.real``): non-finite voxels
+    (NaN, ±inf: masked regions) are left out of the ranking and set to 0, with a warning counting
+    them. BadInput naming ``name`` when the field of view holds no finite voxel, or a single value
+    (a blank or failed reconstruction: nothing to normalise or segment)."""
+    from simaq_factory.errors import BadInput
+
+    disc = np.broadcast_to(fov_mask(raw.shape[1:], margin), raw.shape)
+    finite = np.isfinite(raw) if np.issubdtype(raw.dtype, np.floating) else None
+    if finite is not None and finite.all():
+        finite = None
+    if finite is not None:
+        n_bad = int(np.count_nonzero(~finite & disc))
+        n_fov = int(np.count_nonzero(disc))
+        if n_bad == n_fov:
+            raise BadInput(name, f"no finite voxel in the field of view (all {n_fov} are NaN or infinite)")
+        if n_bad:
+            log.warning("%s: %d of %d voxels in the field of view are NaN or infinite; they are left out of "
+                        "the normalisation and set to 0", name, n_bad, n_fov)
+    where = disc & finite if finite is not None else disc
+    if where.any():  # no copy of the volume: min and max over the mask
+        lo, hi = (np.min(raw, where=where, initial=True), np.max(raw, where=where, initial=False)) \
+            if raw.dtype == bool else _min_max(raw, where)
+        if lo == hi:
+            raise BadInput(name, f"its field of view holds one value ({lo}) throughout: a blank volume, nothing "
+                                 "to normalise or segment")
+    return quantile_normalize(raw, margin, valid=finite)
+
+
+def _min_max(raw: np.ndarray, where: np.ndarray) -> tuple[object, object]:
+    info = np.finfo(raw.dtype) if np.issubdtype(raw.dtype, np.floating) else np.iinfo(raw.dtype)
+    return np.min(raw, where=where, initial=info.max), np.max(raw, where=where, initial=info.min)

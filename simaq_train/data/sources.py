@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from simaq_factory.errors import BadInput, DamagedData
-from simaq_train.data.normalize import fov_mask, quantile_normalize
+from simaq_train.data.normalize import fov_mask, normalize_finite, quantile_normalize
 from simaq_train.data.volumes import (
     frame_permutation,
     is_slicer_seg,
@@ -309,13 +309,14 @@ class FactorySource:
 
 # --- real tomograms ----------------------------------------------------------------------------
 
-TOMO_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".nrrd")
+TOMO_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".nhdr")
 
 
 def find_pairs(folder: Path) -> list[tuple[str, str]]:
-    """``NAME.{tif,tiff,mrc,rec,nrrd}`` with a sibling ``NAME.seg.nrrd`` (3D Slicer) or
-    ``NAME.labels.{tif,tiff,mrc,nrrd}``; tomograms without one are skipped (logged)."""
-    pairs = []
+    """``NAME.{tif,tiff,mrc,rec,map,nrrd,nhdr}`` with a sibling ``NAME.seg.nrrd`` (3D Slicer) or
+    ``NAME.labels.{tif,tiff,mrc,nrrd}``; tomograms without one are skipped, with a warning naming
+    them (a misspelt annotation name would otherwise drop a tomogram from training unseen)."""
+    pairs, skipped = [], []
     for img in sorted(folder.iterdir()):
         name = img.name.lower()
         if ".labels." in name or name.endswith(".seg.nrrd") or not name.endswith(TOMO_SUFFIXES):
@@ -326,9 +327,13 @@ def find_pairs(folder: Path) -> list[tuple[str, str]]:
         ]
         seg = next((c for c in cands if c.exists()), None)
         if seg is None:
-            log.info("%s: no annotation, skipped", img)
+            skipped.append(img.name)
             continue
         pairs.append((str(img), str(seg)))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("data.real.dirs: %s: %d tomogram(s) without an annotation (NAME.seg.nrrd or "
+                    "NAME.labels.tif/.tiff/.mrc/.nrrd beside them) skipped: %s", folder, len(skipped), shown)
     return pairs
 
 
@@ -429,8 +434,12 @@ class RealSource:
             lab = np.ascontiguousarray(np.transpose(lab, self.perm))
         if min(img.shape[1:]) / 2.0 - self.fov_margin <= 0:
             raise BadInput(img_path, f"in-plane shape {img.shape[1:]} too small for the field of view")
-        norm = quantile_normalize(img, self.fov_margin)
-        lab = np.where(fov_mask(lab.shape[1:], self.fov_margin)[None], lab, IGNORE).astype(np.uint8)
+        # as predict normalises it (NaN/inf left out and 0, a blank volume refused); their labels ignored
+        norm = normalize_finite(img, self.fov_margin, str(img_path))
+        keep = fov_mask(lab.shape[1:], self.fov_margin)[None]
+        if np.issubdtype(img.dtype, np.floating):
+            keep = keep & np.isfinite(img)
+        lab = np.where(keep, lab, IGNORE).astype(np.uint8)
         if self.shape_yx is not None and tuple(img.shape[1:]) != tuple(self.shape_yx):
             norm = fit_inplane(norm, self.shape_yx, 0.0)
             lab = fit_inplane(lab, self.shape_yx, IGNORE)

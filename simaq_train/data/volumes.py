@@ -22,14 +22,14 @@ from simaq_factory.errors import SUFFIX_MODULES, BadInput, MissingExtra, optiona
 from simaq_factory.mrcio import axis_labels, read_mrc_data
 from simaq_factory.tiffio import tiff_volume_series
 
-READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".npy", ".zarr")
+READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".nhdr", ".npy", ".zarr")
 WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".zarr", ".npy")
 
 
 def volume_suffix(path: str | Path) -> str:
-    """Lower-case format suffix; ``x.seg.nrrd`` → ``.nrrd``."""
+    """Lower-case format suffix; ``x.seg.nrrd`` and a detached-header ``x.nhdr`` → ``.nrrd``."""
     p = Path(path)
-    return ".nrrd" if p.name.lower().endswith(".seg.nrrd") else p.suffix.lower()
+    return ".nrrd" if p.name.lower().endswith(".seg.nrrd") or p.suffix.lower() == ".nhdr" else p.suffix.lower()
 
 
 def is_slicer_seg(path: str | Path) -> bool:
@@ -96,6 +96,13 @@ def _nrrd_in_angstrom(header: dict[str, Any], spacing: tuple[float, ...]) -> tup
     return tuple(v * scale for v in spacing)
 
 
+def _imagej_text(value: Any) -> str:
+    """An ImageJ metadata string as meant: ImageJ writes non-ASCII characters as ``\\uXXXX``
+    escapes (``unit=\\u00B5m`` for µm), which tifffile passes through as they are."""
+    text = str(value)
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+
+
 def _read_tiff(p: Path) -> Volume:
     """A TIFF stack and, when it says so in known units, its voxel size in Å (ImageJ ``spacing`` for z,
     the X/YResolution tags for x and y)."""
@@ -113,7 +120,7 @@ def _read_tiff(p: Path) -> Volume:
             tags = page.tags
             res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
             res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 1
-    unit = str(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
+    unit = _imagej_text(meta.get("unit", "")).strip().lower() if meta else {3: "cm", 4: "mm", 5: "um"}.get(res_unit, "")
     scale = _UNITS_A.get(unit)
     size = None
     if scale and len(res) == 2 and all(den and num for num, den in res):
@@ -167,7 +174,13 @@ def _read_any(p: Path) -> Volume:
             spacing = _nrrd_in_angstrom(header, spacing)
         return Volume(arr, spacing, dict(header))
     if suf == ".npy":
-        return Volume(np.load(p, allow_pickle=False))
+        try:
+            return Volume(np.load(p, allow_pickle=False))
+        except ValueError as err:  # numpy's words advise loading it unsafely: it is not a plain array file
+            if "pickled" not in str(err):
+                raise
+            raise BadInput(str(p), "not a NumPy array file (.npy of numbers): no .npy header, or Python "
+                                   "objects inside") from None
     if suf == ".zarr":
         import zarr
 
@@ -175,7 +188,10 @@ def _read_any(p: Path) -> Volume:
         if isinstance(node, zarr.Group):
             raise BadInput(str(p), "is a Zarr group (a simaq-factory dataset's store?), not an array: give a "
                                    f"single 3D array ({_ONE_SAMPLE}), or score a dataset with `simaq-train evaluate`")
-        return Volume(np.asarray(node[...]))
+        size = node.attrs.get("voxel_size_zyx")  # what write_volume records (Å)
+        ok = isinstance(size, list) and len(size) == 3 and all(
+            isinstance(v, (int, float)) and np.isfinite(v) and v > 0 for v in size)
+        return Volume(np.asarray(node[...]), tuple(float(v) for v in size) if ok else None)
     if p.is_dir() and (p / "dataset.zarr").is_dir():
         raise BadInput(str(p), f"is a simaq-factory dataset, not a volume: give a single 3D array ({_ONE_SAMPLE}), "
                                "or use `simaq-train evaluate`")
@@ -400,6 +416,21 @@ def _nrrd_space(like: Volume | None, shape: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
+def _nrrd_spacings(like: Volume | None, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``spacings`` (and ``units``) of the 3D NRRD volume ``like`` was read from, when it has them and
+    the same shape; else nothing."""
+    h = like.header if like is not None else {}
+    if like is None or like.data.shape != tuple(shape) or "spacings" not in h:
+        return {}
+    spacings = np.asarray(h["spacings"], dtype=float)
+    if spacings.shape != (3,) or not np.all(np.isfinite(spacings)):
+        return {}
+    out: dict[str, Any] = {"spacings": spacings}
+    if "units" in h and len(h["units"]) == 3:
+        out["units"] = list(h["units"])
+    return out
+
+
 def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, float, float] | None,
               slicer_classes: list[str] | None = None, like: Volume | None = None) -> None:
     if suf in (".tif", ".tiff"):
@@ -438,8 +469,11 @@ def _write_to(tmp: Path, suf: str, volume: np.ndarray, voxel_size: tuple[float, 
         space = _nrrd_space(like, volume.shape)
         if space:  # the input's world frame, so the result overlays it (3D Slicer)
             header.update(space)
-        elif voxel_size is not None:
+        elif (spacing := _nrrd_spacings(like, volume.shape)):  # the input's, in its own units
+            header.update(spacing)
+        elif voxel_size is not None:  # Å, said so (an NRRD without units is read as mm by Slicer)
             header["spacings"] = np.asarray(voxel_size[::-1], dtype=float)
+            header["units"] = ["angstrom"] * 3
         if slicer_classes is not None:  # Slicer's labelmap: 0 is no segment, class c is value c + 1
             header.update(slicer_header(slicer_classes))
             volume = (volume.astype(np.int64) + 1).astype(np.uint8)
