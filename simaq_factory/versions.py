@@ -44,6 +44,20 @@ def source_revision() -> str | None:
     return None
 
 
+def source_modified() -> bool | None:
+    """Whether the source checkout of :func:`source_revision` has uncommitted changes to tracked files
+    (a build from them is not that commit's); None when unknown (no checkout, no git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
 def software_versions() -> dict[str, str | None]:
     """simaq-factory (with the git commit of a source checkout) and its main dependencies, plus
     Python (a fresh dict; looked up once per process: ~19 ms of package metadata per shard)."""
@@ -55,6 +69,8 @@ def _software_versions() -> tuple[tuple[str, str | None], ...]:
     out = {d: _version(d) for d in ("simaq-factory", "torch", "numpy", "zarr", "numcodecs", "dask",
                                      "distributed", "perlin-numpy")}
     out["simaq-factory-commit"] = source_revision()
+    if out["simaq-factory-commit"] is not None:  # the commit alone would hide uncommitted changes
+        out["simaq-factory-modified"] = source_modified()  # type: ignore[assignment]
     out["python"] = platform.python_version()
     return tuple(out.items())
 
@@ -63,7 +79,8 @@ def describe_software(versions: dict[str, Any]) -> str:
     """``"simaq-factory V (commit C), torch T"`` from a :func:`software_versions` record: what decides
     a sample's bytes."""
     commit = versions.get("simaq-factory-commit")
-    head = f"simaq-factory {versions.get('simaq-factory')}" + (f" ({str(commit)[:12]})" if commit else "")
+    modified = ", modified" if commit and versions.get("simaq-factory-modified") else ""
+    head = f"simaq-factory {versions.get('simaq-factory')}" + (f" ({str(commit)[:12]}{modified})" if commit else "")
     return f"{head}, torch {versions.get('torch')}"
 
 

@@ -153,6 +153,10 @@ def test_provenance_names_the_source_commit_of_a_checkout():
     if head.returncode != 0:
         pytest.skip("git cannot read this checkout")
     assert software_versions()["simaq-factory-commit"] == head.stdout.strip()
+    # uncommitted changes to tracked files are recorded: the commit alone is not what built it
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)
+    assert software_versions()["simaq-factory-modified"] is bool(dirty.stdout.strip())
 
 
 def test_recon_bytes_do_not_depend_on_the_workers_thread_count(tmp_path):

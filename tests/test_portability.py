@@ -129,6 +129,9 @@ def test_software_and_machine_descriptions():
     v = {"simaq-factory": "0.1.0", "simaq-factory-commit": "0123456789abcdef", "torch": "2.13.0+cpu"}
     assert describe_software(v) == "simaq-factory 0.1.0 (0123456789ab), torch 2.13.0+cpu"
     assert describe_software({**v, "simaq-factory-commit": None}) == "simaq-factory 0.1.0, torch 2.13.0+cpu"
+    assert describe_software({**v, "simaq-factory-modified": True}) == \
+        "simaq-factory 0.1.0 (0123456789ab, modified), torch 2.13.0+cpu"
+    assert describe_software({**v, "simaq-factory-modified": False}) == describe_software(v)
     assert built_on({"device": "cpu", "cpu_kernels": "aarch64 SVE256"}) == "cpu, aarch64 SVE256 CPU kernels"
     assert built_on({"device": "cpu"}) == "cpu, unrecorded CPU kernels"
     assert built_on({"device": "cuda:0", "device_name": "NVIDIA H100", "cpu_kernels": "x"}) == "cuda:0, NVIDIA H100"

@@ -256,8 +256,9 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
     unlisted = [rel for rel in unlisted if rel not in actual]
     if unlisted:  # a file added after the freeze, or a SHA256SUMS cut short by an older freeze
         problems.append(f"{unlisted[0]}: not listed in {SUMS} ({len(unlisted)} file(s) unlisted: added after "
-                        f"freeze, or {SUMS} is incomplete; if nothing was added, delete {SUMS} and run "
-                        "freeze again to complete it)")
+                        f"freeze, which a frozen dataset refuses: move them out; only if they are the "
+                        f"dataset's own and {SUMS} was cut short, delete {SUMS} and run freeze again, "
+                        "which seals every file there)")
     return problems
 
 
