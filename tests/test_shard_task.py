@@ -143,3 +143,20 @@ def test_the_shard_runs_on_the_requested_thread_count_and_records_it(copy: Path)
         assert torch.get_num_threads() == 2 and _provenance(copy, 1)["torch_threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_task_on_a_scheduler_s_worker_sizes_its_torch_pool_on_the_worker_s_machine(monkeypatch):
+    """--scheduler builds passed the driver's core count to every task: a 2-core laptop driving
+    64-core workers ran each shard on 2 threads (and a big driver oversubscribed small workers)."""
+    import types
+
+    import distributed
+
+    import simaq_factory.orchestrate.task as task
+    from simaq_factory.orchestrate.cluster import default_threads
+
+    assert task._worker_threads() == 0  # not on a Dask worker: torch's default
+    for nthreads in (1, 2, 64):
+        fake = types.SimpleNamespace(state=types.SimpleNamespace(nthreads=nthreads))
+        monkeypatch.setattr(distributed, "get_worker", lambda fake=fake: fake)
+        assert task._worker_threads() == default_threads(nthreads) >= 1

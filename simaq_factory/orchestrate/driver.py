@@ -419,9 +419,10 @@ def _run_distributed(
     n_workers = max(1, handle.n_workers)
     if handle.description.startswith("SLURM"):
         threads = exe.threads_per_worker or exe.slurm.cores
-    else:
-        threads = exe.threads_per_worker or default_threads(
-            n_workers if handle.description.startswith("LocalCluster") else 1)
+    elif handle.description.startswith("LocalCluster"):
+        threads = exe.threads_per_worker or default_threads(n_workers)
+    else:  # a scheduler's workers run elsewhere: each task sizes its pool on its own machine
+        threads = exe.threads_per_worker
     queue = collections.deque(todo)  # popped from the left once per finished shard
     resources = {"GPU": 1} if gpu else None
     # the key names the output too: two builds of one recipe into two folders on one scheduler

@@ -76,6 +76,20 @@ def warm_up(device: str) -> None:
         torch.zeros(1, device=dev)
 
 
+def _worker_threads() -> int:
+    """Torch threads for a task on a worker the driver does not know (``--scheduler``): this machine's
+    cores over the tasks the Dask worker runs at once (its ``nthreads``); the driver's own core count
+    says nothing about the worker's machine. 0 (torch's default) outside a Dask worker."""
+    from simaq_factory.orchestrate.cluster import default_threads
+
+    try:
+        from distributed import get_worker
+
+        return default_threads(int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 0
+
+
 def run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
 ) -> dict[str, Any]:
@@ -95,6 +109,7 @@ def _run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
+    threads = threads if threads > 0 else _worker_threads()
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     recipe = resolve(recipe_json)

@@ -105,7 +105,8 @@ class ExecutionConfig:
         "CUDA, Triton installed) or auto (triton on CUDA where it passes its self-check)"
     )
     workers: int = spec(2, ge=1, le=4096, doc="LocalCluster worker processes")
-    threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per worker; 0 = cores/workers")
+    threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per task; 0 = cores/workers on a "
+                                 "LocalCluster, a --scheduler worker's cores/its Dask threads, slurm.cores")
     retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")
     window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
     memory_limit: str = spec("auto", doc="LocalCluster memory limit per worker, e.g. 8GB; auto = RAM/workers")
