@@ -74,6 +74,25 @@ def test_texture_only_on_background_inside_cylinder() -> None:
     np.testing.assert_array_equal(diff3[allowed], diff[allowed])  # the same texture
 
 
+@pytest.mark.parametrize("shape", [(16, 40, 40), (40, 40, 40), (24, 40, 32)])
+def test_the_texture_spans_its_whole_amplitude_on_any_volume_shape(shape) -> None:
+    """Reference §2.5: the texture is min-max normalised where it is used; a non-cubic volume's box
+    of the bank cube spanned less (0.83 of the amplitude at worst, with a constant offset)."""
+    phantom = torch.zeros(shape)
+    labels = torch.zeros(shape, dtype=torch.uint8)
+    cfg = ArtifactsConfig(
+        blur=BlurConfig(probability=0.0),
+        fiducials=FiducialsConfig(enabled=False),
+        ice_cracks=IceCracksConfig(probability=0.0),
+        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1)),
+        banks=SMALL_BANKS,
+    )
+    for seed in range(3):
+        params = sample_artifacts(cfg, shape, labels, 0.2, np.random.default_rng(seed), texture_cylinder=False)
+        added = apply_artifacts(phantom, labels, params, _banks(cfg, shape)).numpy()
+        assert added.min() == 0.0 and abs(float(added.max()) - 0.1) < 1e-7, (shape, seed)
+
+
 def test_reference_order_mask_before_blur_then_beads_then_texture() -> None:
     phantom, labels = _phantom()
     cfg = ArtifactsConfig(

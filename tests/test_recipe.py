@@ -309,7 +309,7 @@ def test_annotated_recipe_lists_every_field_and_resolves_to_the_template(name):
             assert lines[i - 1].lstrip().startswith("# "), line
     assert "tilt_span_deg: {low: 90.0, high: 110.0}" in text
     if name == "smoke":
-        assert "shape: [64, 64, 64]  # reference default: [512, 512, 512]" in text
+        assert "shape: [64, 64, 64]  # default: [512, 512, 512]" in text
         assert "(integer >= 1)" in text and "(one of fbp, sirt, cgls)" in text
 
 

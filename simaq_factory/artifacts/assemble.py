@@ -152,11 +152,11 @@ def crack_field(
     field = boxes[0].clone()  # a box may be a view of the bank itself
     for b in boxes[1:]:
         torch.maximum(field, b, out=field)
-    field = _unit_range(field) * _unit_range(place(perlin_lo, modulation, tuple(field.shape)))
+    field = unit_range(field) * unit_range(place(perlin_lo, modulation, tuple(field.shape)))
     return resample(field, shape)
 
 
-def _unit_range(x: torch.Tensor) -> torch.Tensor:
+def unit_range(x: torch.Tensor) -> torch.Tensor:
     """Min–max normalised to [0, 1] (all zeros when ``x`` is constant)."""
     lo, hi = torch.aminmax(x)
     span = hi - lo

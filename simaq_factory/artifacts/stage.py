@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simaq_factory.artifacts.assemble import crack_field, place, sample_placement
+from simaq_factory.artifacts.assemble import crack_field, place, sample_placement, unit_range
 from simaq_factory.artifacts.banks import NoiseBanks
 from simaq_factory.artifacts.blur import effective_sigma, gaussian_blur_3d, kernel_radius
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
@@ -177,7 +177,10 @@ def apply_artifacts(
     cyl = None
     if p["applied"]:
         assert banks is not None
-        terms.append((place(banks["perlin_hi_3d"].to(dev), p["placement"], shape), float(p["amplitude"])))
+        # min-max normalised where it is used (reference §2.5): a non-cubic volume's box of the bank
+        # cube spans less than [0, 1] (a (16, 64, 64) box 0.83 at worst, with an offset)
+        texture = unit_range(place(banks["perlin_hi_3d"].to(dev), p["placement"], shape))
+        terms.append((texture, float(p["amplitude"])))
         if p["cylinder_padding"] is not None:  # None: no cylinder (three acquisition axes)
             cyl = cylinder_mask(shape, float(p["cylinder_padding"]), dev)  # type: ignore[arg-type]
     if terms:

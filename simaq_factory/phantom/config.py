@@ -85,8 +85,11 @@ class VacuoleConfig:
         15.0, gt=0, doc="per-axis radius clamp, lower (units). The reference's 25 (§1.4) made every "
         "vacuole of a cell that drew k ≥ 2 a sphere of radius 25, two of which never fit a cell, so no "
         "cell had more than one (bug 8); at 15 the k vacuoles of radius N(38, 8)/k fit and the mean "
-        "vacuole volume fraction stays near the reference's (0.205 against 0.222 over 1500 cells); 25 "
-        "reproduces the reference"
+        "vacuole volume fraction stays near the reference's (0.205 against 0.222 over 1500 cells). Its "
+        "side effect on §1.6: fragments of vacuoles this small are all under the lipid droplets' "
+        "radius max, so ~0.67 droplets per cell (up to 8 units) come from fractured vacuoles instead "
+        "of the reference's ~0.06 (2.9-5.3 units), and the final vacuole fraction is 0.165, not 0.179; "
+        "25 reproduces the reference"
     )
     radius_max: float = spec(45.0, gt=0, doc="per-axis radius clamp, upper (units) (§1.4)")
     lac: Dist = spec(

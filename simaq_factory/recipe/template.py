@@ -1,9 +1,10 @@
 """Annotated recipes for ``simaq-factory init``: every field with its value, meaning and default.
 
 A template is one of the ready recipes of ``recipes/`` (shipped inside the package as
-``simaq_factory/recipes``) or ``reference`` (no field set: the reference defaults). The annotated
-text lists *every* field of the resolved template, each under a comment with its one-line doc and
-what it accepts, and marks values that differ from the reference default. It resolves to exactly
+``simaq_factory/recipes``) or ``reference`` (no field set: the defaults). The annotated text lists
+*every* field of the resolved template, each under a comment with its one-line doc and what it
+accepts, and marks values that differ from the default. The defaults are the SimAQ reference's,
+except the deliberate deviations (fixed reference bugs) that the fields' docs state. It resolves to exactly
 the template's recipe (same id, same execution settings), so a user edits a complete, valid recipe
 instead of guessing field names.
 """
@@ -27,7 +28,8 @@ __all__ = ["TEMPLATES", "annotated_recipe", "template_text"]
 
 #: Template name → what it is (``simaq-factory init --help`` lists these).
 TEMPLATES: dict[str, str] = {
-    "reference": "every field at its reference default, 4 samples of 512³",
+    "reference": "every field at its default (the SimAQ reference's, but for the deviations each field's "
+                 "comment states), 4 samples of 512³",
     "smoke": "4 × 64³ on CPU in seconds, what CI builds",
     "demo-cpu": "32 × 128³ on CPU",
     "benchmark-cpu": "30 × 64³ evaluation set with sinograms",
@@ -139,7 +141,7 @@ def _emit(cls: type[Any], values: dict[str, Any], defaults: dict[str, Any], dept
         lines += _comment(f"{doc} ({accepts})" if doc else accepts, indent)
         line = f"{indent}{f.name}: {_flow(value)}"
         if value != default:
-            line += f"  # reference default: {_flow(default)}"
+            line += f"  # default: {_flow(default)}"
         lines.append(line)
     return lines
 
@@ -168,8 +170,9 @@ def annotated_recipe(name: str) -> str:
         f"# Written by `simaq-factory init` (simaq-factory {_version('simaq-factory')}).",
         *(["#"] + header if header else []),
         "#",
-        "# Every field is listed with its value. A field left out takes its reference default (marked",
-        "# where it differs); unknown fields are errors. A distribution is a number (constant),",
+        "# Every field is listed with its value. A field left out takes its default (marked where it",
+        "# differs): the SimAQ reference's, except where a field's comment states a deliberate deviation",
+        "# (a fixed reference bug); unknown fields are errors. A distribution is a number (constant),",
         "# {mean, std, min, max} (normal, clipped to [min, max]) or {low, high} (uniform). Check the",
         "# result with `simaq-factory validate FILE`; `execution` does not change the recipe id.",
         "",
