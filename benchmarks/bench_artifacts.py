@@ -5,16 +5,15 @@
 For each volume size: the time of ``artifacts.assemble.resample`` of a 64³ bank box to the volume
 and of ``F.interpolate(mode="trilinear")`` doing the same (with their largest difference), then
 ``apply_artifacts`` (blur, beads, ice cracks, texture) on one demo-recipe phantom with four
-samples' artifact parameters. Minimum and median over the repeats; JSON with ``--json``.
+samples' artifact parameters. Printed as ``min / median`` over ``--repeat`` timed runs after one
+warm-up run (``apply_artifacts``: over ``max(1, repeat // 2)`` runs of the four samples, per sample);
+JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
 
-import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ from simaq_factory.artifacts.assemble import resample
 from simaq_factory.phantom.sample import sample_phantom
 from simaq_factory.phantom.voxelization import voxelize
 from simaq_factory.recipe.io import load_recipe
-from simaq_factory.versions import cpu_kernels, software_versions
+from simaq_factory.versions import cpu_kernels
+
+from _common import Parser, check_output_path, int_at_least, positive_int, run_record, write_json
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo-cpu.yaml"
 
@@ -44,12 +45,13 @@ def _times(fn, repeat: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256])
-    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
-    ap.add_argument("--repeat", type=int, default=5)
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int_at_least(16), nargs="+", default=[256])
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--repeat", type=positive_int, default=5, help="timed runs after one warm-up")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    check_output_path(args.json)
     rows = []
     cpu = torch.device("cpu")
     for n in args.sizes:
@@ -83,9 +85,9 @@ def main() -> None:
                   f"F.interpolate {f_min * 1e3:7.1f} / {f_med * 1e3:7.1f} ms (max diff {diff:.1e}); "
                   f"apply_artifacts {a_min / 4:.3f} / {a_med / 4:.3f} s per sample (min / median)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "machine": platform.platform(), "cpu_kernels": cpu_kernels(),
-                       "versions": software_versions()}, f, indent=2)
+        write_json(args.json, {"rows": rows, "cpu_kernels": cpu_kernels(),
+                               "statistic": "[min, median] over --repeat after one warm-up",
+                               "run": run_record(args, None)})
 
 
 if __name__ == "__main__":

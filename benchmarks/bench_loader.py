@@ -8,6 +8,8 @@ The loader keeps up when its windows/s exceed the model's::
     .venv/bin/python benchmarks/bench_loader.py configs/train-cpu.yaml --workers 0 1 --batches 200
 
 Needs the config's datasets (see its header). Prints a table and writes JSON with ``--json``.
+Statistic: one pass per row; windows/s is over the whole pass (the first batch's start-up, shown
+apart, included); the model rate is the mean of ``--steps`` timed steps after 3 warm-up steps.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from __future__ import annotations
 import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from simaq_factory.versions import software_versions
+from simaq_factory.recipe.fields import RecipeError
 from simaq_train.bench import bench_train_step
+from simaq_train.engine.parts import resolve_device
 from simaq_train.config import load_config
 from simaq_train.data.build import build_stream, resolve_classes
+
+from _common import Parser, check_output_path, fail, nonneg_int, positive_int, run_record, write_json
 
 
 def _loader_rate(cfg, workers: int, batches: int) -> dict[str, float]:
@@ -52,16 +54,22 @@ def _loader_rate(cfg, workers: int, batches: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--batches", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=20, help="timed model steps")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the config's run.threads)")
+    ap.add_argument("--workers", type=nonneg_int, nargs="+", default=[0, 1])
+    ap.add_argument("--batches", type=positive_int, default=200)
+    ap.add_argument("--steps", type=positive_int, default=20, help="timed model steps")
+    ap.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: the config's run.threads)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    cfg = resolve_classes(load_config(args.config, args.overrides))
+    check_output_path(args.json)
+    try:
+        cfg = resolve_classes(load_config(args.config, args.overrides))
+        build_stream(cfg)  # the datasets are there and readable, before any timing
+        resolve_device(cfg.run.device, "run.device")
+    except RecipeError as err:
+        fail(str(err))
     threads = args.threads or cfg.run.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     rows = [_loader_rate(cfg, w, args.batches) for w in args.workers]
@@ -71,7 +79,8 @@ def main() -> None:
                             amp="off", device=cfg.run.device, warmup=3)
     model_rate = step["samples_per_s"]
     print(f"# {args.config}: batch {cfg.optim.batch_size} x {cfg.data.window} x {size}^2, torch threads "
-          f"{threads}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+          f"{threads}, {os.cpu_count()} cores; one pass per row, windows/s over the pass (first batch "
+          f"included); model: mean of {args.steps} steps after 3 warm-up")
     print(f"{'loader workers':>14s} {'batches':>8s} {'windows/s':>10s} {'first batch s':>14s} {'vs model':>9s}")
     for r in rows:
         print(f"{r['workers']:14d} {r['batches']:8d} {r['windows_per_s']:10.1f} {r['first_batch_s']:14.3f} "
@@ -79,9 +88,8 @@ def main() -> None:
     print(f"model step: {step['seconds_per_step'] * 1e3:.1f} ms/step = {model_rate:.1f} windows/s "
           f"({step['parameters']:,} parameters, device {step['device']})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"loader": rows, "model": step, "config": args.config,
-                                               "overrides": args.overrides, "threads": threads,
-                                               "versions": software_versions()}, indent=1))
+        write_json(args.json, {"loader": rows, "model": step, "config": args.config, "overrides": args.overrides,
+                               "threads": threads, "run": run_record(args, None)})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,20 @@
 """Benchmark the pure-PyTorch projector and FBP against scikit-image (and ASTRA when installed).
 
-Prints per-slice milliseconds for forward projection and FBP (default: 256², 180 angles, 64 slices,
-2 threads) and the relative L2 difference to scikit-image ``radon``/``iradon`` on a few slices.
+Prints a table (stdout) of per-slice milliseconds for forward projection and FBP (default: 256², 180
+angles, 64 slices, 2 threads) and the relative L2 difference to scikit-image ``radon``/``iradon`` on a
+few slices.
 
     .venv/bin/python benchmarks/bench_projector.py [--n 256] [--angles 180] [--slices 64]
-        [--threads 2] [--ref-slices 4] [--device cpu] [--backend torch [triton ...]] [--json out.json]
+        [--threads 2] [--repeats 3] [--ref-slices 4] [--astra-slices 16] [--device cpu]
+        [--backend torch [triton ...]] [--json out.json]
+
+Statistic: every time is the **median of ``--repeats`` timed runs after one untimed warm-up run**,
+for ours, scikit-image and ASTRA alike, divided by the number of slices each run covers: ours
+projects all ``--slices`` slices in one call (its index tables are shared by the slices, so its
+per-slice time falls as slices grow), scikit-image runs slice by slice over ``--ref-slices`` slices
+and ASTRA over ``--astra-slices`` slices. The warm-up of ours runs on 2 slices, scikit-image's and
+ASTRA's on one slice. ASTRA's FBP reconstructs *our* projections (as our FBP and scikit-image's
+``iradon`` of its own ``radon`` do); its accuracy is against scikit-image's ``iradon``.
 
 ``--backend`` times each named projector backend (``torch``: the index tables; ``triton``: the
 kernels of :mod:`simaq_factory.tomo.kernels`, CUDA) on the same data and reports their largest
@@ -13,7 +23,9 @@ include the texture-rate floor, A·N²·Z bilinear interpolations at ``--texel-r
 
 ``--iterative`` instead times the iterative path on a 100° arc of ``--angles`` projections: building
 a :class:`~simaq_factory.tomo.plan.ProjectorPlan`, one cached ``A`` and ``Aᵀ``, and the seconds per
-SIRT and CGLS iteration (``--iterations`` each, default 10); e.g. the issue's reference size::
+SIRT and CGLS iteration (``--iterations`` each, default 10; median of the iterations after the
+first, which carries the set-up). The uncached A/Aᵀ and the plan build are one run each (after the
+untimed projection that makes the data); the cached A/Aᵀ are the median of ``--repeats``; e.g. the issue's reference size::
 
     .venv/bin/python benchmarks/bench_projector.py --iterative --n 128 --slices 64 --angles 100
 """
@@ -23,9 +35,7 @@ from __future__ import annotations
 import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
 
 import argparse
-import json
-import logging
-import platform
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,9 +53,10 @@ from simaq_factory.tomo import (
     sirt,
     skimage_padded_size,
 )
-from simaq_factory.tomo.projector import BACKENDS
+from simaq_factory.tomo.projector import BACKENDS, check_backend
 
-logger = logging.getLogger("bench_projector")
+from _common import (Parser, check_output_path, fail, int_at_least, positive_float, positive_int,
+                     resolve_device_arg, run_record, write_json)
 
 
 def _phantom(n: int, z: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,14 +72,27 @@ def _phantom(n: int, z: int, rng: np.random.Generator) -> np.ndarray:
     return vol
 
 
-def _best(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def _median(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` timed calls of ``fn`` (the caller warms up), and its last output."""
+    times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _sk_median(fn: Callable[[int], Any], k: int, repeats: int) -> tuple[float, list[Any]]:
+    """Median over ``repeats`` of the seconds per slice of ``fn`` run on slices 0..k-1, after one
+    untimed call on slice 0; and the outputs of the last repeat."""
+    fn(0)
+    times, outs = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs = [fn(i) for i in range(k)]
+        times.append((time.perf_counter() - t0) / k)
+    return statistics.median(times), outs
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,7 +101,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+    dev = args.dev
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     n, z = args.n, args.slices
     theta = np.arange(args.angles) * 180.0 / args.angles
@@ -85,9 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vol = torch.tensor(vol_np, device=dev)
     geom = Geometry.from_degrees(n, theta, center="skimage")
     res: dict[str, Any] = {
-        "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev)},
-        "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev),
+                   "repeats": args.repeats, "statistic": "median of --repeats after one warm-up"},
     }
     outputs = {}
     for backend in args.backend:
@@ -113,15 +136,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from skimage.transform import iradon, radon
 
     k = min(args.ref_slices, z)
-    t0 = time.perf_counter()
-    sk_sino = [radon(vol_np[i].astype(np.float64), theta, circle=True) for i in range(k)]
-    t_sk_fwd = (time.perf_counter() - t0) / k
-    t0 = time.perf_counter()
-    sk_rec = [iradon(s, theta, filter_name="ramp", interpolation="linear", circle=True) for s in sk_sino]
-    t_sk_fbp = (time.perf_counter() - t0) / k
+    t_sk_fwd, sk_sino = _sk_median(lambda i: radon(vol_np[i].astype(np.float64), theta, circle=True),
+                                   k, args.repeats)
+    t_sk_fbp, sk_rec = _sk_median(
+        lambda i: iradon(sk_sino[i], theta, filter_name="ramp", interpolation="linear", circle=True),
+        k, args.repeats)
     ours_fwd = proj[:, :k].cpu().numpy().transpose(1, 2, 0)  # (k, D, A) like skimage
     ours_rec = fbp(proj[:, :k], geom, filter="ram-lak", pad_to=skimage_padded_size(n)).cpu().numpy()
-    res["skimage"] = {"forward_ms_per_slice": 1e3 * t_sk_fwd, "fbp_ms_per_slice": 1e3 * t_sk_fbp}
+    res["skimage"] = {"forward_ms_per_slice": 1e3 * t_sk_fwd, "fbp_ms_per_slice": 1e3 * t_sk_fbp,
+                      "slices_timed": k}
     res["accuracy_vs_skimage"] = {
         "forward_rel_l2": max(_rel(ours_fwd[i], sk_sino[i]) for i in range(k)),
         "fbp_rel_l2": max(_rel(ours_rec[i], sk_rec[i]) for i in range(k)),
@@ -141,12 +164,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _time_backend(vol: torch.Tensor, geom: Geometry, backend: str, repeats: int, sync: Callable[[], None]
                   ) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
-    """Best seconds of the forward projection and of FBP with ``backend`` (after a warm-up that
+    """Median seconds (of ``repeats``) of the forward projection and of FBP with ``backend`` (after a warm-up that
     also compiles the Triton kernels), and their (projections, reconstruction)."""
     forward_project(vol[:2], geom, backend=backend)
-    t_fwd, proj = _best(lambda: forward_project(vol, geom, backend=backend), repeats, sync)
+    sync()
+    t_fwd, proj = _median(lambda: forward_project(vol, geom, backend=backend), repeats, sync)
     fbp(proj[:, :2], geom, filter="ram-lak", backend=backend)
-    t_fbp, rec = _best(lambda: fbp(proj, geom, filter="ram-lak", backend=backend), repeats, sync)
+    sync()
+    t_fbp, rec = _median(lambda: fbp(proj, geom, filter="ram-lak", backend=backend), repeats, sync)
     return t_fwd, t_fbp, (proj, rec)
 
 
@@ -159,11 +184,11 @@ def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: in
     out = {}
     try:
         for tile in tiles:
-            a, zt, w = (int(v) for v in tile.lower().split("x"))
+            a, zt, w = _tile(tile)
             kernels.TILES.update(forward=(a, zt, w), backprojection=(a, zt, w))
             t_fwd, t_fbp, _ = _time_backend(vol, geom, "triton", repeats, sync)
             out[tile] = {"forward_s": t_fwd, "fbp_s": t_fbp}
-            logger.info("triton tile %-9s: forward %8.2f ms   fbp %8.2f ms", tile, 1e3 * t_fwd, 1e3 * t_fbp)
+            print(f"triton tile {tile:<9s}: forward {1e3 * t_fwd:8.2f} ms   fbp {1e3 * t_fbp:8.2f} ms")
     finally:
         kernels.TILES.update(default)
     return out
@@ -172,24 +197,28 @@ def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: in
 def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
     """Time plan building, cached A / Aᵀ, and SIRT / CGLS per iteration on a 100° arc."""
     torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+    dev = args.dev
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     n, z = args.n, args.slices
     geom = Geometry.from_degrees(n, np.linspace(-50.0, 50.0, args.angles, endpoint=False))
     vol = torch.tensor(_phantom(n, z, np.random.default_rng(0)), device=dev)
     proj = forward_project(vol, geom)
-    t_fwd, _ = _best(lambda: forward_project(vol, geom), 1, sync)
-    t_adj, _ = _best(lambda: adjoint_project(proj, geom, clip_circle=True), 1, sync)
+    sync()
+    t_fwd, _ = _median(lambda: forward_project(vol, geom), 1, sync)
+    t_adj, _ = _median(lambda: adjoint_project(proj, geom, clip_circle=True), 1, sync)
 
     def build() -> ProjectorPlan:
         plan = ProjectorPlan(geom, dtype=vol.dtype, device=dev, clip_circle=True)
         plan.adjoint_rows(torch.zeros(plan.n_rays, 1, dtype=vol.dtype, device=dev))  # builds every chunk
         return plan
 
-    t_build, plan = _best(build, 1, sync)
+    t_build, plan = _median(build, 1, sync)
     x, y = plan.volume_to_rows(vol), plan.proj_to_rows(proj)
-    t_a, _ = _best(lambda: plan.forward_rows(x), args.repeats, sync)
-    t_at, _ = _best(lambda: plan.adjoint_rows(y), args.repeats, sync)
+    plan.forward_rows(x)  # warm-up
+    plan.adjoint_rows(y)
+    sync()
+    t_a, _ = _median(lambda: plan.forward_rows(x), args.repeats, sync)
+    t_at, _ = _median(lambda: plan.adjoint_rows(y), args.repeats, sync)
     it = args.iterations
 
     def per_iteration(method: Callable[..., torch.Tensor], **kw: Any) -> tuple[float, float]:
@@ -204,9 +233,7 @@ def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
     t_cgls0, t_cgls = per_iteration(cgls)
     return {
         "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev),
-                   "iterations": it},
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+                   "iterations": it, "repeats": args.repeats},
         "seconds": {
             "forward_project_uncached": t_fwd,
             "adjoint_project_uncached": t_adj,
@@ -222,88 +249,133 @@ def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _astra(vol: np.ndarray, proj: np.ndarray, geom: Geometry, sk_sino: list[np.ndarray],
+def _astra(vol: np.ndarray, our_proj: np.ndarray, geom: Geometry, sk_sino: list[np.ndarray],
            sk_rec: list[np.ndarray], repeats: int) -> dict[str, Any]:  # pragma: no cover - optional
     """ASTRA's CPU projectors through :mod:`simaq_factory.tomo.adapters` (same geometry), timed per
-    slice, with their accuracy against the same scikit-image oracle as ours. FBP gets our
-    projections ``proj`` (A, Z, D), as our FBP does."""
+    slice (median of ``repeats`` after a one-slice warm-up), with their accuracy against the same
+    scikit-image oracle as ours. FBP gets our projections ``our_proj`` (A, Z, D), as our FBP does."""
     from simaq_factory.tomo.adapters import astra_fbp, astra_forward
 
     k = len(sk_sino)
-    out: dict[str, Any] = {"slices_timed": len(vol)}
+    z = len(vol)
+    out: dict[str, Any] = {"slices_timed": z}
     for projector in ("linear", "strip"):
-        t_fwd, proj = _best(lambda: astra_forward(vol, geom, projector=projector), repeats, lambda: None)
-        fwd = proj[:, :k].transpose(1, 2, 0)  # (k, D, A) like skimage
-        out[projector] = {"forward_ms_per_slice": 1e3 * t_fwd / len(vol),
+        astra_forward(vol[:1], geom, projector=projector)  # warm-up
+        t_fwd, astra_proj = _median(lambda: astra_forward(vol, geom, projector=projector), repeats, lambda: None)
+        fwd = astra_proj[:, :k].transpose(1, 2, 0)  # (k, D, A) like skimage
+        out[projector] = {"forward_ms_per_slice": 1e3 * t_fwd / z,
                           "forward_rel_l2_vs_skimage": max(_rel(fwd[i], sk_sino[i]) for i in range(k))}
-    t_fbp, rec = _best(lambda: astra_fbp(proj, geom, "ram-lak"), repeats, lambda: None)
-    out["linear"]["fbp_ms_per_slice"] = 1e3 * t_fbp / len(vol)
+    astra_fbp(our_proj[:, :1], geom, "ram-lak")  # warm-up
+    t_fbp, rec = _median(lambda: astra_fbp(our_proj, geom, "ram-lak"), repeats, lambda: None)
+    out["linear"]["fbp_ms_per_slice"] = 1e3 * t_fbp / z
     out["linear"]["fbp_rel_l2_vs_skimage"] = max(_rel(rec[i], sk_rec[i]) for i in range(k))
     return out
 
 
+def _tile(text: str) -> tuple[int, int, int]:
+    """``AxZxW`` -> three positive ints (argparse type of ``--triton-tiles``)."""
+    try:
+        a, zt, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AxZxW (three integers), got {text!r}") from None
+    if min(a, zt, w) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers in AxZxW, got {text!r}")
+    return a, zt, w
+
+
+def _print_table(res: dict[str, Any], backends: list[str]) -> None:
+    cfg = res["config"]
+    print(f"# {cfg['n']}^2, {cfg['angles']} angles, {cfg['slices']} slices, {cfg['threads']} torch threads, "
+          f"device {cfg['device']}; ms per slice, median of {cfg['repeats']} after a warm-up "
+          f"(scikit-image over {res['skimage']['slices_timed']} slices"
+          + (f", ASTRA over {res['astra']['slices_timed']}" if isinstance(res["astra"], dict) else "") + ")")
+    primary = res[res["primary"]]
+    ref = primary["forward_ms_per_slice"] + primary["fbp_ms_per_slice"]
+    acc = res["accuracy_vs_skimage"]
+    print(f"{'projector':<22s} {'forward':>9s} {'fbp':>9s} {'fwd+fbp':>9s} {'x ours':>7s} "
+          f"{'relL2 fwd':>10s} {'relL2 fbp':>10s}")
+
+    def row(name: str, fwd: float | None, fb: float | None, rf: str, rb: str) -> None:
+        tot = fwd + fb if fwd is not None and fb is not None else None
+        cell = lambda v: f"{v:9.2f}" if v is not None else "-".rjust(9)  # noqa: E731
+        ratio = f"{tot / ref:7.2f}" if tot is not None else "-".rjust(7)
+        print(f"{name:<22s} {cell(fwd)} {cell(fb)} {cell(tot)} {ratio} {rf:>10s} {rb:>10s}")
+
+    for i, backend in enumerate(backends):
+        ours = res[f"simaq_{backend}"]
+        rf, rb = (f"{acc['forward_rel_l2']:.1e}", f"{acc['fbp_rel_l2']:.1e}") if i == 0 else ("-", "-")
+        row(f"simaq {backend}", ours["forward_ms_per_slice"], ours["fbp_ms_per_slice"], rf, rb)
+    if isinstance(res["astra"], dict):
+        lin, strip = res["astra"]["linear"], res["astra"]["strip"]
+        row("astra cpu linear", lin["forward_ms_per_slice"], lin["fbp_ms_per_slice"],
+            f"{lin['forward_rel_l2_vs_skimage']:.1e}", f"{lin['fbp_rel_l2_vs_skimage']:.1e}")
+        row("astra cpu strip", strip["forward_ms_per_slice"], None, f"{strip['forward_rel_l2_vs_skimage']:.1e}", "-")
+    sk = res["skimage"]
+    row("scikit-image", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"], "(oracle)", "(oracle)")
+    if not isinstance(res["astra"], dict):
+        print(f"# astra: {res['astra']}")
+    for other in backends[1:]:
+        diff = res[f"max_rel_diff_{other}_vs_{backends[0]}"]
+        print(f"# {other} vs {backends[0]}: max relative difference forward {diff['forward']:.1e}, "
+              f"fbp {diff['fbp']:.1e}")
+    if "texture_floor_s" in res:
+        for backend in backends:
+            ours = res[f"simaq_{backend}"]
+            print(f"# {backend}: {ours['forward_over_floor']:.1f}x (forward), {ours['fbp_over_floor']:.1f}x (fbp) "
+                  f"the texture floor {1e3 * res['texture_floor_s']:.1f} ms")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--angles", type=int, default=180)
-    ap.add_argument("--slices", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--ref-slices", type=int, default=4, help="slices run through scikit-image")
-    ap.add_argument("--astra-slices", type=int, default=16, help="slices timed through ASTRA (when installed)")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int_at_least(2), default=256, help="slice size n (n x n), >= 2")
+    ap.add_argument("--angles", type=positive_int, default=180)
+    ap.add_argument("--slices", type=positive_int, default=64)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--repeats", type=positive_int, default=3,
+                    help="timed runs after one warm-up; the median is reported (ours, scikit-image, ASTRA)")
+    ap.add_argument("--ref-slices", type=positive_int, default=4, help="slices run through scikit-image")
+    ap.add_argument("--astra-slices", type=positive_int, default=16,
+                    help="slices timed through ASTRA (when installed)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", nargs="+", default=["torch"], choices=BACKENDS,
                     help="projector backends to time (the first is compared with the peers)")
-    ap.add_argument("--triton-tiles", nargs="+", default=[], metavar="AxZxW",
+    ap.add_argument("--triton-tiles", nargs="+", default=[], metavar="AxZxW", type=str,
                     help="with --backend triton on CUDA, also time these tiles (columns or pixels x slices x "
                          "warps, both kernels), e.g. 32x64x4 64x32x4 16x128x4")
-    ap.add_argument("--texel-rate", type=float, default=1.0e12,
+    ap.add_argument("--texel-rate", type=positive_float, default=1.0e12,
                     help="bilinear interpolations per second of the GPU's texture units (the floor)")
     ap.add_argument("--json", default=None, help="write the results as JSON to this path")
     ap.add_argument("--iterative", action="store_true", help="time the plan, SIRT and CGLS instead")
-    ap.add_argument("--iterations", type=int, default=10, help="iterations timed with --iterative")
+    ap.add_argument("--iterations", type=positive_int, default=10, help="iterations timed with --iterative")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for tile in args.triton_tiles:
+        try:
+            _tile(tile)
+        except argparse.ArgumentTypeError as err:
+            ap.error(f"argument --triton-tiles: {err}")
+    check_output_path(args.json)
+    args.dev = resolve_device_arg(args.device)
+    for backend in args.backend:
+        try:
+            check_backend(backend, args.dev)
+        except ValueError as err:
+            fail(f"argument --backend: {err}")
+    if args.triton_tiles and "triton" not in args.backend:
+        fail("argument --triton-tiles: needs --backend triton")
+    params = {k: v for k, v in vars(args).items() if k != "dev"}
     if args.iterative:
         res = run_iterative(args)
-        logger.info("config: %s", res["config"])
+        print(f"# iterative, {res['config']}")
+        print(f"{'what':<32s} {'value':>9s}")
         for key, value in res["seconds"].items():
-            logger.info("%-32s %9.3f %s", key, value, "MiB" if key.endswith("_mb") else "s")
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump(res, fh, indent=2)
-        return
-    res = run(args)
-    sk = res["skimage"]
-    logger.info("config: %s (%s)", res["config"], res["machine"])
-    for backend in args.backend:
-        ours = res[f"simaq_{backend}"]
-        floor = (f"   ({ours['forward_over_floor']:.1f}x, {ours['fbp_over_floor']:.1f}x the texture floor "
-                 f"{1e3 * res['texture_floor_s']:.1f} ms)" if "texture_floor_s" in res else "")
-        logger.info("simaq %-6s: forward %7.2f ms/slice   fbp %7.2f ms/slice%s", backend,
-                    ours["forward_ms_per_slice"], ours["fbp_ms_per_slice"], floor)
-    for other in args.backend[1:]:
-        diff = res[f"max_rel_diff_{other}_vs_{args.backend[0]}"]
-        logger.info("%s vs %s: max relative difference forward %.1e, fbp %.1e", other, args.backend[0],
-                    diff["forward"], diff["fbp"])
-    logger.info("scikit-image : forward %7.2f ms/slice   fbp %7.2f ms/slice", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"])
-    if isinstance(res["astra"], dict):
-        lin, strip = res["astra"]["linear"], res["astra"]["strip"]
-        logger.info("astra linear : forward %7.2f ms/slice   fbp %7.2f ms/slice   (%.1fx, %.1fx ours)",
-                    lin["forward_ms_per_slice"], lin["fbp_ms_per_slice"],
-                    res["astra"]["forward_time_ratio_astra_over_ours"], res["astra"]["fbp_time_ratio_astra_over_ours"])
-        logger.info("astra strip  : forward %7.2f ms/slice", strip["forward_ms_per_slice"])
-        logger.info("astra rel. L2 vs scikit-image: forward linear %.2e, strip %.2e   fbp (ram-lak) %.2e",
-                    lin["forward_rel_l2_vs_skimage"], strip["forward_rel_l2_vs_skimage"],
-                    lin["fbp_rel_l2_vs_skimage"])
+            print(f"{key:<32s} {value:9.3f} {'MiB' if key.endswith('_mb') else 's'}")
     else:
-        logger.info("astra        : %s", res["astra"])
-    acc = res["accuracy_vs_skimage"]
-    logger.info("rel. L2 vs scikit-image: forward %.2e   fbp (ramp) %.2e", acc["forward_rel_l2"], acc["fbp_rel_l2"])
+        res = run(args)
+        _print_table(res, args.backend)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=2)
-        logger.info("wrote %s", args.json)
+        res["run"] = run_record(argparse.Namespace(**params), args.dev)
+        write_json(args.json, res)
+        print(f"# wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ training reader's rank normalisation of the reconstruction and ``write`` writes 
 shard of a Zarr store in a temporary directory (same codecs and chunks as a build). The first sample
 is a warm-up and is not reported. ``banks_once`` is the one-time cost of the dataset's noise banks
 (built by the driver before any shard, with a process per core for big crack banks; not part of a
-sample's time), the same for every row: the banks depend on neither the cell count nor the sample. ``peak_rss_gib`` is the process's peak resident memory so far (run one size per
-invocation to read it per size); ``peak_gpu_gib`` the CUDA allocator's peak for that row.
+sample's time), the same for every row: the banks depend on neither the cell count nor the sample.
+
+Statistic: each stage and ``total`` is the median over ``--repeat`` samples (after the warm-up).
+``process_peak_rss_gib`` is the process's *running* peak resident memory (``ru_maxrss``) when the
+row finished: it includes the bank build and every earlier row, so a row can only show as much as
+the rows before it (run one size and cell count per invocation to read it per row);
+``peak_gpu_gib`` is the CUDA allocator's peak for that row alone. The temporary stores are removed
+also when the run fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -17,11 +23,10 @@ from __future__ import annotations
 import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before torch loads
 
 import argparse
-import json
-import platform
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,48 +34,85 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simaq_factory.device import resolve_device
 from simaq_factory.artifacts import memory_banks
 from simaq_factory.acquisition.angles import a_max_for
 from simaq_factory.pipeline import render_sample
 from simaq_factory.recipe.io import resolve
 from simaq_factory.store.dataset import create_arrays, write_shard
 from simaq_factory.store.layout import array_specs
-from simaq_factory.tomo.projector import BACKENDS
-from simaq_factory.versions import software_versions
+from simaq_factory.recipe.fields import RecipeError
+from simaq_factory.tomo.projector import BACKENDS, check_backend
 from simaq_train.data.normalize import quantile_normalize
+
+from _common import (Parser, check_output_path, fail, int_at_least, nonneg_int, positive_float, positive_int,
+                     resolve_device_arg, run_record, write_json)
+
+MIN_SIZE = 16  # smaller volumes leave no field of view
 
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def _recipe(args: argparse.Namespace, cells: int):
+    return resolve({
+        "dataset": {"n_samples": args.repeat + 1, "shape": [args.size] * 3, "samples_per_shard": 1,
+                    "chunk_z": min(16, args.size)},
+        "phantom": {"cells": {"count": cells}},
+        "acquisition": {"tilt_span_deg": args.span},
+        "execution": {"projector": args.projector},
+    })
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--cells", type=int, nargs="+", default=[1])
+    ap = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", type=int_at_least(MIN_SIZE), default=128)
+    ap.add_argument("--cells", type=positive_int, nargs="+", default=[1])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--span", type=float, default=100.0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--repeat", type=positive_int, default=2, help="timed samples after the warm-up one")
+    ap.add_argument("--span", type=positive_float, default=100.0)
+    ap.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--projector", default="torch", choices=BACKENDS,
                     help="execution.projector: the projector backend")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    check_output_path(args.json)
+    device = resolve_device_arg(args.device)
+    try:
+        check_backend(args.projector, device)
+        for cells in args.cells:  # every recipe checked before any work
+            _recipe(args, cells)
+    except (RecipeError, ValueError) as err:
+        fail(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
+    try:
+        rows = _run(args, device, tmp)
+    except KeyboardInterrupt:
+        print("bench_sample.py: interrupted; temporary stores removed", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stages = [k for k in rows[0] if k not in ("cells", "size", "device", "projector")]
+    print(f"# {args.size}^3, span {args.span:g} deg, device {device}, projector {args.projector}, torch threads "
+          f"{torch.get_num_threads()}; seconds, median of {args.repeat} samples after a warm-up; "
+          "process_peak_rss_gib is the process's running peak (includes earlier rows and the banks)")
+    width = max(len(s) for s in stages) + 1
+    print("cells " + " ".join(f"{s:>{width}s}" for s in stages))
+    for r in rows:
+        print(f"{r['cells']:5d} " + " ".join(f"{r[s]:{width}.3f}" for s in stages))
+    if args.json:
+        write_json(args.json, {"rows": rows, "statistic": "median over --repeat samples after one warm-up",
+                               "run": run_record(args, device),
+                               "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None})
+
+
+def _run(args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict]:
     rows = []
     banks_once: float | None = None
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     for cells in args.cells:
-        recipe = resolve({
-            "dataset": {"n_samples": args.repeat + 1, "shape": [args.size] * 3, "samples_per_shard": 1,
-                        "chunk_z": min(16, args.size)},
-            "phantom": {"cells": {"count": cells}},
-            "acquisition": {"tilt_span_deg": args.span},
-            "execution": {"projector": args.projector},
-        })
+        recipe = _recipe(args, cells)
         specs = array_specs(recipe, a_max_for(recipe))
         store = tmp / f"cells{cells}"
         create_arrays(store, specs, {})
@@ -105,23 +147,11 @@ def main() -> None:
                 per_stage.setdefault(k, []).append(v)
         row = {"cells": cells, "size": args.size, "device": str(device), "projector": args.projector,
                **{k: statistics.median(v) for k, v in per_stage.items()},
-               "total": statistics.median(totals), "banks_once": banks_once, "peak_rss_gib": _peak_rss_gib(),
+               "total": statistics.median(totals), "banks_once": banks_once,
+               "process_peak_rss_gib": _peak_rss_gib(),
                "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
         rows.append(row)
-    stages = [k for k in rows[0] if k not in ("cells", "size", "device", "projector")]
-    print(f"# {args.size}^3, span {args.span:g} deg, device {device}, projector {args.projector}, torch threads "
-          f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}")
-    width = max(len(s) for s in stages) + 1
-    print("cells " + " ".join(f"{s:>{width}s}" for s in stages))
-    for r in rows:
-        print(f"{r['cells']:5d} " + " ".join(f"{r[s]:{width}.3f}" for s in stages))
-    shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "versions": software_versions(),
-                       "torch_threads": torch.get_num_threads(),
-                       "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-                      f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":
