@@ -118,12 +118,18 @@ def postprocess(seg: np.ndarray, classes: tuple[PostClass, ...] = DEFAULT_POST,
                 scale: float | None = None) -> np.ndarray:
     """Per class (in order, later classes overwrite): Gaussian smoothing of the mask (threshold 0.5),
     3D hole filling, removal of 18-connected components smaller than 4/3·π·r³. σ and r are the
-    reference's 512³ values times ``scale`` (default ``max(seg.shape) / 512``). uint8 in and out."""
+    reference's 512³ values times ``scale`` (default ``max(seg.shape) / 512``). uint8 in and out.
+
+    Beyond the reference: every class after the first (the cell, whose mask holds the classes inside
+    it) is kept only inside the first class's final mask, so a cell removed as too small takes its
+    vacuoles and droplets with it (the reference, filtering each class on its own, left them behind
+    with no cell around them)."""
     from scipy import ndimage
 
     s = max(seg.shape) / 512.0 if scale is None else scale
     out = np.zeros_like(seg, dtype=np.uint8)
     structure = ndimage.generate_binary_structure(3, 2)
+    container: np.ndarray | None = None  # the first class's final mask: the cells
     for pc in classes:
         mask = np.isin(seg, pc.members)
         sigma = pc.sigma * s
@@ -137,6 +143,10 @@ def postprocess(seg: np.ndarray, classes: tuple[PostClass, ...] = DEFAULT_POST,
             keep = sizes >= min_vol
             keep[0] = False
             mask = keep[lab]
+        if container is None:
+            container = mask
+        else:
+            mask &= container
         out[mask] = pc.value
     return out
 

@@ -70,6 +70,27 @@ def test_postprocess_fills_holes_and_drops_components_below_the_ball_volume():
     assert ((out == 1) == ((r <= 10) | _box(n, 26, 31))).all()  # nothing else
 
 
+def test_postprocess_keeps_organelles_only_inside_the_cells_it_keeps():
+    """A cell removed as too small took nothing with it: its vacuole and droplet stayed, organelles
+    with no cell around them (the reference filters each class on its own)."""
+    from simaq_train.inference import PostClass, postprocess
+
+    n = 40
+    z, y, x = np.mgrid[:n, :n, :n]
+    big = np.sqrt((z - 12.0) ** 2 + (y - 20.0) ** 2 + (x - 20.0) ** 2) <= 10
+    small = np.sqrt((z - 32.0) ** 2 + (y - 32.0) ** 2 + (x - 32.0) ** 2) <= 5  # 515 voxels: below the size
+    seg = np.zeros((n, n, n), np.uint8)
+    seg[big | small] = 1
+    for cz, cy, cx in ((12, 20, 20), (32, 32, 32)):  # a vacuole and a droplet in each cell
+        seg[cz - 2:cz + 2, cy - 2:cy + 2, cx - 5:cx - 1] = 2
+        seg[cz - 1:cz + 1, cy - 1:cy + 1, cx + 2:cx + 4] = 3
+    classes = (PostClass(1, (1, 2, 3), 0.0, 7.0), PostClass(2, (2, 3), 0.0, 1.0), PostClass(3, (3,), 0.0, 0.5))
+    out = postprocess(seg, classes, scale=1.0)
+    assert not out[small].any()  # the small cell and what was inside it
+    assert np.array_equal(out[big], seg[big])  # the big one as it was
+    assert not out[~(big | small)].any()
+
+
 def _box(n: int, lo: int, hi: int) -> np.ndarray:
     m = np.zeros((n, n, n), bool)
     m[lo:hi, lo:hi, lo:hi] = True
