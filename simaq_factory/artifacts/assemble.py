@@ -157,7 +157,9 @@ def crack_field(
 
 
 def unit_range(x: torch.Tensor) -> torch.Tensor:
-    """Min–max normalised to [0, 1] (all zeros when ``x`` is constant)."""
+    """Min–max normalised to [0, 1] (all zeros when ``x`` is constant): one pass for the range and one
+    subtraction and in-place division (the same float32 operations as ``(x - lo) / (hi - lo)``)."""
     lo, hi = torch.aminmax(x)
     span = hi - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    # a constant x is all lo: 0 / 1; no branch on the device's value (no CUDA synchronisation)
+    return (x - lo).div_(torch.where(span > 0, span, 1.0))
