@@ -126,6 +126,15 @@ RESUME_MESSAGE = "interrupted; run the same command again to resume"
 RESTART_MESSAGE = "interrupted; no output was completed: run the command again to start over"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and ``kill`` send) as an interrupt: the same clean-up of
+    temporary files runs as for Ctrl-C, and the command exits 143 (128 + SIGTERM)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False) -> Any:
     """Map a command's exceptions to one-line messages and exit codes (2 bad input, 1 failure,
     130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback.
@@ -137,6 +146,11 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            import signal
+            import threading
+
+            main = threading.current_thread() is threading.main_thread()  # signal handlers live there
+            previous = signal.signal(signal.SIGTERM, _terminate) if main else None
             try:
                 return func(*args, **kwargs)
             except RecipeError as err:
@@ -147,8 +161,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
                 if logging.getLogger().isEnabledFor(logging.DEBUG):
                     raise
                 fail(str(err), 1)
-            except KeyboardInterrupt:
-                fail(interrupted, 130)
+            except KeyboardInterrupt as err:
+                fail(("terminated (SIGTERM); " if isinstance(err, Terminated) else "") + interrupted,
+                     143 if isinstance(err, Terminated) else 130)
             except BrokenPipeError:  # `simaq-factory info OUT | head`: the reader has gone
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
@@ -157,6 +172,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
                 if logging.getLogger().isEnabledFor(logging.DEBUG):
                     raise
                 fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+            finally:
+                if main:
+                    signal.signal(signal.SIGTERM, previous)
 
         return wrapper
 

@@ -267,3 +267,46 @@ def test_verify_says_to_finish_an_interrupted_freeze(base, tmp_path):
         f"its freeze was interrupted (SHA256SUMS, written last, is missing): run `simaq-factory freeze {out}` to "
         "complete it"), result.output
     assert cli("freeze", out).exit_code == 0 and cli("verify", out).exit_code == 0
+
+
+def test_temporary_files_of_killed_writes_are_swept_not_sealed(base, tmp_path):
+    """A kill between writing a record's temporary file and renaming it left `.NAME.json.XXXXXXXX.tmp`
+    for good (random names are never written again): build resumed past it and freeze sealed it."""
+    out = copy(base, tmp_path)
+    left = [out / "provenance" / ".shard-000001.json.k3v9x2ab.tmp", out / "dataset.zarr" / ".zarr.json.q1w2e3r4.tmp"]
+    for path in left:
+        path.write_text("")
+    mine = out / "notes.tmp"  # not a name of ours: left alone (and sealed, with a warning)
+    mine.write_text("x")
+    rebuild_and_verify(out)
+    assert not any(p.exists() for p in left) and mine.exists()
+    left[0].write_text("")
+    assert cli("freeze", out).exit_code == 0
+    listed = (out / "SHA256SUMS").read_text()
+    assert ".tmp  " not in listed and ".k3v9x2ab.tmp" not in listed and "notes.tmp" in listed
+
+
+def test_sigterm_is_an_interrupt_with_its_clean_up_and_exit_143(capsys):
+    """SLURM, Kubernetes and `kill` send SIGTERM: it skipped every clean-up (temporary files stayed)."""
+    import os
+    import signal
+    import time
+
+    from simaq_factory.errors import handle_errors
+
+    cleaned = []
+
+    @handle_errors(resumes=True)
+    def command() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        command()
+    assert exit_.value.code == 143 and cleaned == [True]
+    assert capsys.readouterr().err == "error: terminated (SIGTERM); interrupted; run the same command again to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -252,6 +252,16 @@ def test_an_interrupted_report_leaves_no_scores_json(work, tmp_path, monkeypatch
     assert r.exit_code == 130
     assert not (out2 / "scores.json").exists()  # written last, whole: its presence means a finished report
     assert [p.name for p in out2.iterdir() if p.name.startswith(".")] == []
+    # killed after some files (a SIGKILL leaves its temporary file too): the same command completes it
+    monkeypatch.undo()
+    again = ("score", "--gt", str(work / "ds"), "--pred", str(work / "fbp-ramlak.zarr"), "-o", str(out2))
+    assert invoke(*again).exit_code == 0
+    (out2 / "scores.json").unlink()
+    (out2 / ".report.html.tmp-99999").write_text("half")
+    r = invoke(*again)
+    assert r.exit_code == 0, r.output  # was "already holds a score report; use --overwrite"
+    assert (out2 / "scores.json").is_file() and not list(out2.glob(".*"))
+    assert_bad_input(invoke(*again), "already holds a score report; use --overwrite")  # a finished one
 
 
 def test_external_prediction_mistakes_are_named(work, tmp_path, caplog, monkeypatch):

@@ -43,6 +43,7 @@ from simaq_factory.store.outdir import (
     repair_array_metadata,
     repair_card,
     repair_recipe_files,
+    sweep_temp_files,
     start_out_dir,
 )
 from simaq_factory.tomo.projector import check_backend
@@ -146,6 +147,7 @@ def build(
             the lock and, on resume, rewrite a damaged card or array metadata; True when resuming."""
             resuming = held.enter_context(claim_out_dir(out, rid))
             if resuming:
+                sweep_temp_files(out)
                 repair_recipe_files(out, rid, recipe_json, recipe_text)
                 repair_card(out, dataset_card(recipe, rid, a_max))
                 repair_array_metadata(out, specs)

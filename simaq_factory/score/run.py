@@ -349,8 +349,10 @@ def _is_report_file(name: str) -> bool:
 
 def check_report_dir(report_dir: Path, overwrite: bool = False) -> None:
     """Before scoring: :class:`BadInput` unless ``report_dir`` is absent or empty, or holds only a
-    report of ``score`` (:data:`REPORT_FILES`, ``fig-*.png``) and ``overwrite`` is set. An earlier
-    report is never replaced silently, and other files never at all (as ``simaq-train predict -o``)."""
+    report of ``score`` (:data:`REPORT_FILES`, ``fig-*.png``) and ``overwrite`` is set, or only what an
+    interrupted ``score`` left (no ``scores.json``, written last): that is completed by running the
+    command again. An earlier report is never replaced silently, and other files never at all (as
+    ``simaq-train predict -o``)."""
     if not report_dir.is_dir():
         return
     entries = sorted((p.name for p in report_dir.iterdir()), key=lambda n: (n.startswith("."), n))
@@ -360,7 +362,7 @@ def check_report_dir(report_dir: Path, overwrite: bool = False) -> None:
     if foreign:
         raise BadInput(str(report_dir), f"exists and holds files other than a score report ({foreign[0]}"
                        f"{', …' if len(foreign) > 1 else ''}); choose another -o")
-    if not overwrite:
+    if not overwrite and "scores.json" in entries:
         raise BadInput(str(report_dir), "already holds a score report; use --overwrite to replace it, "
                        "or choose another -o")
 
@@ -394,4 +396,7 @@ def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     _write_atomic(paths["html"], page)
     # scores.json last, renamed into place whole: a report folder that has it has the rest of this run
     _write_atomic(paths["json"], json.dumps(_json_safe(result.payload), indent=1, allow_nan=False) + "\n")
+    for stale in report_dir.glob(".*.tmp-*"):  # an interrupted run's temporary files
+        if _is_report_file(stale.name):
+            stale.unlink(missing_ok=True)
     return paths

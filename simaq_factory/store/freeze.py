@@ -27,7 +27,7 @@ from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.dataset import read_card, read_provenance, update_card
 from simaq_factory.store.inspect import check_sealed_intact, open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, dataset_classes, n_axes, shard_ranges
-from simaq_factory.store.outdir import RESOLVED, VERBATIM, claim_out_dir
+from simaq_factory.store.outdir import RESOLVED, VERBATIM, claim_out_dir, sweep_temp_files
 from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
 from simaq_factory.versions import built_on, describe_software
 
@@ -215,6 +215,7 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     # no build may write while the dataset is sealed; the claim admits a frozen card only when
     # SHA256SUMS, written last, is missing: an interrupted freeze, sealed again here
     with claim_out_dir(out, rid, sealing=True):
+        sweep_temp_files(out)  # a killed build's leftovers are not part of the dataset
         _check_listable(out)  # before anything is written
         if read_card(out).get("status") == "frozen":
             log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)

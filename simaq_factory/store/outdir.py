@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,6 +221,25 @@ def writer_pid(out: Path) -> int | None:
         if len(parts) >= 6 and parts[1] == "FLOCK" and parts[3] == "WRITE" and parts[5] == dev:
             return int(parts[4]) if parts[4].isdigit() else None
     return None
+
+
+#: a temporary file of :func:`~simaq_factory.store.dataset.write_json_atomic` (``.NAME.json.XXXXXXXX.tmp``)
+_JSON_TEMP = re.compile(r"^\..+\.json\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def sweep_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files of metadata writes a killed process left in ``out`` (a SIGKILL
+    between writing one and renaming it; their random names are never written again, and freeze
+    sealed them in as part of the dataset). Only under the writers' lock, when no process of ours
+    writes ``out``. Returns the paths removed."""
+    gone = []
+    for path in out.rglob(".*.tmp"):
+        if _JSON_TEMP.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    if gone:
+        log.info("%s: removed %d temporary file(s) an interrupted write left", out, len(gone))
+    return gone
 
 
 def repair_recipe_files(out: Path, rid: str, resolved: dict[str, Any], recipe_text: str) -> list[str]:
