@@ -47,15 +47,19 @@ def _banks(cfg: ArtifactsConfig, shape: tuple[int, ...]):
     return memory_banks(cfg, tuple(shape), 7, torch.device("cpu"))
 
 
+#: the texture alone, amplitude 0.1
+TEXTURE_ONLY = ArtifactsConfig(
+    blur=BlurConfig(probability=0.0),
+    fiducials=FiducialsConfig(enabled=False),
+    ice_cracks=IceCracksConfig(probability=0.0),
+    perlin=PerlinTextureConfig(amplitude=Dist.const(0.1)),
+    banks=SMALL_BANKS,
+)
+
+
 def test_texture_only_on_background_inside_cylinder() -> None:
     phantom, labels = _phantom()
-    cfg = ArtifactsConfig(
-        blur=BlurConfig(probability=0.0),
-        fiducials=FiducialsConfig(enabled=False),
-        ice_cracks=IceCracksConfig(probability=0.0),
-        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1)),
-        banks=SMALL_BANKS,
-    )
+    cfg = TEXTURE_ONLY
     params = sample_artifacts(cfg, labels.shape, labels, 0.2, np.random.default_rng(0))
     assert not params["ice_cracks"]["applied"]
     noisy = apply_artifacts(phantom, labels, params, _banks(cfg, labels.shape))
@@ -80,13 +84,7 @@ def test_the_texture_spans_its_whole_amplitude_on_any_volume_shape(shape) -> Non
     of the bank cube spanned less (0.83 of the amplitude at worst, with a constant offset)."""
     phantom = torch.zeros(shape)
     labels = torch.zeros(shape, dtype=torch.uint8)
-    cfg = ArtifactsConfig(
-        blur=BlurConfig(probability=0.0),
-        fiducials=FiducialsConfig(enabled=False),
-        ice_cracks=IceCracksConfig(probability=0.0),
-        perlin=PerlinTextureConfig(amplitude=Dist.const(0.1)),
-        banks=SMALL_BANKS,
-    )
+    cfg = TEXTURE_ONLY
     for seed in range(3):
         params = sample_artifacts(cfg, shape, labels, 0.2, np.random.default_rng(seed), texture_cylinder=False)
         added = apply_artifacts(phantom, labels, params, _banks(cfg, shape)).numpy()
