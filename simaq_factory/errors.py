@@ -187,7 +187,9 @@ def _why(err: OSError) -> str:
 
 def enclosing_dataset(path: str | Path) -> Path | None:
     """The simaq-factory dataset folder (``dataset.zarr/`` beside ``recipe.resolved.json`` or
-    ``provenance/``) that ``path`` is, or lies in; None when there is none."""
+    ``provenance/``) that ``path`` is, or lies in; None when there is none. The names are spelt out
+    here, not taken from ``store.layout``: simaq_train imports this module, and must not import the
+    factory's store."""
     p = Path(path).resolve()
     for folder in (p, *p.parents):
         if (folder / "dataset.zarr").is_dir() and ((folder / "recipe.resolved.json").is_file()

@@ -227,7 +227,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
                     "(--tilt-axis / --beam-axis say how the volume lies)", tomogram, h, w,
                     min(h, w) / 2.0 - cfg.data.fov_margin, 100 * outside)
     if normalize:
-        norm = normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
+        norm, _ = normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
     else:
         if not np.isfinite(raw).all():
             raise BadInput(str(tomogram), "holds NaN or infinite values (--no-normalize takes a normalised volume)")

@@ -394,7 +394,7 @@ def test_real_tomograms_with_masked_voxels_are_normalised_as_predict_normalises_
     tifffile.imwrite(tmp_path / "t.labels.tif", ann)
     img, lab = RealSource([(str(tmp_path / "t.tif"), str(tmp_path / "t.labels.tif"))], n_classes=4,
                           fov_margin=2).load(0)
-    assert np.array_equal(img, normalize_finite(tomo, 2, "t")) and np.all(img[np.isnan(tomo)] == 0)
+    assert np.array_equal(img, normalize_finite(tomo, 2, "t")[0]) and np.all(img[np.isnan(tomo)] == 0)
     assert np.array_equal(img, quantile_normalize(tomo, 2, valid=np.isfinite(tomo)))
     assert np.all(lab[np.isnan(tomo)] == 255) and "512 of" in caplog.text and "NaN or infinite" in caplog.text
     tifffile.imwrite(tmp_path / "b.tif", np.full((8, 32, 32), 7, np.uint16))

@@ -185,10 +185,7 @@ def score(
     for pred in preds:
         odd: dict[str, list[int]] = {"constant": [], "unknown": [], "unfitted": []}
         for i in pred.indices:
-            scored = _score_sample(gt, pred, i, fov, fit, odd)
-            if i not in odd["constant"] and any(r.get("fit_scale") == 0.0 for r in scored):
-                odd["unfitted"].append(i)
-            rows.extend(scored)
+            rows.extend(_score_sample(gt, pred, i, fov, fit, odd))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -252,6 +249,9 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
             except ValueError as err:
                 raise BadInput(f"{pred.path} (labels, {where})", str(err)) from None
         rows.append(row)
+    # the affine fit reduced it to its mean, though it is not constant (a constant is said above)
+    if odd is not None and i not in odd["constant"] and any(r.get("fit_scale") == 0.0 for r in rows):
+        odd["unfitted"].append(i)
     return rows
 
 

@@ -120,11 +120,12 @@ def _sorted_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return perm, None if starts.all() else starts
 
 
-def normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:
+def normalize_finite(raw: np.ndarray, margin: float, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`quantile_normalize` of an outside tomogram (predict, ``data.real``): non-finite voxels
     (NaN, ±inf: masked regions) are left out of the ranking and set to 0, with a warning counting
-    them. BadInput naming ``name`` when the field of view holds no finite voxel, or a single value
-    (a blank or failed reconstruction: nothing to normalise or segment)."""
+    them. Returns the normalised volume and the mask of finite voxels (None when all are). BadInput
+    naming ``name`` when the field of view holds no finite voxel, or a single value (a blank or
+    failed reconstruction: nothing to normalise or segment)."""
     from simaq_factory.errors import BadInput
 
     disc = np.broadcast_to(fov_mask(raw.shape[1:], margin), raw.shape)
@@ -140,15 +141,9 @@ def normalize_finite(raw: np.ndarray, margin: float, name: str) -> np.ndarray:
             log.warning("%s: %d of %d voxels in the field of view are NaN or infinite; they are left out of "
                         "the normalisation and set to 0", name, n_bad, n_fov)
     where = disc & finite if finite is not None else disc
-    if where.any():  # no copy of the volume: min and max over the mask
-        lo, hi = (np.min(raw, where=where, initial=True), np.max(raw, where=where, initial=False)) \
-            if raw.dtype == bool else _min_max(raw, where)
-        if lo == hi:
-            raise BadInput(name, f"its field of view holds one value ({lo}) throughout: a blank volume, nothing "
-                                 "to normalise or segment")
-    return quantile_normalize(raw, margin, valid=finite)
-
-
-def _min_max(raw: np.ndarray, where: np.ndarray) -> tuple[object, object]:
-    info = np.finfo(raw.dtype) if np.issubdtype(raw.dtype, np.floating) else np.iinfo(raw.dtype)
-    return np.min(raw, where=where, initial=info.max), np.max(raw, where=where, initial=info.min)
+    if where.any():  # any dtype, bool included; no copy of the volume's values
+        first = raw[np.unravel_index(int(np.argmax(where)), raw.shape)]
+        if not np.any(raw != first, where=where):
+            raise BadInput(name, f"its field of view holds one value ({first}) throughout: a blank volume, "
+                                 "nothing to normalise or segment")
+    return quantile_normalize(raw, margin, valid=finite), finite

@@ -435,11 +435,9 @@ class RealSource:
         if min(img.shape[1:]) / 2.0 - self.fov_margin <= 0:
             raise BadInput(img_path, f"in-plane shape {img.shape[1:]} too small for the field of view")
         # as predict normalises it (NaN/inf left out and 0, a blank volume refused); their labels ignored
-        norm = normalize_finite(img, self.fov_margin, str(img_path))
+        norm, finite = normalize_finite(img, self.fov_margin, str(img_path))
         keep = fov_mask(lab.shape[1:], self.fov_margin)[None]
-        if np.issubdtype(img.dtype, np.floating):
-            keep = keep & np.isfinite(img)
-        lab = np.where(keep, lab, IGNORE).astype(np.uint8)
+        lab = np.where(keep if finite is None else keep & finite, lab, IGNORE).astype(np.uint8)
         if self.shape_yx is not None and tuple(img.shape[1:]) != tuple(self.shape_yx):
             norm = fit_inplane(norm, self.shape_yx, 0.0)
             lab = fit_inplane(lab, self.shape_yx, IGNORE)

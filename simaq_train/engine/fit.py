@@ -158,13 +158,13 @@ def _check_run_files(run: Path) -> None:
     """Before any work: :class:`BadInput` naming a file of the run that is there but could not be
     written when its turn comes (a folder in its place; config.json, or the metrics.jsonl a resumed
     run appends to, read-only), which would otherwise stop the run after its first steps."""
+    resumes = (run / "last.pt").is_file()  # a fresh start removes an old metrics.jsonl instead
     for name in RUN_FILES_REPLACED + RUN_FILES_WRITTEN:
         path = run / name
         if not (path.exists() or path.is_symlink()):
             continue
         if not path.is_file():
             raise BadInput(str(path), "is not a file, and the run writes it; move it away or use another run.out")
-        resumes = (run / "last.pt").is_file()  # a fresh start removes an old metrics.jsonl instead
         if name in RUN_FILES_WRITTEN and not os.access(path, os.W_OK) and (resumes or name != "metrics.jsonl"):
             raise BadInput(str(path), "is not writable, and the run writes it; make it writable or use another "
                                       "run.out")
