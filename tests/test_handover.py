@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -563,6 +565,75 @@ def test_ome_zarr_label_images_name_a_source_image_only_when_there_is_one(built,
     nested = zarr.open_group(dest / "sample_000000_recon.ome.zarr" / "labels" / "labels", mode="r",
                              zarr_format=2).attrs
     assert nested["image-label"]["source"] == {"image": "../../"}
+
+
+def test_ome_zarr_says_how_its_levels_were_made_and_names_the_dataset_classes(built, tmp_path):
+    """NGFF: ``type`` with a ``metadata`` block for the downsampling; label images carry the class
+    names of this dataset (``properties``) and colours for its classes only (no nucleus here)."""
+    dest = tmp_path / "exp"
+    r = cli("export", str(built), "--format", "ome-zarr", "-o", str(dest), "--index", "0", "--arrays", "recon")
+    assert r.exit_code == 0, r.output
+    image = zarr.open_group(dest / "sample_000000_recon.ome.zarr", mode="r", zarr_format=2).attrs
+    ms = image["multiscales"][0]
+    assert ms["type"] == "mean" and ms["metadata"]["version"] == np.__version__
+    assert "2x2x2" in ms["metadata"]["method"]
+    label = zarr.open_group(dest / "sample_000000_recon.ome.zarr" / "labels" / "labels", mode="r",
+                            zarr_format=2).attrs
+    assert label["multiscales"][0]["type"] == "nearest" and "metadata" in label["multiscales"][0]
+    card = dict(zarr.open_group(built / "dataset.zarr", mode="r").attrs)
+    assert {str(p["label-value"]): p["class"] for p in label["image-label"]["properties"]} == card["label_map"]
+    assert "4" not in card["label_map"]
+    assert sorted(c["label-value"] for c in label["image-label"]["colors"]) == [1, 2, 3]
+
+
+def test_export_arrays_flag_may_be_repeated(built, tmp_path):
+    """``--arrays recon --arrays labels`` exports both (only the last one was kept), as ``--index``
+    repeats; a comma list still works, and an empty list is refused."""
+    dest = tmp_path / "exp"
+    r = cli("export", str(built), "--format", "tiff", "-o", str(dest), "--index", "0",
+            "--arrays", "recon", "--arrays", "labels,phantom")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in dest.glob("*.tif")) == [
+        "sample_000000_labels.tif", "sample_000000_phantom.tif", "sample_000000_recon.tif"]
+    r = cli("export", str(built), "--format", "tiff", "-o", str(tmp_path / "e2"), "--arrays", ",", "--arrays", " ")
+    assert r.exit_code == 2 and "--arrays" in r.stderr and not (tmp_path / "e2").exists()
+
+
+def test_mrc_export_is_the_same_bytes_every_time(built, tmp_path, monkeypatch):
+    """The MRC header's label names the software and the sample, not the time of writing (mrcfile's
+    default label made every re-export differ), so an export can be checked against checksums."""
+    import mrcfile
+
+    import simaq_factory.store.export as export
+
+    for k, dest in enumerate(("a", "b")):
+        if k:  # a later clock: mrcfile's default label would change
+            real = export._write_mrc
+            monkeypatch.setattr(export, "_write_mrc", lambda *a, **kw: (time.sleep(1.1), real(*a, **kw)))
+        r = cli("export", str(built), "--format", "mrc", "-o", str(tmp_path / dest), "--index", "1",
+                "--arrays", "recon")
+        assert r.exit_code == 0, r.output
+    a, b = ((tmp_path / d / "sample_000001_recon.mrc").read_bytes() for d in ("a", "b"))
+    assert a == b
+    with mrcfile.open(tmp_path / "a" / "sample_000001_recon.mrc") as m:
+        assert m.header.nlabl == 1
+        text = m.header.label[0].decode()
+        assert text.startswith("simaq-factory ") and "sample 1 recon" in text
+        assert mrcfile.validate(str(tmp_path / "a" / "sample_000001_recon.mrc"), print_file=io.StringIO())
+
+
+def test_card_and_preview_name_the_reconstruction_method():
+    from types import SimpleNamespace
+
+    from simaq_factory.store.layout import recon_description
+    from simaq_factory.tomo.config import ReconstructionConfig
+
+    def desc(**kw):
+        return recon_description(SimpleNamespace(reconstruction=ReconstructionConfig(**kw)))
+
+    assert desc() == "raw FBP reconstruction (hamming filter), not normalised"
+    assert desc(method="sirt", iterations=20) == "raw SIRT reconstruction (20 iterations, clamped to >= 0), not normalised"
+    assert desc(method="cgls") == "raw CGLS reconstruction (50 iterations), not normalised"
 
 
 def test_interrupted_export_resumes_to_the_uninterrupted_result(built, tmp_path, monkeypatch):

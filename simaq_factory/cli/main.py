@@ -403,12 +403,12 @@ def preview(out: str, index: int, png: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["ome-zarr", "tiff", "mrc"]), required=True)
 @click.option("-o", "--dest", required=True, type=PATH, help="Destination directory.")
 @click.option("--index", "indices", type=int, multiple=True, help="Sample index (repeatable; default all).")
-@click.option("--arrays", default=None, help="Comma-separated arrays (default recon,labels,phantom); "
-              "sinogram (mrc, tiff): tilt series with .tlt angles.")
+@click.option("--arrays", multiple=True, help="Arrays to export, comma-separated or the flag repeated "
+              "(default recon,labels,phantom); sinogram (mrc, tiff): tilt series with .tlt angles.")
 @click.option("--voxel-size-nm", type=float, default=None, help="Override the estimated voxel size.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in the destination.")
 @handle_errors(resumes=True)
-def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str | None,
+def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: tuple[str, ...],
            voxel_size_nm: float | None, overwrite: bool) -> None:
     """Export samples of OUT as OME-Zarr (napari), TIFF stacks (Fiji) or MRC (IMOD), and tilt series."""
     from simaq_factory.store.export import export_dataset
@@ -416,10 +416,10 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: str 
     if voxel_size_nm is not None and not (MIN_VOXEL_NM <= voxel_size_nm <= MAX_VOXEL_NM):
         raise RecipeError("--voxel-size-nm", f"must be a size in [{MIN_VOXEL_NM:g}, {MAX_VOXEL_NM:g}] nm, "
                           f"got {voxel_size_nm}")
-    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays is not None else None
-    if names is not None and not names:
-        raise RecipeError("--arrays", f"empty (got {arrays!r}); name arrays, e.g. recon,labels, or leave "
-                          "the flag out for the default set")
+    names = [n.strip() for a in arrays for n in a.split(",") if n.strip()] if arrays else None
+    if arrays and not names:
+        raise RecipeError("--arrays", f"empty (got {','.join(arrays)!r}); name arrays, e.g. recon,labels, or "
+                          "leave the flag out for the default set")
     skipped: list[Path] = []
     written = export_dataset(Path(out), Path(dest), fmt=fmt, indices=list(indices), arrays=names,
                              voxel_nm=voxel_size_nm, overwrite=overwrite, skipped=skipped)

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from simaq_factory import __version__
 from simaq_factory.errors import BadInput, check_output_dir, optional
 from simaq_factory.store.inspect import (
     built_records,
@@ -57,6 +58,7 @@ from simaq_factory.store.inspect import (
     open_checked,
     open_dataset_recipe,
 )
+from simaq_factory.store.layout import dataset_classes
 from simaq_factory.store.preview import LABEL_COLOURS
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,10 @@ def _write_tiff(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) 
     tifffile.imwrite(path, vol, imagej=True, resolution=(1.0 / um, 1.0 / um), metadata=meta)
 
 
-def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -> None:
-    """A volume or, with ``stack``, an image stack (MRC2014 space group 0, as tilt series are)."""
+def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float, label: str, stack: bool = False) -> None:
+    """A volume or, with ``stack``, an image stack (MRC2014 space group 0, as tilt series are).
+    ``label`` is the header's one text label (mrcfile's default holds the time of writing: the
+    same sample exported twice would differ in bytes)."""
     mrcfile = optional("mrcfile", "export --format mrc")
 
     with mrcfile.new(str(path), overwrite=True) as mrc:
@@ -98,6 +102,8 @@ def _write_mrc(path: Path, vol: np.ndarray, vx_nm: float, stack: bool = False) -
         if stack:
             mrc.set_image_stack()
         mrc.voxel_size = vx_nm * 10.0  # Å
+        mrc.header.label[0] = label.encode("ascii", "replace")[:80]
+        mrc.header.nlabl = 1
 
 
 def _write_tlt(path: Path, angles_deg: np.ndarray) -> None:
@@ -133,13 +139,21 @@ def _multiscales(name: str, n_levels: int, vx_nm: float, is_label: bool = False)
             {"type": "scale", "scale": [vx_nm * 2**i] * 3},
             {"type": "translation", "translation": [shift(i)] * 3}]} for i in range(n_levels)],
         "type": "nearest" if is_label else "mean",
+        "metadata": {  # how the levels were made (NGFF: SHOULD be given with "type")
+            "description": ("level i is level 0 sampled at every 2^i-th voxel along z, y and x (the "
+                            "first voxel of each 2^i block; no values mixed)" if is_label else
+                            "level i+1 is the mean of each 2x2x2 block of level i (odd edges dropped)"),
+            "method": "numpy slicing [::2, ::2, ::2]" if is_label else "numpy.ndarray.mean over 2x2x2 blocks",
+            "version": np.__version__,
+        },
     }
 
 
 def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_label: bool,
-                      nested: bool = False) -> None:
-    """One multiscale image; a label image gets ``image-label`` colours, and ``source`` (its parent
-    image, two levels up) only when it is ``nested`` under an image's ``labels/`` group."""
+                      classes: dict[int, str], nested: bool = False) -> None:
+    """One multiscale image; a label image gets ``image-label`` colours and class names (the dataset's
+    ``classes``, id → name), and ``source`` (its parent image, two levels up) only when it is
+    ``nested`` under an image's ``labels/`` group."""
     levels = _levels(vol, is_label)
     for i, lv in enumerate(levels):
         chunks = tuple(min(s, 64) for s in lv.shape)
@@ -150,21 +164,24 @@ def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_l
         attrs["image-label"] = {
             "version": "0.4",
             "colors": [{"label-value": v, "rgba": [int(255 * c) for c in rgb] + [255]}
-                       for v, rgb in LABEL_COLOURS.items()],
+                       for v, rgb in LABEL_COLOURS.items() if v in classes],
+            "properties": [{"label-value": v, "class": name} for v, name in classes.items()],
         }
         if nested:
             attrs["image-label"]["source"] = {"image": "../../"}
     group.attrs.update(attrs)
 
 
-def _write_ome_zarr(path: Path, name: str, vol: np.ndarray, vx_nm: float, labels: np.ndarray | None) -> None:
+def _write_ome_zarr(path: Path, name: str, vol: np.ndarray, vx_nm: float, labels: np.ndarray | None,
+                    classes: dict[int, str]) -> None:
     """OME-NGFF 0.4 (Zarr v2), the version most readers open; labels as an NGFF label image."""
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    _write_ngff_image(root, name, vol, vx_nm, is_label=name.endswith("labels"))
+    _write_ngff_image(root, name, vol, vx_nm, is_label=name.endswith("labels"), classes=classes)
     if labels is not None:
         lab_root = root.create_group("labels")
         lab_root.attrs["labels"] = ["labels"]
-        _write_ngff_image(lab_root.create_group("labels"), "labels", labels, vx_nm, is_label=True, nested=True)
+        _write_ngff_image(lab_root.create_group("labels"), "labels", labels, vx_nm, is_label=True,
+                          classes=classes, nested=True)
 
 
 def _read_marker(dest: Path) -> dict[str, Any]:
@@ -365,10 +382,12 @@ def export_dataset(
             elif fmt == "tiff":
                 _write_tiff(tmp, vol, vx, stack=tilt)
             elif fmt == "mrc":
-                _write_mrc(tmp, vol, vx, stack=tilt)
+                _write_mrc(tmp, vol, vx, f"simaq-factory {__version__}: sample {i} {target.stem[14:]}, recipe {rid[:16]}",
+                           stack=tilt)
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
-                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels)
+                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels,
+                                dataset_classes(recipe))
         except BaseException:
             _remove(tmp)  # best effort; the next run clears what is left
             raise

@@ -10,7 +10,7 @@ array      dtype                    shape                       meaning
 phantom    float32                  (N, Z, Y, X)                ground-truth LAC
 labels     uint8                    (N, Z, Y, X)                0 bg, 1 cell, 2 vacuole, 3 lipid
 noisy      float32 | float16        (N, Z, Y, X)                phantom after phantom-space artifacts
-recon      float32 | float16        (N, [3,] Z, Y, X)           raw FBP reconstruction (not normalised)
+recon      float32 | float16        (N, [3,] Z, Y, X)           raw reconstruction (not normalised)
 sinogram   float32                  (N, [3,] A_max, S, D)       projections, NaN rows past n_angles
 angles     float32                  (N, [3,] A_max)             reconstruction angles (deg), NaN pad
 =========  =======================  ==========================  =================================
@@ -122,11 +122,20 @@ def dataset_card(recipe: Any, rid: str, a_max: int) -> dict[str, Any]:
         "label_map": {str(k): v for k, v in dataset_classes(recipe).items()},
         "ignore_label": int(Label.IGNORE),
         "units": {"phantom": "LAC per voxel length", "angles": "degrees", "lengths": "voxels"},
-        "recon": "raw FBP reconstruction, not normalised",
+        "recon": recon_description(recipe),
         "software": software_versions(),
         "status": "building",
     }
 
+
+
+def recon_description(recipe: Any) -> str:
+    """What ``recon`` holds, for the card: the method the recipe reconstructs with, raw values."""
+    rc = recipe.reconstruction
+    if rc.method == "fbp":
+        return f"raw FBP reconstruction ({rc.filter} filter), not normalised"
+    clamp = ", clamped to >= 0" if rc.effective_nonneg else ""
+    return f"raw {rc.method.upper()} reconstruction ({rc.iterations} iterations{clamp}), not normalised"
 
 #: Card fields the recipe decides: ``status`` and ``verify`` compare them with it, a build rewrites them.
 CARD_FROM_RECIPE = ("recipe_id", "seed", "n_samples", "samples_per_shard", "shape_zyx", "tilt_axis", "tilt_axes",

@@ -87,7 +87,7 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
         volumes.append(("noisy (LAC)", g["noisy"][index].astype(np.float32), "gray"))
     recon = g["recon"][index].astype(np.float32)
     if recon.ndim == 3:
-        volumes.append(("recon (raw FBP)", recon, "gray"))
+        volumes.append((f"recon (raw {recipe.reconstruction.method.upper()})", recon, "gray"))
     else:  # one reconstruction per acquisition axis, all in (z, y, x)
         volumes += [(f"recon, tilt axis {'zyx'[k]}", recon[k], "gray") for k in range(recon.shape[0])]
     present = [v for v in LABEL_COLOURS if np.any(labels == v)]
