@@ -104,16 +104,6 @@ def resolve_device_arg(name: str, flag: str = "--device"):  # -> torch.device
     return dev
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or None
-
-
 def _version(dist: str) -> str | None:
     from importlib import metadata
 
@@ -147,6 +137,8 @@ def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> di
     the software versions and every parameter of the run (``vars(args)`` plus ``extra``)."""
     import torch
 
+    from simaq_factory.versions import cpu_model
+
     gpu = None
     if device is not None and getattr(device, "type", str(device)) == "cuda":
         gpu = torch.cuda.get_device_name(device)
@@ -155,7 +147,7 @@ def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> di
     return {
         "command": list(sys.argv),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,

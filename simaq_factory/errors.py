@@ -135,6 +135,18 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _quiet_abandoned_io() -> None:
+    """After an interrupt: zarr's I/O runs on an asyncio loop in another thread; the tasks of the
+    write the interrupt cut short are dropped at exit, and asyncio logs each ("Task was destroyed but
+    it is pending!", with a traceback-like listing) and Python warns of coroutines never awaited:
+    dozens of lines after the one-line message. Nothing is lost by them (the shard is redone on
+    resume), so they are not shown."""
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
 def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False) -> Any:
     """Map a command's exceptions to one-line messages and exit codes (2 bad input, 1 failure,
     130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback.
@@ -162,6 +174,7 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
                     raise
                 fail(str(err), 1)
             except KeyboardInterrupt as err:
+                _quiet_abandoned_io()
                 fail(("terminated (SIGTERM); " if isinstance(err, Terminated) else "") + interrupted,
                      143 if isinstance(err, Terminated) else 130)
             except BrokenPipeError:  # `simaq-factory info OUT | head`: the reader has gone

@@ -14,6 +14,41 @@ from simaq_train.losses import dice_focal_loss
 from simaq_train.model import CenterSliceUNet, ModelConfig, count_parameters
 
 
+def step_bytes(cfg: ModelConfig, *, window: int, size: int, batch_size: int) -> int:
+    """Host bytes an fp32 training step of ``cfg`` holds at its peak, estimated: the outputs of every
+    leaf module for one window (a forward pass on the ``meta`` device: shapes, no arithmetic) times
+    ``batch_size`` and 1.25 (measured on CPU: 1.1 GiB and 2.4 GiB of peak RSS at 128² and 256²,
+    16 features, depth 4, batch 4, against 0.37 and 1.47 GiB of outputs and ~0.5 GiB for torch itself),
+    plus weights, gradients and Adam's two moments."""
+    with torch.device("meta"):
+        model = CenterSliceUNet(cfg).train()
+    elems = 0
+
+    def count(_mod: torch.nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal elems
+        elems += out.numel() if isinstance(out, torch.Tensor) else 0
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        model(torch.empty(1, 1, window, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(1.25 * 4 * elems * batch_size) + 16 * count_parameters(model)
+
+
+def host_memory_available() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, window: int = 7,
                      batch_size: int = 16, steps: int = 10, amp: str = "auto",
                      device: str = "auto", warmup: int = 3) -> dict[str, Any]:
@@ -23,7 +58,15 @@ def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, win
     if window % 2 == 0:
         raise BadInput("--window", "must be odd (as data.window)")
     dev = resolve_device(device, "--device")
-    model = CenterSliceUNet(ModelConfig(init_features=features, depth=depth)).to(dev).train()
+    cfg = ModelConfig(init_features=features, depth=depth)
+    if dev.type == "cpu":  # a step that cannot fit is refused, not left to the kernel's OOM killer
+        need, have = step_bytes(cfg, window=window, size=size, batch_size=batch_size), host_memory_available()
+        if have is not None and need > have:
+            raise BadInput("--batch-size", f"a CPU step of this model on {batch_size} x {window} x {size}² "
+                           f"windows needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; "
+                           "pass a smaller --size or --batch-size (or --features/--depth); the defaults are "
+                           "the paper's GPU settings")
+    model = CenterSliceUNet(cfg).to(dev).train()
     opt = make_optimizer(model, OptimConfig())
     dtype = amp_dtype(amp, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
@@ -57,7 +100,7 @@ def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, win
     sec = (time.perf_counter() - t0) / steps
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "parameters": count_parameters(model), "features": features, "depth": depth,
+        "model_parameters": count_parameters(model), "features": features, "depth": depth,
         "input": [batch_size, 1, window, size, size], "amp": str(dtype).replace("torch.", "") if dtype else "off",
         "seconds_per_step": sec, "samples_per_s": batch_size / sec,
         "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,

@@ -265,9 +265,27 @@ def bench(features: int, depth: int, size: int, window: int, batch_size: int, st
     """Time training steps (forward, Dice-Focal loss, backward, Adam) on random data; print JSON."""
     from simaq_train.bench import bench_train_step
 
-    res = bench_train_step(features=features, depth=depth, size=size, window=window,
-                           batch_size=batch_size, steps=steps, amp=amp, device=device)
-    click.echo(json.dumps(res))
+    params = {"features": features, "depth": depth, "size": size, "window": window, "batch_size": batch_size,
+              "steps": steps, "amp": amp, "device": device}
+    res = bench_train_step(**params)
+    click.echo(json.dumps({**res, **run_record(params, None if res["device"] == "cpu" else res["device"])}))
+
+
+def run_record(params: dict[str, Any], gpu: str | None) -> dict[str, Any]:
+    """What a benchmark record carries besides its figures (as benchmarks/_common.py's): the command,
+    an ISO-8601 UTC timestamp, the CPU model, logical cores, torch threads, the GPU name when CUDA is
+    used, the software versions and every parameter of the run."""
+    import datetime
+    import platform
+
+    import torch
+
+    from simaq_factory.versions import cpu_model, software_versions
+
+    return {"command": list(sys.argv),
+            "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "platform": platform.platform(), "versions": software_versions(), "parameters": params}
 
 
 def _report_dir(out: Path, dataset: str, overwrite: bool) -> Path:

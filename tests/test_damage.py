@@ -310,3 +310,38 @@ def test_sigterm_is_an_interrupt_with_its_clean_up_and_exit_143(capsys):
     assert exit_.value.code == 143 and cleaned == [True]
     assert capsys.readouterr().err == "error: terminated (SIGTERM); interrupted; run the same command again to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupt_during_asynchronous_io_prints_one_line():
+    """zarr writes through an asyncio loop in another thread: an interrupt mid-write left its
+    pending tasks to be destroyed at exit, and asyncio logged each ("Task was destroyed but it is
+    pending!") after the one-line message, with 'coroutine ... was never awaited' warnings."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, atexit, logging, threading, time
+from simaq_factory.errors import handle_errors
+logging.basicConfig()
+loop = asyncio.new_event_loop()
+thread = threading.Thread(target=loop.run_forever, daemon=True)
+thread.start()
+def close():  # as zarr closes its I/O loop at exit
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+atexit.register(close)
+async def write():
+    await asyncio.sleep(60)
+async def gather():
+    await asyncio.gather(*(write() for _ in range(5)))
+@handle_errors(resumes=True)
+def command():
+    asyncio.run_coroutine_threadsafe(gather(), loop)
+    time.sleep(0.3)
+    raise KeyboardInterrupt
+command()
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130
+    assert r.stderr == "error: interrupted; run the same command again to resume\n", r.stderr

@@ -494,6 +494,7 @@ def test_status_of_a_partial_dataset_is_incomplete(partial):
     report = json.loads(ver.stdout)
     assert ver.exit_code == 1 and not report["ok"] and report["n_shards"] == 2
     assert report["problems"] == ["shard 1 (samples 2-3): no provenance record"]
+    assert report["problem_shards"] == [1]
     assert "`simaq-factory build` with the same recipe repairs" in ver.stderr
 
 
@@ -511,6 +512,11 @@ def test_status_and_verify_name_a_build_that_is_writing_the_dataset(partial):
         assert ver.exit_code == 1 and ver.output == ver.stderr == (
             f"error: {partial}: process {os.getpid()} (a build or freeze) is writing it now: verify when it ends "
             f"(`simaq-factory status {partial}` shows its progress)\n"), ver.output
+        ver = cli("verify", str(partial), "--json")  # scripts still get a report on stdout
+        report = json.loads(ver.stdout)
+        assert ver.exit_code == 1 and "is writing it now" in ver.stderr
+        assert (report["ok"], report["writer_pid"], report["problem_shards"]) == (False, os.getpid(), [])
+        assert report["problems"] == [ver.stderr.removeprefix("error: ").strip()]
     assert "writer:" not in cli("status", str(partial)).output
 
 

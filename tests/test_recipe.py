@@ -216,6 +216,7 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{out}", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
          "--workers: has no effect with --scheduler"),
         (["build", "{empty_yaml}", "-o", "{out}", "--cluster", "inline"], "the recipe sets no field"),
+        (["validate", "{empty_yaml}"], "the recipe sets no field"),  # validate passes what build builds
         (["build", str(SMOKE), "-o", "{out}", "--set", "dataset.n_samples=1"],
          "also --set dataset.samples_per_shard=1"),
     ],

@@ -664,6 +664,9 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
         (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "-1"), "--fov-margin: must be >= 0"),
         (("bench", *tiny_bench, "--device", "gpu"), "--device: unknown device"),
         (("bench", *tiny_bench, "--window", "6"), "--window: must be odd"),
+        # the paper's GPU step on CPU was left to the kernel's OOM killer (exit 137, no word)
+        (("bench", "--size", "4096", "--batch-size", "64", "--device", "cpu"),
+         "--batch-size: a CPU step of this model on 64 x 7 x 4096² windows needs about"),
         (("fit", tmp_path / "missing.yaml"), "missing.yaml: config file not found"),
         (("fit", tmp_path / "bad.yaml"), "model.widht: unknown key"),
         (("fit", c, "--set", "optim.lr=fast"),
@@ -785,3 +788,43 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(BadInput, match=r"not a readable checkpoint \(empty file\)"):
         load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_bench_prints_its_figures_with_the_run_record():
+    """``simaq-train bench``'s JSON line carries what every benchmark record does (the command, time,
+    machine, software, parameters), as docs/performance.md says, besides its figures."""
+    from click.testing import CliRunner
+
+    from simaq_train.cli import cli
+
+    args = ["bench", "--size", "16", "--features", "4", "--depth", "2", "--batch-size", "2", "--steps", "1",
+            "--window", "3", "--device", "cpu"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    assert rec["parameters"] == {"features": 4, "depth": 2, "size": 16, "window": 3, "batch_size": 2, "steps": 1,
+                                 "amp": "auto", "device": "cpu"}
+    assert rec["input"] == [2, 1, 3, 16, 16] and rec["seconds_per_step"] > 0 and rec["model_parameters"] > 0
+    assert rec["gpu"] is None and rec["peak_memory_gib"] is None and rec["logical_cores"] >= 1
+    assert rec["versions"]["torch"] and rec["timestamp_utc"].endswith("+00:00")
+
+
+def test_step_memory_estimate_grows_with_the_window_area_and_batch():
+    from simaq_train.bench import step_bytes
+    from simaq_train.model import ModelConfig
+
+    cfg = ModelConfig(init_features=8, depth=3)
+    small, big, batch = (step_bytes(cfg, window=7, size=s, batch_size=b) for s, b in ((64, 1), (128, 1), (64, 4)))
+    weights = step_bytes(cfg, window=7, size=64, batch_size=0)
+    assert weights > 0 and (big - weights) == pytest.approx(4 * (small - weights), rel=0.02)
+    assert (batch - weights) == pytest.approx(4 * (small - weights), rel=1e-6)
+
+
+@pytest.mark.parametrize("package,prog", [("simaq_factory", "simaq-factory"), ("simaq_train", "simaq-train")])
+def test_python_dash_m_runs_each_tool(package, prog):
+    """``python -m simaq_factory`` / ``python -m simaq_train``, as job scripts call tools."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", package, "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith(f"{prog}, version "), r.stderr

@@ -76,7 +76,7 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     from simaq_factory.recipe.io import recipe_id, recipe_to_json
     from simaq_factory.store.layout import array_specs
 
-    rec, _ = _load(recipe, overrides)
+    rec, _ = _load(recipe, overrides, require_fields=not overrides)  # what build accepts, no more
     specs = array_specs(rec, a_max_for(rec))
     n_shards = -(-rec.dataset.n_samples // rec.dataset.samples_per_shard)
     banks = {name: bank_shape(b) for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items()}
@@ -326,14 +326,20 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
         raise RecipeError("--regen", f"must be >= 0, got {regen}")
     if (Path(out) / GROUP_NAME).is_dir() and (writer := writer_pid(Path(out))) is not None:
         # its unbuilt shards and banks are work in progress, not problems; its shard files come and go
-        raise BuildFailed(f"{out}: process {writer} (a build or freeze) is writing it now: verify when it "
-                          f"ends (`simaq-factory status {out}` shows its progress)")
+        busy = (f"{out}: process {writer} (a build or freeze) is writing it now: verify when it ends "
+                f"(`simaq-factory status {out}` shows its progress)")
+        if as_json:  # a report all the same: scripts parse stdout whatever the exit code
+            click.echo(json.dumps({"ok": False, "frozen": None, "n_shards": None, "checked_samples": 0,
+                                   "deep": deep, "regenerated": [], "problems": [busy], "problem_shards": [],
+                                   "notes": [], "writer_pid": writer}, indent=2, sort_keys=True))
+        raise BuildFailed(busy)
     report = verify_dataset(Path(out), deep=deep, regen=regen)
     writer = writer_pid(Path(out))
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "frozen": report.frozen, "n_shards": report.n_shards,
                                "checked_samples": report.checked_samples, "deep": deep,
                                "regenerated": report.regenerated, "problems": report.problems,
+                               "problem_shards": report.problem_shards,
                                "notes": report.notes, "writer_pid": writer}, indent=2, sort_keys=True))
     else:
         for note in report.notes:

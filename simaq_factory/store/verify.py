@@ -54,12 +54,19 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: bool = False
+    #: shards that are not done: missing, damaged or unrecorded files (their reason is in ``problems``)
+    unfinished_shards: list[int] = field(default_factory=list)
     #: shards of the regenerated samples that did not match (their files pass their checksums)
     regen_failed_shards: list[int] = field(default_factory=list)
     #: shards whose decoded values fail --deep's checks (their files pass their checksums too)
     deep_failed_shards: list[int] = field(default_factory=list)
     #: relative path -> sha256 of every data shard file the shard check matched (freeze reuses them)
     digests: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def problem_shards(self) -> list[int]:
+        """Every shard a problem names: not done, failing --deep or --regen (ascending)."""
+        return sorted({*self.unfinished_shards, *self.deep_failed_shards, *self.regen_failed_shards})
 
     @property
     def ok(self) -> bool:
@@ -283,6 +290,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
     for s, (samples, (state, reason)) in enumerate(zip(ranges, states)):
         if state != "done":
             report.problems.append(f"shard {s} ({samples_text(samples)}): {reason}")
+            report.unfinished_shards.append(s)
             continue
         prov = read_provenance(out, s) or {}
         if RECORD_DIGEST not in prov:
