@@ -711,6 +711,57 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
     assert (tmp_path / "file").read_text() == (tmp_path / "f.zarr").read_text() == "x"
 
 
+def test_a_second_fit_on_a_run_in_training_is_refused(trained, dataset, tmp_path):
+    """Two fits on one run.out (a rerun while the first still trains: both appended metrics and
+    replaced last.pt through one temporary name) — the second is refused, naming the first."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(trained / "step4.pt", run_dir / "last.pt")
+    before = (run_dir / "last.pt").read_bytes()
+    cfg = write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=6)
+    held = fit_mod.RunLock(run_dir)  # the first fit
+    try:
+        r = run("fit", cfg)
+    finally:
+        held.release()
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"another simaq-train fit (process {os.getpid()}) is training in it now" in r.output
+    assert (run_dir / "last.pt").read_bytes() == before and not (run_dir / "metrics.jsonl").exists()
+    assert run("fit", cfg).exit_code == 0  # once it has ended
+
+
+def test_a_run_resumes_only_with_the_number_of_processes_that_trained_it(trained, dataset, tmp_path):
+    """Each epoch's order and the global batch depend on the world size: a checkpoint of one
+    process resumed by two was an internal ValueError mid-epoch, or silently another plan."""
+    from simaq_train.config import load_config
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", run_dir)
+    cfg = load_config(write_config(tmp_path / "c.yaml", dataset, run_dir, max_steps=12))
+    assert states(run_dir / "last.pt")["world_size"] == 1
+    with pytest.raises(fit_mod.BadInput, match=r"trained by 1 process\(es\) and this fit has 2: .*resume with "
+                       r"one process"):
+        fit_mod.Trainer(cfg, fit_mod.Dist(0, 2, 0))
+    assert fit_mod.RunLock(run_dir).release() is None  # the refused trainer let go of the run
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE: is 2 in the environment but RANK, MASTER_ADDR, MASTER_PORT are not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "but MASTER_PORT is not set: start distributed"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE: environment variable is 'two'"),
+])
+def test_a_stray_world_size_is_refused_before_any_rendezvous(dataset, tmp_path, monkeypatch, env, needle):
+    """A WORLD_SIZE left from an outer job made a lone fit wait for peers that never come (2 h,
+    deaf to SIGTERM) or fail with torch's ValueError, exit 1."""
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    r = run("fit", write_config(tmp_path / "c.yaml", dataset, tmp_path / "run", max_steps=1))
+    assert r.exit_code == 2 and needle in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
     """torchrun with 2 ranks (gloo): every rank takes the same number of steps; rank 0 writes."""
@@ -741,6 +792,11 @@ def test_distributed_fit_on_cpu_with_two_ranks(tmp_path):
     assert r.stdout.count(f"finished at epoch 2, step {want} (2 epoch(s) done) -> ") == 1, r.stdout
     ck = states(tmp_path / "run" / "last.pt")
     assert ck["step"] == want and ck["reader"] == {"epoch": 2, "position": 0}
+    assert ck["world_size"] == 2
+    # one process may not continue it: refused before any step, naming how to resume
+    again = subprocess.run([sys.executable, "-m", "simaq_train", "fit", str(cfg_path), "--set", "optim.epochs=3"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 2 and "resume with torchrun --nproc_per_node=2" in again.stderr, again.stderr
 
 
 def test_resume_loads_a_grad_scaler_state_only_where_it_applies():

@@ -90,10 +90,76 @@ class Dist:
 
 
 def _dist_from_env() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """The process group torchrun (or a launcher setting the same variables) describes. A
+    ``WORLD_SIZE`` > 1 without its companions (left over from an outer job, say) is refused: the
+    rendezvous would wait for processes that never come."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw)
+    except ValueError:
+        raise BadInput("WORLD_SIZE", f"environment variable is {raw!r}, not a number of processes") from None
     if world <= 1:
         return Dist()
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise BadInput("WORLD_SIZE", f"is {world} in the environment but {', '.join(missing)} "
+                       f"{'is' if len(missing) == 1 else 'are'} not set: start distributed training with "
+                       "`torchrun --nproc_per_node=N -m simaq_train fit CONFIG`, or unset WORLD_SIZE for one process")
+    return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun on Linux: this rank gets SIGTERM (an interrupt: its clean-ups run) when the
+    launcher dies, also by SIGKILL; ranks left running would go on writing run.out beside the
+    rerun that resumes it."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class RunLock:
+    """The one ``fit`` that may write a run folder: an exclusive ``flock`` on ``RUN/.lock`` (with
+    its pid), held while the run trains (rank 0). A second fit on the same run.out (one resuming it
+    while the first still trains, say) is refused: both appended to metrics.jsonl and replaced
+    last.pt through one temporary name."""
+
+    NAME = ".lock"
+
+    def __init__(self, run: Path) -> None:
+        import fcntl
+
+        self.path = run / self.NAME
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise BadInput(str(self.path), f"cannot open the run's lock file ({err.strerror}); move it away or "
+                           "use another run.out") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise BadInput("run.out", f"{run}: another simaq-train fit (process {holder}) is training in it "
+                           "now; wait for it to end or use another run.out") from None
+        except OSError:  # no locks on this filesystem (some network mounts): not a reason to refuse
+            pass
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def validate_model(model: torch.nn.Module, sources: list[FactorySource], cfg: TrainConfig,
@@ -336,12 +402,31 @@ class Trainer:
         self.state = FitState()
         self.ddp: torch.nn.Module | None = None
         self.saved_step: int | None = None  # the step of the checkpoint in run.out (None: none yet)
+        self.lock: RunLock | None = None
+        if self.dist.main and self.run.is_dir():  # before its checkpoint is read
+            self.lock = RunLock(self.run)
         if self.ckpt_path.exists():
-            self._resume()
+            try:
+                self._resume()
+            except BaseException:
+                self.release()
+                raise
+
+    def release(self) -> None:
+        """Let go of the run folder (its lock); the fit loop does when it returns or fails."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _resume(self) -> None:
         ck = load_checkpoint(self.ckpt_path)
+        saved_world = ck.get("world_size")  # absent from checkpoints written before it was recorded
+        if saved_world is not None and saved_world != self.dist.world:
+            how = "one process" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world} (in all)"
+            raise BadInput(str(self.ckpt_path), f"the run was trained by {saved_world} process(es) and this fit "
+                           f"has {self.dist.world}: each epoch's order and the global batch depend on it; "
+                           f"resume with {how}, or use another run.out")
         try:
             _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
             self._load_state(ck)
@@ -385,6 +470,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "reader": {"epoch": self.state.epoch, "position": self.state.position},
             "step": self.state.step,
+            "world_size": self.dist.world,
             "config": self.cfg.to_dict(),
             "datasets": self.info["datasets"],
             "class_names": self.names,
@@ -448,10 +534,18 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, progress: Progress | None = None) -> FitResult:
+        try:
+            return self._fit(progress)
+        finally:
+            self.release()
+
+    def _fit(self, progress: Progress | None = None) -> FitResult:
         cfg, o, st = self.cfg, self.cfg.optim, self.state
         start_step = st.step
         if self.dist.main:
             self.run.mkdir(parents=True, exist_ok=True)
+            if self.lock is None:
+                self.lock = RunLock(self.run)
             if self.saved_step is None:  # starting over: lines of an attempt stopped before its first checkpoint go
                 self.metrics_path.unlink(missing_ok=True)
             (self.run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -537,6 +631,8 @@ class Trainer:
 def fit(cfg: TrainConfig, progress: Progress | None = None) -> FitResult:
     """Train (or resume) the run described by ``cfg``; returns where the checkpoint is."""
     dist = _dist_from_env()
+    if dist.world > 1:
+        _die_with_launcher()
     if dist.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.run.device != "cpu" else "gloo"
         # rank 0 validates whole volumes after each epoch while the others wait in a collective:
