@@ -66,8 +66,11 @@ def software_versions() -> dict[str, str | None]:
 
 @functools.lru_cache(maxsize=1)
 def _software_versions() -> tuple[tuple[str, str | None], ...]:
+    from simaq_factory import __version__
+
     out = {d: _version(d) for d in ("simaq-factory", "torch", "numpy", "zarr", "numcodecs", "dask",
                                      "distributed", "perlin-numpy")}
+    out["simaq-factory"] = __version__  # the code that runs (another copy on sys.path may shadow the install)
     out["simaq-factory-commit"] = source_revision()
     if out["simaq-factory-commit"] is not None:  # the commit alone would hide uncommitted changes
         out["simaq-factory-modified"] = source_modified()  # type: ignore[assignment]
@@ -118,3 +121,20 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or platform.machine() or None
+
+
+#: What decides a sample's bytes: a shard task refuses to run where any of these differs from the
+#: driver's (a worker started from another environment or checkout would mix renderings).
+RENDER_SOFTWARE = ("simaq-factory", "simaq-factory-commit", "simaq-factory-modified", "torch", "numpy",
+                   "perlin-numpy")
+
+
+def software_mismatch(expected: dict[str, Any] | None) -> str | None:
+    """None when this process runs the ``expected`` :data:`RENDER_SOFTWARE`; otherwise what differs,
+    in words (``torch 2.4.0 here, 2.13.0 on the driver``)."""
+    if not expected:
+        return None
+    here = software_versions()
+    diffs = [f"{k} {here.get(k)} here, {expected.get(k)} on the driver" for k in RENDER_SOFTWARE
+             if k in expected and here.get(k) != expected.get(k)]
+    return "; ".join(diffs) or None

@@ -30,7 +30,7 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.fixture()
 def dask_cluster(tmp_path):
-    """``dask scheduler`` + two ``dask worker --no-nanny`` processes; yields (address, workers)."""
+    """``dask scheduler`` + two ``dask worker --no-nanny`` processes; yields (address, workers, scheduler)."""
     sched_file = tmp_path / "scheduler.json"
     procs = [_spawn("-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                     "--no-dashboard", "--scheduler-file", str(sched_file))]
@@ -48,7 +48,7 @@ def dask_cluster(tmp_path):
     with Client(address, timeout="30s") as client:
         client.wait_for_workers(2, timeout=60)
     try:
-        yield address, workers
+        yield address, workers, procs[0]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -62,7 +62,7 @@ def _build(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
-    address, workers = dask_cluster
+    address, workers, _ = dask_cluster
     ref = tmp_path / "ref"
     assert _build("-o", str(ref), "--cluster", "inline").returncode == 0
     out = tmp_path / "out"
@@ -93,7 +93,7 @@ def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
 def test_two_builds_of_one_recipe_into_two_folders_on_one_scheduler_both_complete(dask_cluster, tmp_path):
     # the shard tasks' keys named the recipe, not the folder: the scheduler ran each shard once and
     # one folder was left without records while its build said "wrote 8 shard(s)" (3 of 5 tries)
-    address, _ = dask_cluster
+    address, _, _ = dask_cluster
     procs = {name: subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o",
                                      str(tmp_path / name), "--scheduler", address, *SETS], cwd=REPO, env=ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -105,6 +105,47 @@ def test_two_builds_of_one_recipe_into_two_folders_on_one_scheduler_both_complet
         assert [p.name for p in provs] == [f"shard-{s:06d}.json" for s in range(8)], name
         driver_log = "".join(p.read_text() for p in (tmp_path / name / "logs").glob("driver*"))
         assert " complete: 8 shard(s) written, 0 failed, 0 skipped" in driver_log  # how the build ended
+
+
+def test_a_build_whose_scheduler_dies_ends_with_one_line_and_resumes(dask_cluster, tmp_path):
+    """The scheduler killed mid-build: the driver submitted the rest through its closed client and
+    waited for them until killed (a batch job would wait out its wall time). It ends, exit 1, saying
+    what happened; the shards written are kept and a rerun on a new cluster completes them."""
+    address, _, scheduler = dask_cluster
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o", str(out),
+                             "--scheduler", address, *SETS], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "provenance").glob("shard-*.json")) if out.exists() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(scheduler.pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stderr
+    assert f"lost the connection to the Dask scheduler {address} while rendering shards" in stderr, stderr
+    assert "run the same command again to resume" in stderr
+    done = len(list((out / "provenance").glob("shard-*.json")))
+    assert 1 <= done <= 8
+    again = _build("-o", str(out), "--cluster", "inline")
+    assert again.returncode == 0 and f"skipped {done} already done" in again.stdout, again.stderr
+
+
+def test_a_worker_running_other_software_refuses_the_shard_before_writing(tmp_path):
+    """Workers from another environment or checkout rendered shards under the driver's name (the
+    provenance even read the installed package's version, not the code that ran)."""
+    import simaq_factory
+    from simaq_factory.orchestrate.task import OtherSoftware, run_shard
+    from simaq_factory.versions import software_mismatch, software_versions
+
+    assert software_versions()["simaq-factory"] == simaq_factory.__version__
+    here = software_versions()
+    assert software_mismatch(here) is None and software_mismatch(None) is None
+    other = {**here, "torch": "1.0.0"}
+    assert software_mismatch(other) == f"torch {here['torch']} here, 1.0.0 on the driver"
+    with pytest.raises(OtherSoftware, match="runs other software than the driver: torch"):
+        run_shard(str(tmp_path / "nothing"), {}, 0, "cpu", 1, other)
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_unreachable_scheduler_exit_2_and_nothing_written(tmp_path):
@@ -140,7 +181,7 @@ def test_slurm_job_script_requests_gpus_and_advertises_the_resource():
     finally:
         cluster.close()
     for needle in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --gres=gpu:1", "#SBATCH -t 00:30:00",
-                   "--resources GPU=1", "--nthreads 4", sys.executable):
+                   "#SBATCH --cpus-per-task=4", "--resources GPU=1", "--nthreads 1", sys.executable):
         assert needle in script, (needle, script)
 
 
@@ -199,8 +240,28 @@ def test_a_slurm_job_with_several_gpus_runs_a_worker_process_per_gpu():
         script = cluster.job_script()
     finally:
         cluster.close()
-    for needle in ("#SBATCH --gres=gpu:4", "--nworkers 4", "--nthreads 2", "--resources GPU=1"):
+    for needle in ("#SBATCH --gres=gpu:4", "#SBATCH --cpus-per-task=8", "--nworkers 4", "--nthreads 1",
+                   "--resources GPU=1"):
         assert needle in script, (needle, script)
+
+
+def test_a_cpu_slurm_job_runs_one_shard_at_a_time_with_all_its_cores():
+    """A CPU job's worker ran `cores` shard tasks at once, each with `cores` torch threads (16 on 4
+    cores, 4 samples in memory); now one task with the job's cores."""
+    pytest.importorskip("dask_jobqueue")
+    from simaq_factory.orchestrate.cluster import slurm_cluster, slurm_processes
+    from simaq_factory.recipe.io import resolve
+
+    recipe = resolve({"execution": {"slurm": {"cores": 4, "memory": "30GB"}}})
+    cluster = slurm_cluster(recipe.execution, gpu=False)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for needle in ("#SBATCH --cpus-per-task=4", "--nthreads 1"):
+        assert needle in script, (needle, script)
+    assert "--resources" not in script and "--nworkers" not in script  # one worker process
+    assert slurm_processes(recipe.execution, gpu=False) == 1
 
 
 def test_workers_are_numbered_for_their_gpu(monkeypatch):
@@ -359,3 +420,40 @@ def test_the_scheduler_probe_names_what_answers_instead_of_a_scheduler(monkeypat
         assert cluster._not_a_scheduler(lc.scheduler_address) is None
         worker = next(iter(lc.workers.values())).address
         assert cluster._not_a_scheduler(worker) == "it is a Dask Worker, not a scheduler"
+
+
+def test_the_driver_names_a_cluster_that_cannot_run_tasks_and_ends_on_a_lost_scheduler(monkeypatch, caplog):
+    """While it waits, the driver checks its cluster: no worker that can run tasks (none, or all
+    paused by their memory limit) is warned about with what it sees; a closed client ends the
+    build (it waited for futures that could never complete)."""
+    import logging
+
+    import simaq_factory.orchestrate.driver as driver
+    from simaq_factory.errors import BuildFailed
+
+    class Client:
+        status = "running"
+        scheduler = type("S", (), {"address": "tcp://10.0.0.1:8786"})()
+        workers = {"w0": {"status": "paused"}, "w1": {"status": "paused"}}
+
+        def scheduler_info(self):
+            return {"workers": self.workers}
+
+    monkeypatch.setattr(driver, "HEALTH_EVERY_S", 0.0)
+    client = Client()
+    watch = driver._ClusterWatch(client, "rendering shards")
+    with caplog.at_level(logging.WARNING, logger=driver.__name__):
+        watch.check()
+        watch.check()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "no worker of tcp://10.0.0.1:8786 can run tasks" in warned[0]
+    assert "(workers: 2 paused)" in warned[0]
+    client.workers = {"w0": {"status": "running"}}
+    watch.check()
+    assert watch.idle_since is None
+    with pytest.raises(BuildFailed, match="lost the connection to the Dask scheduler tcp://10.0.0.1:8786 while "
+                       "rendering shards"):
+        watch.check(RuntimeError("shard-1 cancelled for reason: scheduler-connection-lost."))
+    client.status = "closed"
+    with pytest.raises(BuildFailed, match="run the same command again to resume"):
+        watch.check()

@@ -207,6 +207,8 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.workers=0"], "execution.workers: must be >= 1"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),
+        (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=100MB"],  # Dask's KilledWorker
+         "execution.memory_limit: memory_limit '100MB' is less than a worker needs"),
         # alternatives given together: refused, not one of them silently ignored
         (["build", str(SMOKE), "-o", "{out}", "--cluster", "inline", "--scheduler", "tcp://127.0.0.1:9"],
          "--scheduler: cannot be combined with --cluster inline"),

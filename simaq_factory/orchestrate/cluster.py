@@ -32,6 +32,12 @@ def default_threads(workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def slurm_processes(exe: Any, *, gpu: bool) -> int:
+    """Worker processes per SLURM job: one per GPU it requests (at most one per core), else one."""
+    gpus = exe.slurm.gpus_per_job or (1 if gpu else 0)
+    return max(1, min(gpus, exe.slurm.cores))
+
+
 def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     """A dask-jobqueue SLURMCluster for ``execution.slurm`` (jobs are submitted on ``scale``)."""
     SLURMCluster = optional("dask_jobqueue", "--cluster slurm").SLURMCluster
@@ -40,11 +46,14 @@ def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
     # one worker process per GPU of a job, each advertising one GPU; the processes are named
     # NAME-<job>-<k>, and process k renders on GPU k (task.worker_device)
-    processes = max(1, min(gpus, cfg.cores))
+    processes = slurm_processes(exe, gpu=gpu)
     worker_args = ["--resources", "GPU=1"] if gpus else []
+    # each process runs one shard task at a time (Dask threads = jobqueue's cores / processes = 1)
+    # with cores / processes torch threads (driver); the job books all its cores (job_cpu). With
+    # Dask threads = cores, a CPU job ran `cores` tasks at once, each with `cores` torch threads
     return SLURMCluster(
-        queue=cfg.queue, account=cfg.account, walltime=cfg.walltime, cores=cfg.cores, processes=processes,
-        memory=cfg.memory, job_extra_directives=directives, worker_extra_args=worker_args,
+        queue=cfg.queue, account=cfg.account, walltime=cfg.walltime, cores=processes, job_cpu=cfg.cores,
+        processes=processes, memory=cfg.memory, job_extra_directives=directives, worker_extra_args=worker_args,
         local_directory=cfg.local_directory, python=cfg.python or sys.executable,
         silence_logs="error", job_name="simaq-factory",
     )

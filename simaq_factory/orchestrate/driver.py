@@ -24,7 +24,7 @@ from typing import Any
 
 from simaq_factory.device import resolve_device
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster
+from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster, slurm_processes
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
 from simaq_factory.acquisition.angles import a_max_for
@@ -47,6 +47,7 @@ from simaq_factory.store.outdir import (
     start_out_dir,
 )
 from simaq_factory.tomo.projector import check_backend
+from simaq_factory.versions import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,76 @@ def _gpu_sharing(workers: int, n_gpus: int) -> str | None:
             "GPU, each with its own GPU memory; with large volumes use execution.workers <= 2 per GPU")
 
 
+#: Seconds between the driver's checks of its cluster while it waits for tasks.
+HEALTH_EVERY_S = 20.0
+#: Seconds between two warnings that no worker can run tasks.
+IDLE_WARN_EVERY_S = 60.0
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Dask's client logs a lost scheduler with the tracebacks of its reconnection attempts: the
+    message line is what a user needs (the build says what it means for the dataset)."""
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+class _ClusterWatch:
+    """The driver's view of its cluster while it waits: a lost scheduler ends the build at once
+    (its futures would never complete: the build hung until killed); a cluster with no worker that
+    can run tasks (none connected, or all paused by their memory limit; a worker that cannot load
+    the tasks' code leaves) is named in a warning every minute, since workers may still join."""
+
+    def __init__(self, client: Any, what: str) -> None:
+        self.client, self.what = client, what
+        self.address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+        self.idle_since: float | None = None
+        self.warned = 0.0
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):  # -vv keeps them
+            logging.getLogger("distributed.client").addFilter(_without_traceback)
+
+    def check(self, err: BaseException | None = None) -> None:
+        """BuildFailed when the scheduler is lost (the client closed, or ``err``, a task's error,
+        says its future was cancelled with the connection); warns when no worker can run tasks."""
+        lost = err is not None and "scheduler-connection-lost" in str(err)
+        if lost or self.client.status in ("closing", "closed", "failed"):
+            raise BuildFailed(f"lost the connection to the Dask scheduler {self.address} while {self.what}; "
+                              "the shards written so far are kept: run the same command again to resume")
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - a hint; the next check (or the futures) tells more
+            return
+        states = collections.Counter(str(w.get("status", "running")) for w in workers.values())
+        now = time.monotonic()
+        if states.get("running", 0):
+            self.idle_since = None
+            return
+        if self.idle_since is None:
+            self.idle_since = now
+        if now - self.idle_since >= HEALTH_EVERY_S and now - self.warned >= IDLE_WARN_EVERY_S:
+            self.warned = now
+            seen = ", ".join(f"{n} {st}" for st, n in sorted(states.items())) or "none connected"
+            log.warning("%s: no worker of %s can run tasks for %.0f s (workers: %s); a worker that is paused "
+                        "has reached its memory limit, one that cannot import simaq_factory leaves at its "
+                        "first task (see its log)", self.what, self.address, now - self.idle_since, seen)
+
+    def wait(self, futures: list[Any], *, all_done: bool = False) -> list[Any]:
+        """The futures that are done (at least one; every one with ``all_done``), checking the
+        cluster every :data:`HEALTH_EVERY_S` while none is."""
+        from distributed import wait
+
+        while True:
+            try:
+                done, _ = wait(futures, timeout=HEALTH_EVERY_S,
+                               return_when="ALL_COMPLETED" if all_done else "FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            except Exception:  # noqa: BLE001 - futures cancelled (the scheduler's connection lost): checked next
+                done = {f for f in futures if f.done()}
+            self.check()
+            if done and (not all_done or len(done) == len(futures)):
+                return list(done)
+
+
 def _warm_up(client: Any, device: str) -> None:
     """Have each worker load the shard task's modules (and its CUDA context) now, while the driver
     makes the banks, instead of before its first shard. Fire and forget: a failure shows there."""
@@ -358,6 +429,7 @@ def _worker_pieces(
                     generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
                     priority=cost, retries=retries, pure=False,
                 ))
+            _ClusterWatch(client, "making the noise banks").wait(futures, all_done=True)
             return list(client.gather(futures))
         finally:
             for f in futures:
@@ -414,13 +486,11 @@ def _run_distributed(
     gpu: bool,
     progress: ProgressFn | None,
 ) -> None:
-    from distributed import as_completed
-
     exe = recipe.execution
     client = handle.client
     n_workers = max(1, handle.n_workers)
     if handle.description.startswith("SLURM"):
-        threads = exe.threads_per_worker or exe.slurm.cores
+        threads = exe.threads_per_worker or max(1, exe.slurm.cores // slurm_processes(exe, gpu=gpu))
     elif handle.description.startswith("LocalCluster"):
         threads = exe.threads_per_worker or default_threads(n_workers)
     else:  # a scheduler's workers run elsewhere: each task sizes its pool on its own machine
@@ -442,27 +512,29 @@ def _run_distributed(
         except Exception:  # noqa: BLE001 - the count is a hint
             return 2 * n_workers
 
+    expected = software_versions()  # a worker running other software refuses the task
+
     def submit(s: int) -> Any:
         return client.submit(
-            run_shard, str(out), recipe_json, s, device, threads,
+            run_shard, str(out), recipe_json, s, device, threads, expected,
             key=f"shard-{s:06d}-{report.recipe_id[:12]}-{where}", retries=exe.retries, pure=False,
             resources=resources,
         )
 
-    futures = {}
-    pool = as_completed()
+    futures: dict[Any, int] = {}
+    watch = _ClusterWatch(client, "rendering shards")
 
     def refill() -> None:
+        watch.check()  # never submit through a client that lost its scheduler: nothing would come back
         limit = window()  # asked once per refill, not once per task submitted
         while queue and len(futures) < limit:
             s = queue.popleft()
-            fut = submit(s)
-            futures[fut] = s
-            pool.add(fut)
+            futures[submit(s)] = s
 
     refill()
     finished = 0
-    for fut in pool:
+    while futures:
+        fut = watch.wait(list(futures))[0]
         s = futures.pop(fut)
         summary = None
         try:
@@ -471,6 +543,7 @@ def _run_distributed(
                 raise BuildFailed(f"its task reported success but {provenance_path(out, s)} was not written")
             report.built += 1
         except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
+            watch.check(err)  # cancelled with the scheduler's connection: that is the whole build's failure
             _record_failure(report, s, err)
             log.error("shard %d failed after retries: %s", s, report.failed[s])
         finally:

@@ -35,7 +35,7 @@ from simaq_factory.store.dataset import (
 )
 from simaq_factory.store.layout import array_specs, provenance_path, shard_range
 from simaq_factory.tomo.projector import resolved_backend
-from simaq_factory.versions import cpu_kernels, software_versions
+from simaq_factory.versions import cpu_kernels, software_mismatch, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,25 @@ def _worker_threads() -> int:
         return 0
 
 
+class OtherSoftware(RuntimeError):
+    """A worker runs other rendering software than the driver (versions.RENDER_SOFTWARE)."""
+
+
 def run_shard(
-    out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
+    out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int,
+    expect_software: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render shard ``shard_index`` of the dataset at ``out``; return a small summary.
+
+    ``expect_software``: the driver's versions; a worker whose rendering software differs refuses
+    the task before writing anything (:class:`OtherSoftware`).
 
     The worker's log file in ``out`` receives this task's records only: it is detached when the
     task ends, so a long-lived worker that later serves another dataset never writes into this one
     (a frozen dataset would change under its checksums)."""
+    if (why := software_mismatch(expect_software)) is not None:
+        raise OtherSoftware(f"worker {socket.gethostname()} (pid {os.getpid()}) runs other software than the "
+                            f"driver: {why}; start the workers from the driver's environment")
     log_path = attach_log_file(Path(out), "worker")
     try:
         return _run_shard(out, recipe_json, shard_index, device, threads)

@@ -83,7 +83,8 @@ class SlurmConfig:
     queue: str | None = spec(None, doc="partition (#SBATCH -p)")
     account: str | None = spec(None, doc="account (#SBATCH -A)")
     walltime: str = spec("02:00:00", doc="job walltime HH:MM:SS")
-    cores: int = spec(8, ge=1, doc="CPU cores per job (torch threads of its worker)")
+    cores: int = spec(8, ge=1, doc="CPU cores per job, booked whole; its worker process (one per GPU) runs "
+                      "one shard at a time with cores/processes torch threads")
     memory: str = spec("32GB", doc="memory per job, e.g. 32GB")
     gpus_per_job: int = spec(0, ge=0, le=16, doc="GPUs per job (--gres=gpu:N; workers advertise GPU=N)")
     local_directory: str | None = spec(None, doc="node-local scratch for worker spill files")
@@ -106,7 +107,7 @@ class ExecutionConfig:
     )
     workers: int = spec(2, ge=1, le=4096, doc="LocalCluster worker processes")
     threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per task; 0 = cores/workers on a "
-                                 "LocalCluster, a --scheduler worker's cores/its Dask threads, slurm.cores")
+                                 "LocalCluster, a --scheduler worker's cores/its Dask threads, slurm.cores/processes")
     retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")
     window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
     memory_limit: str = spec("auto", doc="LocalCluster memory limit per worker, e.g. 8GB; auto = RAM/workers")
@@ -116,11 +117,18 @@ class ExecutionConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         if self.memory_limit != "auto":
-            _check_bytes("memory_limit", self.memory_limit)
+            _check_bytes("memory_limit", self.memory_limit, at_least=MIN_WORKER_MEMORY)
 
 
-def _check_bytes(name: str, value: str) -> None:
-    """``value`` must be a byte size as Dask parses it (8GB, 512 MiB, 4e9)."""
+#: The least memory limit a worker can work under: a Dask worker with torch loaded holds ~0.4 GiB
+#: before its first sample (a 100 MB limit paused it at start-up, and the build ended in Dask's
+#: KilledWorker about a bank task).
+MIN_WORKER_MEMORY = 512 * 2**20
+
+
+def _check_bytes(name: str, value: str, at_least: int = 0) -> None:
+    """``value`` must be a byte size as Dask parses it (8GB, 512 MiB, 4e9); 0 (no limit) or at
+    least ``at_least`` bytes."""
     from dask.utils import parse_bytes
 
     try:
@@ -129,6 +137,9 @@ def _check_bytes(name: str, value: str) -> None:
         raise ValueError(f"{name} must be a byte size such as 8GB or 512MiB, got {value!r}") from None
     if n < 0:
         raise ValueError(f"{name} must not be negative, got {value!r}")
+    if 0 < n < at_least:
+        raise ValueError(f"{name} {value!r} is less than a worker needs to load torch and render "
+                         f"(at least {at_least // 2**20} MiB; 0 = no limit)")
 
 
 @dataclass(frozen=True, kw_only=True)
