@@ -1116,3 +1116,24 @@ def test_a_missing_optional_package_is_named_with_its_extra_before_any_work(buil
     assert scored.stderr.strip().splitlines()[-1] == ("error: reading .mrc predictions needs the Python package "
                                                      "mrcfile: pip install 'simaq-factory[io]'")
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_resume_with_other_software_says_the_dataset_will_mix_renderings(partial, tmp_path, monkeypatch, caplog):
+    """A resume after the checkout moved (or torch was upgraded) rendered the rest of the shards
+    with other software under the same dataset card, without a word."""
+    import logging
+
+    import simaq_factory.orchestrate.driver as driver
+    from simaq_factory.versions import software_versions
+
+    out = tmp_path / "out"
+    shutil.copytree(partial, out)
+    real = software_versions()
+    monkeypatch.setattr(driver, "software_versions", lambda: {**real, "torch": "9.9.9"})
+    with caplog.at_level(logging.WARNING, logger=driver.__name__):
+        r = cli("build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline")
+    assert r.exit_code == 0, r.output
+    warned = [rec.getMessage() for rec in caplog.records if "mixes renderings" in rec.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"1 shard(s) done were rendered by simaq-factory {real['simaq-factory']}")
+    assert f"torch {real['torch']} (first: shard 0), the rest will be by" in warned[0] and "torch 9.9.9" in warned[0]

@@ -711,6 +711,27 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
     assert (tmp_path / "file").read_text() == (tmp_path / "f.zarr").read_text() == "x"
 
 
+def test_shard_files_that_fail_their_checksums_are_not_read_as_data(trained, dataset, tmp_path):
+    """A damaged shard file that still decodes (here: two valid shard files swapped) was read as
+    data by evaluate and fit, exit 0, even in a frozen dataset; each shard file is now checked
+    against its provenance record when first read."""
+    damaged = tmp_path / "ds"
+    shutil.copytree(dataset.with_name("ds-unfrozen"), damaged)
+    a, b = (damaged / "dataset.zarr" / "recon" / "c" / str(k) / "0" / "0" / "0" for k in (0, 1))
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    ev = run("evaluate", trained / "run" / "last.pt", damaged, "-o", tmp_path / "ev")
+    assert ev.exit_code == 1, ev.output
+    assert f"{a} (shard 0, sample 0) does not match the checksum in its provenance record" in ev.output
+    assert f"simaq-factory verify {damaged}" in ev.output
+    cfg = write_config(tmp_path / "c.yaml", damaged, tmp_path / "run", max_steps=1)
+    r = run("fit", cfg)
+    assert r.exit_code == 1 and "does not match the checksum in its provenance record" in r.output, r.output
+    assert run("evaluate", trained / "run" / "last.pt", dataset.with_name("ds-unfrozen"),
+               "-o", tmp_path / "ev2").exit_code == 0  # the intact dataset reads
+
+
 def test_a_second_fit_on_a_run_in_training_is_refused(trained, dataset, tmp_path):
     """Two fits on one run.out (a rerun while the first still trains: both appended metrics and
     replaced last.pt through one temporary name) — the second is refused, naming the first."""

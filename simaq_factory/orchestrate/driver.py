@@ -97,7 +97,29 @@ def pending_shards(out: Path, recipe: Recipe, rid: str,
             if state == "damaged":
                 log.warning("shard %d will be rebuilt: %s", s, reason)
             todo.append(s)
+    if todo and len(todo) < n_shards:
+        _warn_other_software(out, [s for s in range(n_shards) if s not in set(todo)])
     return todo, n_shards - len(todo)
+
+
+def _warn_other_software(out: Path, done: list[int]) -> None:
+    """A resume whose software differs from that of the shards already done (the checkout moved,
+    torch was upgraded) would mix renderings in one dataset: said, with the remedies."""
+    from simaq_factory.store.dataset import load_provenance
+    from simaq_factory.versions import RENDER_SOFTWARE, describe_software
+
+    here = software_versions()
+    key = tuple(here.get(k) for k in RENDER_SOFTWARE)
+    others: dict[str, list[int]] = {}
+    for s in done:
+        record, _ = load_provenance(out, s)
+        versions = (record or {}).get("versions") or {}
+        if versions and tuple(versions.get(k) for k in RENDER_SOFTWARE) != key:
+            others.setdefault(describe_software(versions), []).append(s)
+    for what, shards in others.items():
+        log.warning("%d shard(s) done were rendered by %s (first: shard %d), the rest will be by %s: the dataset "
+                    "mixes renderings; `simaq-factory verify OUT --regen K` compares them, or build into a new OUT",
+                    len(shards), what, shards[0], describe_software(here))
 
 
 def _mark_building(out: Path, todo: list[int]) -> None:

@@ -231,6 +231,7 @@ class FactorySource:
         self.shape = tuple(int(s) for s in labels.shape[1:])
         self.name = str(self.path)
         self._arrays: dict[str, Any] = {}  # opened once per process (see _array)
+        self._checked: set[tuple[str, int]] = set()  # (array, shard) whose file matched its checksum
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to DataLoader workers) without the opened arrays; each process opens its own."""
@@ -256,9 +257,35 @@ class FactorySource:
             self._arrays[name] = zarr.open_array(self.path / "dataset.zarr" / name, mode="r")
         return self._arrays[name]
 
+    def _check_shard(self, name: str, s: int) -> None:
+        """The shard file holding sample ``s`` of ``name`` against the checksum its provenance record
+        holds, once per shard (and process): a damaged chunk that still decodes was read as data
+        (one voxel -1e38 went into the network). :class:`UnreadableData` when it differs; records
+        without checksums (datasets written by other tools) are not checked."""
+        per = self.card.get("samples_per_shard")
+        if not isinstance(per, int) or per <= 0:
+            return
+        k = s // per
+        if (name, k) in self._checked:
+            return
+        from simaq_factory.store.dataset import load_provenance, sha256_file
+
+        record, _ = load_provenance(self.path, k)  # an unreadable record: open_dataset named missing ones
+        checksums = (record or {}).get("checksums")
+        if isinstance(checksums, dict) and name in checksums:
+            ndim = self._array(name).ndim
+            path = self.path / "dataset.zarr" / name / "c" / "/".join([str(k)] + ["0"] * (ndim - 1))
+            if sha256_file(path) != checksums[name]:
+                raise UnreadableData(f"{path} (shard {k}, sample {s}) does not match the checksum in its provenance "
+                                     f"record: the dataset is damaged; `simaq-factory verify {self.path}` lists "
+                                     "what else is")
+        self._checked.add((name, k))
+
     def _read(self, name: str, s: int, a: int | None = None) -> np.ndarray:
         """Sample ``s`` (acquisition ``a`` of a 5D ``recon``) of array ``name``; a chunk that cannot
-        be read or decoded is :class:`UnreadableData` naming the dataset, array and sample."""
+        be read or decoded, or a shard file that does not match its checksum, is
+        :class:`UnreadableData` naming the dataset, array and sample."""
+        self._check_shard(name, s)
         try:
             arr = self._array(name)
             return np.asarray(arr[s] if a is None else arr[s, a])
