@@ -286,6 +286,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise BadInput(str(p), "is a directory, not a config file (e.g. configs/train-cpu.yaml)")
         if not p.is_file():
             raise BadInput(str(p), "config file not found")
         try:

@@ -133,6 +133,10 @@ def test_bad_inputs_exit_2_with_one_line(work, tmp_path):
     assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "nope")), "nope", "not found")
     assert_bad_input(invoke("score", "--gt", str(tmp_path / "nods"), "--pred", str(work / "fbp-ramlak.zarr")),
                      "no such dataset")
+    (tmp_path / "afile").write_text("x")
+    for cmd in (["score", "--gt", str(tmp_path / "afile"), "--pred", str(work / "fbp-ramlak.zarr")],
+                ["baseline", str(tmp_path / "afile"), "--method", "sirt", "-o", str(tmp_path / "b.zarr")]):
+        assert_bad_input(invoke(*cmd), "afile", "is a file, not a dataset directory")
     wrong = zarr.open_group(tmp_path / "wrong.zarr", mode="w", zarr_format=3)
     wrong.create_array("recon", shape=(3, 32, 32, 31), dtype="float32")
     assert_bad_input(invoke("score", "--gt", ds, "--pred", str(tmp_path / "wrong.zarr")), "recon", "shape")

@@ -127,6 +127,8 @@ class GroundTruth:
 def open_ground_truth(out: Path) -> GroundTruth:
     """Open the dataset directory ``out`` (as written by ``simaq-factory build``) for scoring."""
     resolved = out / RESOLVED
+    if out.exists() and not out.is_dir():
+        raise BadInput(str(out), "is a file, not a dataset directory (give the directory `build -o` wrote)")
     if not out.is_dir():
         raise BadInput(str(out), "no such dataset directory")
     if not resolved.exists() or not (out / GROUP_NAME).exists():
