@@ -177,6 +177,45 @@ def test_killed_run_resumes_from_its_last_checkpoint(trained, dataset, tmp_path)
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated lines after the resume
 
 
+def test_a_resumed_run_writes_the_metric_lines_of_the_uninterrupted_one(dataset, tmp_path):
+    """With checkpoint_every not a multiple of log_every, the first line after a resume averaged
+    fewer steps than the uninterrupted run's (its meter started at the checkpoint): a line is now
+    also written at each checkpoint, so the lines are the same."""
+    keys = ("kind", "step", "epoch", "position", "loss", "iou", "mean_iou", "real_fraction")
+
+    def lines(run_dir: Path) -> list[dict]:
+        return [{k: rec.get(k) for k in keys} for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+    full = tmp_path / "full"
+    cfg = yaml.safe_load(write_config(tmp_path / "f.yaml", dataset, full, max_steps=7).read_text())
+    cfg["run"].update(log_every=2, checkpoint_every=3)
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
+    saved = {}
+    original = fit_mod.save_checkpoint
+
+    def spy(path, payload):
+        original(path, payload)
+        if payload["step"] == 3 and "k3" not in saved:
+            saved["k3"] = shutil.copy(path, tmp_path / "step3.pt")
+
+    fit_mod.save_checkpoint = spy
+    try:
+        assert run("fit", tmp_path / "f.yaml").exit_code == 0
+    finally:
+        fit_mod.save_checkpoint = original
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(tmp_path / "step3.pt", killed / "last.pt")
+    shutil.copy(full / "metrics.jsonl", killed / "metrics.jsonl")  # as the killed run left it, and more
+    cfg["run"]["out"] = str(killed)
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(cfg))
+    assert run("fit", tmp_path / "k.yaml").exit_code == 0
+    want = lines(full)
+    steps = [r["step"] for r in want if r["kind"] == "train"]
+    assert {2, 3, 4, 6} <= set(steps)  # every log_every steps and at the checkpoint between
+    assert lines(killed) == want
+
+
 def test_metric_lines_after_the_checkpoint_go_and_a_start_over_starts_a_fresh_log(trained, dataset, tmp_path):
     lines = [{"kind": "train", "step": 1, "epoch": 0}, {"kind": "train", "step": 2, "epoch": 0},
              {"kind": "val", "step": 2, "epoch": 1}, {"kind": "train", "step": 3, "epoch": 1}]

@@ -605,7 +605,10 @@ class Trainer:
 
     def _after_step(self, meter: _Meter, progress: Progress | None, force_log: bool) -> None:
         st, every = self.state, self.cfg.run
-        if self.dist.main and (st.step % every.log_every == 0 or force_log):
+        # a line at each checkpoint too: a run resumed from one starts its meter there, as the
+        # uninterrupted run's meter does after that line (else their next lines averaged other steps)
+        at_checkpoint = st.step % every.checkpoint_every == 0
+        if self.dist.main and (st.step % every.log_every == 0 or force_log or at_checkpoint):
             rec = meter.record(self.names, st.step, st.epoch, st.position)
             _append_line(self.metrics_path, rec)
             if progress:
