@@ -86,7 +86,7 @@ def main() -> None:
         print(f"{r['workers']:14d} {r['batches']:8d} {r['windows_per_s']:10.1f} {r['first_batch_s']:14.3f} "
               f"{r['windows_per_s'] / model_rate:8.1f}x")
     print(f"model step: {step['seconds_per_step'] * 1e3:.1f} ms/step = {model_rate:.1f} windows/s "
-          f"({step['parameters']:,} parameters, device {step['device']})")
+          f"({step['model_parameters']:,} parameters, device {step['device']})")
     if args.json:
         write_json(args.json, {"loader": rows, "model": step, "config": args.config, "overrides": args.overrides,
                                "threads": threads, "run": run_record(args, None)})

@@ -124,17 +124,22 @@ def cpu_model() -> str | None:
 
 
 #: What decides a sample's bytes: a shard task refuses to run where any of these differs from the
-#: driver's (a worker started from another environment or checkout would mix renderings).
-RENDER_SOFTWARE = ("simaq-factory", "simaq-factory-commit", "simaq-factory-modified", "torch", "numpy",
-                   "perlin-numpy")
+#: driver's (a worker started from another environment or checkout would mix renderings). Not the
+#: checkout's "modified" flag: it covers docs and tests too, and is unknown where git is missing.
+RENDER_SOFTWARE = ("simaq-factory", "simaq-factory-commit", "torch", "numpy", "perlin-numpy")
 
 
 def software_mismatch(expected: dict[str, Any] | None) -> str | None:
     """None when this process runs the ``expected`` :data:`RENDER_SOFTWARE`; otherwise what differs,
-    in words (``torch 2.4.0 here, 2.13.0 on the driver``)."""
+    in words (``torch 2.4.0 here, 2.13.0 on the driver``). A version unknown on either side (None: an
+    installed wheel has no commit) is not a difference."""
     if not expected:
         return None
     here = software_versions()
-    diffs = [f"{k} {here.get(k)} here, {expected.get(k)} on the driver" for k in RENDER_SOFTWARE
-             if k in expected and here.get(k) != expected.get(k)]
+    diffs = [f"{k} {here.get(k)} here, {expected.get(k)} on the driver" for k in render_differences(here, expected)]
     return "; ".join(diffs) or None
+
+
+def render_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The :data:`RENDER_SOFTWARE` keys whose versions ``a`` and ``b`` both know and that differ."""
+    return [k for k in RENDER_SOFTWARE if a.get(k) is not None and b.get(k) is not None and a.get(k) != b.get(k)]

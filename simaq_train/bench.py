@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ def step_bytes(cfg: ModelConfig, *, window: int, size: int, batch_size: int) -> 
     leaf module for one window (a forward pass on the ``meta`` device: shapes, no arithmetic) times
     ``batch_size`` and 1.25 (measured on CPU: 1.1 GiB and 2.4 GiB of peak RSS at 128² and 256²,
     16 features, depth 4, batch 4, against 0.37 and 1.47 GiB of outputs and ~0.5 GiB for torch itself),
-    plus weights, gradients and Adam's two moments."""
+    plus weights, gradients and Adam's two moments. Compared with :func:`host_memory_available`,
+    which counts what the process (torch included) already holds as taken."""
     with torch.device("meta"):
         model = CenterSliceUNet(cfg).train()
     elems = 0
@@ -38,15 +40,31 @@ def step_bytes(cfg: ModelConfig, *, window: int, size: int, batch_size: int) -> 
 
 
 def host_memory_available() -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    """Bytes this process may still take: ``MemAvailable`` of /proc/meminfo, or less when a cgroup
+    (a container, a SLURM job) limits memory (v2 ``memory.max`` − ``memory.current``); None where
+    neither is known (not Linux)."""
+    avail = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    avail = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        avail = None
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((ln.split(":", 2)[2].strip() for ln in f if ln.startswith("0::")), None)
+        if rel is not None:
+            base = Path("/sys/fs/cgroup") / rel.lstrip("/")
+            limit = (base / "memory.max").read_text().strip()
+            if limit != "max":
+                left = int(limit) - int((base / "memory.current").read_text().strip())
+                avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return avail
+
 
 
 def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, window: int = 7,
@@ -62,7 +80,8 @@ def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, win
     if dev.type == "cpu":  # a step that cannot fit is refused, not left to the kernel's OOM killer
         need, have = step_bytes(cfg, window=window, size=size, batch_size=batch_size), host_memory_available()
         if have is not None and need > have:
-            raise BadInput("--batch-size", f"a CPU step of this model on {batch_size} x {window} x {size}² "
+            raise BadInput("--batch-size" if batch_size > 1 else "--size",
+                           f"a CPU step of this model on {batch_size} x {window} x {size}² "
                            f"windows needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; "
                            "pass a smaller --size or --batch-size (or --features/--depth); the defaults are "
                            "the paper's GPU settings")

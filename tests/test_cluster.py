@@ -143,6 +143,9 @@ def test_a_worker_running_other_software_refuses_the_shard_before_writing(tmp_pa
     assert software_mismatch(here) is None and software_mismatch(None) is None
     other = {**here, "torch": "1.0.0"}
     assert software_mismatch(other) == f"torch {here['torch']} here, 1.0.0 on the driver"
+    # unknown is no difference (a worker without git, an installed wheel), nor are edits of the checkout
+    assert software_mismatch({**here, "simaq-factory-commit": None, "simaq-factory-modified": None}) is None
+    assert software_mismatch({**here, "simaq-factory-modified": not here.get("simaq-factory-modified")}) is None
     with pytest.raises(OtherSoftware, match="runs other software than the driver: torch"):
         run_shard(str(tmp_path / "nothing"), {}, 0, "cpu", 1, other)
     assert not (tmp_path / "nothing").exists()

@@ -1137,3 +1137,17 @@ def test_a_resume_with_other_software_says_the_dataset_will_mix_renderings(parti
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"1 shard(s) done were rendered by simaq-factory {real['simaq-factory']}")
     assert f"torch {real['torch']} (first: shard 0), the rest will be by" in warned[0] and "torch 9.9.9" in warned[0]
+
+
+def test_verify_json_lists_the_shard_of_a_faulty_provenance_record(built, tmp_path):
+    """problem_shards names every shard a problem is about: a record listing its samples out of
+    order (or lacking fields) is one, though its files match their checksums."""
+    out = copy_of(built, tmp_path)
+    path = out / "provenance" / "shard-000001.json"
+    prov = json.loads(path.read_text())
+    prov["sample_records"] = prov["sample_records"][::-1]
+    path.write_text(json.dumps(resealed(prov)))
+    ver = cli("verify", str(out), "--json")
+    report = json.loads(ver.stdout)
+    assert ver.exit_code == 1 and report["problem_shards"] == [1], report
+    assert any(p.startswith("shard 1: provenance covers samples") for p in report["problems"]), report["problems"]

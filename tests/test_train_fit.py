@@ -189,6 +189,7 @@ def test_a_resumed_run_writes_the_metric_lines_of_the_uninterrupted_one(dataset,
     full = tmp_path / "full"
     cfg = yaml.safe_load(write_config(tmp_path / "f.yaml", dataset, full, max_steps=7).read_text())
     cfg["run"].update(log_every=2, checkpoint_every=3)
+    cfg["data"]["val"] = []  # training lines are the subject
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
     saved = {}
     original = fit_mod.save_checkpoint
@@ -772,6 +773,27 @@ def test_shard_files_that_fail_their_checksums_are_not_read_as_data(trained, dat
                "-o", tmp_path / "ev2").exit_code == 0  # the intact dataset reads
 
 
+def test_each_shard_file_is_hashed_once_per_source_not_per_loader_worker(dataset, monkeypatch):
+    """The checksum check hashed every recon shard again in each DataLoader worker, every epoch;
+    it is done once when the source opens, and a worker's copy reads without hashing."""
+    import pickle
+
+    from simaq_factory.store import dataset as store_dataset
+    from simaq_train.data.sources import FactorySource
+
+    calls = []
+    real = store_dataset.sha256_file
+    monkeypatch.setattr(store_dataset, "sha256_file", lambda p: (calls.append(p), real(p))[1])
+    src = FactorySource(dataset, n_classes=4, fov_margin=2.0)
+    n_shards = len(list((dataset / "provenance").glob("shard-*.json")))
+    assert n_shards >= 2 and len(calls) == len(set(calls)) == 2 * n_shards  # labels and recon, once each
+    worker = pickle.loads(pickle.dumps(src))
+    worker.index()
+    for v in range(len(worker)):
+        worker.load(v)
+    assert len(calls) == 2 * n_shards
+
+
 def test_a_second_fit_on_a_run_in_training_is_refused(trained, dataset, tmp_path):
     """Two fits on one run.out (a rerun while the first still trains: both appended metrics and
     replaced last.pt through one temporary name) — the second is refused, naming the first."""
@@ -804,6 +826,32 @@ def test_a_run_resumes_only_with_the_number_of_processes_that_trained_it(trained
                        r"one process"):
         fit_mod.Trainer(cfg, fit_mod.Dist(0, 2, 0))
     assert fit_mod.RunLock(run_dir).release() is None  # the refused trainer let go of the run
+
+
+def test_ranks_follow_their_launcher_also_when_it_is_pid_1(monkeypatch):
+    """Under torchrun each rank asks for SIGTERM when its launcher dies, and checks that it has not
+    died already: by a change of parent, not "parent is PID 1" (torchrun is PID 1 as a container's
+    entrypoint, and every rank killed itself at start)."""
+    import ctypes
+    import signal
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    requests, kills = [], []
+
+    class Libc:
+        def prctl(self, *args):
+            requests.append(args)
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(os, "getppid", lambda: 1)  # torchrun is PID 1
+    fit_mod._die_with_launcher()
+    assert requests == [(1, signal.SIGTERM, 0, 0, 0)] and kills == []
+    parents = iter([4242, 1])  # the launcher died between the look and the request
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    fit_mod._die_with_launcher()
+    assert kills == [(os.getpid(), signal.SIGTERM)]
 
 
 @pytest.mark.parametrize("env,needle", [

@@ -106,15 +106,14 @@ def _warn_other_software(out: Path, done: list[int]) -> None:
     """A resume whose software differs from that of the shards already done (the checkout moved,
     torch was upgraded) would mix renderings in one dataset: said, with the remedies."""
     from simaq_factory.store.dataset import load_provenance
-    from simaq_factory.versions import RENDER_SOFTWARE, describe_software
+    from simaq_factory.versions import describe_software, render_differences
 
     here = software_versions()
-    key = tuple(here.get(k) for k in RENDER_SOFTWARE)
     others: dict[str, list[int]] = {}
     for s in done:
         record, _ = load_provenance(out, s)
         versions = (record or {}).get("versions") or {}
-        if versions and tuple(versions.get(k) for k in RENDER_SOFTWARE) != key:
+        if render_differences(versions, here):
             others.setdefault(describe_software(versions), []).append(s)
     for what, shards in others.items():
         log.warning("%d shard(s) done were rendered by %s (first: shard %d), the rest will be by %s: the dataset "
@@ -371,8 +370,9 @@ class _ClusterWatch:
         self.address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
         self.idle_since: float | None = None
         self.warned = 0.0
-        if not logging.getLogger().isEnabledFor(logging.DEBUG):  # -vv keeps them
-            logging.getLogger("distributed.client").addFilter(_without_traceback)
+        client_log = logging.getLogger("distributed.client")
+        if not logging.getLogger().isEnabledFor(logging.DEBUG) and _without_traceback not in client_log.filters:
+            client_log.addFilter(_without_traceback)  # -vv keeps the tracebacks
 
     def check(self, err: BaseException | None = None) -> None:
         """BuildFailed when the scheduler is lost (the client closed, or ``err``, a task's error,
@@ -451,8 +451,13 @@ def _worker_pieces(
                     generate_piece, spec, a, b, key=f"bank-{spec['bank_index']}-{a}-{b}-{rid[:12]}",
                     priority=cost, retries=retries, pure=False,
                 ))
-            _ClusterWatch(client, "making the noise banks").wait(futures, all_done=True)
-            return list(client.gather(futures))
+            watch = _ClusterWatch(client, "making the noise banks")
+            watch.wait(futures, all_done=True)
+            try:
+                return list(client.gather(futures))
+            except Exception as err:  # cancelled with the scheduler's connection: that, in one line
+                watch.check(err)
+                raise
         finally:
             for f in futures:
                 f.release()

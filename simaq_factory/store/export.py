@@ -382,7 +382,8 @@ def export_dataset(
             elif fmt == "tiff":
                 _write_tiff(tmp, vol, vx, stack=tilt)
             elif fmt == "mrc":
-                _write_mrc(tmp, vol, vx, f"simaq-factory {__version__}: sample {i} {target.stem[14:]}, recipe {rid[:16]}",
+                _write_mrc(tmp, vol, vx, f"simaq-factory {__version__}: sample {i} {a}"
+                           + ("" if axis is None else f" axis {axis}") + f", recipe {rid[:16]}",
                            stack=tilt)
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None

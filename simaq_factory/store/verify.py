@@ -56,6 +56,8 @@ class VerifyReport:
     frozen: bool = False
     #: shards that are not done: missing, damaged or unrecorded files (their reason is in ``problems``)
     unfinished_shards: list[int] = field(default_factory=list)
+    #: shards whose provenance record lacks or misstates what it must hold
+    record_failed_shards: list[int] = field(default_factory=list)
     #: shards of the regenerated samples that did not match (their files pass their checksums)
     regen_failed_shards: list[int] = field(default_factory=list)
     #: shards whose decoded values fail --deep's checks (their files pass their checksums too)
@@ -65,8 +67,10 @@ class VerifyReport:
 
     @property
     def problem_shards(self) -> list[int]:
-        """Every shard a problem names: not done, failing --deep or --regen (ascending)."""
-        return sorted({*self.unfinished_shards, *self.deep_failed_shards, *self.regen_failed_shards})
+        """Every shard a problem names: not done, with a faulty record, failing --deep or --regen
+        (ascending)."""
+        return sorted({*self.unfinished_shards, *self.record_failed_shards, *self.deep_failed_shards,
+                       *self.regen_failed_shards})
 
     @property
     def ok(self) -> bool:
@@ -296,7 +300,10 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
         if RECORD_DIGEST not in prov:
             undigested += 1
         known.update(_shard_digests(specs, s, prov))
+        before = len(report.problems)
         _check_provenance(prov, s, samples, report)
+        if len(report.problems) > before:
+            report.record_failed_shards.append(s)
         if deep:
             before = len(report.problems)
             _deep_check(arrays, samples, report, on_volume)

@@ -232,6 +232,8 @@ class FactorySource:
         self.name = str(self.path)
         self._arrays: dict[str, Any] = {}  # opened once per process (see _array)
         self._checked: set[tuple[str, int]] = set()  # (array, shard) whose file matched its checksum
+        self._ndim = {"recon": recon.ndim, "labels": labels.ndim}
+        self._check_shards()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to DataLoader workers) without the opened arrays; each process opens its own."""
@@ -257,11 +259,23 @@ class FactorySource:
             self._arrays[name] = zarr.open_array(self.path / "dataset.zarr" / name, mode="r")
         return self._arrays[name]
 
+    def _check_shards(self) -> None:
+        """Every shard file this source reads (labels and recon of its samples), hashed once, here,
+        on a few threads: the set of checked shards goes with the source to loader workers, which
+        would otherwise hash every shard again each epoch."""
+        from simaq_factory.store.dataset import hash_threads, map_in_order
+
+        per = self.card.get("samples_per_shard")
+        if not isinstance(per, int) or per <= 0:
+            return
+        jobs = [(name, s) for name in ("labels", "recon") for s in range(0, self.n_samples, per)]
+        map_in_order(lambda job: self._check_shard(*job), jobs, hash_threads())
+
     def _check_shard(self, name: str, s: int) -> None:
         """The shard file holding sample ``s`` of ``name`` against the checksum its provenance record
-        holds, once per shard (and process): a damaged chunk that still decodes was read as data
-        (one voxel -1e38 went into the network). :class:`UnreadableData` when it differs; records
-        without checksums (datasets written by other tools) are not checked."""
+        holds, once per shard (done for all by :meth:`_check_shards`): a damaged chunk that still
+        decodes was read as data (one voxel -1e38 went into the network). :class:`UnreadableData`
+        when it differs; records without checksums (datasets written by other tools) are not checked."""
         per = self.card.get("samples_per_shard")
         if not isinstance(per, int) or per <= 0:
             return
@@ -273,7 +287,7 @@ class FactorySource:
         record, _ = load_provenance(self.path, k)  # an unreadable record: open_dataset named missing ones
         checksums = (record or {}).get("checksums")
         if isinstance(checksums, dict) and name in checksums:
-            ndim = self._array(name).ndim
+            ndim = self._ndim[name]
             path = self.path / "dataset.zarr" / name / "c" / "/".join([str(k)] + ["0"] * (ndim - 1))
             if sha256_file(path) != checksums[name]:
                 raise UnreadableData(f"{path} (shard {k}, sample {s}) does not match the checksum in its provenance "

@@ -118,12 +118,13 @@ def _die_with_launcher() -> None:
 
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
+    parent = os.getppid()  # torchrun may be PID 1 (a container's entrypoint): compare, not "== 1"
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the launcher died before the request was made
+    if os.getppid() != parent:  # the launcher died before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
 
 
