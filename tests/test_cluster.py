@@ -61,11 +61,8 @@ def _build(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
                           cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
-def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
-    address, workers, _ = dask_cluster
-    ref = tmp_path / "ref"
-    assert _build("-o", str(ref), "--cluster", "inline").returncode == 0
-    out = tmp_path / "out"
+def _build_until_a_shard_is_done(address: str, out: Path) -> subprocess.Popen[str]:
+    """A build on the scheduler at ``address``, started and waited on until its first shard is done."""
     proc = subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o", str(out),
                              "--scheduler", address, *SETS], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -73,6 +70,15 @@ def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
     while not list((out / "provenance").glob("shard-*.json")) if out.exists() else True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
+    return proc
+
+
+def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
+    address, workers, _ = dask_cluster
+    ref = tmp_path / "ref"
+    assert _build("-o", str(ref), "--cluster", "inline").returncode == 0
+    out = tmp_path / "out"
+    proc = _build_until_a_shard_is_done(address, out)
     os.killpg(workers[0].pid, signal.SIGKILL)  # a worker dies mid-build
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -113,13 +119,7 @@ def test_a_build_whose_scheduler_dies_ends_with_one_line_and_resumes(dask_cluste
     what happened; the shards written are kept and a rerun on a new cluster completes them."""
     address, _, scheduler = dask_cluster
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o", str(out),
-                             "--scheduler", address, *SETS], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list((out / "provenance").glob("shard-*.json")) if out.exists() else True:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc = _build_until_a_shard_is_done(address, out)
     os.killpg(scheduler.pid, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 1, stderr

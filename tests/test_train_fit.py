@@ -95,25 +95,30 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(torch.as_tensor(oa[k][name]), torch.as_tensor(ob[k][name]))
 
 
+def fit_keeping_checkpoint(cfg: Path, step: int, keep: Path):
+    """``fit cfg``, keeping a copy of its checkpoint of ``step`` at ``keep`` (as a run killed right
+    after writing it would leave it); returns the CLI result."""
+    original = fit_mod.save_checkpoint
+
+    def spy(path, payload):
+        original(path, payload)
+        if payload["step"] == step and not keep.exists():
+            shutil.copy(path, keep)
+
+    fit_mod.save_checkpoint = spy
+    try:
+        return run("fit", cfg)
+    finally:
+        fit_mod.save_checkpoint = original
+
+
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory) -> Path:
     """An uninterrupted run of 6 optimiser steps (crosses an epoch boundary); a copy of its step-4
     checkpoint is kept as if the run had been killed right after writing it."""
     tmp = tmp_path_factory.mktemp("runA")
     cfg = write_config(tmp / "a.yaml", dataset, tmp / "run", max_steps=6)
-    saved = {}
-    original = fit_mod.save_checkpoint
-
-    def spy(path, payload):
-        original(path, payload)
-        if payload["step"] == 4 and "k4" not in saved:
-            saved["k4"] = shutil.copy(path, tmp / "step4.pt")
-
-    fit_mod.save_checkpoint = spy
-    try:
-        r = run("fit", cfg)
-    finally:
-        fit_mod.save_checkpoint = original
+    r = fit_keeping_checkpoint(cfg, 4, tmp / "step4.pt")
     assert r.exit_code == 0, r.output
     # where it stopped first, then why, the checkpoint, and how to go on
     last = r.output.strip().splitlines()[-1]
@@ -191,19 +196,7 @@ def test_a_resumed_run_writes_the_metric_lines_of_the_uninterrupted_one(dataset,
     cfg["run"].update(log_every=2, checkpoint_every=3)
     cfg["data"]["val"] = []  # training lines are the subject
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
-    saved = {}
-    original = fit_mod.save_checkpoint
-
-    def spy(path, payload):
-        original(path, payload)
-        if payload["step"] == 3 and "k3" not in saved:
-            saved["k3"] = shutil.copy(path, tmp_path / "step3.pt")
-
-    fit_mod.save_checkpoint = spy
-    try:
-        assert run("fit", tmp_path / "f.yaml").exit_code == 0
-    finally:
-        fit_mod.save_checkpoint = original
+    assert fit_keeping_checkpoint(tmp_path / "f.yaml", 3, tmp_path / "step3.pt").exit_code == 0
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copy(tmp_path / "step3.pt", killed / "last.pt")
