@@ -204,6 +204,8 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{file}"], "not a directory"),
         (["build", str(SMOKE), "-o", "{out}", "--device", "cuda:7"], "--device: "),
         (["build", str(SMOKE), "-o", "{out}", "--workers", "0"], "--workers: must be >= 1"),
+        # memory_limit auto = RAM / workers: below a worker's need they paused and the build waited
+        (["build", str(SMOKE), "-o", "{out}", "--workers", "4096"], "--workers: 4096 LocalCluster workers share"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.workers=0"], "execution.workers: must be >= 1"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),

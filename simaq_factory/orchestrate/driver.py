@@ -121,6 +121,23 @@ def _warn_other_software(out: Path, done: list[int]) -> None:
                     len(shards), what, shards[0], describe_software(here))
 
 
+def _check_local_memory(workers: int, memory_limit: str) -> None:
+    """``memory_limit: auto`` gives each LocalCluster worker the machine's memory / workers: refused
+    (exit 2) when that is less than a worker needs (many workers on a small machine paused at
+    start-up and the build waited)."""
+    if memory_limit != "auto":
+        return  # checked with the recipe
+    from distributed.system import MEMORY_LIMIT  # what LocalCluster divides (cgroup limits included)
+
+    from simaq_factory.recipe.model import MIN_WORKER_MEMORY
+
+    each = MEMORY_LIMIT // max(1, workers)
+    if each < MIN_WORKER_MEMORY:
+        raise BadInput("--workers", f"{workers} LocalCluster workers share {MEMORY_LIMIT / 2**30:.1f} GiB: "
+                       f"{each // 2**20} MiB each, less than a worker needs ({MIN_WORKER_MEMORY // 2**20} MiB); "
+                       "use fewer workers")
+
+
 def _mark_building(out: Path, todo: list[int]) -> None:
     """A resumed build with shards to do is "building" again until it finishes, so a resume killed
     midway never leaves a card that says "complete" over missing shards."""
@@ -157,6 +174,8 @@ def build(
         check_sealed_intact(out)  # but a damaged one is not called complete
         return BuildReport(out, rid, n, skipped=n, built=0, cluster="none", frozen=True)
     check_out_dir(out, rid)  # before anything is written or started
+    if scheduler is None and cluster == "local":
+        _check_local_memory(exe.workers, exe.memory_limit)
     a_max = a_max_for(recipe)
     specs = array_specs(recipe, a_max)
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
