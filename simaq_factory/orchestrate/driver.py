@@ -98,7 +98,8 @@ def pending_shards(out: Path, recipe: Recipe, rid: str,
                 log.warning("shard %d will be rebuilt: %s", s, reason)
             todo.append(s)
     if todo and len(todo) < n_shards:
-        _warn_other_software(out, [s for s in range(n_shards) if s not in set(todo)])
+        pending = set(todo)
+        _warn_other_software(out, [s for s in range(n_shards) if s not in pending])
     return todo, n_shards - len(todo)
 
 
