@@ -68,9 +68,9 @@ def software_versions() -> dict[str, str | None]:
 def _software_versions() -> tuple[tuple[str, str | None], ...]:
     from simaq_factory import __version__
 
-    out = {d: _version(d) for d in ("simaq-factory", "torch", "numpy", "zarr", "numcodecs", "dask",
-                                     "distributed", "perlin-numpy")}
-    out["simaq-factory"] = __version__  # the code that runs (another copy on sys.path may shadow the install)
+    # simaq-factory: the code that runs (another copy on sys.path may shadow the installed metadata)
+    out = {"simaq-factory": __version__, **{d: _version(d) for d in ("torch", "numpy", "zarr", "numcodecs", "dask",
+                                                                     "distributed", "perlin-numpy")}}
     out["simaq-factory-commit"] = source_revision()
     if out["simaq-factory-commit"] is not None:  # the commit alone would hide uncommitted changes
         out["simaq-factory-modified"] = source_modified()  # type: ignore[assignment]

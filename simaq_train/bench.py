@@ -66,7 +66,6 @@ def host_memory_available() -> int | None:
     return avail
 
 
-
 def bench_train_step(*, features: int = 64, depth: int = 5, size: int = 512, window: int = 7,
                      batch_size: int = 16, steps: int = 10, amp: str = "auto",
                      device: str = "auto", warmup: int = 3) -> dict[str, Any]:

@@ -446,13 +446,13 @@ def test_the_driver_names_a_cluster_that_cannot_run_tasks_and_ends_on_a_lost_sch
     client = Client()
     watch = driver._ClusterWatch(client, "rendering shards")
     with caplog.at_level(logging.WARNING, logger=driver.__name__):
-        watch.check()
-        watch.check()
+        watch.check_idle()
+        watch.check_idle()
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "no worker of tcp://10.0.0.1:8786 can run tasks" in warned[0]
     assert "(workers: 2 paused)" in warned[0]
     client.workers = {"w0": {"status": "running"}}
-    watch.check()
+    watch.check_idle()
     assert watch.idle_since is None
     with pytest.raises(BuildFailed, match="lost the connection to the Dask scheduler tcp://10.0.0.1:8786 while "
                        "rendering shards"):

@@ -396,11 +396,15 @@ class _ClusterWatch:
 
     def check(self, err: BaseException | None = None) -> None:
         """BuildFailed when the scheduler is lost (the client closed, or ``err``, a task's error,
-        says its future was cancelled with the connection); warns when no worker can run tasks."""
+        says its future was cancelled with the connection). No round trip to the scheduler."""
         lost = err is not None and "scheduler-connection-lost" in str(err)
         if lost or self.client.status in ("closing", "closed", "failed"):
             raise BuildFailed(f"lost the connection to the Dask scheduler {self.address} while {self.what}; "
                               "the shards written so far are kept: run the same command again to resume")
+
+    def check_idle(self) -> None:
+        """A warning, at most every :data:`IDLE_WARN_EVERY_S`, when no worker has been able to run
+        tasks for :data:`HEALTH_EVERY_S` (asks the scheduler: called while nothing completes)."""
         try:
             workers = self.client.scheduler_info().get("workers", {})
         except Exception:  # noqa: BLE001 - a hint; the next check (or the futures) tells more
@@ -421,7 +425,7 @@ class _ClusterWatch:
 
     def wait(self, futures: list[Any], *, all_done: bool = False) -> list[Any]:
         """The futures that are done (at least one; every one with ``all_done``), checking the
-        cluster every :data:`HEALTH_EVERY_S` while none is."""
+        cluster every :data:`HEALTH_EVERY_S` while they are not."""
         from distributed import wait
 
         while True:
@@ -433,8 +437,11 @@ class _ClusterWatch:
             except Exception:  # noqa: BLE001 - futures cancelled (the scheduler's connection lost): checked next
                 done = {f for f in futures if f.done()}
             self.check()
-            if done and (not all_done or len(done) == len(futures)):
-                return list(done)
+            if done:
+                self.idle_since = None  # something ran
+                if not all_done or len(done) == len(futures):
+                    return list(done)
+            self.check_idle()
 
 
 def _warm_up(client: Any, device: str) -> None:

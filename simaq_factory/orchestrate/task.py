@@ -108,8 +108,8 @@ def run_shard(
     (a frozen dataset would change under its checksums)."""
     if (why := software_mismatch(expect_software)) is not None:
         raise OtherSoftware(f"worker {socket.gethostname()} (pid {os.getpid()}) runs other software than the "
-                            f"driver: {why}; start the workers with the driver's software (the same simaq-factory checkout or "
-                            "version, torch, numpy and perlin-numpy)")
+                            f"driver: {why}; start the workers with the driver's software (the same "
+                            "simaq-factory checkout or version, torch, numpy and perlin-numpy)")
     log_path = attach_log_file(Path(out), "worker")
     try:
         return _run_shard(out, recipe_json, shard_index, device, threads)

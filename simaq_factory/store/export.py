@@ -355,6 +355,7 @@ def export_dataset(
     for *_, target in targets:  # leftovers of an interrupted export
         _remove(target.with_name(f".{target.name}.partial"))
     written = []
+    classes = dataset_classes(recipe)  # OME-Zarr label images name them
     for i, a, axis, target in targets:
         if target in complete:
             if skipped is not None:
@@ -387,8 +388,7 @@ def export_dataset(
                            stack=tilt)
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
-                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels,
-                                dataset_classes(recipe))
+                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels, classes)
         except BaseException:
             _remove(tmp)  # best effort; the next run clears what is left
             raise

@@ -70,7 +70,13 @@ class ArraySpec:
 
     def shard_key(self, shard_index: int) -> str:
         """Path of a shard's file relative to the array (zarr v3 default chunk key encoding)."""
-        return "c/" + "/".join([str(shard_index)] + ["0"] * (len(self.shape) - 1))
+        return shard_key(shard_index, len(self.shape))
+
+
+def shard_key(shard_index: int, ndim: int) -> str:
+    """Path of shard ``shard_index``'s file relative to an ``ndim``-D array of the layout (one shard
+    per ``samples_per_shard`` samples along axis 0; zarr v3 default chunk key encoding)."""
+    return "c/" + "/".join([str(shard_index)] + ["0"] * (ndim - 1))
 
 
 def n_axes(recipe: Any) -> int:
@@ -126,7 +132,6 @@ def dataset_card(recipe: Any, rid: str, a_max: int) -> dict[str, Any]:
         "software": software_versions(),
         "status": "building",
     }
-
 
 
 def recon_description(recipe: Any) -> str:

@@ -231,7 +231,7 @@ class FactorySource:
         self.shape = tuple(int(s) for s in labels.shape[1:])
         self.name = str(self.path)
         self._arrays: dict[str, Any] = {}  # opened once per process (see _array)
-        self._checked: set[tuple[str, int]] = set()  # (array, shard) whose file matched its checksum
+        self._checked: set[int] = set()  # shards whose labels and recon files matched their checksums
         self._ndim = {"recon": recon.ndim, "labels": labels.ndim}
         self._check_shards()
 
@@ -266,40 +266,39 @@ class FactorySource:
         from simaq_factory.store.dataset import hash_threads, map_in_order
 
         per = self.card.get("samples_per_shard")
-        if not isinstance(per, int) or per <= 0:
-            return
-        jobs = [(name, s) for name in ("labels", "recon") for s in range(0, self.n_samples, per)]
-        map_in_order(lambda job: self._check_shard(*job), jobs, hash_threads())
+        if isinstance(per, int) and per > 0:
+            map_in_order(self._check_shard, list(range(0, self.n_samples, per)), hash_threads())
 
-    def _check_shard(self, name: str, s: int) -> None:
-        """The shard file holding sample ``s`` of ``name`` against the checksum its provenance record
-        holds, once per shard (done for all by :meth:`_check_shards`): a damaged chunk that still
-        decodes was read as data (one voxel -1e38 went into the network). :class:`UnreadableData`
-        when it differs; records without checksums (datasets written by other tools) are not checked."""
+    def _check_shard(self, s: int) -> None:
+        """The labels and recon files of the shard holding sample ``s`` against the checksums its
+        provenance record holds, once per shard (done for all by :meth:`_check_shards`): a damaged
+        chunk that still decodes was read as data (one voxel -1e38 went into the network).
+        :class:`UnreadableData` when one differs; records without checksums (datasets written by
+        other tools) are not checked."""
         per = self.card.get("samples_per_shard")
-        if not isinstance(per, int) or per <= 0:
-            return
-        k = s // per
-        if (name, k) in self._checked:
+        if not isinstance(per, int) or per <= 0 or s // per in self._checked:
             return
         from simaq_factory.store.dataset import load_provenance, sha256_file
+        from simaq_factory.store.layout import shard_key
 
+        k = s // per
         record, _ = load_provenance(self.path, k)  # an unreadable record: open_dataset named missing ones
         checksums = (record or {}).get("checksums")
-        if isinstance(checksums, dict) and name in checksums:
-            ndim = self._ndim[name]
-            path = self.path / "dataset.zarr" / name / "c" / "/".join([str(k)] + ["0"] * (ndim - 1))
+        for name, ndim in self._ndim.items():
+            if not isinstance(checksums, dict) or name not in checksums:
+                continue
+            path = self.path / "dataset.zarr" / name / shard_key(k, ndim)
             if sha256_file(path) != checksums[name]:
                 raise UnreadableData(f"{path} (shard {k}, sample {s}) does not match the checksum in its provenance "
                                      f"record: the dataset is damaged; `simaq-factory verify {self.path}` lists "
                                      "what else is")
-        self._checked.add((name, k))
+        self._checked.add(k)
 
     def _read(self, name: str, s: int, a: int | None = None) -> np.ndarray:
         """Sample ``s`` (acquisition ``a`` of a 5D ``recon``) of array ``name``; a chunk that cannot
         be read or decoded, or a shard file that does not match its checksum, is
         :class:`UnreadableData` naming the dataset, array and sample."""
-        self._check_shard(name, s)
+        self._check_shard(s)
         try:
             arr = self._array(name)
             return np.asarray(arr[s] if a is None else arr[s, a])
