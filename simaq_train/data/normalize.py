@@ -47,9 +47,15 @@ def quantile_normalize(volume: np.ndarray, margin: float = DEFAULT_MARGIN,
         if sel.any():
             out[sel] = _rank_normal(np.ascontiguousarray(volume[sel]))
         return out
-    inside = np.ascontiguousarray(volume[:, disc]).ravel()
-    if inside.size:
-        out[:, disc] = _rank_normal(inside).reshape(volume.shape[0], -1)
+    # the disc's flat in-plane indices: np.take and slice-by-slice stores are 5-10x faster than
+    # boolean indexing with the mask (256³: 0.04 + 0.07 s against 0.5 + 0.3 s)
+    cols = np.flatnonzero(disc)
+    if cols.size and volume.shape[0]:
+        inside = np.take(volume.reshape(volume.shape[0], -1), cols, axis=1).ravel()
+        quantiles = _rank_normal(inside).reshape(volume.shape[0], -1)
+        planes = out.reshape(volume.shape[0], -1)
+        for z in range(volume.shape[0]):
+            planes[z, cols] = quantiles[z]
     return out
 
 
@@ -58,11 +64,22 @@ def _rank_normal(inside: np.ndarray) -> np.ndarray:
     n = inside.size
     perm, starts_mask = _sorted_order(inside)
     result = np.empty(n, dtype=np.float32)
-    if starts_mask is None:  # no ties (the usual case for float reconstructions): rank = position
-        ranks = np.arange(n, dtype=np.float64)
-        ranks += 0.5
-        ranks /= n
-        result[perm] = torch.special.ndtri(torch.from_numpy(ranks)).to(torch.float32).numpy()
+    if starts_mask is None:  # no ties: rank = position
+        result[perm] = _position_quantiles(n)
+        return result
+    cont = np.flatnonzero(~starts_mask)  # sorted positions that continue the tie group before them
+    if 4 * cont.size <= n:
+        # few ties (a float32 reconstruction of millions of voxels holds some): the quantile of each
+        # position, with the positions of each tie group overwritten by the group's mid-rank quantile
+        breaks = np.flatnonzero(np.diff(cont) != 1) + 1
+        first = cont[np.concatenate(([0], breaks))] - 1  # each tied group's first position
+        size = cont[np.concatenate((breaks - 1, [cont.size - 1]))] - first + 1
+        mid_rank = first.astype(np.float64) + (size.astype(np.float64) - 1.0) / 2.0
+        q_group = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
+        ordered = _position_quantiles(n).copy()
+        offsets = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
+        ordered[np.repeat(first, size) + offsets] = np.repeat(q_group, size)
+        result[perm] = ordered
         return result
     starts = np.flatnonzero(starts_mask)
     counts = np.diff(starts, append=n)
@@ -70,6 +87,28 @@ def _rank_normal(inside: np.ndarray) -> np.ndarray:
     q = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
     result[perm] = q[np.cumsum(starts_mask, dtype=np.int64) - 1]
     return result
+
+
+_QUANTILE_CACHE_MAX = 2**25  # 128 MiB of float32: a 512² × 512 field of view is not kept
+_last_quantiles: tuple[int, np.ndarray] | None = None
+
+
+def _position_quantiles(n: int) -> np.ndarray:
+    """float32 ``ndtri((k + 0.5) / n)`` for k = 0 … n-1 (read-only). Every volume of one shape has
+    the same field-of-view size, so the last vector (up to 2**25 values) is kept and reused: the
+    training reader normalises volume after volume of one shape (256³: 0.5 s a volume saved)."""
+    global _last_quantiles
+    cached = _last_quantiles
+    if cached is not None and cached[0] == n:
+        return cached[1]
+    ranks = np.arange(n, dtype=np.float64)
+    ranks += 0.5
+    ranks /= n
+    q = torch.special.ndtri(torch.from_numpy(ranks)).to(torch.float32).numpy()
+    q.flags.writeable = False
+    if n <= _QUANTILE_CACHE_MAX:
+        _last_quantiles = (n, q)  # one assignment: threads see the old pair or the new one
+    return q
 
 
 _CANONICAL_NAN = np.uint32(0x7FC00000)
