@@ -20,9 +20,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+        if dev.type != "cuda":
+            raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
         if not torch.cuda.is_available():
             raise RecipeError("execution.device", f"{name!r} requested but CUDA is not available here")
-        return torch.device(name)
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            seen = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise RecipeError("execution.device", f"{name!r} requested but CUDA sees {count} device(s) here "
+                                                  f"({seen})")
+        return dev
     raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
 
 

@@ -18,7 +18,8 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,21 +69,44 @@ def sample_angle_set(recipe: Recipe, rng: np.random.Generator) -> AngleSet:
     )
 
 
-_PINNED = threading.local()  # per thread: concurrent tasks of one worker process must not share
+_HOST_SETS_LOCK = threading.Lock()
+_FREE_HOST_SETS: list[dict] = []  # sets of page-locked buffers not bound to a thread now
+_BOUND = threading.local()  # the set bound to this thread (host_buffers), else its own
+
+
+@contextmanager
+def host_buffers() -> Iterator[None]:
+    """Bind one set of :func:`to_host`'s page-locked buffers to this thread for the block, taken
+    from (and given back to) the process's pool: a Dask worker keeps as many sets as it runs CUDA
+    tasks at once, not one per pool thread (its tasks move from thread to thread, and a set per
+    thread held a 512³ sample's worth of locked memory, 0.9 GiB, for every thread)."""
+    with _HOST_SETS_LOCK:
+        buffers = _FREE_HOST_SETS.pop() if _FREE_HOST_SETS else {}
+    before = getattr(_BOUND, "buffers", None)
+    _BOUND.buffers = buffers
+    try:
+        yield
+    finally:
+        _BOUND.buffers = before
+        with _HOST_SETS_LOCK:
+            _FREE_HOST_SETS.append(buffers)
 
 
 def to_host(t: torch.Tensor, key: str, *, view: bool = False) -> np.ndarray:
     """Copy a tensor to host memory as numpy.
 
-    From CUDA the copy goes through a page-locked buffer kept per (thread, key, dtype) and grown
-    to the largest size seen (one per key, however many sinogram lengths come by), several times
-    faster than a pageable copy. With ``view`` the result is a view of that buffer, valid until the
-    next call with the same key in this thread (for callers that copy it into their shard at once);
-    otherwise it is a copy of its own.
+    From CUDA the copy goes through a page-locked buffer per (key, dtype), grown to the largest
+    size seen (one per key, however many sinogram lengths come by), several times faster than a
+    pageable copy. The buffers are the set bound to this thread by :func:`host_buffers`, or
+    outside one, a set of the thread's own. With ``view`` the result is a view of that buffer,
+    valid until the next call with the same key in this thread or the end of the ``host_buffers``
+    block (for callers that copy it into their shard at once); otherwise it is a copy of its own.
     """
     if t.device.type != "cuda":
         return t.numpy()
-    buffers = _PINNED.__dict__.setdefault("buffers", {})
+    buffers = getattr(_BOUND, "buffers", None)
+    if buffers is None:
+        buffers = _BOUND.buffers = {}
     buf = buffers.get((key, t.dtype))
     if buf is None or buf.numel() < t.numel():
         buf = buffers[(key, t.dtype)] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)

@@ -269,15 +269,95 @@ def test_a_cpu_slurm_job_runs_one_shard_at_a_time_with_all_its_cores():
 
 def test_workers_are_numbered_for_their_gpu(monkeypatch):
     """Worker k of a LocalCluster (name k) or process k of a SLURM job (name NAME-<job>-<k>) takes
-    GPU k mod count; outside a worker, 0."""
+    GPU k mod count; outside a worker, 0; a worker named after its address (its trailing number is
+    its port) or with no number has none."""
     import distributed
 
     from simaq_factory.orchestrate.task import worker_ordinal
 
     assert worker_ordinal() == 0
-    for name, expected in ((3, 3), ("SLURMCluster-7-2", 2), ("tcp://10.0.0.1:4000", 4000), ("gpu-node", 0)):
+    for name, expected in ((3, 3), ("SLURMCluster-7-2", 2), ("w-1", 1), ("tcp://10.0.0.1:4000", None),
+                           ("tls://[::1]:41237", None), ("gpu-node", None)):
         monkeypatch.setattr(distributed, "get_worker", lambda name=name: type("W", (), {"name": name})())
-        assert worker_ordinal() == expected
+        assert worker_ordinal() == expected, name
+
+
+_CLAIM = """
+import sys, time
+from simaq_factory.orchestrate.task import claim_gpu
+print(claim_gpu(2, sys.argv[1]), claim_gpu(2, sys.argv[1]), flush=True)
+time.sleep(60)
+"""
+
+
+def test_workers_without_a_number_claim_distinct_gpus_while_they_live(tmp_path):
+    """Processes on one node that cannot number themselves (``dask worker ADDR`` without --name)
+    each claim a GPU no other holds, for their whole life; with all held, none; a claim ends with
+    its process, however it ends."""
+    procs = []
+    try:
+        claims = []
+        for _ in range(3):
+            p = subprocess.Popen([sys.executable, "-c", _CLAIM, str(tmp_path)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+            procs.append(p)
+            claims.append(p.stdout.readline().split())
+        assert claims == [["0", "0"], ["1", "1"], ["None", "None"]]  # the same answer each call
+        procs[0].kill()
+        procs[0].wait()
+        p = subprocess.Popen([sys.executable, "-c", _CLAIM, str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+        procs.append(p)
+        assert p.stdout.readline().split() == ["0", "0"]  # the killed process's GPU is free again
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_a_worker_process_keeps_page_locked_buffers_per_running_task_not_per_thread():
+    """Shards run one after another on a Dask worker's pool threads, a different thread each time:
+    they reuse one set of to_host's buffers; tasks running at once get a set each."""
+    import threading
+
+    from distributed.threadpoolexecutor import ThreadPoolExecutor  # a Dask worker's pool
+
+    from simaq_factory import pipeline
+
+    def task(hold=None):
+        with pipeline.host_buffers():
+            mine = pipeline._BOUND.buffers
+            if hold is not None:
+                hold.wait(5)
+            return threading.get_ident(), id(mine)
+
+    pipeline._FREE_HOST_SETS.clear()
+    with ThreadPoolExecutor(8) as pool:
+        one_at_a_time = [pool.submit(task).result() for _ in range(16)]
+        both = threading.Barrier(2)
+        at_once = [f.result() for f in [pool.submit(task, both), pool.submit(task, both)]]
+    assert len({ident for ident, _ in one_at_a_time}) > 1  # several threads took turns
+    assert len({sets for _, sets in one_at_a_time}) == 1
+    assert at_once[0][1] != at_once[1][1] and len(pipeline._FREE_HOST_SETS) == 2
+    assert getattr(pipeline._BOUND, "buffers", None) is None  # unbound after the block
+
+
+def test_a_cuda_index_beyond_the_visible_gpus_is_refused_before_anything_is_written(monkeypatch):
+    """``--device cuda:3`` on a 1-GPU machine: exit 2 up front (every shard failed at set_device);
+    a malformed index is named too (torch raised)."""
+    import torch
+
+    from simaq_factory.device import resolve_device
+    from simaq_factory.recipe.fields import RecipeError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("cuda:0")) == "cuda:0" and str(resolve_device("cuda")) == "cuda"
+    with pytest.raises(RecipeError, match=r"'cuda:3' requested but CUDA sees 1 device\(s\) here \(cuda:0\)"):
+        resolve_device("cuda:3")
+    for bad in ("cuda:x", "cuda:-1", "cuda:0:1"):
+        with pytest.raises(RecipeError, match="expected cpu, cuda, cuda:N or auto"):
+            resolve_device(bad)
 
 
 def test_auto_device_requests_gpus_only_when_every_worker_has_one():

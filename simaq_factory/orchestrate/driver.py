@@ -346,7 +346,7 @@ def _check_gpu_workers(workers: dict[str, Any]) -> None:
     if workers and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
         raise BadInput("--scheduler", f"the device is CUDA, so each shard task needs a worker with a GPU "
                        f"resource, and none of its {len(workers)} worker(s) has one: start them as "
-                       "`dask worker ADDR --resources GPU=1`, one per GPU")
+                       "`CUDA_VISIBLE_DEVICES=k dask worker ADDR --resources GPU=1 --nthreads 1`, one per GPU k")
 
 
 def _all_workers_have_gpus(workers: dict[str, Any]) -> bool:

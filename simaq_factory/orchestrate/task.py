@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 
 from simaq_factory.device import resolve_device
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
-from simaq_factory.pipeline import render_sample
+from simaq_factory.pipeline import host_buffers, render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
 from simaq_factory.store.dataset import (
@@ -40,9 +41,11 @@ from simaq_factory.versions import cpu_kernels, software_mismatch, software_vers
 log = logging.getLogger(__name__)
 
 
-def worker_ordinal() -> int:
-    """This Dask worker's number: a LocalCluster names its workers 0, 1, …, and dask-jobqueue the
-    processes of a job ``NAME-<job>-<k>``; the trailing number is taken. 0 outside a worker."""
+def worker_ordinal() -> int | None:
+    """This Dask worker's number: a LocalCluster names its workers 0, 1, …, dask-jobqueue the
+    processes of a job ``NAME-<job>-<k>``, ``dask worker --name NAME --nworkers N`` ``NAME-<k>``;
+    the trailing number is taken. None for a worker named after its address (``dask worker``
+    without ``--name``: the trailing number is its port) or with no number; 0 outside a worker."""
     try:
         from distributed import get_worker
 
@@ -51,19 +54,78 @@ def worker_ordinal() -> int:
         return 0
     if isinstance(name, int):
         return name
+    if "://" in str(name):
+        return None
     match = re.search(r"(\d+)$", str(name))
-    return int(match.group(1)) if match else 0
+    return int(match.group(1)) if match else None
+
+
+_GPU_CLAIM_LOCK = threading.Lock()
+_gpu_claim: tuple[int | None, Any] | None = None  # (GPU index, its lock file held while the process lives)
+
+
+def _gpu_lock_name(k: int) -> str:
+    """The lock file's name for visible GPU ``k``: its UUID where torch reports one (the same
+    physical GPU whatever CUDA_VISIBLE_DEVICES each process has), else its index."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(k).uuid)
+    except Exception:  # noqa: BLE001 - no CUDA (tests), an old torch: the index it is
+        uuid = f"index{k}"
+    return f"simaq-factory-{os.getuid()}-gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', uuid)}.lock"
+
+
+def claim_gpu(count: int, folder: str | None = None) -> int | None:
+    """The first of this node's ``count`` visible GPUs that no other worker process of this user
+    holds, claimed for this process's life with an exclusive ``flock`` on a file in the temporary
+    folder (released by the kernel when the process ends, however it ends). None when all are
+    held or no lock file can be made. The same GPU for every call in this process."""
+    global _gpu_claim
+    import fcntl
+    import tempfile
+
+    with _GPU_CLAIM_LOCK:
+        if _gpu_claim is not None:
+            return _gpu_claim[0]
+        where = Path(folder or tempfile.gettempdir())
+        for k in range(count):
+            try:
+                fh = open(where / _gpu_lock_name(k), "a")  # noqa: SIM115 - held for the process's life
+            except OSError as exc:
+                why = f"no lock file in {where} ({exc.strerror})"
+                break
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            _gpu_claim = (k, fh)
+            log.info("worker pid %d renders on cuda:%d, the first GPU here no other worker process held",
+                     os.getpid(), k)
+            return k
+        else:
+            why = f"all {count} are held by other worker processes"
+        _gpu_claim = (None, None)  # asked once: the warning is not repeated for every task
+        log.warning("this worker (pid %d) could not claim a GPU of its own (%s): it shares cuda:%d; start "
+                    "one worker per GPU, each with its own CUDA_VISIBLE_DEVICES or --name NAME-k",
+                    os.getpid(), why, os.getpid() % count)
+        return None
 
 
 def worker_device(device: str) -> torch.device:
     """The device this process renders on, made current. ``cuda`` without an index gives each
     worker its own GPU when several are visible: worker k takes GPU k mod count (without this every
-    worker would share GPU 0). Workers that should use one GPU each are better started with their
-    own ``CUDA_VISIBLE_DEVICES``, which leaves one visible GPU and makes this choice trivial."""
+    worker would share GPU 0); a worker whose name carries no number (``dask worker ADDR`` without
+    ``--name``) claims the first GPU no other worker process on its node holds (:func:`claim_gpu`).
+    Workers that should use one GPU each are better started with their own
+    ``CUDA_VISIBLE_DEVICES``, which leaves one visible GPU and makes this choice trivial."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         if dev.index is None:
-            dev = torch.device("cuda", worker_ordinal() % max(torch.cuda.device_count(), 1))
+            count = max(torch.cuda.device_count(), 1)
+            k = worker_ordinal()
+            if k is None and count > 1:
+                k = claim_gpu(count)
+            dev = torch.device("cuda", (k if k is not None else os.getpid()) % count)
         torch.cuda.set_device(dev)
     return dev
 
@@ -112,7 +174,8 @@ def run_shard(
                             "simaq-factory checkout or version, torch, numpy and perlin-numpy)")
     log_path = attach_log_file(Path(out), "worker")
     try:
-        return _run_shard(out, recipe_json, shard_index, device, threads)
+        with host_buffers():  # the process's page-locked buffers, not a set per pool thread
+            return _run_shard(out, recipe_json, shard_index, device, threads)
     finally:
         detach_log_file(log_path)
 
