@@ -157,6 +157,23 @@ def test_elastic_moves_a_ramp_by_the_drawn_field_and_labels_by_nearest():
     assert float(np.abs(shifts).max()) > 1.0
 
 
+def test_elastic_warp_keeps_labelled_pixels_at_the_window_edge_free_of_padding():
+    """A crop inside the field of view warped: every pixel that keeps its label keeps the image's
+    value (a constant stays constant, no dark rim from zero padding along the crop's edge), and every
+    pixel pulled from outside the window is 0 / 255."""
+    img = np.full((3, 32, 32), 1.5, dtype=np.float32)
+    lab = np.zeros((32, 32), dtype=np.uint8)
+    cfg = only(elastic_prob=1.0, elastic_alpha=240.0)
+    seen_outside = 0
+    for seed in range(40):
+        out, olab = augment(img, lab, np.random.default_rng(seed), cfg, np.ones((32, 32), dtype=bool))
+        kept = olab == 0
+        assert np.allclose(out[:, kept], 1.5, atol=1e-5), seed
+        assert np.all(out[:, ~kept] == 0) and set(np.unique(olab)) <= {0, 255}
+        seen_outside += int((~kept).sum())
+    assert seen_outside > 0  # the warps did pull pixels from outside the window
+
+
 @pytest.mark.parametrize("op", ["flip", "rot90", "elastic", "crop", "all_geometric"])
 def test_geometric_ops_keep_image_and_labels_aligned(op):
     cfg = only(**(OPS[op] if op != "all_geometric" else dict(flip=1.0, elastic_prob=1.0, resized_crop_prob=1.0)))
