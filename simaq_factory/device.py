@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-from simaq_factory.recipe.fields import RecipeError
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "execution.device") -> torch.device:
     """Map a user-facing device name to a ``torch.device``; ``auto`` picks CUDA when available.
 
-    Raises :class:`RecipeError` (exit code 2 at the CLI) when CUDA is requested but absent.
+    The one check of a device name for every command of both packages: anything but ``auto``,
+    ``cpu``, ``cuda`` or ``cuda:N``, CUDA where there is none, or an index beyond the visible GPUs
+    raises :class:`~simaq_factory.errors.BadInput` naming ``key`` (the recipe field, config key
+    or flag the name came from; exit code 2 at the CLI), before anything is written.
     """
+    from simaq_factory.errors import BadInput
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        try:
-            dev = torch.device(name)
-        except (RuntimeError, ValueError):
-            raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}") from None
-        if dev.type != "cuda":
-            raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
-        if not torch.cuda.is_available():
-            raise RecipeError("execution.device", f"{name!r} requested but CUDA is not available here")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            seen = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-            raise RecipeError("execution.device", f"{name!r} requested but CUDA sees {count} device(s) here "
-                                                  f"({seen})")
-        return dev
-    raise RecipeError("execution.device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"cuda(:\d+)?", name):
+        raise BadInput(key, f"unknown device {name!r} (expected {DEVICE_NAMES})")
+    if not torch.cuda.is_available():
+        raise BadInput(key, f"{name!r} requested but CUDA is not available here")
+    dev = torch.device(name)
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        seen = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise BadInput(key, f"{name!r} requested but CUDA sees {count} device(s) here ({seen})")
+    return dev
 
 
 def torch_generator(seed: int, device: torch.device) -> torch.Generator:

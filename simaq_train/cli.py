@@ -140,8 +140,7 @@ def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samp
     # the paths first: torch (below) takes seconds to import
     out_dir = _report_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).resolve().name}",
                           dataset, overwrite)
-    if not Path(checkpoint).is_file():
-        raise_bad(checkpoint, "checkpoint not found")
+    _check_checkpoint_path(checkpoint)
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
     bar = Bar(True)
@@ -199,8 +198,7 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 
     # the paths first: torch (below) takes seconds to import
     check_output_path(out, overwrite=overwrite, source=tomogram)
-    if not Path(checkpoint).is_file():
-        raise_bad(checkpoint, "checkpoint not found")
+    _check_checkpoint_path(checkpoint)
     if not Path(tomogram).exists():
         raise_bad(tomogram, "file not found")
     from simaq_train.inference import predict_tomogram
@@ -299,6 +297,14 @@ def _report_dir(out: Path, dataset: str, overwrite: bool) -> Path:
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
     return out_dir
+
+
+def _check_checkpoint_path(checkpoint: str) -> None:
+    p = Path(checkpoint)
+    if p.is_dir():
+        raise_bad(checkpoint, "is a directory, not a checkpoint file (a run folder holds it as last.pt)")
+    if not p.is_file():
+        raise_bad(checkpoint, "checkpoint not found")
 
 
 def raise_bad(what: str, message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from itertools import permutations
@@ -202,8 +203,8 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
     ``n_classes`` (default: the dataset's, at least 4) classes are scored; levels map to classes
     0–3 only, so further classes (e.g. 4, nucleus) are never predicted and score IoU 0 where present.
     """
-    if fov_margin < 0:
-        raise BadInput("--fov-margin", "must be >= 0")
+    if not (math.isfinite(fov_margin) and fov_margin >= 0):  # NaN passed `< 0` and masked everything
+        raise BadInput("--fov-margin", f"must be a finite number >= 0, got {fov_margin}")
     if n_classes is None:
         n_classes = max(len(PHYSICAL_ORDER), infer_n_classes(dataset))
     methods = {"multiotsu4": otsu_predictor(4, fov_margin), "otsu_then_multiotsu3": otsu_two_stage_predictor(fov_margin)}

@@ -355,9 +355,18 @@ def test_a_cuda_index_beyond_the_visible_gpus_is_refused_before_anything_is_writ
     assert str(resolve_device("cuda:0")) == "cuda:0" and str(resolve_device("cuda")) == "cuda"
     with pytest.raises(RecipeError, match=r"'cuda:3' requested but CUDA sees 1 device\(s\) here \(cuda:0\)"):
         resolve_device("cuda:3")
-    for bad in ("cuda:x", "cuda:-1", "cuda:0:1"):
-        with pytest.raises(RecipeError, match="expected cpu, cuda, cuda:N or auto"):
+    for bad in ("cuda:x", "cuda:-1", "cuda:0:1", "cpu:0", "gpu", ""):
+        with pytest.raises(RecipeError, match=r"unknown device .* \(expected auto, cpu, cuda or cuda:N\)"):
             resolve_device(bad)
+    # simaq-train's commands and config say the same, naming their flag or key
+    from simaq_train.engine.parts import resolve_device as train_device
+
+    for bad in ("cuda:3", "gpu"):
+        with pytest.raises(RecipeError) as factory_err:
+            resolve_device(bad, "--device")
+        with pytest.raises(RecipeError) as train_err:
+            train_device(bad, "--device")
+        assert str(train_err.value) == str(factory_err.value)
 
 
 def test_auto_device_requests_gpus_only_when_every_worker_has_one():

@@ -72,6 +72,20 @@ def test_a_resumed_build_is_building_until_it_finishes(tmp_path, monkeypatch):
     assert status(out) == "complete"
 
 
+def test_an_inline_shard_failure_leaves_its_traceback_in_the_driver_log(tmp_path, monkeypatch):
+    """A failed shard of an inline build: one line on the console, its traceback in OUT/logs (the
+    summary line was all there was to debug with)."""
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise TypeError("'float' object cannot be interpreted as an integer")
+
+    monkeypatch.setattr(driver, "run_shard", broken)
+    out = tmp_path / "ds"
+    r = invoke("build", SMOKE, "-o", out, "--cluster", "inline", *TINY)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    log_text = "".join(p.read_text() for p in (out / "logs").glob("driver*.log"))
+    assert "shard 0 failed: TypeError" in log_text and "Traceback" in log_text and "in broken" in log_text
+
+
 def test_an_interrupted_freeze_is_completed_by_freezing_again(tmp_path):
     out = tmp_path / "ds"
     build(out)

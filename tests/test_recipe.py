@@ -210,7 +210,7 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=100MB"],  # Dask's KilledWorker
-         "execution.memory_limit: memory_limit '100MB' is less than a worker needs"),
+         "execution.memory_limit: '100MB' is less than a worker needs"),
         # alternatives given together: refused, not one of them silently ignored
         (["build", str(SMOKE), "-o", "{out}", "--cluster", "inline", "--scheduler", "tcp://127.0.0.1:9"],
          "--scheduler: cannot be combined with --cluster inline"),
@@ -398,3 +398,37 @@ def test_counts_and_budgets_that_could_only_hang_a_build_are_refused(override):
     key = override.split("=")[0]
     with pytest.raises(RecipeError, match=rf"^{key}: must be <= "):
         load_recipe(SMOKE, [override])
+
+
+def test_a_whole_float_for_a_choice_is_the_declared_integer_and_the_same_recipe():
+    """``axes: 3.0`` validated as 3.0, then every shard failed (range(3.0)); ``1.0`` and ``1`` were
+    two recipe ids."""
+    three = load_recipe(SMOKE, ["acquisition.axes=3.0"])
+    assert three.acquisition.axes == 3 and type(three.acquisition.axes) is int
+    assert recipe_id(load_recipe(SMOKE, ["acquisition.axes=1.0"])) == recipe_id(load_recipe(SMOKE, ["acquisition.axes=1"]))
+    with pytest.raises(RecipeError, match=r"^acquisition.axes: expected one of .*, got 2.5$"):
+        load_recipe(SMOKE, ["acquisition.axes=2.5"])
+
+
+def test_null_sections_empty_overrides_and_nulls_are_named_as_written(tmp_path):
+    """A section left null (its lines commented out) or ``--set KEY=`` with an unset variable is
+    refused, not the 4 × 512³ reference; YAML's null is shown as null; a bound as its integer; a
+    second YAML document says what was expected."""
+    with pytest.raises(RecipeError, match=r"^dataset: expected a mapping, got null: leave the section out"):
+        resolve({"dataset": None})
+    with pytest.raises(RecipeError, match=r"^dataset.n_samples: --set 'dataset.n_samples=' gives no value"):
+        load_recipe(SMOKE, ["dataset.n_samples="])
+    with pytest.raises(RecipeError, match=r"^phantom.cell.radius: expected a number, got null$"):
+        resolve({"phantom": {"cell": {"radius": None}}})
+    with pytest.raises(RecipeError, match=r"^null: unknown key"):
+        resolve({None: 1})
+    with pytest.raises(RecipeError, match=r"^seed: must be < 9223372036854775808, got "):
+        resolve({"seed": 2**70})
+    with pytest.raises(RecipeError, match=r"^artifacts.blur.kernel_size: must be odd"):
+        resolve({"artifacts": {"blur": {"kernel_size": 4}}})
+    with pytest.raises(RecipeError, match=r"^artifacts.banks.perlin_hi_3d.edge: edge=30 must be a multiple"):
+        resolve({"artifacts": {"banks": {"perlin_hi_3d": {"edge": 30}}}})
+    two = tmp_path / "two.yaml"
+    two.write_text("seed: 1\n---\nseed: 2\n")
+    with pytest.raises(RecipeError, match="expected a single document in the stream, but found another document"):
+        load_recipe(two)

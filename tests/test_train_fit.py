@@ -694,7 +694,13 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
          f"data.fov_margin: {tiny}: field-of-view margin 2.0 leaves no field of view"),
         (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "20"),
          f"--fov-margin: {dataset}: field-of-view margin 20.0 leaves no field of view"),
-        (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "-1"), "--fov-margin: must be >= 0"),
+        (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "-1"),
+         "--fov-margin: must be a finite number >= 0, got -1.0"),
+        (("baseline", dataset, "-o", tmp_path / "bl", "--fov-margin", "nan"),  # was exit 1, an IndexError
+         "--fov-margin: must be a finite number >= 0, got nan"),
+        (("predict", tmp_path, tmp_path / "flat.tif", "-o", tmp_path / "o.tif"),
+         f"{tmp_path}: is a directory, not a checkpoint file"),
+        (("evaluate", tmp_path, dataset), f"{tmp_path}: is a directory, not a checkpoint file"),
         (("bench", *tiny_bench, "--device", "gpu"), "--device: unknown device"),
         (("bench", *tiny_bench, "--window", "6"), "--window: must be odd"),
         # the paper's GPU step on CPU was left to the kernel's OOM killer (exit 137, no word)
@@ -733,7 +739,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
     ]
     if not torch.cuda.is_available():
         cases.append((("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--device", "cuda"),
-                      "--device: cuda requested but CUDA is not available"))
+                      "--device: 'cuda' requested but CUDA is not available here"))
     for args, needle in cases:
         r = run(*args)
         assert r.exit_code == 2, (args, r.output)

@@ -96,8 +96,6 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
 def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bool | None,
              device: str) -> None:
     """Reconstruct every sample of dataset GT from its stored sinogram and angles only."""
-    from simaq_factory.errors import BadInput
-    from simaq_factory.recipe.fields import RecipeError
     from simaq_factory.score.inputs import open_ground_truth
 
     # the paths first, before torch is imported (seconds): a mistyped one is answered at once
@@ -108,10 +106,7 @@ def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bo
     from simaq_factory.device import resolve_device
     from simaq_factory.score.baseline import run_baseline
 
-    try:
-        dev = resolve_device(device)
-    except RecipeError as err:
-        raise BadInput("--device", err.message) from None
+    dev = resolve_device(device, "--device")
     report = run_baseline(Path(gt), Path(pred), method, iterations=iterations, nonneg=nonneg, device=dev,
                           progress=_progress(method))
     click.echo(f"{method}: reconstructed {report['built']} sample(s), {report['skipped']} already done, "

@@ -215,6 +215,8 @@ def build(
                     summary = run_shard(str(out), recipe_json, s, device, threads)
                 except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
                     _record_failure(report, s, err)
+                    log.error("shard %d failed: %s", s, report.failed[s])
+                    log.info("shard %d: the traceback", s, exc_info=err)  # OUT/logs, and the console at -v
                     summary = None
                 else:
                     report.built += 1
@@ -600,6 +602,7 @@ def _run_distributed(
             watch.check(err)  # cancelled with the scheduler's connection: that is the whole build's failure
             _record_failure(report, s, err)
             log.error("shard %d failed after retries: %s", s, report.failed[s])
+            log.info("shard %d: the traceback", s, exc_info=err)  # OUT/logs, and the console at -v
         finally:
             fut.release()
         finished += 1

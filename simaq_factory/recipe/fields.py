@@ -46,7 +46,7 @@ def unknown_key(key: str, known: Any) -> str:
 
 def _num(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecipeError(path, f"expected a number, got {value!r}")
+        raise RecipeError(path, f"expected a number, got {'null' if value is None else repr(value)}")
     if not math.isfinite(float(value)):
         raise RecipeError(path, f"expected a finite number, got {value!r}")
     return float(value)

@@ -46,6 +46,8 @@ def read_yaml(path: str | os.PathLike[str], *, require_fields: bool = False) -> 
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "syntax error"
+        context = getattr(err, "context", None)  # "expected a single document in the stream" …
+        problem = f"{context}, {problem}" if context else problem
         raise RecipeFileError(str(path), f"invalid YAML{where}: {problem}") from None
     if data is None:
         data = {}
@@ -77,6 +79,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         if not key.strip() or any(not p for p in parts):
             raise RecipeError("--set", f"expected a dotted key like dataset.n_samples, got {key!r}")
+        if not raw.strip():  # `--set dataset.n_samples=$N` with N unset
+            raise RecipeError(key.strip(), f"--set {item!r} gives no value (write null to mean null)")
         try:
             value = load_yaml(raw)
         except yaml.YAMLError as err:

@@ -115,7 +115,7 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+            raise ValueError(f"device: unknown device {self.device!r} (expected auto, cpu, cuda or cuda:N)")
         if self.memory_limit != "auto":
             _check_bytes("memory_limit", self.memory_limit, at_least=MIN_WORKER_MEMORY)
 

@@ -26,17 +26,22 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _bound(b: float) -> str:
+    """A bound as written: integers whole (2**63, not 9.22337e+18), others as ``:g``."""
+    return str(b) if isinstance(b, int) else f"{b:g}"
+
+
 def _check_bounds(x: float, path: str, meta: typing.Mapping[str, Any], shown: Any = None) -> None:
     shown = x if shown is None else shown
     ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
     if ge is not None and not x >= ge:
-        raise RecipeError(path, f"must be >= {ge:g}, got {shown!r}")
+        raise RecipeError(path, f"must be >= {_bound(ge)}, got {shown!r}")
     if gt is not None and not x > gt:
-        raise RecipeError(path, f"must be > {gt:g}, got {shown!r}")
+        raise RecipeError(path, f"must be > {_bound(gt)}, got {shown!r}")
     if le is not None and not x <= le:
-        raise RecipeError(path, f"must be <= {le:g}, got {shown!r}")
+        raise RecipeError(path, f"must be <= {_bound(le)}, got {shown!r}")
     if lt is not None and not x < lt:
-        raise RecipeError(path, f"must be < {lt:g}, got {shown!r}")
+        raise RecipeError(path, f"must be < {_bound(lt)}, got {shown!r}")
 
 
 def _check_dist_bounds(d: Dist, path: str, meta: typing.Mapping[str, Any]) -> None:
@@ -60,6 +65,15 @@ def _check_dist_bounds(d: Dist, path: str, meta: typing.Mapping[str, Any]) -> No
         _check_bounds(lo, _join(path, "min" if d.min is not None else "mean"), meta)
     if upper_needed:
         _check_bounds(hi, _join(path, "max" if d.max is not None else "mean"), meta)
+
+
+def _shown(value: Any) -> str:
+    """A recipe value as the user wrote it: YAML's null, true and false, else its repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def _describe(tp: Any) -> str:
@@ -97,34 +111,34 @@ def _parse_value(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
         specific = [e for e in errors if e.path != path or "expected" not in e.message]
         if specific:
             raise specific[0]
-        raise RecipeError(path, f"expected {_describe(tp)}, got {value!r}")
+        raise RecipeError(path, f"expected {_describe(tp)}, got {_shown(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            raise RecipeError(path, f"expected {_describe(tp)}, got {value!r}")
-        return value
+            raise RecipeError(path, f"expected {_describe(tp)}, got {_shown(value)}")
+        return choices[choices.index(value)]  # the declared choice: 3.0 is 3 (one recipe id, an int)
     if tp is bool:
         if not isinstance(value, bool):
-            raise RecipeError(path, f"expected true or false, got {value!r}")
+            raise RecipeError(path, f"expected true or false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise RecipeError(path, f"expected an integer, got {value!r}")
+                raise RecipeError(path, f"expected an integer, got {_shown(value)}")
         _check_bounds(value, path, meta)
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(path, f"expected a number, got {value!r}")
+            raise RecipeError(path, f"expected a number, got {_shown(value)}")
         if not math.isfinite(float(value)):
-            raise RecipeError(path, f"expected a finite number, got {value!r}")
+            raise RecipeError(path, f"expected a finite number, got {_shown(value)}")
         _check_bounds(float(value), path, meta)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise RecipeError(path, f"expected a string, got {value!r}")
+            raise RecipeError(path, f"expected a string, got {_shown(value)}")
         return value
     if tp is Dist:
         dist = Dist.parse(value, path)
@@ -133,13 +147,16 @@ def _parse_value(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(path, f"expected a list, got {value!r}")
+            raise RecipeError(path, f"expected a list, got {_shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_parse_value(args[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise RecipeError(path, f"expected a list of {len(args)} values, got {value!r}")
+            raise RecipeError(path, f"expected a list of {len(args)} values, got {_shown(value)}")
         return tuple(_parse_value(a, v, f"{path}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if value is None:  # `dataset:` with its lines commented out, `--set dataset=null`
+            raise RecipeError(path, "expected a mapping, got null: leave the section out (or write {}) for "
+                                    "its defaults")
         return parse_section(tp, value, path)
     raise TypeError(f"{path}: unsupported recipe field type {tp!r}")  # a programming error
 
@@ -156,12 +173,12 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(path or "recipe", f"expected a mapping, got {data!r}")
+        raise RecipeError(path or "recipe", f"expected a mapping, got {_shown(data)}")
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            raise RecipeError(_join(path, str(key)), unknown_key(str(key), fields))
+            raise RecipeError(_join(path, _shown(key) if key is None else str(key)), unknown_key(str(key), fields))
     kwargs = {
         name: _parse_value(hints[name], data[name], _join(path, name), f.metadata)
         for name, f in fields.items()
@@ -172,17 +189,21 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     except RecipeError:
         raise
     except (TypeError, ValueError) as err:  # a section's own __post_init__ check
-        raise RecipeError(_post_init_path(cls, path, str(err)), str(err)) from None
+        raise _post_init_error(cls, path, str(err)) from None
 
 
-def _post_init_path(cls: Any, path: str, message: str) -> str:
-    """Path of the field a ``__post_init__`` message starts with ("blur.kernel_size must …"), else the section."""
-    words = message.split()
+def _post_init_error(cls: Any, path: str, message: str) -> RecipeError:
+    """The error of a ``__post_init__`` message: at the field it starts with ("blur.kernel_size must
+    …", "edge=30 …"), its name then dropped from the message when it is the subject; else at the
+    section."""
+    words = message.split(maxsplit=1)
     head = words[0].rstrip(":,") if words else ""
-    name = head.rsplit(".", 1)[-1]
-    if name in {f.name for f in dataclasses.fields(cls)}:
-        return f"{path}.{name}" if path else name
-    return path or "recipe"
+    name = head.split("=", 1)[0].rsplit(".", 1)[-1]
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        return RecipeError(path or "recipe", message)
+    if "=" not in head and len(words) > 1:
+        message = words[1]  # "kernel_size must be odd" at …kernel_size: "must be odd"
+    return RecipeError(f"{path}.{name}" if path else name, message)
 
 
 def section_to_json(obj: Any) -> Any:

@@ -67,21 +67,12 @@ class EMA:
 
 
 def resolve_device(name: str, key: str = "run.device") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; anything else, or CUDA where there is none, is
-    bad input naming ``key`` (the config key or flag the name came from)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise BadInput(key, f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(key, f"{name} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise BadInput(key, f"{name} requested but there are {torch.cuda.device_count()} CUDA devices")
-    return dev
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; anything else, CUDA where there is none or an
+    index beyond the visible GPUs is bad input naming ``key`` (the config key or flag the name came
+    from), worded as every simaq-factory command words it."""
+    from simaq_factory.device import resolve_device as resolve
+
+    return resolve(name, key)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
