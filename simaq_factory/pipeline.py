@@ -37,16 +37,10 @@ from simaq_factory.artifacts import NoiseBanks, apply_artifacts, memory_banks, s
 from simaq_factory.artifacts.stage import REFERENCE_VOXELS_PER_UNIT
 from simaq_factory.phantom import sample_phantom, voxelize
 from simaq_factory.recipe.model import Recipe
+from simaq_factory.seeding import STREAMS, sample_rngs  # noqa: F401 - STREAMS re-exported
 from simaq_factory.tomo import Geometry, forward_project, reconstruct
 
-STREAMS = ("phantom", "artifacts", "angles", "sinogram")
 INPUT_CIRCLE_PADDING = 2.0  # reference §3.2: project only inside radius n/2 − 2
-
-
-def sample_rngs(seed: int, index: int) -> dict[str, np.random.Generator]:
-    """Independent generators for each stage of sample ``index``."""
-    root = np.random.SeedSequence(seed, spawn_key=(index,))
-    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, root.spawn(len(STREAMS)))}
 
 
 def cylinder_mask(n: int, padding: float, device: torch.device) -> torch.Tensor:

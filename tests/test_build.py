@@ -242,10 +242,23 @@ def test_disk_full_mid_build_exit_1_marks_nothing_then_resumes(tmp_path, monkeyp
     assert "2 done, 0 pending" in CliRunner().invoke(main, ["status", str(out)]).output
 
 
-def test_a_recipe_whose_cells_cannot_fit_says_so_not_re_run(tmp_path):
-    # cells laid out at scale 2 in 64³ do not fit: every run of this recipe fails the same way
+def test_a_recipe_whose_cells_cannot_fit_says_so_not_re_run(tmp_path, monkeypatch):
+    # cells laid out at scale 2 in 64³ do not fit: refused up front when sample 0's do not (exit 2,
+    # nothing written; validate says the same) ...
     out = tmp_path / "out"
     args = ["build", SMOKE, *small_banks.ARGS, "-o", str(out), "--cluster", "inline", "--set", "phantom.scale=2"]
+    for cmd in (args, ["validate", SMOKE, "--set", "phantom.scale=2"]):
+        result = CliRunner().invoke(main, cmd)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [
+            "error: phantom: sample 0 cannot be rendered: 1 cells do not fit a (64, 64, 64) volume: scale 0.5653 "
+            "needed, below 0.5 × requested 2 (a smaller phantom.scale, 'auto' for this dataset.shape, or fewer "
+            "phantom.cells.count fit; phantom.layout.min_scale_fraction allows more shrinking)"], result.stderr
+        assert not out.exists()
+    # ... and a shard whose sample cannot (a later draw of the count) fails with the recipe named
+    from simaq_factory.orchestrate import driver
+
+    monkeypatch.setattr(driver, "check_first_layout", lambda recipe: None)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]

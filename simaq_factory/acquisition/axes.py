@@ -27,7 +27,7 @@ Randomness. Axis 0 draws its angles and sinogram artifacts from the sample's ``a
 ``sinogram`` streams exactly as a one-axis recipe does (so axis 0 of a three-axis dataset is the
 acquisition the one-axis recipe would make). Axis ``k ≥ 1`` draws from
 ``SeedSequence(seed, spawn_key=(i, s, k))`` where ``s`` is the stream's position in
-:data:`simaq_factory.pipeline.STREAMS` — the ``k``-th child spawned from that stream's own
+:data:`simaq_factory.seeding.STREAMS` — the ``k``-th child spawned from that stream's own
 SeedSequence — so each axis is an independent, reproducible draw.
 """
 
@@ -107,7 +107,7 @@ def axis_rng(seed: int, index: int, stream_position: int, axis: int) -> np.rando
     """The generator of stream ``stream_position`` for acquisition ``axis`` ≥ 1 of sample ``index``."""
     k = _check_axis(axis)
     if k == 0:
-        raise ValueError("axis 0 uses the sample's own stream (pipeline.sample_rngs)")
+        raise ValueError("axis 0 uses the sample's own stream (seeding.sample_rngs)")
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, stream_position, k)))
 
 

@@ -74,9 +74,11 @@ def validate(recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     from simaq_factory.acquisition.angles import a_max_for
     from simaq_factory.artifacts.banks import bank_shape, bank_specs
     from simaq_factory.recipe.io import recipe_id, recipe_to_json
+    from simaq_factory.seeding import check_first_layout
     from simaq_factory.store.layout import array_specs
 
     rec, _ = _load(recipe, overrides, require_fields=not overrides)  # what build accepts, no more
+    check_first_layout(rec)  # as build does: cells that cannot be laid out are refused here too
     specs = array_specs(rec, a_max_for(rec))
     n_shards = -(-rec.dataset.n_samples // rec.dataset.samples_per_shard)
     banks = {name: bank_shape(b) for name, b in bank_specs(rec.artifacts, tuple(rec.dataset.shape), rec.seed).items()}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from simaq_factory.device import resolve_device
+from simaq_factory.seeding import check_first_layout
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster, slurm_processes
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
@@ -175,6 +176,7 @@ def build(
         check_sealed_intact(out)  # but a damaged one is not called complete
         return BuildReport(out, rid, n, skipped=n, built=0, cluster="none", frozen=True)
     check_out_dir(out, rid)  # before anything is written or started
+    check_first_layout(recipe)  # cells that cannot be laid out: exit 2 with nothing written
     if scheduler is None and cluster == "local":
         _check_local_memory(exe.workers, exe.memory_limit)
     a_max = a_max_for(recipe)

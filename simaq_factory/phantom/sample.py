@@ -36,7 +36,6 @@ from simaq_factory.phantom.apollonian import apollonian_packing
 from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.phantom.geometry import ellipsoid_inside, ellipsoids_overlap
 from simaq_factory.phantom.layout import PhantomLayoutError, layout_discs
-from simaq_factory.phantom.deform import sample_deformation
 from simaq_factory.phantom.spec import CellSpec, DropletSpec, NucleusSpec, PhantomSpec, VacuoleSpec
 
 __all__ = ["PhantomFitError", "sample_phantom", "sample_cell", "LocalCell"]
@@ -303,10 +302,12 @@ def _centred(pos: np.ndarray, ext: np.ndarray, axes: tuple[int, int]) -> np.ndar
     return out
 
 
-def sample_phantom(
+def place_cells(
     cfg: PhantomConfig, shape: tuple[int, int, int], rng: np.random.Generator
-) -> PhantomSpec:
-    """Sample a phantom for a volume of ``shape`` (Z, Y, X) voxels; all geometry in voxels.
+) -> tuple[list[LocalCell], np.ndarray, float]:
+    """The first draws of :func:`sample_phantom`: its cells (local frames, units), their centres
+    (units, around the volume's centre) and the scale (voxels per unit). numpy only, so that
+    ``validate`` can lay out a sample as the build will without importing torch.
 
     Raises :class:`PhantomLayoutError` when the cells cannot be separated and
     :class:`PhantomFitError` when they do not fit the volume (see the module docstring).
@@ -339,7 +340,21 @@ def sample_phantom(
                 )
             scale = fit * (1.0 - 1e-9)
             log.info("phantom shrunk to scale %.4g (requested %.4g) to fit %d cells", scale, requested, n)
+    return cells, pos, scale
 
+
+def sample_phantom(
+    cfg: PhantomConfig, shape: tuple[int, int, int], rng: np.random.Generator
+) -> PhantomSpec:
+    """Sample a phantom for a volume of ``shape`` (Z, Y, X) voxels; all geometry in voxels.
+
+    Raises :class:`PhantomLayoutError` when the cells cannot be separated and
+    :class:`PhantomFitError` when they do not fit the volume (see the module docstring).
+    """
+    from simaq_factory.phantom.deform import sample_deformation  # torch: not for place_cells alone
+
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+    cells, pos, scale = place_cells(cfg, shape, rng)
     centre = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
 
     def vox(p: np.ndarray) -> tuple[float, float, float]:
