@@ -33,7 +33,10 @@ def confusion(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
 
     pred, target: same shape, integer, on any device. ``mask`` broadcasts to it (e.g. an (H, W)
     field of view for a (Z, H, W) volume). Pixels with target ``ignore_index`` (or outside ``mask``)
-    are skipped; targets ≥ n_classes (other than ignore) are skipped too.
+    are skipped; targets ≥ n_classes (other than ignore) are skipped too. Predictions are class ids
+    0 … n_classes − 1 (an argmax); ids outside that range are clamped into it, so callers with
+    outside segmentations use ``simaq_factory.score.metrics.confusion_counts``, which counts them as
+    misses.
     """
     return confusion_tensor(pred, target, n_classes, ignore_index, mask).cpu().numpy()
 

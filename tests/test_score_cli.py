@@ -200,6 +200,18 @@ def test_predictions_are_checked_against_the_dataset_and_named_files_only(work, 
     assert r.exit_code == 0, r.output
     row = json.loads((tmp_path / "r8" / "scores.json").read_text())["samples"][0]
     assert row["ssim"] > 0.9 and "iou_cell" not in row
+    signed = tmp_path / "signed"  # int16 reconstructions (IMOD mode 1): taken for labels, and said so
+    signed.mkdir()
+    tifffile.imwrite(signed / "0.tif", (np.round(1000 * ph / ph.max()) - 500).astype(np.int16))
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(signed), "-o", str(tmp_path / "r")),
+                     "labels must be integers >= 0, got -500",
+                     "taken for segmentations because they hold integers: for reconstructions pass --only recon")
+    masks = tmp_path / "masks"  # a boolean mask is meant as a segmentation, and is not one
+    masks.mkdir()
+    tifffile.imwrite(masks / "0.tif", np.asarray(ds["labels"][0]) > 0)
+    assert_bad_input(invoke("score", "--gt", str(work / "ds"), "--pred", str(masks), "-o", str(tmp_path / "r")),
+                     "0.tif: a boolean mask, not class ids")
+    assert not (tmp_path / "r").exists()
 
 
 def test_duplicate_names_and_wide_span_bins(work, tmp_path):

@@ -200,6 +200,19 @@ class Prediction:
     kinds: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
     read: dict[str, Callable[[int], np.ndarray]] = field(default_factory=dict)
+    #: a flat folder's files taken for segmentations because they hold integers (not said by a
+    #: labels/ sub-folder or --only): an error about their ids says so
+    labels_by_dtype: bool = False
+
+
+def _labels_dtype_problem(dtype: np.dtype) -> str | None:
+    """Why a volume of ``dtype`` cannot be a segmentation, or None."""
+    if dtype == np.bool_:
+        return ("a boolean mask, not class ids: save the segmentation as integer class ids (the dataset's "
+                "label map; 0 background), a mask of one class as 0 and that class's id")
+    if not np.issubdtype(dtype, np.integer):
+        return f"labels must be integers, got {dtype}"
+    return None
 
 
 def open_prediction(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
@@ -258,8 +271,8 @@ def _open_zarr(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
         if tuple(arr.shape) != expect:
             raise BadInput(f"{path}/{kind}", f"shape {tuple(arr.shape)} does not match the dataset's "
                            f"{dims} = {expect}{alone}")
-        if kind == "labels" and not np.issubdtype(arr.dtype, np.integer):
-            raise BadInput(f"{path}/labels", f"labels must be integers, got {arr.dtype}{alone}")
+        if kind == "labels" and (why := _labels_dtype_problem(arr.dtype)) is not None:
+            raise BadInput(f"{path}/labels", f"{why}{alone}")
         if kind == "recon" and not _real_number_dtype(arr.dtype):
             raise BadInput(f"{path}/recon", f"reconstructions must be real numbers (float or integer), "
                            f"got {arr.dtype}{alone}")
@@ -304,7 +317,7 @@ def _file_is_integer(path: Path) -> bool:
         raise
     except Exception as err:  # noqa: BLE001 - a file we cannot read is a bad input
         raise BadInput(str(path), f"cannot read volume header: {err}") from None
-    return bool(np.issubdtype(dtype, np.integer))
+    return bool(np.issubdtype(dtype, np.integer)) or dtype == np.bool_  # a mask is meant as labels
 
 
 def _name(path: Path, attrs: dict[str, Any]) -> str:
@@ -376,6 +389,7 @@ def _kind_files(folder: Path, gt: GroundTruth) -> dict[str | None, dict[int, Pat
 def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     subdirs = {k: path / k for k in ("recon", "labels") if (path / k).is_dir()}
     groups: dict[str, dict[int, Path]] = {}
+    guessed_labels = False
     if subdirs:
         stray = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in VOLUME_FILE_SUFFIXES)
         if stray:
@@ -404,6 +418,7 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                                           f"float ones ({floats[:5]}…: reconstructions); put them in recon/ "
                                           "and labels/ sub-folders, or pass --only")
             groups["labels" if next(iter(integer.values())) else "recon"] = files
+            guessed_labels = "labels" in groups
     if not groups:
         raise BadInput(str(path), "no TIFF/MRC volumes named by sample index found")
     index_sets = [sorted(g) for g in groups.values()]
@@ -414,7 +429,7 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     for suffix in sorted({f.suffix.lower() for g in groups.values() for f in g.values()}):
         optional(SUFFIX_MODULES[suffix], f"reading {suffix} predictions")
     pred = Prediction(path=path, name=path.resolve().name or str(path.resolve()), indices=indices,
-                      kinds=sorted(groups, reverse=True))
+                      kinds=sorted(groups, reverse=True), labels_by_dtype=guessed_labels)
 
     def reader(kind: str, files: dict[int, Path]) -> Callable[[int], np.ndarray]:
         def read(i: int) -> np.ndarray:
@@ -423,8 +438,8 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                 dims = "(3, Z, Y, X)" if gt.n_axes > 1 else "(Z, Y, X)"
                 raise BadInput(str(files[i]), f"shape {vol.shape} does not match the dataset's "
                                f"{dims} = {gt.pred_shape}")
-            if kind == "labels" and not np.issubdtype(vol.dtype, np.integer):
-                raise BadInput(str(files[i]), f"labels must be integers, got {vol.dtype}")
+            if kind == "labels" and (why := _labels_dtype_problem(vol.dtype)) is not None:
+                raise BadInput(str(files[i]), why)
             if kind == "recon" and not _real_number_dtype(vol.dtype):
                 raise BadInput(str(files[i]), f"reconstructions must be real numbers (float or integer), "
                                f"got {vol.dtype}")

@@ -46,6 +46,9 @@ CONVENTIONS = {
     "iou_dice": "per class over all voxels whose ground truth is not the ignore label; undefined "
                 "(null) when the class is in neither volume; mean_iou = mean over defined "
                 "non-background classes",
+    "statistics": "per metric: n, n_undefined (NaN), n_infinite, mean, std (population, ddof 0), "
+                  "median, q1, q3 (linear interpolation between order statistics, numpy's default), "
+                  "min, max",
     "non_finite": "NaN (undefined) is written as null; an infinite value (the PSNR of a perfect "
                   "prediction) as the string \"inf\" and counted in n_infinite; it takes part in "
                   "medians and rankings",
@@ -247,7 +250,10 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
             try:
                 row.update(score_sample_labels(gt.read("labels", i), lab, gt.classes, gt.ignore_label))
             except ValueError as err:
-                raise BadInput(f"{pred.path} (labels, {where})", str(err)) from None
+                hint = ("; the files were taken for segmentations because they hold integers: for "
+                        "reconstructions pass --only recon or put them in a recon/ sub-folder"
+                        if pred.labels_by_dtype else "")
+                raise BadInput(f"{pred.path} (labels, {where})", f"{err}{hint}") from None
         rows.append(row)
     # the affine fit reduced it to its mean, though it is not constant (a constant is said above)
     if odd is not None and i not in odd["constant"] and any(r.get("fit_scale") == 0.0 for r in rows):
