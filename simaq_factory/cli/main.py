@@ -309,7 +309,8 @@ def info(out: str, index: int | None, as_json: bool) -> None:
 @click.argument("out", type=PATH)
 @click.option("--deep", is_flag=True, help="Also decode every array and check label values and finiteness.")
 @click.option("--regen", type=int, default=0, show_default=True, metavar="K",
-              help="Re-render K samples here and compare (phantom/labels bit-exact, recon rel. L2 <= 1e-5).")
+              help="Re-render K samples here (all when K >= their count) and compare (phantom/labels bit-exact, "
+                   "recon rel. L2 <= 1e-5).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON on stdout (the exit code and error line are the same).")
 @handle_errors
