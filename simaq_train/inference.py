@@ -57,6 +57,62 @@ def model_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | Path, use_ema: 
     return model.to(device).eval(), cfg
 
 
+_FORWARD_OVERHEAD = 256 << 20  # the input window batch, the padded volume's index, the allocator's slack
+_said_batch: set[tuple[int, int]] = set()
+
+
+def forward_bytes(model: CenterSliceUNet, window: int, height: int, width: int, batch_size: int) -> int:
+    """Host bytes an inference forward pass of ``batch_size`` windows holds at its peak, estimated:
+    without autograd each layer's output is freed once the next has read it, so about three of the
+    largest leaf-module output live at once (input, output and a normalisation's or activation's
+    result), found by a forward pass on the ``meta`` device (shapes, no arithmetic), plus the
+    weights and 256 MiB: an upper bound. Measured on CPU (peak RSS over the loaded model): 0.37 GiB
+    for 16 features, depth 4, 4 windows of 7 × 256² (0.58 GiB estimated); 0.42 GiB for 32 features,
+    depth 5, 2 windows (0.64); the paper's model (64, 5) on 8 windows of 7 × 512²: 11 GiB estimated."""
+    with torch.device("meta"):
+        ghost = CenterSliceUNet(model.cfg).eval()
+    largest = 0
+
+    def see(_mod: torch.nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal largest
+        largest = max(largest, out.numel() if isinstance(out, torch.Tensor) else 0)
+
+    hooks = [m.register_forward_hook(see) for m in ghost.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            ghost(torch.empty(1, 1, window, height, width, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    return 3 * 4 * largest * batch_size + weights + _FORWARD_OVERHEAD
+
+
+def cpu_batch_size(model: CenterSliceUNet, window: int, height: int, width: int, batch_size: int) -> int:
+    """``batch_size``, or the most windows a CPU forward pass fits into 70 % of the memory still
+    available (cgroup limits included; the result does not depend on it), at least 1, with a
+    warning once: the paper's model on 512² slices needs ~12 GiB at the default 8 and was killed
+    by the kernel on smaller machines, without a word."""
+    from simaq_train.bench import host_memory_available
+
+    if not isinstance(model, CenterSliceUNet):  # another network (a test's stub): its needs are unknown
+        return batch_size
+    avail = host_memory_available()
+    if avail is None or forward_bytes(model, window, height, width, batch_size) <= 0.7 * avail:
+        return batch_size
+    one = forward_bytes(model, window, height, width, 1)
+    per = max(1, forward_bytes(model, window, height, width, 2) - one)
+    fit = max(1, min(batch_size, 1 + int((0.7 * avail - one) // per)))
+    if (batch_size, fit) not in _said_batch:
+        _said_batch.add((batch_size, fit))
+        log.warning("--batch-size %d: a CPU forward pass of %d windows of %d × %d × %d needs about %.1f GiB, "
+                    "%.1f GiB are available: predicting %d slice(s) at a time (the same result)%s",
+                    batch_size, batch_size, window, height, width,
+                    forward_bytes(model, window, height, width, batch_size) / 2**30, avail / 2**30, fit,
+                    "; even one may not fit" if one > 0.7 * avail else "")
+    return fit
+
+
 @torch.no_grad()
 def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, edge_mode: str = "reflect",
                    batch_size: int = 8, device: torch.device = torch.device("cpu"),
@@ -71,6 +127,8 @@ def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, e
         vol = F.pad(vol, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
     vol = vol.to(device)
     out = np.zeros((z, h, w), dtype=np.uint8)
+    if device.type == "cpu":
+        batch_size = cpu_batch_size(model, window, h + ph, w + pw, batch_size)
     dtype = amp_dtype(amp, device)
     was_training = model.training
     model.eval()

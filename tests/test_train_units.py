@@ -35,6 +35,32 @@ def test_predict_volume_crops_the_centre_of_a_padded_plane():
     np.testing.assert_array_equal(out, (vol > 0).astype(np.uint8))
 
 
+def test_a_cpu_prediction_that_would_not_fit_memory_runs_fewer_slices_at_a_time(monkeypatch, caplog):
+    """The batch is cut to what 70 % of the available memory holds (the paper's model at the default
+    8 needs ~11 GiB and was OOM-killed without a word on small machines); the result is the same."""
+    from simaq_train import bench, inference
+    from simaq_train.model import CenterSliceUNet, ModelConfig
+
+    torch.manual_seed(0)
+    model = CenterSliceUNet(ModelConfig(init_features=4, depth=2)).eval()
+    vol = np.random.default_rng(0).normal(size=(9, 20, 22)).astype(np.float32)
+    whole = predict_volume(model, vol, window=3, batch_size=8)
+    need = {b: inference.forward_bytes(model, 3, 20, 22, b) for b in (1, 2, 3, 8)}
+    assert need[1] < need[2] < need[3] < need[8]
+    assert inference.cpu_batch_size(model, 3, 20, 22, 8) == 8  # this machine: plenty
+    monkeypatch.setattr(bench, "host_memory_available", lambda: int(need[3] / 0.7) + 1)
+    assert inference.cpu_batch_size(model, 3, 20, 22, 8) == 3
+    seen = []
+    real_model_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: seen.append(x.shape[0]) or real_model_forward(x))
+    with caplog.at_level("WARNING", logger="simaq_train.inference"):
+        cut = predict_volume(model, vol, window=3, batch_size=8)
+    assert np.array_equal(cut, whole) and max(seen) == 3
+    assert "--batch-size 8: a CPU forward pass of 8 windows of 3 × 20 × 22 needs about" in caplog.text
+    monkeypatch.setattr(bench, "host_memory_available", lambda: 1)
+    assert inference.cpu_batch_size(model, 3, 20, 22, 8) == 1
+
+
 def test_mean_iou_foreground_averages_classes_from_one_only(tmp_path):
     # rows = target, columns = prediction; class 0 (background) is perfect, foreground is not
     cm = np.array([[50, 0, 0],
