@@ -26,7 +26,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its output in $
   echo "== $name: exit $rc in $((SECONDS - t0)) s"
 }
 step env 60 $PY -c "import torch, zarr, dask, simaq_factory; print(torch.__version__, torch.cuda.get_device_name(0), zarr.__version__, dask.__version__)"
-step tests 240 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests/test_gpu.py tests/test_tomo_adjoint.py \
+step tests 360 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests/test_gpu.py tests/test_tomo_adjoint.py \
   tests/test_phantom_voxelize.py tests/test_phantom_deform.py tests/test_tomo_kernels.py
 step sample512 240 $PY benchmarks/bench_sample.py --size 512 --cells 1 4 --device cuda --repeat 3 --json "$OUT/sample512.json"
 step projector 200 $PY benchmarks/bench_projector.py --device cuda --n 512 --slices 512 --backend torch triton \

@@ -163,3 +163,80 @@ def test_fiducial_clearance_is_the_same_on_cuda():
     centres = rng.uniform(0, 1, size=(2000, 3)) * np.array([40, 48, 44]) - 0.5
     cpu = _clearance(labels, centres, 6.3)
     assert cpu.tobytes() == _clearance(labels.cuda(), centres, 6.3).tobytes()
+
+
+NOISY_SINOGRAMS = ["acquisition.sinogram.poisson.enabled=true", "acquisition.sinogram.detector_noise.enabled=true",
+                   "acquisition.sinogram.misalignment.enabled=true", "acquisition.axes=3"]
+
+
+def test_device_noise_misalignment_and_three_axes_repeat_bit_for_bit_on_cuda():
+    """Poisson and detector noise (device generators), projection shifts and tilts (grid_sample) and
+    three acquisition axes: one GPU renders the same bytes twice, and the phantom and labels are
+    the CPU's."""
+    recipe = load_recipe(SMOKE, NOISY_SINOGRAMS)
+    first, _ = render_sample(recipe, 2, torch.device("cuda"))
+    again, _ = render_sample(recipe, 2, torch.device("cuda"))
+    for name in first:
+        assert first[name].tobytes() == again[name].tobytes(), name
+    on_cpu, _ = render_sample(recipe, 2, torch.device("cpu"))
+    assert on_cpu["phantom"].tobytes() == first["phantom"].tobytes()
+    assert on_cpu["labels"].tobytes() == first["labels"].tobytes()
+    assert first["recon"].shape == on_cpu["recon"].shape and np.isfinite(first["recon"]).all()
+
+
+def test_iterative_reconstructions_on_cuda_match_cpu():
+    from simaq_factory.tomo.iterative import cgls, sirt
+
+    gen = torch.Generator().manual_seed(5)
+    vol = torch.rand((6, 64, 64), generator=gen)
+    geom = Geometry(n=64, angles=tuple(math.radians(a) for a in np.arange(-50, 50, 2.0)))
+    proj = forward_project(vol, geom)
+    for method in (sirt, cgls):
+        r_cpu = method(proj, geom, iterations=10)
+        r_gpu = method(proj.cuda(), geom, iterations=10)
+        assert r_gpu.device.type == "cuda"
+        torch.testing.assert_close(r_gpu.cpu(), r_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_predict_on_cuda_agrees_with_cpu():
+    from simaq_train.inference import predict_volume
+    from simaq_train.model import CenterSliceUNet, ModelConfig
+
+    torch.manual_seed(0)
+    model = CenterSliceUNet(ModelConfig(init_features=8, depth=3)).eval()
+    vol = np.random.default_rng(0).normal(size=(12, 40, 44)).astype(np.float32)
+    on_cpu = predict_volume(model, vol, window=5, batch_size=4)
+    on_gpu = predict_volume(model.cuda(), vol, window=5, batch_size=4, device=torch.device("cuda"), amp="off")
+    assert on_gpu.shape == on_cpu.shape and on_gpu.dtype == np.uint8
+    assert np.mean(on_gpu == on_cpu) > 0.99  # full precision: only near-ties may differ
+    half = predict_volume(model, vol, window=5, batch_size=4, device=torch.device("cuda"), amp="auto")
+    assert np.mean(half == on_cpu) > 0.95
+
+
+def test_a_local_cluster_builds_on_cuda_as_inline_does(tmp_path):
+    """Two LocalCluster workers requesting the GPU resource, each its own CUDA context (one GPU or
+    two): the dataset is complete and the same bytes as an inline CUDA build of one GPU model."""
+    args = ["build", str(SMOKE), "--device", "cuda"]
+    inline = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "inline"), "--cluster", "inline"])
+    assert inline.exit_code == 0, inline.output
+    local = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "local"), "--workers", "2"])
+    assert local.exit_code == 0, local.output
+    a = zarr.open_group(tmp_path / "inline" / "dataset.zarr", mode="r")
+    b = zarr.open_group(tmp_path / "local" / "dataset.zarr", mode="r")
+    same_model = len({torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())}) == 1
+    for name in ("phantom", "labels", "recon"):
+        if name != "recon" or same_model:
+            assert a[name][...].tobytes() == b[name][...].tobytes(), name
+
+
+def test_auto_falls_back_to_the_tables_when_the_triton_self_check_fails(monkeypatch, caplog):
+    from simaq_factory.tomo import kernels, projector
+
+    if not kernels.available():
+        pytest.skip("needs Triton")
+    monkeypatch.setattr(kernels, "self_check", lambda device: "max rel. difference 0.5 (simulated)")
+    data = torch.zeros(1, device="cuda")
+    with caplog.at_level("WARNING"):
+        assert projector.use_kernels("auto", data) is False
+    with pytest.raises(projector.KernelCheckFailed, match="simulated"):
+        projector.use_kernels("triton", data)
