@@ -273,7 +273,11 @@ def test_temporary_files_of_killed_writes_are_swept_not_sealed(base, tmp_path):
     """A kill between writing a record's temporary file and renaming it left `.NAME.json.XXXXXXXX.tmp`
     for good (random names are never written again): build resumed past it and freeze sealed it."""
     out = copy(base, tmp_path)
-    left = [out / "provenance" / ".shard-000001.json.k3v9x2ab.tmp", out / "dataset.zarr" / ".zarr.json.q1w2e3r4.tmp"]
+    shard_dir = next(p.parent for p in (out / "dataset.zarr" / "noisy").rglob("*") if p.is_file() and p.name == "0")
+    left = [out / "provenance" / ".shard-000001.json.k3v9x2ab.tmp", out / "dataset.zarr" / ".zarr.json.q1w2e3r4.tmp",
+            # zarr's own: a shard and the group's zarr.json written, not yet renamed (a full shard's size)
+            shard_dir / "0.3f2b9c4d5e6f708192a3b4c5d6e7f809.partial",
+            out / "dataset.zarr" / "zarr.0123456789abcdef0123456789abcdef.partial"]
     for path in left:
         path.write_text("")
     mine = out / "notes.tmp"  # not a name of ours: left alone (and sealed, with a warning)
@@ -281,9 +285,13 @@ def test_temporary_files_of_killed_writes_are_swept_not_sealed(base, tmp_path):
     rebuild_and_verify(out)
     assert not any(p.exists() for p in left) and mine.exists()
     left[0].write_text("")
+    left[2].write_text("")
+    (out / "previews").mkdir(exist_ok=True)
+    (out / "previews" / ".sample_000000.png.partial").write_text("")
     assert cli("freeze", out).exit_code == 0
     listed = (out / "SHA256SUMS").read_text()
     assert ".tmp  " not in listed and ".k3v9x2ab.tmp" not in listed and "notes.tmp" in listed
+    assert ".partial" not in listed, listed
 
 
 def test_sigterm_is_an_interrupt_with_its_clean_up_and_exit_143(capsys):

@@ -225,16 +225,20 @@ def writer_pid(out: Path) -> int | None:
 
 #: a temporary file of :func:`~simaq_factory.store.dataset.write_json_atomic` (``.NAME.json.XXXXXXXX.tmp``)
 _JSON_TEMP = re.compile(r"^\..+\.json\.[A-Za-z0-9_]{8}\.tmp$")
+#: zarr's local store writes every chunk, shard and zarr.json to ``NAME.<uuid4 hex>.partial`` and
+#: renames it (zarr.json: ``zarr.<hex>.partial``); the preview writes ``.NAME.png.partial``
+_PARTIAL_TEMP = re.compile(r"^(?:.+\.[0-9a-f]{32}|\..+\.png)\.partial$")
 
 
 def sweep_temp_files(out: Path) -> list[Path]:
-    """Remove the temporary files of metadata writes a killed process left in ``out`` (a SIGKILL
-    between writing one and renaming it; their random names are never written again, and freeze
-    sealed them in as part of the dataset). Only under the writers' lock, when no process of ours
+    """Remove the temporary files of writes a killed process left in ``out`` (a SIGKILL between
+    writing one and renaming it: our JSON records, zarr's chunks, shards and metadata, previews;
+    their random names are never written again, and freeze sealed them in as part of the dataset). Only under the writers' lock, when no process of ours
     writes ``out``. Returns the paths removed."""
     gone = []
-    for path in out.rglob(".*.tmp"):
-        if _JSON_TEMP.match(path.name) and path.is_file() and not path.is_symlink():
+    for path in [*out.rglob(".*.tmp"), *out.rglob("*.partial")]:
+        if ((_JSON_TEMP.match(path.name) or _PARTIAL_TEMP.match(path.name)) and path.is_file()
+                and not path.is_symlink()):
             path.unlink(missing_ok=True)
             gone.append(path)
     if gone:
