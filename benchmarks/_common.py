@@ -3,7 +3,9 @@
 The scripts are run as ``python benchmarks/x.py``; Python puts ``benchmarks/`` on ``sys.path``, so
 they ``import _common``. Bad input gets one line on stderr naming the flag and exit status 2, before
 any work; ``run_record`` is what every JSON carries so a figure can be reproduced (the command,
-the date, the machine, the software and every parameter of the run).
+the date, the machine, its load and thread settings, the software and every parameter of the run).
+Each ``main`` calls ``begin_run()`` once its arguments are checked, so the record holds the load
+average at the start of the work as well as at its end.
 """
 
 from __future__ import annotations
@@ -19,6 +21,45 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
+
+#: environment variables that set thread counts or huge pages, recorded in every run record
+RECORDED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _load_average() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5, 15 minutes) as a list, None where the platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+_START_LOAD: list[float] | None = _load_average()  # at import; begin_run() re-takes it
+
+
+def begin_run() -> None:
+    """Take the load average at the start of the work (each ``main`` calls it after its checks)."""
+    global _START_LOAD
+    _START_LOAD = _load_average()
+
+
+def _thp_mode() -> str | None:
+    """The kernel's transparent hugepage mode (the bracketed word of ``THP_MODE_FILE``), None if unreadable."""
+    try:
+        text = Path(THP_MODE_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else text
+
+
+def _affinity() -> list[int] | None:
+    """The CPUs this process may run on, sorted; None where ``os.sched_getaffinity`` is unavailable."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 class Parser(argparse.ArgumentParser):
@@ -133,8 +174,12 @@ def software() -> dict[str, str | None]:
 
 def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> dict[str, Any]:
     """What a benchmark JSON carries besides its figures: the command (``sys.argv``), an ISO-8601
-    UTC timestamp, the CPU model, logical cores, torch threads, the GPU name when CUDA is used,
-    the software versions and every parameter of the run (``vars(args)`` plus ``extra``)."""
+    UTC timestamp, the CPU model, logical cores, the CPUs this process may use (affinity), torch
+    threads, the 1/5/15-minute load average at the start of the work (``begin_run``) and now (the
+    end), ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``THP_MEM_ALLOC_ENABLE`` as the process sees them
+    (None: unset; importing ``simaq_factory`` sets the last to 1 unless it was set),
+    the kernel's transparent hugepage mode, the GPU name when CUDA is used, the software versions
+    and every parameter of the run (``vars(args)`` plus ``extra``)."""
     import torch
 
     from simaq_factory.versions import cpu_model
@@ -149,7 +194,12 @@ def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> di
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
+        "cpu_affinity": _affinity(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_start": _START_LOAD,
+        "load_average_end": _load_average(),
+        "environment": {name: os.environ.get(name) for name in RECORDED_ENV},
+        "transparent_hugepage": _thp_mode(),
         "gpu": gpu,
         "platform": platform.platform(),
         "versions": software(),

@@ -7,7 +7,7 @@ and of ``F.interpolate(mode="trilinear")`` doing the same (with their largest di
 ``apply_artifacts`` (blur, beads, ice cracks, texture) on one demo-recipe phantom with four
 samples' artifact parameters. Printed as ``min / median`` over ``--repeat`` timed runs after one
 warm-up run (``apply_artifacts``: over ``max(1, repeat // 2)`` runs of the four samples, per sample);
-JSON with ``--json``.
+the printed header and the JSON's ``statistic`` say so. JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from simaq_factory.phantom.voxelization import voxelize
 from simaq_factory.recipe.io import load_recipe
 from simaq_factory.versions import cpu_kernels
 
-from _common import Parser, check_output_path, int_at_least, positive_int, run_record, write_json
+from _common import Parser, begin_run, check_output_path, int_at_least, positive_int, run_record, write_json
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo-cpu.yaml"
 
@@ -52,6 +52,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     check_output_path(args.json)
+    begin_run()
+    statistic = (f"[min, median] over --repeat {args.repeat} runs after one warm-up run; apply_artifacts over "
+                 f"{max(1, args.repeat // 2)} runs of four samples, per sample")
+    print(f"# {statistic}")
     rows = []
     cpu = torch.device("cpu")
     for n in args.sizes:
@@ -86,7 +90,7 @@ def main() -> None:
                   f"apply_artifacts {a_min / 4:.3f} / {a_med / 4:.3f} s per sample (min / median)")
     if args.json:
         write_json(args.json, {"rows": rows, "cpu_kernels": cpu_kernels(),
-                               "statistic": "[min, median] over --repeat after one warm-up",
+                               "statistic": statistic,
                                "run": run_record(args, None)})
 
 

@@ -23,7 +23,7 @@ from simaq_train.config import AugmentConfig
 from simaq_train.data.augment import augment
 from simaq_train.data.normalize import fov_mask
 
-from _common import Parser, check_output_path, int_at_least, positive_float, run_record, write_json
+from _common import Parser, begin_run, check_output_path, int_at_least, positive_float, run_record, write_json
 
 OFF = dict(flip=0.0, rot90=0.0, elastic_prob=0.0, resized_crop_prob=0.0, intensity=0.0, blur_prob=0.0,
            invert_prob=0.0)
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     check_output_path(args.json)
+    begin_run()
     print(f"# windows/s and ms per window: mean over --seconds {args.seconds:g} per case after a warm-up; "
           f"torch threads {torch.get_num_threads()}")
     rows = []

@@ -7,7 +7,9 @@ The loader keeps up when its windows/s exceed the model's::
 
     .venv/bin/python benchmarks/bench_loader.py configs/train-cpu.yaml --workers 0 1 --batches 200
 
-Needs the config's datasets (see its header). Prints a table and writes JSON with ``--json``.
+Needs the config's datasets, built and frozen first (the commands are in the config's header; for
+``configs/train-cpu.yaml``: ``simaq-factory build recipes/train-cpu.yaml -o data/train-cpu --cluster
+inline && simaq-factory freeze data/train-cpu``). Prints a table and writes JSON with ``--json``.
 Statistic: one pass per row; windows/s is over the whole pass (the first batch's start-up, shown
 apart, included); the model rate is the mean of ``--steps`` timed steps after 3 warm-up steps.
 """
@@ -29,7 +31,12 @@ from simaq_train.engine.parts import resolve_device
 from simaq_train.config import load_config
 from simaq_train.data.build import build_stream, resolve_classes
 
-from _common import Parser, check_output_path, fail, nonneg_int, positive_int, run_record, write_json
+from _common import Parser, begin_run, check_output_path, fail, nonneg_int, positive_int, run_record, write_json
+
+
+STATISTIC = ("loader: one pass of --batches batches per row, windows/s = windows / the pass's wall time (the "
+             "first batch's start-up included, also given apart); model: mean of --steps timed training steps "
+             "after 3 warm-up steps")
 
 
 def _loader_rate(cfg, workers: int, batches: int) -> dict[str, float]:
@@ -70,6 +77,7 @@ def main() -> None:
         resolve_device(cfg.run.device, "run.device")
     except RecipeError as err:
         fail(str(err))
+    begin_run()
     threads = args.threads or cfg.run.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     rows = [_loader_rate(cfg, w, args.batches) for w in args.workers]
@@ -89,7 +97,7 @@ def main() -> None:
           f"({step['model_parameters']:,} parameters, device {step['device']})")
     if args.json:
         write_json(args.json, {"loader": rows, "model": step, "config": args.config, "overrides": args.overrides,
-                               "threads": threads, "run": run_record(args, None)})
+                               "threads": threads, "statistic": STATISTIC, "run": run_record(args, None)})
 
 
 if __name__ == "__main__":

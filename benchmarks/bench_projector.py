@@ -6,15 +6,29 @@ few slices.
 
     .venv/bin/python benchmarks/bench_projector.py [--n 256] [--angles 180] [--slices 64]
         [--threads 2] [--repeats 3] [--ref-slices 4] [--astra-slices 16] [--device cpu]
-        [--backend torch [triton ...]] [--json out.json]
+        [--backend torch [triton ...]] [--analytic] [--json out.json]
 
 Statistic: every time is the **median of ``--repeats`` timed runs after one untimed warm-up run**,
 for ours, scikit-image and ASTRA alike, divided by the number of slices each run covers: ours
 projects all ``--slices`` slices in one call (its index tables are shared by the slices, so its
 per-slice time falls as slices grow), scikit-image runs slice by slice over ``--ref-slices`` slices
-and ASTRA over ``--astra-slices`` slices. The warm-up of ours runs on 2 slices, scikit-image's and
-ASTRA's on one slice. ASTRA's FBP reconstructs *our* projections (as our FBP and scikit-image's
-``iradon`` of its own ``radon`` do); its accuracy is against scikit-image's ``iradon``.
+and ASTRA over ``--astra-slices`` slices. The warm-up of ours runs at the timed shape (the whole
+volume, then the whole projection stack), so that the timed calls find the kernels compiled for
+that shape (Triton specialises ``Z`` on divisibility by 16) and the CUDA allocator's blocks
+cached; scikit-image's and ASTRA's warm-up runs on one slice. ASTRA's FBP reconstructs *our*
+projections (as our FBP and scikit-image's ``iradon`` of its own ``radon`` do); its difference is
+to scikit-image's ``iradon``, over the first ``min(--ref-slices, --astra-slices, --slices)`` slices.
+
+Threads: ours runs on ``--threads`` torch threads; scikit-image and ASTRA (the PyPI wheel's CPU
+projectors have no OpenMP) run single-threaded, on one core, and nothing splits their slices over
+the other cores. The header and the JSON (``config.peers``) say so. ASTRA's CPU projectors
+``linear``, ``strip`` and ``line`` are timed forward; its FBP uses ``linear``.
+
+The differences to scikit-image say how close a method is to that oracle, not how accurate it is.
+``--analytic`` adds a check against the truth: a smooth phantom (a sum of Gaussians, scaled to
+``--n``) whose parallel projections are known in closed form; it reports each forward projector's
+relative L2 to the analytic projections and each FBP's relative L2 to the phantom inside the disc of
+radius n/2 - 2, FBP fed the analytic projections (one slice, ``--angles`` angles, untimed).
 
 ``--backend`` times each named projector backend (``torch``: the index tables; ``triton``: the
 kernels of :mod:`simaq_factory.tomo.kernels`, CUDA) on the same data and reports their largest
@@ -25,7 +39,8 @@ include the texture-rate floor, A·N²·Z bilinear interpolations at ``--texel-r
 a :class:`~simaq_factory.tomo.plan.ProjectorPlan`, one cached ``A`` and ``Aᵀ``, and the seconds per
 SIRT and CGLS iteration (``--iterations`` each, default 10; median of the iterations after the
 first, which carries the set-up). The uncached A/Aᵀ and the plan build are one run each (after the
-untimed projection that makes the data); the cached A/Aᵀ are the median of ``--repeats``; e.g. the issue's reference size::
+untimed projection that makes the data); the cached A/Aᵀ are the median of ``--repeats`` after one
+warm-up (the printed header and ``config.statistic`` say so); e.g. the issue's reference size::
 
     .venv/bin/python benchmarks/bench_projector.py --iterative --n 128 --slices 64 --angles 100
 """
@@ -37,6 +52,7 @@ import simaq_factory  # noqa: F401, I001 - first: it enables huge pages before t
 import argparse
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +71,7 @@ from simaq_factory.tomo import (
 )
 from simaq_factory.tomo.projector import BACKENDS, check_backend
 
-from _common import (Parser, check_output_path, fail, int_at_least, positive_float, positive_int,
+from _common import (Parser, begin_run, check_output_path, fail, int_at_least, positive_float, positive_int,
                      resolve_device_arg, run_record, write_json)
 
 
@@ -110,7 +126,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     geom = Geometry.from_degrees(n, theta, center="skimage")
     res: dict[str, Any] = {
         "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev),
-                   "repeats": args.repeats, "statistic": "median of --repeats after one warm-up"},
+                   "repeats": args.repeats,
+                   "statistic": "median of --repeats after one warm-up (ours: at the timed shape)",
+                   "peers": PEERS},
     }
     outputs = {}
     for backend in args.backend:
@@ -159,17 +177,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("forward", "fbp"):
             res["astra"][f"{key}_time_ratio_astra_over_ours"] = (
                 res["astra"]["linear"][f"{key}_ms_per_slice"] / res[res["primary"]][f"{key}_ms_per_slice"])
+    if args.analytic:
+        res["accuracy_vs_analytic"] = _analytic(n, theta, geom, astra_available())
     return res
+
+
+PEERS = "scikit-image and ASTRA single-threaded (one core); ours on --threads torch threads"
+
+# the --analytic phantom at n = 256: (dy, dx, sigma, amplitude) of each Gaussian, scaled by n / 256
+_BLOBS = ((0, 0, 16.0, 1.0), (30, -20, 10.0, 0.7), (-40, 24, 12.0, 0.5), (10, 50, 3.0, 0.8))
+
+
+def _analytic(n: int, theta: np.ndarray, geom: Geometry, with_astra: bool) -> dict[str, Any]:
+    """Relative L2 of each forward projector to the closed-form projections of a sum of Gaussians,
+    and of each FBP (fed those projections, Ram-Lak) to the phantom inside the disc of radius n/2 - 2."""
+    from skimage.transform import iradon, radon
+
+    c, f = n // 2, n / 256.0
+    blobs = [(dy * f, dx * f, s * f, a) for dy, dx, s, a in _BLOBS]
+    yy, xx = np.mgrid[:n, :n].astype(np.float64)
+    img = sum(a * np.exp(-((yy - c - dy) ** 2 + (xx - c - dx) ** 2) / (2 * s * s)) for dy, dx, s, a in blobs)
+    t = (np.arange(n) - c)[:, None]
+    th = np.deg2rad(theta)[None, :]
+    truth = np.zeros((n, len(theta)))  # (D, A) like scikit-image; detector coordinate of (x, y): x cos - y sin
+    for dy, dx, s, a in blobs:
+        p = dx * np.cos(th) - dy * np.sin(th)
+        truth += a * np.sqrt(2 * np.pi) * s * np.exp(-((t - p) ** 2) / (2 * s * s))
+    vol = img[None].astype(np.float32)
+    with warnings.catch_warnings():  # the Gaussians' tails reach the circle's edge (~1e-14 there)
+        warnings.simplefilter("ignore", UserWarning)
+        sk_fwd = radon(img, theta, circle=True)
+    fwd = {"skimage": sk_fwd,
+           "simaq_torch": forward_project(torch.tensor(vol), geom).numpy()[:, 0].T}
+    disc = (yy - c) ** 2 + (xx - c) ** 2 <= (n // 2 - 2) ** 2
+    p32 = np.ascontiguousarray(truth.T[:, None, :], dtype=np.float32)  # (A, 1, D)
+    rec = {"skimage": iradon(truth, theta, filter_name="ramp", interpolation="linear", circle=True),
+           "simaq_torch": fbp(torch.tensor(p32), geom, filter="ram-lak").numpy()[0]}
+    if with_astra:  # pragma: no cover - optional
+        from simaq_factory.tomo.adapters import astra_fbp, astra_forward
+
+        for projector in ASTRA_PROJECTORS:
+            fwd[f"astra_{projector}"] = astra_forward(vol, geom, projector=projector)[:, 0].T
+        rec["astra_linear"] = astra_fbp(p32, geom, "ram-lak")[0]
+    return {"phantom": "sum of 4 Gaussians, sigma 3-16 px at n=256 (scaled by n/256); one slice",
+            "forward_rel_l2_to_analytic": {k: _rel(v, truth) for k, v in fwd.items()},
+            "fbp_rel_l2_to_phantom_in_disc": {k: _rel(v[disc], img[disc]) for k, v in rec.items()}}
 
 
 def _time_backend(vol: torch.Tensor, geom: Geometry, backend: str, repeats: int, sync: Callable[[], None]
                   ) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
-    """Median seconds (of ``repeats``) of the forward projection and of FBP with ``backend`` (after a warm-up that
-    also compiles the Triton kernels), and their (projections, reconstruction)."""
-    forward_project(vol[:2], geom, backend=backend)
+    """Median seconds (of ``repeats``) of the forward projection and of FBP with ``backend``, and their
+    (projections, reconstruction). Each is warmed up by one untimed call at the timed shape (all of
+    ``vol``, all of its projections): Triton compiles a kernel per divisibility class of ``Z`` (by
+    16), so a warm-up on fewer slices would leave the compile in the first timed call, and the CUDA
+    caching allocator would lack the full-size blocks."""
+    forward_project(vol, geom, backend=backend)
     sync()
     t_fwd, proj = _median(lambda: forward_project(vol, geom, backend=backend), repeats, sync)
-    fbp(proj[:, :2], geom, filter="ram-lak", backend=backend)
+    fbp(proj, geom, filter="ram-lak", backend=backend)
     sync()
     t_fbp, rec = _median(lambda: fbp(proj, geom, filter="ram-lak", backend=backend), repeats, sync)
     return t_fwd, t_fbp, (proj, rec)
@@ -192,6 +257,11 @@ def _tile_sweep(vol: torch.Tensor, geom: Geometry, tiles: list[str], repeats: in
     finally:
         kernels.TILES.update(default)
     return out
+
+
+ITERATIVE_STATISTIC = ("uncached A/At and the plan build: one run each (after the untimed projection that "
+                       "makes the data); cached A/At: median of --repeats after one warm-up; SIRT/CGLS: median "
+                       "iteration after the first (the first, with the set-up, reported apart)")
 
 
 def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,7 +303,7 @@ def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
     t_cgls0, t_cgls = per_iteration(cgls)
     return {
         "config": {"n": n, "angles": args.angles, "slices": z, "threads": args.threads, "device": str(dev),
-                   "iterations": it, "repeats": args.repeats},
+                   "iterations": it, "repeats": args.repeats, "statistic": ITERATIVE_STATISTIC},
         "seconds": {
             "forward_project_uncached": t_fwd,
             "adjoint_project_uncached": t_adj,
@@ -251,15 +321,16 @@ def run_iterative(args: argparse.Namespace) -> dict[str, Any]:
 
 def _astra(vol: np.ndarray, our_proj: np.ndarray, geom: Geometry, sk_sino: list[np.ndarray],
            sk_rec: list[np.ndarray], repeats: int) -> dict[str, Any]:  # pragma: no cover - optional
-    """ASTRA's CPU projectors through :mod:`simaq_factory.tomo.adapters` (same geometry), timed per
-    slice (median of ``repeats`` after a one-slice warm-up), with their accuracy against the same
-    scikit-image oracle as ours. FBP gets our projections ``our_proj`` (A, Z, D), as our FBP does."""
+    """ASTRA's CPU projectors (single-threaded) through :mod:`simaq_factory.tomo.adapters` (same
+    geometry), timed per slice (median of ``repeats`` after a one-slice warm-up), with their
+    difference to the same scikit-image oracle as ours over the first ``min(len(sk_sino), len(vol))``
+    slices (``slices_compared``). FBP gets our projections ``our_proj`` (A, Z, D), as our FBP does."""
     from simaq_factory.tomo.adapters import astra_fbp, astra_forward
 
-    k = len(sk_sino)
     z = len(vol)
-    out: dict[str, Any] = {"slices_timed": z}
-    for projector in ("linear", "strip"):
+    k = min(len(sk_sino), z)  # --astra-slices may be fewer than --ref-slices
+    out: dict[str, Any] = {"slices_timed": z, "slices_compared": k, "threads": 1}
+    for projector in ASTRA_PROJECTORS:
         astra_forward(vol[:1], geom, projector=projector)  # warm-up
         t_fwd, astra_proj = _median(lambda: astra_forward(vol, geom, projector=projector), repeats, lambda: None)
         fwd = astra_proj[:, :k].transpose(1, 2, 0)  # (k, D, A) like skimage
@@ -270,6 +341,9 @@ def _astra(vol: np.ndarray, our_proj: np.ndarray, geom: Geometry, sk_sino: list[
     out["linear"]["fbp_ms_per_slice"] = 1e3 * t_fbp / z
     out["linear"]["fbp_rel_l2_vs_skimage"] = max(_rel(rec[i], sk_rec[i]) for i in range(k))
     return out
+
+
+ASTRA_PROJECTORS = ("linear", "strip", "line")  # ASTRA's 2D parallel-beam CPU projectors
 
 
 def _tile(text: str) -> tuple[int, int, int]:
@@ -289,6 +363,8 @@ def _print_table(res: dict[str, Any], backends: list[str]) -> None:
           f"device {cfg['device']}; ms per slice, median of {cfg['repeats']} after a warm-up "
           f"(scikit-image over {res['skimage']['slices_timed']} slices"
           + (f", ASTRA over {res['astra']['slices_timed']}" if isinstance(res["astra"], dict) else "") + ")")
+    print(f"# {cfg['peers']}; relL2: worst slice's difference to scikit-image (not accuracy: see --analytic)"
+          + (f", ASTRA's over {res['astra']['slices_compared']} slices" if isinstance(res["astra"], dict) else ""))
     primary = res[res["primary"]]
     ref = primary["forward_ms_per_slice"] + primary["fbp_ms_per_slice"]
     acc = res["accuracy_vs_skimage"]
@@ -306,10 +382,12 @@ def _print_table(res: dict[str, Any], backends: list[str]) -> None:
         rf, rb = (f"{acc['forward_rel_l2']:.1e}", f"{acc['fbp_rel_l2']:.1e}") if i == 0 else ("-", "-")
         row(f"simaq {backend}", ours["forward_ms_per_slice"], ours["fbp_ms_per_slice"], rf, rb)
     if isinstance(res["astra"], dict):
-        lin, strip = res["astra"]["linear"], res["astra"]["strip"]
+        lin = res["astra"]["linear"]
         row("astra cpu linear", lin["forward_ms_per_slice"], lin["fbp_ms_per_slice"],
             f"{lin['forward_rel_l2_vs_skimage']:.1e}", f"{lin['fbp_rel_l2_vs_skimage']:.1e}")
-        row("astra cpu strip", strip["forward_ms_per_slice"], None, f"{strip['forward_rel_l2_vs_skimage']:.1e}", "-")
+        for projector in ASTRA_PROJECTORS[1:]:
+            r = res["astra"][projector]
+            row(f"astra cpu {projector}", r["forward_ms_per_slice"], None, f"{r['forward_rel_l2_vs_skimage']:.1e}", "-")
     sk = res["skimage"]
     row("scikit-image", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"], "(oracle)", "(oracle)")
     if not isinstance(res["astra"], dict):
@@ -318,6 +396,12 @@ def _print_table(res: dict[str, Any], backends: list[str]) -> None:
         diff = res[f"max_rel_diff_{other}_vs_{backends[0]}"]
         print(f"# {other} vs {backends[0]}: max relative difference forward {diff['forward']:.1e}, "
               f"fbp {diff['fbp']:.1e}")
+    if "accuracy_vs_analytic" in res:
+        ana = res["accuracy_vs_analytic"]
+        print(f"# --analytic ({ana['phantom']}): forward relL2 to the analytic projections: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in ana["forward_rel_l2_to_analytic"].items()))
+        print("# FBP of the analytic projections, relL2 to the phantom in the disc: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in ana["fbp_rel_l2_to_phantom_in_disc"].items()))
     if "texture_floor_s" in res:
         for backend in backends:
             ours = res[f"simaq_{backend}"]
@@ -345,6 +429,8 @@ def main() -> None:
     ap.add_argument("--texel-rate", type=positive_float, default=1.0e12,
                     help="bilinear interpolations per second of the GPU's texture units (the floor)")
     ap.add_argument("--json", default=None, help="write the results as JSON to this path")
+    ap.add_argument("--analytic", action="store_true",
+                    help="also measure accuracy against closed-form projections of a smooth phantom (one slice)")
     ap.add_argument("--iterative", action="store_true", help="time the plan, SIRT and CGLS instead")
     ap.add_argument("--iterations", type=positive_int, default=10, help="iterations timed with --iterative")
     args = ap.parse_args()
@@ -362,10 +448,15 @@ def main() -> None:
             fail(f"argument --backend: {err}")
     if args.triton_tiles and "triton" not in args.backend:
         fail("argument --triton-tiles: needs --backend triton")
+    if args.analytic and args.iterative:
+        fail("argument --analytic: not with --iterative (it checks the FBP comparison's projectors)")
     params = {k: v for k, v in vars(args).items() if k != "dev"}
+    begin_run()
     if args.iterative:
         res = run_iterative(args)
-        print(f"# iterative, {res['config']}")
+        cfg = {k: v for k, v in res["config"].items() if k != "statistic"}
+        print(f"# iterative, {cfg}")
+        print(f"# statistic: {ITERATIVE_STATISTIC}")
         print(f"{'what':<32s} {'value':>9s}")
         for key, value in res["seconds"].items():
             print(f"{key:<32s} {value:9.3f} {'MiB' if key.endswith('_mb') else 's'}")

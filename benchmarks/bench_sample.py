@@ -44,7 +44,7 @@ from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.tomo.projector import BACKENDS, check_backend
 from simaq_train.data.normalize import quantile_normalize
 
-from _common import (Parser, check_output_path, fail, int_at_least, nonneg_int, positive_float, positive_int,
+from _common import (Parser, begin_run, check_output_path, fail, int_at_least, nonneg_int, positive_float, positive_int,
                      resolve_device_arg, run_record, write_json)
 
 MIN_SIZE = 16  # smaller volumes leave no field of view
@@ -84,6 +84,7 @@ def main() -> None:
             _recipe(args, cells)
     except (RecipeError, ValueError) as err:
         fail(str(err))
+    begin_run()
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-sample-"))
