@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,12 +19,13 @@ def resolve_device(name: str, key: str = "execution.device") -> torch.device:
     or flag the name came from; exit code 2 at the CLI), before anything is written.
     """
     from simaq_factory.errors import BadInput
+    from simaq_factory.recipe.model import DEVICE_NAME
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if not isinstance(name, str) or not re.fullmatch(r"cuda(:\d+)?", name):
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
         raise BadInput(key, f"unknown device {name!r} (expected {DEVICE_NAMES})")
     if not torch.cuda.is_available():
         raise BadInput(key, f"{name!r} requested but CUDA is not available here")

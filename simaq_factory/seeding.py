@@ -3,8 +3,6 @@ recipe seed and ``i`` alone (numpy only: ``validate`` uses them without importin
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 STREAMS = ("phantom", "artifacts", "angles", "sinogram")
@@ -25,12 +23,7 @@ def check_first_layout(recipe) -> None:  # noqa: ANN001 - a Recipe (its import i
     from simaq_factory.phantom.layout import PhantomLayoutError
     from simaq_factory.phantom.sample import place_cells
 
-    quiet = logging.getLogger("simaq_factory.phantom")  # each failed attempt warns: the error says it all
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        place_cells(recipe.phantom, tuple(recipe.dataset.shape), sample_rngs(recipe.seed, 0)["phantom"])
+    try:  # without a warning per failed attempt: the error says it all
+        place_cells(recipe.phantom, tuple(recipe.dataset.shape), sample_rngs(recipe.seed, 0)["phantom"], warn=False)
     except PhantomLayoutError as err:
         raise BadInput("phantom", f"sample 0 cannot be rendered: {err}") from None
-    finally:
-        quiet.setLevel(level)

@@ -91,7 +91,7 @@ def forward_bytes(model: CenterSliceUNet, window: int, height: int, width: int, 
 def cpu_batch_size(model: CenterSliceUNet, window: int, height: int, width: int, batch_size: int) -> int:
     """``batch_size``, or the most windows a CPU forward pass fits into 70 % of the memory still
     available (cgroup limits included; the result does not depend on it), at least 1, with a
-    warning once: the paper's model on 512² slices needs ~12 GiB at the default 8 and was killed
+    warning once: the paper's model on 512² slices needs ~11 GiB at the default 8 and was killed
     by the kernel on smaller machines, without a word."""
     from simaq_train.bench import host_memory_available
 

@@ -210,7 +210,7 @@ def test_cli_build_bad_recipe_exit_2_one_line_no_output(tmp_path, data, field):
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=8 bananas"],
          "execution.memory_limit"),
         (["build", str(SMOKE), "-o", "{out}", "--set", "execution.memory_limit=100MB"],  # Dask's KilledWorker
-         "execution.memory_limit: '100MB' is less than a worker needs"),
+         "execution.memory_limit: memory_limit '100MB' is less than a worker needs"),
         # alternatives given together: refused, not one of them silently ignored
         (["build", str(SMOKE), "-o", "{out}", "--cluster", "inline", "--scheduler", "tcp://127.0.0.1:9"],
          "--scheduler: cannot be combined with --cluster inline"),
@@ -426,6 +426,12 @@ def test_null_sections_empty_overrides_and_nulls_are_named_as_written(tmp_path):
         resolve({"seed": 2**70})
     with pytest.raises(RecipeError, match=r"^artifacts.blur.kernel_size: must be odd"):
         resolve({"artifacts": {"blur": {"kernel_size": 4}}})
+    with pytest.raises(RecipeError, match=r"^artifacts.blur.kernel_size: blur.kernel_size and blur.nominal_taps exclude"):
+        resolve({"artifacts": {"blur": {"kernel_size": 5, "nominal_taps": 7}}})  # not the subject alone
+    with pytest.raises(RecipeError, match=r"^phantom.vacuole.radius_min: radius_min \(0.5\) must be <= "):
+        resolve({"phantom": {"vacuole": {"radius_min": 0.5, "radius_max": 0.2}}})
+    with pytest.raises(RecipeError, match=r"^execution.device: unknown device 'cuda:٣' \(expected auto"):
+        resolve({"execution": {"device": "cuda:٣"}})  # a non-ASCII digit: torch would refuse it later
     with pytest.raises(RecipeError, match=r"^artifacts.banks.perlin_hi_3d.edge: edge=30 must be a multiple"):
         resolve({"artifacts": {"banks": {"perlin_hi_3d": {"edge": 30}}}})
     two = tmp_path / "two.yaml"

@@ -53,6 +53,8 @@ def test_a_cpu_prediction_that_would_not_fit_memory_runs_fewer_slices_at_a_time(
     seen = []
     real_model_forward = model.forward
     monkeypatch.setattr(model, "forward", lambda x: seen.append(x.shape[0]) or real_model_forward(x))
+    monkeypatch.setattr(inference, "_said_batch", set())  # the call above warned once already
+    caplog.clear()
     with caplog.at_level("WARNING", logger="simaq_train.inference"):
         cut = predict_volume(model, vol, window=3, batch_size=8)
     assert np.array_equal(cut, whole) and max(seen) == 3

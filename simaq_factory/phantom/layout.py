@@ -108,11 +108,13 @@ def _run(pos: np.ndarray, rho: np.ndarray, cfg: LayoutConfig) -> tuple[np.ndarra
     return pos, cfg.max_iter
 
 
-def layout_discs(rho: np.ndarray, cfg: LayoutConfig, rng: np.random.Generator) -> np.ndarray:
+def layout_discs(rho: np.ndarray, cfg: LayoutConfig, rng: np.random.Generator, *,
+                 warn: bool = True) -> np.ndarray:
     """Positions (n, 2) float64 of discs with radii ``rho`` (n,), pairwise clear by ≥ ε/2.
 
-    Starts from N(0, init_std²) positions; restarts up to ``cfg.max_restarts`` times; raises
-    :class:`PhantomLayoutError` when every attempt ends with overlap.
+    Starts from N(0, init_std²) positions; restarts up to ``cfg.max_restarts`` times (each failed
+    attempt a warning, unless ``warn`` is false); raises :class:`PhantomLayoutError` when every
+    attempt ends with overlap.
     """
     rho = np.asarray(rho, dtype=np.float64)
     n = len(rho)
@@ -127,7 +129,8 @@ def layout_discs(rho: np.ndarray, cfg: LayoutConfig, rng: np.random.Generator) -
         if clearance >= 0.5 * cfg.gap_eps:
             log.debug("layout of %d cells: %d iterations, attempt %d", n, iters, attempt)
             return pos
-        log.warning("layout attempt %d of %d cells ended with overlap %.3g", attempt, n, -clearance)
+        if warn:
+            log.warning("layout attempt %d of %d cells ended with overlap %.3g", attempt, n, -clearance)
     raise PhantomLayoutError(
         f"could not lay out {n} cells without overlap in {cfg.max_restarts + 1} attempts of "
         f"{cfg.max_iter} iterations (raise phantom.layout.max_iter or lr)"

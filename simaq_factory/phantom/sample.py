@@ -303,11 +303,12 @@ def _centred(pos: np.ndarray, ext: np.ndarray, axes: tuple[int, int]) -> np.ndar
 
 
 def place_cells(
-    cfg: PhantomConfig, shape: tuple[int, int, int], rng: np.random.Generator
+    cfg: PhantomConfig, shape: tuple[int, int, int], rng: np.random.Generator, *, warn: bool = True
 ) -> tuple[list[LocalCell], np.ndarray, float]:
     """The first draws of :func:`sample_phantom`: its cells (local frames, units), their centres
     (units, around the volume's centre) and the scale (voxels per unit). numpy only, so that
-    ``validate`` can lay out a sample as the build will without importing torch.
+    ``validate`` can lay out a sample as the build will without importing torch; ``warn=False``
+    leaves out the layout's warning per failed attempt and the shrink notice (a pre-flight check).
 
     Raises :class:`PhantomLayoutError` when the cells cannot be separated and
     :class:`PhantomFitError` when they do not fit the volume (see the module docstring).
@@ -317,7 +318,7 @@ def place_cells(
     cells = [sample_cell(cfg, rng) for _ in range(n)]
     ext = np.stack([c.radii + c.wall for c in cells])  # outer half-extents (n, 3), units
     rho = np.max(ext, axis=1)
-    plane_pos = layout_discs(rho, cfg.layout, rng)
+    plane_pos = layout_discs(rho, cfg.layout, rng, warn=warn)
     offsets = rng.normal(0.0, cfg.layout.offset_std, n) if cfg.layout.offset_std > 0 else np.zeros(n)
     in_plane, normal = (2, 1) if cfg.layout.plane == "zx" else (1, 2)
     pos = np.zeros((n, 3))
@@ -339,7 +340,8 @@ def place_cells(
                     f"phantom.layout.min_scale_fraction allows more shrinking)"
                 )
             scale = fit * (1.0 - 1e-9)
-            log.info("phantom shrunk to scale %.4g (requested %.4g) to fit %d cells", scale, requested, n)
+            if warn:
+                log.info("phantom shrunk to scale %.4g (requested %.4g) to fit %d cells", scale, requested, n)
     return cells, pos, scale
 
 

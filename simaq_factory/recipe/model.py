@@ -19,6 +19,10 @@ from simaq_factory.phantom.config import PhantomConfig
 from simaq_factory.recipe.fields import Dist, RecipeError, spec
 from simaq_factory.tomo.config import ProjectorBackend, ReconstructionConfig
 
+#: a device name as written in recipes and flags (ASCII digits: torch refuses others); one
+#: pattern for the recipe check and :func:`simaq_factory.device.resolve_device`
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
 RECIPE_VERSION = 1
 
 
@@ -114,7 +118,7 @@ class ExecutionConfig:
     slurm: SlurmConfig = spec(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not DEVICE_NAME.fullmatch(self.device):
             raise ValueError(f"device: unknown device {self.device!r} (expected auto, cpu, cuda or cuda:N)")
         if self.memory_limit != "auto":
             _check_bytes("memory_limit", self.memory_limit, at_least=MIN_WORKER_MEMORY)

@@ -194,14 +194,15 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
 
 def _post_init_error(cls: Any, path: str, message: str) -> RecipeError:
     """The error of a ``__post_init__`` message: at the field it starts with ("blur.kernel_size must
-    …", "edge=30 …"), its name then dropped from the message when it is the subject; else at the
-    section."""
+    …", "edge=30 …"), its name then dropped from the message when it is the subject ("NAME:" or
+    "NAME must …"; "kernel_size and nominal_taps exclude …" keeps it); else at the section."""
     words = message.split(maxsplit=1)
     head = words[0].rstrip(":,") if words else ""
     name = head.split("=", 1)[0].rsplit(".", 1)[-1]
     if name not in {f.name for f in dataclasses.fields(cls)}:
         return RecipeError(path or "recipe", message)
-    if "=" not in head and len(words) > 1:
+    subject = words[0].endswith(":") or (len(words) > 1 and words[1].startswith("must "))
+    if "=" not in head and len(words) > 1 and subject:
         message = words[1]  # "kernel_size must be odd" at …kernel_size: "must be odd"
     return RecipeError(f"{path}.{name}" if path else name, message)
 

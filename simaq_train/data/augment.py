@@ -11,7 +11,9 @@ stays put in the output frame through the warp and the crop):
 * flips of each in-plane axis (``flip`` each), a random 90°/180°/270° rotation (``rot90``, square
   windows only; off by default: it turns the missing-wedge direction away from the rows);
 * elastic (``elastic_prob``): one 2D displacement field per sample, the same for every depth slice
-  (reference §1.11 / §4.9). Image bicubic (fill 0), labels nearest (fill 255);
+  (reference §1.11 / §4.9). Image bicubic (border padding: near the window's edge the support
+  reads the edge pixels again; the reference pads with 0), labels nearest; a pixel whose nearest
+  source is outside the window is 0 / 255;
 * resized crop (``resized_crop_prob``): s ~ U(``resized_crop_scale_min``, 1), a crop of
   (int(H·s), int(X·s)) pixels at a random offset, resized back to (H, X): image by area averaging
   (torch's ``mode='area'``: each output pixel the mean of its bin, 1 or 2 pixels per axis when enlarging), labels by
