@@ -360,6 +360,72 @@ def test_real_readers_tiff_mrc_nrrd_and_annotations(tmp_path):
     assert [Path(b).name for _, b in pairs] == ["a.labels.tif", "b.labels.mrc", "c.seg.nrrd"]
 
 
+def test_slicer_segmentations_as_slicer_writes_them_land_on_their_voxels_or_are_refused(tmp_path):
+    """A crop one painted slice thick, per-instance segment names, a mix of class and other names,
+    an extent reaching outside the tomogram, a voxel size not the tomogram's."""
+    import nrrd
+
+    tomo, ann = _real_volume(np.random.default_rng(4))
+    names = ["background", "cell", "vacuole", "lipid_droplet"]
+    slicer = np.where(ann == 255, 0, ann.astype(np.int32) + 1).astype(np.uint8)
+    # one painted slice, cropped by Slicer to (1, Y', X') at offset (x 9, y 1, z 5): its slice axis kept
+    one = np.full(ann.shape, 255, np.uint8)
+    one[5, 1:15, 9:19] = ann[5, 1:15, 9:19]
+    nrrd.write(str(tmp_path / "one.seg.nrrd"), slicer[5:6, 1:15, 9:19],
+               {"Segmentation_ReferenceImageExtentOffset": "9 1 5"}, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "one.seg.nrrd"), ann.shape, names), one)
+    # "Cell 1", "Cell 2": two instances of the class cell (value 3 and 4 below), by name
+    seg = np.where(ann == 1, 3, np.where(ann == 2, 2, 0)).astype(np.uint8)
+    seg[(ann == 1) & (np.arange(ann.shape[2]) < 16)] = 4
+    header = {"Segment0_Name": "Cell 1", "Segment0_LabelValue": "3", "Segment0_Layer": "0",
+              "Segment1_Name": "Cell 2", "Segment1_LabelValue": "4", "Segment1_Layer": "0",
+              "Segment2_Name": "vacuole", "Segment2_LabelValue": "2", "Segment2_Layer": "0"}
+    nrrd.write(str(tmp_path / "inst.seg.nrrd"), seg, header, index_order="C")
+    got = read_annotation(str(tmp_path / "inst.seg.nrrd"), ann.shape, names)
+    assert np.array_equal(got, np.where((ann == 1) | (ann == 2), ann, 255))
+    # class names and a name that is no class: by value would shift every class (cell -> background)
+    header["Segment1_Name"] = "nucleus"
+    nrrd.write(str(tmp_path / "mix.seg.nrrd"), seg, header, index_order="C")
+    with pytest.raises(BadInput, match=r"mix.seg.nrrd: segment\(s\) 'nucleus' are not classes of the dataset"):
+        read_annotation(str(tmp_path / "mix.seg.nrrd"), ann.shape, names)
+    # an extent offset that puts the labels outside the tomogram (another image's geometry)
+    nrrd.write(str(tmp_path / "off.seg.nrrd"), slicer,
+               {"Segmentation_ReferenceImageExtentOffset": "0 0 2"}, index_order="C")
+    with pytest.raises(BadInput, match=r"off.seg.nrrd: its extent \(12, 32, 32\) at offset \(2, 0, 0\)"):
+        read_annotation(str(tmp_path / "off.seg.nrrd"), ann.shape, names)
+    # a segmentation at twice the tomogram's voxel size
+    nrrd.write(str(tmp_path / "coarse.seg.nrrd"), slicer, {"spacings": [50.0, 50.0, 50.0], "space units":
+               ["nm", "nm", "nm"]}, index_order="C")
+    with pytest.raises(BadInput, match=r"coarse.seg.nrrd: voxel size 500 × 500 × 500 Å \(z, y, x\) differs from "
+                                       r"its tomogram's 250 × 250 × 250 Å"):
+        read_annotation(str(tmp_path / "coarse.seg.nrrd"), ann.shape, names, voxel_size=(250.0, 250.0, 250.0))
+
+
+def test_real_tomograms_whose_annotations_training_never_sees_are_named(tmp_path, caplog):
+    """Annotations outside the central crop to the synthetic slices' size (or the field of view)
+    add no window: a warning names the pair, and when that is every pair the run is refused
+    (data.real.ratio silently became 0)."""
+    import tifffile
+
+    tomo, _ = _real_volume(np.random.default_rng(6), shape=(8, 64, 64))
+    corner = np.full(tomo.shape, 255, np.uint8)
+    corner[:, 8:14, 30:34] = 1  # inside the tomogram's own disc, outside the central 32 × 32
+    centre = np.full(tomo.shape, 255, np.uint8)
+    centre[:, 30:34, 30:34] = 2
+    for name, ann in (("a", corner), ("b", centre)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", tomo)
+        tifffile.imwrite(tmp_path / f"{name}.labels.tif", ann)
+    both = RealSource([], [str(tmp_path)], n_classes=4, fov_margin=2, shape_yx=(32, 32))
+    with caplog.at_level("WARNING"):
+        both.index()
+    assert "a.labels.tif: none of its 192 annotated voxels lies in the field of view and the central 32 × 32" \
+        in caplog.text and "b.labels.tif" not in caplog.text
+    only_corner = RealSource([(str(tmp_path / "a.tif"), str(tmp_path / "a.labels.tif"))], n_classes=4,
+                             fov_margin=2, shape_yx=(32, 32))
+    with pytest.raises(BadInput, match=r"data.real: none of the 1 real tomograms' annotated voxels lies"):
+        only_corner.index()
+
+
 def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):
     import tifffile
 

@@ -34,7 +34,6 @@ from simaq_train.data.volumes import (
     frame_permutation,
     is_slicer_seg,
     place_into,
-    read_volume,
     read_volume_meta,
     slicer_offset,
     slicer_to_classes,
@@ -395,18 +394,30 @@ def fit_inplane(arr: np.ndarray, shape_yx: tuple[int, int], fill: float) -> np.n
 
 
 def read_annotation(path: str, shape: tuple[int, ...], class_names: list[str],
-                    slicer_convention: bool = True) -> np.ndarray:
+                    slicer_convention: bool = True,
+                    voxel_size: tuple[float, float, float] | None = None) -> np.ndarray:
     """A sparse annotation volume as uint8 class ids with 255 = unlabelled.
 
-    ``.seg.nrrd`` (3D Slicer): see :func:`slicer_to_classes` (with ``slicer_convention=False`` the
-    values are taken as they are, like other formats). Other files: values are class ids, 255
+    ``.seg.nrrd`` (3D Slicer): placed at its recorded extent offset, see :func:`slicer_to_classes`
+    (with ``slicer_convention=False`` the values are taken as they are, like other formats). A file
+    whose voxel size differs from ``voxel_size`` (the tomogram's; both when recorded) by over 1 % is
+    refused. Other files: values are class ids, 255
     unlabelled; signed 8-bit data (MRC mode 0) is reinterpreted as unsigned.
     """
     vol = read_volume_meta(path)
+    if voxel_size is not None and vol.voxel_size is not None and not np.allclose(vol.voxel_size, voxel_size,
+                                                                               rtol=0.01):
+        show = lambda v: " × ".join(f"{x:g}" for x in v)  # noqa: E731
+        raise BadInput(path, f"voxel size {show(vol.voxel_size)} Å (z, y, x) differs from its tomogram's "
+                             f"{show(voxel_size)} Å: resample the annotation onto the tomogram's grid")
     data = vol.data
     if is_slicer_seg(path):
         offset = slicer_offset(vol.header)
-        if offset is not None and tuple(data.shape) != tuple(shape):
+        if offset is not None and (tuple(data.shape) != tuple(shape) or any(offset)):
+            if any(o < 0 or o + n > size for o, n, size in zip(offset, data.shape, shape)):
+                raise BadInput(path, f"its extent {tuple(data.shape)} at offset {offset} (z, y, x; "
+                                     "Segmentation_ReferenceImageExtentOffset) reaches outside its tomogram "
+                                     f"{tuple(shape)}: it was drawn on another image's geometry")
             data = place_into(data, offset, shape, 0)
             vol.data = data
         if slicer_convention:
@@ -454,6 +465,8 @@ class RealSource:
         self.perm = frame_permutation(tilt_axis, beam_axis, "data.real.tilt_axis", "data.real.beam_axis")
         self.name = "real"
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: per pair: (annotated voxels in the file, those left in what training sees)
+        self.annotated: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -466,9 +479,11 @@ class RealSource:
         if v in self._cache:
             return self._cache[v]
         img_path, lab_path = self.pairs[v]
-        img = read_volume(img_path)
-        lab = read_annotation(lab_path, img.shape, self.class_names, self.slicer_convention)
+        meta = read_volume_meta(img_path)
+        img = meta.data
+        lab = read_annotation(lab_path, img.shape, self.class_names, self.slicer_convention, meta.voxel_size)
         check_labels(lab, self.n_classes, lab_path)
+        annotated = int(np.count_nonzero(lab != IGNORE))
         if self.perm != (0, 1, 2):  # into the training frame: tilt axis first, 0° beam along the rows
             img = np.ascontiguousarray(np.transpose(img, self.perm))
             lab = np.ascontiguousarray(np.transpose(lab, self.perm))
@@ -486,11 +501,26 @@ class RealSource:
             outside = ~fov_mask(tuple(self.shape_yx), self.fov_margin)
             norm[:, outside] = 0.0
             lab[:, outside] = IGNORE
+        self.annotated[v] = (annotated, int(np.count_nonzero(lab != IGNORE)))
         self._cache[v] = (norm, lab)
         return norm, lab
 
     def index(self) -> list[SliceIndex]:
-        return [slice_index(self.load(v)[1]) for v in range(len(self))]
+        """Slice flags of every pair; a warning for each pair none of whose annotated voxels lies in
+        what training sees (the field of view, and the central crop to the synthetic slices' size),
+        and BadInput when that is every pair: ``data.real.ratio`` would silently be 0."""
+        flags = [slice_index(self.load(v)[1]) for v in range(len(self))]
+        lost = [v for v in range(len(self)) if self.annotated[v][1] == 0]
+        crop = (f" and the central {self.shape_yx[0]} × {self.shape_yx[1]} crop the synthetic slices' size asks"
+                if self.shape_yx is not None else "")
+        for v in lost:
+            log.warning("%s: none of its %d annotated voxels lies in the field of view%s; it adds no training "
+                        "window", self.pairs[v][1], self.annotated[v][0], crop)
+        if self.pairs and len(lost) == len(self):
+            raise BadInput("data.real", f"none of the {len(self)} real tomograms' annotated voxels lies in the field "
+                                        f"of view{crop}: real data would never be trained on (annotate there, "
+                                        "or crop the tomograms around the annotation)")
+        return flags
 
 
 def class_names_default(n_classes: int) -> list[str]:

@@ -211,7 +211,13 @@ def read_volume_meta(path: str | Path) -> Volume:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder error is bad input
         raise BadInput(str(p), f"cannot read volume ({type(err).__name__}: {err})") from None
-    arr = np.squeeze(vol.data)
+    data = vol.data
+    kinds = vol.header.get("kinds") if vol.header else None
+    if kinds is not None and data.ndim > 3 and len(kinds) == data.ndim:  # NRRD: fastest axis first
+        data = data.reshape([n for n, k in zip(data.shape, list(kinds)[::-1])
+                             if not (n == 1 and str(k).lower() not in ("domain", "space"))])
+    # a Slicer segmentation cropped to one painted slice is (1, Y, X): its spatial axes are kept
+    arr = data if is_slicer_seg(p) and data.ndim == 3 else np.squeeze(data)
     if arr.ndim == 4 and is_slicer_seg(p):
         raise BadInput(str(p), "multi-layer Slicer segmentation (overlapping segments); "
                                "export it as a single labelmap")
@@ -262,21 +268,38 @@ def slicer_to_classes(vol: Volume, class_names: list[str], path: str) -> np.ndar
     The array is first placed into the reference image's extent when Slicer cropped it
     (``Segmentation_ReferenceImageExtentOffset``; the caller checks the final shape). Value 0 is
     unlabelled. When every segment is named after a class (``cell``/``membrane``, ``vacuole``,
-    ``lipid droplet``, ``background`` …) values map by name; otherwise by the reference's convention
-    value v → class v − 1 (1 background, 2 cell, 3 vacuole, 4 lipid droplet).
+    ``lipid droplet``, ``background`` …; a trailing number is an instance: ``Cell 2`` is a cell)
+    values map by name; when every segment has Slicer's default name (``Segment_1`` …) or there are
+    none, by the reference's convention value v → class v − 1 (1 background, 2 cell, 3 vacuole,
+    4 lipid droplet); a mix, some segments without a class, is refused (by value it shifted every
+    class).
     """
     data = vol.data.astype(np.int64)
     if data.min(initial=0) < 0 or data.max(initial=0) > 255:
         raise BadInput(path, "Slicer label values must lie in 0..255")
     segments = slicer_segments(vol.header)
     wanted = {_norm_name(n): c for c, n in enumerate(class_names)}
+
+    def class_of(name: str) -> int | None:  # "Vacuole", "lipid droplet", "Cell 2" (one cell of several)
+        key = _norm_name(name)
+        if key in wanted:
+            return wanted[key]
+        bare = _ALIASES.get(re.sub(r"_\d+$", "", key), re.sub(r"_\d+$", "", key))
+        return wanted.get(bare)
+
     lut = np.full(int(max(data.max(initial=0), max(segments, default=0))) + 1, -1, np.int64)
     lut[0] = 255
-    if segments and all(_norm_name(n) in wanted for n in segments.values()):
-        for value, name in segments.items():
-            lut[value] = wanted[_norm_name(name)]
+    named = {value: class_of(name) for value, name in segments.items()}
+    if segments and all(c is not None for c in named.values()):
+        for value, c in named.items():
+            lut[value] = c
+    elif all(re.fullmatch(r"segment_\d+", _norm_name(n)) for n in segments.values()):
+        lut[1:] = np.arange(len(lut) - 1)  # Slicer's default names (or none): the reference's values
     else:
-        lut[1:] = np.arange(len(lut) - 1)
+        # some segments named after classes and others not: by value would shift every class
+        odd = sorted(n for v, n in segments.items() if named[v] is None)
+        raise BadInput(path, f"segment(s) {', '.join(repr(n) for n in odd)} are not classes of the dataset "
+                             f"({', '.join(class_names)}): rename them in Slicer, or remove them")
     out = lut[data]
     if (out < 0).any():
         raise BadInput(path, "segment label values without a class")
