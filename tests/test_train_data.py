@@ -388,17 +388,39 @@ def test_slicer_segmentations_as_slicer_writes_them_land_on_their_voxels_or_are_
     nrrd.write(str(tmp_path / "mix.seg.nrrd"), seg, header, index_order="C")
     with pytest.raises(BadInput, match=r"mix.seg.nrrd: segment\(s\) 'nucleus' are not classes of the dataset"):
         read_annotation(str(tmp_path / "mix.seg.nrrd"), ann.shape, names)
-    # an extent offset that puts the labels outside the tomogram (another image's geometry)
+    # an extent offset that puts labels outside the tomogram (another image's geometry) ...
     nrrd.write(str(tmp_path / "off.seg.nrrd"), slicer,
-               {"Segmentation_ReferenceImageExtentOffset": "0 0 2"}, index_order="C")
-    with pytest.raises(BadInput, match=r"off.seg.nrrd: its extent \(12, 32, 32\) at offset \(2, 0, 0\)"):
+               {"Segmentation_ReferenceImageExtentOffset": "0 0 6"}, index_order="C")
+    with pytest.raises(BadInput, match=r"off.seg.nrrd: \d+ labelled voxels of its extent \(12, 32, 32\) at "
+                                       r"offset \(6, 0, 0\)"):
         read_annotation(str(tmp_path / "off.seg.nrrd"), ann.shape, names)
-    # a segmentation at twice the tomogram's voxel size
-    nrrd.write(str(tmp_path / "coarse.seg.nrrd"), slicer, {"spacings": [50.0, 50.0, 50.0], "space units":
-               ["nm", "nm", "nm"]}, index_order="C")
-    with pytest.raises(BadInput, match=r"coarse.seg.nrrd: voxel size 500 × 500 × 500 Å \(z, y, x\) differs from "
+    # ... but an empty margin past it (Slicer's files often run a slice over) is cut
+    margin = np.zeros((13, 32, 32), np.uint8)
+    margin[:12] = slicer
+    nrrd.write(str(tmp_path / "margin.seg.nrrd"), margin,
+               {"Segmentation_ReferenceImageExtentOffset": "0 0 0"}, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "margin.seg.nrrd"), ann.shape, names), ann)
+    # segments named after no class at all: the reference's values, with a warning
+    header = {"Segment0_Name": "tissue", "Segment0_LabelValue": "2", "Segment0_Layer": "0"}
+    nrrd.write(str(tmp_path / "tissue.seg.nrrd"), slicer, header, index_order="C")
+    assert np.array_equal(read_annotation(str(tmp_path / "tissue.seg.nrrd"), ann.shape, names), ann)
+
+
+def test_an_annotation_at_another_voxel_size_than_its_tomogram_is_refused(tmp_path):
+    import mrcfile
+
+    tomo, ann = _real_volume(np.random.default_rng(5))
+    names = ["background", "cell", "vacuole", "lipid_droplet"]
+    for name, size in (("coarse", 500.0), ("imod", 1.0), ("same", 252.0)):  # 1 Å: IMOD's "unknown"
+        with mrcfile.new(tmp_path / f"{name}.labels.mrc") as f:
+            f.set_data(ann.view(np.int8))
+            f.voxel_size = size
+    with pytest.raises(BadInput, match=r"coarse.labels.mrc: voxel size 500 × 500 × 500 Å \(z, y, x\) differs from "
                                        r"its tomogram's 250 × 250 × 250 Å"):
-        read_annotation(str(tmp_path / "coarse.seg.nrrd"), ann.shape, names, voxel_size=(250.0, 250.0, 250.0))
+        read_annotation(str(tmp_path / "coarse.labels.mrc"), ann.shape, names, voxel_size=(250.0, 250.0, 250.0))
+    for name in ("imod", "same"):
+        got = read_annotation(str(tmp_path / f"{name}.labels.mrc"), ann.shape, names, voxel_size=(250.0,) * 3)
+        assert np.array_equal(got, ann), name
 
 
 def test_real_tomograms_whose_annotations_training_never_sees_are_named(tmp_path, caplog):
@@ -424,6 +446,23 @@ def test_real_tomograms_whose_annotations_training_never_sees_are_named(tmp_path
                              fov_margin=2, shape_yx=(32, 32))
     with pytest.raises(BadInput, match=r"data.real: none of the 1 real tomograms' annotated voxels lies"):
         only_corner.index()
+
+
+def test_real_annotations_that_no_window_is_centred_on_are_refused(tmp_path, ds):
+    """Annotated slices only within window // 2 of a tomogram's ends with edge_mode skip: no real
+    window, and data.real.ratio silently became 0."""
+    import tifffile
+
+    tomo, _ = _real_volume(np.random.default_rng(7), shape=(8, 32, 32))
+    ends = np.full(tomo.shape, 255, np.uint8)
+    ends[0, 12:18, 12:18] = 1
+    tifffile.imwrite(tmp_path / "e.tif", tomo)
+    tifffile.imwrite(tmp_path / "e.labels.tif", ends)
+    pair = [[str(tmp_path / "e.tif"), str(tmp_path / "e.labels.tif")]]
+    build_stream(make_cfg([ds], **{"data.real.pairs": pair, "data.window": 5}))  # reflect: the ends are centres
+    with pytest.raises(BadInput, match=r"data.real: no window of the real tomograms is labelled at its centre slice "
+                                       r"\(data.edge_mode: skip, data.window: 5\)"):
+        build_stream(make_cfg([ds], **{"data.real.pairs": pair, "data.window": 5, "data.edge_mode": "skip"}))
 
 
 def test_real_source_normalises_masks_and_fits_the_synthetic_slices(tmp_path):

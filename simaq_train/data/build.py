@@ -6,6 +6,8 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
+
 from simaq_factory.errors import BadInput
 from simaq_train.config import TrainConfig
 from simaq_train.data.sources import (
@@ -102,6 +104,11 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     stream = WindowStream(sources, indices, cfg, real_source=real_source, rank=rank, world=world)
     if len(stream.table) == 0:
         raise BadInput("data.train", "no labelled window in the training data")
+    if real_source is not None and not np.any(stream.table[:, 0] == real_source):
+        # e.g. annotations only within window // 2 slices of the ends with data.edge_mode: skip
+        raise BadInput("data.real", f"no window of the real tomograms is labelled at its centre slice "
+                                    f"(data.edge_mode: {d.edge_mode}, data.window: {d.window}): real data would "
+                                    "never be trained on")
     info = {
         "datasets": {str(p): dataset_hash(p) for p in d.train},
         "real_volumes": len(sources[real_source]) if real_source is not None else 0,

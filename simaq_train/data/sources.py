@@ -399,14 +399,16 @@ def read_annotation(path: str, shape: tuple[int, ...], class_names: list[str],
     """A sparse annotation volume as uint8 class ids with 255 = unlabelled.
 
     ``.seg.nrrd`` (3D Slicer): placed at its recorded extent offset, see :func:`slicer_to_classes`
-    (with ``slicer_convention=False`` the values are taken as they are, like other formats). A file
-    whose voxel size differs from ``voxel_size`` (the tomogram's; both when recorded) by over 1 % is
-    refused. Other files: values are class ids, 255
+    (with ``slicer_convention=False`` the values are taken as they are, like other formats); labels
+    its extent puts outside the tomogram are refused. Another file whose voxel size differs from
+    ``voxel_size`` (the tomogram's) by over 1 % is refused, when both record one (1 Å: unknown). Other files: values are class ids, 255
     unlabelled; signed 8-bit data (MRC mode 0) is reinterpreted as unsigned.
     """
     vol = read_volume_meta(path)
-    if voxel_size is not None and vol.voxel_size is not None and not np.allclose(vol.voxel_size, voxel_size,
-                                                                               rtol=0.01):
+    # an MRC voxel size of 1 Å is IMOD's and EMAN2's "unknown"; Slicer's .seg.nrrd spacings are in
+    # whatever unit Slicer took the tomogram's for (its placement is checked by its extent instead)
+    known = [v for v in (vol.voxel_size, voxel_size) if v is not None and not np.allclose(v, 1.0)]
+    if len(known) == 2 and not is_slicer_seg(path) and not np.allclose(vol.voxel_size, voxel_size, rtol=0.01):
         show = lambda v: " × ".join(f"{x:g}" for x in v)  # noqa: E731
         raise BadInput(path, f"voxel size {show(vol.voxel_size)} Å (z, y, x) differs from its tomogram's "
                              f"{show(voxel_size)} Å: resample the annotation onto the tomogram's grid")
@@ -414,12 +416,13 @@ def read_annotation(path: str, shape: tuple[int, ...], class_names: list[str],
     if is_slicer_seg(path):
         offset = slicer_offset(vol.header)
         if offset is not None and (tuple(data.shape) != tuple(shape) or any(offset)):
-            if any(o < 0 or o + n > size for o, n, size in zip(offset, data.shape, shape)):
-                raise BadInput(path, f"its extent {tuple(data.shape)} at offset {offset} (z, y, x; "
-                                     "Segmentation_ReferenceImageExtentOffset) reaches outside its tomogram "
-                                     f"{tuple(shape)}: it was drawn on another image's geometry")
-            data = place_into(data, offset, shape, 0)
-            vol.data = data
+            placed = place_into(data, offset, shape, 0)
+            lost = int(np.count_nonzero(data)) - int(np.count_nonzero(placed))
+            if lost:  # an empty margin past the tomogram (common in Slicer's files) is cut, labels are not
+                raise BadInput(path, f"{lost} labelled voxels of its extent {tuple(data.shape)} at offset "
+                                     f"{offset} (z, y, x; Segmentation_ReferenceImageExtentOffset) lie outside "
+                                     f"its tomogram {tuple(shape)}: it was drawn on another image's geometry")
+            data = vol.data = placed
         if slicer_convention:
             data = slicer_to_classes(vol, class_names, path)
     if tuple(data.shape) != tuple(shape):

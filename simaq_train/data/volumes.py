@@ -9,6 +9,7 @@ half-written output.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import numpy as np
 from simaq_factory.errors import SUFFIX_MODULES, BadInput, MissingExtra, optional, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
 from simaq_factory.tiffio import tiff_volume_series
+
+log = logging.getLogger(__name__)
 
 READ_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".nhdr", ".npy", ".zarr")
 WRITE_SUFFIXES = (".tif", ".tiff", ".mrc", ".rec", ".map", ".nrrd", ".zarr", ".npy")
@@ -269,10 +272,10 @@ def slicer_to_classes(vol: Volume, class_names: list[str], path: str) -> np.ndar
     (``Segmentation_ReferenceImageExtentOffset``; the caller checks the final shape). Value 0 is
     unlabelled. When every segment is named after a class (``cell``/``membrane``, ``vacuole``,
     ``lipid droplet``, ``background`` …; a trailing number is an instance: ``Cell 2`` is a cell)
-    values map by name; when every segment has Slicer's default name (``Segment_1`` …) or there are
-    none, by the reference's convention value v → class v − 1 (1 background, 2 cell, 3 vacuole,
-    4 lipid droplet); a mix, some segments without a class, is refused (by value it shifted every
-    class).
+    values map by name; when no segment is (Slicer's default ``Segment_1`` …, or none at all; other
+    names with a warning), by the reference's convention value v → class v − 1 (1 background,
+    2 cell, 3 vacuole, 4 lipid droplet); a mix, some segments named after a class and some not, is
+    refused (by value it shifted every class).
     """
     data = vol.data.astype(np.int64)
     if data.min(initial=0) < 0 or data.max(initial=0) > 255:
@@ -293,13 +296,16 @@ def slicer_to_classes(vol: Volume, class_names: list[str], path: str) -> np.ndar
     if segments and all(c is not None for c in named.values()):
         for value, c in named.items():
             lut[value] = c
-    elif all(re.fullmatch(r"segment_\d+", _norm_name(n)) for n in segments.values()):
-        lut[1:] = np.arange(len(lut) - 1)  # Slicer's default names (or none): the reference's values
+    elif all(c is None for c in named.values()):  # no class names (or none at all): the reference's values
+        lut[1:] = np.arange(len(lut) - 1)
+        if not all(re.fullmatch(r"segment_\d+", _norm_name(n)) for n in segments.values()):
+            log.warning("%s: no segment is named after a class of the dataset (%s); its label values are "
+                        "read by the reference's convention, value v -> class v - 1", path, ", ".join(class_names))
     else:
         # some segments named after classes and others not: by value would shift every class
         odd = sorted(n for v, n in segments.items() if named[v] is None)
         raise BadInput(path, f"segment(s) {', '.join(repr(n) for n in odd)} are not classes of the dataset "
-                             f"({', '.join(class_names)}): rename them in Slicer, or remove them")
+                             f"({', '.join(class_names)}) while others are: rename them in Slicer, or remove them")
     out = lut[data]
     if (out < 0).any():
         raise BadInput(path, "segment label values without a class")
