@@ -678,6 +678,34 @@ def test_normalisation_of_scattered_ties_matches_scipy_for_volume_after_volume(t
         assert np.all(out[:, ~disc] == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.int8, np.uint16, np.int16])
+def test_counted_normalisation_of_16_bit_values_is_the_sorted_one(monkeypatch, dtype):
+    """Values of 16 bits or fewer are counted per key, not sorted: the same bytes as the sort (ties,
+    -0.0 as 0.0, ±inf), and scipy's average ranks."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    from simaq_train.data import normalize
+
+    rng = np.random.default_rng(41)
+    if dtype == np.float16:
+        vol = (rng.normal(size=(5, 30, 30)) * 4).astype(np.float16)
+        flat = vol.reshape(-1)
+        flat[rng.integers(0, flat.size, 40)] = -0.0
+        flat[rng.integers(0, flat.size, 40)] = 0.0
+        flat[:3], flat[3:5] = np.inf, -np.inf
+    else:
+        info = np.iinfo(dtype)
+        vol = rng.integers(info.min, int(info.max) + 1, (5, 30, 30)).astype(dtype)
+    counted = quantile_normalize(vol, margin=2)
+    disc = fov_mask((30, 30), 2)
+    inside = vol[:, disc].astype(np.float64).ravel()
+    want = ndtri((rankdata(inside, "average") - 0.5) / inside.size)
+    np.testing.assert_allclose(counted[:, disc].ravel(), want, rtol=0, atol=1e-6)
+    monkeypatch.setattr(normalize, "_small_keys", lambda values: None)  # the sorted path
+    assert quantile_normalize(vol, margin=2).tobytes() == counted.tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
 def test_normalisation_is_the_same_bytes_whatever_its_chunk_size(monkeypatch, dtype):
     """The key building, the position quantiles and the scatters run a chunk at a time (bounded
