@@ -22,17 +22,10 @@ from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 
-#: environment variables that set thread counts or huge pages, recorded in every run record
-RECORDED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")
-THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
 def _load_average() -> list[float] | None:
-    """``os.getloadavg()`` (1, 5, 15 minutes) as a list, None where the platform has none."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
+    from simaq_factory.versions import load_average
+
+    return load_average()
 
 
 _START_LOAD: list[float] | None = _load_average()  # at import; begin_run() re-takes it
@@ -42,24 +35,6 @@ def begin_run() -> None:
     """Take the load average at the start of the work (each ``main`` calls it after its checks)."""
     global _START_LOAD
     _START_LOAD = _load_average()
-
-
-def _thp_mode() -> str | None:
-    """The kernel's transparent hugepage mode (the bracketed word of ``THP_MODE_FILE``), None if unreadable."""
-    try:
-        text = Path(THP_MODE_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else text
-
-
-def _affinity() -> list[int] | None:
-    """The CPUs this process may run on, sorted; None where ``os.sched_getaffinity`` is unavailable."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
 
 
 class Parser(argparse.ArgumentParser):
@@ -182,7 +157,7 @@ def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> di
     and every parameter of the run (``vars(args)`` plus ``extra``)."""
     import torch
 
-    from simaq_factory.versions import cpu_model
+    from simaq_factory.versions import cpu_model, machine_state
 
     gpu = None
     if device is not None and getattr(device, "type", str(device)) == "cuda":
@@ -194,12 +169,8 @@ def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> di
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "cpu_affinity": _affinity(),
         "torch_threads": torch.get_num_threads(),
-        "load_average_start": _START_LOAD,
-        "load_average_end": _load_average(),
-        "environment": {name: os.environ.get(name) for name in RECORDED_ENV},
-        "transparent_hugepage": _thp_mode(),
+        **machine_state(_START_LOAD),
         "gpu": gpu,
         "platform": platform.platform(),
         "versions": software(),

@@ -143,3 +143,40 @@ def software_mismatch(expected: dict[str, Any] | None) -> str | None:
 def render_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The :data:`RENDER_SOFTWARE` keys whose versions ``a`` and ``b`` both know and that differ."""
     return [k for k in RENDER_SOFTWARE if a.get(k) is not None and b.get(k) is not None and a.get(k) != b.get(k)]
+
+
+#: environment variables that set thread counts or huge pages, recorded with every benchmark
+RECORDED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def load_average() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5, 15 minutes) as a list, None where the platform has none."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_state(load_at_start: list[float] | None) -> dict[str, Any]:
+    """What moves a benchmark's figures besides the code, for its record: the CPUs this process may
+    run on (``cpu_affinity``), the load average at the start of the work (``load_at_start``) and now
+    (``load_average_end``), ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``THP_MEM_ALLOC_ENABLE`` as the
+    process sees them (None: unset; importing ``simaq_factory`` sets the last to 1 unless it was
+    set) and the kernel's transparent hugepage mode (None where unreadable)."""
+    import os
+
+    try:
+        affinity: list[int] | None = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    try:
+        text = Path(THP_MODE_FILE).read_text(encoding="utf-8").strip()
+        start, end = text.find("["), text.find("]")
+        thp: str | None = text[start + 1:end] if 0 <= start < end else text
+    except OSError:
+        thp = None
+    return {"cpu_affinity": affinity, "load_average_start": load_at_start, "load_average_end": load_average(),
+            "environment": {name: os.environ.get(name) for name in RECORDED_ENV}, "transparent_hugepage": thp}

@@ -406,6 +406,20 @@ def test_slicer_segmentations_as_slicer_writes_them_land_on_their_voxels_or_are_
     assert np.array_equal(read_annotation(str(tmp_path / "tissue.seg.nrrd"), ann.shape, names), ann)
 
 
+def test_a_4d_one_slice_nrrd_keeps_its_slice_axis_and_its_spacings(tmp_path):
+    """(list 1, z 1, y, x): the list axis goes, the one-slice z axis stays, and the spacings follow
+    the spatial axes by their kind (the length-1 rule dropped z's and lost them all)."""
+    import nrrd
+
+    from simaq_train.data.volumes import read_volume_meta
+
+    nrrd.write(str(tmp_path / "one.seg.nrrd"), np.ones((1, 1, 20, 30), np.uint8),
+               {"kinds": ["domain", "domain", "domain", "list"], "spacings": [2.0, 3.0, 4.0, float("nan")]},
+               index_order="C")
+    vol = read_volume_meta(tmp_path / "one.seg.nrrd")
+    assert vol.data.shape == (1, 20, 30) and vol.voxel_size == pytest.approx((4.0, 3.0, 2.0))
+
+
 def test_an_annotation_at_another_voxel_size_than_its_tomogram_is_refused(tmp_path):
     import mrcfile
 

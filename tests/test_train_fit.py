@@ -971,6 +971,10 @@ def test_bench_prints_its_figures_with_the_run_record():
     assert rec["input"] == [2, 1, 3, 16, 16] and rec["seconds_per_step"] > 0 and rec["model_parameters"] > 0
     assert rec["gpu"] is None and rec["peak_memory_gib"] is None and rec["logical_cores"] >= 1
     assert rec["versions"]["torch"] and rec["timestamp_utc"].endswith("+00:00")
+    # the machine state the benchmarks/ scripts record too (what moves the figures besides the code)
+    assert set(rec["environment"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE"}
+    assert all(key in rec for key in ("cpu_affinity", "load_average_start", "load_average_end",
+                                      "transparent_hugepage"))
 
 
 def test_step_memory_estimate_grows_with_the_window_area_and_batch():

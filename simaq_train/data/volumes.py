@@ -168,7 +168,11 @@ def _read_any(p: Path) -> Volume:
         spacing = None
         if "spacings" in header:  # one per axis, fastest first; non-spatial axes NaN
             per_axis = np.asarray(header["spacings"], dtype=float)[::-1]
-            keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
+            kinds = [str(k).lower() for k in header.get("kinds", [])][::-1]  # C order, like the array
+            if arr.ndim > 3 and len(kinds) == arr.ndim:  # the spatial axes by their kind (one may be 1 long)
+                keep = [k for k, kind in enumerate(kinds) if kind in ("domain", "space")]
+            else:
+                keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
             picked = [float(per_axis[k]) for k in keep] if len(per_axis) == arr.ndim else []
             spacing = tuple(picked) if len(picked) == 3 and all(np.isfinite(picked)) else None
         elif len(dirs := _space_directions(header)) == 3:
