@@ -86,18 +86,15 @@ def _rank_normal(inside: np.ndarray) -> np.ndarray:
         first = cont[np.concatenate(([0], breaks))] - 1  # each tied group's first position
         size = cont[np.concatenate((breaks - 1, [cont.size - 1]))] - first + 1
         del cont, breaks
-        mid_rank = first.astype(np.float64) + (size.astype(np.float64) - 1.0) / 2.0
-        q_group = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
+        q_group = _group_quantiles(first, size, n)
         _scatter(result, perm, _position_quantiles(n))
         offsets = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
         result[perm[np.repeat(first, size) + offsets]] = np.repeat(q_group, size)
         return result
     del cont
-    starts = np.flatnonzero(starts_mask)  # many ties (integer tomograms): one quantile per group
-    counts = np.diff(starts, append=n)
-    mid_rank = starts.astype(np.float64) + (counts.astype(np.float64) - 1.0) / 2.0
-    del starts, counts
-    q = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
+    starts = np.flatnonzero(starts_mask)  # many ties (a few levels in float32): one quantile per group
+    q = _group_quantiles(starts, np.diff(starts, append=n), n)
+    del starts
     before = 0  # tie groups starting before the chunk
     for i in range(0, n, _CHUNK):
         group = np.cumsum(starts_mask[i : i + _CHUNK], dtype=np.int64)
@@ -136,14 +133,19 @@ def _rank_normal_counted(keys: np.ndarray, n: int) -> np.ndarray:
     for i in range(0, n, _CHUNK):
         counts += np.bincount(keys[i : i + _CHUNK], minlength=1 << 16)
     present = np.flatnonzero(counts)
-    starts = (np.cumsum(counts) - counts)[present]
-    mid_rank = starts.astype(np.float64) + (counts[present].astype(np.float64) - 1.0) / 2.0
     lut = np.zeros(1 << 16, dtype=np.float32)
-    lut[present] = torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
+    lut[present] = _group_quantiles((np.cumsum(counts) - counts)[present], counts[present], n)
     result = np.empty(n, dtype=np.float32)
     for i in range(0, n, _CHUNK):
         np.take(lut, keys[i : i + _CHUNK], out=result[i : i + _CHUNK])
     return result
+
+
+def _group_quantiles(first: np.ndarray, size: np.ndarray, n: int) -> np.ndarray:
+    """float32 ``ndtri((r + 0.5) / n)`` of tie groups starting at sorted position ``first`` with
+    ``size`` members each: r = ``first + (size - 1) / 2``, their mid-rank (float64 throughout)."""
+    mid_rank = first.astype(np.float64) + (size.astype(np.float64) - 1.0) / 2.0
+    return torch.special.ndtri(torch.from_numpy((mid_rank + 0.5) / n)).to(torch.float32).numpy()
 
 
 def _scatter(result: np.ndarray, perm: np.ndarray, ordered: np.ndarray) -> None:
