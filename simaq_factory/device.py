@@ -7,8 +7,6 @@ from contextlib import contextmanager
 
 import torch
 
-DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
-
 
 def resolve_device(name: str, key: str = "execution.device") -> torch.device:
     """Map a user-facing device name to a ``torch.device``; ``auto`` picks CUDA when available.
@@ -19,7 +17,7 @@ def resolve_device(name: str, key: str = "execution.device") -> torch.device:
     or flag the name came from; exit code 2 at the CLI), before anything is written.
     """
     from simaq_factory.errors import BadInput
-    from simaq_factory.recipe.model import DEVICE_NAME
+    from simaq_factory.recipe.model import DEVICE_NAME, DEVICE_NAMES
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

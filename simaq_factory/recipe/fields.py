@@ -44,9 +44,18 @@ def unknown_key(key: str, known: Any) -> str:
     return f"unknown key; {hint}expected one of {', '.join(names)}"
 
 
+def shown_value(value: Any) -> str:
+    """A recipe value as the user wrote it: YAML's null, true and false, else its repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _num(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecipeError(path, f"expected a number, got {'null' if value is None else repr(value)}")
+        raise RecipeError(path, f"expected a number, got {shown_value(value)}")
     if not math.isfinite(float(value)):
         raise RecipeError(path, f"expected a finite number, got {value!r}")
     return float(value)

@@ -22,6 +22,7 @@ from simaq_factory.tomo.config import ProjectorBackend, ReconstructionConfig
 #: a device name as written in recipes and flags (ASCII digits: torch refuses others); one
 #: pattern for the recipe check and :func:`simaq_factory.device.resolve_device`
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # the same, in words
 
 RECIPE_VERSION = 1
 
@@ -119,7 +120,7 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         if not DEVICE_NAME.fullmatch(self.device):
-            raise ValueError(f"device: unknown device {self.device!r} (expected auto, cpu, cuda or cuda:N)")
+            raise ValueError(f"device: unknown device {self.device!r} (expected {DEVICE_NAMES})")
         if self.memory_limit != "auto":
             _check_bytes("memory_limit", self.memory_limit, at_least=MIN_WORKER_MEMORY)
 

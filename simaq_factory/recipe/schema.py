@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from simaq_factory.recipe.fields import Dist, RecipeError, unknown_key
+from simaq_factory.recipe.fields import Dist, RecipeError, shown_value, unknown_key
 
 __all__ = ["parse_section", "section_to_json", "field_docs"]
 
@@ -67,15 +67,6 @@ def _check_dist_bounds(d: Dist, path: str, meta: typing.Mapping[str, Any]) -> No
         _check_bounds(hi, _join(path, "max" if d.max is not None else "mean"), meta)
 
 
-def _shown(value: Any) -> str:
-    """A recipe value as the user wrote it: YAML's null, true and false, else its repr."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -111,34 +102,34 @@ def _parse_value(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
         specific = [e for e in errors if e.path != path or "expected" not in e.message]
         if specific:
             raise specific[0]
-        raise RecipeError(path, f"expected {_describe(tp)}, got {_shown(value)}")
+        raise RecipeError(path, f"expected {_describe(tp)}, got {shown_value(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            raise RecipeError(path, f"expected {_describe(tp)}, got {_shown(value)}")
+            raise RecipeError(path, f"expected {_describe(tp)}, got {shown_value(value)}")
         return choices[choices.index(value)]  # the declared choice: 3.0 is 3 (one recipe id, an int)
     if tp is bool:
         if not isinstance(value, bool):
-            raise RecipeError(path, f"expected true or false, got {_shown(value)}")
+            raise RecipeError(path, f"expected true or false, got {shown_value(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise RecipeError(path, f"expected an integer, got {_shown(value)}")
+                raise RecipeError(path, f"expected an integer, got {shown_value(value)}")
         _check_bounds(value, path, meta)
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(path, f"expected a number, got {_shown(value)}")
+            raise RecipeError(path, f"expected a number, got {shown_value(value)}")
         if not math.isfinite(float(value)):
-            raise RecipeError(path, f"expected a finite number, got {_shown(value)}")
+            raise RecipeError(path, f"expected a finite number, got {shown_value(value)}")
         _check_bounds(float(value), path, meta)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise RecipeError(path, f"expected a string, got {_shown(value)}")
+            raise RecipeError(path, f"expected a string, got {shown_value(value)}")
         return value
     if tp is Dist:
         dist = Dist.parse(value, path)
@@ -147,11 +138,11 @@ def _parse_value(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(path, f"expected a list, got {_shown(value)}")
+            raise RecipeError(path, f"expected a list, got {shown_value(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_parse_value(args[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise RecipeError(path, f"expected a list of {len(args)} values, got {_shown(value)}")
+            raise RecipeError(path, f"expected a list of {len(args)} values, got {shown_value(value)}")
         return tuple(_parse_value(a, v, f"{path}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if value is None:  # `dataset:` with its lines commented out, `--set dataset=null`
@@ -173,12 +164,12 @@ def parse_section(cls: type[Any], data: Any, path: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(path or "recipe", f"expected a mapping, got {_shown(data)}")
+        raise RecipeError(path or "recipe", f"expected a mapping, got {shown_value(data)}")
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
-            raise RecipeError(_join(path, _shown(key) if key is None else str(key)), unknown_key(str(key), fields))
+            raise RecipeError(_join(path, shown_value(key) if key is None else str(key)), unknown_key(str(key), fields))
     kwargs = {
         name: _parse_value(hints[name], data[name], _join(path, name), f.metadata)
         for name, f in fields.items()
