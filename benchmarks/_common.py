@@ -20,21 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from simaq_factory.versions import load_average  # no torch: the scripts import it after simaq_factory
+
 EXIT_BAD_INPUT = 2
 
-def _load_average() -> list[float] | None:
-    from simaq_factory.versions import load_average
-
-    return load_average()
-
-
-_START_LOAD: list[float] | None = _load_average()  # at import; begin_run() re-takes it
+_START_LOAD: list[float] | None = load_average()  # at import; begin_run() re-takes it
 
 
 def begin_run() -> None:
     """Take the load average at the start of the work (each ``main`` calls it after its checks)."""
     global _START_LOAD
-    _START_LOAD = _load_average()
+    _START_LOAD = load_average()
 
 
 class Parser(argparse.ArgumentParser):

@@ -233,10 +233,11 @@ _PARTIAL_TEMP = re.compile(r"^(?:.+\.[0-9a-f]{32}|\..+\.png)\.partial$")
 def sweep_temp_files(out: Path) -> list[Path]:
     """Remove the temporary files of writes a killed process left in ``out`` (a SIGKILL between
     writing one and renaming it: our JSON records, zarr's chunks, shards and metadata, previews;
-    their random names are never written again, and freeze sealed them in as part of the dataset). Only under the writers' lock, when no process of ours
-    writes ``out``. Returns the paths removed."""
+    their random names are never written again, and freeze sealed them in as part of the dataset).
+    Only under the writers' lock, when no process of ours writes ``out``. One walk of ``out``.
+    Returns the paths removed."""
     gone = []
-    for path in [*out.rglob(".*.tmp"), *out.rglob("*.partial")]:
+    for path in out.rglob("*"):
         if ((_JSON_TEMP.match(path.name) or _PARTIAL_TEMP.match(path.name)) and path.is_file()
                 and not path.is_symlink()):
             path.unlink(missing_ok=True)

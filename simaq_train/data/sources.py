@@ -407,8 +407,11 @@ def read_annotation(path: str, shape: tuple[int, ...], class_names: list[str],
     vol = read_volume_meta(path)
     # an MRC voxel size of 1 Å is IMOD's and EMAN2's "unknown"; Slicer's .seg.nrrd spacings are in
     # whatever unit Slicer took the tomogram's for (its placement is checked by its extent instead)
-    known = [v for v in (vol.voxel_size, voxel_size) if v is not None and not np.allclose(v, 1.0)]
-    if len(known) == 2 and not is_slicer_seg(path) and not np.allclose(vol.voxel_size, voxel_size, rtol=0.01):
+    def recorded(size: tuple[float, float, float] | None) -> bool:
+        return size is not None and not np.allclose(size, 1.0)
+
+    if (recorded(vol.voxel_size) and recorded(voxel_size) and not is_slicer_seg(path)
+            and not np.allclose(vol.voxel_size, voxel_size, rtol=0.01)):
         show = lambda v: " × ".join(f"{x:g}" for x in v)  # noqa: E731
         raise BadInput(path, f"voxel size {show(vol.voxel_size)} Å (z, y, x) differs from its tomogram's "
                              f"{show(voxel_size)} Å: resample the annotation onto the tomogram's grid")

@@ -168,9 +168,9 @@ def _read_any(p: Path) -> Volume:
         spacing = None
         if "spacings" in header:  # one per axis, fastest first; non-spatial axes NaN
             per_axis = np.asarray(header["spacings"], dtype=float)[::-1]
-            kinds = [str(k).lower() for k in header.get("kinds", [])][::-1]  # C order, like the array
-            if arr.ndim > 3 and len(kinds) == arr.ndim:  # the spatial axes by their kind (one may be 1 long)
-                keep = [k for k, kind in enumerate(kinds) if kind in ("domain", "space")]
+            spatial = _nrrd_spatial_axes(header, arr.ndim)
+            if arr.ndim > 3 and spatial is not None:  # the spatial axes by their kind (one may be 1 long)
+                keep = [k for k, is_space in enumerate(spatial) if is_space]
             else:
                 keep = [k for k, n in enumerate(arr.shape) if n != 1] if arr.ndim > 3 else range(arr.ndim)
             picked = [float(per_axis[k]) for k in keep] if len(per_axis) == arr.ndim else []
@@ -205,6 +205,15 @@ def _read_any(p: Path) -> Volume:
     raise BadInput(str(p), f"unsupported volume format (expected one of {', '.join(READ_SUFFIXES)})")
 
 
+def _nrrd_spatial_axes(header: dict[str, Any], ndim: int) -> list[bool] | None:
+    """Per array axis (C order, as read), whether an NRRD header's ``kinds`` call it spatial
+    (``domain`` / ``space``); None without ``kinds`` for every axis."""
+    kinds = header.get("kinds") if header else None
+    if kinds is None or len(kinds) != ndim:
+        return None
+    return [str(k).lower() in ("domain", "space") for k in list(kinds)[::-1]]  # NRRD lists the fastest first
+
+
 def read_volume_meta(path: str | Path) -> Volume:
     """Read a 3D volume (any supported format); BadInput naming the file otherwise."""
     p = Path(path)
@@ -219,10 +228,9 @@ def read_volume_meta(path: str | Path) -> Volume:
     except Exception as err:  # noqa: BLE001 - any decoder error is bad input
         raise BadInput(str(p), f"cannot read volume ({type(err).__name__}: {err})") from None
     data = vol.data
-    kinds = vol.header.get("kinds") if vol.header else None
-    if kinds is not None and data.ndim > 3 and len(kinds) == data.ndim:  # NRRD: fastest axis first
-        data = data.reshape([n for n, k in zip(data.shape, list(kinds)[::-1])
-                             if not (n == 1 and str(k).lower() not in ("domain", "space"))])
+    spatial = _nrrd_spatial_axes(vol.header, data.ndim) if data.ndim > 3 else None
+    if spatial is not None:  # a length-1 axis of another kind (a Slicer 'list' of one layer) goes
+        data = data.reshape([n for n, is_space in zip(data.shape, spatial) if n != 1 or is_space])
     # a Slicer segmentation cropped to one painted slice is (1, Y, X): its spatial axes are kept
     arr = data if is_slicer_seg(p) and data.ndim == 3 else np.squeeze(data)
     if arr.ndim == 4 and is_slicer_seg(p):
@@ -291,8 +299,8 @@ def slicer_to_classes(vol: Volume, class_names: list[str], path: str) -> np.ndar
         key = _norm_name(name)
         if key in wanted:
             return wanted[key]
-        bare = _ALIASES.get(re.sub(r"_\d+$", "", key), re.sub(r"_\d+$", "", key))
-        return wanted.get(bare)
+        bare = re.sub(r"_\d+$", "", key)
+        return wanted.get(_ALIASES.get(bare, bare))
 
     lut = np.full(int(max(data.max(initial=0), max(segments, default=0))) + 1, -1, np.int64)
     lut[0] = 255
