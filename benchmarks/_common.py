@@ -11,10 +11,7 @@ average at the start of the work as well as at its end.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -144,34 +141,20 @@ def software() -> dict[str, str | None]:
 
 
 def run_record(args: argparse.Namespace, device: Any = None, **extra: Any) -> dict[str, Any]:
-    """What a benchmark JSON carries besides its figures: the command (``sys.argv``), an ISO-8601
-    UTC timestamp, the CPU model, logical cores, the CPUs this process may use (affinity), torch
-    threads, the 1/5/15-minute load average at the start of the work (``begin_run``) and now (the
-    end), ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``THP_MEM_ALLOC_ENABLE`` as the process sees them
-    (None: unset; importing ``simaq_factory`` sets the last to 1 unless it was set),
-    the kernel's transparent hugepage mode, the GPU name when CUDA is used, the software versions
-    and every parameter of the run (``vars(args)`` plus ``extra``)."""
+    """``versions.run_record`` for a benchmark script: the load average taken by ``begin_run``, the
+    GPU named when ``device`` is CUDA (or, with no device given, when CUDA is available), the
+    comparison libraries' versions (``software``) and every parameter (``vars(args)`` plus
+    ``extra``)."""
     import torch
 
-    from simaq_factory.versions import cpu_model, machine_state
+    from simaq_factory.versions import run_record as record
 
     gpu = None
     if device is not None and getattr(device, "type", str(device)) == "cuda":
         gpu = torch.cuda.get_device_name(device)
     elif device is None and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
-    return {
-        "command": list(sys.argv),
-        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        **machine_state(_START_LOAD),
-        "gpu": gpu,
-        "platform": platform.platform(),
-        "versions": software(),
-        "parameters": {**vars(args), **extra},
-    }
+    return record({**vars(args), **extra}, gpu, _START_LOAD, software())
 
 
 def write_json(path: str | None, obj: dict[str, Any]) -> None:

@@ -180,3 +180,24 @@ def machine_state(load_at_start: list[float] | None) -> dict[str, Any]:
         thp = None
     return {"cpu_affinity": affinity, "load_average_start": load_at_start, "load_average_end": load_average(),
             "environment": {name: os.environ.get(name) for name in RECORDED_ENV}, "transparent_hugepage": thp}
+
+
+def run_record(parameters: dict[str, Any], gpu: str | None, load_at_start: list[float] | None,
+               versions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a benchmark record carries besides its figures (``simaq-train bench`` and the
+    ``benchmarks/`` scripts): the command (``sys.argv``), an ISO-8601 UTC timestamp, the CPU model,
+    logical cores, torch threads, the machine's state (``machine_state``: affinity, load average at
+    the start of the work and now, thread and huge-page settings), the GPU name when CUDA is used,
+    the platform, the software versions (``software_versions()`` unless given) and every parameter
+    of the run."""
+    import datetime
+    import os
+    import sys
+
+    import torch
+
+    return {"command": list(sys.argv),
+            "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            **machine_state(load_at_start), "gpu": gpu, "platform": platform.platform(),
+            "versions": software_versions() if versions is None else versions, "parameters": parameters}

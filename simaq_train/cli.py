@@ -261,7 +261,7 @@ def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search
 def bench(features: int, depth: int, size: int, window: int, batch_size: int, steps: int, amp: str,
           device: str) -> None:
     """Time training steps (forward, Dice-Focal loss, backward, Adam) on random data; print JSON."""
-    from simaq_factory.versions import load_average
+    from simaq_factory.versions import load_average, run_record
     from simaq_train.bench import bench_train_step
 
     params = {"features": features, "depth": depth, "size": size, "window": window, "batch_size": batch_size,
@@ -270,25 +270,6 @@ def bench(features: int, depth: int, size: int, window: int, batch_size: int, st
     res = bench_train_step(**params)
     click.echo(json.dumps({**res, **run_record(params, None if res["device"] == "cpu" else res["device"],
                                                load_at_start)}))
-
-
-def run_record(params: dict[str, Any], gpu: str | None, load_at_start: list[float] | None = None) -> dict[str, Any]:
-    """What a benchmark record carries besides its figures (as benchmarks/_common.py's): the command,
-    an ISO-8601 UTC timestamp, the CPU model, logical cores, torch threads, the machine's state
-    (affinity, load average at the start and the end, thread and huge-page settings:
-    ``versions.machine_state``), the GPU name when CUDA is used, the software versions and every
-    parameter of the run."""
-    import datetime
-    import platform
-
-    import torch
-
-    from simaq_factory.versions import cpu_model, machine_state, software_versions
-
-    return {"command": list(sys.argv),
-            "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            **machine_state(load_at_start), "gpu": gpu, "platform": platform.platform(), "versions": software_versions(), "parameters": params}
 
 
 def _report_dir(out: Path, dataset: str, overwrite: bool) -> Path:

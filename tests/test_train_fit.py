@@ -977,6 +977,24 @@ def test_bench_prints_its_figures_with_the_run_record():
                                       "transparent_hugepage"))
 
 
+def test_benchmark_scripts_record_the_same_fields_as_simaq_train_bench():
+    """One record for every benchmark: the benchmarks/ scripts' run record has the fields of
+    ``simaq-train bench``'s (``versions.run_record``), plus the comparison libraries' versions."""
+    import argparse
+    import importlib.util
+
+    from simaq_factory.versions import run_record
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "_common.py"
+    spec = importlib.util.spec_from_file_location("bench_common", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    ours = common.run_record(argparse.Namespace(size=8), None, extra=1)
+    theirs = run_record({"size": 8}, None, None)
+    assert set(ours) == set(theirs) and ours["parameters"] == {"size": 8, "extra": 1}
+    assert {"scikit-image", "astra-toolbox"} <= set(ours["versions"]) and set(theirs["versions"]) < set(ours["versions"])
+
+
 def test_step_memory_estimate_grows_with_the_window_area_and_batch():
     from simaq_train.bench import step_bytes
     from simaq_train.model import ModelConfig
