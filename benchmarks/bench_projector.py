@@ -20,9 +20,11 @@ projections (as our FBP and scikit-image's ``iradon`` of its own ``radon`` do); 
 to scikit-image's ``iradon``, over the first ``min(--ref-slices, --astra-slices, --slices)`` slices.
 
 Threads: ours runs on ``--threads`` torch threads; scikit-image and ASTRA (the PyPI wheel's CPU
-projectors have no OpenMP) run single-threaded, on one core, and nothing splits their slices over
-the other cores. The header and the JSON (``config.peers``) say so. ASTRA's CPU projectors
-``linear``, ``strip`` and ``line`` are timed forward; its FBP uses ``linear``.
+projectors have no OpenMP) run single-threaded, on one core. The header and the JSON
+(``config.peers``) say so. ASTRA's CPU projectors ``linear``, ``strip`` and ``line`` are timed
+forward; its FBP uses ``linear``. With ``--threads`` above 1, ASTRA ``linear`` is timed again at
+equal cores (``astra.linear_equal_cores``): its slices split over ``--threads`` single-threaded
+processes that start each run together, a run timed from the first start to the last end.
 
 The differences to scikit-image say how close a method is to that oracle, not how accurate it is.
 ``--analytic`` adds a check against the truth: a smooth phantom (a sum of Gaussians, scaled to
@@ -174,15 +176,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:  # pragma: no cover - optional
         m = min(z, args.astra_slices)
         res["astra"] = _astra(vol_np[:m], proj[:, :m].cpu().numpy(), geom, sk_sino, sk_rec, args.repeats)
+        if args.threads > 1 and m >= args.threads:
+            res["astra"]["linear_equal_cores"] = _astra_equal_cores(
+                vol_np[:m], proj[:, :m].cpu().numpy(), geom, args.repeats, args.threads)
         for key in ("forward", "fbp"):
             res["astra"][f"{key}_time_ratio_astra_over_ours"] = (
                 res["astra"]["linear"][f"{key}_ms_per_slice"] / res[res["primary"]][f"{key}_ms_per_slice"])
+            if "linear_equal_cores" in res["astra"]:
+                res["astra"][f"{key}_time_ratio_astra_equal_cores_over_ours"] = (
+                    res["astra"]["linear_equal_cores"][f"{key}_ms_per_slice"]
+                    / res[res["primary"]][f"{key}_ms_per_slice"])
     if args.analytic:
         res["accuracy_vs_analytic"] = _analytic(n, theta, geom, astra_available())
     return res
 
 
-PEERS = "scikit-image and ASTRA single-threaded (one core); ours on --threads torch threads"
+PEERS = ("scikit-image and ASTRA single-threaded (one core; ASTRA linear also over --threads processes when"
+         " above 1); ours on --threads torch threads")
 
 # the --analytic phantom at n = 256: (dy, dx, sigma, amplitude) of each Gaussian, scaled by n / 256
 _BLOBS = ((0, 0, 16.0, 1.0), (30, -20, 10.0, 0.7), (-40, 24, 12.0, 0.5), (10, 50, 3.0, 0.8))
@@ -346,6 +356,53 @@ def _astra(vol: np.ndarray, our_proj: np.ndarray, geom: Geometry, sk_sino: list[
 ASTRA_PROJECTORS = ("linear", "strip", "line")  # ASTRA's 2D parallel-beam CPU projectors
 
 
+def _astra_part(vol: np.ndarray, proj: np.ndarray, geom: Geometry, repeats: int, barrier: Any,
+                queue: Any) -> None:  # pragma: no cover - optional; runs in a child process
+    """One process of ``_astra_equal_cores``: a one-slice warm-up, then ``repeats`` times forward
+    (``linear``) and FBP of its slices, each run started together with the other processes (the
+    barrier); puts the (start, end) ``time.perf_counter`` pairs (CLOCK_MONOTONIC: one clock for
+    every process of the machine) of each run on ``queue``."""
+    from simaq_factory.tomo.adapters import astra_fbp, astra_forward
+
+    astra_forward(vol[:1], geom, projector="linear")
+    astra_fbp(proj[:, :1], geom, "ram-lak")
+    spans: dict[str, list[tuple[float, float]]] = {"forward": [], "fbp": []}
+    for _ in range(repeats):
+        for key, run_once in (("forward", lambda: astra_forward(vol, geom, projector="linear")),
+                              ("fbp", lambda: astra_fbp(proj, geom, "ram-lak"))):
+            barrier.wait()
+            start = time.perf_counter()
+            run_once()
+            spans[key].append((start, time.perf_counter()))
+    queue.put(spans)
+
+
+def _astra_equal_cores(vol: np.ndarray, our_proj: np.ndarray, geom: Geometry, repeats: int,
+                       processes: int) -> dict[str, Any]:  # pragma: no cover - optional
+    """ASTRA ``linear`` on as many cores as ours: its slices split over ``processes`` single-threaded
+    processes (every ``processes``-th slice each) that start each run together; a run's time is
+    from the first process's start to the last one's end, the median of ``repeats`` of those, per
+    slice of the whole volume. What a user who splits ASTRA's work over the cores would see."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_astra_part, args=(vol[i::processes], our_proj[:, i::processes], geom, repeats,
+                                                     barrier, queue)) for i in range(processes)]
+    for w in workers:
+        w.start()
+    spans = [queue.get(timeout=3600) for _ in workers]
+    for w in workers:
+        w.join()
+    if any(w.exitcode != 0 for w in workers):
+        raise RuntimeError("an ASTRA process of the equal-cores timing failed")
+    out: dict[str, Any] = {"processes": processes, "threads_per_process": 1, "slices_timed": len(vol)}
+    for key in ("forward", "fbp"):
+        walls = [max(s[key][r][1] for s in spans) - min(s[key][r][0] for s in spans) for r in range(repeats)]
+        out[f"{key}_ms_per_slice"] = 1e3 * statistics.median(walls) / len(vol)
+    return out
+
+
 def _tile(text: str) -> tuple[int, int, int]:
     """``AxZxW`` -> three positive ints (argparse type of ``--triton-tiles``)."""
     try:
@@ -388,6 +445,9 @@ def _print_table(res: dict[str, Any], backends: list[str]) -> None:
         for projector in ASTRA_PROJECTORS[1:]:
             r = res["astra"][projector]
             row(f"astra cpu {projector}", r["forward_ms_per_slice"], None, f"{r['forward_rel_l2_vs_skimage']:.1e}", "-")
+        if "linear_equal_cores" in res["astra"]:
+            eq = res["astra"]["linear_equal_cores"]
+            row(f"astra linear, {eq['processes']} proc", eq["forward_ms_per_slice"], eq["fbp_ms_per_slice"], "-", "-")
     sk = res["skimage"]
     row("scikit-image", sk["forward_ms_per_slice"], sk["fbp_ms_per_slice"], "(oracle)", "(oracle)")
     if not isinstance(res["astra"], dict):
