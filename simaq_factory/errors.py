@@ -147,6 +147,17 @@ def _quiet_abandoned_io() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
+def _traceback_hint() -> str:
+    """How to see the traceback, with ``-vv`` where click takes it (before the command):
+    ``run 'simaq-factory -vv build ...' for the traceback``."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.parent is None:
+        return "run with -vv for the traceback"
+    return f"run '{ctx.find_root().info_name} -vv {ctx.info_name} ...' for the traceback"
+
+
 def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False) -> Any:
     """Map a command's exceptions to one-line messages and exit codes (2 bad input, 1 failure,
     130 interrupted); with debug logging (``-vv``) runtime failures keep their traceback.
@@ -184,7 +195,7 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, resumes: bool = False
             except Exception as err:  # noqa: BLE001 - a runtime failure: one line, exit 1
                 if logging.getLogger().isEnabledFor(logging.DEBUG):
                     raise
-                fail(f"{type(err).__name__}: {err} (run with -vv for the traceback)", 1)
+                fail(f"{type(err).__name__}: {err} ({_traceback_hint()})", 1)
             finally:
                 if main:
                     signal.signal(signal.SIGTERM, previous)

@@ -353,3 +353,34 @@ command()
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 130
     assert r.stderr == "error: interrupted; run the same command again to resume\n", r.stderr
+
+
+def test_a_runtime_failure_says_where_minus_vv_goes():
+    """-vv is the group's flag: 'simaq-factory build ... -vv' is refused by click, so the hint of an
+    unexpected failure shows it before the command, and -vv there raises the traceback."""
+    import logging
+
+    import click
+    from click.testing import CliRunner
+
+    from simaq_factory.errors import handle_errors
+
+    @click.group()
+    @click.option("-v", "--verbose", count=True)
+    def tool(verbose: int) -> None:
+        logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+    @tool.command()
+    @handle_errors
+    def crunch() -> None:
+        raise ZeroDivisionError("boom")
+
+    level = logging.getLogger().level
+    try:
+        r = CliRunner().invoke(tool, ["crunch"], prog_name="simaq-factory")
+        assert r.exit_code == 1
+        assert r.stderr == "error: ZeroDivisionError: boom (run 'simaq-factory -vv crunch ...' for the traceback)\n"
+        r = CliRunner().invoke(tool, ["-vv", "crunch"], prog_name="simaq-factory")
+        assert isinstance(r.exception, ZeroDivisionError)
+    finally:
+        logging.getLogger().setLevel(level)
