@@ -203,9 +203,12 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
         raise_bad(tomogram, "file not found")
     from simaq_train.inference import predict_tomogram
 
+    bar = Bar(True)
     res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
                            post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
-                           beam_axis=beam_axis, normalize=normalize, device=device, overwrite=overwrite)
+                           beam_axis=beam_axis, normalize=normalize, device=device, overwrite=overwrite,
+                           progress=lambda text, fraction: bar.show(f"{Path(tomogram).name}: {text}", fraction))
+    bar.done()
     counts = ", ".join(f"{n} {c}" for n, c in zip(res["class_names"], res["voxels_per_class"]))
     click.echo(f"wrote {res['output']} {tuple(res['shape'])}; voxels per class: {counts}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from simaq_train.engine.parts import amp_dtype, load_checkpoint
 from simaq_train.model import CenterSliceUNet
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, "float | None"], None]  # (what is being done, fraction done or None)
 
 
 def load_model(ckpt_path: str | Path, use_ema: bool = True,
@@ -116,8 +119,9 @@ def cpu_batch_size(model: CenterSliceUNet, window: int, height: int, width: int,
 @torch.no_grad()
 def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, edge_mode: str = "reflect",
                    batch_size: int = 8, device: torch.device = torch.device("cpu"),
-                   amp: str = "auto") -> np.ndarray:
-    """volume: normalised float32 (Z, H, W) → uint8 (Z, H, W) argmax class ids."""
+                   amp: str = "auto", progress: Progress | None = None) -> np.ndarray:
+    """volume: normalised float32 (Z, H, W) → uint8 (Z, H, W) argmax class ids. ``progress`` is
+    told ``("slice i/Z", i / Z)`` after each batch."""
     mode = "replicate" if edge_mode == "replicate" else "reflect"
     z, h, w = volume.shape
     div = model.divisor
@@ -140,6 +144,8 @@ def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, e
             logits = model(x)
         pred = logits.argmax(1)[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         out[start : start + len(ks)] = pred.to(torch.uint8).cpu().numpy()
+        if progress is not None:
+            progress(f"slice {start + len(ks)}/{z}", (start + len(ks)) / z)
     model.train(was_training)
     return out
 
@@ -216,16 +222,18 @@ def model_edge_mode(cfg: TrainConfig) -> str:
 
 def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, batch_size: int,
             device: torch.device, edge_mode: str | None = None, post: bool = False,
-            post_scale: float | None = None) -> np.ndarray:
+            post_scale: float | None = None, progress: Progress | None = None) -> np.ndarray:
     """The segmentation ``predict`` writes, of a normalised (Z, H, W) volume in the model's frame:
     sliding-window prediction (ends padded as in training unless ``edge_mode`` says otherwise),
     background outside the field-of-view cylinder (the model never saw it), then post-processing.
     ``evaluate --postprocess`` scores exactly this."""
     seg = predict_volume(model, volume, window=cfg.data.window,
                          edge_mode=edge_mode or model_edge_mode(cfg), batch_size=batch_size,
-                         device=device, amp=cfg.optim.amp)
+                         device=device, amp=cfg.optim.amp, progress=progress)
     seg[:, ~fov_mask(seg.shape[1:], cfg.data.fov_margin)] = 0
     if post:
+        if progress is not None:
+            progress("post-processing", None)
         seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
     return seg
 
@@ -233,8 +241,11 @@ def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, bat
 def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *, use_ema: bool = True,
                      batch_size: int = 8, edge_mode: str | None = None, post: bool = True,
                      post_scale: float | None = None, tilt_axis: int = 0, beam_axis: int | None = None,
-                     normalize: bool = True, device: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+                     normalize: bool = True, device: str = "auto", overwrite: bool = False,
+                     progress: Progress | None = None) -> dict[str, Any]:
     """Read, normalise (training recipe), predict, post-process and write a uint8 label volume.
+    ``progress(text, fraction or None)`` is told each step once the input has passed its checks
+    (each batch of slices, post-processing, writing): a 1024² tomogram takes minutes on a CPU.
 
     ``edge_mode``: padding of the windows at the first and last slices; default: as the model was
     trained (its ``data.edge_mode``). ``normalize=False`` takes the input as already normalised
@@ -285,6 +296,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
                     "(--tilt-axis / --beam-axis say how the volume lies)", tomogram, h, w,
                     min(h, w) / 2.0 - cfg.data.fov_margin, 100 * outside)
     if normalize:
+        log.info("%s: normalising %s voxels", tomogram, "x".join(map(str, raw.shape)))
         norm, _ = normalize_finite(raw, cfg.data.fov_margin, str(tomogram))
     else:
         if not np.isfinite(raw).all():
@@ -298,11 +310,13 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
         _warn_if_not_normalised(norm[:, disc], str(tomogram))
         norm[:, ~disc] = 0
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
-                  post=post, post_scale=post_scale)
+                  post=post, post_scale=post_scale, progress=progress)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     if not (isinstance(names, list) and len(names) == len(counts)):
         names = [f"class {k}" for k in range(len(counts))]
+    if progress is not None:
+        progress("writing", None)
     write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names, like=vol)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
             "class_names": [str(n) for n in names]}

@@ -340,3 +340,23 @@ def test_predict_keeps_the_mrc_placement_and_honours_its_axis_mapping(trained, t
         assert (float(h.origin.x), float(h.origin.y), float(h.origin.z)) == (100.0, 200.0, 300.0)
         assert (int(h.nxstart), int(h.nystart), int(h.nzstart)) == (-10, -6, -8)
         assert tuple(float(v) for v in f.voxel_size.tolist()) == (3.0, 2.0, 1.5)
+
+
+# --- predict shows its progress ------------------------------------------------------------------
+
+def test_predict_reports_its_progress_slice_by_slice(trained, tmp_path):
+    """A 1024² tomogram takes minutes on a CPU: predict tells its progress (each batch of slices,
+    then post-processing and writing) and draws it on stderr, never on stdout."""
+    from simaq_train.inference import predict_tomogram
+
+    vol = np.random.default_rng(2).normal(size=(11, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "t.npy", vol)
+    told = []
+    predict_tomogram(trained.ckpt, tmp_path / "t.npy", tmp_path / "a.npy", batch_size=4, device="cpu",
+                     progress=lambda text, fraction: told.append((text, fraction)))
+    assert told == [("slice 4/11", 4 / 11), ("slice 8/11", 8 / 11), ("slice 11/11", 1.0),
+                    ("post-processing", None), ("writing", None)]
+    r = run("predict", trained.ckpt, tmp_path / "t.npy", "-o", tmp_path / "b.npy", "--raw", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("wrote ") and r.stdout.count("\n") == 1
+    assert "t.npy: slice 8/11" in r.stderr  # the first batch (of 8) is shown at once
