@@ -32,6 +32,18 @@ def tiff_volume_series(tif: Any) -> Any:
                      "several volumes in one file); give one volume per file")
 
 
-def read_tiff_volume(tif: Any) -> np.ndarray:
-    """The data of an open ``tifffile.TiffFile``'s one volume (:func:`tiff_volume_series`)."""
-    return np.asarray(tiff_volume_series(tif).asarray())
+def read_tiff_volume(tif: Any, series: Any = None) -> np.ndarray:
+    """The data of an open ``tifffile.TiffFile``'s one volume (``series``, by default
+    :func:`tiff_volume_series`). ``ValueError`` naming the compression when its codec needs the
+    package imagecodecs (LZW, the floating-point predictor: what Fiji and microscopes often write),
+    with how to get it; tifffile's own message says neither."""
+    series = tiff_volume_series(tif) if series is None else series
+    try:
+        return np.asarray(series.asarray())
+    except ValueError as err:
+        if "imagecodecs" not in str(err):
+            raise
+        page = series.keyframe
+        codec = " with the ".join(str(getattr(v, "name", v)) for v in (page.compression, page.predictor) if int(v) > 1)
+        raise ValueError(f"compressed ({codec}), which tifffile decodes with the Python package imagecodecs: "
+                         "pip install imagecodecs (or 'simaq-factory[io]'), or save the TIFF uncompressed") from None

@@ -1054,3 +1054,34 @@ def test_imod_suffixes_are_outputs_too_and_a_folder_output_asks_for_a_file_name(
     np.save(tmp_path / "flat.npy", vol[:1])
     with pytest.raises(BadInput, match=r"got shape \(4, 4\) \(\(1, 4, 4\) without its length-1 axes\)"):
         read_volume_meta(tmp_path / "flat.npy")
+
+
+def test_a_tiff_whose_codec_needs_imagecodecs_says_how_to_get_it(tmp_path):
+    """An LZW TIFF (Fiji's, a microscope's) without the package imagecodecs: tifffile's message named
+    neither the compression nor how to get the codec; both readers now say it, exit 2."""
+    import tifffile
+
+    from simaq_factory.score.inputs import _read_volume
+    from simaq_train.data.volumes import read_volume_meta
+
+    vol = np.arange(4 * 6 * 6, dtype=np.uint16).reshape(4, 6, 6)
+    tifffile.imwrite(tmp_path / "v.tif", vol, photometric="minisblack")
+    raw = bytearray((tmp_path / "v.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "v.tif") as tif:  # every page's Compression tag: 1 (none) -> 5 (LZW)
+        offsets = [page.tags["Compression"].valueoffset for page in tif.pages]
+    for at in offsets:
+        raw[at:at + 2] = (5).to_bytes(2, "little")
+    (tmp_path / "lzw.tif").write_bytes(bytes(raw))
+    import importlib.util
+
+    if importlib.util.find_spec("imagecodecs") is None:
+        for read in (read_volume_meta, _read_volume):
+            with pytest.raises(BadInput, match=r"compressed \(LZW\), which tifffile decodes with the Python package "
+                                               r"imagecodecs: pip install imagecodecs"):
+                read(tmp_path / "lzw.tif")
+    else:  # with the codec the file is read (its bytes are not LZW: whatever it decodes, no such message)
+        for read in (read_volume_meta, _read_volume):
+            try:
+                read(tmp_path / "lzw.tif")
+            except BadInput as err:
+                assert "pip install imagecodecs" not in str(err)

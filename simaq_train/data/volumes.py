@@ -21,7 +21,7 @@ import numpy as np
 
 from simaq_factory.errors import SUFFIX_MODULES, BadInput, MissingExtra, optional, quiet_logger
 from simaq_factory.mrcio import axis_labels, read_mrc_data
-from simaq_factory.tiffio import tiff_volume_series
+from simaq_factory.tiffio import read_tiff_volume, tiff_volume_series
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _read_tiff(p: Path) -> Volume:
                 series = tiff_volume_series(tif)
             except ValueError as err:
                 raise BadInput(str(p), str(err)) from None
-            data = np.asarray(series.asarray())
+            data = read_tiff_volume(tif, series)
             meta = tif.imagej_metadata or {}
             page = series.keyframe
             tags = page.tags
