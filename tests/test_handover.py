@@ -575,7 +575,8 @@ def test_ome_zarr_label_images_name_a_source_image_only_when_there_is_one(built,
 
 def test_ome_zarr_says_how_its_levels_were_made_and_names_the_dataset_classes(built, tmp_path):
     """NGFF: ``type`` with a ``metadata`` block for the downsampling; label images carry the class
-    names of this dataset (``properties``) and colours for its classes only (no nucleus here)."""
+    names of this dataset (``properties``) and colours for the same classes (no nucleus here; the
+    background transparent)."""
     dest = tmp_path / "exp"
     r = cli("export", str(built), "--format", "ome-zarr", "-o", str(dest), "--index", "0", "--arrays", "recon")
     assert r.exit_code == 0, r.output
@@ -589,7 +590,7 @@ def test_ome_zarr_says_how_its_levels_were_made_and_names_the_dataset_classes(bu
     card = dict(zarr.open_group(built / "dataset.zarr", mode="r").attrs)
     assert {str(p["label-value"]): p["class"] for p in label["image-label"]["properties"]} == card["label_map"]
     assert "4" not in card["label_map"]
-    assert sorted(c["label-value"] for c in label["image-label"]["colors"]) == [1, 2, 3]
+    assert sorted(c["label-value"] for c in label["image-label"]["colors"]) == [0, 1, 2, 3]
 
 
 def test_export_arrays_flag_may_be_repeated(built, tmp_path):

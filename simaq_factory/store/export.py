@@ -51,6 +51,7 @@ import zarr
 
 from simaq_factory import __version__
 from simaq_factory.errors import BadInput, check_output_dir, optional
+from simaq_factory.labels import Label
 from simaq_factory.store.inspect import (
     built_records,
     check_shards_done,
@@ -149,11 +150,21 @@ def _multiscales(name: str, n_levels: int, vx_nm: float, is_label: bool = False)
     }
 
 
+def _label_rgba(value: int) -> list[int]:
+    """A label value's NGFF colour (0–255 RGBA): the preview's overlay colour, opaque; the background
+    transparent, so a viewer shows the image under it."""
+    if value == Label.BACKGROUND:
+        return [0, 0, 0, 0]
+    return [int(255 * c) for c in LABEL_COLOURS[value]] + [255]
+
+
 def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_label: bool,
                       classes: dict[int, str], nested: bool = False) -> None:
     """One multiscale image; a label image gets ``image-label`` colours and class names (the dataset's
     ``classes``, id → name), and ``source`` (its parent image, two levels up) only when it is
-    ``nested`` under an image's ``labels/`` group."""
+    ``nested`` under an image's ``labels/`` group. Colours and names list the same label values, the
+    background (0) transparent: NGFF 0.4 has both describe the image's label values, and validators
+    (ome-zarr-models) reject a label image whose two lists differ."""
     levels = _levels(vol, is_label)
     for i, lv in enumerate(levels):
         chunks = tuple(min(s, 64) for s in lv.shape)
@@ -163,8 +174,7 @@ def _write_ngff_image(group: Any, name: str, vol: np.ndarray, vx_nm: float, is_l
     if is_label:
         attrs["image-label"] = {
             "version": "0.4",
-            "colors": [{"label-value": v, "rgba": [int(255 * c) for c in rgb] + [255]}
-                       for v, rgb in LABEL_COLOURS.items() if v in classes],
+            "colors": [{"label-value": v, "rgba": _label_rgba(v)} for v in classes],
             "properties": [{"label-value": v, "class": name} for v, name in classes.items()],
         }
         if nested:
