@@ -1,5 +1,6 @@
-"""What ``export`` writes, checked on small synthetic arrays (no build): OME-Zarr label images that a
-strict NGFF validator accepts."""
+"""What ``export`` and ``preview`` write and draw, checked on small synthetic arrays (no build):
+OME-Zarr label images that a strict NGFF validator accepts, and a preview whose title clears its
+panels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import zarr
 
 from simaq_factory.store.export import _write_ngff_image
+from simaq_factory.store.preview import preview_figure
 
 N = 32
 CLASSES = {0: "background", 1: "cell", 2: "vacuole", 3: "lipid_droplet"}
@@ -46,3 +48,51 @@ def test_ome_zarr_label_image_passes_the_ngff_validator(tmp_path):
     image_label = pytest.importorskip("ome_zarr_models.v04.image_label")
     _label_image(tmp_path, nested=False)
     image_label.ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "l.ome.zarr"), mode="r"))
+
+
+def _row_value(angles: np.ndarray) -> np.ndarray:
+    return 20 + angles / 100
+
+
+def _arrays(axes: int, angles: np.ndarray) -> dict[str, np.ndarray]:
+    """One sample's arrays as the dataset stores them: ``axes`` reconstructions, and a NaN-padded
+    angle list (the sinogram's padded rows NaN too); sinogram row i holds ``_row_value(angle i)``,
+    line integrals of the size a projection has (their colour bar's tick labels shape the layout)."""
+    lab = _labels()
+    phantom = lab.astype(np.float32) * 0.2
+    a_max = len(angles) + 3
+    padded = np.full(a_max, np.nan, dtype=np.float32)
+    padded[: len(angles)] = angles
+    sino = np.full((a_max, N, N + 8), np.nan, dtype=np.float32)
+    sino[: len(angles)] = _row_value(angles)[:, None, None]
+    g = {"labels": lab, "phantom": phantom, "noisy": phantom + 0.01, "angles": padded, "sinogram": sino,
+         "recon": phantom if axes == 1 else np.stack([phantom] * 3)}
+    if axes == 3:
+        g["angles"], g["sinogram"] = np.stack([padded] * 3), np.stack([sino] * 3)
+    return {k: v[None] for k, v in g.items()}
+
+
+def _drawn(fig):  # type: ignore[no-untyped-def]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # runs the layout, as savefig does
+    return canvas.get_renderer()
+
+
+EVEN = np.linspace(-39.2, 55.8, 20).astype(np.float32)
+
+
+@pytest.mark.parametrize("axes, rows", [(1, 5), (3, 7)])
+def test_preview_title_clears_every_panel_title(axes, rows):
+    """tight_layout left no room for the figure's title: on a three-axis dataset's seven rows it was
+    drawn over the first row's panel titles."""
+    fig = preview_figure(_arrays(axes, EVEN), 0, "fbp", "ecc6f1edddb0" * 5)
+    renderer = _drawn(fig)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 3 * rows - 1  # every image (not the angle text, not the colour bars)
+    top = fig._suptitle.get_window_extent(renderer)
+    for ax in panels:
+        box = ax.title.get_window_extent(renderer)
+        assert not top.overlaps(box), ax.get_title()
+        assert box.y1 < top.y0, ax.get_title()

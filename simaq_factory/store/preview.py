@@ -26,6 +26,8 @@ from simaq_factory.store.inspect import (
     open_dataset_recipe,
 )
 
+#: The PNG's resolution (dots per inch); the figure is laid out at it.
+DPI = 80
 LABEL_COLOURS = {1: (0.2, 0.7, 0.2), 2: (0.2, 0.4, 1.0), 3: (1.0, 0.8, 0.1), 4: (0.9, 0.2, 0.6)}
 
 
@@ -58,36 +60,21 @@ def _class_bar(fig: Any, ax: Any, classes: list[int]) -> None:
     bar.ax.set_yticklabels([LABEL_NAMES[v].replace("_", " ") for v in classes], fontsize=7)
 
 
-def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) -> Path:
-    """Write the preview of sample ``index`` of the dataset at ``out`` to ``png``. ``freezing``: for
-    ``freeze``, which has just checked every shard and writes its previews into the dataset."""
-    import matplotlib
+def preview_figure(g: Any, index: int, method: str, rid: str) -> Any:
+    """The preview of sample ``index`` as a matplotlib Figure (not saved). ``g``: the dataset's arrays
+    by name (a zarr group, or a dict of arrays); ``method``: the reconstruction method, named in the
+    recon row; ``rid``: the recipe id, named in the title. Laid out by matplotlib's constrained layout,
+    which leaves room for the title and every colour bar whatever the number of rows (tight_layout
+    drew the title over the first row's panel titles once there were seven rows)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recipe, rid = open_dataset_recipe(out)
-    built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
-    if png.suffix.lower() != ".png":
-        raise BadInput(str(png), "preview output must be a .png file")
-    # not a directory, under no file, writable, in no dataset (but freeze's own): before anything is rendered
-    check_output_file(png, in_dataset=out if freezing else None)
-    if not png.parent.is_dir():
-        raise BadInput(str(png), f"directory {png.parent} does not exist")
-    # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
-    # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
-    # as 1e23: a picture of damage would look like data)
-    specs = dataset_specs(recipe)
-    g = open_checked(out, specs, list(specs))
-    if not freezing:
-        check_shards_done(out, recipe, rid, specs, [index // recipe.dataset.samples_per_shard], "nothing rendered")
     labels = g["labels"][index]
     volumes: list[tuple[str, np.ndarray, str]] = [("phantom (LAC)", g["phantom"][index], "gray")]
     if "noisy" in g:
         volumes.append(("noisy (LAC)", g["noisy"][index].astype(np.float32), "gray"))
     recon = g["recon"][index].astype(np.float32)
     if recon.ndim == 3:
-        volumes.append((f"recon (raw {recipe.reconstruction.method.upper()})", recon, "gray"))
+        volumes.append((f"recon (raw {method.upper()})", recon, "gray"))
     else:  # one reconstruction per acquisition axis, all in (z, y, x)
         volumes += [(f"recon, tilt axis {'zyx'[k]}", recon[k], "gray") for k in range(recon.shape[0])]
     present = [v for v in LABEL_COLOURS if np.any(labels == v)]
@@ -96,7 +83,8 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
                                    (f"x={cx}", np.s_[:, :, cx])]
     has_sino = "sinogram" in g and "angles" in g
     rows = len(volumes) + 1 + int(has_sino)
-    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.3 * rows), squeeze=False)
+    fig = Figure(figsize=(11, 3.3 * rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, 3, squeeze=False)
     for r, (title, vol, cmap) in enumerate(volumes[:1] + [("labels", None, "")] + volumes[1:]):
         for c, (cut_name, cut) in enumerate(cuts):
             ax = axes[r, c]
@@ -131,14 +119,34 @@ def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) 
                          fontsize=9, transform=axes[-1, 2].transAxes)
     # named by its recipe, not by the folder's name here (a published copy's previews are the same bytes)
     fig.suptitle(f"recipe {rid[:12]}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
+    return fig
+
+
+def render_preview(out: Path, index: int, png: Path, *, freezing: bool = False) -> Path:
+    """Write the preview of sample ``index`` of the dataset at ``out`` to ``png``. ``freezing``: for
+    ``freeze``, which has just checked every shard and writes its previews into the dataset."""
+    recipe, rid = open_dataset_recipe(out)
+    built_records(out, recipe, [index])  # in range and built (BadInput naming --index otherwise)
+    if png.suffix.lower() != ".png":
+        raise BadInput(str(png), "preview output must be a .png file")
+    # not a directory, under no file, writable, in no dataset (but freeze's own): before anything is rendered
+    check_output_file(png, in_dataset=out if freezing else None)
+    if not png.parent.is_dir():
+        raise BadInput(str(png), f"directory {png.parent} does not exist")
+    # every array it reads, its metadata checked first (a one-line error naming a damaged file), and
+    # the sample's shard files against their checksums (a lost shard reads as zeros, a flipped byte
+    # as 1e23: a picture of damage would look like data)
+    specs = dataset_specs(recipe)
+    g = open_checked(out, specs, list(specs))
+    if not freezing:
+        check_shards_done(out, recipe, rid, specs, [index // recipe.dataset.samples_per_shard], "nothing rendered")
+    fig = preview_figure(g, index, recipe.reconstruction.method, rid)
     tmp = png.with_name(f".{png.name}.partial")  # renamed into place: no half-written PNG
     try:
         with warnings.catch_warnings():  # a folder name in a script the font lacks: boxes, not 4 lines
             warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-            fig.tight_layout()
-            fig.savefig(tmp, dpi=80, format="png")
+            fig.savefig(tmp, dpi=DPI, format="png")
         os.replace(tmp, png)
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
     return png
