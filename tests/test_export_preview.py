@@ -1,6 +1,6 @@
-"""What ``export`` and ``preview`` write and draw, checked on small synthetic arrays (no build):
-OME-Zarr label images that a strict NGFF validator accepts, and a preview whose title clears its
-panels."""
+"""What ``export`` and ``preview`` draw and describe, checked on small synthetic arrays (no build):
+OME-Zarr label images that a strict NGFF validator accepts, and a preview whose title, aspect and
+angle axis are true."""
 
 from __future__ import annotations
 
@@ -96,3 +96,59 @@ def test_preview_title_clears_every_panel_title(axes, rows):
         box = ax.title.get_window_extent(renderer)
         assert not top.overlaps(box), ax.get_title()
         assert box.y1 < top.y0, ax.get_title()
+
+
+def _panel(fig, start: str):  # type: ignore[no-untyped-def]
+    (ax,) = [ax for ax in fig.axes if ax.get_title().startswith(start)]
+    return ax
+
+
+def test_preview_projection_is_drawn_to_scale():
+    """The projection is (z, detector) in voxels, as the slices: drawn with equal aspect (it was
+    stretched to fill its box, a round cell drawn as an ellipse)."""
+    fig = preview_figure(_arrays(1, EVEN), 0, "fbp", "r" * 64)
+    _drawn(fig)
+    ax = _panel(fig, "projection")
+    assert ax.get_aspect() == 1.0
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    assert (abs(x1 - x0), abs(y1 - y0)) == (N + 8, N)  # the whole image, (z x detector)
+    bbox = ax.get_window_extent()
+    assert bbox.width / bbox.height == pytest.approx((N + 8) / N, rel=0.02)
+
+
+@pytest.mark.parametrize("angles", [EVEN, np.array([-53.5, -51.5, -50.5, -49.5, -47.5, -46.5, -45.5, -44.5, -40.5,
+                                                    -39.5, 0.5, 1.5, 2.5, 3.5, 5.5, 6.5, 43.5], np.float32)])
+def test_preview_sinogram_rows_sit_at_their_recorded_angles(angles):
+    """The sinogram's vertical axis is in degrees over the recorded angle range (it was ticked with row
+    numbers), each projection's row drawn across its own angle and the angles left out empty (rows
+    were drawn evenly spaced whatever the gaps)."""
+    fig = preview_figure(_arrays(1, angles), 0, "fbp", "r" * 64)
+    _drawn(fig)
+    ax = _panel(fig, "sinogram")
+    assert "deg" in ax.get_ylabel()
+    (mesh,) = ax.collections
+    coords = mesh.get_coordinates()  # (bands + 1, D + 1, 2): the band edges in degrees along axis 0
+    edges = coords[:, 0, 1]
+    values = mesh.get_array()  # (bands, D), masked where no projection was taken
+    step = float(np.median(np.diff(angles)))
+    lo, hi = float(angles.min()) - step / 2, float(angles.max()) + step / 2
+    assert edges[0] == pytest.approx(lo) and edges[-1] == pytest.approx(hi)
+    assert sorted(ax.get_ylim()) == pytest.approx([lo, hi])
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    labels = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+    assert len(ticks) >= 3 and all(float(labels[t].replace("\N{MINUS SIGN}", "-")) == pytest.approx(t) for t in ticks)
+    # every band with data spans exactly one recorded angle, and holds that angle's projection
+    held = []
+    for b in range(values.shape[0]):
+        inside = angles[(angles >= edges[b]) & (angles < edges[b + 1])]
+        if np.ma.getmaskarray(values[b]).all():
+            assert inside.size == 0
+            continue
+        assert inside.size == 1 and np.allclose(values[b], _row_value(inside[0]))
+        held.append(float(inside[0]))
+    assert held == pytest.approx(sorted(angles.tolist()))
+    # linear in angle: bands meet, and an empty band is as wide as the angles missing from it
+    widths = np.diff(edges)
+    assert np.all(widths > 0)
+    assert np.ma.getmaskarray(values).all(axis=1).sum() == (np.diff(np.sort(angles)) > 1.5 * step).sum()

@@ -3,7 +3,9 @@
 Rows: phantom (LAC), labels over the phantom, noisy volume (when stored), reconstruction (one row
 per acquisition axis when ``acquisition.axes`` is 3); columns: the z (tilt-axis) slice, the y slice
 and the x slice through the sample's labelled centre. A last row shows one projection near 0° and
-the sinogram of the central z slice (of the z-axis acquisition) when sinograms are stored.
+the sinogram of the central z slice (of the z-axis acquisition) when sinograms are stored: the
+projection in voxels (equal aspect, as the slices), the sinogram's rows at their recorded angles on
+an axis in degrees (angles left out of a sample's acquisition show as an empty band).
 Every image has its own colour bar; the labels row's names the classes of its colour overlay.
 """
 
@@ -60,6 +62,29 @@ def _class_bar(fig: Any, ax: Any, classes: list[int]) -> None:
     bar.ax.set_yticklabels([LABEL_NAMES[v].replace("_", " ") for v in classes], fontsize=7)
 
 
+def _angle_bands(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sinogram panel's rows on an axis in degrees. ``angles``: the acquired angles, ascending.
+    Each angle is a band centred on it that meets its neighbours halfway; where angles were left out
+    (a spacing over 1.5 typical steps, the median spacing) its band ends half a step past it and an
+    empty band spans the gap, so the picture is linear in angle and shows the gaps as gaps.
+    Returns the band edges (ascending, one more than the bands) and each band's index into
+    ``angles`` (−1: the empty band of a gap)."""
+    steps = np.diff(angles)
+    step = float(np.median(steps)) if steps.size else 1.0
+    half = step / 2 if step > 0 else 0.5
+    edges, rows = [float(angles[0]) - half], []
+    for i in range(1, len(angles)):
+        if steps[i - 1] > 3 * half:  # a gap: this band ends, an empty one spans to the next band
+            edges += [float(angles[i - 1]) + half, float(angles[i]) - half]
+            rows += [i - 1, -1]
+        else:
+            edges.append(float(angles[i - 1] + angles[i]) / 2)
+            rows.append(i - 1)
+    edges.append(float(angles[-1]) + half)
+    rows.append(len(angles) - 1)
+    return np.asarray(edges), np.asarray(rows)
+
+
 def preview_figure(g: Any, index: int, method: str, rid: str) -> Any:
     """The preview of sample ``index`` as a matplotlib Figure (not saved). ``g``: the dataset's arrays
     by name (a zarr group, or a dict of arrays); ``method``: the reconstruction method, named in the
@@ -107,13 +132,25 @@ def preview_figure(g: Any, index: int, method: str, rid: str) -> Any:
         k = int(np.isfinite(angles).sum())
         sino = sino[:k]
         a0 = int(np.argmin(np.abs(angles[:k]))) if k else 0
-        panels = [(f"projection at {angles[a0]:.1f} deg (z x detector)", sino[a0], "auto"),
-                  (f"sinogram of z={cz} (angle x detector)", sino[:, cz, :], "auto")]
-        for c, (title, img, aspect) in enumerate(panels):
-            ax = axes[-1, c]
-            im = ax.imshow(img, cmap="magma", aspect=aspect, origin="upper")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-            ax.set_title(title, fontsize=9)
+        # the projection in voxels along both axes, as the slices above (equal aspect: a round cell is round)
+        ax = axes[-1, 0]
+        im = ax.imshow(sino[a0], cmap="magma", aspect="equal", origin="upper")
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        ax.set_title(f"projection at {angles[a0]:.1f} deg (z x detector)", fontsize=9)
+        # the sinogram's rows at their angles, the first (lowest) at the top as before; gaps left empty
+        order = np.argsort(angles[:k], kind="stable")
+        edges, bands = _angle_bands(angles[:k][order])
+        rows_img = sino[order][:, cz, :].astype(np.float32)[np.maximum(bands, 0)]
+        rows_img[bands < 0] = np.nan
+        ax = axes[-1, 1]
+        mesh = ax.pcolormesh(np.arange(sino.shape[-1] + 1) - 0.5, edges, np.ma.masked_invalid(rows_img),
+                             cmap="magma", shading="flat")
+        ax.set_ylim(edges[-1], edges[0])
+        ax.set_ylabel("angle (deg)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(mesh, ax=ax, fraction=0.046, pad=0.03)
+        ax.set_title(f"sinogram of z={cz} (angle x detector)", fontsize=9)
         axes[-1, 2].axis("off")
         axes[-1, 2].text(0.0, 0.5, f"{k} angles, {angles[0]:.1f} to {angles[k - 1]:.1f} deg",
                          fontsize=9, transform=axes[-1, 2].transAxes)
