@@ -246,6 +246,13 @@ def test_a_slurm_job_with_several_gpus_runs_a_worker_process_per_gpu():
     for needle in ("#SBATCH --gres=gpu:4", "#SBATCH --cpus-per-task=8", "--nworkers 4", "--nthreads 1",
                    "--resources GPU=1"):
         assert needle in script, (needle, script)
+    # and the field's doc (validate, the recipe reference) says so: it said the workers advertise GPU=N
+    import dataclasses
+
+    from simaq_factory.recipe.model import SlurmConfig
+
+    doc = {f.name: f.metadata["doc"] for f in dataclasses.fields(SlurmConfig)}["gpus_per_job"]
+    assert "N worker processes per job, each advertising GPU=1" in doc, doc
 
 
 def test_a_cpu_slurm_job_runs_one_shard_at_a_time_with_all_its_cores():

@@ -91,7 +91,8 @@ class SlurmConfig:
     cores: int = spec(8, ge=1, doc="CPU cores per job, booked whole; its worker process (one per GPU) runs "
                       "one shard at a time with cores/processes torch threads")
     memory: str = spec("32GB", doc="memory per job, e.g. 32GB")
-    gpus_per_job: int = spec(0, ge=0, le=16, doc="GPUs per job (--gres=gpu:N; workers advertise GPU=N)")
+    gpus_per_job: int = spec(0, ge=0, le=16, doc="GPUs per job (--gres=gpu:N): N worker processes per job, each "
+                          "advertising GPU=1")
     local_directory: str | None = spec(None, doc="node-local scratch for worker spill files")
     python: str | None = spec(None, doc="python on the nodes (default: this interpreter)")
 
