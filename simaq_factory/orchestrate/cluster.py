@@ -7,8 +7,10 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +40,40 @@ def slurm_processes(exe: Any, *, gpu: bool) -> int:
     return max(1, min(gpus, exe.slurm.cores))
 
 
+def load_jobqueue() -> Any:
+    """The ``dask_jobqueue`` module, imported on the main thread with the SIGINT handler kept.
+
+    Its ``runner`` module installs a SIGINT handler (``sys.exit``) when it is imported: off the main
+    thread that raises ("signal only works in main thread"), and every ``--cluster slurm`` build
+    failed, since the cluster starts on a thread; on the main thread it replaced the driver's
+    handler, and a Ctrl-C ended the build with exit 0 and no message. So the driver imports it here
+    first (:func:`check_slurm`), and the handler in place before is put back. Raises
+    :class:`~simaq_factory.errors.MissingExtra` without the package."""
+    if "dask_jobqueue" in sys.modules:
+        return sys.modules["dask_jobqueue"]
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("dask_jobqueue is imported on the main thread first (cluster.load_jobqueue): its "
+                           "import installs a signal handler")
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return optional("dask_jobqueue", "--cluster slurm")
+    finally:
+        if before is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, before)
+
+
+def check_slurm() -> None:
+    """``--cluster slurm`` can submit jobs from here: ``sbatch`` on the PATH (else BadInput, exit 2)
+    and dask-jobqueue installed (imported now: call on the main thread, see :func:`load_jobqueue`)."""
+    if shutil.which("sbatch") is None:
+        raise BadInput("--cluster", "slurm submits jobs with sbatch, which is not on PATH here; run "
+                       "the build on a SLURM login node")
+    load_jobqueue()
+
+
 def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
     """A dask-jobqueue SLURMCluster for ``execution.slurm`` (jobs are submitted on ``scale``)."""
-    SLURMCluster = optional("dask_jobqueue", "--cluster slurm").SLURMCluster
+    SLURMCluster = load_jobqueue().SLURMCluster
     cfg = exe.slurm
     gpus = cfg.gpus_per_job or (1 if gpu else 0)
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
@@ -149,9 +182,7 @@ def open_cluster(
         return
     dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
     if kind == "slurm":
-        if shutil.which("sbatch") is None:
-            raise BadInput("--cluster", "slurm submits jobs with sbatch, which is not on PATH here; run "
-                           "the build on a SLURM login node")
+        check_slurm()
         cluster = slurm_cluster(execution, gpu=gpu)
         cluster.scale(jobs=workers)
         client = Client(cluster)

@@ -25,7 +25,13 @@ from typing import Any
 from simaq_factory.device import resolve_device
 from simaq_factory.seeding import check_first_layout
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.orchestrate.cluster import ClusterHandle, default_threads, open_cluster, slurm_processes
+from simaq_factory.orchestrate.cluster import (
+    ClusterHandle,
+    check_slurm,
+    default_threads,
+    open_cluster,
+    slurm_processes,
+)
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
 from simaq_factory.orchestrate.task import run_shard, warm_up
 from simaq_factory.acquisition.angles import a_max_for
@@ -179,6 +185,8 @@ def build(
     check_first_layout(recipe)  # cells that cannot be laid out: exit 2 with nothing written
     if scheduler is None and cluster == "local":
         _check_local_memory(exe.workers, exe.memory_limit)
+    if scheduler is None and cluster == "slurm":
+        check_slurm()  # sbatch and dask-jobqueue, imported here: on the main thread (load_jobqueue)
     a_max = a_max_for(recipe)
     specs = array_specs(recipe, a_max)
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
