@@ -629,3 +629,15 @@ def test_a_slurm_build_completes_and_cancels_its_jobs(tmp_path):
     assert len((tmp_path / "bin" / "cancelled").read_text().split()) == 1
     assert {p.name.split("-")[0] for p in (out / "logs").iterdir()} == {"driver", "worker"}
 
+
+def test_a_job_that_sbatch_refuses_is_one_line_exit_2_and_nothing_written(tmp_path):
+    """A bad partition or account: the build created OUT, then waited forever for workers (with a
+    tornado traceback on stderr)."""
+    pytest.importorskip("dask_jobqueue")
+    out = tmp_path / "out"
+    result = _build("-o", str(out), "--cluster", "slurm", "--workers", "2", "--set", "execution.slurm.queue=nope",
+                    env=_fake_slurm(tmp_path / "bin", refuse="invalid partition specified: nope"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: execution.slurm: sbatch refused the job: invalid partition "
+                                     "specified: nope"), result.stderr
+    assert not out.exists()

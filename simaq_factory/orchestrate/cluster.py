@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from simaq_factory.errors import BadInput, optional, quiet_logger
+from simaq_factory.errors import BadInput, RunFailed, optional, quiet_logger
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def check_slurm() -> None:
 
 
 def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
-    """A dask-jobqueue SLURMCluster for ``execution.slurm`` (jobs are submitted on ``scale``)."""
+    """A dask-jobqueue SLURMCluster for ``execution.slurm``, with no job yet (:func:`submit_jobs`)."""
     SLURMCluster = load_jobqueue().SLURMCluster
     cfg = exe.slurm
     gpus = cfg.gpus_per_job or (1 if gpu else 0)
@@ -90,6 +90,30 @@ def slurm_cluster(exe: Any, *, gpu: bool) -> Any:
         local_directory=cfg.local_directory, python=cfg.python or sys.executable,
         silence_logs="error", job_name="simaq-factory",
     )
+
+
+def submit_jobs(cluster: Any, jobs: int) -> None:
+    """Submit ``jobs`` SLURM jobs of ``cluster`` and wait for sbatch to accept each of them.
+
+    ``cluster.scale`` only schedules the submissions: a job that sbatch refused (a bad partition or
+    account) was logged by tornado with a traceback, and the build created OUT and waited forever
+    for workers. Here sbatch's refusal is :class:`BadInput` naming ``execution.slurm`` with sbatch's
+    own error line, before OUT is claimed."""
+    while len(cluster.worker_spec) < jobs:  # what scale(jobs=...) adds, without its fire-and-forget start
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    try:
+        cluster.sync(cluster._correct_state)  # submits the jobs (sbatch) and waits for the answers
+    except RuntimeError as err:
+        from distributed.core import Status
+
+        for job in cluster.workers.values():  # a refused job was never started: failed, so that the
+            if getattr(job, "job_id", None) is None:  # cluster's close (which asserts it) accepts it
+                job.status = Status.failed
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        said = [line.removeprefix("sbatch: error:").strip() for line in lines if line.startswith("sbatch: error")]
+        if said:  # SLURM refused what the recipe asks for (partition, account, walltime, memory, gres)
+            raise BadInput("execution.slurm", f"sbatch refused the job: {'; '.join(said)}") from None
+        raise RunFailed(f"submitting the SLURM jobs failed: {lines[-1] if lines else type(err).__name__}") from None
 
 
 #: How long the --scheduler probe waits for a Dask scheduler to answer (seconds).
@@ -184,8 +208,12 @@ def open_cluster(
     if kind == "slurm":
         check_slurm()
         cluster = slurm_cluster(execution, gpu=gpu)
-        cluster.scale(jobs=workers)
-        client = Client(cluster)
+        try:
+            submit_jobs(cluster, workers)
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()  # cancels the jobs that were accepted
+            raise
         try:
             yield ClusterHandle(client, client.dashboard_link if dashboard else None, workers,
                                 f"SLURM cluster with {workers} job(s)")
