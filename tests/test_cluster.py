@@ -322,6 +322,55 @@ def test_workers_without_a_number_claim_distinct_gpus_while_they_live(tmp_path):
             p.wait()
 
 
+_ON_A_GPU_NODE = """
+import sys, time, types
+import torch
+import distributed
+name, uuids = sys.argv[1], sys.argv[2].split(",")  # the GPUs this process sees (CUDA_VISIBLE_DEVICES)
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: len(uuids)
+torch.cuda.set_device = lambda d: None
+torch.cuda.get_device_properties = lambda k: types.SimpleNamespace(uuid=uuids[k])
+worker = types.SimpleNamespace(name=int(name) if name.isdigit() else name)
+distributed.get_worker = lambda: worker
+from simaq_factory.orchestrate.task import worker_device
+print(uuids[worker_device("cuda").index], flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_gpu_chosen_by_number_or_pinning_is_locked_so_claiming_workers_pass_it_by(tmp_path):
+    """One worker pinned with CUDA_VISIBLE_DEVICES=0, one started without (2 GPUs visible, claims):
+    the claiming one took GPU-A too, since the pinned one used it without its lock, and GPU-B sat
+    idle. Now a number or a pinning takes the GPU's lock; a GPU already held is shared with a warning
+    (not for a LocalCluster's workers, which the driver spreads over the GPUs and warns about)."""
+    procs: list[subprocess.Popen[str]] = []
+    env = {**ENV, "TMPDIR": str(tmp_path)}  # the lock files' folder: this node's
+
+    def start(name: str, uuids: str) -> str:
+        p = subprocess.Popen([sys.executable, "-c", _ON_A_GPU_NODE, name, uuids], env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p.stdout.readline().strip()
+
+    def stderr_of(p: subprocess.Popen[str]) -> str:
+        p.kill()
+        return p.communicate()[1]
+
+    try:
+        assert start("pinned", "GPU-A") == "GPU-A"  # CUDA_VISIBLE_DEVICES=0: one GPU visible
+        assert start("tcp://10.0.0.1:4001", "GPU-A,GPU-B") == "GPU-B"  # claims: GPU-A is held
+        assert start("w-0", "GPU-A,GPU-B") == "GPU-A"  # by number, though held: shared, and said
+        assert start("0", "GPU-A,GPU-B") == "GPU-A"  # a LocalCluster's worker 0
+        pinned, claimed, numbered, local = (stderr_of(p) for p in procs)
+        assert "share" not in pinned + claimed + local, pinned + claimed + local
+        assert "renders on cuda:0, which another worker process on this node holds: they share it" in numbered
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_a_worker_process_keeps_page_locked_buffers_per_running_task_not_per_thread():
     """Shards run one after another on a Dask worker's pool threads, a different thread each time:
     they reuse one set of to_host's buffers; tasks running at once get a set each."""

@@ -41,16 +41,23 @@ from simaq_factory.versions import cpu_kernels, software_mismatch, software_vers
 log = logging.getLogger(__name__)
 
 
+def _worker_name() -> Any:
+    """This Dask worker's name (an int in a LocalCluster), or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().name
+    except (ImportError, ValueError):
+        return None
+
+
 def worker_ordinal() -> int | None:
     """This Dask worker's number: a LocalCluster names its workers 0, 1, …, dask-jobqueue the
     processes of a job ``NAME-<job>-<k>``, ``dask worker --name NAME --nworkers N`` ``NAME-<k>``;
     the trailing number is taken. None for a worker named after its address (``dask worker``
     without ``--name``: the trailing number is its port) or with no number; 0 outside a worker."""
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
+    name = _worker_name()
+    if name is None:
         return 0
     if isinstance(name, int):
         return name
@@ -74,13 +81,27 @@ def _gpu_lock_name(k: int) -> str:
     return f"simaq-factory-{os.getuid()}-gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', uuid)}.lock"
 
 
+def _lock_gpu(where: Path, k: int) -> Any | None:
+    """The open lock file of visible GPU ``k`` in ``where``, locked (exclusive ``flock``, not
+    waiting) for this process's life; None when another process holds it. OSError when no lock
+    file can be made."""
+    import fcntl
+
+    fh = open(where / _gpu_lock_name(k), "a")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
 def claim_gpu(count: int, folder: str | None = None) -> int | None:
     """The first of this node's ``count`` visible GPUs that no other worker process of this user
     holds, claimed for this process's life with an exclusive ``flock`` on a file in the temporary
     folder (released by the kernel when the process ends, however it ends). None when all are
     held or no lock file can be made. The same GPU for every call in this process."""
     global _gpu_claim
-    import fcntl
     import tempfile
 
     with _GPU_CLAIM_LOCK:
@@ -89,14 +110,11 @@ def claim_gpu(count: int, folder: str | None = None) -> int | None:
         where = Path(folder or tempfile.gettempdir())
         for k in range(count):
             try:
-                fh = open(where / _gpu_lock_name(k), "a")  # noqa: SIM115 - held for the process's life
+                fh = _lock_gpu(where, k)
             except OSError as exc:
                 why = f"no lock file in {where} ({exc.strerror})"
                 break
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.close()
+            if fh is None:
                 continue
             _gpu_claim = (k, fh)
             log.info("worker pid %d renders on cuda:%d, the first GPU here no other worker process held",
@@ -111,21 +129,54 @@ def claim_gpu(count: int, folder: str | None = None) -> int | None:
         return None
 
 
+def hold_gpu(k: int, folder: str | None = None, *, shared_by_design: bool = False) -> None:
+    """Take visible GPU ``k``'s lock (the one :func:`claim_gpu` takes) for this process's life,
+    without waiting: a worker that chose its GPU by its number or its ``CUDA_VISIBLE_DEVICES``
+    used it unlocked, and a worker claiming a GPU on the same node took the same one while another
+    sat idle. When another worker process holds it already, the two share it: a warning
+    (``shared_by_design``: a LocalCluster's workers, spread over the GPUs by the driver, which
+    warns beyond two per GPU; logged at info). Once per process, like a claim."""
+    global _gpu_claim
+    import tempfile
+
+    with _GPU_CLAIM_LOCK:
+        if _gpu_claim is not None:
+            return
+        where = Path(folder or tempfile.gettempdir())
+        try:
+            fh = _lock_gpu(where, k)
+        except OSError as exc:  # no lock files here: no worker can claim one either
+            log.info("no GPU lock file in %s (%s): cuda:%d is used unlocked", where, exc.strerror, k)
+            fh = None
+        else:
+            if fh is None:
+                log.log(logging.INFO if shared_by_design else logging.WARNING,
+                        "this worker (pid %d) renders on cuda:%d, which another worker process on this node "
+                        "holds: they share it (memory and time); give each worker its own GPU "
+                        "(CUDA_VISIBLE_DEVICES, or --name NAME-k for GPU k)", os.getpid(), k)
+        _gpu_claim = (k, fh)
+
+
 def worker_device(device: str) -> torch.device:
     """The device this process renders on, made current. ``cuda`` without an index gives each
     worker its own GPU when several are visible: worker k takes GPU k mod count (without this every
     worker would share GPU 0); a worker whose name carries no number (``dask worker ADDR`` without
     ``--name``) claims the first GPU no other worker process on its node holds (:func:`claim_gpu`).
     Workers that should use one GPU each are better started with their own
-    ``CUDA_VISIBLE_DEVICES``, which leaves one visible GPU and makes this choice trivial."""
+    ``CUDA_VISIBLE_DEVICES``, which leaves one visible GPU and makes this choice trivial. A GPU
+    chosen by number or by ``CUDA_VISIBLE_DEVICES`` is locked too (:func:`hold_gpu`), so that
+    claiming workers pass it by."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         if dev.index is None:
             count = max(torch.cuda.device_count(), 1)
             k = worker_ordinal()
-            if k is None and count > 1:
+            claims = k is None and count > 1
+            if claims:
                 k = claim_gpu(count)
             dev = torch.device("cuda", (k if k is not None else os.getpid()) % count)
+            if not claims:
+                hold_gpu(dev.index, shared_by_design=not isinstance(_worker_name(), str))
         torch.cuda.set_device(dev)
     return dev
 
