@@ -160,3 +160,46 @@ def test_a_task_on_a_scheduler_s_worker_sizes_its_torch_pool_on_the_worker_s_mac
         fake = types.SimpleNamespace(state=types.SimpleNamespace(nthreads=nthreads))
         monkeypatch.setattr(distributed, "get_worker", lambda fake=fake: fake)
         assert task._worker_threads() == default_threads(nthreads) >= 1
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file of ``out`` but its logs and lock file, by name."""
+    from simaq_factory.store.outdir import LOCK
+
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and "logs" not in p.parts and p.name != LOCK}
+
+
+def test_a_task_whose_build_lost_out_to_another_writes_nothing(copy: Path, monkeypatch: pytest.MonkeyPatch):
+    """A task outlives its driver when the scheduler is lost (a worker's running thread cannot be
+    stopped): it wrote its shard files and record after the driver had released OUT and said to run
+    the build again, beside the new build's writes to the same files. With ``owner`` (the driver's
+    pid, in OUT's lock file while it holds OUT) it writes nothing once the lock names another
+    process: before it starts, or when that happens while it renders."""
+    import simaq_factory.orchestrate.task as task
+    from simaq_factory.orchestrate.task import OutTakenOver
+    from simaq_factory.store.outdir import LOCK
+
+    recipe_json = recipe_to_json(_recipe())
+    (copy / LOCK).write_text("4242\n")  # the build (pid 4242) that submitted the tasks holds OUT
+    run_shard(str(copy), recipe_json, 1, "cpu", 1, None, "4242")  # its own: written
+    before = _files(copy)
+    (copy / LOCK).write_text("5151\n")  # a new build took OUT over
+    with pytest.raises(OutTakenOver, match=r"held by another process \(pid 5151\).*nothing written"):
+        run_shard(str(copy), recipe_json, 0, "cpu", 1, None, "4242")
+    assert _files(copy) == before
+
+    render = task.render_sample
+
+    def taken_over_while_rendering(*args, **kwargs):  # type: ignore[no-untyped-def]
+        (copy / LOCK).write_text("5151\n")
+        return render(*args, **kwargs)
+
+    (copy / LOCK).write_text("4242\n")
+    monkeypatch.setattr(task, "render_sample", taken_over_while_rendering)
+    with pytest.raises(OutTakenOver):
+        run_shard(str(copy), recipe_json, 0, "cpu", 1, None, "4242")
+    assert _files(copy) == before  # neither the shard files nor the record were touched
+    # without an owner (inline builds) the lock is not consulted
+    monkeypatch.setattr(task, "render_sample", render)
+    run_shard(str(copy), recipe_json, 0, "cpu", 1)

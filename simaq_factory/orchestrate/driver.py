@@ -12,6 +12,7 @@ import collections
 import hashlib
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -303,7 +304,10 @@ def build(
                      handle.description, handle.dashboard)
             report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description, device=device,
                                  dashboard=handle.dashboard)
-            _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress)
+            # this process holds OUT: claim_out_dir wrote its pid into the lock file (not read back here:
+            # where flock is emulated by POSIX locks, NFS, closing any descriptor of it drops the lock)
+            _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress,
+                             owner=str(os.getpid()))
         except BaseException:
             if log_path is not None:
                 detach_log_file(log_path)
@@ -397,8 +401,8 @@ class _ClusterWatch:
     can run tasks (none connected, or all paused by their memory limit; a worker that cannot load
     the tasks' code leaves) is named in a warning every minute, since workers may still join."""
 
-    def __init__(self, client: Any, what: str) -> None:
-        self.client, self.what = client, what
+    def __init__(self, client: Any, what: str, *, writes: bool = False) -> None:
+        self.client, self.what, self.writes = client, what, writes
         self.address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
         self.idle_since: float | None = None
         self.warned = 0.0
@@ -411,8 +415,10 @@ class _ClusterWatch:
         says its future was cancelled with the connection). No round trip to the scheduler."""
         lost = err is not None and "scheduler-connection-lost" in str(err)
         if lost or self.client.status in ("closing", "closed", "failed"):
+            orphans = ("; the workers may still finish the shards they were rendering, and write nothing once "
+                       "the new build holds the output" if self.writes else "")
             raise BuildFailed(f"lost the connection to the Dask scheduler {self.address} while {self.what}; "
-                              "the shards written so far are kept: run the same command again to resume")
+                              f"the shards written so far are kept: run the same command again to resume{orphans}")
 
     def check_idle(self) -> None:
         """A warning, at most every :data:`IDLE_WARN_EVERY_S`, when no worker has been able to run
@@ -551,7 +557,11 @@ def _run_distributed(
     recipe: Recipe,
     gpu: bool,
     progress: ProgressFn | None,
+    *,
+    owner: str | None = None,
 ) -> None:
+    """Render the shards ``todo`` on the cluster. ``owner``: this driver's entry in OUT's lock file;
+    a task that outlives the driver (a lost scheduler) writes nothing once another process holds OUT."""
     exe = recipe.execution
     client = handle.client
     n_workers = max(1, handle.n_workers)
@@ -582,13 +592,13 @@ def _run_distributed(
 
     def submit(s: int) -> Any:
         return client.submit(
-            run_shard, str(out), recipe_json, s, device, threads, expected,
+            run_shard, str(out), recipe_json, s, device, threads, expected, owner,
             key=f"shard-{s:06d}-{report.recipe_id[:12]}-{where}", retries=exe.retries, pure=False,
             resources=resources,
         )
 
     futures: dict[Any, int] = {}
-    watch = _ClusterWatch(client, "rendering shards")
+    watch = _ClusterWatch(client, "rendering shards", writes=True)
 
     def refill() -> None:
         watch.check()  # never submit through a client that lost its scheduler: nothing would come back

@@ -207,14 +207,43 @@ class OtherSoftware(RuntimeError):
     """A worker runs other rendering software than the driver (versions.RENDER_SOFTWARE)."""
 
 
+class OutTakenOver(RuntimeError):
+    """OUT's writers' lock names another process than the build that submitted the shard task."""
+
+
+def out_owner(out: Path) -> str | None:
+    """The process that holds OUT's writers' lock, as the lock file names it (the pid that
+    :func:`~simaq_factory.store.outdir.claim_out_dir` writes); None when it cannot be read."""
+    from simaq_factory.store.outdir import LOCK
+
+    try:
+        return (out / LOCK).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _check_owner(out: Path, owner: str | None, shard_index: int) -> None:
+    """:class:`OutTakenOver` when ``owner`` (the driver's entry in the lock file when it submitted
+    the task) no longer holds OUT. A task keeps running when its driver lost the scheduler (a
+    worker's executing thread cannot be stopped), and it wrote its shard after the driver had
+    released OUT and told the user to run the build again: two writers on one shard file. Checked
+    before a task writes anything and again before its provenance record commits the shard."""
+    now = out_owner(out) if owner is not None else None
+    if now is not None and now != owner:
+        raise OutTakenOver(f"shard {shard_index}: {out} is now held by another process (pid {now}), not by the "
+                           f"build (pid {owner}) that submitted this task and has since ended; nothing written")
+
+
 def run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int,
-    expect_software: dict[str, Any] | None = None,
+    expect_software: dict[str, Any] | None = None, owner: str | None = None,
 ) -> dict[str, Any]:
     """Render shard ``shard_index`` of the dataset at ``out``; return a small summary.
 
     ``expect_software``: the driver's versions; a worker whose rendering software differs refuses
-    the task before writing anything (:class:`OtherSoftware`).
+    the task before writing anything (:class:`OtherSoftware`). ``owner``: the driver's entry in
+    OUT's lock file (:func:`out_owner`); once another process holds OUT (the driver is gone and a
+    new build or a freeze took it), the task writes nothing (:class:`OutTakenOver`).
 
     The worker's log file in ``out`` receives this task's records only: it is detached when the
     task ends, so a long-lived worker that later serves another dataset never writes into this one
@@ -223,16 +252,17 @@ def run_shard(
         raise OtherSoftware(f"worker {socket.gethostname()} (pid {os.getpid()}) runs other software than the "
                             f"driver: {why}; start the workers with the driver's software (the same "
                             "simaq-factory checkout or version, torch, numpy and perlin-numpy)")
+    _check_owner(Path(out), owner, shard_index)
     log_path = attach_log_file(Path(out), "worker")
     try:
         with host_buffers():  # the process's page-locked buffers, not a set per pool thread
-            return _run_shard(out, recipe_json, shard_index, device, threads)
+            return _run_shard(out, recipe_json, shard_index, device, threads, owner)
     finally:
         detach_log_file(log_path)
 
 
 def _run_shard(
-    out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int
+    out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int, owner: str | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     threads = threads if threads > 0 else _worker_threads()
@@ -259,6 +289,7 @@ def _run_shard(
         records.append(record)
     t_write = time.perf_counter()
     outp = Path(out)
+    _check_owner(outp, owner, shard_index)  # rendering takes minutes: the driver may have gone meanwhile
     # the task owns the whole shard: start from no file, since zarr updates an existing shard in
     # place and fails on one that a crash or a disk left truncated (its index sits at the end)
     for spec in specs.values():
@@ -285,6 +316,7 @@ def _run_shard(
         "sample_records": records,
     }
     provenance[RECORD_DIGEST] = record_digest(provenance)
+    _check_owner(outp, owner, shard_index)  # no record for a shard another build now owns
     write_json_atomic(provenance_path(outp, shard_index), provenance)
     log.info("shard %d (samples %d-%d) done in %.2f s", shard_index, samples.start,
              samples.stop - 1, time.perf_counter() - t0)
