@@ -363,7 +363,16 @@ def test_a_run_resumes_after_its_dataset_is_frozen(dataset, tmp_path, caplog):
     ck["datasets"] = {str(ds): "0" * 64}
     torch.save(ck, ckpt)
     r = run("fit", cfg, "--set", "data.val=[]", "--set", "optim.max_steps=4")
-    assert r.exit_code == 2 and "different dataset contents" in r.output, r.output
+    now = hashlib.sha256((ds / "manifest.jsonl").read_bytes()).hexdigest()
+    assert r.exit_code == 2 and r.stderr == (  # which dataset, and old → new
+        f"error: {ckpt}: existing run was trained on different contents of data.train {ds} (dataset hash "
+        f"000000000000… → {now[:12]}…: the folder now holds another dataset); put the dataset back, or use "
+        "another run.out\n"), r.output
+    ck["datasets"] = {str(tmp_path / "elsewhere"): now}  # a checkpoint without this path
+    torch.save(ck, ckpt)
+    r = run("fit", cfg, "--set", "data.val=[]", "--set", "optim.max_steps=4")
+    assert r.exit_code == 2 and f"existing run was not trained on data.train {ds} (it recorded " \
+        f"{tmp_path / 'elsewhere'}); use another run.out" in r.stderr, r.output
 
 
 def test_evaluate_postprocessing_keeps_classes_beyond_the_fourth(nucleus_ds, tmp_path, monkeypatch):

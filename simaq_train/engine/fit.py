@@ -308,8 +308,13 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
         was = stored.get(os.path.realpath(path))
         if was == h:
             continue
+        if was is None:  # data.train is frozen, so only a checkpoint that lacks the path gets here
+            raise BadInput(str(where), f"existing run was not trained on data.train {path} (it recorded "
+                           f"{', '.join(sorted(stored)) or 'no dataset'}); use another run.out")
         if was != dataset_meta_hash(path):  # equal: same recipe and arrays, frozen since; accepted
-            raise BadInput(str(where), "existing run was trained on different dataset contents")
+            raise BadInput(str(where), f"existing run was trained on different contents of data.train {path} "
+                           f"(dataset hash {was[:12]}… → {h[:12]}…: the folder now holds another dataset); "
+                           "put the dataset back, or use another run.out")
         log.info("dataset %s was frozen since the run started; the run now records its manifest hash", path)
 
 
