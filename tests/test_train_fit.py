@@ -375,6 +375,36 @@ def test_a_run_resumes_after_its_dataset_is_frozen(dataset, tmp_path, caplog):
         f"{tmp_path / 'elsewhere'}); use another run.out" in r.stderr, r.output
 
 
+def test_repeated_or_overlapping_datasets(dataset, tmp_path, caplog):
+    """data.train [a, a] used every window twice per epoch (refused, see the bad-input test); a
+    validation set that is a training set, by path or by recipe id, is named in a warning."""
+    from simaq_train.config import load_config
+
+    link = tmp_path / "link"
+    link.symlink_to(dataset)
+    r = run("fit", write_config(tmp_path / "a.yaml", dataset, tmp_path / "run"), "--set",
+            f"data.train=[{dataset},{link}]")  # one dataset spelt two ways
+    assert r.exit_code == 2 and r.stderr == f"error: data.train: {dataset} is listed twice; list each dataset once\n"
+    assert not (tmp_path / "run").exists()
+    from simaq_train.data.build import check_distinct
+
+    with pytest.raises(fit_mod.BadInput, match=f"data.val: {link} is listed twice \\(as {dataset}\\)"):
+        check_distinct([str(dataset), str(link)], "data.val")  # as a config not from load_config has them
+    other = dataset.with_name("ds-unfrozen")  # another folder, the same recipe id: the same volumes
+    caplog.set_level(logging.WARNING, logger=fit_mod.__name__)
+    for val, why in (([], None), ([dataset], "the same dataset"), ([other], "the same recipe id")):
+        caplog.clear()
+        cfg = load_config(write_config(tmp_path / "b.yaml", dataset, tmp_path / "run"),
+                          [f"data.val=[{','.join(map(str, val))}]"])
+        fit_mod.Trainer(cfg).release()
+        warned = [m for m in caplog.messages if "validation scores training data" in m]
+        if why is None:
+            assert not warned
+        else:
+            assert len(warned) == 1 and f"data.val {val[0]} and data.train {dataset} are {why}" in warned[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_postprocessing_keeps_classes_beyond_the_fourth(nucleus_ds, tmp_path, monkeypatch):
     import zarr
 
@@ -689,6 +719,9 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, dataset, nucleus_ds, 
         (f"run.out={tmp_path / 'file' / 'run'}", f"run.out: {tmp_path / 'file'} exists and is not a folder"),
         (f"data.val=[{tiny}]", f"data.val: {tiny}: field-of-view margin 2.0 leaves no field of view"),
         (f"data.val=[{nucleus_ds}]", f"data.val: {nucleus_ds}: labels[0]: label value 4 >= model.out_channels=4"),
+        # every window twice per epoch, or a volume counted twice in the score
+        (f"data.train=[{dataset},{dataset}]", f"data.train: {dataset} is listed twice; list each dataset once"),
+        (f"data.val=[{dataset},{dataset}]", f"data.val: {dataset} is listed twice; list each dataset once"),
     ]
     cases = [(("fit", c, "--set", over), needle) for over, needle in bad_config] + [
         (("predict", ckpt, tmp_path / "flat.tif", "-o", tmp_path / "o.tif", "--post-scale", "0"),

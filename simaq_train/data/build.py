@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,19 @@ def resolve_classes(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, out_channels=n))
 
 
+def check_distinct(paths: Sequence[str], key: str) -> None:
+    """BadInput naming ``key`` when two of ``paths`` are one dataset (the same real path): listed
+    twice, every window of it would be used twice per epoch (training) or counted twice in the
+    score (validation)."""
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            same = "" if seen[real] == p else f" (as {seen[real]})"
+            raise BadInput(key, f"{p} is listed twice{same}; list each dataset once")
+        seen[real] = p
+
+
 def check_fov(src: FactorySource, key: str, fov_margin: float) -> None:
     """BadInput naming ``key`` unless every in-plane shape of ``src`` leaves a field of view inside
     ``fov_margin``."""
@@ -75,6 +90,7 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     d = cfg.data
     if not d.train:
         raise BadInput("data.train", "no training dataset given")
+    check_distinct(d.train, "data.train")  # "every kept window exactly once" per epoch
     n_classes = cfg.model.out_channels
     sources: list[Any] = [
         FactorySource(p, n_classes=n_classes, fov_margin=d.fov_margin, axes=d.axes) for p in d.train

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from simaq_factory.errors import BadInput, RunFailed, check_output_dir
 from simaq_train.config import TrainConfig, absolute_paths
-from simaq_train.data.build import build_stream, check_source, resolve_classes
+from simaq_train.data.build import build_stream, check_distinct, check_source, resolve_classes
 from simaq_train.data.sources import FactorySource, UnreadableData, dataset_meta_hash
 from simaq_train.data.stream import next_position
 from simaq_train.engine.parts import (
@@ -318,6 +318,22 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
         log.info("dataset %s was frozen since the run started; the run now records its manifest hash", path)
 
 
+def _warn_overlap(val: list[FactorySource], train: list[FactorySource]) -> None:
+    """Warn for each validation dataset that is a training dataset too (the same real path, or the
+    same recipe id: a build of the same recipe and seed): its scores are not held-out scores."""
+    for v in val:
+        for t in train:
+            rid = v.card.get("recipe_id")
+            if os.path.realpath(v.path) == os.path.realpath(t.path):
+                why = "the same dataset"
+            elif rid and rid == t.card.get("recipe_id"):
+                why = f"the same recipe id {str(rid)[:12]}…, so the same volumes"
+            else:
+                continue
+            log.warning("data.val %s and data.train %s are %s: validation scores training data, not held-out "
+                        "data (build the validation set with another seed)", v.path, t.path, why)
+
+
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
     """Restore the grad scaler of a run that may have used another precision before: a disabled
     scaler (CPU, or AMP off or bf16) saves ``{}``, which an enabled one refuses to load; such a run
@@ -390,11 +406,13 @@ class Trainer:
         # everything that can fail on bad input happens before the run directory is created
         self.stream, self.info = build_stream(cfg, self.dist.rank, self.dist.world)
         # scored as evaluate scores them: every acquisition axis of data.axes
+        check_distinct(cfg.data.val, "data.val")
         self.val_sources = [FactorySource(p, n_classes=cfg.model.out_channels, fov_margin=cfg.data.fov_margin,
                                           axes=cfg.data.axes, max_samples=cfg.data.val_max_samples)
                             for p in cfg.data.val]
         for src in self.val_sources:  # predict_volume pads the slices: no divisibility needed
             check_source(src, "data.val", fov_margin=cfg.data.fov_margin)
+        _warn_overlap(self.val_sources, [s for s in self.stream.sources if isinstance(s, FactorySource)])
         self.ckpt_path = self.run / "last.pt"
         self.metrics_path = self.run / "metrics.jsonl"
         self.names: list[str] = self.info["class_names"]
