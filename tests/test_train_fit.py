@@ -207,7 +207,10 @@ def test_a_resumed_run_writes_the_metric_lines_of_the_uninterrupted_one(dataset,
     want = lines(full)
     steps = [r["step"] for r in want if r["kind"] == "train"]
     assert {2, 3, 4, 6} <= set(steps)  # every log_every steps and at the checkpoint between
-    assert lines(killed) == want
+    got = lines(killed)
+    resumes = [i for i, r in enumerate(got) if r["kind"] == "resume"]  # the resume's own record
+    assert len(resumes) == 1 and got[resumes[0]]["step"] == 3 and got[resumes[0] - 1]["step"] == 3
+    assert [r for r in got if r["kind"] != "resume"] == want
 
 
 def test_metric_lines_after_the_checkpoint_go_and_a_start_over_starts_a_fresh_log(trained, dataset, tmp_path):
@@ -373,6 +376,40 @@ def test_a_run_resumes_after_its_dataset_is_frozen(dataset, tmp_path, caplog):
     r = run("fit", cfg, "--set", "data.val=[]", "--set", "optim.max_steps=4")
     assert r.exit_code == 2 and f"existing run was not trained on data.train {ds} (it recorded " \
         f"{tmp_path / 'elsewhere'}); use another run.out" in r.stderr, r.output
+
+
+def test_a_resume_records_what_it_changed_and_the_config_it_had(trained, dataset, tmp_path):
+    """A resume with another lr and validation set (both allowed) overwrote config.json and left no
+    trace: the log now has a resume line (old → new, and the earlier config in full), the lr of
+    each training line and the datasets each validation line scored."""
+    shutil.copytree(trained / "run", tmp_path / "run")
+    before = states(tmp_path / "run" / "last.pt")["config"]  # step 6 of 5 per epoch, lr 0.01
+    other = dataset.with_name("ds-unfrozen")
+    cfg = write_config(tmp_path / "e.yaml", dataset, tmp_path / "run", epochs=2)
+    r = run("fit", cfg, "--set", "optim.lr=0.002", "--set", f"data.val=[{other}]", "--set", "data.val_max_samples=2")
+    assert r.exit_code == 0 and "resumed at step 6" in r.output, r.output
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    resumes = [x for x in recs if x["kind"] == "resume"]
+    assert [x["changed"] for x in resumes[:-1]] == [{}]  # the trained fixture's rerun that had nothing to do
+    last = resumes[-1]
+    assert (last["step"], last["epoch"], last["position"]) == (6, 1, 2)
+    assert last["changed"] == {
+        "data.val": {"old": [str(dataset)], "new": [str(other)]},
+        "data.val_max_samples": {"old": 1, "new": 2},
+        "optim.lr": {"old": 0.01, "new": 0.002},
+        "optim.epochs": {"old": 3, "new": 2},
+        "optim.max_steps": {"old": 6, "new": 0},
+        "run.out": {"old": str(trained / "run"), "new": str(tmp_path / "run")},  # the run was moved here
+    }
+    assert last["previous_config"] == before
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["lr"] == 0.002
+    lrs = {x["step"]: x["lr"] for x in recs if x["kind"] == "train"}
+    assert lrs == {1: 0.01, 2: 0.01, 3: 0.01, 4: 0.01, 5: 0.01, 6: 0.01, 7: 0.002, 8: 0.002, 9: 0.002, 10: 0.002}
+    manifest = hashlib.sha256((dataset / "manifest.jsonl").read_bytes()).hexdigest()
+    from simaq_train.data.sources import dataset_meta_hash
+
+    val = [(x["step"], x["datasets"], x["max_samples"], x["volumes"]) for x in recs if x["kind"] == "val"]
+    assert val == [(5, {str(dataset): manifest}, 1, 1), (10, {str(other): dataset_meta_hash(other)}, 2, 2)]
 
 
 def test_repeated_or_overlapping_datasets(dataset, tmp_path, caplog):

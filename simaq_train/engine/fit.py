@@ -8,7 +8,9 @@ config and dataset manifest hashes. Running ``fit`` again with the same ``run.ou
 ``optim.weight_decay`` (the optimiser keeps its moments and takes the new values), ``optim.clip``,
 ``optim.amp`` and ``optim.ema_decay``: an EMA switched on at resume starts from the resumed
 weights). Dataset paths are compared as absolute paths; a dataset frozen since the run started is accepted when its
-contents are those the run was trained on. A run stopped by a limit, or killed, and resumed
+contents are those the run was trained on. Each resume appends a ``"kind": "resume"`` line to
+``metrics.jsonl`` with the config keys that changed (old and new) and the checkpoint's config in
+full (``config.json`` holds the latest only). A run stopped by a limit, or killed, and resumed
 reaches the same weights as one that was never interrupted (CPU; on CUDA up to the
 non-determinism of its kernels).
 
@@ -37,7 +39,7 @@ from torch.utils.data import DataLoader
 from simaq_factory.errors import BadInput, RunFailed, check_output_dir
 from simaq_train.config import TrainConfig, absolute_paths
 from simaq_train.data.build import build_stream, check_distinct, check_source, resolve_classes
-from simaq_train.data.sources import FactorySource, UnreadableData, dataset_meta_hash
+from simaq_train.data.sources import FactorySource, UnreadableData, dataset_hash, dataset_meta_hash
 from simaq_train.data.stream import next_position
 from simaq_train.engine.parts import (
     EMA,
@@ -318,6 +320,33 @@ def _check_resumable(ck: dict[str, Any], cfg: TrainConfig, datasets: dict[str, s
         log.info("dataset %s was frozen since the run started; the run now records its manifest hash", path)
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{dotted.key: {"old": value, "new": value}}`` of every leaf that differs between two full
+    configs (``TrainConfig.to_dict()``), whole values (a list is one value); a key only one side
+    has reads ``None`` on the other."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif a != b:
+            out[path] = {"old": a, "new": b}
+
+    walk(old, new, "")
+    return out
+
+
+def resume_record(old: dict[str, Any], new: dict[str, Any], state: FitState) -> dict[str, Any]:
+    """The metrics line a resume writes before its first step: where it resumed, what the config
+    changed (``optim.lr``, ``data.val``, limits, …; :func:`config_changes`), and the config the
+    run had until then in full (config.json holds only the latest one). Paths are absolute on both
+    sides, so a dataset spelt another way is no change."""
+    new = absolute_paths(new)
+    return {"kind": "resume", "step": state.step, "epoch": state.epoch, "position": state.position,
+            "changed": config_changes(old, new), "previous_config": old}
+
+
 def _warn_overlap(val: list[FactorySource], train: list[FactorySource]) -> None:
     """Warn for each validation dataset that is a training dataset too (the same real path, or the
     same recipe id: a build of the same recipe and seed): its scores are not held-out scores."""
@@ -368,12 +397,12 @@ class _Meter:
         self.seen += int(y.shape[0])
         self.real += int(real.sum())  # a host tensor of the batch
 
-    def record(self, names: list[str], step: int, epoch: int, position: int) -> dict[str, Any]:
+    def record(self, names: list[str], step: int, epoch: int, position: int, lr: float) -> dict[str, Any]:
         cm = (np.zeros((self.n_classes,) * 2, np.int64) if self.cm is None else self.cm.cpu().numpy())
         iou, _ = iou_dice(cm)
         loss = 0.0 if self.loss_sum is None else float(self.loss_sum)
         now = time.monotonic()
-        rec = {"kind": "train", "step": step, "epoch": epoch, "position": position,
+        rec = {"kind": "train", "step": step, "epoch": epoch, "position": position, "lr": lr,
                "loss": loss / max(self.loss_n, 1), "iou": dict(zip(names, iou)),
                "mean_iou": mean_defined(iou, list(range(1, self.n_classes))),
                "real_fraction": self.real / max(self.seen, 1),
@@ -413,6 +442,9 @@ class Trainer:
         for src in self.val_sources:  # predict_volume pads the slices: no divisibility needed
             check_source(src, "data.val", fov_margin=cfg.data.fov_margin)
         _warn_overlap(self.val_sources, [s for s in self.stream.sources if isinstance(s, FactorySource)])
+        # what each validation line scored (data.val may change at a resume): {path: dataset hash}
+        self.val_datasets = {str(p): dataset_hash(p) for p in cfg.data.val}
+        self.resumed_from: dict[str, Any] | None = None  # the checkpoint's config, when resuming
         self.ckpt_path = self.run / "last.pt"
         self.metrics_path = self.run / "metrics.jsonl"
         self.names: list[str] = self.info["class_names"]
@@ -454,6 +486,7 @@ class Trainer:
         try:
             _check_resumable(ck, self.cfg, self.info["datasets"], self.ckpt_path)
             self._load_state(ck)
+            self.resumed_from = absolute_paths(ck["config"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             if isinstance(err, BadInput):
                 raise
@@ -572,6 +605,9 @@ class Trainer:
                 self.lock = RunLock(self.run)
             if self.saved_step is None:  # starting over: lines of an attempt stopped before its first checkpoint go
                 self.metrics_path.unlink(missing_ok=True)
+            elif self.resumed_from is not None:  # config.json is replaced below: the log keeps the earlier one
+                _append_line(self.metrics_path, resume_record(self.resumed_from, cfg.to_dict(), st))
+                self.resumed_from = None
             (self.run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -633,7 +669,7 @@ class Trainer:
         # uninterrupted run's meter does after that line (else their next lines averaged other steps)
         at_checkpoint = st.step % every.checkpoint_every == 0
         if self.dist.main and (st.step % every.log_every == 0 or force_log or at_checkpoint):
-            rec = meter.record(self.names, st.step, st.epoch, st.position)
+            rec = meter.record(self.names, st.step, st.epoch, st.position, self.optimizer.param_groups[0]["lr"])
             _append_line(self.metrics_path, rec)
             if progress:
                 progress({**rec, "n_batches": meter.n_batches})
@@ -645,6 +681,7 @@ class Trainer:
             eval_model = self.ema.model if self.ema else self.model
             cms = validate_model(eval_model, self.val_sources, self.cfg, self.device)
             rec = {"kind": "val", "step": self.state.step, "epoch": self.state.epoch, "axes": self.cfg.data.axes,
+                   "datasets": self.val_datasets, "max_samples": self.cfg.data.val_max_samples,
                    **validation_record(cms, self.names), "elapsed_s": time.monotonic() - t0}
             _append_line(self.metrics_path, rec)
             if progress:
