@@ -442,6 +442,75 @@ def test_repeated_or_overlapping_datasets(dataset, tmp_path, caplog):
     assert not (tmp_path / "run").exists()
 
 
+def test_workers_started_while_interrupts_are_held_never_get_ctrl_c():
+    """Ctrl-C goes to every process of the terminal's group: a spawned loader worker still
+    importing printed a traceback (and the parent "worker killed by signal"). Workers started in
+    :func:`fit._interrupts_held` inherit SIGINT blocked; an interrupt of this process meanwhile is
+    raised once they are started, not lost."""
+    import multiprocessing
+    import signal
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    with fit_mod._interrupts_held():
+        worker = ctx.Process(target=time.sleep, args=(60,))
+        worker.start()
+    try:
+        os.kill(worker.pid, signal.SIGINT)  # while it starts up, and after
+        worker.join(1.0)
+        assert worker.is_alive(), worker.exitcode  # not killed by the interrupt
+    finally:
+        worker.terminate()
+        worker.join()
+    body_done = False
+    with pytest.raises(KeyboardInterrupt):
+        with fit_mod._interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            body_done = True
+    assert body_done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow  # 15 s: a fresh interpreter and two spawned workers
+def test_ctrl_c_while_loader_workers_start_prints_one_line(dataset, tmp_path):
+    """SIGINT to the whole process group right after the loader started its two workers (they are
+    importing then): one line and exit 130 (was some 35 lines of worker tracebacks)."""
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "c.yaml", dataset, tmp_path / "run", max_steps=4)
+    driver = (
+        "import os, signal, sys\n"
+        "import torch.utils.data as d\n"
+        "start = d.DataLoader.__iter__\n"
+        "def started(self):\n"
+        "    it = start(self)\n"
+        "    os.killpg(0, signal.SIGINT)\n"
+        "    return it\n"
+        "d.DataLoader.__iter__ = started\n"
+        "from simaq_train.cli import cli\n"
+        "cli(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", driver, "fit", str(cfg), "--set", "data.num_workers=2",
+                        "--set", "data.val=[]"],
+                       capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+    assert r.returncode == 130 and r.stderr == ("error: interrupted before the first checkpoint: nothing was saved "
+                                                "to resume from; run the same command again to start over\n"), r.stderr
+
+
+def test_loader_workers_train_the_same_weights_as_none(dataset, tmp_path):
+    """Two spawned loader workers give the weights, optimiser state and metric lines of none."""
+    keys = ("kind", "step", "epoch", "position", "lr", "loss", "iou", "mean_iou", "real_fraction")
+    got = {}
+    for nw in (0, 2):
+        cfg = write_config(tmp_path / f"w{nw}.yaml", dataset, tmp_path / f"w{nw}", max_steps=3)
+        r = run("fit", cfg, "--set", f"data.num_workers={nw}", "--set", "data.val=[]")
+        assert r.exit_code == 0, r.output
+        got[nw] = [{k: x.get(k) for k in keys} for x in map(json.loads, (tmp_path / f"w{nw}" / "metrics.jsonl").open())]
+    assert_same_state(states(tmp_path / "w0" / "last.pt"), states(tmp_path / "w2" / "last.pt"))
+    assert got[0] == got[2] and len(got[0]) == 3
+
+
 def test_evaluate_postprocessing_keeps_classes_beyond_the_fourth(nucleus_ds, tmp_path, monkeypatch):
     import zarr
 

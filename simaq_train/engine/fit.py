@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,10 +202,48 @@ def validation_record(cms: list[np.ndarray], names: list[str]) -> dict[str, Any]
             **headline_scores(cms, names)}
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Around the start of DataLoader worker processes: SIGINT is blocked in this thread, and the
+    workers, which inherit the signal mask, never get it. Ctrl-C reaches every process of the
+    terminal's group; a worker it found still importing its modules printed its traceback, and the
+    parent the loader's "worker killed by signal" (about 35 lines after the one-line message). The
+    loader ends its workers itself. A Ctrl-C that arrives meanwhile is held and raised here as
+    :class:`KeyboardInterrupt` once they are started (only in the main thread, where handlers live)."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT)
+    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask")
+            or previous is None):  # None: a handler not set from Python, which could not be put back
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # started by the first worker otherwise, and its start unblocks SIGINT in this thread
+    resource_tracker.ensure_running()
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))  # delivered to another thread
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one held in this thread runs now: recorded
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    elif held and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
 def _batches(loader: DataLoader) -> Any:
     """The loader's batches; a damaged dataset read in a worker process is re-raised with the
     reader's one-line message (the loader wraps it in the worker's traceback)."""
-    it = iter(loader)
+    if loader.num_workers > 0:
+        with _interrupts_held():
+            it = iter(loader)
+    else:
+        it = iter(loader)
     while True:
         try:
             batch = next(it)
