@@ -611,3 +611,107 @@ def test_the_driver_names_a_cluster_that_cannot_run_tasks_and_ends_on_a_lost_sch
                        "rendering, and write nothing once the new build holds the output"):
         driver._ClusterWatch(client, "rendering shards", writes=True).check()
 
+
+def test_a_lost_scheduler_s_record_without_a_message_is_dropped_with_its_traceback():
+    """Dask's client logged the lost scheduler as an empty message with a traceback: the filter kept
+    the record without the traceback, and ``ERROR distributed.client:`` came before the build's line."""
+    import logging
+
+    from simaq_factory.orchestrate.driver import _without_traceback
+
+    try:
+        raise OSError("connection closed")
+    except OSError:
+        exc_info = sys.exc_info()
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.client", logging.ERROR, __file__, 1, msg, None, exc_info)
+
+    empty, said = record(""), record("Failed to reconnect to scheduler after 10.00 seconds, closing client")
+    assert _without_traceback(empty) is False
+    assert _without_traceback(said) is True and said.exc_info is None
+
+
+def _fake_slurm(bin_dir: Path, *, refuse: str | None = None) -> dict[str, str]:
+    """A PATH whose ``sbatch`` runs the job script here, in a session of its own (the job id is its
+    process group), and whose ``scancel`` kills that group and notes the id in ``bin_dir/cancelled``;
+    with ``refuse``, ``sbatch`` fails the way SLURM refuses a bad partition or account."""
+    bin_dir.mkdir()
+    submit = (f'echo "sbatch: error: {refuse}" >&2\nexit 1\n' if refuse else
+              'script="${@: -1}"\nd=$(dirname "$0")\ncp "$script" "$d/job-$$.sh"\n'
+              'setsid bash "$d/job-$$.sh" > "$d/job-$$.log" 2>&1 < /dev/null &\necho "Submitted batch job $!"\n')
+    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + submit)
+    (bin_dir / "scancel").write_text('#!/bin/bash\nfor j in "$@"; do kill -- -"$j" 2>/dev/null; '
+                                     'echo "$j" >> "$(dirname "$0")/cancelled"; done\n')
+    for name in ("sbatch", "scancel"):
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+_SLURM_ON_A_THREAD = """
+import signal, sys, threading, time
+from simaq_factory.orchestrate.cluster import check_slurm, open_cluster
+from simaq_factory.recipe.io import resolve
+
+assert "dask_jobqueue" not in sys.modules
+check_slurm()  # what build() does on the main thread
+assert "dask_jobqueue" in sys.modules
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)
+exe = resolve({"execution": {"slurm": {"cores": 1, "memory": "2GB"}}}).execution
+result = {}
+
+def start():  # the driver enters open_cluster on its thread "cluster-start"
+    try:
+        with open_cluster(scheduler=None, workers=1, execution=exe, kind="slurm") as handle:
+            handle.client.wait_for_workers(1, timeout=120)
+            result["sum"] = handle.client.submit(sum, [1, 2, 3]).result(timeout=60)
+    except BaseException as err:
+        result["error"] = repr(err)
+
+t = threading.Thread(target=start, name="cluster-start")
+t.start()
+t.join()
+print(result, flush=True)
+try:
+    signal.raise_signal(signal.SIGINT)  # Ctrl-C still reaches the driver as KeyboardInterrupt
+    time.sleep(1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_slurm_cluster_starts_on_the_driver_s_thread_and_keeps_its_ctrl_c(tmp_path):
+    """dask_jobqueue's import installs a SIGINT handler: imported on the cluster-start thread it raised
+    ("signal only works in main thread") and every --cluster slurm build failed; imported on the main
+    thread it replaced the driver's handler (Ctrl-C: exit 0, no message, the card left "building")."""
+    pytest.importorskip("dask_jobqueue")
+    env = {**ENV, **_fake_slurm(tmp_path / "bin")}
+    result = subprocess.run([sys.executable, "-c", _SLURM_ON_A_THREAD], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["{'sum': 6}", "interrupted"], result.stdout + result.stderr
+    assert (tmp_path / "bin" / "cancelled").read_text().split(), "the job was not cancelled on close"
+
+
+def test_a_slurm_build_completes_and_cancels_its_jobs(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    out = tmp_path / "out"
+    result = _build("-o", str(out), "--cluster", "slurm", "--workers", "1", "--set", "execution.slurm.cores=1",
+                    "--set", "execution.slurm.memory=2GB", env=_fake_slurm(tmp_path / "bin"))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 8 shard(s)" in result.stdout and "SLURM cluster with 1 job(s)" in result.stdout + result.stderr
+    assert len((tmp_path / "bin" / "cancelled").read_text().split()) == 1
+    assert {p.name.split("-")[0] for p in (out / "logs").iterdir()} == {"driver", "worker"}
+
+
+def test_a_job_that_sbatch_refuses_is_one_line_exit_2_and_nothing_written(tmp_path):
+    """A bad partition or account: the build created OUT, then waited forever for workers (with a
+    tornado traceback on stderr)."""
+    pytest.importorskip("dask_jobqueue")
+    out = tmp_path / "out"
+    result = _build("-o", str(out), "--cluster", "slurm", "--workers", "2", "--set", "execution.slurm.queue=nope",
+                    env=_fake_slurm(tmp_path / "bin", refuse="invalid partition specified: nope"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: execution.slurm: sbatch refused the job: invalid partition "
+                                     "specified: nope"), result.stderr
+    assert not out.exists()

@@ -390,9 +390,11 @@ IDLE_WARN_EVERY_S = 60.0
 
 def _without_traceback(record: logging.LogRecord) -> bool:
     """Dask's client logs a lost scheduler with the tracebacks of its reconnection attempts: the
-    message line is what a user needs (the build says what it means for the dataset)."""
+    message line is what a user needs (the build says what it means for the dataset). A record
+    whose message is empty (its traceback was all it said) is dropped: it printed an empty
+    ``ERROR distributed.client:`` line before the build's own."""
     record.exc_info, record.exc_text = None, None
-    return True
+    return bool(record.getMessage().strip())
 
 
 class _ClusterWatch:
