@@ -451,7 +451,16 @@ def test_workers_started_while_interrupts_are_held_never_get_ctrl_c():
     import signal
     import time
 
-    ctx = multiprocessing.get_context("spawn")
+    # Python's own handler, as fit runs under (an earlier test's import of dask_jobqueue may have
+    # left its sys.exit handler in this process)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_interrupts_held(multiprocessing.get_context("spawn"), signal, time)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def _check_interrupts_held(ctx, signal, time) -> None:
     with fit_mod._interrupts_held():
         worker = ctx.Process(target=time.sleep, args=(60,))
         worker.start()

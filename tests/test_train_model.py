@@ -212,8 +212,8 @@ def test_confusion_tensor_stays_on_device_and_meter_accumulates_there():
     for loss in (0.25, 0.5):
         meter.add(torch.tensor(loss), logits, target[None].expand(2, -1, -1), torch.tensor([1, 0]), 255)
     assert isinstance(meter.cm, torch.Tensor) and isinstance(meter.loss_sum, torch.Tensor)
-    rec = meter.record(["bg", "a", "b", "c"], 1, 0, 0)
-    assert rec["loss"] == 0.375 and rec["real_fraction"] == 0.5
+    rec = meter.record(["bg", "a", "b", "c"], 1, 0, 0, 1e-3)
+    assert rec["lr"] == 1e-3 and rec["loss"] == 0.375 and rec["real_fraction"] == 0.5
     assert rec["iou"] == {"bg": 1.0, "a": 1.0, "b": 1.0, "c": None}
     assert meter.cm is None and meter.loss_n == 0
 
