@@ -289,6 +289,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     if min(raw.shape[1:]) / 2.0 - cfg.data.fov_margin <= 0:
         raise BadInput(str(tomogram), f"in-plane shape {raw.shape[1:]} too small for the field of view")
     h, w = raw.shape[1:]
+    _warn_if_short_of_memory(str(tomogram), raw, normalize, post)
     if max(h, w) > 1.25 * min(h, w):  # a slab: the disc of its short side is all that is segmented
         outside = 1.0 - float(fov_mask((h, w), cfg.data.fov_margin).mean())
         log.warning("%s: slices of %d x %d voxels (Y x X about the tilt axis): only the disc of radius %.0f in "
@@ -310,7 +311,15 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
         _warn_if_not_normalised(norm[:, disc], str(tomogram))
         norm[:, ~disc] = 0
     seg = segment(model, cfg, norm, batch_size=batch_size, device=dev, edge_mode=edge_mode,
-                  post=post, post_scale=post_scale, progress=progress)
+                  post=False, progress=progress)
+    # the input's voxels are not needed any more (the writer reads only its header and shape):
+    # post-processing's ~20 bytes a voxel no longer come on top of them
+    del norm, raw
+    vol.data = np.broadcast_to(np.zeros((), vol.data.dtype), vol.data.shape)
+    if post:
+        if progress is not None:
+            progress("post-processing", None)
+        seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     if not (isinstance(names, list) and len(names) == len(counts)):
@@ -320,6 +329,31 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     write_volume(out, seg, vol.voxel_size, overwrite=overwrite, source=tomogram, class_names=names, like=vol)
     return {"output": str(out), "shape": list(seg.shape), "voxels_per_class": counts.tolist(),
             "class_names": [str(n) for n in names]}
+
+
+# bytes a voxel predict needs beyond the input it has read, at its peak (measured, 48 x 512² on
+# cpu2, RSS: normalising a float32 volume ~35, uint8 ~10; post-processing ~30 with the input
+# freed), with a margin; the network's forward pass comes on top (cpu_batch_size bounds it)
+_PEAK_BYTES_PER_VOXEL = {"normalise": 40, "post": 32, "predict": 8}
+
+
+def _warn_if_short_of_memory(name: str, raw: np.ndarray, normalize: bool, post: bool) -> None:
+    """Say before minutes of work, not after them, when the tomogram looks too large for the memory
+    left: the kernel ends the process without a word of ours ('Killed')."""
+    from simaq_train.bench import host_memory_available
+
+    avail = host_memory_available()
+    if avail is None:
+        return
+    per = max(_PEAK_BYTES_PER_VOXEL["normalise"] if normalize else 0,
+              _PEAK_BYTES_PER_VOXEL["post"] if post else 0, _PEAK_BYTES_PER_VOXEL["predict"])
+    need = raw.size * per
+    if need > avail:
+        log.warning("%s: %s voxels need about %.1f GiB of memory to %s (about %d bytes a voxel), "
+                    "%.1f GiB are available: the process may be killed; crop the tomogram (or use "
+                    "a machine with more memory)", name, "x".join(map(str, raw.shape)), need / 2**30,
+                    "normalise, predict and post-process" if post else "normalise and predict",
+                    per, avail / 2**30)
 
 
 def _warn_if_not_normalised(inside: np.ndarray, name: str) -> None:

@@ -731,6 +731,22 @@ def test_predict_says_how_much_of_a_slab_lies_outside_the_segmented_disc(trained
     assert "slices of 24 x 72 voxels" in caplog.text and "% of the volume outside it is labelled background" in caplog.text
 
 
+def test_predict_warns_before_the_work_when_memory_looks_short(trained, tmp_path, caplog, monkeypatch):
+    from simaq_train import bench
+
+    tomo = np.random.default_rng(7).normal(size=(6, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "t.npy", tomo)
+    monkeypatch.setattr(bench, "host_memory_available", lambda: tomo.size * 40 + 1)  # enough
+    r = run("predict", trained / "run" / "last.pt", tmp_path / "t.npy", "-o", tmp_path / "a.npy", "--raw")
+    assert r.exit_code == 0, r.output
+    assert "may be killed" not in caplog.text
+    monkeypatch.setattr(bench, "host_memory_available", lambda: tomo.size * 20)  # too little: a warning, same result
+    r = run("predict", trained / "run" / "last.pt", tmp_path / "t.npy", "-o", tmp_path / "b.npy", "--raw")
+    assert r.exit_code == 0, r.output
+    assert "6x24x24 voxels need about" in caplog.text and "the process may be killed" in caplog.text
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
 def test_predict_refuses_unusable_values_and_volumes(trained, tmp_path, caplog):
     ckpt = trained / "run" / "last.pt"
     rng = np.random.default_rng(3)
