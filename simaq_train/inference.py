@@ -345,7 +345,8 @@ def _warn_if_short_of_memory(name: str, raw: np.ndarray, normalize: bool, post: 
     avail = host_memory_available()
     if avail is None:
         return
-    per = max(_PEAK_BYTES_PER_VOXEL["normalise"] if normalize else 0,
+    small = raw.dtype.itemsize <= 2 and raw.dtype.kind in "iuf"  # counted, not sorted (normalize.py)
+    per = max((12 if small else _PEAK_BYTES_PER_VOXEL["normalise"]) if normalize else 0,
               _PEAK_BYTES_PER_VOXEL["post"] if post else 0, _PEAK_BYTES_PER_VOXEL["predict"])
     need = raw.size * per
     if need > avail:
