@@ -99,9 +99,10 @@ def test_build_on_scheduler_survives_a_killed_worker(dask_cluster, tmp_path):
 def test_two_builds_of_one_recipe_into_two_folders_on_one_scheduler_both_complete(dask_cluster, tmp_path):
     # the shard tasks' keys named the recipe, not the folder: the scheduler ran each shard once and
     # one folder was left without records while its build said "wrote 8 shard(s)" (3 of 5 tries)
+    # OUT relative to the driver's directory, which is not the workers' (they looked for it in theirs)
     address, _, _ = dask_cluster
     procs = {name: subprocess.Popen([sys.executable, "-m", "simaq_factory.cli.main", "build", SMOKE, "-o",
-                                     str(tmp_path / name), "--scheduler", address, *SETS], cwd=REPO, env=ENV,
+                                     name, "--scheduler", address, *SETS], cwd=tmp_path, env=ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in ("a", "b")}
     for name, proc in procs.items():

@@ -165,8 +165,13 @@ def build(
     on_cluster: Callable[[str, str | None], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Build (or resume) the dataset of ``recipe`` at ``out``. Raises BadInput / BuildFailed."""
+    """Build (or resume) the dataset of ``recipe`` at ``out``. Raises BadInput / BuildFailed.
+
+    A relative ``out`` is made absolute here (not resolved: a shared filesystem's path as the user
+    wrote it, symlinks kept): workers of ``--scheduler`` or SLURM run in other directories, and
+    looked for a relative OUT in theirs."""
     t0 = time.perf_counter()
+    out = Path(os.path.abspath(out))
     rid = recipe_id(recipe)
     exe = recipe.execution
     device = exe.device
