@@ -207,19 +207,20 @@ def _summary_table(payload: dict[str, Any], names: list[str], metrics: list[str]
 
 
 def _breakdown_table(payload: dict[str, Any], names: list[str], metrics: list[str], key: str) -> str:
+    """Medians per group (cell count or tilt-span bin), with each prediction's own sample count:
+    predictions may cover different samples, so one shared count would misstate all but one."""
+    counts = "".join(f"<th>{html.escape(n)}: samples</th>" for n in names)
     head = "".join(f"<th>{html.escape(n)}: {html.escape(m)}</th>" for m in metrics for n in names)
     groups = sorted({g for n in names for g in payload["predictions"][n][key]},
                     key=lambda g: float(re.match(r"-?[0-9.e+]+", g).group(0)))  # type: ignore[union-attr]
-    lines = [f"<table><tr><th>{'cells' if key == 'by_n_cells' else 'span (deg)'}</th>"
-             f"<th>samples</th>{head}</tr>"]
+    lines = [f"<table><tr><th>{'cells' if key == 'by_n_cells' else 'span (deg)'}</th>{counts}{head}</tr>"]
     for g in groups:
-        first = payload["predictions"][names[0]][key].get(g, {})
-        cells = []
+        cells = [f"<td>{payload['predictions'][n][key].get(g, {}).get('n_samples', 0)}</td>" for n in names]
         for m in metrics:
             for n in names:
                 s = payload["predictions"][n][key].get(g, {}).get(m)
                 cells.append(f"<td>{_fmt(s['median'] if s else None)}</td>")
-        lines.append(f"<tr><td>{html.escape(g)}</td><td>{first.get('n_samples', 0)}</td>{''.join(cells)}</tr>")
+        lines.append(f"<tr><td>{html.escape(g)}</td>{''.join(cells)}</tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
