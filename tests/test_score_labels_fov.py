@@ -122,3 +122,14 @@ def _invoke(*args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(main, list(args))
 
 
+def test_pred_dot_writes_the_default_report_beside_the_folder(ds, tmp_path, monkeypatch):
+    sub = tmp_path / "sub" / "mine"
+    sub.mkdir(parents=True)
+    tifffile.imwrite(sub / "0.tif", _arrays(ds)["recon"][0])
+    monkeypatch.chdir(sub)
+    r = _invoke("score", "--gt", str(ds), "--pred", ".")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sub" / "mine-scores" / "scores.json").exists()
+    assert not (sub / "-scores").exists()
+
+

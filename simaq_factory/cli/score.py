@@ -64,7 +64,8 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
     from simaq_factory.score.run import score as run_score
 
     paths = [Path(p) for p in preds]
-    out = Path(report_dir) if report_dir else paths[0].parent / f"{paths[0].name.removesuffix('.zarr')}-scores"
+    first = paths[0].resolve()  # "." or "..": no name of its own; the report goes beside the folder
+    out = Path(report_dir) if report_dir else first.parent / f"{first.name.removesuffix('.zarr')}-scores"
     check_output_dir(out)  # a directory, writable (or creatable), before scoring, not after
     check_report_dir(out, overwrite)  # never an earlier report (unless --overwrite) or others' files
     result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
