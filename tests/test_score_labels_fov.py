@@ -133,3 +133,25 @@ def test_pred_dot_writes_the_default_report_beside_the_folder(ds, tmp_path, monk
     assert not (sub / "-scores").exists()
 
 
+def test_unequal_sample_sets_of_export_named_files_are_not_called_sub_folders(ds, tmp_path):
+    a = _arrays(ds)
+    flat = tmp_path / "mixexp"  # export's names, different samples per kind: no recon/ or labels/ here
+    flat.mkdir()
+    tifffile.imwrite(flat / "sample_000000_recon.tif", a["recon"][0])
+    tifffile.imwrite(flat / "sample_000001_labels.tif", a["labels"][1])
+    with pytest.raises(BadInput) as err:
+        score(ds, [flat])
+    msg = str(err.value)
+    assert "recon/" not in msg and "_recon and ..._labels files" in msg and "sample 0 has only" in msg, msg
+
+
+def test_only_labels_on_a_folder_of_recon_files_says_what_it_found(ds, tmp_path):
+    a = _arrays(ds)
+    only_recon = tmp_path / "exp-r"
+    only_recon.mkdir()
+    tifffile.imwrite(only_recon / "sample_000000_recon.tif", a["recon"][0])
+    with pytest.raises(BadInput) as err:
+        score(ds, [only_recon], only="labels")
+    assert "holds no 'labels' prediction (found: ..._recon files)" in str(err.value), str(err.value)
+
+

@@ -203,6 +203,9 @@ class Prediction:
     #: a flat folder's files taken for segmentations because they hold integers (not said by a
     #: labels/ sub-folder or --only): an error about their ids says so
     labels_by_dtype: bool = False
+    #: a folder prediction's files, by kind and sample index (empty for a Zarr): an error about a
+    #: sample's values names its file
+    files: dict[str, dict[int, Path]] = field(default_factory=dict)
 
 
 def _labels_dtype_problem(dtype: np.dtype) -> str | None:
@@ -390,6 +393,7 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
     subdirs = {k: path / k for k in ("recon", "labels") if (path / k).is_dir()}
     groups: dict[str, dict[int, Path]] = {}
     guessed_labels = False
+    skipped: list[str] = []  # the kinds export's names say, left out by --only
     if subdirs:
         stray = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in VOLUME_FILE_SUFFIXES)
         if stray:
@@ -407,6 +411,7 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                 raise BadInput(str(path), "mixes files named by index only with files named ..._recon or "
                                           "..._labels; name them one way")
             groups = {k: v for k, v in named.items() if k is not None and only in ("auto", k)}
+            skipped = sorted((k for k in named if k is not None and k not in groups), reverse=True)
         if files and only != "auto":  # the user says what the files are (e.g. 8-bit reconstructions)
             groups[only] = files
         elif files:
@@ -419,17 +424,25 @@ def _open_folder(path: Path, gt: GroundTruth, only: str = "auto") -> Prediction:
                                           "and labels/ sub-folders, or pass --only")
             groups["labels" if next(iter(integer.values())) else "recon"] = files
             guessed_labels = "labels" in groups
+    if not groups and skipped:  # as a Zarr without the array: what is there, not "nothing found"
+        raise BadInput(str(path), f"holds no {only!r} prediction (found: "
+                       f"{', '.join(f'..._{k} files' for k in skipped)})")
     if not groups:
         raise BadInput(str(path), "no TIFF/MRC volumes named by sample index found")
     index_sets = [sorted(g) for g in groups.values()]
     indices = sorted(set().union(*index_sets))
     if len(groups) == 2 and index_sets[0] != index_sets[1]:
-        raise BadInput(str(path), "recon/ and labels/ must hold the same sample indices")
+        alone = {k: sorted(set(g) - set(groups[next(o for o in groups if o != k)])) for k, g in groups.items()}
+        kind, only_in = next((k, v) for k, v in alone.items() if v)
+        what = ("recon/ and labels/ must hold the same sample indices" if subdirs else
+                "the ..._recon and ..._labels files must cover the same sample indices")
+        where = f"is only in {kind}/" if subdirs else f"has only a ..._{kind} file"
+        raise BadInput(str(path), f"{what} (sample {only_in[0]} {where})")
     # every prediction is opened before any is scored: a missing reader is said now, not after the others
     for suffix in sorted({f.suffix.lower() for g in groups.values() for f in g.values()}):
         optional(SUFFIX_MODULES[suffix], f"reading {suffix} predictions")
     pred = Prediction(path=path, name=path.resolve().name or str(path.resolve()), indices=indices,
-                      kinds=sorted(groups, reverse=True), labels_by_dtype=guessed_labels)
+                      kinds=sorted(groups, reverse=True), labels_by_dtype=guessed_labels, files=groups)
 
     def reader(kind: str, files: dict[int, Path]) -> Callable[[int], np.ndarray]:
         def read(i: int) -> np.ndarray:
