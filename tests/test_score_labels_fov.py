@@ -155,3 +155,14 @@ def test_only_labels_on_a_folder_of_recon_files_says_what_it_found(ds, tmp_path)
     assert "holds no 'labels' prediction (found: ..._recon files)" in str(err.value), str(err.value)
 
 
+def test_nan_in_a_folder_prediction_names_the_file(ds, tmp_path):
+    a = _arrays(ds)
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    tifffile.imwrite(nan / "0.tif", a["recon"][0])
+    bad = a["recon"][1].copy()
+    bad[3, 4, 5] = np.nan
+    tifffile.imwrite(nan / "1.tif", bad)
+    with pytest.raises(BadInput) as err:
+        score(ds, [nan])
+    assert str(err.value).startswith(str(nan / "1.tif")) and "NaN" in str(err.value), str(err.value)

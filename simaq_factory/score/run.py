@@ -236,7 +236,6 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
     for k in range(gt.n_axes):
         row: dict[str, Any] = {"pred": pred.name, "index": i, **({"axis": k} if multi else {}),
                                "n_cells": gt.n_cells[i], "span_deg": gt.spans_by_axis[i][k]}
-        where = f"sample {i}, axis {k}" if multi else f"sample {i}"
         if "recon" in vols:
             vol = vols["recon"][k] if multi else vols["recon"]
             perm = frame_axes(k)
@@ -244,7 +243,7 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
                 row.update(score_sample_recon(np.transpose(gt.read("phantom", i), perm),
                                               np.transpose(vol, perm), fov, fit))
             except ValueError as err:
-                raise BadInput(f"{pred.path} (recon, {where})", str(err)) from None
+                raise BadInput(_where(pred, "recon", i, k, multi), str(err)) from None
         if "labels" in vols:
             lab = vols["labels"][k] if multi else vols["labels"]
             try:
@@ -253,12 +252,22 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
                 hint = ("; the files were taken for segmentations because they hold integers: for "
                         "reconstructions pass --only recon or put them in a recon/ sub-folder"
                         if pred.labels_by_dtype else "")
-                raise BadInput(f"{pred.path} (labels, {where})", f"{err}{hint}") from None
+                raise BadInput(_where(pred, "labels", i, k, multi), f"{err}{hint}") from None
         rows.append(row)
     # the affine fit reduced it to its mean, though it is not constant (a constant is said above)
     if odd is not None and i not in odd["constant"] and any(r.get("fit_scale") == 0.0 for r in rows):
         odd["unfitted"].append(i)
     return rows
+
+
+def _where(pred: Prediction, kind: str, i: int, k: int, multi: bool) -> str:
+    """What a value error of sample ``i`` names: the file of a folder prediction (its axis with three
+    axes), else the prediction, kind and sample."""
+    axis = f"axis {k}" if multi else ""
+    path = pred.files.get(kind, {}).get(i)
+    if path is not None:
+        return f"{path} ({axis})" if axis else str(path)
+    return f"{pred.path} ({kind}, sample {i}{', ' + axis if axis else ''})"
 
 
 def _metrics_of(pred: Prediction, gt: GroundTruth) -> list[str]:
