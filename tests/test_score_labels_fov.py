@@ -94,6 +94,56 @@ def _iou(gt: np.ndarray, pred: np.ndarray, c: int, keep: np.ndarray) -> float:
 # ------------------------------------------------------------------- labels inside the FOV
 
 
+def test_a_segmentation_perfect_inside_the_fov_and_garbage_outside_scores_iou_1(ds, tmp_path):
+    a = _arrays(ds)
+    seg = np.where(a["labels"] == 255, 0, a["labels"]).astype(np.uint8)
+    seg[:, :, ~_train_fov(2.0)] = 1  # "cell" everywhere outside the default field of view
+    res = score(ds, [_zarr_pred(tmp_path / "p.zarr", labels=seg)])
+    for row in res.rows:
+        assert row["iou_cell"] == row["iou_background"] == row["iou_vacuole"] == row["mean_iou"] == 1.0
+        assert row["dice_cell"] == 1.0
+    conv = res.payload["conventions"]
+    assert conv["fov_margin"] == 2.0 and "inside the field of view" in conv["iou_dice"]
+
+
+def test_an_otsu_style_segmentation_scores_as_inside_simaq_trains_field_of_view(ds, tmp_path):
+    """As ``simaq-train baseline`` segments: multi-Otsu thresholds of the recon inside the margin-5
+    disk, applied to every voxel (the rim garbage gets labelled too). ``score --fov-margin M`` equals
+    an independent count inside simaq-train's disk of margin M, for 5 (its default) and 2."""
+    from skimage.filters import threshold_multiotsu
+
+    a = _arrays(ds)
+    disk = _train_fov(5.0)
+    seg = np.stack([np.array([0, 1, 2], np.uint8)[np.digitize(r, threshold_multiotsu(r[:, disk], classes=3))]
+                    for r in a["recon"]])
+    pred = _zarr_pred(tmp_path / "otsu.zarr", labels=seg)
+    for margin in (5.0, 2.0):
+        keep = np.broadcast_to(_train_fov(margin), (Z, N, N)) & True
+        res = score(ds, [pred], fov_margin=margin)
+        for row in res.rows:
+            i = row["index"]
+            inside = keep & (a["labels"][i] != 255)
+            for c, name in ((0, "background"), (1, "cell"), (2, "vacuole")):
+                assert row[f"iou_{name}"] == pytest.approx(_iou(a["labels"][i], seg[i], c, inside), abs=1e-12)
+    # the rim is where it differs: over every voxel the cell IoU is lower
+    full = _iou(a["labels"][0], seg[0], 1, a["labels"][0] != 255)
+    assert full < score(ds, [pred], fov_margin=5.0).rows[0]["iou_cell"]
+
+
+def test_three_axis_segmentations_are_scored_inside_each_acquisitions_cylinder(tmp_path):
+    from simaq_factory.acquisition.axes import inverse_axes
+
+    root = _dataset(tmp_path / "three", n_axes=3)
+    lab = np.asarray(zarr.open_group(root / "dataset.zarr", mode="r")["labels"][...])
+    seg = np.repeat(np.where(lab == 255, 0, lab)[:, None], 3, axis=1).astype(np.uint8)
+    outside = np.broadcast_to(~_train_fov(2.0)[None], (N, N, N))
+    for k in range(3):
+        seg[:, k][:, np.transpose(outside, inverse_axes(k))] = 1  # garbage outside the cylinder about axis k
+    res = score(root, [_zarr_pred(tmp_path / "p.zarr", labels=seg)])
+    assert len(res.rows) == 3 * len(N_CELLS)
+    assert all(r["iou_cell"] == r["iou_background"] == 1.0 for r in res.rows)
+
+
 # ------------------------------------------------------------------- unwritten segmentations
 
 

@@ -46,8 +46,10 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
               help="Map each reconstruction by least-squares a*pred+b onto the phantom first (affine), "
                    "or score raw values (none).")
 @click.option("--fov-margin", "fov_margin", type=float, default=2.0, show_default=True,
-              help="Score inside the disk of radius n//2 - this (voxels) about the tilt axis; 2 is the "
-                   "projector's input support, larger values also drop FBP's edge artifacts.")
+              help="Score reconstructions and segmentations inside the disk of radius n//2 - this "
+                   "(voxels) about the tilt axis (labels outside count as ignored); 2 is the projector's "
+                   "input support, larger values also drop FBP's edge artifacts. simaq-train evaluate "
+                   "and baseline default to 5 (data.fov_margin): pass 5 to compare with them.")
 @click.option("--span-bin", "span_bin", type=float, default=10.0, show_default=True,
               help="Width (degrees) of the tilt-span bins of the breakdown.")
 @click.option("--overwrite", is_flag=True,

@@ -267,8 +267,11 @@ def render_report(result: Any) -> tuple[str, dict[str, bytes]]:
     ]
     fig5 = embed("iou-by-cells", _iou_by_cells(payload, rows, names))
     if fig5:
+        margin = payload["conventions"].get("fov_margin")
         parts += ["<h2>IoU per class by cell count</h2><p>As the paper's Figure 5: one box per "
-                  "prediction and cell count; undefined IoUs (class absent from both) are left out.</p>",
+                  "prediction and cell count; undefined IoUs (class absent from both) are left out. "
+                  f"Scored inside the field of view (margin {_fmt(margin)} voxels; <code>simaq-train "
+                  "evaluate</code> and <code>baseline</code> default to 5).</p>",
                   fig5]
     parts += ["<h2>Scores vs tilt span</h2>", embed("vs-span", _vs_span(rows, names, span_metrics)),
               "<h2>By cell count (medians)</h2>", _breakdown_table(payload, names, key_metrics, "by_n_cells"),

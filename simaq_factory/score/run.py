@@ -36,16 +36,20 @@ DEFAULT_FOV_MARGIN = 2.0
 
 CONVENTIONS = {
     "field_of_view": "cylinder along the tilt axis; (y, x) disk of radius n//2 - fov_margin around the "
-                     "rotation axis (reconstruction.center); fov_margin defaults to 2 voxels, the support "
-                     "of the projector's input (objects never lie outside it, only FBP's edge artifacts do)",
+                     "rotation axis (reconstruction.center); fov_margin (its value: the key fov_margin) "
+                     "defaults to 2 voxels, the support of the projector's input (objects never lie outside it, "
+                     "only FBP's edge artifacts do); reconstructions and segmentations are both scored "
+                     "inside it",
     "data_range": "ground-truth phantom max - min inside the field of view, per sample",
     "nrmse": "||pred - gt|| / ||gt|| over field-of-view voxels",
     "psnr": "10 log10(data_range^2 / MSE) over field-of-view voxels, dB",
     "ssim": "3D Gaussian-window SSIM (sigma 1.5, radius 5, K1 0.01, K2 0.03, population covariance, "
             "reflect borders) of both volumes zeroed outside the field of view, averaged over it",
-    "iou_dice": "per class over all voxels whose ground truth is not the ignore label; undefined "
-                "(null) when the class is in neither volume; mean_iou = mean over defined "
-                "non-background classes",
+    "iou_dice": "per class over the voxels inside the field of view whose ground truth is not the "
+                "ignore label (voxels outside it count as ignored, as in simaq-train evaluate and "
+                "baseline, whose data.fov_margin defaults to 5 voxels, not 2: pass --fov-margin 5 to "
+                "compare with them); undefined (null) when the class is in neither volume; mean_iou = mean over "
+                "defined non-background classes",
     "statistics": "per metric: n, n_undefined (NaN), n_infinite, mean, std (population, ddof 0), "
                   "median, q1, q3 (linear interpolation between order statistics, numpy's default), "
                   "min, max",
@@ -121,8 +125,16 @@ def score_sample_recon(gt_vol: np.ndarray, pred_vol: np.ndarray, fov: np.ndarray
 
 
 def score_sample_labels(gt_lab: np.ndarray, pred_lab: np.ndarray, classes: dict[int, str],
-                        ignore_label: int = 255) -> dict[str, float]:
-    """``iou_<name>``, ``dice_<name>`` per class and ``mean_iou`` (defined non-background classes)."""
+                        ignore_label: int = 255, fov: np.ndarray | None = None) -> dict[str, float]:
+    """``iou_<name>``, ``dice_<name>`` per class and ``mean_iou`` (defined non-background classes) of
+    one (Z, Y, X) segmentation.
+
+    With a (Y, X) ``fov`` disk only the voxels inside it are scored: those outside count as
+    ``ignore_label``, as ``simaq-train evaluate`` and ``baseline`` score (FBP leaves rim artifacts
+    there that any per-voxel method labels, and no object lies there).
+    """
+    if fov is not None:
+        gt_lab = np.where(fov, gt_lab, ignore_label)
     counts = confusion_counts(gt_lab, pred_lab, ignore_label)
     out: dict[str, float] = {}
     fg: list[float] = []
@@ -194,7 +206,7 @@ def score(
                 progress(done, total)
         _warn_odd(pred.name, odd, gt)
     logger.info("scored %d sample(s) in %.1f s", done, time.perf_counter() - t0)
-    payload = _payload(gt, preds, rows, span_bin_deg, fit)
+    payload = _payload(gt, preds, rows, span_bin_deg, fit, fov_margin)
     return ScoreResult(payload=payload, rows=rows, examples=_examples(gt, preds, rows))
 
 
@@ -220,11 +232,13 @@ def _warn_odd(name: str, odd: dict[str, list[int]], gt: GroundTruth) -> None:
 def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
                   fit: str, odd: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     """The row of sample ``i`` — or, with three acquisition axes, one row per axis ``k`` (column
-    ``axis``, its own ``span_deg``): recon ``k`` is scored in the frame of its tilt axis, where the
-    field of view is the cylinder about that axis (:mod:`simaq_factory.acquisition.axes`)."""
+    ``axis``, its own ``span_deg``): recon ``k`` and labels ``k`` are scored in the frame of its tilt
+    axis, where the field of view is the cylinder about that axis
+    (:mod:`simaq_factory.acquisition.axes`)."""
     from simaq_factory.acquisition.axes import frame_axes
 
     vols = {kind: pred.read[kind](i) for kind in pred.kinds}
+    gt_lab = gt.read("labels", i) if "labels" in vols else None
     if odd is not None and "recon" in vols and float(np.min(vols["recon"])) == float(np.max(vols["recon"])):
         odd["constant"].append(i)
     if odd is not None and "labels" in vols:
@@ -236,18 +250,19 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
     for k in range(gt.n_axes):
         row: dict[str, Any] = {"pred": pred.name, "index": i, **({"axis": k} if multi else {}),
                                "n_cells": gt.n_cells[i], "span_deg": gt.spans_by_axis[i][k]}
+        perm = frame_axes(k)
         if "recon" in vols:
             vol = vols["recon"][k] if multi else vols["recon"]
-            perm = frame_axes(k)
             try:
                 row.update(score_sample_recon(np.transpose(gt.read("phantom", i), perm),
                                               np.transpose(vol, perm), fov, fit))
             except ValueError as err:
                 raise BadInput(_where(pred, "recon", i, k, multi), str(err)) from None
-        if "labels" in vols:
+        if gt_lab is not None:
             lab = vols["labels"][k] if multi else vols["labels"]
             try:
-                row.update(score_sample_labels(gt.read("labels", i), lab, gt.classes, gt.ignore_label))
+                row.update(score_sample_labels(np.transpose(gt_lab, perm), np.transpose(lab, perm),
+                                               gt.classes, gt.ignore_label, fov))
             except ValueError as err:
                 hint = ("; the files were taken for segmentations because they hold integers: for "
                         "reconstructions pass --only recon or put them in a recon/ sub-folder"
@@ -281,7 +296,7 @@ def _metrics_of(pred: Prediction, gt: GroundTruth) -> list[str]:
 
 
 def _payload(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]],
-             span_bin_deg: float, fit: str) -> dict[str, Any]:
+             span_bin_deg: float, fit: str, fov_margin: float) -> dict[str, Any]:
     predictions: dict[str, Any] = {}
     for p in preds:
         mine = [r for r in rows if r["pred"] == p.name]
@@ -297,7 +312,8 @@ def _payload(gt: GroundTruth, preds: list[Prediction], rows: list[dict[str, Any]
                          "shape_zyx": list(gt.shape), "classes": {str(k): v for k, v in gt.classes.items()},
                          "ignore_label": gt.ignore_label, "tilt_axes": list(range(gt.n_axes)),
                          "fov_radius": gt.radius},
-        "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "span_bin_deg": span_bin_deg,
+        "conventions": {**CONVENTIONS, "fit": FIT_DOC[fit], "fov_margin": fov_margin,
+                        "span_bin_deg": span_bin_deg,
                         **({"axes": AXES_DOC} if gt.n_axes > 1 else {})},
         "predictions": predictions,
         "comparison": compare(rows, [p.name for p in preds], shared) if len(preds) > 1 else None,
