@@ -147,6 +147,20 @@ def test_three_axis_segmentations_are_scored_inside_each_acquisitions_cylinder(t
 # ------------------------------------------------------------------- unwritten segmentations
 
 
+def test_a_uniform_segmentation_where_the_truth_has_foreground_is_warned_about(ds, tmp_path, caplog):
+    a = _arrays(ds)
+    seg = np.zeros_like(a["labels"])
+    seg[0] = np.where(a["labels"][0] == 255, 0, a["labels"][0])  # samples 1, 2 never written
+    with caplog.at_level(logging.WARNING):
+        score(ds, [_zarr_pred(tmp_path / "part.zarr", labels=seg)])
+    lines = [r.getMessage() for r in caplog.records if "unwritten?" in r.getMessage()]
+    assert len(lines) == 1 and "2 segmentation(s)" in lines[0] and "(1, 2)" in lines[0], lines
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a whole, written segmentation: no warning
+        score(ds, [_zarr_pred(tmp_path / "whole.zarr", labels=np.where(a["labels"] == 255, 0, a["labels"]))])
+    assert not [r for r in caplog.records if "unwritten?" in r.getMessage()]
+
+
 # ------------------------------------------------------------------- report breakdown counts
 
 

@@ -198,7 +198,7 @@ def score(
     done = 0
     t0 = time.perf_counter()
     for pred in preds:
-        odd: dict[str, list[int]] = {"constant": [], "unknown": [], "unfitted": []}
+        odd: dict[str, list[int]] = {"constant": [], "unknown": [], "unfitted": [], "uniform": []}
         for i in pred.indices:
             rows.extend(_score_sample(gt, pred, i, fov, fit, odd))
             done += 1
@@ -219,6 +219,10 @@ def _warn_odd(name: str, odd: dict[str, list[int]], gt: GroundTruth) -> None:
     if odd["constant"]:  # e.g. a Zarr sample never written: it reads as the array's fill value
         logger.warning("%s: %d sample(s) hold a constant reconstruction (%s), scored as no structure: "
                        "unwritten?", name, len(odd["constant"]), _samples_text(odd["constant"]))
+    if odd["uniform"]:  # e.g. a Zarr sample never written: it reads as the fill value, all background
+        logger.warning("%s: %d segmentation(s) hold one id in every voxel though the ground truth has "
+                       "foreground (%s), scored as such: unwritten?", name, len(odd["uniform"]),
+                       _samples_text(odd["uniform"]))
     if odd["unfitted"]:  # e.g. SIRT/CGLS swamped by the ice slab: the fit reduces them to their mean
         logger.warning("%s: %d sample(s) are uncorrelated or anti-correlated with the phantom in the field of "
                        "view (%s): the affine fit's scale is 0, so they score as a constant volume would, no "
@@ -245,6 +249,9 @@ def _score_sample(gt: GroundTruth, pred: Prediction, i: int, fov: np.ndarray,
         lab = vols["labels"]
         if np.any((lab > max(gt.classes)) & (lab != gt.ignore_label)) or np.any(lab < 0):
             odd["unknown"].append(i)
+        # e.g. a Zarr sample never written: it reads as the fill value, all background
+        if int(np.min(lab)) == int(np.max(lab)) and np.any((gt_lab != 0) & (gt_lab != gt.ignore_label)):
+            odd["uniform"].append(i)
     multi = gt.n_axes > 1
     rows = []
     for k in range(gt.n_axes):
