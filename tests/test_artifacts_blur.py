@@ -119,3 +119,28 @@ def test_sparse_volume_blurs_only_its_support_with_the_same_bytes(box: tuple[sli
     np.testing.assert_allclose(ours.numpy(), ref, atol=2e-6)
     assert support_box(torch.zeros((4, 4, 4)), 2) is None
     assert not gaussian_blur_3d(torch.zeros((6, 5, 4)), 1.0, 2).any()
+
+
+@pytest.mark.parametrize("sigma", [0.12, 0.17, 0.3, 0.48, 0.7, 1.0, 2.5])
+def test_discrete_kernel_applies_its_sigma_below_a_voxel_too(sigma: float) -> None:
+    """The volume blur's kernel keeps σ² (less the cut at 3σ) where a sampled Gaussian collapses:
+    at σ = 0.17 (a reference blur at 64³) the sampled kernel is a delta (std 0.0002)."""
+    from simaq_factory.artifacts.blur import discrete_gaussian_kernel_1d, kernel_std
+
+    radius = max(2, kernel_radius(sigma, 3.0, None))  # as the stage sizes it
+    k = discrete_gaussian_kernel_1d(sigma, radius)
+    assert float(k.sum()) == pytest.approx(1.0, abs=1e-15) and torch.equal(k, k.flip(0))
+    assert kernel_std(k) == pytest.approx(sigma, rel=0.02)  # the cut at ceil(3σ) loses < 2 % of σ
+    uncut = discrete_gaussian_kernel_1d(sigma, 40)
+    assert kernel_std(uncut) == pytest.approx(sigma, rel=1e-9)  # exact before the cut
+    if sigma < 0.3:
+        assert kernel_std(gaussian_kernel_1d(sigma, radius, torch.device("cpu"))) < 0.5 * sigma
+    # applied to an impulse: the same spread along every axis
+    n = 17
+    vol = torch.zeros((n, n, n))
+    vol[8, 8, 8] = 1.0
+    out = gaussian_blur_3d(vol, sigma, radius, kernel="discrete").double()
+    x = torch.arange(n, dtype=torch.float64) - 8
+    for axis in range(3):
+        marginal = out.sum(dim=tuple(a for a in range(3) if a != axis))
+        assert float((marginal * x**2).sum().sqrt()) == pytest.approx(kernel_std(k), rel=1e-5)

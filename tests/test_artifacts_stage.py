@@ -203,3 +203,26 @@ def test_blur_sigma_is_converted_to_this_volumes_voxels(voxels_per_unit: float, 
     b = sample_artifacts(cfg, labels.shape, labels, voxels_per_unit, np.random.default_rng(0))["blur"]
     assert b["applied"] and b["sigma_drawn"] == 2.0 and b["sigma_reference_voxels"] == 2.0
     assert b["sigma"] == pytest.approx(sigma, rel=1e-12) and b["radius"] == radius
+
+
+def test_a_small_volume_is_blurred_with_the_sigma_its_record_states() -> None:
+    """At 64³ (8x coarser than 512³) the reference-strength blur is about 0.15 voxels: the record's
+    sigma_applied (the kernel's std) is that σ, and the blur moves intensity to the neighbours.
+    A record without "kernel" (written before the discrete kernel) still renders as it was, with the
+    sampled Gaussian."""
+    from simaq_factory.artifacts.blur import gaussian_blur_3d
+
+    phantom, labels = _phantom(24)
+    cfg = ArtifactsConfig(fiducials=FiducialsConfig(count=Dist.const(1)))
+    params = sample_artifacts(cfg, labels.shape, labels, 1.2 / 8, np.random.default_rng(3))
+    b = params["blur"]
+    assert b["kernel"] == "discrete" and 0.1 < b["sigma"] < 0.2 and b["radius"] == 2
+    assert b["sigma_applied"] == pytest.approx(b["sigma"], rel=0.02)
+    noisy_bytes = gaussian_blur_3d(phantom, b["sigma"], b["radius"], "discrete")
+    assert not torch.equal(noisy_bytes, phantom.float())
+    # an older record: the sampled kernel, as it was written
+    old = {k: v for k, v in b.items() if k not in ("kernel", "sigma_applied")}
+    assert torch.equal(gaussian_blur_3d(phantom, old["sigma"], old["radius"]), gaussian_blur_3d(
+        phantom, old["sigma"], old["radius"], "sampled"))
+    legacy = ArtifactsConfig(blur=BlurConfig(kernel_size=5, nominal_taps=None), fiducials=FiducialsConfig(count=Dist.const(1)))
+    assert sample_artifacts(legacy, labels.shape, labels, 1.2, np.random.default_rng(3))["blur"]["kernel"] == "sampled"

@@ -20,7 +20,14 @@ import torch
 
 from simaq_factory.artifacts.assemble import crack_field, place, sample_placement, unit_range
 from simaq_factory.artifacts.banks import NoiseBanks
-from simaq_factory.artifacts.blur import effective_sigma, gaussian_blur_3d, kernel_radius
+from simaq_factory.artifacts.blur import (
+    discrete_gaussian_kernel_1d,
+    effective_sigma,
+    gaussian_blur_3d,
+    gaussian_kernel_1d,
+    kernel_radius,
+    kernel_std,
+)
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
 from simaq_factory.artifacts.fiducials import paint_beads, sample_fiducials
 
@@ -88,12 +95,24 @@ def sample_artifacts(
     sigma_ref = sigma_drawn if b.nominal_taps is None else effective_sigma(sigma_drawn, b.nominal_taps)
     # σ is in reference voxels (1/1.2 generation units) and converted to this volume's voxels
     sigma = sigma_ref * float(voxels_per_unit) / REFERENCE_VOXELS_PER_UNIT
+    # a kernel sized from σ is the discrete Gaussian, whose variance is σ² also below a voxel (a
+    # sampled one vanished there: 64³ and 128³ volumes were barely blurred), at least 5 taps (below
+    # σ = 0.67 the 3 taps of ceil(3σ) cut up to 9 % of its variance); a fixed kernel_size reproduces
+    # the reference's sampled 5³ kernel. Records without "kernel" were sampled.
+    kernel = "sampled" if b.kernel_size is not None else "discrete"
+    radius = kernel_radius(sigma, b.truncate, b.kernel_size)
+    if kernel == "discrete":
+        radius = max(2, radius)
+    k1 = discrete_gaussian_kernel_1d(sigma, radius) if kernel == "discrete" else gaussian_kernel_1d(
+        sigma, radius, torch.device("cpu"))
     blur = {
         "applied": apply_blur,
         "sigma_drawn": sigma_drawn,
         "sigma_reference_voxels": sigma_ref,
         "sigma": sigma,
-        "radius": kernel_radius(sigma, b.truncate, b.kernel_size),
+        "radius": radius,
+        "kernel": kernel,
+        "sigma_applied": kernel_std(k1),  # per axis, after the cut at the radius
     }
 
     fiducials = sample_fiducials(cfg.fiducials, labels, voxels_per_unit, rng_beads)
@@ -161,7 +180,7 @@ def apply_artifacts(
 
     blur = params["blur"]
     if blur["applied"]:
-        noisy = gaussian_blur_3d(phantom, float(blur["sigma"]), int(blur["radius"]))
+        noisy = gaussian_blur_3d(phantom, float(blur["sigma"]), int(blur["radius"]), blur.get("kernel", "sampled"))
     else:
         noisy = phantom.float().clone()
 
