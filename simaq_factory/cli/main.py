@@ -382,7 +382,11 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
 @click.argument("out", type=PATH)
 @handle_errors(resumes=True)
 def freeze(out: str) -> None:
-    """Verify OUT, write manifest.jsonl, DATASET.md, previews and SHA256SUMS; refuse later writes."""
+    """Verify OUT, write manifest.jsonl, DATASET.md, previews and SHA256SUMS; refuse later writes.
+
+    A file inside dataset.zarr/ or provenance/ that is none of the dataset's is refused (exit 2,
+    naming it); other files at the top level (a README) are sealed with a warning.
+    """
     from simaq_factory.store.freeze import freeze_dataset
 
     info = freeze_dataset(Path(out))

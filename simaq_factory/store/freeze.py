@@ -5,7 +5,8 @@ per-class voxel fractions, intensity percentiles, software versions, preview ima
 ``previews/``), sets the card's status to ``frozen`` and finally ``SHA256SUMS`` over every file
 (the noise banks under ``dataset.zarr/banks/`` included).
 A frozen dataset refuses later builds. Freezing first verifies every shard (checksums, provenance,
-a deep read), so a damaged dataset is never sealed.
+a deep read), so a damaged dataset is never sealed, and refuses a file in ``dataset.zarr/`` or
+``provenance/`` that is none of the dataset's (it would be sealed in as part of it).
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from typing import Any
 import numpy as np
 
 from simaq_factory.acquisition.axes import frame_axes
+from simaq_factory.artifacts.banks import bank_specs
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES
 from simaq_factory.store.dataset import read_card, read_provenance, update_card
 from simaq_factory.store.inspect import check_sealed_intact, open_dataset_recipe, read_card_checked
-from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, SUMS, dataset_classes, n_axes, shard_ranges
+from simaq_factory.store.layout import (
+    GROUP_NAME,
+    PROVENANCE_DIR,
+    SUMS,
+    dataset_classes,
+    n_axes,
+    provenance_path,
+    shard_ranges,
+)
 from simaq_factory.store.outdir import RESOLVED, VERBATIM, claim_out_dir, sweep_temp_files
 from simaq_factory.store.verify import SUMS_PARTIAL, file_digests, sealed_files, verify_dataset
 from simaq_factory.versions import built_on, describe_software
@@ -181,11 +191,43 @@ def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
 LAYOUT = frozenset({VERBATIM, RESOLVED, GROUP_NAME, PROVENANCE_DIR, MANIFEST, CARD, PREVIEWS})
 
 
-def _check_listable(out: Path) -> None:
+def _own_files(out: Path, recipe: Any) -> set[str]:
+    """What ``dataset.zarr/`` and ``provenance/`` may hold (relative to ``out``): the group's and every
+    array's ``zarr.json``, each array's shard files of the recipe's shards, each noise bank's
+    metadata and chunks (its chunk grid read from its ``zarr.json``), a record per shard."""
+    from simaq_factory.store.banks import BANKS_GROUP
+    from simaq_factory.store.inspect import dataset_specs
+
+    n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
+    own = {f"{GROUP_NAME}/zarr.json", f"{GROUP_NAME}/{BANKS_GROUP}/zarr.json"}
+    own |= {provenance_path(Path(), s).as_posix() for s in range(n_shards)}
+    for name, spec in dataset_specs(recipe).items():
+        own |= {f"{GROUP_NAME}/{name}/zarr.json"} | {f"{GROUP_NAME}/{name}/{spec.shard_key(s)}"
+                                                     for s in range(n_shards)}
+    banks = out / GROUP_NAME / BANKS_GROUP
+    for name in bank_specs(recipe.artifacts, tuple(recipe.dataset.shape), recipe.seed):
+        rel = f"{GROUP_NAME}/{BANKS_GROUP}/{name}"
+        own.add(f"{rel}/zarr.json")
+        try:
+            meta = json.loads((banks / name / "zarr.json").read_text())
+            grid = [-(-int(n) // int(c)) for n, c in
+                    zip(meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"], strict=True)]
+        except Exception:  # noqa: BLE001 - a damaged bank: verify names it next, and freeze stops there
+            own |= {p.relative_to(out).as_posix() for p in (banks / name).rglob("*")}
+            continue
+        own |= {f"{rel}/c/" + "/".join(map(str, key)) for key in np.ndindex(*grid)}
+    return own
+
+
+def _check_listable(out: Path, recipe: Any) -> None:
     """:class:`BadInput` naming a file SHA256SUMS could not list (a line break or backslash in its name,
-    which ``sha256sum -c`` and verify would read as another name; a name that is not UTF-8); and a
-    warning naming the files freeze seals that are not the dataset's own (a README or LICENSE added
-    on purpose, or something left there by mistake)."""
+    which ``sha256sum -c`` and verify would read as another name; a name that is not UTF-8), and
+    one naming a file in ``dataset.zarr/`` or ``provenance/`` that is none of the dataset's (a chunk
+    key past the recipe's shards, a record of no shard of it: nothing reads it and nothing but
+    freeze would seal it, so it is refused rather than published); a warning naming the files at
+    the top level that are not the dataset's own (a README or LICENSE added on purpose, or
+    something left there by mistake)."""
+    own = _own_files(out, recipe)
     extra = []
     for path in sealed_files(out):
         rel = path.relative_to(out).as_posix()
@@ -197,7 +239,12 @@ def _check_listable(out: Path) -> None:
         if any(c in rel for c in "\n\r\\"):
             raise BadInput(repr(str(path)), "its name holds a line break or a backslash, which SHA256SUMS "
                                             "cannot list: rename or remove it, then freeze")
-        if rel.split("/", 1)[0] not in LAYOUT:
+        top = rel.split("/", 1)[0]
+        if top in (GROUP_NAME, PROVENANCE_DIR) and rel not in own:
+            raise BadInput(str(path), f"not part of the dataset's layout (no array, shard, noise bank or "
+                                      f"provenance record of its recipe is stored there): move it out of "
+                                      f"{out}, then freeze")
+        if top not in LAYOUT:
             extra.append(rel)
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
@@ -216,7 +263,7 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
     # SHA256SUMS, written last, is missing: an interrupted freeze, sealed again here
     with claim_out_dir(out, rid, sealing=True):
         sweep_temp_files(out)  # a killed build's leftovers are not part of the dataset
-        _check_listable(out)  # before anything is written
+        _check_listable(out, recipe)  # before anything is written
         if read_card(out).get("status") == "frozen":
             log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)
             update_card(out, {"status": "complete"})
