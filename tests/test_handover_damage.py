@@ -108,6 +108,25 @@ def verify_json(out: Path, *flags: str) -> dict:
     return json.loads(result.stdout)  # one document, also when a problem is found
 
 
+# -- provenance records: misplaced, missing from a frozen dataset, edited -------------------------
+
+def test_swapped_provenance_records_are_named_misplaced_not_the_data_files(built, recipe_file, tmp_path):
+    out = copy_of(built, tmp_path)
+    a, b = record_path(out, 0), record_path(out, 1)
+    text_a, text_b = a.read_text(), b.read_text()
+    a.write_text(text_b)
+    b.write_text(text_a)
+    st = status_json(out)
+    assert st["problems"] == [
+        {"shard": 0, "reason": "provenance record is that of shard 1 (misplaced; it belongs at "
+                               "provenance/shard-000001.json)"},
+        {"shard": 1, "reason": "provenance record is that of shard 0 (misplaced; it belongs at "
+                               "provenance/shard-000000.json)"}], st
+    result = cli("verify", out)
+    assert result.exit_code == 1 and "shard file" not in result.output, result.output
+    assert "problem: shard 0 (samples 0-1): provenance record is that of shard 1 (misplaced" in result.output
+
+
 # -- freeze: stray files inside the store -----------------------------------------------------
 
 STRAYS = {

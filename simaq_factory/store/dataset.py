@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from simaq_factory.store.layout import GROUP_NAME, ArraySpec, provenance_path
+from simaq_factory.store.layout import GROUP_NAME, PROVENANCE_DIR, ArraySpec, provenance_path
 
 COMPRESSION_LEVEL = 3
 # the process umask, read once at import (reading it means setting it, which is not thread-safe)
@@ -181,7 +181,9 @@ def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
 def shard_state(
     out: Path, specs: dict[str, ArraySpec], shard_index: int, recipe_id: str
 ) -> tuple[str, str]:
-    """("done" | "pending" | "damaged", reason) for one shard."""
+    """("done" | "pending" | "damaged", reason) for one shard: done when its record reads, is this
+    recipe's, matches its own digest, is this shard's (not another's moved here) and every shard
+    file matches the checksum it records."""
     prov, unreadable = load_provenance(out, shard_index)
     if unreadable is not None:
         return "damaged", unreadable
@@ -191,6 +193,10 @@ def shard_state(
         return "damaged", "provenance belongs to another recipe"
     if RECORD_DIGEST in prov and prov[RECORD_DIGEST] != record_digest(prov):  # older records have none
         return "damaged", "provenance record does not match its digest (edited or damaged)"
+    theirs = prov.get("shard", shard_index)
+    if theirs != shard_index:  # records renamed or swapped: the data files are not at fault
+        where = f"; it belongs at {PROVENANCE_DIR}/shard-{theirs:06d}.json" if isinstance(theirs, int) else ""
+        return "damaged", f"provenance record is that of shard {theirs!r} (misplaced{where})"
     recorded = prov.get("checksums", {})
     for name, spec in specs.items():
         if name not in recorded:
