@@ -191,7 +191,8 @@ def test_shards_from_the_triton_projector_are_named_and_not_compared_with_the_ta
     result = cli("verify", str(out), "--regen", "2")
     assert result.exit_code == 0, result.output
     assert "regenerated samples [0, 3]" in result.output
-    assert ("sample 3: projected with the triton 3.9.0 projector, regenerated with torch; recon not compared"
+    assert ("sample 3: projected with the triton 3.9.0 projector, regenerated with torch; sinogram and recon not "
+            "compared"
             in result.output), result.output
     assert "sample 0: projected" not in result.output
     assert cli("freeze", str(out)).exit_code == 0

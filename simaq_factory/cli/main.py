@@ -256,7 +256,8 @@ def status(out: str, as_json: bool) -> None:
     """Done, pending and damaged shards of the dataset at OUT, damaged metadata files and noise banks.
 
     'card status' is what the dataset card records (written by build and freeze); 'verdict' is
-    computed now from the files: complete, incomplete (shards pending) or damaged. A build or
+    computed now from the files: complete, incomplete (shards pending) or damaged (a lost or
+    unreadable recipe.resolved.json too: build with the original recipe rewrites it). A build or
     freeze running on this machine is named ('writer'): until it ends, pending shards are its work.
     On a frozen dataset, the files SHA256SUMS lists are hashed by `verify`, not here.
     """
@@ -272,11 +273,15 @@ def status(out: str, as_json: bool) -> None:
     if st["writer_pid"] is not None:
         click.echo(f"writer: process {st['writer_pid']} (a build or freeze) is writing it now")
     click.echo(f"verdict: {st['verdict']}")
-    click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
-               f"of {st['n_shards']}")
+    if st["n_shards"] is None:
+        click.echo("shards: not checked (no recipe to check them against)")
+    else:
+        click.echo(f"shards: {st['done']} done, {st['pending']} pending, {st['damaged']} damaged "
+                   f"of {st['n_shards']}")
     click.echo("metadata: " + (f"{st['metadata_damaged']} file(s) damaged" if st["metadata_damaged"] else "ok"))
     banks = st["banks_damaged"]
-    click.echo("noise banks: " + ("not checked (unreadable card)" if banks is None
+    unchecked = "unreadable card" if st["card_status"] == "unreadable" else "no recipe"
+    click.echo("noise banks: " + (f"not checked ({unchecked})" if banks is None
                                   else "pending (the build stopped before making them)" if st["banks_pending"]
                                   else f"{banks} damaged" if banks else "ok"))
     if st["card_status"] == "frozen":
@@ -285,6 +290,8 @@ def status(out: str, as_json: bool) -> None:
         click.echo(f"  shard {s}: {reason}")
     for problem in st["dataset_problems"]:
         click.echo(f"  problem: {problem}")
+    for note in st["notes"]:
+        click.echo(f"  note: {note}")
 
 
 @main.command()
@@ -309,8 +316,8 @@ def info(out: str, index: int | None, as_json: bool) -> None:
 @click.argument("out", type=PATH)
 @click.option("--deep", is_flag=True, help="Also decode every array and check label values and finiteness.")
 @click.option("--regen", type=int, default=0, show_default=True, metavar="K",
-              help="Re-render K samples here (all when K >= their count) and compare (phantom/labels bit-exact, "
-                   "recon rel. L2 <= 1e-5).")
+              help="Re-render K samples here (all when K >= their count) and compare (phantom/labels/angles "
+                   "bit-exact, sinogram and recon rel. L2 <= 1e-5).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON on stdout (the exit code and error line are the same).")
 @handle_errors

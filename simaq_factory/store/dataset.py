@@ -55,6 +55,21 @@ def array_metadata(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
     return {name: json.loads(docs[f"{name}/zarr.json"].to_bytes()) for name in specs}
 
 
+def array_layout(meta: Any) -> dict[str, Any]:
+    """An array's metadata (``zarr.Array.metadata``) as zarr parses it, less its attributes: what
+    :func:`create_arrays` decides (shape, dtype, chunk grid, codecs with their byte order and shard
+    index, fill value, dimension names). Compared parsed, so a ``zarr.json`` written by another
+    zarr version, spelling defaults out or not, compares equal when it says the same."""
+    return {k: v for k, v in meta.to_dict().items() if k != "attributes"}
+
+
+def expected_layouts(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
+    """:func:`array_layout` of each array as :func:`create_arrays` creates it."""
+    group = zarr.open_group(zarr.storage.MemoryStore({}), mode="w", zarr_format=3)
+    _create_arrays(group, specs)
+    return {name: array_layout(group[name].metadata) for name in specs}
+
+
 def update_card(out: Path, updates: dict[str, Any]) -> None:
     """Driver only: merge ``updates`` into the group attributes."""
     zarr.open_group(out / GROUP_NAME, mode="r+").update_attributes(updates)

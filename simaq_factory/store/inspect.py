@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from simaq_factory.errors import BadInput, BuildFailed
-from simaq_factory.store.dataset import load_provenance, read_card, read_provenance, shard_states
+from simaq_factory.store.dataset import (
+    RECORD_DIGEST,
+    array_layout,
+    expected_layouts,
+    load_provenance,
+    read_card,
+    read_provenance,
+    record_digest,
+    shard_states,
+)
 from simaq_factory.store.layout import (
     GROUP_NAME,
     SUMS,
@@ -17,6 +26,7 @@ from simaq_factory.store.layout import (
     array_specs,
     card_disagreements,
     dataset_card,
+    provenance_path,
     samples_text,
     shard_ranges,
 )
@@ -30,32 +40,76 @@ CARD_HINT = ("`simaq-factory build` with the same recipe rewrites it (a frozen d
              "dataset.zarr/zarr.json from a good copy)")
 
 
-def open_dataset_recipe(out: Path) -> tuple[Any, str]:
-    """The resolved recipe and id stored in ``out``; BadInput when ``out`` is not a dataset."""
-    from simaq_factory.recipe.io import resolve
-
-    path = out / RESOLVED
+def _check_dataset_dir(out: Path) -> None:
+    """:class:`BadInput` when ``out`` is not a dataset directory holding a ``dataset.zarr``."""
     if out.exists() and not out.is_dir():
         raise BadInput(str(out), "is a file, not a dataset directory (give the directory `build -o` wrote)")
     if not out.is_dir():
         raise BadInput(str(out), "no such dataset directory")
-    has_resolved, has_group = path.exists(), (out / GROUP_NAME).exists()
+    has_resolved, has_group = (out / RESOLVED).exists(), (out / GROUP_NAME).exists()
     if not has_resolved and not has_group:
         raise BadInput(str(out), "not a simaq-factory dataset (no recipe.resolved.json / dataset.zarr)")
     if not has_group:
         raise BadInput(str(out / GROUP_NAME), "missing: the dataset's store is gone (restore it, or remove "
                                               f"{out} and build again)")
-    if not has_resolved:
-        raise BadInput(str(path), "missing: the dataset's resolved recipe is gone (`simaq-factory build` with "
-                                  "the original recipe writes it again)")
+
+
+def _read_resolved(out: Path) -> tuple[Any, str] | str:
+    """The recipe and id ``recipe.resolved.json`` holds, or why it cannot be read (missing, unreadable)."""
+    from simaq_factory.recipe.io import resolve
+
+    path = out / RESOLVED
+    if not path.exists():
+        return ("missing: the dataset's resolved recipe is gone (`simaq-factory build` with the original "
+                "recipe writes it again)")
     try:
         payload = json.loads(path.read_text())
-        return resolve(payload["recipe"]), payload["recipe_id"]
+        return resolve(payload["recipe"]), str(payload["recipe_id"])
     except OSError as err:
-        raise BadInput(str(path), f"cannot read the resolved recipe: {err.strerror or type(err).__name__}") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise BadInput(str(path), f"unreadable resolved recipe ({err}); `simaq-factory build` with the "
-                                  "original recipe rewrites it") from None
+        return f"cannot read the resolved recipe: {err.strerror or type(err).__name__}"
+    except Exception as err:  # noqa: BLE001 - not JSON, no recipe in it, a recipe that no longer resolves
+        return (f"unreadable resolved recipe ({error_line(err)}); `simaq-factory build` with the original "
+                "recipe rewrites it")
+
+
+def open_dataset_recipe(out: Path) -> tuple[Any, str]:
+    """The resolved recipe and id stored in ``out``; BadInput when ``out`` is not a dataset or its
+    ``recipe.resolved.json`` cannot be read (the commands that need the recipe to work at all)."""
+    _check_dataset_dir(out)
+    found = _read_resolved(out)
+    if isinstance(found, str):
+        raise BadInput(str(out / RESOLVED), found)
+    return found
+
+
+def dataset_recipe_or_damage(out: Path) -> tuple[Any | None, str | None, list[str], list[str]]:
+    """For ``status`` and ``verify``, which report damage rather than refuse: (recipe, id, problems,
+    notes). A ``recipe.resolved.json`` that is missing or cannot be read in a dataset (its
+    ``dataset.zarr`` is there) is a damaged metadata file, which a build of the original recipe
+    rewrites. The id is then the card's; the recipe is ``recipe.yaml``'s when that hashes to it (a
+    build without ``--set``), else None: the checks that need it are skipped, as a note says.
+    :class:`BadInput` when ``out`` is not a dataset."""
+    from simaq_factory.recipe.io import load_recipe, recipe_id
+
+    _check_dataset_dir(out)
+    found = _read_resolved(out)
+    if not isinstance(found, str):
+        return found[0], found[1], [], []
+    problems = [f"{out / RESOLVED}: {found}"]
+    try:
+        card_id: str | None = str(read_card(out)["recipe_id"])
+    except Exception:  # noqa: BLE001 - a damaged card: reported by the group metadata check
+        card_id = None
+    try:
+        recipe = load_recipe(out / VERBATIM)
+    except Exception:  # noqa: BLE001 - missing or not a recipe: no substitute
+        recipe = None
+    if recipe is not None and card_id is not None and recipe_id(recipe) == card_id:
+        return recipe, card_id, problems, [f"checked against {out / VERBATIM}, which hashes to the card's "
+                                           "recipe id"]
+    return None, card_id, problems, [
+        f"shards, array metadata and noise banks not checked: no recipe to check them against "
+        f"({VERBATIM} is missing or does not hash to the card's recipe id, as after a build with --set)"]
 
 
 def recipe_file_problems(out: Path, recipe: Any, rid: str) -> list[str]:
@@ -119,7 +173,8 @@ def dataset_specs(recipe: Any) -> dict[str, ArraySpec]:
     return array_specs(recipe, a_max_for(recipe))
 
 
-def _one_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """An exception as one line of at most 200 characters: its type, then its words."""
     text = " ".join(str(err).split())
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
@@ -142,7 +197,7 @@ def group_metadata_problem(out: Path) -> str | None:
     try:
         meta = _load_json(path)
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        return f"{path}: unreadable group metadata (dataset card): {_one_line(err)}"
+        return f"{path}: unreadable group metadata (dataset card): {error_line(err)}"
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
         return (f"{path}: not Zarr v3 group metadata (zarr_format {meta.get('zarr_format')!r}, "
                 f"node_type {meta.get('node_type')!r})")
@@ -161,7 +216,9 @@ def _same_fill(a: Any, b: Any) -> bool:
 
 def array_metadata_problem(out: Path, spec: ArraySpec) -> str | None:
     """A line naming the array's ``zarr.json`` when it is missing, unreadable, or does not match
-    the recipe's layout (shape, dtype, shard and chunk shape, fill value); None when it matches."""
+    the recipe's layout: shape, dtype, shard and chunk shape, fill value, and then the whole
+    document as build writes it (codecs, byte order, shard index, dimension names; attributes
+    aside); None when it matches."""
     import zarr
 
     path = out / GROUP_NAME / spec.name / META
@@ -171,7 +228,7 @@ def array_metadata_problem(out: Path, spec: ArraySpec) -> str | None:
         _load_json(path)
         arr = zarr.open_array(out / GROUP_NAME / spec.name, mode="r")
     except Exception as err:  # noqa: BLE001 - any parse failure is damage to report
-        return f"{path}: unreadable array metadata of {spec.name}: {_one_line(err)}"
+        return f"{path}: unreadable array metadata of {spec.name}: {error_line(err)}"
     found = (str(arr.dtype), tuple(arr.shape), arr.shards, tuple(arr.chunks))
     expected = (spec.dtype, tuple(spec.shape), tuple(spec.shards), tuple(spec.chunks))
     if found != expected:
@@ -181,6 +238,14 @@ def array_metadata_problem(out: Path, spec: ArraySpec) -> str | None:
     if not _same_fill(arr.fill_value, spec.fill_value):
         return (f"{path}: array metadata of {spec.name} does not match the recipe: fill value "
                 f"{arr.fill_value}, expected {spec.fill_value}")
+    # the rest of the document too: a byte order or shard index location edited in the codecs
+    # decodes intact shard files to garbage (or not at all), and no checksum of theirs can see it
+    found_doc, expected_doc = array_layout(arr.metadata), expected_layouts({spec.name: spec})[spec.name]
+    differ = sorted(k for k in found_doc.keys() | expected_doc.keys() if found_doc.get(k) != expected_doc.get(k))
+    if differ:
+        return (f"{path}: array metadata of {spec.name} does not match the recipe: its {', '.join(differ)} "
+                "differ from what build writes (edited or damaged; the shard files are judged by their "
+                "checksums)")
     return None
 
 
@@ -230,7 +295,9 @@ def built_records(
     """Each index's provenance record, checking first that every index is in range and built.
 
     Raises :class:`BadInput` naming ``flag`` for the first index out of range or not built yet
-    (its shard has no provenance record), before anything is read or written.
+    (its shard has no provenance record), and :class:`BuildFailed` naming the record when it cannot
+    be read or fails its own digest (edited: what it says of the sample cannot be trusted), before
+    anything is read or written.
     """
     n = recipe.dataset.n_samples
     for i in indices:
@@ -242,6 +309,9 @@ def built_records(
         shard = i // recipe.dataset.samples_per_shard
         if shard not in per_shard:
             prov, unreadable = load_provenance(out, shard)
+            if unreadable is None and prov is not None and RECORD_DIGEST in prov \
+                    and prov[RECORD_DIGEST] != record_digest(prov):  # its parameters may be anything
+                unreadable = f"{provenance_path(out, shard)} does not match its digest (edited or damaged)"
             if unreadable is not None:
                 raise BuildFailed(f"sample {i}: shard {shard} is damaged: {unreadable}; {REPAIR_HINT}")
             per_shard[shard] = {r.get("index"): r for r in (prov or {}).get("sample_records", [])
@@ -258,16 +328,24 @@ def dataset_status(out: Path) -> dict[str, Any]:
     from simaq_factory.store.banks import CARD_KEY as BANKS_CARD_KEY
     from simaq_factory.store.banks import bank_problems
 
-    recipe, rid = open_dataset_recipe(out)
+    recipe, rid, recipe_problems, notes = dataset_recipe_or_damage(out)
+    if recipe is None:
+        return _status_without_recipe(out, rid, recipe_problems, notes)
     specs = dataset_specs(recipe)
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     counts = {"done": 0, "pending": 0, "damaged": 0}
     shard_problems = []
+    meta_problems, group_problem, _ = metadata_problems(out, recipe, rid, specs)
+    meta_problems = recipe_problems + meta_problems
+    # a frozen dataset had every record when it was sealed: one gone is damage, not work pending
+    # (build refuses to write there); as build and freeze say (check_sealed_intact)
+    frozen = group_problem is None and read_card(out).get("status") == "frozen"
     for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid)):
+        if state == "pending" and frozen:
+            state, reason = "damaged", "provenance record missing from a frozen dataset"
         counts[state] += 1
         if state == "damaged":
             shard_problems.append((s, reason))
-    meta_problems, group_problem, _ = metadata_problems(out, recipe, rid, specs)
     banks_pending = False
     if group_problem is None:
         card = read_card(out)
@@ -297,7 +375,22 @@ def dataset_status(out: Path) -> dict[str, Any]:
             "writer_pid": writer_pid(out),
             "n_shards": n_shards, **counts, "problems": shard_problems,
             "dataset_problems": dataset_problems, "metadata_damaged": len(meta_problems),
-            "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending}
+            "banks_damaged": len(banks) if group_problem is None else None, "banks_pending": banks_pending,
+            "notes": notes}
+
+
+def _status_without_recipe(out: Path, rid: str | None, recipe_problems: list[str],
+                           notes: list[str]) -> dict[str, Any]:
+    """:func:`dataset_status` of a dataset whose recipe is lost: the damaged metadata files it can
+    name (the resolved recipe, a damaged card), shards and banks not counted (None)."""
+    group_problem = group_metadata_problem(out)
+    problems = recipe_problems + ([group_problem] if group_problem else [])
+    card_status = "unreadable" if group_problem else str(read_card(out).get("status", "unknown"))
+    verdict = f"damaged: {len(problems)} metadata file(s)"
+    return {"recipe_id": rid, "card_status": card_status, "verdict": verdict, "state": "damaged",
+            "writer_pid": writer_pid(out), "n_shards": None, "done": None, "pending": None, "damaged": None,
+            "problems": [], "dataset_problems": problems, "metadata_damaged": len(problems),
+            "banks_damaged": None, "banks_pending": False, "notes": notes}
 
 
 def check_sealed_intact(out: Path) -> None:
@@ -317,8 +410,6 @@ def check_sealed_intact(out: Path) -> None:
     else:
         first = (f"shard {st['problems'][0][0]}: {st['problems'][0][1]}" if st["problems"]
                  else (st["dataset_problems"] or [""])[0])
-    if verdict.startswith("incomplete") and not first:  # a frozen dataset had every record: one was lost
-        verdict, first = "damaged", f"{verdict.split(': ', 1)[1]}: their provenance records are gone"
     raise BuildFailed(f"{out} is frozen but {verdict} ({first}); a frozen dataset is not "
                       f"rewritten: restore it from a good copy (`simaq-factory verify {out}` lists "
                       "every damaged file)")
