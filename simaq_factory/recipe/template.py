@@ -30,7 +30,7 @@ __all__ = ["TEMPLATES", "annotated_recipe", "template_text"]
 TEMPLATES: dict[str, str] = {
     "reference": "every field at its default (the SimAQ reference's, but for the deviations each field's "
                  "comment states), 4 samples of 512³",
-    "smoke": "4 × 64³ on CPU in seconds, what CI builds",
+    "smoke": "4 × 64³ on CPU in under a minute (mostly the one-off noise banks), what CI builds",
     "demo-cpu": "32 × 128³ on CPU",
     "benchmark-cpu": "30 × 64³ evaluation set with sinograms",
     "train-cpu": "the 64³ data of the CPU training proof",
