@@ -425,6 +425,11 @@ def write_outputs(result: ScoreResult, report_dir: Path) -> dict[str, Path]:
     # everything is rendered before the first file is replaced: a report that fails to render
     # leaves an earlier report in the folder whole (was: its samples.csv and figures replaced)
     page, figures = render_report(result)
+    # an earlier report's scores.json goes before the first file of this one is written: a run
+    # stopped mid-way (Ctrl-C, kill) leaves a folder without it, which reads as interrupted and
+    # which the same command completes (was: the old scores.json beside this run's figures, CSV
+    # and HTML, a mixed report that looked whole and was then refused without --overwrite)
+    paths["json"].unlink(missing_ok=True)
     for name, data in figures.items():
         (report_dir / name).write_bytes(data)
     for old in report_dir.glob("fig-*.png"):  # an earlier report's figures this one does not draw

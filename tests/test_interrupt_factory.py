@@ -1,0 +1,61 @@
+"""Interrupts (Ctrl-C as a ``KeyboardInterrupt`` raised at a chosen step, or the state a SIGKILL
+leaves on disk) of ``score --overwrite``, ``export`` and ``baseline``: what is left is either the
+finished result or something the next run completes or clears, never a mix that reads as whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import simaq_factory.score.run as run_mod
+from simaq_factory.score.run import ScoreResult, check_report_dir, write_outputs
+
+from test_score_cli import SMOKE, TINY, invoke
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("interrupt")
+    r = invoke("build", SMOKE, "-o", str(root / "ds"), "--cluster", "inline", *TINY)
+    assert r.exit_code == 0, r.output
+    return root / "ds"
+
+
+# --- score --overwrite ------------------------------------------------------------------------
+
+def _result(name: str) -> ScoreResult:
+    return ScoreResult(payload={"predictions": {name: {}}}, rows=[{"pred": name, "index": 0}], examples={})
+
+
+def test_an_interrupted_overwrite_leaves_no_earlier_scores_json_beside_new_files(tmp_path, monkeypatch):
+    """The earlier report's scores.json (written last: "this folder is whole") stayed while the new
+    figures were written, so Ctrl-C or a kill there left the old scores beside the new figures, CSV
+    and HTML, which the next run refused as a finished report."""
+    import simaq_factory.score.report as report_mod
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    for name in ("scores.json", "samples.csv", "report.html", "fig-example.png"):
+        (out / name).write_text("A")  # an earlier report, of prediction A
+    monkeypatch.setattr(report_mod, "render_report", lambda result: ("page B", {"fig-example.png": b"B"}))
+    real = run_mod._write_atomic
+    order: list[str] = []
+
+    def write(path: Path, text: str) -> None:
+        order.append(path.name)
+        if path.name == "samples.csv" and len(order) == 1:
+            raise KeyboardInterrupt  # after the figures, before the CSV
+        real(path, text)
+
+    monkeypatch.setattr(run_mod, "_write_atomic", write)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(_result("B"), out)
+    assert (out / "fig-example.png").read_bytes() == b"B"
+    assert not (out / "scores.json").exists()  # reads as an interrupted report, not a finished one
+    check_report_dir(out, overwrite=False)  # the same command (without --overwrite) completes it
+    write_outputs(_result("B"), out)
+    assert order[-1] == "scores.json"  # written last, renamed whole
+    assert json.loads((out / "scores.json").read_text())["predictions"] == {"B": {}}
+    assert (out / "samples.csv").read_text().startswith("pred,index") and not list(out.glob(".*"))
