@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import simaq_factory.score.run as run_mod
+import simaq_factory.store.export as export_mod
 from simaq_factory.score.run import ScoreResult, check_report_dir, write_outputs
+from simaq_factory.store.export import export_dataset
 
 from test_score_cli import SMOKE, TINY, invoke
 
@@ -59,3 +61,44 @@ def test_an_interrupted_overwrite_leaves_no_earlier_scores_json_beside_new_files
     assert order[-1] == "scores.json"  # written last, renamed whole
     assert json.loads((out / "scores.json").read_text())["predictions"] == {"B": {}}
     assert (out / "samples.csv").read_text().startswith("pred,index") and not list(out.glob(".*"))
+
+
+# --- export -------------------------------------------------------------------------------------
+
+def test_an_interrupted_export_leaves_no_partial_file(ds, tmp_path, monkeypatch):
+    """Ctrl-C after a file was written whole, in the journal append before its rename, left the
+    whole ``.NAME.partial`` (the cleanup covered the write only)."""
+    real = export_mod._journal
+    calls = []
+
+    def journal(dest: Path, name: str, holds):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(dest, name, holds)
+
+    monkeypatch.setattr(export_mod, "_journal", journal)
+    dest = tmp_path / "ex"
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset(ds, dest, fmt="tiff", arrays=["recon"])
+    assert sorted(p.name for p in dest.iterdir()) == [".simaq-export.jsonl", "sample_000000_recon.tif"]
+    monkeypatch.undo()
+    skipped: list[Path] = []
+    written = export_dataset(ds, dest, fmt="tiff", arrays=["recon"], skipped=skipped)
+    assert [p.name for p in skipped] == ["sample_000000_recon.tif"] and len(written) == 2
+
+
+def test_an_export_clears_what_a_killed_export_with_other_options_left(ds, tmp_path):
+    """A SIGKILL leaves the whole temporary file of the output being written; only a re-run of the
+    same export removed it, one with other --index / --arrays / --format left it for good."""
+    dest = tmp_path / "ex"
+    dest.mkdir()
+    left = [".sample_000002_recon.tif.partial", ".sample_000001_phantom.mrc.partial",
+            ".sample_000001_recon_axis2.tif.partial"]
+    for name in left:
+        (dest / name).write_bytes(b"x" * 1000)
+    (dest / ".sample_000001_recon.ome.zarr.partial" / "0").mkdir(parents=True)
+    (dest / "notes.partial").write_text("not ours")  # other names are left alone
+    export_dataset(ds, dest, fmt="tiff", indices=[0], arrays=["labels"])
+    assert sorted(p.name for p in dest.iterdir()) == [".simaq-export.jsonl", "notes.partial",
+                                                      "sample_000000_labels.tif"]

@@ -8,7 +8,9 @@ with volume axis k as its tilt axis. The physical voxel size is not part of the 
 §0.3); it is estimated as ``REFERENCE_VOXEL_NM · 1.2 / scale`` from the scale each sample's phantom
 was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxels per unit, i.e.
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
-temporary name and renamed, so an interrupted export leaves no partial file behind.
+temporary name (``.NAME.partial``) and renamed, so an interrupted export (Ctrl-C, SIGTERM) leaves no
+partial file behind; what a killed one leaves is removed by the next export into the same
+destination, whatever its options.
 
 Tilt series (``--arrays sinogram``, MRC or TIFF; the dataset must store ``sinogram`` and
 ``angles``): ``sample_{index:06d}_sinogram.{ext}`` is the stack of the sample's projections, one
@@ -42,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,8 @@ VOLUME_ARRAYS = ("phantom", "labels", "noisy", "recon")
 TILT_ARRAYS = ("sinogram",)
 TLT = ".tlt"
 EXT = {"ome-zarr": ".ome.zarr", "tiff": ".tif", "mrc": ".mrc"}
+#: The temporary name of an output while it is written (``.sample_{index:06d}_{array}[_axis{k}]{ext}.partial``).
+PARTIAL_NAME = re.compile(r"\.sample_\d{6,}_[a-z]+(_axis\d+)?(\.ome\.zarr|\.tif|\.mrc|\.tlt)\.partial")
 
 
 def _voxel_nm(record: dict[str, Any]) -> float:
@@ -362,8 +367,13 @@ def export_dataset(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(str(dest), f"cannot create the export destination: {err.strerror}") from None
-    for *_, target in targets:  # leftovers of an interrupted export
+    # leftovers of an interrupted or killed export: this one's and those of any other export into
+    # ``dest`` (other --index, --arrays or --format), which no later run would clear otherwise
+    for *_, target in targets:
         _remove(target.with_name(f".{target.name}.partial"))
+    for entry in dest.iterdir():
+        if PARTIAL_NAME.fullmatch(entry.name):
+            _remove(entry)
     written = []
     classes = dataset_classes(recipe)  # OME-Zarr label images name them
     for i, a, axis, target in targets:
@@ -399,19 +409,22 @@ def export_dataset(
             else:
                 with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
                 _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels, classes)
+            if target.exists() or target.is_symlink():  # --overwrite: unlist it first, then replace it
+                if target.name in done:
+                    del done[target.name]
+                    _journal(dest, target.name, None)
+                _remove(target)
+            # listed once whole, just before its rename: a kill between the two leaves a listed name
+            # that is missing (written again) or whole in place (kept), never an unlisted file of ours
+            holds = {**key_of(target), **_footprint(tmp)}
+            _journal(dest, target.name, holds)
+            os.replace(tmp, target)
         except BaseException:
-            _remove(tmp)  # best effort; the next run clears what is left
+            # up to the rename (was: up to the end of the write only, so Ctrl-C in the journal
+            # append or the footprint left the whole temporary file behind); best effort, the
+            # next export into ``dest`` clears what is left
+            _remove(tmp)
             raise
-        if target.exists() or target.is_symlink():  # --overwrite: unlist it first, then replace it
-            if target.name in done:
-                del done[target.name]
-                _journal(dest, target.name, None)
-            _remove(target)
-        # listed once whole, just before its rename: a kill between the two leaves a listed name
-        # that is missing (written again) or whole in place (kept), never an unlisted file of ours
-        holds = {**key_of(target), **_footprint(tmp)}
-        _journal(dest, target.name, holds)
-        os.replace(tmp, target)
         done[target.name] = holds
         written.append(target)
     return written
