@@ -5,12 +5,17 @@ finished result or something the next run completes or clears, never a mix that 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
+import zarr
 
+import simaq_factory.score.baseline as baseline_mod
 import simaq_factory.score.run as run_mod
 import simaq_factory.store.export as export_mod
+from simaq_factory.score.baseline import run_baseline
 from simaq_factory.score.run import ScoreResult, check_report_dir, write_outputs
 from simaq_factory.store.export import export_dataset
 
@@ -102,3 +107,37 @@ def test_an_export_clears_what_a_killed_export_with_other_options_left(ds, tmp_p
     export_dataset(ds, dest, fmt="tiff", indices=[0], arrays=["labels"])
     assert sorted(p.name for p in dest.iterdir()) == [".simaq-export.jsonl", "notes.partial",
                                                       "sample_000000_labels.tif"]
+
+
+# --- baseline ------------------------------------------------------------------------------------
+
+def test_a_baseline_killed_before_its_final_rename_is_finished_not_recomputed(ds, tmp_path, monkeypatch, caplog):
+    """The last step removed progress.json, then renamed ``.PRED.partial`` to PRED: a kill between
+    the two left a complete output without progress.json, which the next run discarded with the
+    warning "another configuration" (it was the same) and reconstructed every sample again."""
+    pred = tmp_path / "b.zarr"
+    real = os.replace
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        if Path(dst) == pred:
+            raise KeyboardInterrupt  # progress.json is gone, the rename not done
+        real(src, dst)
+
+    monkeypatch.setattr(baseline_mod.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_baseline(ds, pred, "fbp-ramlak")
+    monkeypatch.undo()
+    tmp = tmp_path / ".b.zarr.partial"
+    assert not pred.exists() and not (tmp / "progress.json").exists()
+    assert zarr.open_group(tmp, mode="r").attrs["status"] == "complete"
+    with caplog.at_level(logging.WARNING, logger="simaq_factory.score.baseline"):
+        report = run_baseline(ds, pred, "fbp-ramlak")
+    assert (report["built"], report["skipped"]) == (0, 3)
+    assert not caplog.records, caplog.text
+    assert not tmp.exists() and zarr.open_group(pred, mode="r").attrs["status"] == "complete"
+    # another configuration's complete output is still no result of this one: started over
+    pred2 = tmp_path / "h.zarr"
+    os.rename(pred, tmp_path / ".h.zarr.partial")
+    with caplog.at_level(logging.WARNING, logger="simaq_factory.score.baseline"):
+        report = run_baseline(ds, pred2, "fbp-hamming")
+    assert report["built"] == 3 and "another configuration" in caplog.text

@@ -14,7 +14,9 @@ With three axes every acquisition ``k`` is reconstructed from ``sinogram[i, k]``
 in the frame of its tilt axis and stored back in (z, y, x) (:mod:`simaq_factory.acquisition.axes`).
 
 It is built in ``.PRED.partial`` next to ``PRED``, one sample at a time (``progress.json`` lists the
-finished samples, so an interrupted run resumes), and renamed to ``PRED`` when complete.
+finished samples, so an interrupted run resumes), and renamed to ``PRED`` when complete: its status
+attribute set to ``complete``, ``progress.json`` removed, then the rename; a run killed between the
+last two finds a complete ``.PRED.partial`` of the same baseline and only renames it.
 """
 
 from __future__ import annotations
@@ -157,6 +159,14 @@ def run_baseline(
         raise BadInput(str(pred), "already exists (and is not this baseline of this dataset); "
                        "choose another -o or remove it")
     tmp = _partial_path(pred)
+    if not (tmp / _PROGRESS).exists() and _is_same_complete(tmp, ident):
+        # killed after the last step removed progress.json and before the rename: it is finished,
+        # and only the rename is left (was: taken for another configuration's unfinished output,
+        # discarded with a warning saying so, and every sample reconstructed again)
+        os.replace(tmp, pred)
+        logger.info("%s: finished earlier; renamed %s -> %s", method, tmp, pred)
+        return {"path": pred, "n_samples": gt.n_samples, "built": 0, "skipped": gt.n_samples,
+                "seconds": 0.0}
     done = _open_partial(tmp, ident, gt.n_samples, gt.pred_shape, chunk_z=_chunk_z(gt),
                          extra={"source_path": str(gt_dir.resolve())})
     t0 = time.perf_counter()
