@@ -139,7 +139,7 @@ def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samp
     """IoU and Dice per class and per sample of CHECKPOINT on DATASET (JSON and a plot)."""
     # the paths first: torch (below) takes seconds to import
     out_dir = _report_dir(Path(out) if out else Path(checkpoint).parent / f"eval-{Path(dataset).resolve().name}",
-                          dataset, overwrite)
+                          dataset, overwrite, "evaluation")
     _check_checkpoint_path(checkpoint)
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
@@ -232,7 +232,7 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
 def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search_order: bool,
              axes: str, overwrite: bool) -> None:
     """Multi-Otsu intensity-threshold baseline on DATASET's normalised reconstructions."""
-    out_dir = _report_dir(Path(out), dataset, overwrite)
+    out_dir = _report_dir(Path(out), dataset, overwrite, "baseline")
     from simaq_train.evaluate import otsu_baseline, write_report
 
     rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,
@@ -275,17 +275,41 @@ def bench(features: int, depth: int, size: int, window: int, batch_size: int, st
                                                load_at_start)}))
 
 
-def _report_dir(out: Path, dataset: str, overwrite: bool) -> Path:
+def _report_dir(out: Path, dataset: str, overwrite: bool, stem: str) -> Path:
     """Before any work (evaluate, baseline): ``out`` usable as the report folder, never an earlier
-    report replaced without ``overwrite``, and ``dataset`` a simaq-factory dataset; BadInput else."""
+    report replaced without ``overwrite``, and ``dataset`` a simaq-factory dataset; BadInput else.
+
+    ``stem`` names the command's report (``evaluation``, ``baseline``: ``STEM.json``, ``STEM_iou.png``,
+    written by :func:`simaq_train.evaluate.write_report` under temporary names, the JSON last). What
+    an interrupted run of the command left (its temporary files, which a SIGKILL does not remove, or
+    the plot without the JSON) is no report: the folder is accepted and those temporary files are
+    removed (was: refused as "not empty (an earlier report?)", so a killed run blocked its re-run)."""
     from simaq_factory.errors import check_output_dir
 
     out_dir = check_output_dir(out)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise_bad(str(out_dir), "exists and is not empty (an earlier report?); use --overwrite to replace it")
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    leftovers = [n for n in entries if _is_report_leftover(n, stem)]
+    kept = [n for n in entries if n not in leftovers and n != f"{stem}_iou.png"]
+    if kept and not overwrite:
+        if f"{stem}.json" in kept:
+            raise_bad(str(out_dir), f"exists and is not empty (it holds an earlier report, {stem}.json); "
+                      "use --overwrite to replace it")
+        raise_bad(str(out_dir), f"exists and is not empty (it holds {kept[0]}{', …' if len(kept) > 1 else ''}, "
+                  "which is no report of this command); use --overwrite to write into it, or choose another -o")
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise_bad(dataset, "not a simaq-factory dataset (no dataset.zarr)")
+    for name in leftovers:  # an interrupted run's temporary files; this run writes its own
+        (out_dir / name).unlink(missing_ok=True)
     return out_dir
+
+
+def _is_report_leftover(name: str, stem: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`simaq_train.evaluate.write_report` for ``stem``
+    (``.STEM.tmp-PID.json``, ``.STEM_iou.tmp-PID.png``)."""
+    for prefix, suffix in ((f".{stem}.tmp-", ".json"), (f".{stem}_iou.tmp-", ".png")):
+        if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix):-len(suffix)].isdigit():
+            return True
+    return False
 
 
 def _check_checkpoint_path(checkpoint: str) -> None:
