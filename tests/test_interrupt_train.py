@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from simaq_factory.errors import BadInput
 from simaq_train.cli import _report_dir, cli
+from simaq_train.data.volumes import write_volume
 
 
 @pytest.fixture()
@@ -55,3 +58,30 @@ def test_what_a_killed_report_left_does_not_block_the_rerun(fake_ds, tmp_path, s
     with pytest.raises(BadInput, match="--overwrite"):
         _report_dir(out, str(fake_ds), False, stem)
     assert (out / f".{other}.tmp-1.json").exists()
+
+
+def test_an_interrupted_zarr_overwrite_keeps_the_earlier_result(tmp_path, monkeypatch):
+    """The earlier Zarr was removed before the new one was renamed in: Ctrl-C between the two left
+    no output at all."""
+    out = tmp_path / "seg.zarr"
+    first = np.ones((4, 8, 8), np.uint8)
+    write_volume(out, first)
+    real = os.replace
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        if Path(src).name.startswith(".seg.zarr.tmp-") and Path(dst) == out:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_volume(out, np.full((4, 8, 8), 2, np.uint8), overwrite=True)
+    monkeypatch.undo()
+    assert np.array_equal(zarr.open_array(out, mode="r")[...], first)
+    assert os.listdir(tmp_path) == ["seg.zarr"]  # neither the new temporary nor the old one aside
+    # a kill after the earlier one was renamed aside leaves it hidden; the next write removes it
+    os.rename(out, tmp_path / ".seg.zarr.old-4242")
+    write_volume(out, np.full((4, 8, 8), 3, np.uint8))
+    write_volume(out, np.full((4, 8, 8), 2, np.uint8), overwrite=True)
+    assert int(zarr.open_array(out, mode="r")[0, 0, 0]) == 2
+    assert os.listdir(tmp_path) == ["seg.zarr"]

@@ -555,16 +555,37 @@ def write_volume(path: str | Path, volume: np.ndarray,
     except OSError as err:
         raise BadInput(str(p), f"cannot create the output directory ({err.strerror})") from None
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    old = p.with_name(f".{p.name}.old-{os.getpid()}")
     try:
         _write_to(tmp, suf, volume, voxel_size, list(class_names) if slicer and class_names else None, like)
         if p.is_dir():
             if not is_own_zarr(p):  # checked again: never remove anything else
                 raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
-            shutil.rmtree(p)
+            # a folder cannot be replaced by a rename: the earlier Zarr is renamed aside, the new one
+            # renamed in, and only then the earlier one removed, so an interrupt at any point leaves
+            # one whole result at ``p`` (was: removed first, so Ctrl-C between the removal and the
+            # rename, or inside it, left no output, or a half-deleted Zarr reading as background)
+            os.replace(p, old)
         os.replace(tmp, p)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if old.is_dir():
+            if p.exists():  # the new one is in place
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # stopped before the new one was renamed in: the earlier result goes back
+                os.replace(old, p)
+    if suf == ".zarr":
+        _sweep_replaced(p)
     return p
+
+
+def _sweep_replaced(p: Path) -> None:
+    """Remove earlier results of ``p`` that a killed :func:`write_volume` left renamed aside
+    (``.NAME.old-PID``, Zarr arrays it wrote): ``p`` holds the newer one."""
+    prefix = f".{p.name}.old-"
+    for stale in p.parent.iterdir():
+        if stale.name.startswith(prefix) and stale.name[len(prefix):].isdigit() and is_own_zarr(stale):
+            shutil.rmtree(stale, ignore_errors=True)
