@@ -152,3 +152,17 @@ def test_preview_sinogram_rows_sit_at_their_recorded_angles(angles):
     widths = np.diff(edges)
     assert np.all(widths > 0)
     assert np.ma.getmaskarray(values).all(axis=1).sum() == (np.diff(np.sort(angles)) > 1.5 * step).sum()
+
+
+@pytest.mark.parametrize("axes", [1, 3])
+def test_preview_title_names_the_frame_of_what_it_shows(axes):
+    """One axis: z is the tilt axis. Three: each recon row is about its own axis (the title said
+    'z = tilt axis' for all of them); the sinogram panel is axis z's."""
+    title = preview_figure(_arrays(axes, EVEN), 0, "fbp", "r" * 64)._suptitle.get_text()
+    if axes == 1:
+        assert "(z = tilt axis; beam along y at 0 deg)" in title
+    else:
+        assert "three tilt axes" in title and "sinogram is axis z's" in title and "(z = tilt axis" not in title
+    recon_rows = sorted({ax.get_title().split("  ")[0] for ax in preview_figure(
+        _arrays(axes, EVEN), 0, "fbp", "r" * 64).axes if ax.get_title().startswith("recon")})
+    assert recon_rows == (["recon (raw FBP)"] if axes == 1 else [f"recon, tilt axis {a}" for a in "xyz"])

@@ -118,6 +118,20 @@ def test_verify_regen_detects_tampered_but_rechecksummed_data(built, tmp_path):
     assert cli("verify", str(out), "--regen", "4").exit_code == 0
 
 
+def test_verify_regen_names_the_artifact_parameters_that_differ(built, tmp_path):
+    """A record whose blur was drawn otherwise (an older version's sampled kernel): --regen names the
+    artifact stage that differs, not a guess."""
+    out = copy_of(built, tmp_path)
+    prov_path = out / "provenance" / "shard-000000.json"
+    prov = json.loads(prov_path.read_text())
+    blur = prov["sample_records"][0]["artifacts"]["blur"]
+    blur["kernel"] = "sampled"
+    prov_path.write_text(json.dumps(resealed(prov)))
+    result = cli("verify", str(out), "--regen", "1")
+    assert result.exit_code == 1
+    assert "sample 0: regenerated artifact parameters differ from provenance (blur)" in result.output, result.output
+
+
 def test_freeze_writes_card_sums_and_refuses_writes(built, tmp_path):
     out = copy_of(built, tmp_path)
     result = cli("freeze", str(out))

@@ -155,7 +155,9 @@ def preview_figure(g: Any, index: int, method: str, rid: str) -> Any:
         axes[-1, 2].text(0.0, 0.5, f"{k} angles, {angles[0]:.1f} to {angles[k - 1]:.1f} deg",
                          fontsize=9, transform=axes[-1, 2].transAxes)
     # named by its recipe, not by the folder's name here (a published copy's previews are the same bytes)
-    fig.suptitle(f"recipe {rid[:12]}: sample {index}  (z = tilt axis; beam along y at 0 deg)", fontsize=11)
+    frame = ("z = tilt axis; beam along y at 0 deg" if recon.ndim == 3 else
+             "three tilt axes, each recon row names its own; the sinogram is axis z's, beam along y at 0 deg")
+    fig.suptitle(f"recipe {rid[:12]}: sample {index}  ({frame})", fontsize=11)
     return fig
 
 

@@ -209,8 +209,10 @@ def regenerate_and_compare(out: Path, recipe: Any, index: int, report: VerifyRep
     if stored_rec is not None and stored_rec.get("phantom_spec") != record["phantom_spec"]:
         report.problems.append(f"sample {index}: regenerated phantom spec differs from provenance")
     if stored_rec is not None and stored_rec.get("artifacts") != record["artifacts"]:
-        report.problems.append(f"sample {index}: regenerated artifact parameters (bank entries, "
-                               "orientations, beads) differ from provenance")
+        old_art, new_art = stored_rec.get("artifacts") or {}, record["artifacts"] or {}
+        which = sorted(k for k in set(old_art) | set(new_art) if old_art.get(k) != new_art.get(k))
+        report.problems.append(f"sample {index}: regenerated artifact parameters differ from provenance "
+                               f"({', '.join(which) or 'their layout'})" + other_software)
     # CUDA's random kernels map elements to Philox streams by the GPU's multiprocessor count, so the
     # device noise (ice field, Poisson, detector) repeats only on the same device type and GPU model
     built_name = str(prov.get("device_name", ""))
