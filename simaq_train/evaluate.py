@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from itertools import permutations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from simaq_train.data.normalize import fov_mask
 from simaq_train.data.build import check_fov
 from simaq_train.data.sources import FactorySource, infer_n_classes
 from simaq_train.metrics import confusion, headline_scores, iou_dice, mean_defined
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -261,11 +264,18 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
 
 
 def evaluate_checkpoint(ckpt: str | Path, dataset: str | Path, *, use_ema: bool = True, batch_size: int = 8,
-                        max_samples: int = 0, post: bool = False, device: str = "auto", axes: str = "all",
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                        max_samples: int = 0, post: bool = False, device: str | torch.device = "auto",
+                        axes: str = "all", progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score ``ckpt`` on ``dataset`` as ``simaq-train evaluate`` does (its report, not yet written).
+
+    ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` (an unusable
+    one is a ``BadInput`` naming ``--device``, the flag it comes from); ``batch_size`` >= 1 is
+    checked before the checkpoint is read (a ``ValueError`` naming it)."""
     from simaq_train.engine.parts import resolve_device
     from simaq_train.inference import load_model, segment
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BadInput("batch_size", f"must be an int >= 1, got {batch_size!r}")  # --batch-size: click checks it
     if not (Path(dataset) / "dataset.zarr").is_dir():
         raise BadInput(str(dataset), "not a simaq-factory dataset (no dataset.zarr)")
     dev = resolve_device(device, "--device")

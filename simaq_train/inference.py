@@ -26,24 +26,36 @@ from simaq_train.config import TrainConfig, config_from_dict
 from simaq_train.data.normalize import fov_mask, normalize_finite
 from simaq_train.data.stream import window_indices
 from simaq_train.data.volumes import check_output_path, frame_permutation, read_volume_meta, write_volume
-from simaq_train.engine.parts import amp_dtype, load_checkpoint
+from simaq_train.engine.parts import amp_dtype, load_checkpoint, resolve_device
 from simaq_train.model import CenterSliceUNet
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, "float | None"], None]  # (what is being done, fraction done or None)
+Device = str | torch.device  # "auto" | "cpu" | "cuda" | "cuda:N", or a torch.device of one of them
+
+#: what ``predict_volume``'s ``edge_mode`` and ``amp`` take (``amp`` as the config's ``optim.amp``)
+EDGE_MODES = ("reflect", "replicate")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
 def load_model(ckpt_path: str | Path, use_ema: bool = True,
-               device: torch.device = torch.device("cpu")) -> tuple[CenterSliceUNet, TrainConfig]:
+               device: Device = "cpu") -> tuple[CenterSliceUNet, TrainConfig]:
     """The (EMA, when present and requested) model of a checkpoint in eval mode, and its config,
-    whose ``optim.amp`` is the precision the weights were trained in when the checkpoint records it."""
-    return model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, use_ema, device)
+    whose ``optim.amp`` is the precision the weights were trained in when the checkpoint records it.
+
+    ``device`` (here and in every function of this module): ``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or a ``torch.device``, resolved as the ``--device`` flag is (``auto``: CUDA when
+    there is one); anything else, or CUDA where there is none, is a ``ValueError`` (``BadInput``)
+    naming ``device``."""
+    dev = resolve_device(device, "device")  # before the checkpoint is read
+    return model_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, use_ema, dev)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], ckpt_path: str | Path, use_ema: bool = True,
-                          device: torch.device = torch.device("cpu")) -> tuple[CenterSliceUNet, TrainConfig]:
+                          device: Device = "cpu") -> tuple[CenterSliceUNet, TrainConfig]:
     """:func:`load_model` of a checkpoint already read with ``load_checkpoint``."""
+    device = resolve_device(device, "device")
     try:
         cfg = config_from_dict(ckpt["config"])
         if ckpt.get("trained_amp") in ("off", "fp16", "bf16"):
@@ -116,13 +128,42 @@ def cpu_batch_size(model: CenterSliceUNet, window: int, height: int, width: int,
     return fit
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_predict_args(volume: Any, window: Any, batch_size: Any, edge_mode: Any, amp: Any) -> None:
+    """``predict_volume``'s arguments, each refused with a ``BadInput`` (a ``ValueError``) naming it:
+    a wrong one otherwise ran (an even window took one slice more, an unknown ``edge_mode`` was
+    ``reflect``, an unknown ``amp`` fp16) or failed deep inside torch."""
+    shape = getattr(volume, "shape", None)
+    if shape is None or len(shape) != 3:
+        got = f"shape {tuple(shape)}" if shape is not None else type(volume).__name__
+        raise BadInput("volume", f"must be a (Z, H, W) array, got {got}")
+    if not _is_int(window) or window < 1 or window % 2 == 0:
+        raise BadInput("window", f"must be a positive odd number (the model's data.window), got {window!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise BadInput("batch_size", f"must be an int >= 1, got {batch_size!r}")
+    if edge_mode not in EDGE_MODES:
+        raise BadInput("edge_mode", f"must be one of {', '.join(EDGE_MODES)}, got {edge_mode!r}")
+    if amp not in AMP_MODES:
+        raise BadInput("amp", f"must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+
+
 @torch.no_grad()
 def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, edge_mode: str = "reflect",
-                   batch_size: int = 8, device: torch.device = torch.device("cpu"),
+                   batch_size: int = 8, device: Device = "cpu",
                    amp: str = "auto", progress: Progress | None = None) -> np.ndarray:
     """volume: normalised float32 (Z, H, W) → uint8 (Z, H, W) argmax class ids. ``progress`` is
-    told ``("slice i/Z", i / Z)`` after each batch."""
-    mode = "replicate" if edge_mode == "replicate" else "reflect"
+    told ``("slice i/Z", i / Z)`` after each batch.
+
+    ``window``: the odd window depth the model was trained with (``cfg.data.window``; another one
+    runs but gives predictions the model was not trained for: :func:`segment` takes it from the
+    config); ``edge_mode``: ``reflect`` or ``replicate``; ``batch_size`` >= 1; ``amp``: ``auto``,
+    ``off``, ``fp16`` or ``bf16``; ``device`` as in :func:`load_model`. A wrong one is a
+    ``ValueError`` naming it, before any work."""
+    check_predict_args(volume, window, batch_size, edge_mode, amp)
+    device = resolve_device(device, "device")
     z, h, w = volume.shape
     div = model.divisor
     ph, pw = (-h) % div, (-w) % div
@@ -138,7 +179,7 @@ def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, e
     model.eval()
     for start in range(0, z, batch_size):
         ks = range(start, min(z, start + batch_size))
-        idx = torch.from_numpy(np.stack([window_indices(k, z, window, mode) for k in ks])).to(device)
+        idx = torch.from_numpy(np.stack([window_indices(k, z, window, edge_mode) for k in ks])).to(device)
         x = vol[idx].unsqueeze(1)  # (b, 1, window, H', W')
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
@@ -221,12 +262,12 @@ def model_edge_mode(cfg: TrainConfig) -> str:
 
 
 def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, batch_size: int,
-            device: torch.device, edge_mode: str | None = None, post: bool = False,
+            device: Device, edge_mode: str | None = None, post: bool = False,
             post_scale: float | None = None, progress: Progress | None = None) -> np.ndarray:
     """The segmentation ``predict`` writes, of a normalised (Z, H, W) volume in the model's frame:
     sliding-window prediction (ends padded as in training unless ``edge_mode`` says otherwise),
     background outside the field-of-view cylinder (the model never saw it), then post-processing.
-    ``evaluate --postprocess`` scores exactly this."""
+    ``evaluate --postprocess`` scores exactly this. Arguments are checked as in :func:`predict_volume`."""
     seg = predict_volume(model, volume, window=cfg.data.window,
                          edge_mode=edge_mode or model_edge_mode(cfg), batch_size=batch_size,
                          device=device, amp=cfg.optim.amp, progress=progress)
@@ -241,7 +282,7 @@ def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, bat
 def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *, use_ema: bool = True,
                      batch_size: int = 8, edge_mode: str | None = None, post: bool = True,
                      post_scale: float | None = None, tilt_axis: int = 0, beam_axis: int | None = None,
-                     normalize: bool = True, device: str = "auto", overwrite: bool = False,
+                     normalize: bool = True, device: Device = "auto", overwrite: bool = False,
                      progress: Progress | None = None) -> dict[str, Any]:
     """Read, normalise (training recipe), predict, post-process and write a uint8 label volume.
     ``progress(text, fraction or None)`` is told each step once the input has passed its checks
@@ -267,15 +308,14 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     of the normalisation statistics and set to 0 (the median of the normalised intensities), with a
     warning that counts them; a volume without a finite voxel in the field of view is refused.
     """
-    from simaq_train.engine.parts import resolve_device
-
     out = check_output_path(out, overwrite=overwrite, source=tomogram)
-    if edge_mode not in (None, "reflect", "replicate"):
-        raise BadInput("--edge", "expected reflect or replicate")
+    # the CLI's --edge and --batch-size never get here wrong (click checks them): the parameters are named
+    if edge_mode is not None and edge_mode not in EDGE_MODES:
+        raise BadInput("edge_mode", f"must be None, {' or '.join(EDGE_MODES)}, got {edge_mode!r}")
     perm = frame_permutation(tilt_axis, beam_axis)
     inverse = tuple(int(i) for i in np.argsort(perm))
-    if batch_size < 1:
-        raise BadInput("--batch-size", "must be >= 1")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise BadInput("batch_size", f"must be an int >= 1, got {batch_size!r}")
     if post_scale is not None and not (post_scale > 0 and np.isfinite(post_scale)):
         raise BadInput("--post-scale", f"must be > 0 and finite, got {post_scale}")
     dev = resolve_device(device, "--device")

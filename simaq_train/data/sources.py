@@ -207,6 +207,10 @@ class FactorySource:
 
     def __init__(self, path: str | Path, *, n_classes: int, fov_margin: float = 5.0,
                  axes: str = "all", max_samples: int = 0) -> None:
+        """``axes``: ``"all"`` (every acquisition axis of a three-axis dataset) or ``"first"``
+        (acquisition 0); anything else is a ``BadInput`` naming ``axes`` (it read as ``"first"``)."""
+        if axes not in ("all", "first"):
+            raise BadInput("axes", f"must be 'all' or 'first', got {axes!r}")
         self.path = Path(path)
         group, card = open_dataset(self.path)
         self.card = card

@@ -66,12 +66,15 @@ class EMA:
         torch._foreach_copy_(list(self.model.buffers()), list(model.buffers()))
 
 
-def resolve_device(name: str, key: str = "run.device") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; anything else, CUDA where there is none or an
-    index beyond the visible GPUs is bad input naming ``key`` (the config key or flag the name came
-    from), worded as every simaq-factory command words it."""
+def resolve_device(name: str | torch.device, key: str = "run.device") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, or a ``torch.device`` of one of them (checked the
+    same way: the Python API takes either); anything else, CUDA where there is none or an index
+    beyond the visible GPUs is bad input naming ``key`` (the config key, flag or parameter the name
+    came from), worded as every simaq-factory command words it."""
     from simaq_factory.device import resolve_device as resolve
 
+    if isinstance(name, torch.device):  # torch.device("cpu", 0) prints as "cpu:0", refused as a name
+        name = "cpu" if name.type == "cpu" else str(name)
     return resolve(name, key)
 
 
