@@ -219,18 +219,37 @@ def _stack_padded(acqs: list[Acquisition], a_max: int) -> tuple[torch.Tensor, np
     return proj, angles
 
 
+def _check_render_args(recipe: Recipe, index: Any, device: torch.device | str) -> torch.device:
+    """``render_sample``'s index (negative: NumPy's "expected non-negative integer" without a name;
+    past the dataset: rendered without a word) and device (a string failed after the phantom was
+    sampled) as a ``BadInput`` naming each; the device resolved."""
+    from simaq_factory.device import resolve_device
+    from simaq_factory.errors import BadInput
+
+    n = recipe.dataset.n_samples
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise BadInput("index", f"must be an int from 0 to dataset.n_samples - 1 = {n - 1}, got {index!r}")
+    if isinstance(device, torch.device):  # checked as a name: torch.device("cpu", 0) prints "cpu:0"
+        device = "cpu" if device.type == "cpu" else str(device)
+    return resolve_device(device, "device")
+
+
 def render_sample(
-    recipe: Recipe, index: int, device: torch.device, *, banks: NoiseBanks | None = None,
+    recipe: Recipe, index: int, device: torch.device | str, *, banks: NoiseBanks | None = None,
     host_views: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Render sample ``index``. Returns host arrays (no sample axis) and its provenance record.
 
+    ``index``: 0 … ``dataset.n_samples`` − 1; ``device``: a ``torch.device`` or ``"auto"``,
+    ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (resolved as ``execution.device`` is). Either wrong is a
+    ``ValueError`` (``BadInput``) naming it, before any work.
     ``banks``: the dataset's noise banks on ``device`` (``store.banks.load_banks``); when omitted
     they are generated in memory from the recipe, once per process (``memory_banks``).
     ``host_views``: on CUDA, return views of this thread's page-locked buffers (:func:`to_host`),
     overwritten by the next call, for a caller that copies them at once; by default the arrays
     are the caller's own.
     """
+    device = _check_render_args(recipe, index, device)
     shape = recipe.dataset.shape
     rngs = sample_rngs(recipe.seed, index)
     timings: dict[str, float] = {}
