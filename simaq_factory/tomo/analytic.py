@@ -38,7 +38,9 @@ def fbp(
     reconstruction circle at 0 when ``clip_circle``.
 
     Args:
-        proj: (A, Z, D) floating tensor of line integrals (voxel units), any device.
+        proj: (A, Z, D) floating tensor of line integrals (voxel units), any device; float16 and
+            bfloat16 are filtered and backprojected in float32 (the FFT has no half-precision CPU
+            path) and the result cast back.
         geom: the scan geometry (angles, centre, weighting).
         filter: one of :data:`simaq_factory.tomo.filters.FILTER_NAMES`.
         clip_circle: zero outside the inscribed circle (radius ``n // 2`` around the axis).
@@ -52,12 +54,14 @@ def fbp(
         (Z, Y, X) reconstruction, same dtype/device as ``proj``; for a full 180° scan with
         ``pi_over_2A`` weighting it approximates the attenuation per voxel length.
     """
-    _check_proj(proj, geom, geom.detectors)
-    filtered = filter_projections(proj, filter, pad_to=pad_to, extend=_EXTEND)
+    _check_proj(proj, geom)
+    half = proj.dtype in (torch.float16, torch.bfloat16)
+    work = proj.float() if half else proj
+    filtered = filter_projections(work, filter, pad_to=pad_to, extend=_EXTEND)
     if geom.det_spacing != 1.0:
         filtered.mul_(1.0 / geom.det_spacing)
-    weights = torch.as_tensor(geom.angle_weights(), dtype=proj.dtype, device=proj.device)
-    return backproject_table(
+    weights = torch.as_tensor(geom.angle_weights(), dtype=work.dtype, device=work.device)
+    recon = backproject_table(
         filtered,
         geom,
         geom.det_center + _EXTEND,
@@ -66,3 +70,4 @@ def fbp(
         max_chunk_bytes=max_chunk_bytes,
         backend=backend,
     )
+    return recon.to(proj.dtype) if half else recon

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -62,6 +63,14 @@ class ReconstructionConfig:
             raise ValueError(f"reconstruction.iterations must be an int >= 1, got {it!r}")
         if self.nonneg is not None and not isinstance(self.nonneg, bool):
             raise ValueError(f"reconstruction.nonneg must be true, false or null, got {self.nonneg!r}")
+        # checked here: the Geometry reconstruct() builds refused them later, naming
+        # Geometry.center / Geometry.weighting, fields the caller never set
+        if self.weighting not in ("pi_over_2A", "quadrature"):
+            raise ValueError(f"reconstruction.weighting must be 'pi_over_2A' or 'quadrature', got {self.weighting!r}")
+        c = self.center
+        number = isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+        if c not in ("astra", "skimage") and not number:  # a number: a pixel index, as Geometry takes
+            raise ValueError(f"reconstruction.center must be 'astra' or 'skimage', got {c!r}")
 
     @property
     def effective_nonneg(self) -> bool:
@@ -83,6 +92,9 @@ def reconstruct(proj: torch.Tensor, geom: Geometry, cfg: ReconstructionConfig, *
     from simaq_factory.tomo.analytic import fbp
     from simaq_factory.tomo.iterative import cgls, sirt
 
+    if not isinstance(cfg, ReconstructionConfig):  # a dict: an AttributeError on its first field otherwise
+        raise TypeError(f"cfg must be a ReconstructionConfig (ReconstructionConfig(**fields) for a dict), "
+                        f"got {type(cfg).__name__}")
     expected = Geometry(n=geom.n, angles=geom.angles[:1], center=cfg.center).image_center
     if abs(geom.image_center - expected) > 1e-9:
         raise ValueError(

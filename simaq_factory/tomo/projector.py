@@ -128,7 +128,13 @@ def pixel_table(volume: torch.Tensor) -> torch.Tensor:
     return F.pad(volume, (1, 1, 1, 1)).reshape(z, (n + 2) * (n + 2)).t().contiguous()
 
 
+def _check_geometry(geom: Geometry) -> None:
+    if not isinstance(geom, Geometry):  # None, a dict: an AttributeError on its first field otherwise
+        raise ValueError(f"geom must be a simaq_factory.tomo.Geometry, got {type(geom).__name__}")
+
+
 def _check_volume(volume: torch.Tensor, geom: Geometry) -> None:
+    _check_geometry(geom)
     if not isinstance(volume, torch.Tensor) or volume.ndim != 3:
         raise ValueError(f"volume must be a (Z, Y, X) tensor, got {type(volume).__name__} {getattr(volume, 'shape', '')}")
     if not volume.is_floating_point():
@@ -137,7 +143,10 @@ def _check_volume(volume: torch.Tensor, geom: Geometry) -> None:
         raise ValueError(f"volume slices must be {geom.n}×{geom.n} for this geometry, got {tuple(volume.shape[1:])}")
 
 
-def _check_proj(proj: torch.Tensor, geom: Geometry, det: int) -> None:
+def _check_proj(proj: torch.Tensor, geom: Geometry, det: int | None = None) -> None:
+    """``proj`` an (A, Z, D) floating tensor for ``geom``; ``det``: D (default ``geom.detectors``)."""
+    _check_geometry(geom)
+    det = geom.detectors if det is None else det
     if not isinstance(proj, torch.Tensor) or proj.ndim != 3:
         raise ValueError(f"projections must be an (A, Z, D) tensor, got {getattr(proj, 'shape', type(proj))}")
     if not proj.is_floating_point():
