@@ -46,6 +46,7 @@ from simaq_factory.tomo.geometry import Geometry
 
 __all__ = [
     "ASTRA_FILTERS",
+    "ASTRA_PROJECTORS",
     "BackendUnavailable",
     "astra_available",
     "astra_fbp",
@@ -55,8 +56,11 @@ __all__ = [
     "torch_radon_forward",
 ]
 
-#: Filters ASTRA's FBP implements under the same names as ours.
+#: Filters ASTRA's FBP implements under the same names as ours (our aliases, e.g. ``ramp`` for
+#: ``ram-lak``, are taken too: :func:`astra_fbp`).
 ASTRA_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+#: ASTRA's 2D CPU projectors for a parallel geometry (``astra_forward``'s ``projector``).
+ASTRA_PROJECTORS = ("linear", "strip", "line")
 
 _A = TypeVar("_A", torch.Tensor, np.ndarray)
 
@@ -159,7 +163,10 @@ def astra_forward(volume: _A, geom: Geometry, *, projector: str = "linear") -> _
 
     ``projector`` is ASTRA's CPU projector: ``linear`` (Joseph, interpolating — the closest to
     ours), ``strip`` (area-weighted) or ``line``; the CUDA path always uses ASTRA's GPU projector.
+    Another name is a ``ValueError`` (checked before ASTRA is imported).
     """
+    if projector not in ASTRA_PROJECTORS:  # ASTRA's own error came after its data objects were made
+        raise ValueError(f"projector must be one of {', '.join(ASTRA_PROJECTORS)}, got {projector!r}")
     astra = _import_astra()
     vol = _as_numpy(volume, 3, "volume")
     if vol.shape[1:] != (geom.n, geom.n):
@@ -189,11 +196,12 @@ def astra_forward(volume: _A, geom: Geometry, *, projector: str = "linear") -> _
 def astra_fbp(proj: _A, geom: Geometry, filter: str = "ram-lak", *, clip_circle: bool = True) -> _A:
     """FBP of an (A, Z, D) projection stack through ASTRA: (Z, Y, X), like :func:`~simaq_factory.tomo.fbp`.
 
-    ``filter`` is one of :data:`ASTRA_FILTERS`; ``geom.weighting`` is honoured (module docstring).
+    ``filter`` is one of :data:`ASTRA_FILTERS`, or an alias :func:`~simaq_factory.tomo.fbp` takes
+    for one (``ramp``, ``ramlak``, ``ram_lak``, ``shepp_logan``); another is a ``ValueError``
+    (checked before ASTRA is imported). ``geom.weighting`` is honoured (module docstring).
     """
+    astra_filter = _astra_filter(filter)
     astra = _import_astra()
-    if filter not in ASTRA_FILTERS:
-        raise ValueError(f"ASTRA has no filter {filter!r}; choose one of {', '.join(ASTRA_FILTERS)}")
     p = _as_numpy(proj, 3, "projections")
     if p.shape[0] != geom.n_angles or p.shape[2] != geom.detectors:
         raise ValueError(f"projections must be (A={geom.n_angles}, Z, D={geom.detectors}), got {p.shape}")
@@ -215,7 +223,7 @@ def astra_fbp(proj: _A, geom: Geometry, filter: str = "ram-lak", *, clip_circle:
             cfg = astra.astra_dict("FBP")
             cfg["ProjectorId"] = pid
         cfg["ProjectionDataId"], cfg["ReconstructionDataId"] = sid, vid
-        cfg["option"] = {"FilterType": filter}
+        cfg["option"] = {"FilterType": astra_filter}
         _astra_run(astra, cfg, sinos, sid, vid, out)
     finally:
         astra.data2d.delete([vid, sid])
@@ -224,6 +232,17 @@ def astra_fbp(proj: _A, geom: Geometry, filter: str = "ram-lak", *, clip_circle:
     if clip_circle:
         out *= _circle(geom)[None]
     return _like(out, proj)
+
+
+def _astra_filter(name: str) -> str:
+    """ASTRA's name of our FBP filter ``name`` (its canonical name: ``ramp`` is ``ram-lak``)."""
+    from simaq_factory.tomo.filters import _ALIASES
+
+    key = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in ASTRA_FILTERS:
+        raise ValueError(f"ASTRA has no filter {name!r}; choose one of {', '.join(ASTRA_FILTERS)} "
+                         f"(or an alias: {', '.join(k for k, v in _ALIASES.items() if v in ASTRA_FILTERS)})")
+    return key
 
 
 def _circle(geom: Geometry) -> np.ndarray:
