@@ -164,6 +164,10 @@ def predict_volume(model: CenterSliceUNet, volume: np.ndarray, *, window: int, e
     ``ValueError`` naming it, before any work."""
     check_predict_args(volume, window, batch_size, edge_mode, amp)
     device = resolve_device(device, "device")
+    weights = next(iter(model.parameters()), None)
+    if weights is not None and weights.device != device:  # torch's own error came from inside a convolution
+        raise ValueError(f"device: the model's weights are on {weights.device}, the volume was to go to {device}; "
+                         f"load the model there (load_model(..., device='{device}')) or move it (model.to(device))")
     z, h, w = volume.shape
     div = model.divisor
     ph, pw = (-h) % div, (-w) % div

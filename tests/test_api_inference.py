@@ -123,3 +123,14 @@ def test_factory_source_refuses_an_unknown_axes_value(tiny):
         FactorySource(tiny.ds, n_classes=4, axes="second")
     with pytest.raises(ValueError, match=r"^axes: "):
         FactorySource(Path(tiny.tmp) / "missing", n_classes=4, axes="second")  # checked before the path
+
+
+def test_predict_volume_refuses_a_model_on_another_device(tiny):
+    """load_model's model on one device and device= another failed inside the first convolution
+    (torch's type-mismatch error); the Python API says which is where, before any work."""
+    model, cfg = load_model(tiny.ckpt, device="cpu")
+    model.to("meta")  # stands for "weights on a GPU" on a machine without one
+    with pytest.raises(ValueError, match=r"^device: the model's weights are on meta, the volume was to go to cpu"):
+        predict_volume(model, tiny.vol, window=cfg.data.window, device="cpu")
+    with pytest.raises(ValueError, match=r"^device: the model's weights are on meta"):
+        segment(model, cfg, tiny.vol, batch_size=2, device=CPU)

@@ -84,6 +84,17 @@ def test_plan_forward_is_forward_project_bitwise() -> None:
     assert torch.equal(circle.forward(vol), forward_project(masked, geom))
 
 
+def test_plan_takes_a_device_named_without_its_index() -> None:
+    """ProjectorPlan(device='cuda') kept 'cuda' while its tensors said 'cuda:0', and every call was
+    refused ('rows must be ... on cuda, got ... on cuda:0'); 'cpu:0' shows the same on a CPU."""
+    geom = GEOMETRIES["limited_astra"]
+    vol = torch.rand(2, geom.n, geom.n, generator=torch.Generator().manual_seed(1))
+    plan = ProjectorPlan(geom, dtype=torch.float32, device="cpu:0")
+    assert plan.device == torch.device("cpu")
+    assert torch.equal(plan.forward(vol), forward_project(vol, geom))
+    assert plan.adjoint(plan.forward(vol)).shape == vol.shape
+
+
 def _cached_bytes(plan: ProjectorPlan) -> int:
     plan.adjoint(torch.zeros(plan.geom.n_angles, 1, plan.geom.detectors))  # builds and caches all it may
     return plan.cached_bytes

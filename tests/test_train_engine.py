@@ -127,3 +127,29 @@ def test_initial_weights_are_a_function_of_the_seed(tiny_ds, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     convs = [k for k in a if k.endswith("weight") and a[k].ndim >= 4]
     assert convs and all(not torch.equal(a[k], c[k]) for k in convs)
+
+
+@pytest.mark.parametrize("device, local_rank, visible, said", [
+    ("auto", 1, 1, "rank 1 has LOCAL_RANK 1 but sees 1 GPU(s)"),
+    ("cuda", 2, 2, "rank 1 has LOCAL_RANK 2 but sees 2 GPU(s)"),
+    ("cuda:0", 0, 2, "cuda:0 names one GPU, but each of the 2 processes"),
+])
+def test_a_distributed_run_refuses_a_gpu_its_rank_cannot_have(tiny_ds, tmp_path, monkeypatch, device, local_rank,
+                                                              visible, said):
+    """Under torchrun each rank takes cuda:LOCAL_RANK: more ranks per node than GPUs failed in CUDA
+    ('invalid device ordinal', exit 1) and an explicit cuda:N was silently replaced by the rank's GPU."""
+    from simaq_factory.errors import BadInput
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+
+    def no_gpu(_d):  # type: ignore[no-untyped-def]
+        raise AssertionError("set_device reached with a GPU the rank cannot have")
+
+    monkeypatch.setattr(torch.cuda, "set_device", no_gpu)
+    tree = {"seed": 5, "data": {"train": [str(tiny_ds)], "window": 3}, "model": {"init_features": 2, "depth": 1},
+            "run": {"out": str(tmp_path / "run"), "device": device}}
+    with pytest.raises(BadInput) as err:
+        Trainer(config_from_dict(tree), Dist(rank=1, world=2, local_rank=local_rank))
+    assert err.value.path == "run.device" and said in str(err.value), str(err.value)
+    assert not (tmp_path / "run").exists()

@@ -108,7 +108,9 @@ class ProjectorPlan:
             raise ValueError(f"plan dtype must be floating point, got {dtype}")
         self.geom = geom
         self.dtype = dtype
-        self.device = torch.device(device)
+        # the device its tensors report: 'cuda' means the current GPU ('cuda:0'), 'cpu:0' is 'cpu';
+        # the row checks compare with the rows' device, which always carries that form
+        self.device = torch.empty(0, device=torch.device(device)).device
         self.clip_circle = bool(clip_circle)
         n, width = geom.n, geom.n + 2
         yy, xx = torch.meshgrid(

@@ -466,6 +466,16 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
         if self.dist.world > 1 and self.device.type == "cuda":
+            # each rank of torchrun trains on the GPU of its LOCAL_RANK (DDP's convention)
+            if cfg.run.device.startswith("cuda:"):
+                raise BadInput("run.device", f"{cfg.run.device} names one GPU, but each of the {self.dist.world} "
+                                             "processes of a distributed run takes the GPU of its LOCAL_RANK; use "
+                                             "cuda or auto")
+            visible = torch.cuda.device_count()
+            if self.dist.local_rank >= visible:
+                raise BadInput("run.device", f"rank {self.dist.rank} has LOCAL_RANK {self.dist.local_rank} but sees "
+                                             f"{visible} GPU(s): start at most {visible} process(es) per node "
+                                             "(torchrun --nproc-per-node), each seeing every GPU of the node")
             self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
