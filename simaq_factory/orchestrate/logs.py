@@ -10,13 +10,20 @@ from pathlib import Path
 LOG_DIR = "logs"
 FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 _attached: dict[str, logging.Handler] = {}
+#: ``simaq_factory``'s own level before the first file was attached, when attaching had to lower
+#: it to INFO (so the file receives INFO); put back once the last file is detached.
+_saved_level: int | None = None
 
 
 def attach_log_file(out: Path, role: str) -> Path:
     """Send this process's ``simaq_factory`` log records (INFO and above) to a file in ``out``.
 
-    Idempotent per (process, file); returns the file's path.
+    Idempotent per (process, file); returns the file's path. The logger's level is lowered to INFO
+    only when it lets less than INFO through (it is never raised: a ``-vv`` console keeps its DEBUG
+    records, which the file handler's own INFO level keeps out of the file), and
+    :func:`detach_log_file` puts it back.
     """
+    global _saved_level
     path = out / LOG_DIR / f"{role}-{socket.gethostname()}-{os.getpid()}.log"
     key = str(path)
     if key in _attached:
@@ -27,17 +34,26 @@ def attach_log_file(out: Path, role: str) -> Path:
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("simaq_factory")
     logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+    if logger.getEffectiveLevel() > logging.INFO:
+        if not _attached:
+            _saved_level = logger.level
         logger.setLevel(logging.INFO)  # console handlers keep their own (CLI-chosen) level
     _attached[key] = handler
     return path
 
 
 def detach_log_file(path: Path) -> None:
+    """Remove the file handler :func:`attach_log_file` added for ``path``; after the last one, put
+    ``simaq_factory``'s level back as it was before the first."""
+    global _saved_level
     handler = _attached.pop(str(path), None)
     if handler is not None:
-        logging.getLogger("simaq_factory").removeHandler(handler)
+        logger = logging.getLogger("simaq_factory")
+        logger.removeHandler(handler)
         handler.close()
+        if not _attached and _saved_level is not None:
+            logger.setLevel(_saved_level)
+            _saved_level = None
 
 
 class _AbandonedGatherFilter(logging.Filter):
