@@ -15,12 +15,15 @@ from typing import Any
 
 import click
 
+from simaq_factory.cli.progress import bar_line, drawn, end_line, install_end_bar_line
 from simaq_factory.errors import PATH, OneLineGroup, handle_errors
 
 
 class Bar:
     """Progress on stderr: a redrawn one-line bar on a terminal; otherwise (logs, pipes) a plain
-    line at most every ``every_s`` seconds, and nothing at all when disabled."""
+    line at most every ``every_s`` seconds, and nothing at all when disabled. A terminal's bar line is
+    ended by :meth:`done` (or by a log record / error message: :mod:`simaq_factory.cli.progress`),
+    once, and only when one is drawn."""
 
     def __init__(self, enabled: bool, every_s: float = 30.0) -> None:
         self.enabled = enabled
@@ -36,6 +39,7 @@ class Bar:
             text = f"[{'#' * n}{'.' * (20 - n)}] {text}"
         if self.tty:
             click.echo("\r" + text[:150].ljust(150), err=True, nl=False)
+            drawn()
             return
         import time
 
@@ -45,8 +49,7 @@ class Bar:
             click.echo(text, err=True)
 
     def done(self) -> None:
-        if self.enabled and self.tty:
-            click.echo("", err=True)
+        end_line()
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +59,7 @@ def cli(verbose: int) -> None:
     """Train, evaluate and apply the 3D→2D U-Net on simaq-factory datasets."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    install_end_bar_line()  # a log record printed while a bar is drawn starts a new line
 
 
 @cli.command()
@@ -84,7 +88,8 @@ def fit(config: str, overrides: tuple[str, ...]) -> None:
                        + " ".join(f"{k}={v:.3f}" for k, v in rec["iou"].items() if v is not None), err=True)
 
     try:
-        res = run_fit(cfg, progress)
+        with bar_line():
+            res = run_fit(cfg, progress)
     except KeyboardInterrupt:
         bar.done()
         if not (Path(cfg.run.out) / "last.pt").is_file():  # nothing to resume from
@@ -144,10 +149,10 @@ def evaluate(checkpoint: str, dataset: str, out: str | None, ema: bool, max_samp
     from simaq_train.evaluate import evaluate_checkpoint, write_report
 
     bar = Bar(True)
-    rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
-                              max_samples=max_samples, post=postprocess, device=device, axes=axes,
-                              progress=lambda i, n: bar.show(f"sample {i}/{n}", i / n))
-    bar.done()
+    with bar_line():  # ended before an error / interrupt message too
+        rep = evaluate_checkpoint(checkpoint, dataset, use_ema=ema, batch_size=batch_size,
+                                  max_samples=max_samples, post=postprocess, device=device, axes=axes,
+                                  progress=lambda i, n: bar.show(f"sample {i}/{n}", i / n))
     js, png = write_report(rep, out_dir, "evaluation")
     _print_summary(rep)
     click.echo(f"wrote {js} and {png}")
@@ -204,11 +209,12 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
     from simaq_train.inference import predict_tomogram
 
     bar = Bar(True)
-    res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
-                           post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
-                           beam_axis=beam_axis, normalize=normalize, device=device, overwrite=overwrite,
-                           progress=lambda text, fraction: bar.show(f"{Path(tomogram).name}: {text}", fraction))
-    bar.done()
+    with bar_line():  # ended before an error / interrupt message too
+        res = predict_tomogram(checkpoint, tomogram, out, use_ema=ema, batch_size=batch_size, edge_mode=edge,
+                               post=postprocess, post_scale=post_scale, tilt_axis=tilt_axis,
+                               beam_axis=beam_axis, normalize=normalize, device=device, overwrite=overwrite,
+                               progress=lambda text, fraction: bar.show(f"{Path(tomogram).name}: {text}",
+                                                                        fraction))
     counts = ", ".join(f"{n} {c}" for n, c in zip(res["class_names"], res["voxels_per_class"]))
     click.echo(f"wrote {res['output']} {tuple(res['shape'])}; voxels per class: {counts}")
 

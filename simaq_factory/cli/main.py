@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import click
 
+from simaq_factory.cli.progress import bar_line, drawn, end_line, install_end_bar_line
 from simaq_factory.errors import PATH, BadInput, OneLineGroup, handle_errors
 from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.tomo.config import PROJECTOR_BACKENDS
@@ -49,6 +50,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # log files in OUT/logs still receive INFO
+    install_end_bar_line()  # a log record printed while the build's bar is drawn starts a new line
     if verbose < 2:
         # Dask logs every connection at INFO; read by dask's config when distributed is imported
         # (here and in spawned workers), so set it before any import of distributed
@@ -209,11 +211,16 @@ def _build(recipe: str, out: str, scheduler: str | None, cluster: str, overrides
     progress = _Progress()
 
     def on_cluster(desc: str, dashboard: str | None) -> None:
+        end_line()
         click.echo(f"cluster: {desc}" + (f"; dashboard {dashboard}" if dashboard else ""), err=True)
 
-    report = run_build(rec, Path(out), recipe_text=text, scheduler=scheduler, cluster=cluster,
-                       progress=progress, on_cluster=on_cluster, on_phase=lambda m: click.echo(m, err=True))
-    progress.close()
+    def on_phase(message: str) -> None:
+        end_line()
+        click.echo(message, err=True)
+
+    with bar_line():  # ended before the summary, or before the error / interrupt message
+        report = run_build(rec, Path(out), recipe_text=text, scheduler=scheduler, cluster=cluster,
+                           progress=progress, on_cluster=on_cluster, on_phase=on_phase)
     if report.frozen:
         click.echo(f"{out}: complete and frozen ({report.n_shards} shard(s)); nothing to do "
                    f"(`simaq-factory verify {out}` checks it)")
@@ -226,11 +233,11 @@ def _build(recipe: str, out: str, scheduler: str | None, cluster: str, overrides
 
 
 class _Progress:
-    """A one-line progress bar on stderr (a line per shard when stderr is not a terminal)."""
+    """A one-line progress bar on stderr (a line per shard when stderr is not a terminal); its line
+    is ended by :func:`simaq_factory.cli.progress.end_line`."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.shown = False
 
     def __call__(self, done: int, total: int, summary: dict[str, Any] | None) -> None:
         width = 30
@@ -239,13 +246,9 @@ class _Progress:
         line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}"
         if self.tty:
             click.echo("\r" + line.ljust(70), nl=False, err=True)
-            self.shown = True
+            drawn()
         else:
             click.echo(line, err=True)
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo("", err=True)
 
 
 @main.command()

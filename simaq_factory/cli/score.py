@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from simaq_factory.cli.progress import bar_line, drawn, end_line
 from simaq_factory.errors import PATH, check_output_dir, handle_errors
 
 __all__ = ["baseline", "score"]
@@ -17,14 +18,18 @@ __all__ = ["baseline", "score"]
 
 def _progress(label: str):  # type: ignore[no-untyped-def]
     """The build's progress bar (``[####....] done/total label``): in place on a terminal, else a
-    line every tenth."""
+    line every tenth. On a terminal the line stays open until the last step (or
+    :func:`~simaq_factory.cli.progress.end_line`)."""
     tty = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:
         filled = int(30 * done / max(total, 1))
         line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label}"
         if tty:
-            click.echo("\r" + line.ljust(70), nl=done == total, err=True)
+            click.echo("\r" + line.ljust(70), nl=False, err=True)
+            drawn()
+            if done == total:
+                end_line()
         elif done == total or done % max(1, total // 10) == 0:
             click.echo(line, err=True)
 
@@ -70,8 +75,9 @@ def score(gt: str, preds: tuple[str, ...], report_dir: str | None, only: str, fi
     out = Path(report_dir) if report_dir else first.parent / f"{first.name.removesuffix('.zarr')}-scores"
     check_output_dir(out)  # a directory, writable (or creatable), before scoring, not after
     check_report_dir(out, overwrite)  # never an earlier report (unless --overwrite) or others' files
-    result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
-                       fov_margin=fov_margin, progress=_progress("scored"))
+    with bar_line():  # ended before an error / interrupt message too
+        result = run_score(Path(gt), paths, only=only, fit=fit, span_bin_deg=span_bin,
+                           fov_margin=fov_margin, progress=_progress("scored"))
     written = write_outputs(result, out)
     for name, p in result.payload["predictions"].items():
         summary = p["overall"]
@@ -110,7 +116,8 @@ def baseline(gt: str, method: str, pred: str, iterations: int | None, nonneg: bo
     from simaq_factory.score.baseline import run_baseline
 
     dev = resolve_device(device, "--device")
-    report = run_baseline(Path(gt), Path(pred), method, iterations=iterations, nonneg=nonneg, device=dev,
-                          progress=_progress(method))
+    with bar_line():  # ended before an error / interrupt message too
+        report = run_baseline(Path(gt), Path(pred), method, iterations=iterations, nonneg=nonneg, device=dev,
+                              progress=_progress(method))
     click.echo(f"{method}: reconstructed {report['built']} sample(s), {report['skipped']} already done, "
                f"in {report['seconds']:.1f} s -> {report['path']}")
