@@ -56,6 +56,24 @@ def detach_log_file(path: Path) -> None:
             _saved_level = None
 
 
+class _ComputeFailedFilter(logging.Filter):
+    """Drops distributed's "Compute Failed" record of a worker whose task raised: a dozen lines per
+    attempt on the worker's stderr (which a LocalCluster's workers share with the console), with
+    the exception as a repr and the traceback as one quoted string. The shard task logs the failure
+    and its traceback to the worker's log file itself (:func:`~simaq_factory.orchestrate.task.run_shard`),
+    and the driver reports it in one line; distributed's other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed"))
+
+
+def quiet_compute_failed() -> None:
+    """Install :class:`_ComputeFailedFilter` on ``distributed.worker`` in this process (idempotent)."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _ComputeFailedFilter) for f in logger.filters):
+        logger.addFilter(_ComputeFailedFilter())
+
+
 class _AbandonedGatherFilter(logging.Filter):
     """Drops the tracebacks Dask's client leaves behind a Ctrl-C, after the driver's own one-line
     report (nothing is lost; the user would see a page of Dask internals):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from simaq_factory.device import resolve_device
-from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
+from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file, quiet_compute_failed
 from simaq_factory.pipeline import host_buffers, render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
@@ -254,9 +254,16 @@ def run_shard(
                             "simaq-factory checkout or version, torch, numpy and perlin-numpy)")
     _check_owner(Path(out), owner, shard_index)
     log_path = attach_log_file(Path(out), "worker")
+    # the failure is this one line and its traceback in the log file (the driver reports it on the
+    # console once), not distributed's multi-line "Compute Failed" block on stderr per attempt
+    quiet_compute_failed()
+    log.info("shard %d started (pid %d)", shard_index, os.getpid())
     try:
         with host_buffers():  # the process's page-locked buffers, not a set per pool thread
             return _run_shard(out, recipe_json, shard_index, device, threads, owner)
+    except Exception:
+        log.exception("shard %d failed", shard_index)
+        raise
     finally:
         detach_log_file(log_path)
 
