@@ -216,7 +216,7 @@ def predict(checkpoint: str, tomogram: str, out: str, ema: bool, batch_size: int
                                progress=lambda text, fraction: bar.show(f"{Path(tomogram).name}: {text}",
                                                                         fraction))
     counts = ", ".join(f"{n} {c}" for n, c in zip(res["class_names"], res["voxels_per_class"]))
-    click.echo(f"wrote {res['output']} {tuple(res['shape'])}; voxels per class: {counts}")
+    click.echo(f"wrote {res['output']} {'x'.join(map(str, res['shape']))} (z, y, x); voxels per class: {counts}")
 
 
 @cli.command()

@@ -251,7 +251,7 @@ def test_a_recipe_whose_cells_cannot_fit_says_so_not_re_run(tmp_path, monkeypatc
         result = CliRunner().invoke(main, cmd)
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().splitlines() == [
-            "error: phantom: sample 0 cannot be rendered: 1 cells do not fit a (64, 64, 64) volume: scale 0.5653 "
+            "error: phantom: sample 0 cannot be rendered: 1 cells do not fit a 64x64x64 (z, y, x) volume: scale 0.5653 "
             "needed, below 0.5 × requested 2 (a smaller phantom.scale, 'auto' for this dataset.shape, or fewer "
             "phantom.cells.count fit; phantom.layout.min_scale_fraction allows more shrinking)"], result.stderr
         assert not out.exists()
@@ -262,7 +262,7 @@ def test_a_recipe_whose_cells_cannot_fit_says_so_not_re_run(tmp_path, monkeypatc
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]
-    assert "2 of 2 shard(s) failed (shard 0: PhantomFitError: 1 cells do not fit a (64, 64, 64) volume" in line
+    assert "2 of 2 shard(s) failed (shard 0: PhantomFitError: 1 cells do not fit a 64x64x64 (z, y, x) volume" in line
     assert "phantom.scale" in line and "the recipe cannot render them" in line and "re-run" not in line
     assert "0 done, 2 pending" in CliRunner().invoke(main, ["status", str(out)]).output
     # an ice slab 1e300 thick: an all-inf sinogram is refused, not written as a NaN reconstruction

@@ -141,7 +141,7 @@ def test_too_many_cells_shrink_or_raise() -> None:
         shrunk += spec.scale < auto
     assert shrunk > 0
     strict = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, min_scale_fraction=0.99))
-    with pytest.raises(PhantomFitError, match="do not fit"):
+    with pytest.raises(PhantomFitError, match=r"do not fit a 64x64x64 \(z, y, x\) volume"):
         for seed in range(2):
             sample_phantom(strict, (64, 64, 64), np.random.default_rng(seed))
 

@@ -637,6 +637,7 @@ def test_predict_round_trips_shapes_and_formats(trained, tmp_path, caplog):
         assert seg.dtype in (np.uint8, np.int8)
         counts = np.bincount(seg.ravel(), minlength=4)
         assert f"voxels per class: background {counts[0]}, cell {counts[1]}, vacuole {counts[2]}" in r.output
+        assert f" {'x'.join(map(str, tomo.shape))} (z, y, x); " in r.output  # as info and -v print shapes
     with mrcfile.open(tmp_path / "b.mrc") as f:
         assert float(f.voxel_size.x) == pytest.approx(10.0)
     np.save(tmp_path / "t5.npy", tomo[None, None])  # singleton axes are dropped (documented)

@@ -334,7 +334,7 @@ def place_cells(
         if fit < requested:
             if fit < cfg.layout.min_scale_fraction * requested:
                 raise PhantomFitError(
-                    f"{n} cells do not fit a {shape} volume: scale {fit:.4g} needed, below "
+                    f"{n} cells do not fit a {'x'.join(map(str, shape))} (z, y, x) volume: scale {fit:.4g} needed, below "
                     f"{cfg.layout.min_scale_fraction:g} × requested {requested:.4g} (a smaller "
                     f"phantom.scale, 'auto' for this dataset.shape, or fewer phantom.cells.count fit; "
                     f"phantom.layout.min_scale_fraction allows more shrinking)"
