@@ -587,9 +587,9 @@ def test_write_volume_is_atomic_and_names_bad_suffixes(tmp_path):
 
 def test_training_package_imports_no_phantom_or_physics_code():
     """simaq_train talks to the factory through the on-disk format; from simaq_factory it may
-    import only the error types (for the shared exit codes), the strict YAML loader and the MRC and
+    import only the error types (for the shared exit codes), the strict YAML loader, the MRC and
     TIFF conventions (IMOD's unsigned bytes, one volume per TIFF), which score's reader of outside
-    files shares."""
+    files shares, and the progress bars' line handling both CLIs share."""
     import subprocess
     import sys
 
@@ -599,7 +599,7 @@ def test_training_package_imports_no_phantom_or_physics_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"simaq_factory", "simaq_factory.errors", "simaq_factory.recipe",
                         "simaq_factory.recipe.fields", "simaq_factory.yamlio", "simaq_factory.mrcio",
-                        "simaq_factory.tiffio"}, out
+                        "simaq_factory.tiffio", "simaq_factory.cli", "simaq_factory.cli.progress"}, out
 
 
 def test_config_reads_exponent_floats_without_a_dot(tmp_path):
