@@ -276,11 +276,15 @@ def segment(model: CenterSliceUNet, cfg: TrainConfig, volume: np.ndarray, *, bat
                          edge_mode=edge_mode or model_edge_mode(cfg), batch_size=batch_size,
                          device=device, amp=cfg.optim.amp, progress=progress)
     seg[:, ~fov_mask(seg.shape[1:], cfg.data.fov_margin)] = 0
-    if post:
-        if progress is not None:
-            progress("post-processing", None)
-        seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
-    return seg
+    return _postprocess_step(seg, cfg, post_scale, progress) if post else seg
+
+
+def _postprocess_step(seg: np.ndarray, cfg: TrainConfig, post_scale: float | None,
+                      progress: Progress | None) -> np.ndarray:
+    """:func:`segment`'s post-processing (told to ``progress``), the classes from the model's config."""
+    if progress is not None:
+        progress("post-processing", None)
+    return postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
 
 
 def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *, use_ema: bool = True,
@@ -361,9 +365,7 @@ def predict_tomogram(ckpt: str | Path, tomogram: str | Path, out: str | Path, *,
     del norm, raw
     vol.data = np.broadcast_to(np.zeros((), vol.data.dtype), vol.data.shape)
     if post:
-        if progress is not None:
-            progress("post-processing", None)
-        seg = postprocess(seg, post_classes(cfg.model.out_channels), scale=post_scale)
+        seg = _postprocess_step(seg, cfg, post_scale, progress)
     seg = np.ascontiguousarray(np.transpose(seg, inverse))
     counts = np.bincount(seg.ravel(), minlength=cfg.model.out_channels)
     if not (isinstance(names, list) and len(names) == len(counts)):

@@ -14,7 +14,7 @@ import math
 import torch
 
 __all__ = ["gaussian_kernel_1d", "discrete_gaussian_kernel_1d", "gaussian_blur_3d", "kernel_radius", "support_box",
-           "effective_sigma", "kernel_std"]
+           "effective_sigma", "kernel_std", "blur_kernel_1d"]
 
 
 def effective_sigma(sigma: float, taps: int) -> float:
@@ -53,6 +53,16 @@ def discrete_gaussian_kernel_1d(sigma: float, radius: int) -> torch.Tensor:
     n = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.from_numpy(ive(n.abs().numpy(), float(sigma) ** 2))
     return k / k.sum()
+
+
+def blur_kernel_1d(sigma: float, radius: int, kernel: str) -> torch.Tensor:
+    """The 1D kernel of ``kernel`` ``"sampled"`` (:func:`gaussian_kernel_1d`, the reference's) or
+    ``"discrete"`` (:func:`discrete_gaussian_kernel_1d`), on the CPU, float64."""
+    if kernel == "discrete":
+        return discrete_gaussian_kernel_1d(float(sigma), int(radius))
+    if kernel == "sampled":
+        return gaussian_kernel_1d(float(sigma), int(radius), torch.device("cpu"))
+    raise ValueError(f"kernel must be 'sampled' or 'discrete', got {kernel!r}")
 
 
 def kernel_std(kernel: torch.Tensor) -> float:
@@ -119,13 +129,7 @@ def gaussian_blur_3d(volume: torch.Tensor, sigma: float, radius: int, kernel: st
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a (Z, Y, X) volume, got shape {tuple(volume.shape)}")
-    if kernel == "discrete":
-        k1 = discrete_gaussian_kernel_1d(float(sigma), int(radius))
-    elif kernel == "sampled":
-        k1 = gaussian_kernel_1d(float(sigma), int(radius), torch.device("cpu"))
-    else:
-        raise ValueError(f"kernel must be 'sampled' or 'discrete', got {kernel!r}")
-    k = [float(v) for v in k1]
+    k = [float(v) for v in blur_kernel_1d(sigma, radius, kernel)]
     src = volume.float()
     r = (len(k) - 1) // 2
     box = support_box(src, r)

@@ -20,14 +20,7 @@ import torch
 
 from simaq_factory.artifacts.assemble import crack_field, place, sample_placement, unit_range
 from simaq_factory.artifacts.banks import NoiseBanks
-from simaq_factory.artifacts.blur import (
-    discrete_gaussian_kernel_1d,
-    effective_sigma,
-    gaussian_blur_3d,
-    gaussian_kernel_1d,
-    kernel_radius,
-    kernel_std,
-)
+from simaq_factory.artifacts.blur import blur_kernel_1d, effective_sigma, gaussian_blur_3d, kernel_radius, kernel_std
 from simaq_factory.artifacts.config import ArtifactsConfig, crack_block_edge
 from simaq_factory.artifacts.fiducials import paint_beads, sample_fiducials
 
@@ -103,8 +96,6 @@ def sample_artifacts(
     radius = kernel_radius(sigma, b.truncate, b.kernel_size)
     if kernel == "discrete":
         radius = max(2, radius)
-    k1 = discrete_gaussian_kernel_1d(sigma, radius) if kernel == "discrete" else gaussian_kernel_1d(
-        sigma, radius, torch.device("cpu"))
     blur = {
         "applied": apply_blur,
         "sigma_drawn": sigma_drawn,
@@ -112,7 +103,7 @@ def sample_artifacts(
         "sigma": sigma,
         "radius": radius,
         "kernel": kernel,
-        "sigma_applied": kernel_std(k1),  # per axis, after the cut at the radius
+        "sigma_applied": kernel_std(blur_kernel_1d(sigma, radius, kernel)),  # per axis, after the cut
     }
 
     fiducials = sample_fiducials(cfg.fiducials, labels, voxels_per_unit, rng_beads)
