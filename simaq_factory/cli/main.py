@@ -19,6 +19,7 @@ import click
 
 from simaq_factory.cli.progress import bar_line, drawn, end_line, install_end_bar_line
 from simaq_factory.errors import PATH, BadInput, OneLineGroup, handle_errors
+from simaq_factory.orchestrate.logs import keep_file_only_off_console
 from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 
@@ -50,6 +51,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # log files in OUT/logs still receive INFO
+    keep_file_only_off_console()  # a failed shard's traceback: OUT/logs; the driver says it in one line
     install_end_bar_line()  # a log record printed while the build's bar is drawn starts a new line
     if verbose < 2:
         # Dask logs every connection at INFO; read by dask's config when distributed is imported

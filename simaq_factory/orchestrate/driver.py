@@ -34,10 +34,8 @@ from simaq_factory.orchestrate.cluster import (
     slurm_processes,
 )
 from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file
-from simaq_factory.orchestrate.task import run_shard, warm_up
+from simaq_factory.orchestrate.task import RECIPE_FAILURES, run_shard, warm_up
 from simaq_factory.acquisition.angles import a_max_for
-from simaq_factory.phantom.layout import PhantomLayoutError
-from simaq_factory.pipeline import NonFiniteData
 from simaq_factory.recipe.io import recipe_id, recipe_to_json
 from simaq_factory.recipe.model import Recipe
 from simaq_factory.store.banks import ensure_banks
@@ -79,16 +77,28 @@ class BuildReport:
     device: str = ""  # as resolved here ("auto" on a scheduler: each worker resolves it)
 
 
-#: Errors that the recipe, seed and sample index decide (cells that cannot be laid out or do not fit
-#: the volume, values too large for float32): re-running the build fails the same way, so the
-#: message asks for a recipe change.
-RECIPE_FAILURES: tuple[type[BaseException], ...] = (PhantomLayoutError, NonFiniteData)
-
-
 def _record_failure(report: BuildReport, shard: int, err: BaseException) -> None:
     report.failed[shard] = f"{type(err).__name__}: {err}"
     if isinstance(err, RECIPE_FAILURES):
         report.recipe_failed.add(shard)
+
+
+def _task_outcome(report: BuildReport, shard: int, summary: dict[str, Any], *, relay: bool) -> bool:
+    """Book a shard task's returned summary: False (and the failure recorded) when it reports a
+    failure the recipe decides (:data:`~simaq_factory.orchestrate.task.RECIPE_FAILURES`, returned
+    rather than raised so that it is not retried). ``relay``: log the task's warnings here, for a
+    task that ran in a worker process, whose records reach only its own log file (an inline task's
+    reached this console as they were logged)."""
+    if relay:
+        for message in summary.get("warnings") or ():
+            log.warning("shard %d, %s", shard, message)
+    failed = summary.get("failed")
+    if failed is None:
+        return True
+    report.failed[shard] = str(failed)
+    if summary.get("recipe_failure"):
+        report.recipe_failed.add(shard)
+    return False
 
 
 def pending_shards(out: Path, recipe: Recipe, rid: str,
@@ -235,7 +245,11 @@ def build(
                     log.info("shard %d: the traceback", s, exc_info=err)  # OUT/logs, and the console at -v
                     summary = None
                 else:
-                    report.built += 1
+                    if _task_outcome(report, s, summary, relay=False):
+                        report.built += 1
+                    else:
+                        log.error("shard %d failed: %s", s, report.failed[s])
+                        summary = None
                 if progress:
                     progress(i + 1, len(todo), summary)
             try:
@@ -622,9 +636,13 @@ def _run_distributed(
         summary = None
         try:
             summary = fut.result()
-            if not provenance_path(out, s).is_file():  # the task's success is its record in OUT
+            if not _task_outcome(report, s, summary, relay=True):
+                log.error("shard %d failed (not retried: the recipe decides it): %s", s, report.failed[s])
+                summary = None
+            elif not provenance_path(out, s).is_file():  # the task's success is its record in OUT
                 raise BuildFailed(f"its task reported success but {provenance_path(out, s)} was not written")
-            report.built += 1
+            else:
+                report.built += 1
         except Exception as err:  # noqa: BLE001 - reported per shard, exit code 1
             watch.check(err)  # cancelled with the scheduler's connection: that is the whole build's failure
             _record_failure(report, s, err)

@@ -56,6 +56,28 @@ def detach_log_file(path: Path) -> None:
             _saved_level = None
 
 
+#: ``extra`` for records meant for the log files in OUT only: a shard task's failure and its
+#: traceback, which the driver reports on the console in one line of its own (an inline build runs
+#: the task in the driver's process, whose console would show both).
+FILE_ONLY = {"file_only": True}
+
+
+class _NotFileOnly(logging.Filter):
+    """On a console handler: drops the records logged with :data:`FILE_ONLY`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+def keep_file_only_off_console() -> None:
+    """Put :class:`_NotFileOnly` on the root logger's console (stream, not file) handlers
+    (idempotent). Installed before any filter that acts on the records it lets through."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+                and not any(isinstance(f, _NotFileOnly) for f in handler.filters):
+            handler.addFilter(_NotFileOnly())
+
+
 class _ComputeFailedFilter(logging.Filter):
     """Drops distributed's "Compute Failed" record of a worker whose task raised: a dozen lines per
     attempt on the worker's stderr (which a LocalCluster's workers share with the console), with

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from simaq_factory.device import resolve_device
-from simaq_factory.orchestrate.logs import attach_log_file, detach_log_file, quiet_compute_failed
-from simaq_factory.pipeline import host_buffers, render_sample
+from simaq_factory.orchestrate.logs import FILE_ONLY, attach_log_file, detach_log_file, quiet_compute_failed
+from simaq_factory.phantom.layout import PhantomLayoutError
+from simaq_factory.pipeline import NonFiniteData, host_buffers, render_sample
 from simaq_factory.recipe.io import recipe_id, resolve
 from simaq_factory.store.banks import load_banks
 from simaq_factory.store.dataset import (
@@ -39,6 +40,49 @@ from simaq_factory.tomo.projector import resolved_backend
 from simaq_factory.versions import cpu_kernels, software_mismatch, software_versions
 
 log = logging.getLogger(__name__)
+
+#: Errors that the recipe, seed and sample index decide (cells that cannot be laid out or do not fit
+#: the volume, values too large for float32): re-running the build fails the same way, so the
+#: message asks for a recipe change, and the shard task reports them instead of raising (Dask would
+#: retry a raising task ``execution.retries`` times, each attempt rendering the shard again to fail
+#: at the same sample).
+RECIPE_FAILURES: tuple[type[BaseException], ...] = (PhantomLayoutError, NonFiniteData)
+
+#: Warnings a shard task hands back to the driver at most (the rest are counted; all are in the
+#: worker's log file).
+MAX_TASK_WARNINGS = 20
+
+
+class TaskWarnings(logging.Handler):
+    """Collects the ``simaq_factory`` warnings one shard task logs (fiducial beads that did not fit,
+    a layout that needed another attempt, ...) so that the task returns them and the driver shows
+    them on its console: a worker process of a LocalCluster or a remote ``dask worker`` writes its
+    records to its own log file only, and a user watching the build would never see them. Records
+    of other threads (another task on the same worker) are left out; ``sample`` names the sample
+    being rendered."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.sample: int | None = None
+        self.messages: list[str] = []
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        if len(self.messages) >= MAX_TASK_WARNINGS:
+            self.dropped += 1
+            return
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logging module's problem, not the shard's
+            return
+        self.messages.append(text if self.sample is None else f"sample {self.sample}: {text}")
+
+    def collected(self) -> list[str]:
+        more = [f"{self.dropped} more warning(s) in the worker's log file"] if self.dropped else []
+        return self.messages + more
 
 
 def _worker_name() -> Any:
@@ -238,7 +282,11 @@ def run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int,
     expect_software: dict[str, Any] | None = None, owner: str | None = None,
 ) -> dict[str, Any]:
-    """Render shard ``shard_index`` of the dataset at ``out``; return a small summary.
+    """Render shard ``shard_index`` of the dataset at ``out``; return a small summary: the shard,
+    seconds, device and ``warnings`` (what the task logged at WARNING, see :class:`TaskWarnings`).
+    A failure the recipe decides (:data:`RECIPE_FAILURES`) is returned as ``failed`` (the error in
+    one line) with ``recipe_failure`` true, not raised, so that Dask does not retry it; any other
+    error is raised (and retried).
 
     ``expect_software``: the driver's versions; a worker whose rendering software differs refuses
     the task before writing anything (:class:`OtherSoftware`). ``owner``: the driver's entry in
@@ -258,18 +306,29 @@ def run_shard(
     # console once), not distributed's multi-line "Compute Failed" block on stderr per attempt
     quiet_compute_failed()
     log.info("shard %d started (pid %d)", shard_index, os.getpid())
+    warnings = TaskWarnings()
+    logging.getLogger("simaq_factory").addHandler(warnings)
     try:
         with host_buffers():  # the process's page-locked buffers, not a set per pool thread
-            return _run_shard(out, recipe_json, shard_index, device, threads, owner)
+            summary = _run_shard(out, recipe_json, shard_index, device, threads, owner, warnings=warnings)
+    except RECIPE_FAILURES as err:
+        # reported, not raised: a retry would render the shard again to fail at the same sample
+        log.exception("shard %d failed (the recipe decides it: not retried)", shard_index, extra=FILE_ONLY)
+        return {"shard": shard_index, "failed": f"{type(err).__name__}: {err}", "recipe_failure": True,
+                "warnings": warnings.collected()}
     except Exception:
-        log.exception("shard %d failed", shard_index)
+        log.exception("shard %d failed", shard_index, extra=FILE_ONLY)
         raise
     finally:
+        logging.getLogger("simaq_factory").removeHandler(warnings)
         detach_log_file(log_path)
+    summary["warnings"] = warnings.collected()
+    return summary
 
 
 def _run_shard(
     out: str, recipe_json: dict[str, Any], shard_index: int, device: str, threads: int, owner: str | None = None,
+    warnings: TaskWarnings | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     threads = threads if threads > 0 else _worker_threads()
@@ -289,11 +348,15 @@ def _run_shard(
     }
     records = []
     for j, index in enumerate(samples):
+        if warnings is not None:
+            warnings.sample = index
         arrays, record = render_sample(recipe, index, dev, banks=banks, host_views=True)  # copied next
         for name in specs:
             a = arrays[name]
             buffers[name][(j, *(slice(0, s) for s in a.shape))] = a
         records.append(record)
+    if warnings is not None:
+        warnings.sample = None
     t_write = time.perf_counter()
     outp = Path(out)
     _check_owner(outp, owner, shard_index)  # rendering takes minutes: the driver may have gone meanwhile
