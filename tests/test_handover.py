@@ -1167,3 +1167,59 @@ def test_verify_json_lists_the_shard_of_a_faulty_provenance_record(built, tmp_pa
     report = json.loads(ver.stdout)
     assert ver.exit_code == 1 and report["problem_shards"] == [1], report
     assert any(p.startswith("shard 1: provenance covers samples") for p in report["problems"]), report["problems"]
+
+
+# --- progress of the long hand-over commands -------------------------------------------------------
+
+def _phase_lines(text: str, command: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{command}: ")]
+
+
+def test_long_commands_show_their_phases_on_stderr_not_stdout(built, tmp_path, monkeypatch):
+    from simaq_factory.cli.progress import PhaseBar
+
+    monkeypatch.setattr(PhaseBar, "QUIET_S", 0.0)  # every phase shown, every step (not a terminal)
+    monkeypatch.setattr(PhaseBar, "EVERY_S", 0.0)
+    result = cli("verify", str(built), "--deep", "--regen", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True  # stdout stays one JSON document
+    lines = _phase_lines(result.stderr, "verify")
+    assert lines[0] == "verify: shard checksums [" + "." * 30 + "] 0/2"
+    assert [line.split(" [")[0] + " " + line.split("] ")[1] for line in lines] == [
+        "verify: shard checksums 0/2", "verify: shard checksums 1/2", "verify: shard checksums 2/2",
+        "verify: decoding shards 0/2", "verify: decoding shards 1/2", "verify: decoding shards 2/2",
+        "verify: re-rendering samples 0/1", "verify: re-rendering samples 1/1"]
+    assert lines[-1] == "verify: re-rendering samples [" + "#" * 30 + "] 1/1"
+    out = copy_of(built, tmp_path)
+    result = cli("freeze", str(out))
+    assert result.exit_code == 0, result.output
+    phases = list(dict.fromkeys(line.split(" [")[0] for line in _phase_lines(result.stderr, "freeze")))
+    assert phases == ["freeze: shard checksums", "freeze: decoding shards", "freeze: previews", "freeze: hashing files"]
+    assert _phase_lines(result.stderr, "freeze")[-1].endswith("] " + "{0}/{0}".format(
+        len((out / "SHA256SUMS").read_text().splitlines()) - 12))  # all but the 12 shard files verify hashed
+    result = cli("export", str(out), "--format", "tiff", "-o", str(tmp_path / "tiff"), "--index", "1")
+    assert result.exit_code == 0, result.output
+    assert _phase_lines(result.stderr, "export")[-1].endswith("] 3/3")  # recon, labels, phantom
+
+
+def test_quick_commands_print_no_progress(built):
+    for args in (("verify", str(built)), ("status", str(built))):
+        result = cli(*args)
+        assert result.exit_code == 0 and result.stderr == "", (args, result.stderr)
+
+
+def test_phase_bar_off_a_terminal_prints_a_line_at_most_every_every_s(monkeypatch, capsys):
+    import simaq_factory.cli.progress as progress
+
+    clock = iter([0.0, 0.5, 2.0, 10.0, 33.0, 34.0, 35.0, 35.2])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    bar = progress.PhaseBar("verify")
+    for phase, done, total in [("hashing", 0, 100), ("hashing", 10, 100), ("hashing", 20, 100),
+                               ("hashing", 50, 100), ("hashing", 60, 100), ("hashing", 100, 100),
+                               ("decoding", 0, 5), ("decoding", 5, 5)]:
+        bar(phase, done, total)
+    err = capsys.readouterr().err.splitlines()
+    # quiet for the first QUIET_S s, then a line, the next EVERY_S s later, and the end; a phase
+    # done within QUIET_S prints nothing
+    assert [line.split("] ")[1] for line in err] == ["20/100", "60/100", "100/100"]

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import click
 
-from simaq_factory.cli.progress import bar_line, drawn, end_line, install_end_bar_line
+from simaq_factory.cli.progress import PhaseBar, bar_line, drawn, end_line, install_end_bar_line
 from simaq_factory.errors import PATH, BadInput, OneLineGroup, handle_errors
 from simaq_factory.orchestrate.logs import keep_file_only_off_console
 from simaq_factory.recipe.fields import RecipeError
@@ -268,7 +268,8 @@ def status(out: str, as_json: bool) -> None:
     """
     from simaq_factory.store.inspect import dataset_status
 
-    st = dataset_status(Path(out))
+    with bar_line():
+        st = dataset_status(Path(out), progress=PhaseBar("status"))
     if as_json:
         click.echo(json.dumps({**st, "problems": [{"shard": s, "reason": r} for s, r in st["problems"]]},
                               indent=2, sort_keys=True))
@@ -348,7 +349,8 @@ def verify(out: str, deep: bool, regen: int, as_json: bool) -> None:
                                    "deep": deep, "regenerated": [], "problems": [busy], "problem_shards": [],
                                    "notes": [], "writer_pid": writer}, indent=2, sort_keys=True))
         raise BuildFailed(busy)
-    report = verify_dataset(Path(out), deep=deep, regen=regen)
+    with bar_line():
+        report = verify_dataset(Path(out), deep=deep, regen=regen, progress=PhaseBar("verify"))
     writer = writer_pid(Path(out))
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "frozen": report.frozen, "n_shards": report.n_shards,
@@ -401,7 +403,8 @@ def freeze(out: str) -> None:
     """
     from simaq_factory.store.freeze import freeze_dataset
 
-    info = freeze_dataset(Path(out))
+    with bar_line():
+        info = freeze_dataset(Path(out), progress=PhaseBar("freeze"))
     if info.get("already_frozen"):
         click.echo(f"{out}: already frozen ({info['files']} files listed in {Path(out) / 'SHA256SUMS'}); "
                    f"nothing to do (`simaq-factory verify {out}` checks them)")
@@ -446,8 +449,10 @@ def export(out: str, fmt: str, dest: str, indices: tuple[int, ...], arrays: tupl
         raise RecipeError("--arrays", f"empty (got {','.join(arrays)!r}); name arrays, e.g. recon,labels, or "
                           "leave the flag out for the default set")
     skipped: list[Path] = []
-    written = export_dataset(Path(out), Path(dest), fmt=fmt, indices=list(indices), arrays=names,
-                             voxel_nm=voxel_size_nm, overwrite=overwrite, skipped=skipped)
+    with bar_line():
+        written = export_dataset(Path(out), Path(dest), fmt=fmt, indices=list(indices), arrays=names,
+                                 voxel_nm=voxel_size_nm, overwrite=overwrite, skipped=skipped,
+                                 progress=PhaseBar("export"))
     done = f", skipped {len(skipped)} already exported (an earlier run of this export)" if skipped else ""
     click.echo(f"wrote {len(written)} file(s) to {dest}{done}")
 

@@ -11,6 +11,8 @@ the console log handlers call it through :class:`EndBarLine`, and commands call 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -57,3 +59,50 @@ def install_end_bar_line() -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
                 and not any(isinstance(f, EndBarLine) for f in handler.filters):
             handler.addFilter(EndBarLine())
+
+
+class PhaseBar:
+    """``progress(phase, done, total)`` of a long command (verify, freeze, export, status; the
+    library's :data:`~simaq_factory.store.dataset.Progress`) on stderr, as ``phase [###...] done/total``.
+
+    Quick work prints nothing: a phase shows once it has run :attr:`QUIET_S` seconds. On a
+    terminal the bar is then redrawn in place (at most :attr:`REDRAW_S` apart, and when the phase
+    ends); elsewhere (a log file, a batch job) a line is printed at most every :attr:`EVERY_S`
+    seconds and when the phase ends, so hours of hashing or decoding are neither silent nor a line
+    per shard."""
+
+    QUIET_S = 1.0
+    REDRAW_S = 0.1
+    EVERY_S = 30.0
+    WIDTH = 30
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.tty = sys.stderr.isatty()
+        self.phase: str | None = None
+        self.started = 0.0
+        self.shown = 0.0  # when this phase was last shown; 0: not yet
+        self.done = -1
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            end_line()  # the last phase's bar stays on its line
+            self.phase, self.started, self.shown, self.done = phase, now, 0.0, -1
+        if done == self.done:
+            return
+        self.done = done
+        finished = done >= total
+        if now - self.started < self.QUIET_S and not (finished and self.shown):
+            return
+        every = self.REDRAW_S if self.tty else self.EVERY_S
+        if self.shown and not finished and now - self.shown < every:
+            return
+        filled = int(self.WIDTH * done / max(total, 1))
+        line = f"{self.command}: {phase} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}"
+        self.shown = now
+        if self.tty:
+            click.echo("\r" + line.ljust(70), nl=False, err=True)
+            drawn()
+        else:
+            click.echo(line, err=True)

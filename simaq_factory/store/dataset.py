@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,22 +116,40 @@ def hash_threads() -> int:
     return max(1, min(8, cores))
 
 
-def map_in_order(fn: Any, items: Sequence[Any], threads: int) -> list[Any]:
+#: ``progress(phase, done, total)``: a long command's work in phases ("shard checksums", ...), told
+#: when a phase starts (``done`` 0) and after each item; the CLI draws it as a bar on stderr.
+Progress = Callable[[str, int, int], None]
+
+
+def map_in_order(fn: Any, items: Sequence[Any], threads: int,
+                 progress: Progress | None = None, phase: str = "") -> list[Any]:
     """``[fn(x) for x in items]``, in order, on up to ``threads`` threads (for work that releases
-    the GIL: hashing, reading, decoding). On Ctrl-C or an error the items not started are not run."""
+    the GIL: hashing, reading, decoding). On Ctrl-C or an error the items not started are not run.
+    ``progress`` is told ``phase`` with the items done (in order) so far."""
+    if progress is not None:
+        progress(phase, 0, len(items))
+
+    def told(results: Iterable[Any]) -> list[Any]:
+        done = []
+        for r in results:
+            done.append(r)
+            if progress is not None:
+                progress(phase, len(done), len(items))
+        return done
+
     threads = min(threads, len(items))
     if threads < 2:
-        return [fn(x) for x in items]
+        return told(fn(x) for x in items)
     pool = ThreadPoolExecutor(threads)
     try:
-        return list(pool.map(fn, items))
+        return told(pool.map(fn, items))
     finally:  # a plain shutdown would first run every queued item
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def sha256_files(paths: Sequence[Path]) -> list[str | None]:
+def sha256_files(paths: Sequence[Path], progress: Progress | None = None) -> list[str | None]:
     """:func:`sha256_file` of each path, in order, hashed on :func:`hash_threads` threads."""
-    return map_in_order(sha256_file, paths, hash_threads())
+    return map_in_order(sha256_file, paths, hash_threads(), progress, "hashing files")
 
 
 def shard_checksums(out: Path, specs: dict[str, ArraySpec], shard_index: int) -> dict[str, str | None]:
@@ -226,8 +244,10 @@ def shard_state(
 
 
 def shard_states(
-    out: Path, specs: dict[str, ArraySpec], shards: Iterable[int], recipe_id: str
+    out: Path, specs: dict[str, ArraySpec], shards: Iterable[int], recipe_id: str,
+    progress: Progress | None = None,
 ) -> list[tuple[str, str]]:
     """:func:`shard_state` of each of ``shards``, in order, shards checked on :func:`hash_threads`
     threads (a resume, ``status`` or ``verify`` of a large dataset re-hashes every shard file)."""
-    return map_in_order(lambda s: shard_state(out, specs, s, recipe_id), list(shards), hash_threads())
+    return map_in_order(lambda s: shard_state(out, specs, s, recipe_id), list(shards), hash_threads(),
+                        progress, "shard checksums")

@@ -55,6 +55,7 @@ import zarr
 from simaq_factory import __version__
 from simaq_factory.errors import BadInput, check_output_dir, optional
 from simaq_factory.labels import Label
+from simaq_factory.store.dataset import Progress
 from simaq_factory.store.inspect import (
     built_records,
     check_shards_done,
@@ -288,10 +289,12 @@ def export_dataset(
     voxel_nm: float | None = None,
     overwrite: bool = False,
     skipped: list[Path] | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Export samples of ``out`` into directory ``dest``; returns the written paths. Files a previous,
     interrupted run of the same export completed are kept and appended to ``skipped`` (see the module
-    docstring); with ``overwrite`` every target is written again."""
+    docstring); with ``overwrite`` every target is written again. ``progress`` is told the files
+    done (written or kept) of all."""
     if fmt not in FORMATS:
         raise BadInput("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt in ("tiff", "mrc"):  # before anything is read or written
@@ -376,7 +379,9 @@ def export_dataset(
             _remove(entry)
     written = []
     classes = dataset_classes(recipe)  # OME-Zarr label images name them
-    for i, a, axis, target in targets:
+    for n_done, (i, a, axis, target) in enumerate(targets):
+        if progress is not None:
+            progress("exporting files", n_done, len(targets))
         if target in complete:
             if skipped is not None:
                 skipped.append(target)
@@ -427,4 +432,6 @@ def export_dataset(
             raise
         done[target.name] = holds
         written.append(target)
+    if progress is not None:
+        progress("exporting files", len(targets), len(targets))
     return written

@@ -26,7 +26,7 @@ from simaq_factory.acquisition.axes import frame_axes
 from simaq_factory.artifacts.banks import bank_specs
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.labels import LABEL_NAMES
-from simaq_factory.store.dataset import read_card, read_provenance, update_card
+from simaq_factory.store.dataset import Progress, read_card, read_provenance, update_card
 from simaq_factory.store.inspect import check_sealed_intact, open_dataset_recipe, read_card_checked
 from simaq_factory.store.layout import (
     GROUP_NAME,
@@ -169,7 +169,7 @@ def _card_markdown(recipe_json: dict[str, Any], card: dict[str, Any], stats: dic
     return "\n".join(lines)
 
 
-def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
+def write_sha256sums(out: Path, known: dict[str, str] | None = None, progress: Progress | None = None) -> int:
     """Write SHA256SUMS over :func:`sealed_files`, under a temporary name renamed when whole: a
     SHA256SUMS that exists is complete, and an interrupted freeze (none yet) is completed by
     freezing again. ``known`` maps relative paths to digests just checked under the same lock (the
@@ -177,7 +177,7 @@ def write_sha256sums(out: Path, known: dict[str, str] | None = None) -> int:
     part = out / SUMS_PARTIAL
     part.unlink(missing_ok=True)
     rels = [p.relative_to(out).as_posix() for p in sealed_files(out)]
-    digests = file_digests(out, rels, known or {})
+    digests = file_digests(out, rels, known or {}, progress)
     with open(part, "w") as f:
         for rel in rels:
             f.write(f"{digests[rel]}  {rel}\n")
@@ -251,9 +251,10 @@ def _check_listable(out: Path, recipe: Any) -> None:
         log.warning("%s: sealing %d file(s) that are not part of the dataset's layout: %s", out, len(extra), shown)
 
 
-def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
+def freeze_dataset(out: Path, *, previews: int = 2, progress: Progress | None = None) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BuildFailed (not verifiable). A dataset already sealed is
-    left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error)."""
+    left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error).
+    ``progress`` is told each phase's work (verify's, previews, hashing the files)."""
     recipe, rid = open_dataset_recipe(out)
     if read_card_checked(out).get("status") == "frozen" and (out / SUMS).is_file():
         check_sealed_intact(out)
@@ -267,14 +268,15 @@ def freeze_dataset(out: Path, *, previews: int = 2) -> dict[str, Any]:
         if read_card(out).get("status") == "frozen":
             log.warning("%s: completing an interrupted freeze (no %s)", out, SUMS)
             update_card(out, {"status": "complete"})
-        return _freeze(out, recipe, previews)
+        return _freeze(out, recipe, previews, progress)
 
 
-def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
+def _freeze(out: Path, recipe: Any, previews: int, progress: Progress | None) -> dict[str, Any]:
     from simaq_factory.store.preview import render_preview
 
     acc = _Stats(recipe)
-    report = verify_dataset(out, deep=True, on_volume=acc.add)  # one decode feeds checks and stats
+    # one decode feeds checks and stats
+    report = verify_dataset(out, deep=True, on_volume=acc.add, progress=progress)
     if not report.ok:
         raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "
                           "run `simaq-factory build` to repair, then freeze)")
@@ -284,15 +286,20 @@ def _freeze(out: Path, recipe: Any, previews: int) -> dict[str, Any]:
             f.write(json.dumps(row, sort_keys=True) + "\n")
     (out / PREVIEWS).mkdir(exist_ok=True)
     names = []
-    for i in range(min(previews, recipe.dataset.n_samples)):
+    n_previews = min(previews, recipe.dataset.n_samples)
+    for i in range(n_previews):
+        if progress is not None:
+            progress("previews", i, n_previews)
         rel = f"{PREVIEWS}/sample_{i:06d}.png"
         render_preview(out, i, out / rel, freezing=True)
         names.append(rel)
+    if progress is not None and n_previews:
+        progress("previews", n_previews, n_previews)
     frozen_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     update_card(out, {"status": "frozen", "frozen_at": frozen_at, "stats": stats})
     card = read_card(out)
     recipe_json = json.loads((out / RESOLVED).read_text())["recipe"]
     (out / CARD).write_text(_card_markdown(recipe_json, card, stats, manifest, names))
-    n_files = write_sha256sums(out, report.digests)
+    n_files = write_sha256sums(out, report.digests, progress)
     digest = hashlib.sha256((out / SUMS).read_bytes()).hexdigest()
     return {"samples": len(manifest), "files": n_files, "sha256sums_digest": digest, "stats": stats}

@@ -11,6 +11,7 @@ from typing import Any
 from simaq_factory.errors import BadInput, BuildFailed
 from simaq_factory.store.dataset import (
     RECORD_DIGEST,
+    Progress,
     array_layout,
     expected_layouts,
     load_provenance,
@@ -322,9 +323,10 @@ def built_records(
     return records
 
 
-def dataset_status(out: Path) -> dict[str, Any]:
+def dataset_status(out: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Shard counts plus dataset-level problems (metadata files, noise banks) and a verdict
-    computed from the files, kept apart from the status the card records."""
+    computed from the files, kept apart from the status the card records. ``progress`` is told the
+    shard checksums as they are computed."""
     from simaq_factory.store.banks import CARD_KEY as BANKS_CARD_KEY
     from simaq_factory.store.banks import bank_problems
 
@@ -340,7 +342,7 @@ def dataset_status(out: Path) -> dict[str, Any]:
     # a frozen dataset had every record when it was sealed: one gone is damage, not work pending
     # (build refuses to write there); as build and freeze say (check_sealed_intact)
     frozen = group_problem is None and read_card(out).get("status") == "frozen"
-    for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid)):
+    for s, (state, reason) in enumerate(shard_states(out, specs, range(n_shards), rid, progress)):
         if state == "pending" and frozen:
             state, reason = "damaged", "provenance record missing from a frozen dataset"
         counts[state] += 1

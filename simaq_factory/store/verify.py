@@ -33,7 +33,14 @@ import zarr
 from simaq_factory.labels import Label
 from simaq_factory.orchestrate.logs import LOG_DIR
 from simaq_factory.store.banks import bank_problems, load_banks
-from simaq_factory.store.dataset import RECORD_DIGEST, read_card, read_provenance, sha256_files, shard_states
+from simaq_factory.store.dataset import (
+    RECORD_DIGEST,
+    Progress,
+    read_card,
+    read_provenance,
+    sha256_files,
+    shard_states,
+)
 from simaq_factory.store.inspect import (
     dataset_recipe_or_damage,
     dataset_specs,
@@ -58,6 +65,8 @@ RECON_RTOL = 1e-5  # relative L2 between a stored and a regenerated recon on the
 SINOGRAM_RTOL = 1e-5
 NOISY_RTOL = 1e-6  # ... noisy volume, across software versions or CPU kernels (rounding only)
 VALID_LABELS = {int(v) for v in Label}
+#: The phases :func:`verify_dataset` reports beside its shard checksums (and the sealed files' hashes).
+DEEP_PHASE, REGEN_PHASE = "decoding shards", "re-rendering samples"
 
 
 @dataclass
@@ -276,15 +285,16 @@ def sealed_files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file() and sealed(p))
 
 
-def file_digests(out: Path, rels: list[str], known: dict[str, str]) -> dict[str, str | None]:
+def file_digests(out: Path, rels: list[str], known: dict[str, str],
+                 progress: Progress | None = None) -> dict[str, str | None]:
     """sha256 of each path ``rels`` (relative to ``out``): ``known``'s digest where it has one (a
     data shard file the shard check just matched), else the file hashed (on threads)."""
     to_hash = sorted({rel for rel in rels if rel not in known})
-    hashed = dict(zip(to_hash, sha256_files([out / rel for rel in to_hash])))
+    hashed = dict(zip(to_hash, sha256_files([out / rel for rel in to_hash], progress)))
     return {rel: known[rel] if rel in known else hashed[rel] for rel in rels}
 
 
-def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
+def _sums_problems(out: Path, known: dict[str, str], progress: Progress | None = None) -> list[str]:
     """Check every file listed in ``OUT/SHA256SUMS``; ``known`` maps a relative path to the digest
     already computed for it (data shard files the shard check matched), which is not recomputed."""
     path = out / SUMS
@@ -315,7 +325,7 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
             continue
         found.append((rel, digest))
     listed = [rel for rel, digest in found if digest is not None]
-    actual = file_digests(out, listed, known)
+    actual = file_digests(out, listed, known, progress)
     problems = [rel if digest is None else f"{rel}: sha256 differs from {SUMS} (modified after freeze)"
                 for rel, digest in found if digest is None or actual[rel] != digest]
     unlisted = [p.relative_to(out).as_posix() for p in sealed_files(out)]
@@ -329,10 +339,12 @@ def _sums_problems(out: Path, known: dict[str, str]) -> list[str]:
 
 
 def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
-                   on_volume: Callable[[str, int, np.ndarray], None] | None = None) -> VerifyReport:
+                   on_volume: Callable[[str, int, np.ndarray], None] | None = None,
+                   progress: Progress | None = None) -> VerifyReport:
     """Check every shard of ``out``; ``deep`` reads all data (each decoded volume also goes to
     ``on_volume(name, index, data)``, as ``freeze`` computes its statistics); ``regen`` re-renders K
-    samples.
+    samples. ``progress`` is told each phase's work (shard checksums, decoding, hashing the sealed
+    files, regenerating) as it goes.
 
     On a frozen dataset every file listed in SHA256SUMS is checked too (see the module docstring).
     """
@@ -353,7 +365,9 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
     frozen = group_problem is None and read_card(out).get("status") == "frozen"
     arrays = _open_arrays(out, [name for name in specs if name not in array_problems], report) if deep else {}
     known = report.digests  # relative shard file -> sha256, as matched by the shard check
-    states = shard_states(out, specs, range(len(ranges)), rid)
+    states = shard_states(out, specs, range(len(ranges)), rid, progress)
+    if deep and progress is not None:
+        progress(DEEP_PHASE, 0, len(ranges))
     undigested = 0  # done shards whose record carries no digest of itself (built by an older version)
     for s, (samples, (state, reason)) in enumerate(zip(ranges, states)):
         if state != "done":
@@ -375,6 +389,8 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
             _deep_check(arrays, samples, report, on_volume)
             if len(report.problems) > before:
                 report.deep_failed_shards.append(s)
+        if deep and progress is not None:
+            progress(DEEP_PHASE, s + 1, len(ranges))
         report.checked_samples += len(samples)
     if undigested:
         report.notes.append(f"{undigested} shard record(s) carry no digest of themselves (built by an older "
@@ -383,18 +399,22 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
         report.problems.extend(bank_problems(out, recipe))
         if frozen:
             report.frozen = True
-            report.problems.extend(_sums_problems(out, known))
+            report.problems.extend(_sums_problems(out, known, progress))
     else:
         report.notes.append("noise banks and SHA256SUMS not checked: the dataset card is unreadable")
     if regen > 0 and report.ok:
         n = recipe.dataset.n_samples
         picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(regen, n))})
-        for index in picks:
+        for k, index in enumerate(picks):
+            if progress is not None:
+                progress(REGEN_PHASE, k, len(picks))
             before = len(report.problems)
             regenerate_and_compare(out, recipe, index, report)
             shard = index // recipe.dataset.samples_per_shard
             if len(report.problems) > before and shard not in report.regen_failed_shards:
                 report.regen_failed_shards.append(shard)
+        if progress is not None:
+            progress(REGEN_PHASE, len(picks), len(picks))
     return report
 
 
