@@ -241,8 +241,10 @@ def baseline(dataset: str, out: str, max_samples: int, fov_margin: float, search
     out_dir = _report_dir(Path(out), dataset, overwrite, "baseline")
     from simaq_train.evaluate import otsu_baseline, write_report
 
-    rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,
-                        axes=axes)
+    bar = Bar(True)
+    with bar_line():  # ended before an error / interrupt message too
+        rep = otsu_baseline(dataset, fov_margin=fov_margin, max_samples=max_samples, search_order=search_order,
+                            axes=axes, progress=bar.show)
     js, png = write_report(rep, out_dir, "baseline")
     _print_summary(rep)
     phys = rep["physical_order"]

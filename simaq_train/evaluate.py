@@ -182,7 +182,8 @@ PHYSICAL_ORDER = (0, 2, 1, 3)  # dark → bright: background < vacuole < cell < 
 
 
 def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_margin: float = 5.0,
-                  max_samples: int = 0, search_order: bool = True, axes: str = "all") -> dict[str, Any]:
+                  max_samples: int = 0, search_order: bool = True, axes: str = "all",
+                  progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
     """Intensity-threshold baselines on the normalised reconstructions (FOV only; every acquisition
     of a three-axis dataset with ``axes="all"``, acquisition 0 with ``"first"``).
 
@@ -205,6 +206,7 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
 
     ``n_classes`` (default: the dataset's, at least 4) classes are scored; levels map to classes
     0–3 only, so further classes (e.g. 4, nucleus) are never predicted and score IoU 0 where present.
+    ``progress(text, fraction)`` is told each volume thresholded (every variant reads the dataset).
     """
     if not (math.isfinite(fov_margin) and fov_margin >= 0):  # NaN passed `< 0` and masked everything
         raise BadInput("--fov-margin", f"must be a finite number >= 0, got {fov_margin}")
@@ -216,10 +218,14 @@ def otsu_baseline(dataset: str | Path, *, n_classes: int | None = None, fov_marg
     best: tuple[float, str, tuple[int, ...], dict[str, Any]] | None = None
     variants = []
     card: dict[str, Any] = {}
-    for (name, raw), pred in predictors.items():
+    for k, ((name, raw), pred) in enumerate(predictors.items()):
+        def told(i: int, n: int, k: int = k, name: str = name) -> None:
+            if progress is not None:
+                progress(f"{name} ({k + 1}/{len(predictors)}): volume {i}/{n}", (k + i / n) / len(predictors))
+
         cms_k, src = sample_confusions(dataset, pred, n_classes=n_classes, fov_margin=fov_margin,
                                        max_samples=max_samples, n_pred=4, raw=raw, axes=axes,
-                                       fov_key="--fov-margin")
+                                       fov_key="--fov-margin", progress=told)
         card = src.card
 
         def mapped(order: tuple[int, ...]) -> list[np.ndarray]:

@@ -603,6 +603,8 @@ def test_evaluate_writes_json_and_plot(trained, dataset, tmp_path, monkeypatch):
     assert (tmp_path / "ev" / "evaluation_iou.png").stat().st_size > 0
     r = run("baseline", dataset, "-o", tmp_path / "bl")
     assert r.exit_code == 0, r.output
+    # its progress on stderr (off a terminal: the first line, then one every 30 s)
+    assert r.stderr.splitlines() == ["[#" + "." * 19 + "] multiotsu4 (1/4): volume 1/4"]
     bl = json.loads((tmp_path / "bl" / "baseline.json").read_text())
     # the level -> class order is searched on the evaluated data (optimistic for the baseline)
     assert sorted(bl["best_order"]) == [0, 1, 2, 3] and bl["order_chosen_on_evaluated_data"] is True
