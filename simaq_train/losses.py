@@ -4,6 +4,12 @@ L = L_focal + λ · L_dice, with
   L_focal = (1/|Ω|) Σ_{x∈Ω} α (1 − p_t)^γ CE_x                       (|Ω| clamped to ≥ 1)
   L_dice  = 1 − (1/C) Σ_c 2 Σ p_c g_c / (Σ p_c + Σ g_c + ε)         (sums over batch and pixels)
 Ω = pixels whose target is not ``ignore_index``; p and g are zeroed outside Ω.
+
+The base 1 − p_t of the focal factor is clamped to ≥ :data:`FOCAL_BASE_MIN`: in float32 p_t rounds
+to exactly 1 once the true class leads by ≳ 17 logits, and for 0 < γ < 1 the derivative
+γ(1 − p_t)^(γ−1) is infinite there, so a confidently right pixel made the gradient NaN (and the run
+diverge). The clamp acts only where 1 − p_t has rounded below 10⁻¹² (to 0 in float32), where CE is
+itself below 10⁻⁷: the loss changes by less than α·10⁻⁷ there and not at all elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+FOCAL_BASE_MIN = 1e-12  # lower bound of 1 − p_t in the focal factor (finite gradients for every γ ≥ 0)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ def dice_focal_loss(
     ce = -logp_t
     p_t = logp_t.exp()
     vf = valid.to(logits.dtype)
-    focal = (cfg.alpha * (1.0 - p_t).pow(cfg.gamma) * ce * vf).sum() / vf.sum().clamp_min(1.0)
+    modulating = (1.0 - p_t).clamp_min(FOCAL_BASE_MIN).pow(cfg.gamma)  # finite gradient at p_t = 1
+    focal = (cfg.alpha * modulating * ce * vf).sum() / vf.sum().clamp_min(1.0)
     prob = logp.exp() * vf.unsqueeze(1)
     onehot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(logits.dtype) * vf.unsqueeze(1)
     dims = (0, 2, 3)

@@ -109,6 +109,37 @@ def test_loss_matches_hand_computation_with_ignored_pixels():
         _hand_loss(logits, target_b), rel=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_focal_gamma_below_one_keeps_gradients_finite_for_confident_pixels(dtype):
+    """For 0 < γ < 1, d(1 − p)^γ/dp is infinite at p = 1, and p_t rounds to exactly 1 once the right
+    class leads by ≳ 17 logits in float32 (≳ 37 in float64): the unclamped focal factor made such
+    a pixel's gradient NaN and a run with loss.gamma 0.5 diverge."""
+    leads = [20.0, 30.0, 50.0, 100.0]
+    logits = [[lead, 0.0, -1.0, 0.5] for lead in leads] + [[0.3, 1.0, -0.5, 0.0]]  # plus one ordinary pixel
+    target = [0] * len(leads) + [1]
+    for gamma in (0.5, 0.1, 0.9, 0.0, 1.0, 2.0):
+        lg, t = _as_tensors(logits, target)
+        lg = lg.to(dtype).requires_grad_(True)
+        loss = dice_focal_loss(lg, t, LossConfig(gamma=gamma))
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(lg.grad).all(), (gamma, lg.grad)
+        assert torch.any(lg.grad[0, :, 0, -1] != 0)  # the ordinary pixel still drives the gradient
+
+
+def test_focal_clamp_leaves_ordinary_losses_unchanged():
+    """The clamp of 1 − p_t acts only where p_t has rounded to 1: for ordinary logits the float32
+    loss equals the hand formula (unclamped, in float64) within 1e-6 for every γ."""
+    torch.manual_seed(3)
+    lg = torch.randn(2, 4, 5, 6) * 3.0
+    t = torch.randint(0, 4, (2, 5, 6))
+    t[0, 0] = 255
+    rows = lg.permute(0, 2, 3, 1).reshape(-1, 4).double().tolist()
+    flat = t.reshape(-1).tolist()
+    for gamma in (0.0, 0.25, 0.5, 1.0, 2.0, 3.5):
+        got = dice_focal_loss(lg, t, LossConfig(gamma=gamma)).item()
+        assert got == pytest.approx(_hand_loss(rows, flat, gamma=gamma), abs=1e-6), gamma
+
+
 def test_dice_pools_over_the_batch():
     # batch of 2: class 2 occurs only in the second sample; the Dice sums run over batch and pixels,
     # so the loss is the hand loss of both samples' pixels taken together
