@@ -55,7 +55,7 @@ def test_forward_shapes_and_centre_slice_decoding():
 # --- loss ------------------------------------------------------------------------------------------
 
 def _hand_loss(logits: list[list[float]], target: list[int], gamma: float = 2.0, eps: float = 1e-3,
-               ignore: int = 255) -> float:
+               ignore: int = 255, alpha: float = 1.0, dice_weight: float = 1.0) -> float:
     """Reference §6.1 in plain Python: pixels are rows of ``logits`` (one per class)."""
     n_cls = len(logits[0])
     probs = []
@@ -64,7 +64,7 @@ def _hand_loss(logits: list[list[float]], target: list[int], gamma: float = 2.0,
         e = [math.exp(v - m) for v in z]
         probs.append([v / sum(e) for v in e])
     valid = [i for i, t in enumerate(target) if t != ignore]
-    focal = sum((1 - probs[i][target[i]]) ** gamma * -math.log(probs[i][target[i]]) for i in valid)
+    focal = sum(alpha * (1 - probs[i][target[i]]) ** gamma * -math.log(probs[i][target[i]]) for i in valid)
     focal /= max(len(valid), 1)
     dice = 0.0
     for c in range(n_cls):
@@ -72,7 +72,7 @@ def _hand_loss(logits: list[list[float]], target: list[int], gamma: float = 2.0,
         psum = sum(probs[i][c] for i in valid)
         gsum = sum(1 for i in valid if target[i] == c)
         dice += 2 * inter / (psum + gsum + eps)
-    return focal + (1 - dice / n_cls)
+    return focal + dice_weight * (1 - dice / n_cls)
 
 
 def _as_tensors(logits: list[list[float]], target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +107,24 @@ def test_loss_matches_hand_computation_with_ignored_pixels():
     target_b = [0, 1, 1, 255, 0]
     assert dice_focal_loss(lg, torch.tensor(target_b)[None, None]).item() == pytest.approx(
         _hand_loss(logits, target_b), rel=1e-9)
+
+
+def test_alpha_dice_eps_and_dice_weight_enter_the_loss_as_the_formula_says():
+    """Non-default α, ε and λ against the hand computation: each of them changes the value, so a
+    loss that ignored one (e.g. the focal α) would fail here."""
+    logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [-1.0, 0.2, 3.0], [9.0, -9.0, 0.0], [0.0, 0.0, 0.0]]
+    target = [0, 1, 2, 255, 1]
+    lg, t = _as_tensors(logits, target)
+    cfg = LossConfig(alpha=0.25, gamma=1.5, dice_eps=0.5, dice_weight=0.7)
+    want = _hand_loss(logits, target, gamma=1.5, eps=0.5, alpha=0.25, dice_weight=0.7)
+    assert dice_focal_loss(lg, t, cfg).item() == pytest.approx(want, rel=1e-9)
+    # the check has power: dropping α, or ε at its default, gives another value
+    assert want != pytest.approx(_hand_loss(logits, target, gamma=1.5, eps=0.5, dice_weight=0.7), rel=1e-3)
+    assert want != pytest.approx(_hand_loss(logits, target, gamma=1.5, alpha=0.25, dice_weight=0.7), rel=1e-3)
+    # α scales the focal term alone: with λ = 0 the loss is linear in α
+    no_dice = dict(gamma=1.5, dice_weight=0.0)
+    assert dice_focal_loss(lg, t, LossConfig(alpha=0.25, **no_dice)).item() == pytest.approx(
+        0.25 * dice_focal_loss(lg, t, LossConfig(alpha=1.0, **no_dice)).item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
