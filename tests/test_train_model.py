@@ -246,6 +246,26 @@ def test_iou_and_dice_from_confusion():
     assert mean_defined(iou, [1, 2, 3]) == pytest.approx((1 / 3 + 1 / 2) / 2)
 
 
+def test_iou_and_dice_where_false_positives_and_false_negatives_differ():
+    """Hand-computed IoU = tp / (tp + fp + fn) and Dice = 2tp / (2tp + fp + fn) on a matrix whose
+    classes have fp ≠ fn, so a formula that drops or doubles one of them fails (the symmetric case
+    above cannot tell)."""
+    cm = np.array([[5, 2, 0, 0, 0],   # rows = target, columns = prediction
+                   [1, 3, 3, 1, 0],
+                   [0, 0, 6, 0, 0],
+                   [0, 0, 0, 0, 0],
+                   [0, 0, 0, 0, 0]])
+    # class 0: tp 5, fp 1, fn 2; class 1: tp 3, fp 2, fn 5; class 2: tp 6, fp 3, fn 0;
+    # class 3: only a false positive; class 4: never present nor predicted
+    iou, dice = iou_dice(cm)
+    assert iou[:4] == pytest.approx([5 / 8, 3 / 10, 6 / 9, 0.0]) and iou[4] is None
+    assert dice[:4] == pytest.approx([10 / 13, 6 / 13, 12 / 15, 0.0]) and dice[4] is None
+    for i, d in zip(iou[:4], dice[:4]):
+        assert d == pytest.approx(2 * i / (1 + i))
+    # a transposed matrix swaps fp and fn: both scores are symmetric in them
+    assert iou_dice(cm.T) == (iou, dice)
+
+
 def test_confusion_tensor_stays_on_device_and_meter_accumulates_there():
     from simaq_train.engine.fit import _Meter
     from simaq_train.metrics import confusion_tensor
