@@ -102,6 +102,27 @@ def test_geometric_ops_reset_the_outside_of_the_fov():
     assert not np.array_equal(out[:, moved], img[:, ::-1, ::-1][:, moved])
 
 
+def test_rot90_rotates_an_off_centre_fov_with_the_window():
+    """The FOV turns with the window under rot90 (a centred disc cannot show it): intensity ops
+    change only the rotated FOV, outside it the output is the rotated input, untouched."""
+    img, lab, fov = window(seed=2)
+    img[:, ~fov] = 7.0
+    half = fov.copy()
+    half[:, :32] = False  # an off-centre FOV (a training crop at the disc's edge)
+    turns = set()
+    for seed in range(12):
+        r = np.random.default_rng(seed)
+        r.random(10)  # the decision uniforms come first, then the number of quarter turns
+        k = int(r.integers(1, 4))
+        turns.add(k)
+        out, olab = augment(img, lab, np.random.default_rng(seed), only(rot90=1.0, intensity=1.0), half)
+        moved, turned = np.rot90(half, k), np.rot90(img, k, axes=(1, 2))
+        assert np.array_equal(olab, np.rot90(lab, k))
+        assert np.array_equal(out[:, ~moved], turned[:, ~moved]), k  # untouched, rotated
+        assert not np.array_equal(out[:, moved], turned[:, moved]), k
+    assert turns == {1, 2, 3}
+
+
 # --- geometric ops ------------------------------------------------------------------------------
 
 def test_identity_parameters_return_the_input_exactly():
