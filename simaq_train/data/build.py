@@ -72,7 +72,8 @@ def check_source(src: FactorySource, key: str, *, fov_margin: float, divisor: in
     for shape_yx in sorted(src.inplane_shapes()):
         if shape_yx[0] % divisor or shape_yx[1] % divisor:
             raise BadInput(key, f"{src.path}: in-plane shape {shape_yx} not divisible by "
-                                f"2**(model.depth-1)={divisor}")
+                                f"2**(model.depth-1)={divisor} (or set data.crop, a multiple of it, "
+                                "to train on crops)")
     check_fov(src, key, fov_margin)
     try:
         return src.index()
@@ -104,8 +105,10 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     shape_yx = shapes.pop()
     if d.crop > min(shape_yx):
         raise BadInput("data.crop", f"{d.crop} is larger than the slices {shape_yx}")
-    indices = [check_source(s, "data.train", fov_margin=d.fov_margin, divisor=2 ** (cfg.model.depth - 1))
-               for s in sources]
+    # the network sees whole training slices only without data.crop; a crop is itself a multiple of
+    # 2**(depth-1) (validate), and validation, evaluate and predict pad the slices they predict
+    divisor = 1 if d.crop else 2 ** (cfg.model.depth - 1)
+    indices = [check_source(s, "data.train", fov_margin=d.fov_margin, divisor=divisor) for s in sources]
     real_source = None
     if d.real.pairs or d.real.dirs:
         real = RealSource([tuple(p) for p in d.real.pairs], list(d.real.dirs), n_classes=n_classes,
