@@ -59,7 +59,7 @@ class DataConfig:
     train: tuple[str, ...] = ()
     val: tuple[str, ...] = ()
     val_max_samples: int = 8
-    window: int = 7
+    window: int = 7  # odd; fit refuses more than 4·model.depth + 1 (the encoder sees ±2·depth slices)
     crop: int = 0  # train on random in-plane crops of crop × crop pixels; 0 = whole slices
     edge_mode: str = "reflect"  # reflect | replicate | skip (skip: no window crosses the ends)
     background_drop: float = 0.98

@@ -65,6 +65,24 @@ def check_fov(src: FactorySource, key: str, fov_margin: float) -> None:
                                 f"view in slices of {shape_yx}")
 
 
+def check_window_reach(cfg: TrainConfig) -> None:
+    """BadInput naming ``data.window`` when the window is deeper than the encoder can see.
+
+    The encoder never pools the depth axis and each of its ``model.depth`` stages holds two 3-deep
+    convolutions, so the centre slice's logits depend on the ±2·depth slices around it alone (the
+    decoder reads centre slices only). The outer slices of a deeper window would be read, augmented
+    and convolved for nothing, while the config and checkpoint say the model uses them. Checked when
+    a run starts, not in :func:`~simaq_train.config.validate`: that also reads the configs of
+    existing checkpoints, which stay usable for evaluate and predict.
+    """
+    half, reach = cfg.data.window // 2, 2 * cfg.model.depth
+    if half > reach:
+        raise BadInput("data.window", f"{cfg.data.window} slices (±{half}), but a model.depth {cfg.model.depth} "
+                                      f"encoder sees only ±{reach} slices around the centre: the outer "
+                                      f"{half - reach} on each side would have no effect; use data.window <= "
+                                      f"{2 * reach + 1} or model.depth >= {-(-half // 2)}")
+
+
 def check_source(src: FactorySource, key: str, *, fov_margin: float, divisor: int = 1) -> list[SliceIndex]:
     """The checks a dataset gets before a run starts, as bad input naming ``key``: in-plane shapes
     that are multiples of ``divisor`` and leave a field of view inside ``fov_margin``, labels that
@@ -92,6 +110,7 @@ def build_stream(cfg: TrainConfig, rank: int = 0, world: int = 1) -> tuple[Any, 
     if not d.train:
         raise BadInput("data.train", "no training dataset given")
     check_distinct(d.train, "data.train")  # "every kept window exactly once" per epoch
+    check_window_reach(cfg)
     n_classes = cfg.model.out_channels
     sources: list[Any] = [
         FactorySource(p, n_classes=n_classes, fov_margin=d.fov_margin, axes=d.axes) for p in d.train
