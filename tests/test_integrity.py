@@ -109,7 +109,7 @@ def test_a_freeze_killed_while_writing_sha256sums_leaves_none_and_is_completed(t
     calls = []
     real = verify.sha256_files
 
-    def dies_midway(paths):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file SHA256SUMS hashes
+    def dies_midway(paths, progress=None):  # noqa: ANN001, ANN202 - Ctrl-C on the fifth file SHA256SUMS hashes
         digests = []
         for p in paths:
             calls.append(p)
