@@ -203,3 +203,52 @@ def test_a_task_whose_build_lost_out_to_another_writes_nothing(copy: Path, monke
     # without an owner (inline builds) the lock is not consulted
     monkeypatch.setattr(task, "render_sample", render)
     run_shard(str(copy), recipe_json, 0, "cpu", 1)
+
+
+def test_a_task_compares_its_build_s_whole_claim_token_not_the_pid(copy: Path):
+    """The lock file held a bare pid: a new build with the old driver's pid (a container's entry
+    process, pid 1 on every run; another node) let the old build's leftover tasks write beside it.
+    It now holds a token (pid, host, random id) per claim, and the task compares all of it. A lock
+    file that is empty (rewritten by a new claimant) or unreadable shows no owner: refused too
+    (was: let through)."""
+    from simaq_factory.orchestrate.task import OutTakenOver
+    from simaq_factory.store.outdir import LOCK, claim_out_dir, new_owner_token
+
+    recipe_json = recipe_to_json(_recipe())
+    old, new = new_owner_token(), new_owner_token()
+    assert old.split()[:2] == new.split()[:2] and old != new  # one pid, one host, two claims
+    (copy / LOCK).write_text(f"{new}\n")  # a new build with the same pid took OUT over
+    before = _files(copy)
+    with pytest.raises(OutTakenOver, match=rf"held by another process \(pid \d+, claim {new.split()[2][:8]}\), "
+                                           rf"not by the build \(pid \d+, claim {old.split()[2][:8]}\)"):
+        run_shard(str(copy), recipe_json, 0, "cpu", 1, None, old)
+    assert _files(copy) == before
+    for lock in ("", "\n"):  # a claimant between emptying the file and writing its token
+        (copy / LOCK).write_text(lock)
+        with pytest.raises(OutTakenOver, match=r"\.simaq-factory\.lock is empty or unreadable.*nothing written"):
+            run_shard(str(copy), recipe_json, 0, "cpu", 1, None, old)
+        assert _files(copy) == before
+    (copy / LOCK).unlink()
+    with pytest.raises(OutTakenOver, match="empty or unreadable"):
+        run_shard(str(copy), recipe_json, 0, "cpu", 1, None, old)
+    assert _files(copy) == before
+    # the claim writes its token over a longer entry, whole and nothing after it; its tasks write
+    (copy / LOCK).write_text("9" * 300 + "\n")
+    with claim_out_dir(copy, recipe_id(_recipe()), token=old):
+        assert (copy / LOCK).read_text() == f"{old}\n"
+        run_shard(str(copy), recipe_json, 0, "cpu", 1, None, old)
+    assert _files(copy) != before
+
+
+def test_a_refused_build_names_the_holder_s_pid_and_a_foreign_host(copy: Path):
+    """The lock file's token names pid and host: a build refused by a holder on another node says
+    which node (the pid alone pointed at an unrelated process of this machine)."""
+    from simaq_factory.errors import BadInput
+    from simaq_factory.store.outdir import claim_out_dir, describe_owner
+
+    rid = recipe_id(_recipe())
+    with claim_out_dir(copy, rid, token="4242 node-b 0123456789abcdef"):
+        with pytest.raises(BadInput, match=r"another simaq-factory process \(pid 4242 on host node-b\) is writing"):
+            with claim_out_dir(copy, rid):
+                pass
+    assert describe_owner("77") == "pid 77"  # a lock file an earlier version wrote

@@ -46,6 +46,7 @@ from simaq_factory.store.outdir import (
     check_out_dir,
     claim_out_dir,
     is_sealed,
+    new_owner_token,
     repair_array_metadata,
     repair_card,
     repair_recipe_files,
@@ -208,12 +209,13 @@ def build(
     n_shards = len(shard_ranges(recipe.dataset.n_samples, recipe.dataset.samples_per_shard))
     recipe_json = recipe_to_json(recipe)
 
+    token = new_owner_token()  # this build's entry in OUT's lock file, which its shard tasks compare
     with ExitStack() as held:
 
         def claim() -> bool:
             """Lock OUT for this build (exit 2 while another process holds it), check it again under
             the lock and, on resume, rewrite a damaged card or array metadata; True when resuming."""
-            resuming = held.enter_context(claim_out_dir(out, rid))
+            resuming = held.enter_context(claim_out_dir(out, rid, token=token))
             if resuming:
                 sweep_temp_files(out)
                 repair_recipe_files(out, rid, recipe_json, recipe_text)
@@ -323,10 +325,10 @@ def build(
                      handle.description, handle.dashboard)
             report = BuildReport(out, rid, n_shards, done, 0, cluster=handle.description, device=device,
                                  dashboard=handle.dashboard)
-            # this process holds OUT: claim_out_dir wrote its pid into the lock file (not read back here:
+            # this process holds OUT: claim_out_dir wrote ``token`` into the lock file (not read back here:
             # where flock is emulated by POSIX locks, NFS, closing any descriptor of it drops the lock)
             _run_distributed(handle, todo, report, out, recipe_json, device, recipe, gpu, progress,
-                             owner=str(os.getpid()))
+                             owner=token)
         except BaseException:
             if log_path is not None:
                 detach_log_file(log_path)
@@ -581,7 +583,8 @@ def _run_distributed(
     *,
     owner: str | None = None,
 ) -> None:
-    """Render the shards ``todo`` on the cluster. ``owner``: this driver's entry in OUT's lock file;
+    """Render the shards ``todo`` on the cluster. ``owner``: the token of this driver's claim in OUT's lock
+    file (:func:`~simaq_factory.store.outdir.new_owner_token`);
     a task that outlives the driver (a lost scheduler) writes nothing once another process holds OUT."""
     exe = recipe.execution
     client = handle.client

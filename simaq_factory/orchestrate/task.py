@@ -256,26 +256,44 @@ class OutTakenOver(RuntimeError):
 
 
 def out_owner(out: Path) -> str | None:
-    """The process that holds OUT's writers' lock, as the lock file names it (the pid that
-    :func:`~simaq_factory.store.outdir.claim_out_dir` writes); None when it cannot be read."""
+    """The claim that holds OUT's writers' lock, as the lock file's first line names it (the token
+    :func:`~simaq_factory.store.outdir.claim_out_dir` writes: pid, host and a random id); None when
+    it is empty or cannot be read."""
     from simaq_factory.store.outdir import LOCK
 
     try:
-        return (out / LOCK).read_text().strip() or None
+        lines = (out / LOCK).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
         return None
+    return (lines[0].strip() or None) if lines else None
 
 
 def _check_owner(out: Path, owner: str | None, shard_index: int) -> None:
-    """:class:`OutTakenOver` when ``owner`` (the driver's entry in the lock file when it submitted
+    """:class:`OutTakenOver` when ``owner`` (the token of the driver's claim of OUT when it submitted
     the task) no longer holds OUT. A task keeps running when its driver lost the scheduler (a
     worker's executing thread cannot be stopped), and it wrote its shard after the driver had
     released OUT and told the user to run the build again: two writers on one shard file. Checked
-    before a task writes anything and again before its provenance record commits the shard."""
-    now = out_owner(out) if owner is not None else None
-    if now is not None and now != owner:
-        raise OutTakenOver(f"shard {shard_index}: {out} is now held by another process (pid {now}), not by the "
-                           f"build (pid {owner}) that submitted this task and has since ended; nothing written")
+    before a task writes anything and again before its provenance record commits the shard.
+
+    The whole token is compared, not the pid: a new build with the old one's pid (a container's
+    entry process, another node) passed. A lock file that is empty or unreadable shows no owner,
+    and the task refuses too (was: let through): while its driver holds OUT the file holds the
+    driver's token, so the task cannot tell that it still does."""
+    from simaq_factory.store.outdir import LOCK, describe_owner
+
+    if owner is None:
+        return
+    now = out_owner(out)
+    if now is None:
+        raise OutTakenOver(f"shard {shard_index}: {out / LOCK} is empty or unreadable, so nothing shows that "
+                           f"the build ({describe_owner(owner)}) that submitted this task still holds {out} "
+                           "(another process may be taking it over); nothing written")
+    if now != owner:
+        same = describe_owner(now) == describe_owner(owner)  # one pid and host: tell the claims apart
+        raise OutTakenOver(f"shard {shard_index}: {out} is now held by another process "
+                           f"({describe_owner(now, claim=same)}), not by the build "
+                           f"({describe_owner(owner, claim=same)}) that submitted this task and has since "
+                           "ended; nothing written")
 
 
 def run_shard(
@@ -289,8 +307,8 @@ def run_shard(
     error is raised (and retried).
 
     ``expect_software``: the driver's versions; a worker whose rendering software differs refuses
-    the task before writing anything (:class:`OtherSoftware`). ``owner``: the driver's entry in
-    OUT's lock file (:func:`out_owner`); once another process holds OUT (the driver is gone and a
+    the task before writing anything (:class:`OtherSoftware`). ``owner``: the token of the
+    driver's claim in OUT's lock file (:func:`out_owner`); once another process holds OUT (the driver is gone and a
     new build or a freeze took it), the task writes nothing (:class:`OutTakenOver`).
 
     The worker's log file in ``out`` receives this task's records only: it is detached when the

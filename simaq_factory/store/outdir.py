@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import re
+import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,8 +167,33 @@ def is_partial_start(out: Path) -> bool:
     )
 
 
+def new_owner_token() -> str:
+    """A new entry for OUT's writers' lock file, naming one claim of OUT (:func:`claim_out_dir`):
+    ``"PID HOST ID"``, this process's pid, its host and a random id. A shard task compares it with
+    the file (``task._check_owner``) to tell whether the build that submitted it still holds OUT; a
+    bare pid was not enough: a re-submitted build in a container often gets its predecessor's pid
+    (the entry process, pid 1), another node may hand out the same number, and one process may
+    claim OUT twice (the Python API)."""
+    return f"{os.getpid()} {socket.gethostname()} {uuid.uuid4().hex}"
+
+
+def describe_owner(token: str, *, claim: bool = False) -> str:
+    """A lock file entry (:func:`new_owner_token`, or the bare pid older versions wrote) in words:
+    ``pid N``, with `` on host H`` when H is not this machine, and with ``claim`` its random id's
+    first 8 digits (what tells apart two claims by one pid)."""
+    parts = token.split()
+    if not parts:
+        return "an unknown process"
+    who = f"pid {parts[0]}"
+    if len(parts) > 1 and parts[1] != socket.gethostname():
+        who += f" on host {parts[1]}"
+    if claim and len(parts) > 2:
+        who += f", claim {parts[2][:8]}"
+    return who
+
+
 @contextmanager
-def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[bool]:
+def claim_out_dir(out: Path, rid: str, *, sealing: bool = False, token: str | None = None) -> Iterator[bool]:
     """Hold ``out`` for this process while the block runs; yields whether it resumes a dataset.
 
     Creates ``out`` and takes an exclusive lock on its lock file; a second build (or freeze) of the
@@ -174,8 +201,11 @@ def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[boo
     with :class:`BadInput` instead of interleaving writes. The directory is checked again under the
     lock (:func:`check_out_dir`): another process may have started or finished it meanwhile.
     ``sealing`` (freeze only) also admits a dataset whose card says frozen but whose SHA256SUMS,
-    written last, is missing: an interrupted freeze, which freeze completes.
+    written last, is missing: an interrupted freeze, which freeze completes. ``token`` (default: a
+    new :func:`new_owner_token`) is written into the lock file: the build passes the same token to
+    its shard tasks, which write nothing once the file holds another.
     """
+    token = token or new_owner_token()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -190,16 +220,19 @@ def claim_out_dir(out: Path, rid: str, *, sealing: bool = False) -> Iterator[boo
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                who = f" (pid {holder})" if holder.isdigit() else ""
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+                who = f" ({describe_owner(holder)})" if holder[:1].isdigit() else ""
                 raise BadInput(str(out), f"another simaq-factory process{who} is writing to it; wait "
                                          "for it to end or use another output directory") from None
             except OSError as err:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unguarded
                 log.warning("%s: cannot lock (%s); a second build of it would not be detected",
                             out, err.strerror)
-            else:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # this claim's token, also where locks fail (the shard tasks compare it). Written over the
+        # previous one in one pwrite, then cut to its length: the file is never empty meanwhile (was:
+        # truncated first, and a leftover task reading it then took the empty file for "no owner")
+        entry = f"{token}\n".encode()
+        os.pwrite(fd, entry, 0)
+        os.ftruncate(fd, len(entry))
         yield check_out_dir(out, rid, sealing=sealing)
     finally:
         os.close(fd)
@@ -210,8 +243,16 @@ def writer_pid(out: Path) -> int | None:
     or freeze), read from ``/proc/locks`` without touching the lock; None when there is none, or
     none that this machine can see (another node of a shared filesystem, a system without
     ``/proc/locks``)."""
+    return lock_holder(out / LOCK)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the process on this machine that holds an exclusive ``flock`` on file ``path``,
+    from ``/proc/locks`` (the file is not opened: where flock is emulated by POSIX locks, closing
+    any descriptor of it would drop its holder's lock); None when there is none, or none this
+    machine can see."""
     try:
-        st = (out / LOCK).stat()
+        st = path.stat()
         table = Path("/proc/locks").read_text()
     except OSError:
         return None
