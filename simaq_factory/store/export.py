@@ -10,7 +10,10 @@ was drawn at (a mean yeast-cell radius of 60 voxels at the reference's 1.2 voxel
 about 40 nm per voxel at 512³), or given with ``--voxel-size-nm``. Each output is written under a
 temporary name (``.NAME.partial``) and renamed, so an interrupted export (Ctrl-C, SIGTERM) leaves no
 partial file behind; what a killed one leaves is removed by the next export into the same
-destination, whatever its options.
+destination, whatever its options. One export at a time writes a destination: it holds an exclusive
+``flock`` on the destination's journal (below) from its first write to its end, and a second export
+into it meanwhile is refused (exit 2, naming the process) before it writes or removes anything. The
+lock ends with its process: a killed export does not block the next.
 
 Tilt series (``--arrays sinogram``, MRC or TIFF; the dataset must store ``sinogram`` and
 ``angles``): ``sample_{index:06d}_sinogram.{ext}`` is the stack of the sample's projections, one
@@ -46,6 +49,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +69,13 @@ from simaq_factory.store.inspect import (
     open_dataset_recipe,
 )
 from simaq_factory.store.layout import dataset_classes
+from simaq_factory.store.outdir import lock_holder
 from simaq_factory.store.preview import LABEL_COLOURS
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: exports are not locked against each other
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +221,7 @@ def _read_marker(dest: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        lines = (dest / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = _journal_text(dest).splitlines()
     except OSError:
         return files
     for line in lines:
@@ -256,13 +267,65 @@ def _same_size(holds: dict[str, Any], target: Path) -> bool:
         return False
 
 
+#: the journals this process holds locked (destination → descriptor, :func:`_hold_destination`): read
+#: and appended through that descriptor only, since where flock is emulated by POSIX locks (NFS)
+#: closing any descriptor of the file drops the lock
+_HELD: dict[Path, int] = {}
+
+
+def _journal_text(dest: Path) -> str:
+    """The journal of ``dest`` as text (OSError when it cannot be read)."""
+    fd = _HELD.get(dest)
+    if fd is None:
+        return (dest / MARKER).read_text(encoding="utf-8", errors="replace")
+    data = bytearray()
+    while chunk := os.pread(fd, 1 << 20, len(data)):
+        data += chunk
+    return data.decode("utf-8", errors="replace")
+
+
 def _journal(dest: Path, name: str, holds: dict[str, Any] | None) -> None:
     """Append that ``name`` now holds ``holds`` (None: unlisted), in one write, synced to disk."""
     line = json.dumps({"file": name, "holds": holds}, sort_keys=True) + "\n"
-    fd = os.open(dest / MARKER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    held = _HELD.get(dest)
+    fd = held if held is not None else os.open(dest / MARKER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
         os.write(fd, line.encode())
         os.fsync(fd)
+    finally:
+        if held is None:
+            os.close(fd)
+
+
+@contextmanager
+def _hold_destination(dest: Path) -> Iterator[None]:
+    """Hold ``dest`` for this export while the block runs: an exclusive ``flock`` on its journal.
+    A second export into ``dest`` meanwhile is refused (:class:`BadInput`, exit 2) before it writes
+    or removes anything: two exports at once removed each other's temporary files as leftovers (an
+    OME-Zarr sample renamed into place without its image, listed as complete) and wrote the same
+    temporary names. The lock dies with its process, so a killed export does not block the next."""
+    journal = dest / MARKER
+    try:
+        fd = os.open(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    except OSError as err:
+        raise BadInput(str(journal), f"cannot open the export journal: {err.strerror}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = lock_holder(journal)
+                who = f" (process {pid})" if pid is not None else ""
+                raise BadInput(str(dest), f"another export{who} is writing to it; wait for it to end or "
+                                          "export to another destination") from None
+            except OSError as err:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): go on unguarded
+                log.warning("%s: cannot lock (%s); a second export into it would not be detected",
+                            dest, err.strerror)
+        _HELD[dest] = fd
+        try:
+            yield
+        finally:
+            del _HELD[dest]
     finally:
         os.close(fd)
 
@@ -358,80 +421,90 @@ def export_dataset(
     if journal.exists() and not journal.is_file():  # a folder (or a device) where the journal belongs
         raise BadInput(str(journal), "is not a file: this is where export keeps its journal of finished "
                        "files; move it away or export to another destination")
-    done = _read_marker(dest) if dest.is_dir() else {}
-    # ours: listed by an export of the same data; complete unless its size changed since (a file
-    # cut short or replaced after the export is written again, without --overwrite: it is ours)
-    ours = {t for *_, t in targets if t.exists() and _same_export(done.get(t.name), key_of(t))}
-    complete = {t for t in ours if not overwrite and _same_size(done[t.name], t)}
-    clash = [t for *_, t in targets if t.exists() and t not in ours]
-    if clash and not overwrite:
-        raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
+
+    def survey() -> tuple[dict[str, Any], set[Path]]:
+        """What the journal lists (name → holds) and the targets complete; BadInput on a clash."""
+        done = _read_marker(dest) if dest.is_dir() else {}
+        # ours: listed by an export of the same data; complete unless its size changed since (a file
+        # cut short or replaced after the export is written again, without --overwrite: it is ours)
+        ours = {t for *_, t in targets if t.exists() and _same_export(done.get(t.name), key_of(t))}
+        complete = {t for t in ours if not overwrite and _same_size(done[t.name], t)}
+        clash = [t for *_, t in targets if t.exists() and t not in ours]
+        if clash and not overwrite:
+            raise BadInput(str(clash[0]), "exists; use --overwrite or another destination")
+        return done, complete
+
+    survey()  # a refused export writes nothing
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(str(dest), f"cannot create the export destination: {err.strerror}") from None
-    # leftovers of an interrupted or killed export: this one's and those of any other export into
-    # ``dest`` (other --index, --arrays or --format), which no later run would clear otherwise
-    for *_, target in targets:
-        _remove(target.with_name(f".{target.name}.partial"))
-    for entry in dest.iterdir():
-        if PARTIAL_NAME.fullmatch(entry.name):
-            _remove(entry)
-    written = []
-    classes = dataset_classes(recipe)  # OME-Zarr label images name them
-    for n_done, (i, a, axis, target) in enumerate(targets):
-        if progress is not None:
-            progress("exporting files", n_done, len(targets))
-        if target in complete:
-            if skipped is not None:
-                skipped.append(target)
-            continue
-        vx = voxel_nm or _voxel_nm(records[i])
-        tilt = a in TILT_ARRAYS
-        if tilt:
-            angles = g["angles"][i] if axis is None else g["angles"][i, axis]
-            acquired = np.isfinite(angles)  # the rows past the sample's angle count are padding
-        if tilt and target.suffix == TLT:
-            vol = angles[acquired]
-        else:
-            vol = g[a][i] if axis is None else g[a][i, axis]
+    with _hold_destination(dest):
+        # again under the lock: an export that held ``dest`` until now may have written targets
+        done, complete = survey()
+        # leftovers of an interrupted or killed export: this one's and those of any other export into
+        # ``dest`` (other --index, --arrays or --format), which no later run would clear otherwise;
+        # only under the lock (was: also while another export wrote them, which lost its data)
+        for *_, target in targets:
+            _remove(target.with_name(f".{target.name}.partial"))
+        for entry in dest.iterdir():
+            if PARTIAL_NAME.fullmatch(entry.name):
+                _remove(entry)
+        written = []
+        classes = dataset_classes(recipe)  # OME-Zarr label images name them
+        for n_done, (i, a, axis, target) in enumerate(targets):
+            if progress is not None:
+                progress("exporting files", n_done, len(targets))
+            if target in complete:
+                if skipped is not None:
+                    skipped.append(target)
+                continue
+            vx = voxel_nm or _voxel_nm(records[i])
+            tilt = a in TILT_ARRAYS
             if tilt:
-                vol = vol[acquired]
-            if vol.dtype == np.float16:
-                vol = vol.astype(np.float32)
-            if fmt == "mrc" and vol.dtype == np.uint8:
-                vol = vol.astype(np.int16)  # MRC has no unsigned 8-bit mode; labels fit int16
-        tmp = target.with_name(f".{target.name}.partial")
-        try:
-            if target.suffix == TLT:
-                _write_tlt(tmp, vol)
-            elif fmt == "tiff":
-                _write_tiff(tmp, vol, vx, stack=tilt)
-            elif fmt == "mrc":
-                _write_mrc(tmp, vol, vx, f"simaq-factory {__version__}: sample {i} {a}"
-                           + ("" if axis is None else f" axis {axis}") + f", recipe {rid[:16]}",
-                           stack=tilt)
+                angles = g["angles"][i] if axis is None else g["angles"][i, axis]
+                acquired = np.isfinite(angles)  # the rows past the sample's angle count are padding
+            if tilt and target.suffix == TLT:
+                vol = angles[acquired]
             else:
-                with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
-                _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels, classes)
-            if target.exists() or target.is_symlink():  # --overwrite: unlist it first, then replace it
-                if target.name in done:
-                    del done[target.name]
-                    _journal(dest, target.name, None)
-                _remove(target)
-            # listed once whole, just before its rename: a kill between the two leaves a listed name
-            # that is missing (written again) or whole in place (kept), never an unlisted file of ours
-            holds = {**key_of(target), **_footprint(tmp)}
-            _journal(dest, target.name, holds)
-            os.replace(tmp, target)
-        except BaseException:
-            # up to the rename (was: up to the end of the write only, so Ctrl-C in the journal
-            # append or the footprint left the whole temporary file behind); best effort, the
-            # next export into ``dest`` clears what is left
-            _remove(tmp)
-            raise
-        done[target.name] = holds
-        written.append(target)
-    if progress is not None:
-        progress("exporting files", len(targets), len(targets))
-    return written
+                vol = g[a][i] if axis is None else g[a][i, axis]
+                if tilt:
+                    vol = vol[acquired]
+                if vol.dtype == np.float16:
+                    vol = vol.astype(np.float32)
+                if fmt == "mrc" and vol.dtype == np.uint8:
+                    vol = vol.astype(np.int16)  # MRC has no unsigned 8-bit mode; labels fit int16
+            tmp = target.with_name(f".{target.name}.partial")
+            try:
+                if target.suffix == TLT:
+                    _write_tlt(tmp, vol)
+                elif fmt == "tiff":
+                    _write_tiff(tmp, vol, vx, stack=tilt)
+                elif fmt == "mrc":
+                    _write_mrc(tmp, vol, vx, f"simaq-factory {__version__}: sample {i} {a}"
+                               + ("" if axis is None else f" axis {axis}") + f", recipe {rid[:16]}",
+                               stack=tilt)
+                else:
+                    with_labels = g["labels"][i] if a != "labels" and "labels" in g else None
+                    _write_ome_zarr(tmp, a if axis is None else f"{a}_axis{axis}", vol, vx, with_labels, classes)
+                if target.exists() or target.is_symlink():  # --overwrite: unlist it first, then replace it
+                    if target.name in done:
+                        del done[target.name]
+                        _journal(dest, target.name, None)
+                    _remove(target)
+                # listed once whole, just before its rename: a kill between the two leaves a listed name
+                # that is missing (written again) or whole in place (kept), never an unlisted file of ours
+                holds = {**key_of(target), **_footprint(tmp)}
+                _journal(dest, target.name, holds)
+                os.replace(tmp, target)
+            except BaseException:
+                # up to the rename (was: up to the end of the write only, so Ctrl-C in the journal
+                # append or the footprint left the whole temporary file behind); best effort, the
+                # next export into ``dest`` clears what is left
+                _remove(tmp)
+                raise
+            done[target.name] = holds
+            written.append(target)
+        if progress is not None:
+            progress("exporting files", len(targets), len(targets))
+        return written

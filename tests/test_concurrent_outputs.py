@@ -1,0 +1,95 @@
+"""Several commands writing one output at once: two exports into one destination, a fit reading a
+dataset that freeze is sealing, two predicts to one output. The second writer is refused (exit 2)
+or sees the first one's whole result, never half of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simaq_factory.store.export import MARKER
+
+from test_score_cli import SMOKE, TINY, invoke
+
+fcntl = pytest.importorskip("fcntl")
+
+
+def cli(*args: object):  # type: ignore[no-untyped-def]
+    return invoke(*map(str, args))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("concurrent")
+    r = invoke("build", SMOKE, "-o", str(root / "ds"), "--cluster", "inline", *TINY)
+    assert r.exit_code == 0, r.output
+    return root / "ds"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def test_a_second_export_into_a_destination_an_export_holds_is_refused_and_touches_nothing(ds, tmp_path):
+    """Two exports into one destination (a re-submitted job, or jobs with disjoint --index sets and
+    one -o) removed each other's temporary files as leftovers: an OME-Zarr sample renamed into place
+    without its image and listed as complete, files vanishing under their writer. While one export
+    holds the destination, another is refused with one line and exit 2, and leaves the holder's
+    temporary file in place."""
+    dest = tmp_path / "ex"
+    assert cli("export", ds, "--format", "tiff", "-o", dest, "--index", "0").exit_code == 0
+    fd = os.open(dest / MARKER, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an export writing ``dest`` now
+        (dest / ".sample_000001_recon.ome.zarr.partial" / "0").mkdir(parents=True)  # what it writes
+        (dest / ".sample_000001_recon.tif.partial").write_bytes(b"x" * 100)
+        before = _snapshot(dest)
+        names = sorted(p.name for p in dest.iterdir())
+        for extra in ((), ("--format", "ome-zarr", "--index", "1"), ("--index", "2", "--overwrite")):
+            args = ("--format", "tiff", *extra) if not extra or extra[0] != "--format" else extra
+            r = cli("export", ds, "-o", dest, *args)
+            assert r.exit_code == 2, (extra, r.output)
+            who = f" (process {os.getpid()})" if Path("/proc/locks").is_file() else ""
+            assert r.stderr == (f"error: {dest}: another export{who} is writing to it; wait for it to end "
+                                "or export to another destination\n"), r.stderr
+            assert _snapshot(dest) == before and sorted(p.name for p in dest.iterdir()) == names
+    finally:
+        os.close(fd)  # the holder ends: the next export takes over and clears its leftovers
+    r = cli("export", ds, "--format", "tiff", "-o", dest)
+    assert r.exit_code == 0 and "wrote 6 file(s)" in r.output and "skipped 3" in r.output, r.output
+    assert not list(dest.glob(".*.partial"))
+
+
+def test_a_killed_export_does_not_block_the_next_which_clears_its_leftovers(ds, tmp_path):
+    """The lock is a flock: it ends with its process, so a SIGKILLed export holds nothing, and what
+    it left is removed by the next export into the destination."""
+    dest = tmp_path / "ex"
+    dest.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(dest / MARKER)!r}, os.O_RDWR | os.O_CREAT | os.O_APPEND)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+         f"open({str(dest / '.sample_000000_recon.tif.partial')!r}, 'wb').write(b'x' * 100)\n"
+         "print('held', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        r = cli("export", ds, "--format", "tiff", "-o", dest, "--index", "0")
+        assert r.exit_code == 2 and "another export" in r.stderr, r.output
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    r = cli("export", ds, "--format", "tiff", "-o", dest, "--index", "0")
+    assert r.exit_code == 0 and "wrote 3 file(s)" in r.output, r.output
+    assert sorted(p.name for p in dest.iterdir()) == [MARKER, *(f"sample_000000_{a}.tif"
+                                                               for a in ("labels", "phantom", "recon"))]
