@@ -93,3 +93,41 @@ def test_a_killed_export_does_not_block_the_next_which_clears_its_leftovers(ds, 
     assert r.exit_code == 0 and "wrote 3 file(s)" in r.output, r.output
     assert sorted(p.name for p in dest.iterdir()) == [MARKER, *(f"sample_000000_{a}.tif"
                                                                for a in ("labels", "phantom", "recon"))]
+
+
+# --- freeze ----------------------------------------------------------------------------------
+
+def test_freeze_writes_its_manifest_whole_or_not_at_all(ds, tmp_path, monkeypatch):
+    """freeze wrote manifest.jsonl in place while the card still said "complete": a `simaq-train fit`
+    started meanwhile hashed the part written so far into its checkpoint, and no resume of that run
+    ever matched the dataset again. It is written to a temporary name and renamed: a failure in the
+    middle of it leaves no manifest.jsonl and no temporary file; what a kill there leaves is removed
+    by the next freeze, not sealed in."""
+    import shutil
+
+    import simaq_factory.store.freeze as freeze_mod
+    from simaq_factory.store.outdir import sweep_temp_files
+
+    out = tmp_path / "ds"
+    shutil.copytree(ds, out)
+    real = freeze_mod._Stats.finish
+
+    def finish(self, where):  # type: ignore[no-untyped-def]
+        manifest, stats = real(self, where)
+        return [manifest[0], {"unwritable": object()}, *manifest[1:]], stats  # fails at the second row
+
+    monkeypatch.setattr(freeze_mod._Stats, "finish", finish)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        freeze_mod.freeze_dataset(out, previews=0)
+    assert not (out / freeze_mod.MANIFEST).exists() and not list(out.glob(".manifest*"))
+    monkeypatch.undo()
+    for name in (".manifest.jsonl.partial", ".DATASET.md.partial"):  # a freeze killed while writing it
+        (out / name).write_text("{}\n")
+    # swept by the next build or freeze (which takes its lock), not left for verify to report
+    assert sorted(p.name for p in sweep_temp_files(out)) == [".DATASET.md.partial", ".manifest.jsonl.partial"]
+    (out / ".manifest.jsonl.partial").write_text("{}\n")
+    freeze_mod.freeze_dataset(out, previews=0)
+    assert len((out / freeze_mod.MANIFEST).read_text().splitlines()) == 3
+    assert not list(out.glob(".*.partial"))
+    assert ".manifest.jsonl.partial" not in (out / "SHA256SUMS").read_text()
+    assert cli("verify", out).exit_code == 0

@@ -3,7 +3,9 @@
 Writes ``manifest.jsonl`` (one line per sample), ``DATASET.md`` (the dataset card: recipe, counts,
 per-class voxel fractions, intensity percentiles, software versions, preview images under
 ``previews/``), sets the card's status to ``frozen`` and finally ``SHA256SUMS`` over every file
-(the noise banks under ``dataset.zarr/banks/`` included).
+(the noise banks under ``dataset.zarr/banks/`` included). ``manifest.jsonl`` and ``DATASET.md`` are
+written under a temporary name (``.NAME.partial``) and renamed: a reader (a fit that hashes the
+manifest) never sees part of one.
 A frozen dataset refuses later builds. Freezing first verifies every shard (checksums, provenance,
 a deep read), so a damaged dataset is never sealed, and refuses a file in ``dataset.zarr/`` or
 ``provenance/`` that is none of the dataset's (it would be sealed in as part of it).
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +254,25 @@ def _check_listable(out: Path, recipe: Any) -> None:
         log.warning("%s: sealing %d file(s) that are not part of the dataset's layout: %s", out, len(extra), shown)
 
 
+def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """Write ``chunks`` to ``.NAME.partial`` beside ``path``, sync it and rename it over ``path``: a
+    reader sees the whole file or none (was: written in place, so a ``simaq-train fit`` started
+    meanwhile hashed a partial manifest.jsonl and recorded a dataset hash no later resume matched),
+    and an error or interrupt leaves no partial file. What a kill leaves is removed by the next
+    freeze or build (:func:`~simaq_factory.store.outdir.sweep_temp_files`)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def freeze_dataset(out: Path, *, previews: int = 2, progress: Progress | None = None) -> dict[str, Any]:
     """Verify, then seal ``out``. Raises BuildFailed (not verifiable). A dataset already sealed is
     left as it is: ``{"already_frozen": True, "files": n}`` (re-running a pipeline is not an error).
@@ -281,9 +303,7 @@ def _freeze(out: Path, recipe: Any, previews: int, progress: Progress | None) ->
         raise BuildFailed(f"cannot freeze: {report.problems[0]} ({len(report.problems)} problem(s); "
                           "run `simaq-factory build` to repair, then freeze)")
     manifest, stats = acc.finish(out)
-    with open(out / MANIFEST, "w") as f:
-        for row in manifest:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+    _write_atomic(out / MANIFEST, (json.dumps(row, sort_keys=True) + "\n" for row in manifest))
     (out / PREVIEWS).mkdir(exist_ok=True)
     names = []
     n_previews = min(previews, recipe.dataset.n_samples)
@@ -299,7 +319,7 @@ def _freeze(out: Path, recipe: Any, previews: int, progress: Progress | None) ->
     update_card(out, {"status": "frozen", "frozen_at": frozen_at, "stats": stats})
     card = read_card(out)
     recipe_json = json.loads((out / RESOLVED).read_text())["recipe"]
-    (out / CARD).write_text(_card_markdown(recipe_json, card, stats, manifest, names))
+    _write_atomic(out / CARD, [_card_markdown(recipe_json, card, stats, manifest, names)])
     n_files = write_sha256sums(out, report.digests, progress)
     digest = hashlib.sha256((out / SUMS).read_bytes()).hexdigest()
     return {"samples": len(manifest), "files": n_files, "sha256sums_digest": digest, "stats": stats}

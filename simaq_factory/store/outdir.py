@@ -267,13 +267,15 @@ def lock_holder(path: Path) -> int | None:
 #: a temporary file of :func:`~simaq_factory.store.dataset.write_json_atomic` (``.NAME.json.XXXXXXXX.tmp``)
 _JSON_TEMP = re.compile(r"^\..+\.json\.[A-Za-z0-9_]{8}\.tmp$")
 #: zarr's local store writes every chunk, shard and zarr.json to ``NAME.<uuid4 hex>.partial`` and
-#: renames it (zarr.json: ``zarr.<hex>.partial``); the preview writes ``.NAME.png.partial``
-_PARTIAL_TEMP = re.compile(r"^(?:.+\.[0-9a-f]{32}|\..+\.png)\.partial$")
+#: renames it (zarr.json: ``zarr.<hex>.partial``); the preview writes ``.NAME.png.partial``, freeze
+#: ``.manifest.jsonl.partial`` and ``.DATASET.md.partial``
+_PARTIAL_TEMP = re.compile(r"^(?:.+\.[0-9a-f]{32}|\..+\.(?:png|jsonl|md))\.partial$")
 
 
 def sweep_temp_files(out: Path) -> list[Path]:
     """Remove the temporary files of writes a killed process left in ``out`` (a SIGKILL between
-    writing one and renaming it: our JSON records, zarr's chunks, shards and metadata, previews;
+    writing one and renaming it: our JSON records, zarr's chunks, shards and metadata, previews,
+    freeze's manifest and card;
     their random names are never written again, and freeze sealed them in as part of the dataset).
     Only under the writers' lock, when no process of ours writes ``out``. One walk of ``out``.
     Returns the paths removed."""
