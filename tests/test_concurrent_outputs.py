@@ -131,3 +131,58 @@ def test_freeze_writes_its_manifest_whole_or_not_at_all(ds, tmp_path, monkeypatc
     assert not list(out.glob(".*.partial"))
     assert ".manifest.jsonl.partial" not in (out / "SHA256SUMS").read_text()
     assert cli("verify", out).exit_code == 0
+
+
+# --- simaq-train predict ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["seg.npy", "seg.tif", "seg.zarr"])
+def test_a_predict_output_that_appears_while_another_is_written_is_not_replaced(tmp_path, monkeypatch, name):
+    """Two `simaq-train predict` to one output without --overwrite: both passed the check for an
+    existing output before writing, and the one that finished second renamed its result over the
+    first one's (a Zarr: removed it). The result is now placed without replacing anything: the
+    second gets "exists; use --overwrite" (exit 2), the first one's result stays, nothing of the
+    second is left behind. With --overwrite it replaces it, as before."""
+    import numpy as np
+
+    import simaq_train.data.volumes as volumes
+    from simaq_factory.errors import BadInput
+
+    if name.endswith(".tif"):
+        pytest.importorskip("tifffile")
+    out = tmp_path / name
+    first, second = np.zeros((4, 8, 8), np.uint8), np.ones((4, 8, 8), np.uint8)
+    real = volumes._write_to
+
+    def the_other_finishes_meanwhile(tmp, suf, volume, *rest):  # type: ignore[no-untyped-def]
+        real(tmp, suf, volume, *rest)
+        real(tmp.with_name(".other"), suf, first, *rest)  # the other predict, started at the same time,
+        os.rename(tmp.with_name(".other"), out)  # finishes first and places its result
+
+    monkeypatch.setattr(volumes, "_write_to", the_other_finishes_meanwhile)
+    with pytest.raises(BadInput, match="exists; use --overwrite"):
+        volumes.write_volume(out, second)
+    np.testing.assert_array_equal(volumes.read_volume(out), first)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file or folder left
+    monkeypatch.undo()
+    volumes.write_volume(out, second, overwrite=True)  # asked for: replaced
+    np.testing.assert_array_equal(volumes.read_volume(out), second)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_predict_output_is_placed_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    """Placing a file without replacing links it in; a filesystem that refuses hard links (some
+    network and FUSE ones) still gets its result, by a last check and a rename."""
+    import errno
+
+    import numpy as np
+
+    import simaq_train.data.volumes as volumes
+
+    def no_links(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    vol = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8)
+    volumes.write_volume(tmp_path / "seg.npy", vol)
+    np.testing.assert_array_equal(volumes.read_volume(tmp_path / "seg.npy"), vol)
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.npy"]

@@ -9,6 +9,7 @@ half-written output.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -537,7 +538,8 @@ def write_volume(path: str | Path, volume: np.ndarray,
                  source: str | Path | None = None, class_names: list[str] | None = None,
                  like: Volume | None = None) -> Path:
     """Write (Z, Y, X) ``volume`` as TIFF, MRC, NRRD (C order), Zarr or NPY (by suffix), atomically (a temporary
-    name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`).
+    name, renamed). An existing ``path`` is refused unless ``overwrite`` (see :func:`check_output_path`),
+    also one that appears while the volume is written (:func:`_place_new`).
 
     ``NAME.seg.nrrd`` is a 3D Slicer segmentation: ``volume`` holds class ids, ``class_names`` names
     them, and the file holds value ``c + 1`` for class ``c`` with one named segment per class (read
@@ -558,15 +560,18 @@ def write_volume(path: str | Path, volume: np.ndarray,
     old = p.with_name(f".{p.name}.old-{os.getpid()}")
     try:
         _write_to(tmp, suf, volume, voxel_size, list(class_names) if slicer and class_names else None, like)
-        if p.is_dir():
-            if not is_own_zarr(p):  # checked again: never remove anything else
-                raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
-            # a folder cannot be replaced by a rename: the earlier Zarr is renamed aside, the new one
-            # renamed in, and only then the earlier one removed, so an interrupt at any point leaves
-            # one whole result at ``p`` (was: removed first, so Ctrl-C between the removal and the
-            # rename, or inside it, left no output, or a half-deleted Zarr reading as background)
-            os.replace(p, old)
-        os.replace(tmp, p)
+        if not overwrite:
+            _place_new(tmp, p)
+        else:
+            if p.is_dir():
+                if not is_own_zarr(p):  # checked again: never remove anything else
+                    raise BadInput(str(p), "exists and is not a Zarr array written by predict; not replaced")
+                # a folder cannot be replaced by a rename: the earlier Zarr is renamed aside, the new one
+                # renamed in, and only then the earlier one removed, so an interrupt at any point leaves
+                # one whole result at ``p`` (was: removed first, so Ctrl-C between the removal and the
+                # rename, or inside it, left no output, or a half-deleted Zarr reading as background)
+                os.replace(p, old)
+            os.replace(tmp, p)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -580,6 +585,36 @@ def write_volume(path: str | Path, volume: np.ndarray,
     if suf == ".zarr":
         _sweep_replaced(p)
     return p
+
+
+def _place_new(tmp: Path, p: Path) -> None:
+    """Put the written ``tmp`` at ``p`` without replacing anything there: :class:`BadInput` ("exists;
+    use --overwrite") when something appeared at ``p`` since :func:`check_output_path` (another
+    predict to the same output finished first; was: replaced by a rename, and its Zarr removed). A
+    file is hard-linked into place, which fails on an existing name, then its temporary name
+    removed; a filesystem without hard links gets a last check and a rename. A Zarr folder is
+    renamed, which fails onto a file or a folder that is not empty; an empty one is checked for."""
+    taken = BadInput(str(p), "exists; use --overwrite")
+    if tmp.is_dir():
+        if p.exists() or p.is_symlink():  # a rename would replace an empty folder
+            raise taken
+        try:
+            os.rename(tmp, p)
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise taken from None
+            raise
+        return
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise taken from None
+    except OSError:  # no hard links here (some network and FUSE filesystems)
+        if p.exists() or p.is_symlink():
+            raise taken from None
+        os.replace(tmp, p)
+        return
+    tmp.unlink()
 
 
 def _sweep_replaced(p: Path) -> None:
