@@ -114,7 +114,8 @@ class ExecutionConfig:
     workers: int = spec(2, ge=1, le=4096, doc="LocalCluster worker processes")
     threads_per_worker: int = spec(0, ge=0, le=1024, doc="torch threads per task; 0 = cores/workers on a "
                                  "LocalCluster, a --scheduler worker's cores/its Dask threads, slurm.cores/processes")
-    retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task")
+    retries: int = spec(2, ge=0, le=100, doc="retries of a failed shard task on a Dask cluster (not --cluster inline); "
+                        "failures the recipe decides (cells that do not fit, non-finite data) are not retried")
     window: int = spec(0, ge=0, doc="tasks in flight; 0 = 2 x workers")
     memory_limit: str = spec("auto", doc="LocalCluster memory limit per worker, e.g. 8GB; auto = RAM/workers")
     slurm: SlurmConfig = spec(default_factory=SlurmConfig)
