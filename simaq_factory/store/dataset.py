@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,6 +108,108 @@ def sha256_file(path: Path) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+#: Environment variable: ``off`` disables :class:`DigestCache` (every check hashes every file);
+#: a path puts its files there instead of ``$XDG_CACHE_HOME/simaq-factory/digests``.
+DIGEST_CACHE_ENV = "SIMAQ_FACTORY_DIGEST_CACHE"
+#: A file whose change time is this recent when it is hashed is not cached: file timestamps are
+#: coarse (a kernel tick), so a write within the same tick after the hash would leave them alone.
+RACY_NS = 2_000_000_000
+
+
+def digest_cache_dir() -> Path | None:
+    """Where :class:`DigestCache` keeps its files (None: disabled by :data:`DIGEST_CACHE_ENV`)."""
+    setting = os.environ.get(DIGEST_CACHE_ENV, "")
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "simaq-factory" / "digests"
+
+
+class DigestCache:
+    """The sha256 of the shard files of one dataset as last hashed, with each file's identity then
+    (inode, size, modification and change time): ``status``, a resumed ``build``, ``export`` and
+    the training reader re-hash only the files that changed since, where they re-hashed every byte
+    of the dataset (terabytes at paper scale, hours before a resume could start). Any write to a
+    file, and ``touch`` or ``os.utime`` too, moves its change time, which no user call can set back:
+    a damaged file is hashed again. ``verify`` never trusts the cache (``trust=False``): it hashes
+    every file, as after a copy or a transfer, and records what it found, so that damage found
+    by ``verify`` (bit rot leaves the timestamps alone) is damage to the next build too.
+
+    One JSON file per dataset and user (:func:`digest_cache_dir`; keyed by the dataset's resolved
+    path), outside the dataset: a frozen or read-only dataset is never written. Thread-safe;
+    :meth:`save` writes it once (atomically; failures are ignored: the cache is an optimisation)."""
+
+    def __init__(self, out: Path, *, trust: bool = True) -> None:
+        self.out = out
+        self.trust = trust
+        folder = digest_cache_dir()
+        where = str(out.resolve())
+        self.path = None if folder is None else folder / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
+        self.entries: dict[str, list[Any]] = {}
+        self.changed = False
+        self._lock = threading.Lock()
+        if self.path is not None:
+            try:
+                doc = json.loads(self.path.read_text())
+                if isinstance(doc, dict) and doc.get("version") == 1 and doc.get("dataset") == where:
+                    self.entries = {k: v for k, v in doc.get("files", {}).items()
+                                    if isinstance(v, list) and len(v) == 5}
+            except (OSError, ValueError):
+                pass
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> list[int]:
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def sha256(self, path: Path) -> str | None:
+        """:func:`sha256_file` of ``path`` (a file of this dataset), from the cache when the file is
+        the one it was when last hashed."""
+        if self.path is None:
+            return sha256_file(path)
+        key = path.relative_to(self.out).as_posix()
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            entry = self.entries.get(key)
+        if self.trust and entry is not None and entry[:4] == self._identity(before):
+            return str(entry[4])
+        t0 = time.time_ns()
+        digest = sha256_file(path)
+        try:
+            after = os.stat(path)
+        except OSError:
+            return digest
+        same = self._identity(after) == self._identity(before)
+        if digest is not None and same and after.st_ctime_ns < t0 - RACY_NS:
+            with self._lock:
+                self.entries[key] = [*self._identity(after), digest]
+                self.changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the cache if it changed (atomically; an error leaves the old one or none)."""
+        if self.path is None or not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                doc = {"version": 1, "dataset": str(self.out.resolve()), "files": dict(self.entries)}
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(doc, f, separators=(",", ":"))
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError:
+            pass
 
 
 def hash_threads() -> int:
@@ -212,11 +316,12 @@ def read_provenance(out: Path, shard_index: int) -> dict[str, Any] | None:
 
 
 def shard_state(
-    out: Path, specs: dict[str, ArraySpec], shard_index: int, recipe_id: str
+    out: Path, specs: dict[str, ArraySpec], shard_index: int, recipe_id: str,
+    digests: DigestCache | None = None,
 ) -> tuple[str, str]:
     """("done" | "pending" | "damaged", reason) for one shard: done when its record reads, is this
     recipe's, matches its own digest, is this shard's (not another's moved here) and every shard
-    file matches the checksum it records."""
+    file matches the checksum it records (hashed through ``digests`` when given)."""
     prov, unreadable = load_provenance(out, shard_index)
     if unreadable is not None:
         return "damaged", unreadable
@@ -235,7 +340,8 @@ def shard_state(
         if name not in recorded:
             return "damaged", f"no checksum recorded for {name}"
         try:
-            digest = sha256_file(shard_file(out, spec, shard_index))
+            path = shard_file(out, spec, shard_index)
+            digest = digests.sha256(path) if digests is not None else sha256_file(path)
         except OSError as err:  # a folder in its place, no read permission
             return "damaged", f"{name} shard file unreadable ({err.strerror or type(err).__name__})"
         if digest != recorded[name]:
@@ -245,9 +351,14 @@ def shard_state(
 
 def shard_states(
     out: Path, specs: dict[str, ArraySpec], shards: Iterable[int], recipe_id: str,
-    progress: Progress | None = None,
+    progress: Progress | None = None, *, rehash: bool = False,
 ) -> list[tuple[str, str]]:
     """:func:`shard_state` of each of ``shards``, in order, shards checked on :func:`hash_threads`
-    threads (a resume, ``status`` or ``verify`` of a large dataset re-hashes every shard file)."""
-    return map_in_order(lambda s: shard_state(out, specs, s, recipe_id), list(shards), hash_threads(),
-                        progress, "shard checksums")
+    threads. Files unchanged since they were last hashed are not hashed again (:class:`DigestCache`),
+    unless ``rehash`` (``verify``: every byte is read, and the cache learns what was found)."""
+    digests = DigestCache(out, trust=not rehash)
+    try:
+        return map_in_order(lambda s: shard_state(out, specs, s, recipe_id, digests), list(shards),
+                            hash_threads(), progress, "shard checksums")
+    finally:
+        digests.save()

@@ -365,7 +365,7 @@ def verify_dataset(out: Path, *, deep: bool = False, regen: int = 0,
     frozen = group_problem is None and read_card(out).get("status") == "frozen"
     arrays = _open_arrays(out, [name for name in specs if name not in array_problems], report) if deep else {}
     known = report.digests  # relative shard file -> sha256, as matched by the shard check
-    states = shard_states(out, specs, range(len(ranges)), rid, progress)
+    states = shard_states(out, specs, range(len(ranges)), rid, progress, rehash=True)  # every byte
     if deep and progress is not None:
         progress(DEEP_PHASE, 0, len(ranges))
     undigested = 0  # done shards whose record carries no digest of itself (built by an older version)

@@ -265,14 +265,20 @@ class FactorySource:
     def _check_shards(self) -> None:
         """Every shard file this source reads (labels and recon of its samples), hashed once, here,
         on a few threads: the set of checked shards goes with the source to loader workers, which
-        would otherwise hash every shard again each epoch."""
-        from simaq_factory.store.dataset import hash_threads, map_in_order
+        would otherwise hash every shard again each epoch. Files unchanged since simaq-factory last
+        hashed them are not hashed again (its :class:`~simaq_factory.store.dataset.DigestCache`)."""
+        from simaq_factory.store.dataset import DigestCache, hash_threads, map_in_order
 
         per = self.card.get("samples_per_shard")
         if isinstance(per, int) and per > 0:
-            map_in_order(self._check_shard, list(range(0, self.n_samples, per)), hash_threads())
+            digests = DigestCache(self.path)
+            try:
+                map_in_order(lambda s: self._check_shard(s, digests), list(range(0, self.n_samples, per)),
+                             hash_threads())
+            finally:
+                digests.save()
 
-    def _check_shard(self, s: int) -> None:
+    def _check_shard(self, s: int, digests: Any = None) -> None:
         """The labels and recon files of the shard holding sample ``s`` against the checksums its
         provenance record holds, once per shard (done for all by :meth:`_check_shards`): a damaged
         chunk that still decodes was read as data (one voxel -1e38 went into the network).
@@ -291,7 +297,7 @@ class FactorySource:
             if not isinstance(checksums, dict) or name not in checksums:
                 continue
             path = self.path / "dataset.zarr" / name / shard_key(k, ndim)
-            if sha256_file(path) != checksums[name]:
+            if (digests.sha256(path) if digests is not None else sha256_file(path)) != checksums[name]:
                 raise UnreadableData(f"{path} (shard {k}, sample {s}) does not match the checksum in its provenance "
                                      f"record: the dataset is damaged; `simaq-factory verify {self.path}` lists "
                                      "what else is")
