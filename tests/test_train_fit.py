@@ -959,6 +959,8 @@ def test_each_shard_file_is_hashed_once_per_source_not_per_loader_worker(dataset
     calls = []
     real = store_dataset.sha256_file
     monkeypatch.setattr(store_dataset, "sha256_file", lambda p: (calls.append(p), real(p))[1])
+    # every open hashes (the digest cache would remember the files an earlier test's source hashed)
+    monkeypatch.setenv(store_dataset.DIGEST_CACHE_ENV, "off")
     src = FactorySource(dataset, n_classes=4, fov_margin=2.0)
     n_shards = len(list((dataset / "provenance").glob("shard-*.json")))
     assert n_shards >= 2 and len(calls) == len(set(calls)) == 2 * n_shards  # labels and recon, once each
