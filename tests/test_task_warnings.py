@@ -76,9 +76,10 @@ def _worker_logs(out: Path) -> str:
 
 
 #: One candidate position per bead: some beads of the smoke recipe's samples 0 and 1 (shard 0) find
-#: no room; no shrinking of cells that do not fit: sample 2 or 3 (shard 1) of 2 cells fails.
+#: no room; no shrinking of cells that do not fit: sample 2 or 3 (shard 1) of 2 cells fails (32³).
 CASE = ("--set", "artifacts.fiducials.max_candidates_per_bead=1", "--set", "phantom.layout.min_scale_fraction=0.99",
-        "--set", "execution.retries=2")
+        "--set", "execution.retries=2", "--set", "dataset.shape=[32,32,32]", "--set", "dataset.chunk_z=4",
+        "--set", "phantom.scale=0.18")
 
 
 def test_a_localcluster_build_shows_worker_warnings_and_does_not_retry_recipe_failures(
