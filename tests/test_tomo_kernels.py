@@ -185,6 +185,7 @@ _INTERPRETED = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow  # 28 s in Triton's interpreter: the GPU kernels' numbers (run with -m slow, and on a GPU)
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton (pip install triton)")
 def test_kernels_compute_the_table_projectors_numbers_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
