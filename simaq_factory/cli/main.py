@@ -17,9 +17,16 @@ from typing import Any, Iterator
 
 import click
 
-from simaq_factory.cli.progress import PhaseBar, bar_line, drawn, end_line, install_end_bar_line
+from simaq_factory.cli.progress import (
+    PhaseBar,
+    bar_line,
+    drawn,
+    end_line,
+    install_console_filter,
+    install_end_bar_line,
+)
 from simaq_factory.errors import PATH, BadInput, OneLineGroup, handle_errors
-from simaq_factory.orchestrate.logs import keep_file_only_off_console
+from simaq_factory.orchestrate.logs import NotFileOnly
 from simaq_factory.recipe.fields import RecipeError
 from simaq_factory.tomo.config import PROJECTOR_BACKENDS
 
@@ -51,7 +58,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # log files in OUT/logs still receive INFO
-    keep_file_only_off_console()  # a failed shard's traceback: OUT/logs; the driver says it in one line
+    install_console_filter(NotFileOnly)  # a failed shard's traceback: OUT/logs; the driver says it in one line
     install_end_bar_line()  # a log record printed while the build's bar is drawn starts a new line
     if verbose < 2:
         # Dask logs every connection at INFO; read by dask's config when distributed is imported

@@ -53,12 +53,19 @@ class EndBarLine(logging.Filter):
         return True
 
 
-def install_end_bar_line() -> None:
-    """Put :class:`EndBarLine` on the root logger's console (stream, not file) handlers (idempotent)."""
+def install_console_filter(kind: type[logging.Filter]) -> None:
+    """Put a ``kind()`` filter on the root logger's console (stream, not file) handlers, once each
+    (idempotent). Filters run in the order installed: one that drops records goes before
+    :class:`EndBarLine`, which ends the bar's line for every record it lets through."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
-                and not any(isinstance(f, EndBarLine) for f in handler.filters):
-            handler.addFilter(EndBarLine())
+                and not any(isinstance(f, kind) for f in handler.filters):
+            handler.addFilter(kind())
+
+
+def install_end_bar_line() -> None:
+    """Put :class:`EndBarLine` on the root logger's console (stream, not file) handlers (idempotent)."""
+    install_console_filter(EndBarLine)
 
 
 class PhaseBar:

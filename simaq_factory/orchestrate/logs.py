@@ -62,20 +62,12 @@ def detach_log_file(path: Path) -> None:
 FILE_ONLY = {"file_only": True}
 
 
-class _NotFileOnly(logging.Filter):
-    """On a console handler: drops the records logged with :data:`FILE_ONLY`."""
+class NotFileOnly(logging.Filter):
+    """On a console handler (``simaq_factory.cli.progress.install_console_filter``): drops the
+    records logged with :data:`FILE_ONLY`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(record, "file_only", False)
-
-
-def keep_file_only_off_console() -> None:
-    """Put :class:`_NotFileOnly` on the root logger's console (stream, not file) handlers
-    (idempotent). Installed before any filter that acts on the records it lets through."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
-                and not any(isinstance(f, _NotFileOnly) for f in handler.filters):
-            handler.addFilter(_NotFileOnly())
 
 
 class _ComputeFailedFilter(logging.Filter):
