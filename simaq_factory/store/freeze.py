@@ -177,16 +177,10 @@ def write_sha256sums(out: Path, known: dict[str, str] | None = None, progress: P
     SHA256SUMS that exists is complete, and an interrupted freeze (none yet) is completed by
     freezing again. ``known`` maps relative paths to digests just checked under the same lock (the
     data shard files verify matched against their provenance): those files are not read again."""
-    part = out / SUMS_PARTIAL
-    part.unlink(missing_ok=True)
+    (out / SUMS_PARTIAL).unlink(missing_ok=True)  # a killed freeze's; _write_atomic writes this name
     rels = [p.relative_to(out).as_posix() for p in sealed_files(out)]
     digests = file_digests(out, rels, known or {}, progress)
-    with open(part, "w") as f:
-        for rel in rels:
-            f.write(f"{digests[rel]}  {rel}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, out / SUMS)
+    _write_atomic(out / SUMS, (f"{digests[rel]}  {rel}\n" for rel in rels))
     return len(rels)
 
 
