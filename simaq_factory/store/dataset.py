@@ -147,7 +147,7 @@ class DigestCache:
         self.out = out
         self.trust = trust
         folder = digest_cache_dir()
-        where = str(out.resolve())
+        self.where = where = str(out.resolve())
         self.path = None if folder is None else folder / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.json"
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
@@ -196,18 +196,10 @@ class DigestCache:
         """Write the cache if it changed (atomically; an error leaves the old one or none)."""
         if self.path is None or not self.changed:
             return
+        with self._lock:
+            doc = {"version": 1, "dataset": self.where, "files": dict(self.entries)}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._lock:
-                doc = {"version": 1, "dataset": str(self.out.resolve()), "files": dict(self.entries)}
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(doc, f, separators=(",", ":"))
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_json_atomic(self.path, doc, indent=None)  # compact: tens of thousands of entries
         except OSError:
             pass
 
@@ -260,14 +252,16 @@ def shard_checksums(out: Path, specs: dict[str, ArraySpec], shard_index: int) ->
     return {name: sha256_file(shard_file(out, spec, shard_index)) for name, spec in specs.items()}
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``."""
+def write_json_atomic(path: Path, payload: dict[str, Any], *, indent: int | None = 1) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``
+    (``indent`` None: on one line, without spaces)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a shared dataset's records
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
+            json.dump(payload, f, indent=indent, sort_keys=True,
+                      separators=(",", ":") if indent is None else None)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
